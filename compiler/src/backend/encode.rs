@@ -1,0 +1,252 @@
+//! Element encoders: host values to the little-endian bytes of an ISA dtype.
+//!
+//! Used for the weight blob of the artifact (weights are stored in HBM in their assigned
+//! dtype) and by tests that bind inputs the way the runtime does. Floats round to nearest,
+//! ties to even (the chip's default mode): bf16 and f16 through the `half` crate, fp8 by
+//! [`f32_to_fp8`]. fp8 e4m3 is the OCP `e4m3fn` format (finite only) and saturates to
+//! +-448 like ONNX `Cast(saturate=1)`; fp8 e5m2 is IEEE-like and overflows to infinity.
+//! Integers round to nearest even and saturate to the type's range (NaN gives 0).
+
+use half::{bf16, f16};
+use neuron_isa::Dtype;
+
+/// Layout of an 8-bit float.
+#[derive(Debug, Clone, Copy)]
+struct Fp8Format {
+    man_bits: u32,
+    bias: i32,
+    /// IEEE-like (top exponent = inf/NaN) instead of finite-only.
+    ieee: bool,
+}
+
+const E4M3FN: Fp8Format = Fp8Format {
+    man_bits: 3,
+    bias: 7,
+    ieee: false,
+};
+const E5M2: Fp8Format = Fp8Format {
+    man_bits: 2,
+    bias: 15,
+    ieee: true,
+};
+
+impl Fp8Format {
+    fn exp_bits(self) -> u32 {
+        7 - self.man_bits
+    }
+
+    /// The largest finite magnitude.
+    fn max(self) -> f64 {
+        let top_exp = (1i32 << self.exp_bits()) - 1 - i32::from(self.ieee);
+        // Finite-only formats reserve the all-ones mantissa of the top exponent for NaN.
+        let top_man = (1u32 << self.man_bits) - if self.ieee { 1 } else { 2 };
+        (1.0 + f64::from(top_man) / f64::from(1u32 << self.man_bits))
+            * 2f64.powi(top_exp - self.bias)
+    }
+
+    fn nan(self, sign: u8) -> u8 {
+        sign | if self.ieee {
+            (((1u32 << self.exp_bits()) - 1) << self.man_bits | 1 << (self.man_bits - 1)) as u8
+        } else {
+            0x7f
+        }
+    }
+
+    fn encode(self, x: f32) -> u8 {
+        let sign: u8 = if x.is_sign_negative() { 0x80 } else { 0 };
+        if x.is_nan() {
+            return self.nan(sign);
+        }
+        let a = f64::from(x.abs());
+        let max = self.max();
+        if a.is_infinite() || a > max {
+            // e4m3fn saturates (it has no infinity); e5m2 rounds past its largest value to
+            // infinity only beyond the halfway point to the next binade step.
+            if !self.ieee {
+                return sign | self.encode_magnitude(max);
+            }
+            let step = 2f64.powi(self.max_exp() - self.man_bits as i32);
+            if a.is_infinite() || a >= max + step / 2.0 {
+                return sign | ((((1u32 << self.exp_bits()) - 1) << self.man_bits) as u8);
+            }
+            return sign | self.encode_magnitude(max);
+        }
+        sign | self.encode_magnitude(a)
+    }
+
+    fn max_exp(self) -> i32 {
+        (1i32 << self.exp_bits()) - 1 - i32::from(self.ieee) - self.bias
+    }
+
+    /// Encodes a finite magnitude `a <= max` with round-to-nearest-even.
+    fn encode_magnitude(self, a: f64) -> u8 {
+        if a == 0.0 {
+            return 0;
+        }
+        let min_normal_exp = 1 - self.bias;
+        // The binary exponent of `a`, exact (from the f64 bits; `a` is a normal f64 since it
+        // came from an f32).
+        let e = ((((a.to_bits() >> 52) & 0x7ff) as i32) - 1023).max(min_normal_exp);
+        // Quantum at this binade (subnormals share the smallest normal binade's quantum).
+        let quantum = 2f64.powi(e - self.man_bits as i32);
+        let q = round_half_even(a / quantum);
+        // q counts quanta from 0; for normals q is in [2^m, 2^(m+1)], possibly carrying over.
+        let m = 1u64 << self.man_bits;
+        let (exp_field, man) = if e == min_normal_exp && q < m as f64 {
+            (0u32, q as u32)
+        } else if q >= (2 * m) as f64 {
+            ((e + 1 + self.bias) as u32, 0u32)
+        } else {
+            ((e + self.bias) as u32, (q as u64 - m) as u32)
+        };
+        ((exp_field << self.man_bits) | man) as u8
+    }
+}
+
+fn round_half_even(x: f64) -> f64 {
+    let r = x.round();
+    if (x - x.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
+        r - x.signum()
+    } else {
+        r
+    }
+}
+
+/// Encodes `x` as fp8 (`Dtype::Fp8E4m3` or `Dtype::Fp8E5m2`) with round-to-nearest-even;
+/// other dtypes give `None`.
+pub fn f32_to_fp8(dtype: Dtype, x: f32) -> Option<u8> {
+    match dtype {
+        Dtype::Fp8E4m3 => Some(E4M3FN.encode(x)),
+        Dtype::Fp8E5m2 => Some(E5M2.encode(x)),
+        _ => None,
+    }
+}
+
+/// Rounds to nearest even and saturates to `[lo, hi]`; NaN gives 0.
+fn to_int(x: f64, lo: f64, hi: f64) -> f64 {
+    if x.is_nan() {
+        0.0
+    } else {
+        round_half_even(x).clamp(lo, hi)
+    }
+}
+
+/// Appends the encoding of every value of `values` in `dtype` to `out`.
+pub fn encode_into(dtype: Dtype, values: impl IntoIterator<Item = f64>, out: &mut Vec<u8>) {
+    for v in values {
+        match dtype {
+            Dtype::F32 => out.extend_from_slice(&(v as f32).to_le_bytes()),
+            Dtype::Bf16 => out.extend_from_slice(&bf16::from_f64(v).to_le_bytes()),
+            Dtype::F16 => out.extend_from_slice(&f16::from_f64(v).to_le_bytes()),
+            Dtype::Fp8E4m3 => out.push(E4M3FN.encode(v as f32)),
+            Dtype::Fp8E5m2 => out.push(E5M2.encode(v as f32)),
+            Dtype::I8 => out.push(to_int(v, -128.0, 127.0) as i8 as u8),
+            Dtype::U8 => out.push(to_int(v, 0.0, 255.0) as u8),
+            Dtype::I32 => out.extend_from_slice(
+                &(to_int(v, f64::from(i32::MIN), f64::from(i32::MAX)) as i32).to_le_bytes(),
+            ),
+            Dtype::I64 => out.extend_from_slice(&(to_int(v, -9.2e18, 9.2e18) as i64).to_le_bytes()),
+        }
+    }
+}
+
+/// The encoding of `values` in `dtype`.
+pub fn encode(dtype: Dtype, values: impl IntoIterator<Item = f64>) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(dtype, values, &mut out);
+    out
+}
+
+/// Decodes little-endian `bytes` of `dtype` to f64 (for tests and the summary); a trailing
+/// partial element is ignored.
+pub fn decode(dtype: Dtype, bytes: &[u8]) -> Vec<f64> {
+    let n = dtype.size() as usize;
+    bytes
+        .chunks_exact(n)
+        .map(|c| match dtype {
+            Dtype::F32 => f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            Dtype::Bf16 => f64::from(bf16::from_le_bytes([c[0], c[1]])),
+            Dtype::F16 => f64::from(f16::from_le_bytes([c[0], c[1]])),
+            Dtype::Fp8E4m3 => fp8_to_f64(E4M3FN, c[0]),
+            Dtype::Fp8E5m2 => fp8_to_f64(E5M2, c[0]),
+            Dtype::I8 => f64::from(c[0] as i8),
+            Dtype::U8 => f64::from(c[0]),
+            Dtype::I32 => f64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            Dtype::I64 => {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(c);
+                i64::from_le_bytes(a) as f64
+            }
+        })
+        .collect()
+}
+
+fn fp8_to_f64(f: Fp8Format, b: u8) -> f64 {
+    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let exp = (u32::from(b) >> f.man_bits) & ((1 << f.exp_bits()) - 1);
+    let man = u32::from(b) & ((1 << f.man_bits) - 1);
+    let top = (1 << f.exp_bits()) - 1;
+    if f.ieee && exp == top {
+        return if man == 0 { sign * f64::INFINITY } else { f64::NAN };
+    }
+    if !f.ieee && exp == top && man == (1 << f.man_bits) - 1 {
+        return f64::NAN;
+    }
+    let frac = f64::from(man) / f64::from(1u32 << f.man_bits);
+    if exp == 0 {
+        sign * frac * 2f64.powi(1 - f.bias)
+    } else {
+        sign * (1.0 + frac) * 2f64.powi(exp as i32 - f.bias)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn e4m3_known_values() {
+        let e = |x: f32| f32_to_fp8(Dtype::Fp8E4m3, x).unwrap();
+        assert_eq!(e(0.0), 0x00);
+        assert_eq!(e(1.0), 0x38);
+        assert_eq!(e(-2.0), 0xc0);
+        assert_eq!(e(448.0), 0x7e);
+        assert_eq!(e(1e6), 0x7e, "saturates");
+        assert_eq!(e(f32::NEG_INFINITY), 0xfe, "saturates");
+        assert_eq!(e(f32::NAN) & 0x7f, 0x7f);
+        // Smallest subnormal 2^-9, and a tie between 0 and it rounds to even (0).
+        assert_eq!(e(2f32.powi(-9)), 0x01);
+        assert_eq!(e(2f32.powi(-10)), 0x00);
+        // 1.0625 is halfway between 1.0 (0x38) and 1.125 (0x39): ties to even.
+        assert_eq!(e(1.0625), 0x38);
+        assert_eq!(e(1.1875), 0x3a);
+    }
+
+    #[test]
+    fn every_fp8_code_round_trips() {
+        for d in [Dtype::Fp8E4m3, Dtype::Fp8E5m2] {
+            for b in 0..=255u8 {
+                let v = decode(d, &[b])[0];
+                if v.is_nan() {
+                    continue;
+                }
+                let back = f32_to_fp8(d, v as f32).unwrap();
+                // Negative zero encodes as 0x80; both zeros decode to 0.
+                assert!(back == b || (v == 0.0 && back & 0x7f == 0), "{d} {b:#x} -> {v} -> {back:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn integers_round_to_even_and_saturate() {
+        assert_eq!(encode(Dtype::I8, [2.5, -2.5, 3.5, 200.0, -300.0, f64::NAN]), vec![2, 254, 4, 127, 128, 0]);
+        assert_eq!(decode(Dtype::I32, &encode(Dtype::I32, [7.0, -1.0])), vec![7.0, -1.0]);
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        // 1 + 2^-8 is a tie between 1 and 1 + 2^-7: rounds to even (1.0).
+        let b = encode(Dtype::Bf16, [1.0 + 2f64.powi(-8), 1.0 + 3.0 * 2f64.powi(-8)]);
+        assert_eq!(decode(Dtype::Bf16, &b), vec![1.0, 1.0 + 2.0 * 2f64.powi(-7)]);
+    }
+}

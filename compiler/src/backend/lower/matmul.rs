@@ -1,0 +1,740 @@
+//! Matmul kernels: `Y = epilogue(X @ W)` with numpy batch broadcasting.
+//!
+//! The ISA matmul computes `dst[M, N] = stationary[K, M]^T @ moving[K, N]`, contracting
+//! over partitions. So:
+//! - **stationary = X^T tiles** `[k <= 128, m <= 128]`. Row-major X tiles `[m, k]` are
+//!   loaded with contiguous DMAs and turned around on TensorE (`Transpose` into PSUM, then a
+//!   copy to SBUF in the matmul dtype), because element-strided DMAs are slow on the real
+//!   chip. A column-major X (a transposed view) is loaded directly with `[k, m]` DMAs.
+//! - **moving = W tiles** `[k <= 128, n <= 512]`: rows of W go to partitions, so W loads are
+//!   contiguous. A W that is stored transposed (`transpose_b` on a row-major tensor) is
+//!   turned around on TensorE like X.
+//! - K accumulates in one PSUM bank per output tile (`accumulate` from the second k-tile).
+//!
+//! Blocking (see [`MatmulTiling`]): the X^T of a group of `m_group` row tiles is built once
+//! and stays resident; for each column tile W streams through a ring of chunk buffers
+//! (the load of chunk i+1 overlaps the matmuls on chunk i, because the dependency tracker
+//! only makes a load wait for the matmuls that read its slot's previous contents); every
+//! W chunk feeds `m_group` matmuls, one per accumulator. After the last k-tile each
+//! accumulator is evicted through the epilogue (ScalarE/VectorE, reading PSUM) into an
+//! output tile that is stored while TensorE already works on the next column tile.
+//!
+//! int8: X is quantized on the fly (the copy of the transposed tile out of PSUM divides
+//! by the activation scale and writes i8, which rounds and saturates); W is stored i8;
+//! PSUM accumulates i32; the eviction multiplies by `act_scale * w_scale[n]`, a constant
+//! row added to the artifact.
+
+use super::chain::{self, ChainTiles, OpTile};
+use super::operands::{load_mat, mat_class};
+use super::{LowerCtx, lowering_error};
+use crate::backend::alloc::BufferReq;
+use crate::backend::layout::{Mat, broadcast_view, cols};
+use crate::backend::tiling::MatmulTiling;
+use crate::error::CompileError;
+use crate::kernel::{BinaryFn, EwOp, Kernel, KernelGraph, KernelOp, View};
+use neuron_isa::{Ap, AluOp, ChipConfig, Dim, Dtype, Engine, Memory, Op, Operand, TensorId};
+
+/// The shape facts of a matmul kernel that tiling and lowering need.
+#[derive(Debug, Clone)]
+pub struct MmShape {
+    /// Batch dimensions (after folding batches of a shared weight into M).
+    pub batch: Vec<usize>,
+    /// Number of batches.
+    pub batches: usize,
+    /// Rows of X and Y.
+    pub m: usize,
+    /// Contraction size.
+    pub k: usize,
+    /// Columns of W and Y.
+    pub n: usize,
+    /// Matmul operand dtype on chip.
+    pub mm_dtype: Dtype,
+    /// Storage dtype of X.
+    pub x_dtype: Dtype,
+    /// Storage dtype of W.
+    pub w_dtype: Dtype,
+    /// Storage dtype of Y.
+    pub out_dtype: Dtype,
+    /// Dtype of epilogue intermediates.
+    pub act_dtype: Dtype,
+    /// X is row-major: X^T comes from TensorE transposes.
+    pub x_transposes: bool,
+    /// W is stored transposed: W tiles come from TensorE transposes.
+    pub w_transposes: bool,
+    /// HBM bytes of the epilogue operands (planned).
+    pub operand_bytes: u64,
+    /// X broadcast to `batch ++ [m, k]`.
+    pub a: View,
+    /// W broadcast to `batch ++ [k, n]`.
+    pub b: View,
+    /// Y as `batch ++ [m, n]`.
+    pub out: View,
+    /// Epilogue operands by kernel input index, broadcast to `batch ++ [m, n]`, and whether
+    /// they must be full tiles.
+    pub operands: Vec<(usize, View, bool)>,
+    /// The epilogue.
+    pub epilogue: Vec<EwOp>,
+    /// int8: `(act_scale, per-column weight scales)`.
+    pub int8: Option<(f32, Vec<f32>)>,
+}
+
+fn mergeable(v: &View, d: usize) -> bool {
+    v.shape[d] == 1 || v.strides[d] == v.strides[d + 1] * v.shape[d + 1] as isize
+}
+
+fn merge_dim(v: &mut View, d: usize) {
+    let s = v.strides[d + 1];
+    v.shape[d + 1] *= v.shape[d];
+    v.strides[d + 1] = s;
+    v.shape.remove(d);
+    v.strides.remove(d);
+}
+
+/// Analyses a matmul kernel.
+pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<MmShape, CompileError> {
+    let err = |m: String| lowering_error(k, m);
+    let KernelOp::MatMul {
+        a,
+        b,
+        transpose_b,
+        epilogue,
+    } = &k.op
+    else {
+        return Err(err("internal: not a matmul".into()));
+    };
+    let view = |i: usize| {
+        k.inputs
+            .get(i)
+            .ok_or_else(|| err(format!("operand index {i} out of range: the kernel has {} inputs", k.inputs.len())))
+    };
+    let dtype_of = |v: &View| {
+        kg.tensor(v.tensor)
+            .map(|t| t.dtype)
+            .ok_or_else(|| err(format!("view names tensor {} which does not exist", v.tensor)))
+    };
+    let av = view(*a)?.clone();
+    let mut bv = view(*b)?.clone();
+    if *transpose_b {
+        bv = bv
+            .swap_last_two()
+            .ok_or_else(|| err(format!("transpose_b needs a rank >= 2 operand, found shape {:?}", bv.shape)))?;
+    }
+    let out = k.output.clone();
+    let r = out.shape.len();
+    if r < 2 || av.shape.len() < 2 || bv.shape.len() < 2 {
+        return Err(err(format!(
+            "expected rank >= 2 operands and output, found {:?} @ {:?} -> {:?}",
+            av.shape, bv.shape, out.shape
+        )));
+    }
+    let (m, n) = (out.shape[r - 2], out.shape[r - 1]);
+    let kk = av.shape[av.shape.len() - 1];
+    if bv.shape[bv.shape.len() - 2] != kk || bv.shape[bv.shape.len() - 1] != n || av.shape[av.shape.len() - 2] != m {
+        return Err(err(format!(
+            "shapes do not agree: {:?} @ {:?} -> {:?}",
+            av.shape, bv.shape, out.shape
+        )));
+    }
+    let batch: Vec<usize> = out.shape[..r - 2].to_vec();
+    let with = |tail: [usize; 2]| {
+        let mut s = batch.clone();
+        s.extend(tail);
+        s
+    };
+    let mut a_b = broadcast_view(&av, &with([m, kk]))
+        .ok_or_else(|| err(format!("x {:?} does not broadcast to {:?}", av.shape, with([m, kk]))))?;
+    let mut b_b = broadcast_view(&bv, &with([kk, n]))
+        .ok_or_else(|| err(format!("w {:?} does not broadcast to {:?}", bv.shape, with([kk, n]))))?;
+    let mut out_b = out.clone();
+    let mut operands = Vec::new();
+    for i in super::chain_operands(epilogue) {
+        let v = view(i)?;
+        let bvw = broadcast_view(v, &out.shape)
+            .ok_or_else(|| err(format!("epilogue operand {i} {:?} does not broadcast to {:?}", v.shape, out.shape)))?;
+        let force_full = epilogue.iter().any(|o| matches!(o, EwOp::Select { cond, other, .. } if *cond == i || *other == i));
+        operands.push((i, bvw, force_full));
+    }
+    // Batches that share one W are just more rows of X: fold them into M when every view
+    // allows it (larger M tiles, fewer passes over W).
+    let mut batch = batch;
+    let mut m = m;
+    while let Some(&bd) = batch.last() {
+        let d = batch.len() - 1;
+        let ok = b_b.strides[d] == 0
+            && mergeable(&a_b, d)
+            && mergeable(&out_b, d)
+            && operands.iter().all(|(_, v, _)| mergeable(v, d));
+        if !ok {
+            break;
+        }
+        merge_dim(&mut a_b, d);
+        merge_dim(&mut out_b, d);
+        b_b.shape.remove(d);
+        b_b.strides.remove(d);
+        for (_, v, _) in &mut operands {
+            merge_dim(v, d);
+        }
+        batch.pop();
+        m *= bd;
+    }
+    let batches = batch.iter().product::<usize>();
+    let x_dtype = dtype_of(&av)?;
+    let w_dtype = dtype_of(&bv)?;
+    let out_dtype = dtype_of(&out)?;
+    let rb = b_b.shape.len();
+    let (w_rs, w_cs) = (b_b.strides[rb - 2], b_b.strides[rb - 1]);
+    let ra = a_b.shape.len();
+    let x_cs = a_b.strides[ra - 1];
+    let mut operand_bytes = 0u64;
+    for (i, v, _) in &operands {
+        let d = dtype_of(view(*i)?)?;
+        operand_bytes += v.shape.iter().zip(&v.strides).map(|(&s, &st)| if st == 0 { 1 } else { s as u64 }).product::<u64>() * d.size();
+    }
+    let int8 = if k.mm_dtype == Dtype::I8 {
+        let s = k
+            .act_scale
+            .ok_or_else(|| err("int8 matmul without an activation scale (calibration missing)".into()))?;
+        let wt = kg
+            .tensor(bv.tensor)
+            .ok_or_else(|| err("w names a missing tensor".into()))?;
+        let ws = wt.quant_scale.clone().ok_or_else(|| {
+            err(format!("int8 matmul needs per-channel scales on its weight '{}', found none", wt.name))
+        })?;
+        if ws.len() != n || wt.dtype != Dtype::I8 {
+            return Err(err(format!(
+                "int8 weight '{}' must be stored i8 with {n} scales, found {} with {}",
+                wt.name,
+                wt.dtype,
+                ws.len()
+            )));
+        }
+        Some((s, ws))
+    } else {
+        None
+    };
+    Ok(MmShape {
+        batches,
+        batch,
+        m,
+        k: kk,
+        n,
+        mm_dtype: k.mm_dtype,
+        x_dtype,
+        w_dtype,
+        out_dtype,
+        act_dtype: k.act_dtype,
+        x_transposes: x_cs == 1 || kk == 1,
+        w_transposes: w_rs == 1 && w_cs != 1 && n > 1 && kk > 1,
+        operand_bytes,
+        a: a_b,
+        b: b_b,
+        out: out_b,
+        operands,
+        epilogue: epilogue.clone(),
+        int8,
+    })
+}
+
+/// The dtype X tiles are staged in before the transpose: the matmul dtype, except for int8
+/// where the float values are transposed first and quantized on the way out of PSUM.
+fn stage_dtype(s: &MmShape) -> Dtype {
+    if s.int8.is_some() { Dtype::F32 } else { s.mm_dtype }
+}
+
+/// Buffers of a matmul with tiling `t`.
+pub fn buffers(s: &MmShape, t: &MatmulTiling, cfg: &ChipConfig) -> Vec<BufferReq> {
+    let p = cfg.partitions as usize;
+    let mt = s.m.min(p) as u64;
+    let k_tiles = s.k.div_ceil(p) as u64;
+    let mm = s.mm_dtype.size();
+    let nt = t.n_tile as u64;
+    let bank = cfg.psum_bytes_per_partition / u64::from(cfg.psum_banks.max(1));
+    let mut v = vec![
+        BufferReq::sbuf("xt", k_tiles * t.m_group as u64 * mt * mm, 1),
+        BufferReq::sbuf("w", t.w_kchunk as u64 * nt * mm, t.w_slots),
+        BufferReq::psum("acc", nt * 4, (t.m_group as u32) * t.acc_sets),
+        BufferReq::sbuf("work", nt * s.act_dtype.size(), 2),
+        BufferReq::sbuf("out", nt * s.out_dtype.size(), 3),
+    ];
+    if s.x_transposes || s.int8.is_some() {
+        let cols = if s.x_transposes { t.x_kchunk as u64 } else { mt };
+        v.push(BufferReq::sbuf("xs", cols * stage_dtype(s).size(), 2));
+    }
+    if s.x_transposes || s.w_transposes {
+        v.push(BufferReq::psum("tp", bank, 2));
+    }
+    if s.w_transposes {
+        v.push(BufferReq::sbuf("ws", t.w_kchunk as u64 * p as u64 * mm, 2));
+    }
+    if chain::has_cast(&s.epilogue) {
+        v.push(BufferReq::sbuf("cast", nt * 4, 1));
+    }
+    for (i, _, _) in &s.operands {
+        // Operand tiles are at most 4-byte elements.
+        // One slot per row tile of a group plus one shared, twice (double-buffered).
+        v.push(BufferReq::sbuf(&format!("op{i}"), nt * 4, 2 * (t.m_group as u32 + 1)));
+    }
+    if s.int8.is_some() {
+        v.push(BufferReq::sbuf("dq", nt * 4, 2));
+    }
+    v
+}
+
+/// The 2-D matrix of batch `bi` of a view shaped `batch ++ [rows, cols]`.
+fn mat_of(v: &View, batch: &[usize], bi: usize, tensor: TensorId, dtype: Dtype) -> Mat {
+    let r = v.shape.len();
+    let mut off = v.offset as i64;
+    let mut rem = bi;
+    for d in (0..batch.len()).rev() {
+        off += (rem % batch[d]) as i64 * v.strides[d] as i64;
+        rem /= batch[d];
+    }
+    Mat {
+        tensor,
+        dtype,
+        offset: off,
+        rows: v.shape[r - 2],
+        cols: v.shape[r - 1],
+        rs: v.strides[r - 2] as i64,
+        cs: v.strides[r - 1] as i64,
+    }
+}
+
+/// Lowers a matmul kernel.
+pub fn lower(ctx: &mut LowerCtx<'_>, t: &MatmulTiling) -> Result<(), CompileError> {
+    let s = analyze(ctx.kg, ctx.kernel)?;
+    let p = ctx.cfg.partitions as usize;
+    let (a_t, a_d) = ctx.tensor(&s.a)?;
+    let (b_t, b_d) = ctx.tensor(&s.b)?;
+    let (y_t, y_d) = ctx.tensor(&s.out)?;
+    let mut op_mats = Vec::new();
+    for (i, v, full) in &s.operands {
+        let (tid, d) = ctx.tensor(v)?;
+        op_mats.push((*i, v.clone(), tid, d, *full));
+    }
+    let dq = s
+        .int8
+        .as_ref()
+        .map(|(a, ws)| ctx.constant("dequant", ws.iter().map(|w| a * w).collect()));
+    let bufs = MmBufs {
+        xt: ctx.buf("xt")?,
+        w: ctx.buf("w")?,
+        acc: ctx.buf("acc")?,
+        work: ctx.buf("work")?,
+        out: ctx.buf("out")?,
+        xs: ctx.bufs.get("xs").cloned(),
+        tp: ctx.bufs.get("tp").cloned(),
+        ws: ctx.bufs.get("ws").cloned(),
+        cast: ctx.bufs.get("cast").cloned(),
+        dq: ctx.bufs.get("dq").cloned(),
+    };
+    let mut st = MmState::default();
+    for bi in 0..s.batches {
+        let x = mat_of(&s.a, &s.batch, bi, a_t, a_d);
+        let w = mat_of(&s.b, &s.batch, bi, b_t, b_d);
+        let y = mat_of(&s.out, &s.batch, bi, y_t, y_d);
+        let ops: Vec<(usize, Mat, bool)> = op_mats
+            .iter()
+            .map(|(i, v, tid, d, full)| (*i, mat_of(v, &s.batch, bi, *tid, *d), *full))
+            .collect();
+        let dq_mat = dq.map(|tid| Mat {
+            tensor: tid,
+            dtype: Dtype::F32,
+            offset: 0,
+            rows: s.m,
+            cols: s.n,
+            rs: 0,
+            cs: 1,
+        });
+        let m_tiles = s.m.div_ceil(p);
+        let mut g0 = 0;
+        while g0 < m_tiles {
+            let g = t.m_group.min(m_tiles - g0);
+            let rows: Vec<(usize, usize)> = (g0..g0 + g)
+                .map(|mi| (mi * p, (s.m - mi * p).min(p)))
+                .collect();
+            build_xt(ctx, &s, t, &bufs, &mut st, &x, &rows)?;
+            let mut n0 = 0;
+            while n0 < s.n {
+                let nn = t.n_tile.min(s.n - n0);
+                column_tile(ctx, &s, t, &bufs, &mut st, &w, &y, &ops, dq_mat.as_ref(), &rows, n0, nn)?;
+                n0 += nn;
+            }
+            g0 += g;
+        }
+    }
+    Ok(())
+}
+
+/// The kernel's buffers.
+struct MmBufs {
+    xt: crate::backend::alloc::Buf,
+    w: crate::backend::alloc::Buf,
+    acc: crate::backend::alloc::Buf,
+    work: crate::backend::alloc::Buf,
+    out: crate::backend::alloc::Buf,
+    xs: Option<crate::backend::alloc::Buf>,
+    tp: Option<crate::backend::alloc::Buf>,
+    ws: Option<crate::backend::alloc::Buf>,
+    cast: Option<crate::backend::alloc::Buf>,
+    dq: Option<crate::backend::alloc::Buf>,
+}
+
+/// Rotation counters of the streamed buffers.
+#[derive(Default)]
+struct MmState {
+    xs: usize,
+    tp: usize,
+    w: usize,
+    ws: usize,
+    acc_set: usize,
+    work: usize,
+    out: usize,
+    ops: usize,
+    dq: usize,
+}
+
+/// Byte offset of X^T tile `(kt, mi)` in the resident buffer.
+fn xt_off(s: &MmShape, t: &MatmulTiling, p: usize, kt: usize, mi: usize) -> u64 {
+    let mt = s.m.min(p);
+    ((kt * t.m_group + mi) * mt) as u64 * s.mm_dtype.size()
+}
+
+/// Copies `j` transposed tiles (`[kl, mr]` each, side by side in PSUM) into X^T tiles
+/// `kt0 .. kt0 + j` of row tile `mi`, quantizing for int8.
+#[allow(clippy::too_many_arguments)]
+fn flush_tp(
+    ctx: &mut LowerCtx<'_>,
+    s: &MmShape,
+    t: &MatmulTiling,
+    b: &MmBufs,
+    tp: &Ap,
+    kt0: usize,
+    j: usize,
+    kl: usize,
+    mi: usize,
+    mr: usize,
+) {
+    let p = ctx.cfg.partitions as usize;
+    let mt = s.m.min(p);
+    let src = Ap {
+        partitions: kl as u32,
+        dims: vec![
+            Dim {
+                size: j as u32,
+                stride: mr as i64,
+            },
+            Dim {
+                size: mr as u32,
+                stride: 1,
+            },
+        ],
+        ..tp.clone()
+    };
+    let dst = Ap {
+        mem: Memory::Sbuf,
+        dtype: s.mm_dtype,
+        offset: b.xt.slot(0) + xt_off(s, t, p, kt0, mi),
+        start_partition: 0,
+        partitions: kl as u32,
+        partition_stride: 1,
+        dims: vec![
+            Dim {
+                size: j as u32,
+                stride: (t.m_group * mt) as i64,
+            },
+            Dim {
+                size: mr as u32,
+                stride: 1,
+            },
+        ],
+    };
+    quantize_or_copy(ctx, s, dst, src);
+}
+
+/// `dst = src` in the matmul dtype; for int8 `dst = src / act_scale` (the i8 write rounds
+/// and saturates).
+fn quantize_or_copy(ctx: &mut LowerCtx<'_>, s: &MmShape, dst: Ap, src: Ap) {
+    match &s.int8 {
+        Some((scale, _)) => {
+            let e = ctx.evict_engine();
+            ctx.push(
+                e,
+                Op::TensorScalar {
+                    dst,
+                    src,
+                    op0: AluOp::Div,
+                    operand0: Operand::Imm(*scale),
+                    reverse0: false,
+                    op1: AluOp::Bypass,
+                    operand1: Operand::Imm(0.0),
+                    reverse1: false,
+                },
+            );
+        }
+        None => {
+            let e = ctx.evict_engine();
+            ctx.copy_on(e, dst, src);
+        }
+    }
+}
+
+/// Builds the resident X^T of one group of row tiles.
+fn build_xt(
+    ctx: &mut LowerCtx<'_>,
+    s: &MmShape,
+    t: &MatmulTiling,
+    b: &MmBufs,
+    st: &mut MmState,
+    x: &Mat,
+    rows: &[(usize, usize)],
+) -> Result<(), CompileError> {
+    let p = ctx.cfg.partitions as usize;
+    let k_tiles = s.k.div_ceil(p);
+    for (mi, &(m0, mr)) in rows.iter().enumerate() {
+        if !s.x_transposes {
+            // Column-major X: DMA [k, m] blocks straight in (casting), or through the
+            // staging buffer when they must be quantized.
+            for kt in 0..k_tiles {
+                let kl = (s.k - kt * p).min(p);
+                let src = x.cols_ap(m0, mr, kt * p, kl);
+                let dst = Ap::on_chip(Memory::Sbuf, s.mm_dtype, 0, kl as u32, b.xt.slot(0) + xt_off(s, t, p, kt, mi), mr as u32);
+                match (&s.int8, &b.xs) {
+                    (Some(_), Some(xs)) => {
+                        let stage = xs.tile(st.xs, Dtype::F32, kl as u32, mr as u32);
+                        st.xs += 1;
+                        ctx.load(stage.clone(), src);
+                        quantize_or_copy(ctx, s, dst, stage);
+                    }
+                    _ => {
+                        ctx.load(dst, src);
+                    }
+                }
+            }
+            continue;
+        }
+        let (Some(xs), Some(tpb)) = (&b.xs, &b.tp) else {
+            return Err(ctx.err("internal: transposing matmul without staging buffers"));
+        };
+        let bank_cols = (tpb.slot_bytes / 4) as usize;
+        let per_bank = (bank_cols / mr).max(1);
+        let mut kc = 0;
+        while kc < s.k {
+            let klen = t.x_kchunk.min(s.k - kc);
+            let stage = xs.tile(st.xs, stage_dtype(s), mr as u32, klen as u32);
+            st.xs += 1;
+            ctx.load(stage.clone(), x.rows_ap(m0, mr, kc, klen));
+            // Transpose the chunk's k-tiles, several side by side per PSUM bank, then copy
+            // each bank's worth into X^T at once.
+            let first_kt = kc / p;
+            let nkt = klen.div_ceil(p);
+            let mut j0 = 0;
+            while j0 < nkt {
+                let kl = (klen - j0 * p).min(p);
+                // Tiles of equal height share one copy: a short last k-tile goes alone.
+                let mut j = 0;
+                let tp = tpb.tile(st.tp, Dtype::F32, kl as u32, (per_bank * mr) as u32);
+                st.tp += 1;
+                while j < per_bank && j0 + j < nkt && (klen - (j0 + j) * p).min(p) == kl {
+                    let src = cols(&stage, ((j0 + j) * p) as u32, kl as u32);
+                    let dst = Ap {
+                        partitions: kl as u32,
+                        ..cols(&tp, (j * mr) as u32, mr as u32)
+                    };
+                    ctx.push(Engine::Tensor, Op::Transpose { dst, src });
+                    j += 1;
+                }
+                flush_tp(ctx, s, t, b, &tp, first_kt + j0, j, kl, mi, mr);
+                j0 += j;
+            }
+            kc += klen;
+        }
+    }
+    Ok(())
+}
+
+/// Loads W rows `k0 .. k0 + nkt * 128` (clipped to K) by columns `n0 .. n0 + nn` into a W
+/// slot laid out `[k, kt, n]`; returns the slot's base offset.
+#[allow(clippy::too_many_arguments)]
+fn load_w(
+    ctx: &mut LowerCtx<'_>,
+    s: &MmShape,
+    b: &MmBufs,
+    st: &mut MmState,
+    w: &Mat,
+    kt0: usize,
+    nkt: usize,
+    n0: usize,
+    nn: usize,
+) -> Result<u64, CompileError> {
+    let p = ctx.cfg.partitions as usize;
+    let base = b.w.slot(st.w);
+    st.w += 1;
+    let mm = s.mm_dtype.size();
+    let full = (0..nkt).take_while(|&j| (kt0 + j + 1) * p <= s.k).count();
+    if s.w_transposes {
+        // W^T is row-major [N, K]: load [n, k] blocks and turn them around.
+        let (Some(ws), Some(tpb)) = (&b.ws, &b.tp) else {
+            return Err(ctx.err("internal: transposing w without staging buffers"));
+        };
+        let wt = w.t();
+        let k0 = kt0 * p;
+        let klen = (nkt * p).min(s.k - k0);
+        let mut ns = 0;
+        while ns < nn {
+            let nsub = (nn - ns).min(p);
+            let stage = ws.tile(st.ws, s.mm_dtype, nsub as u32, klen as u32);
+            st.ws += 1;
+            ctx.load(stage.clone(), wt.rows_ap(n0 + ns, nsub, k0, klen));
+            for j in 0..nkt {
+                let kl = (klen - j * p).min(p);
+                let tp = tpb.tile(st.tp, Dtype::F32, kl as u32, nsub as u32);
+                st.tp += 1;
+                ctx.push(
+                    Engine::Tensor,
+                    Op::Transpose {
+                        dst: tp.clone(),
+                        src: cols(&stage, (j * p) as u32, kl as u32),
+                    },
+                );
+                let dst = Ap::on_chip(Memory::Sbuf, s.mm_dtype, 0, kl as u32, base + ((j * nn + ns) as u64) * mm, nsub as u32);
+                let e = ctx.evict_engine();
+                ctx.copy_on(e, dst, tp);
+            }
+            ns += nsub;
+        }
+        return Ok(base);
+    }
+    if full > 0 {
+        let src = Ap {
+            dims: vec![
+                Dim {
+                    size: full as u32,
+                    stride: p as i64 * w.rs,
+                },
+                Dim {
+                    size: nn as u32,
+                    stride: w.cs,
+                },
+            ],
+            ..w.rows_ap(kt0 * p, p, n0, nn)
+        };
+        let dst = Ap::on_chip(Memory::Sbuf, s.mm_dtype, 0, p as u32, base, (full * nn) as u32);
+        ctx.load(dst, src);
+    }
+    if full < nkt {
+        let k0 = (kt0 + full) * p;
+        let kl = s.k - k0;
+        let dst = Ap::on_chip(Memory::Sbuf, s.mm_dtype, 0, kl as u32, base + (full * nn) as u64 * mm, nn as u32);
+        ctx.load(dst, w.rows_ap(k0, kl, n0, nn));
+    }
+    Ok(base)
+}
+
+/// One column tile of a group: stream W, accumulate, evict, store.
+#[allow(clippy::too_many_arguments)]
+fn column_tile(
+    ctx: &mut LowerCtx<'_>,
+    s: &MmShape,
+    t: &MatmulTiling,
+    b: &MmBufs,
+    st: &mut MmState,
+    w: &Mat,
+    y: &Mat,
+    ops: &[(usize, Mat, bool)],
+    dq: Option<&Mat>,
+    rows: &[(usize, usize)],
+    n0: usize,
+    nn: usize,
+) -> Result<(), CompileError> {
+    let p = ctx.cfg.partitions as usize;
+    let k_tiles = s.k.div_ceil(p);
+    let acc_dtype = if s.int8.is_some() { Dtype::I32 } else { Dtype::F32 };
+    let set = st.acc_set % t.acc_sets.max(1) as usize;
+    st.acc_set += 1;
+    let acc = |mi: usize, mr: usize| b.acc.tile(set * t.m_group + mi, acc_dtype, mr as u32, nn as u32);
+    let mut kt0 = 0;
+    while kt0 < k_tiles {
+        let nkt = t.w_kchunk.min(k_tiles - kt0);
+        let base = load_w(ctx, s, b, st, w, kt0, nkt, n0, nn)?;
+        for j in 0..nkt {
+            let kt = kt0 + j;
+            let kl = (s.k - kt * p).min(p);
+            let moving = Ap::on_chip(Memory::Sbuf, s.mm_dtype, 0, kl as u32, base + (j * nn) as u64 * s.mm_dtype.size(), nn as u32);
+            for (mi, &(_, mr)) in rows.iter().enumerate() {
+                let stationary = Ap::on_chip(Memory::Sbuf, s.mm_dtype, 0, kl as u32, b.xt.slot(0) + xt_off(s, t, p, kt, mi), mr as u32);
+                ctx.push(
+                    Engine::Tensor,
+                    Op::Matmul {
+                        dst: acc(mi, mr),
+                        stationary,
+                        moving: moving.clone(),
+                        accumulate: kt > 0,
+                    },
+                );
+            }
+        }
+        kt0 += nkt;
+    }
+    // Operands that only vary along columns are loaded once for the whole group.
+    let max_op = ops.iter().map(|o| o.0).max().unwrap_or(0).max(ctx.kernel.inputs.len());
+    let mut shared: Vec<Option<OpTile>> = vec![None; max_op + 2];
+    for (i, mat, full) in ops {
+        if mat_class(mat, *full) == super::operands::Class::RowBcast {
+            let buf = ctx.buf(&format!("op{i}"))?;
+            shared[*i] = Some(load_mat(ctx, mat, *full, 0, rows[0].1, n0, nn, &buf, st.ops));
+        }
+    }
+    let dq_idx = max_op + 1;
+    if let (Some(dq), Some(dqb)) = (dq, &b.dq) {
+        shared[dq_idx] = Some(load_mat(ctx, dq, false, 0, rows[0].1, n0, nn, dqb, st.dq));
+        st.dq += 1;
+    }
+    let mut epilogue = Vec::with_capacity(s.epilogue.len() + 1);
+    if dq.is_some() {
+        epilogue.push(EwOp::Tensor {
+            op: BinaryFn::Mul,
+            operand: dq_idx,
+            reversed: false,
+        });
+    }
+    epilogue.extend(s.epilogue.iter().cloned());
+    for (mi, &(m0, mr)) in rows.iter().enumerate() {
+        let mut operands = shared.clone();
+        for (i, mat, full) in ops {
+            let class = mat_class(mat, *full);
+            if class == super::operands::Class::RowBcast {
+                // Shared tiles were loaded for the first row tile's height; every later
+                // tile of the group is no taller.
+                if let Some(OpTile::Full(ap)) = &shared[*i] {
+                    operands[*i] = Some(OpTile::Full(Ap {
+                        partitions: mr as u32,
+                        ..ap.clone()
+                    }));
+                }
+                continue;
+            }
+            let buf = ctx.buf(&format!("op{i}"))?;
+            operands[*i] = Some(load_mat(ctx, mat, *full, m0, mr, n0, nn, &buf, st.ops + 1 + mi));
+        }
+        if let Some(OpTile::Full(ap)) = &shared[dq_idx] {
+            operands[dq_idx] = Some(OpTile::Full(Ap {
+                partitions: mr as u32,
+                ..ap.clone()
+            }));
+        }
+        let tiles = ChainTiles {
+            src: acc(mi, mr),
+            work: b.work.tile(st.work, s.act_dtype, mr as u32, nn as u32),
+            cast: b.cast.as_ref().map(|c| c.tile(0, Dtype::F32, mr as u32, nn as u32)),
+            out: b.out.tile(st.out, s.out_dtype, mr as u32, nn as u32),
+            operands: &operands,
+        };
+        st.work += 1;
+        st.out += 1;
+        let res = chain::apply(ctx, &epilogue, &tiles)?;
+        ctx.store(y.rows_ap(m0, mr, n0, nn), res);
+    }
+    st.ops += 1 + rows.len();
+    Ok(())
+}

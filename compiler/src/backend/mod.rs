@@ -1,0 +1,115 @@
+//! The back end: from a [`KernelGraph`] to a NeuronCore [`Program`] and its artifact.
+//!
+//! Stages (the driver runs them in this order and can dump each):
+//! 1. [`tiling::plan`]: a cost model over the target's SBUF/PSUM sizes, DMA and HBM
+//!    bandwidths and TensorE rates picks each kernel's tile and block sizes and lists the
+//!    buffers it needs ([`tiling::KernelPlan`]).
+//! 2. [`alloc::allocate`]: places every kernel's buffers in SBUF and PSUM.
+//! 3. [`lower_program`]: lowers kernel after kernel ([`lower`], one file per kernel kind)
+//!    into per-engine instruction streams through the [`builder::Builder`], which inserts
+//!    every semaphore wait from the instructions' declared reads and writes.
+//! 4. [`emit::artifact`]: HBM tensor table, weight blob (rounded to each tensor's dtype),
+//!    kernel metadata, header fields.
+//!
+//! Invariants: the program is deterministic (no hash-order or time dependence); every
+//! instruction signals its own stream's semaphore; every on-chip access pattern of a
+//! compute instruction starts at partition 0.
+
+pub mod alloc;
+pub mod builder;
+pub mod emit;
+pub mod encode;
+pub mod layout;
+pub mod lower;
+pub mod tiling;
+
+use crate::error::CompileError;
+use crate::kernel::KernelGraph;
+use alloc::Allocation;
+use builder::Builder;
+use lower::{Constants, LowerCtx};
+use neuron_isa::{ChipConfig, Program};
+use tiling::KernelPlan;
+
+/// A lowered program and what the artifact needs besides it.
+#[derive(Debug, Clone)]
+pub struct Lowered {
+    /// The program (streams, semaphores, tensor table, kernel metadata).
+    pub program: Program,
+    /// Constants added while lowering (their data goes into the weight blob).
+    pub constants: Constants,
+}
+
+/// Places every kernel's buffers; an error names the kernel that does not fit.
+pub fn allocate(kg: &KernelGraph, plans: &[KernelPlan], cfg: &ChipConfig) -> Result<Allocation, CompileError> {
+    let _span = tracing::info_span!("allocation").entered();
+    let reqs: Vec<_> = plans.iter().map(|p| p.buffers.clone()).collect();
+    alloc::allocate(&reqs, cfg).map_err(|e| match kg.kernels.get(e.kernel) {
+        Some(k) => lower::lowering_error(k, e.message),
+        None => CompileError::Internal(e.message),
+    })
+}
+
+/// The stable text form of an allocation (the `allocation` dump).
+pub fn display_allocation(kg: &KernelGraph, a: &Allocation) -> String {
+    let mut s = format!(
+        "peak sbuf {} B/partition, peak psum {} B/partition\n",
+        a.peak_sbuf, a.peak_psum
+    );
+    for (i, (k, ka)) in kg.kernels.iter().zip(&a.kernels).enumerate() {
+        s.push_str(&format!("k{i} {}: sbuf {} B, psum {} B\n", k.name, ka.sbuf_bytes, ka.psum_bytes));
+        for b in &ka.bufs {
+            s.push_str(&format!(
+                "    {:<6} {:?} @{} {} B x{}\n",
+                b.name, b.mem, b.base, b.slot_bytes, b.slots
+            ));
+        }
+    }
+    s
+}
+
+/// Lowers every kernel into one program.
+pub fn lower_program(
+    kg: &KernelGraph,
+    plans: &[KernelPlan],
+    alloc: &Allocation,
+    cfg: &ChipConfig,
+) -> Result<Lowered, CompileError> {
+    let _span = tracing::info_span!("lowering", kernels = kg.kernels.len()).entered();
+    let mut tensors = emit::tensor_table(kg);
+    let mut b = Builder::new(cfg, &tensors);
+    let mut consts = Constants {
+        first: tensors.len() as u32,
+        tensors: Vec::new(),
+    };
+    for (i, k) in kg.kernels.iter().enumerate() {
+        let (Some(plan), Some(bufs)) = (plans.get(i), alloc.kernels.get(i)) else {
+            return Err(lower::lowering_error(k, "internal: kernel has no plan or allocation"));
+        };
+        b.set_kernel(i as u32);
+        let mut ctx = LowerCtx {
+            cfg,
+            kg,
+            kernel: k,
+            index: i,
+            plan,
+            bufs,
+            b: &mut b,
+            consts: &mut consts,
+            evict_rr: 0,
+        };
+        lower::lower_kernel(&mut ctx)?;
+    }
+    let kernels = emit::kernel_infos(kg, plans, |k| b.kernel_hbm_bytes(k));
+    tensors.extend(consts.tensors.iter().map(|(t, _)| t.clone()));
+    let (streams, semaphores) = b.finish();
+    Ok(Lowered {
+        program: Program {
+            streams,
+            semaphores,
+            tensors,
+            kernels,
+        },
+        constants: consts,
+    })
+}

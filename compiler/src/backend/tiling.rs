@@ -1,0 +1,440 @@
+//! Tiling: the cost model that chooses tile and block sizes from the target's
+//! [`ChipConfig`], recorded as data ([`Tiling`]) on each kernel's [`KernelPlan`].
+//!
+//! The model uses the documented first-order figures (trainium.md 2.3 and 3):
+//! - a matmul of stationary free size `M` and moving free size `N` costs
+//!   `max(min(64, M), N)` TensorE cycles (x4 for fp32, /2 for int8 on trn1);
+//! - a DMA costs `dma_fixed_latency_ns` plus its bytes at `min(hbm bandwidth, dma_engines
+//!   x dma_engine_bytes_per_ns)`; the fixed cost overlaps across queues, so one transfer
+//!   should carry at least `latency x bandwidth / partitions` bytes per partition (and at
+//!   least the 2 KiB per partition where the DMA guide says efficiency is near peak);
+//! - a kernel's time is `max(compute, DMA)` plus the pipeline fill that blocking cannot
+//!   hide (for a matmul: loading and transposing the resident X^T block of each group).
+//!
+//! Because sizes come from the configuration, a different `--target` gives a different
+//! program: e.g. trn2's faster DMA engines make the W chunks of a matmul larger, and a
+//! small-SBUF target makes matmul groups smaller (W is then re-read more often: those
+//! re-read bytes are reported as spill/re-stream bytes).
+
+use super::alloc::{BufferReq, OnChip};
+use super::lower::{attention, copy, elementwise, lowering_error, matmul, norm, reduce, softmax};
+use crate::error::CompileError;
+use crate::kernel::{Kernel, KernelGraph, KernelOp};
+use neuron_isa::{ChipConfig, Dtype};
+use std::fmt;
+
+/// Row tiling of elementwise, norm, softmax and reduce kernels: tiles of `rows` rows (on
+/// partitions) by `cols` outer columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowTiling {
+    /// Rows per tile (<= 128).
+    pub rows: usize,
+    /// Outer columns per tile (the whole row for norm and softmax).
+    pub cols: usize,
+    /// Slots of each streamed buffer (2 = double-buffered, 3 = triple).
+    pub slots: u32,
+}
+
+/// Tiling of an HBM -> HBM copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyTiling {
+    /// Rows per DMA (<= 128).
+    pub rows: usize,
+    /// Outer columns per DMA.
+    pub cols: usize,
+}
+
+/// Blocking of `Y[M, N] = X[M, K] @ W[K, N]`.
+///
+/// X^T (K on partitions) of a group of `m_group` row tiles of 128 is built once (TensorE
+/// transposes of row-major X tiles) and stays resident in SBUF while every column tile of
+/// `n_tile` columns streams W through a ring of `w_slots` chunks of `w_kchunk` k-tiles; the
+/// group's `m_group` accumulators (one PSUM bank each) collect all of K. W is thus read
+/// `ceil(M / (128 m_group))` times and X once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatmulTiling {
+    /// Row tiles (of <= 128 rows) per group: the PSUM accumulators in use.
+    pub m_group: usize,
+    /// Columns per output tile (moving free size, <= 512).
+    pub n_tile: usize,
+    /// k-tiles (of 128) per W DMA.
+    pub w_kchunk: usize,
+    /// Slots of the W ring.
+    pub w_slots: u32,
+    /// Columns of X per staging DMA (a multiple of 128).
+    pub x_kchunk: usize,
+    /// Accumulator sets (2 = the next column tile accumulates while this one is evicted).
+    pub acc_sets: u32,
+    /// Estimated time, ns.
+    pub est_ns: f64,
+    /// Planned HBM bytes.
+    pub hbm_bytes: u64,
+    /// Bytes re-read because the operands do not fit on chip at once.
+    pub restream_bytes: u64,
+}
+
+/// Tiling of fused attention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttentionTiling {
+    /// Query rows per tile (<= 128).
+    pub q_tile: usize,
+    /// Slots of streamed buffers.
+    pub slots: u32,
+}
+
+/// A kernel's tiling.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Tiling {
+    /// Row tiles.
+    Rows(RowTiling),
+    /// HBM -> HBM copies.
+    Copy(CopyTiling),
+    /// Blocked matmul.
+    MatMul(MatmulTiling),
+    /// Fused attention.
+    Attention(AttentionTiling),
+}
+
+impl Tiling {
+    /// Short name of the variant.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Tiling::Rows(_) => "rows",
+            Tiling::Copy(_) => "copy",
+            Tiling::MatMul(_) => "matmul",
+            Tiling::Attention(_) => "attention",
+        }
+    }
+}
+
+impl fmt::Display for Tiling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Tiling::Rows(t) => write!(f, "rows {} x cols {}, {}-buffered", t.rows, t.cols, t.slots),
+            Tiling::Copy(t) => write!(f, "hbm->hbm dma, rows {} x cols {}", t.rows, t.cols),
+            Tiling::MatMul(t) => write!(
+                f,
+                "m128 x{} group, n{} k128, w chunks of {} k-tiles x{} slots, {} psum set(s), est {:.1} us",
+                t.m_group,
+                t.n_tile,
+                t.w_kchunk,
+                t.w_slots,
+                t.acc_sets,
+                t.est_ns / 1000.0
+            ),
+            Tiling::Attention(t) => write!(f, "q tiles of {}, {}-buffered", t.q_tile, t.slots),
+        }
+    }
+}
+
+/// Everything the back end decided for one kernel before allocation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelPlan {
+    /// The tiling.
+    pub tiling: Tiling,
+    /// Buffers to allocate.
+    pub buffers: Vec<BufferReq>,
+    /// Bytes re-read from HBM because they do not fit on chip (spill traffic).
+    pub restream_bytes: u64,
+}
+
+impl KernelPlan {
+    /// SBUF bytes per partition the plan needs.
+    pub fn sbuf_bytes(&self) -> u64 {
+        sbuf_bytes(&self.buffers)
+    }
+}
+
+/// SBUF bytes per partition of a request list (64-byte aligned slots).
+pub fn sbuf_bytes(reqs: &[BufferReq]) -> u64 {
+    reqs.iter()
+        .filter(|r| r.mem == OnChip::Sbuf)
+        .map(|r| r.bytes.div_ceil(64) * 64 * u64::from(r.slots))
+        .sum()
+}
+
+/// PSUM banks of a request list.
+pub fn psum_banks(reqs: &[BufferReq], cfg: &ChipConfig) -> u64 {
+    let bank = cfg.psum_bytes_per_partition / u64::from(cfg.psum_banks.max(1));
+    reqs.iter()
+        .filter(|r| r.mem == OnChip::Psum)
+        .map(|r| r.bytes.div_ceil(bank.max(1)) * u64::from(r.slots))
+        .sum()
+}
+
+/// The documented cost figures of a target.
+#[derive(Debug, Clone, Copy)]
+pub struct CostModel<'c> {
+    cfg: &'c ChipConfig,
+}
+
+impl<'c> CostModel<'c> {
+    /// The model of `cfg`.
+    pub fn new(cfg: &'c ChipConfig) -> Self {
+        CostModel { cfg }
+    }
+
+    /// Sustained DMA bandwidth, bytes per ns: HBM or the DMA engines, whichever is lower.
+    pub fn dma_bandwidth(&self) -> f64 {
+        let engines = f64::from(self.cfg.dma_engines) * self.cfg.dma_engine_bytes_per_ns;
+        self.cfg.hbm_bandwidth_bytes_per_ns.min(engines).max(1e-3)
+    }
+
+    /// Bytes per partition one DMA should move so that its fixed cost is amortised: the
+    /// bytes the DMA engines move during one fixed latency, spread over the partitions,
+    /// and never below the 2 KiB per partition of the DMA guide.
+    pub fn dma_target_bytes_per_partition(&self) -> u64 {
+        let during_latency = self.cfg.dma_fixed_latency_ns * self.dma_bandwidth();
+        ((during_latency / f64::from(self.cfg.partitions)) as u64).max(2048)
+    }
+
+    /// Time of `bytes` in `transfers` DMAs over all queues, ns.
+    pub fn dma_ns(&self, bytes: u64, transfers: u64) -> f64 {
+        let queues = f64::from(self.cfg.dma_queues.max(1));
+        bytes as f64 / self.dma_bandwidth() + transfers as f64 * self.cfg.dma_fixed_latency_ns / queues
+    }
+
+    /// TensorE cycles of one matmul (stationary free `m`, moving free `n`) in `dtype`.
+    pub fn matmul_cycles(&self, m: usize, n: usize, dtype: Dtype) -> f64 {
+        let base = (m.min(self.cfg.matmul_stationary_min_cycles as usize)).max(n) as f64;
+        match dtype {
+            Dtype::F32 => base * f64::from(self.cfg.matmul_fp32_factor),
+            Dtype::I8 | Dtype::U8 => base / f64::from(self.cfg.matmul_int8_speedup.max(1)),
+            Dtype::Fp8E4m3 | Dtype::Fp8E5m2 => base / f64::from(self.cfg.matmul_fp8_speedup.max(1)),
+            _ => base,
+        }
+    }
+
+    /// TensorE cycles of a `[p, f]` transpose.
+    pub fn transpose_cycles(&self, p: usize, f: usize) -> f64 {
+        p.max(f.min(self.cfg.matmul_stationary_min_cycles as usize)) as f64
+    }
+
+    /// ns of `cycles` TensorE cycles.
+    pub fn tensor_ns(&self, cycles: f64) -> f64 {
+        cycles / self.cfg.tensor_clock_ghz
+    }
+}
+
+/// SBUF bytes per partition a kernel may plan with: all of it minus a reserve, so that a
+/// neighbouring kernel can often be resident at the same time.
+fn sbuf_budget(cfg: &ChipConfig) -> u64 {
+    cfg.sbuf_bytes_per_partition - cfg.sbuf_bytes_per_partition / 8
+}
+
+/// Chooses row tiling: `rows` rows per tile; columns as wide as the DMA target asks
+/// (when `chunkable`), narrowed until the buffers fit.
+pub fn choose_rows(
+    cfg: &ChipConfig,
+    num_rows: usize,
+    outer_cols: usize,
+    col_bytes: u64,
+    chunkable: bool,
+    buffers: impl Fn(&RowTiling) -> Vec<BufferReq>,
+) -> Result<RowTiling, String> {
+    let cm = CostModel::new(cfg);
+    let rows = num_rows.clamp(1, cfg.partitions as usize);
+    let mut cols = if chunkable {
+        let want = (cm.dma_target_bytes_per_partition() / col_bytes.max(1)).max(1) as usize;
+        want.min(outer_cols).max(1)
+    } else {
+        outer_cols.max(1)
+    };
+    let budget = sbuf_budget(cfg);
+    loop {
+        for slots in [3, 2, 1] {
+            let t = RowTiling { rows, cols, slots };
+            let reqs = buffers(&t);
+            if sbuf_bytes(&reqs) <= budget && psum_banks(&reqs, cfg) <= u64::from(cfg.psum_banks) {
+                return Ok(t);
+            }
+        }
+        if !chunkable || cols == 1 {
+            let t = RowTiling { rows, cols, slots: 1 };
+            return Err(format!(
+                "a tile of {rows} rows x {cols} columns needs {} sbuf bytes per partition, the target has {budget} to plan with",
+                sbuf_bytes(&buffers(&t))
+            ));
+        }
+        cols = cols.div_ceil(2);
+    }
+}
+
+/// Chooses the blocking of a matmul by estimating every feasible group size.
+pub fn choose_matmul(s: &matmul::MmShape, cfg: &ChipConfig) -> Result<MatmulTiling, String> {
+    let cm = CostModel::new(cfg);
+    let p = cfg.partitions as usize;
+    let n_tile = s.n.min(cfg.matmul_moving_fmax as usize).max(1);
+    let n_tiles = s.n.div_ceil(n_tile);
+    let k_tiles = s.k.div_ceil(p);
+    let m_tiles = s.m.div_ceil(p);
+    let mt = s.m.min(p);
+    let mm_size = s.mm_dtype.size();
+    let target = cm.dma_target_bytes_per_partition();
+    let w_kchunk = (target.div_ceil((n_tile as u64 * s.w_dtype.size()).max(1)) as usize).clamp(1, k_tiles.max(1));
+    let x_kchunk = ((target / s.x_dtype.size().max(1)) as usize).div_ceil(p) * p;
+    let x_kchunk = x_kchunk.clamp(p, k_tiles.max(1) * p);
+    let banks = cfg.psum_banks as usize;
+    // Two banks hold TensorE transposes (of X, and of W when it needs them).
+    let acc_banks = banks.saturating_sub(2).max(1);
+    let budget = sbuf_budget(cfg);
+    let mut best: Option<MatmulTiling> = None;
+    for m_group in 1..=m_tiles.min(acc_banks).max(1) {
+        let acc_sets = if 2 * m_group <= acc_banks && m_group < 3 { 2 } else { 1 };
+        for w_slots in [4u32, 3, 2] {
+            let t = MatmulTiling {
+                m_group,
+                n_tile,
+                w_kchunk,
+                w_slots,
+                x_kchunk,
+                acc_sets,
+                est_ns: 0.0,
+                hbm_bytes: 0,
+                restream_bytes: 0,
+            };
+            let reqs = matmul::buffers(s, &t, cfg);
+            if sbuf_bytes(&reqs) > budget || psum_banks(&reqs, cfg) > banks as u64 {
+                continue;
+            }
+            let groups = m_tiles.div_ceil(m_group) as u64;
+            let b = s.batches as u64;
+            let w_bytes = (s.k * s.n) as u64 * s.w_dtype.size();
+            let x_bytes = (s.m * s.k) as u64 * s.x_dtype.size();
+            let y_bytes = (s.m * s.n) as u64 * s.out_dtype.size();
+            let hbm = b * (x_bytes + groups * w_bytes + y_bytes + s.operand_bytes);
+            let transfers = b
+                * (groups * n_tiles as u64 * k_tiles.div_ceil(w_kchunk) as u64
+                    + m_tiles as u64 * (s.k.div_ceil(x_kchunk) as u64 + n_tiles as u64 * 2));
+            let mm = b as f64
+                * (m_tiles * n_tiles * k_tiles) as f64
+                * cm.matmul_cycles(mt, n_tile, s.mm_dtype);
+            let tp = if s.x_transposes {
+                b as f64 * (m_tiles * k_tiles) as f64 * cm.transpose_cycles(mt, p)
+            } else {
+                0.0
+            };
+            let compute = cm.tensor_ns(mm + tp);
+            let dma = cm.dma_ns(hbm, transfers);
+            // Filling a group's X^T is not hidden behind that group's matmuls.
+            let fill = b as f64 * groups as f64 * cm.dma_ns(x_bytes / m_tiles as u64 * m_group as u64, 1);
+            let est = compute.max(dma) + fill;
+            let cand = MatmulTiling {
+                est_ns: est,
+                hbm_bytes: hbm,
+                restream_bytes: b * (groups - 1) * w_bytes,
+                ..t
+            };
+            // Faster wins; within 0.5% the one moving fewer HBM bytes wins.
+            let better = match &best {
+                None => true,
+                Some(o) => est < o.est_ns * 0.995 || (est <= o.est_ns * 1.005 && hbm < o.hbm_bytes),
+            };
+            if better {
+                best = Some(cand);
+            }
+            break;
+        }
+    }
+    best.ok_or_else(|| {
+        format!(
+            "no blocking fits: one group of X^T needs {} sbuf bytes per partition (K = {}), the target has {budget} to plan with",
+            k_tiles as u64 * mt as u64 * mm_size,
+            s.k
+        )
+    })
+}
+
+/// Plans one kernel.
+pub fn plan_kernel(kg: &KernelGraph, k: &Kernel, cfg: &ChipConfig) -> Result<KernelPlan, CompileError> {
+    let err = |m: String| lowering_error(k, m);
+    let (tiling, buffers, restream_bytes) = match &k.op {
+        KernelOp::MatMul { .. } => {
+            let s = matmul::analyze(kg, k)?;
+            let t = choose_matmul(&s, cfg).map_err(err)?;
+            let b = matmul::buffers(&s, &t, cfg);
+            let r = t.restream_bytes;
+            (Tiling::MatMul(t), b, r)
+        }
+        KernelOp::Elementwise { .. } => {
+            let s = elementwise::analyze(kg, k, cfg)?;
+            let t = choose_rows(cfg, s.rc.num_rows(), s.rc.cols.first().copied().unwrap_or(1), s.col_bytes, true, |t| {
+                elementwise::buffers(&s, t)
+            })
+            .map_err(err)?;
+            let b = elementwise::buffers(&s, &t);
+            (Tiling::Rows(t), b, 0)
+        }
+        KernelOp::Norm { .. } => {
+            let s = norm::analyze(kg, k)?;
+            let t = choose_rows(cfg, s.rc.num_rows(), 1, 4, false, |t| norm::buffers(&s, t)).map_err(err)?;
+            let b = norm::buffers(&s, &t);
+            (Tiling::Rows(t), b, 0)
+        }
+        KernelOp::Softmax { .. } => {
+            let s = softmax::analyze(kg, k)?;
+            let t = choose_rows(cfg, s.rc.num_rows(), 1, 4, false, |t| softmax::buffers(&s, t)).map_err(err)?;
+            let b = softmax::buffers(&s, &t);
+            (Tiling::Rows(t), b, 0)
+        }
+        KernelOp::Reduce { .. } => {
+            let s = reduce::analyze(kg, k)?;
+            let t = choose_rows(cfg, s.rc.num_rows(), s.rc.cols.first().copied().unwrap_or(1), s.col_bytes, true, |t| {
+                reduce::buffers(&s, t)
+            })
+            .map_err(err)?;
+            let b = reduce::buffers(&s, &t);
+            (Tiling::Rows(t), b, 0)
+        }
+        KernelOp::Copy { .. } => {
+            let t = copy::choose(kg, k, cfg)?;
+            (Tiling::Copy(t), Vec::new(), 0)
+        }
+        KernelOp::Attention { .. } => {
+            let s = attention::analyze(kg, k)?;
+            let t = AttentionTiling { q_tile: s.sq.min(cfg.partitions as usize), slots: 2 };
+            let b = attention::buffers(&s, &t, cfg);
+            if sbuf_bytes(&b) > sbuf_budget(cfg) || psum_banks(&b, cfg) > u64::from(cfg.psum_banks) {
+                return Err(err(format!(
+                    "attention with {} keys of dimension {} needs {} sbuf bytes per partition and {} psum banks; the target has {} and {}",
+                    s.sk,
+                    s.d,
+                    sbuf_bytes(&b),
+                    psum_banks(&b, cfg),
+                    sbuf_budget(cfg),
+                    cfg.psum_banks
+                )));
+            }
+            (Tiling::Attention(t), b, 0)
+        }
+    };
+    Ok(KernelPlan {
+        tiling,
+        buffers,
+        restream_bytes,
+    })
+}
+
+/// Plans every kernel of `kg`.
+pub fn plan(kg: &KernelGraph, cfg: &ChipConfig) -> Result<Vec<KernelPlan>, CompileError> {
+    let _span = tracing::info_span!("tiling", kernels = kg.kernels.len()).entered();
+    kg.kernels.iter().map(|k| plan_kernel(kg, k, cfg)).collect()
+}
+
+/// The stable text form of the plans (the `tiling` dump).
+pub fn display(kg: &KernelGraph, plans: &[KernelPlan]) -> String {
+    let mut s = String::new();
+    for (i, (k, p)) in kg.kernels.iter().zip(plans).enumerate() {
+        s.push_str(&format!("k{i} {} [{}]: {}\n", k.name, k.op.kind(), p.tiling));
+        for b in &p.buffers {
+            s.push_str(&format!(
+                "    {} {:?} {} B x{}\n",
+                b.name, b.mem, b.bytes, b.slots
+            ));
+        }
+        if p.restream_bytes > 0 {
+            s.push_str(&format!("    re-streamed {} B\n", p.restream_bytes));
+        }
+    }
+    s
+}

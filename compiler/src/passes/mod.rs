@@ -1,0 +1,113 @@
+//! The middle end: from a verified [`Graph`] to a verified [`KernelGraph`].
+//!
+//! Graph passes are small structs behind the [`Pass`] trait, one per file, run in the
+//! order written in [`run_middle_end`]; the graph verifier runs after each of them in
+//! debug builds and tests, so a pass that breaks an invariant is caught at the pass.
+//! Then [`fusion`] partitions the nodes into groups, [`kernelize`] turns each group into
+//! a [`Kernel`](crate::kernel::Kernel) reading and writing strided HBM views, and
+//! [`precision`] chooses the on-chip storage types. Every stage's text form goes to the
+//! `dump` callback (`neuronc compile --dump DIR` writes them to files).
+
+pub mod attention;
+pub mod fold_constants;
+pub mod cse;
+pub mod dce;
+pub mod epilogue;
+pub mod fusion;
+pub mod gelu;
+pub mod infer_shapes;
+pub mod kernelize;
+pub mod precision;
+pub mod rewrite;
+pub mod simplify_movement;
+
+use crate::CompileError;
+use crate::ir::Graph;
+use crate::kernel::KernelGraph;
+use crate::options::CompileOptions;
+
+/// A graph-to-graph rewrite.
+pub trait Pass {
+    /// Short name, used in spans, dumps and verifier errors.
+    fn name(&self) -> &str;
+    /// Rewrites `g` in place; returns whether anything changed.
+    fn run(&self, g: &mut Graph) -> Result<bool, CompileError>;
+}
+
+/// How many times a group of passes is repeated at most while any of them still changes
+/// the graph (each rewrite shrinks the graph, so this is only a guard).
+const MAX_ROUNDS: usize = 16;
+
+/// Compiles a graph down to kernels: canonicalize, shape inference, DCE and CSE, fusion
+/// and kernel formation, precision assignment. `dump(stage, text)` receives the text form
+/// after each stage (`00-graph` .. `05-precision`).
+pub fn run_middle_end(
+    graph: &Graph,
+    opts: &CompileOptions,
+    dump: &mut dyn FnMut(&str, &str),
+) -> Result<KernelGraph, CompileError> {
+    let _span = tracing::info_span!("middle_end", model = %graph.name).entered();
+    graph
+        .verify()
+        .map_err(|e| CompileError::Verify(format!("input graph: {e}")))?;
+    let mut g = graph.clone();
+    dump("00-graph", &g.to_string());
+    run_to_fixpoint(
+        &mut g,
+        &[
+            &fold_constants::FoldConstants,
+            &simplify_movement::SimplifyMovement,
+            &gelu::RecognizeGelu,
+            &dce::DeadCode,
+        ],
+    )?;
+    dump("01-canonical", &g.to_string());
+    run_to_fixpoint(
+        &mut g,
+        &[&infer_shapes::InferShapes, &dce::DeadCode, &cse::CommonSubexpressions],
+    )?;
+    dump("02-optimized", &g.to_string());
+    let partition = fusion::partition(&g, opts.fuse)?;
+    dump("03-fused", &partition.display(&g));
+    let mut kg = kernelize::kernelize(&g, &partition, opts.fuse)?;
+    verify_kernels(&kg, "kernelize")?;
+    dump("04-kernels", &kg.to_string());
+    precision::assign(&g, &mut kg, opts)?;
+    verify_kernels(&kg, "precision")?;
+    dump("05-precision", &kg.to_string());
+    Ok(kg)
+}
+
+/// Runs `passes` in order, repeatedly, until none changes the graph.
+pub fn run_to_fixpoint(g: &mut Graph, passes: &[&dyn Pass]) -> Result<(), CompileError> {
+    for _ in 0..MAX_ROUNDS {
+        let mut changed = false;
+        for p in passes {
+            changed |= run_pass(g, *p)?;
+        }
+        if !changed {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Runs one pass inside a tracing span, then the verifier (debug builds and tests).
+pub fn run_pass(g: &mut Graph, pass: &dyn Pass) -> Result<bool, CompileError> {
+    let _span = tracing::debug_span!("pass", name = pass.name()).entered();
+    let changed = pass.run(g)?;
+    tracing::debug!(changed, nodes = g.nodes.len(), "pass done");
+    if changed && cfg!(debug_assertions) {
+        g.verify().map_err(|e| {
+            CompileError::Verify(format!("graph after pass '{}': {e}", pass.name()))
+        })?;
+    }
+    Ok(changed)
+}
+
+/// Checks the kernel-graph invariants after `stage` (debug builds and tests; the back
+/// end relies on them, so they are cheap enough to keep in release too).
+fn verify_kernels(kg: &KernelGraph, stage: &str) -> Result<(), CompileError> {
+    kg.verify()
+        .map_err(|e| CompileError::Verify(format!("kernel graph after {stage}: {e}")))
+}

@@ -1,0 +1,169 @@
+//! Precision assignment (after fusion): which storage type each kernel's matmul operands
+//! and elementwise intermediates use on chip, and how weights are stored in HBM.
+//!
+//! - `--auto-cast none`: everything fp32.
+//! - `--auto-cast matmult` (default): matmul and attention operands in the cast type
+//!   (`mm_dtype`); elementwise work fp32.
+//! - `--auto-cast all`: also elementwise intermediates (`act_dtype`) in the cast type —
+//!   except that fp8 and int8 are never used for them (too coarse for a running value
+//!   that feeds further arithmetic): bf16 then.
+//!
+//! Softmax and norm statistics and all accumulations stay fp32 (the kernel op
+//! semantics). Graph inputs and outputs keep their declared types. A weight read only as
+//! the `b` operand of matmuls with a reduced `mm_dtype` is stored pre-cast in HBM: for
+//! bf16/fp16/fp8 its tensor dtype becomes that type while `data` keeps the f32 values —
+//! the artifact writer rounds them when it serializes the weights (and the interpreter
+//! rounds on load); for int8 it is quantized here, symmetric per output channel, into
+//! `data` (i8) and `quant_scale`.
+//!
+//! int8 needs a per-tensor scale for the activation operand, found by calibration
+//! ([`crate::quant`]). A matmul whose `b` is not such a weight (attention, activation
+//! times activation, a weight also read elsewhere) has no int8 form here and uses bf16.
+//! Kernels touching integer or boolean tensors compute in fp32.
+
+use std::collections::BTreeMap;
+
+use crate::CompileError;
+use crate::ir::Graph;
+use crate::kernel::{KTensorId, KernelGraph, KernelOp};
+use crate::options::{AutoCast, CastType, CompileOptions};
+use crate::quant::{activation_scales, calibration_inputs, quantize_symmetric};
+use neuron_isa::{Dtype, TensorKind};
+
+/// The `act_dtype` for elementwise work under `opts`.
+pub fn act_dtype(opts: &CompileOptions) -> Dtype {
+    match (opts.auto_cast, opts.auto_cast_type) {
+        (AutoCast::All, CastType::Fp16) => Dtype::F16,
+        (AutoCast::All, _) => Dtype::Bf16,
+        _ => Dtype::F32,
+    }
+}
+
+/// How each tensor is read: `(kernel index, is the b operand of a matmul, transpose_b)`.
+fn tensor_uses(kg: &KernelGraph) -> BTreeMap<KTensorId, Vec<(usize, bool, bool)>> {
+    let mut uses: BTreeMap<KTensorId, Vec<(usize, bool, bool)>> = BTreeMap::new();
+    for (ki, k) in kg.kernels.iter().enumerate() {
+        for (i, v) in k.inputs.iter().enumerate() {
+            let (is_b, tb) = match k.op {
+                KernelOp::MatMul { b, transpose_b, .. } => (b == i, transpose_b),
+                _ => (false, false),
+            };
+            uses.entry(v.tensor).or_default().push((ki, is_b, tb));
+        }
+    }
+    uses
+}
+
+/// Sets `mm_dtype`, `act_dtype` and `act_scale` of every kernel and the storage of
+/// matmul weights, as described in the module docs.
+pub fn assign(g: &Graph, kg: &mut KernelGraph, opts: &CompileOptions) -> Result<(), CompileError> {
+    let _span = tracing::debug_span!(
+        "precision",
+        auto_cast = opts.auto_cast.name(),
+        cast_type = opts.auto_cast_type.name()
+    )
+    .entered();
+    let mm = opts.matmul_dtype();
+    let act = act_dtype(opts);
+    let uses = tensor_uses(kg);
+    // A weight that only ever feeds matmuls as `b` can be stored pre-cast.
+    let matmul_weight = |t: KTensorId| {
+        kg.tensor(t).is_some_and(|x| {
+            x.kind == TensorKind::Weight && x.dtype == Dtype::F32 && x.data.is_some()
+        }) && uses
+            .get(&t)
+            .is_some_and(|u| u.iter().all(|&(_, is_b, _)| is_b))
+    };
+    let mut plan = Vec::with_capacity(kg.kernels.len());
+    for k in &kg.kernels {
+        let all_float = k
+            .inputs
+            .iter()
+            .chain([&k.output])
+            .all(|v| kg.tensor(v.tensor).is_some_and(|t| t.dtype.is_float()));
+        let (kmm, kact) = match &k.op {
+            _ if !all_float => (Dtype::F32, Dtype::F32),
+            KernelOp::Copy { .. } => (Dtype::F32, Dtype::F32),
+            KernelOp::Attention { .. } if mm == Dtype::I8 => (Dtype::Bf16, act),
+            KernelOp::MatMul { b, .. } if mm == Dtype::I8 => {
+                let w = k.inputs[*b].tensor;
+                if matmul_weight(w) {
+                    (Dtype::I8, act)
+                } else {
+                    tracing::info!(kernel = %k.name, "no int8 form (b is not a matmul-only weight): bf16");
+                    (Dtype::Bf16, act)
+                }
+            }
+            KernelOp::MatMul { .. } | KernelOp::Attention { .. } => (mm, act),
+            _ => (Dtype::F32, act),
+        };
+        plan.push((kmm, kact));
+    }
+    for (k, &(kmm, kact)) in kg.kernels.iter_mut().zip(&plan) {
+        k.mm_dtype = kmm;
+        k.act_dtype = kact;
+        k.act_scale = None;
+    }
+    precast_weights(kg, &uses)?;
+    if mm == Dtype::I8 {
+        let int8: Vec<usize> = (0..kg.kernels.len())
+            .filter(|&i| kg.kernels[i].mm_dtype == Dtype::I8)
+            .collect();
+        let inputs = calibration_inputs(g, opts);
+        let scales = activation_scales(g, kg, &int8, &inputs)?;
+        for (i, s) in scales {
+            kg.kernels[i].act_scale = Some(s);
+        }
+    }
+    Ok(())
+}
+
+/// Stores each matmul-only weight in the reduced type of the kernels reading it, if they
+/// all agree on one.
+fn precast_weights(
+    kg: &mut KernelGraph,
+    uses: &BTreeMap<KTensorId, Vec<(usize, bool, bool)>>,
+) -> Result<(), CompileError> {
+    for (&t, u) in uses {
+        let Some(tensor) = kg.tensor(t) else { continue };
+        if tensor.kind != TensorKind::Weight || tensor.dtype != Dtype::F32 || !u.iter().all(|x| x.1) {
+            continue;
+        }
+        let dtypes: Vec<Dtype> = u.iter().map(|&(ki, _, _)| kg.kernels[ki].mm_dtype).collect();
+        let target = dtypes[0];
+        if target == Dtype::F32 || dtypes.iter().any(|&d| d != target) {
+            continue;
+        }
+        let Some(data) = tensor.data.clone() else {
+            if target == Dtype::I8 {
+                let k = &kg.kernels[u[0].0];
+                return Err(CompileError::Precision {
+                    kernel: k.name.clone(),
+                    message: format!(
+                        "int8 needs the data of weight '{}' to quantize it, but it has none",
+                        tensor.name
+                    ),
+                });
+            }
+            continue;
+        };
+        // Per output channel when every reader takes the whole weight as `[.., K, N]`;
+        // otherwise the last axis is not the output channel: one scale for the tensor.
+        let numel = tensor.numel();
+        let per_channel = u.iter().all(|&(ki, _, tb)| {
+            !tb && kg.kernels[ki]
+                .inputs
+                .iter()
+                .filter(|v| v.tensor == t)
+                .all(|v| v.is_whole_contiguous(numel))
+        });
+        let tensor = &mut kg.tensors[t.0 as usize];
+        tensor.dtype = target;
+        if target == Dtype::I8 {
+            let q = quantize_symmetric(&data, per_channel);
+            tensor.data = Some(q.data);
+            tensor.quant_scale = Some(q.scales);
+        }
+    }
+    Ok(())
+}

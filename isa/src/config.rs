@@ -1,0 +1,381 @@
+//! Chip configurations: the `trn1` and `trn2` presets and overrides from TOML.
+//!
+//! Every figure comes from the reference (`docs/chip-config.md` lists each field's unit and
+//! source). A TOML file names a preset in `base` and overrides any field:
+//!
+//! ```toml
+//! base = "trn1"
+//! name = "trn1-big-sbuf"
+//! sbuf_bytes_per_partition = 393216
+//! hbm_bandwidth_bytes_per_ns = 820.0
+//! ```
+
+use crate::dtype::Dtype;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The parameters of one simulated NeuronCore.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChipConfig {
+    /// Name shown in summaries (`trn1`, `trn2`, or a user's name).
+    pub name: String,
+    /// NeuronCore generation: 2 (Trn1/Inf2) or 3 (Trn2). Selects generation-specific rules.
+    pub generation: u32,
+    /// SBUF/PSUM partitions and systolic array rows and columns.
+    pub partitions: u32,
+    /// TensorE clock in GHz.
+    pub tensor_clock_ghz: f64,
+    /// VectorE clock in GHz.
+    pub vector_clock_ghz: f64,
+    /// ScalarE clock in GHz.
+    pub scalar_clock_ghz: f64,
+    /// GpSimd clock in GHz.
+    pub gpsimd_clock_ghz: f64,
+    /// SBUF bytes per partition.
+    pub sbuf_bytes_per_partition: u64,
+    /// PSUM bytes per partition.
+    pub psum_bytes_per_partition: u64,
+    /// PSUM banks per partition (an accumulation group lives in one bank).
+    pub psum_banks: u32,
+    /// HBM capacity available to this core, bytes.
+    pub hbm_bytes: u64,
+    /// HBM bandwidth available to this core, bytes per ns (= GB/s).
+    pub hbm_bandwidth_bytes_per_ns: f64,
+    /// Number of DMA engines; each serves `partitions / dma_engines` partitions.
+    pub dma_engines: u32,
+    /// Number of DMA queues the program may use.
+    pub dma_queues: u32,
+    /// Bandwidth of one DMA engine, bytes per ns.
+    pub dma_engine_bytes_per_ns: f64,
+    /// Fixed latency of one DMA transfer (descriptor, sync, semaphore), ns.
+    pub dma_fixed_latency_ns: f64,
+    /// Maximum stationary free size of a matmul (M).
+    pub matmul_stationary_fmax: u32,
+    /// Maximum moving free size of a matmul (N), one PSUM bank of FP32.
+    pub matmul_moving_fmax: u32,
+    /// TensorE cycle multiplier for FP32 matmuls (4: quarter rate).
+    pub matmul_fp32_factor: u32,
+    /// TensorE rate multiplier for FP8 matmuls (1 on trn1, 2 with double-row on trn2).
+    pub matmul_fp8_speedup: u32,
+    /// TensorE rate multiplier for INT8 matmuls (2 on trn1: 380 INT8 TOPS per chip).
+    pub matmul_int8_speedup: u32,
+    /// Minimum initiation interval of VectorE/ScalarE instructions, engine cycles.
+    pub min_ii_cycles: u64,
+    /// Static cost to start an SBUF/PSUM access, engine cycles.
+    pub access_overhead_cycles: u64,
+    /// TensorE pipeline fill latency, TensorE cycles.
+    pub matmul_init_latency_cycles: u64,
+    /// GpSimd start-up cost per instruction, GpSimd cycles.
+    pub gpsimd_start_cycles: u64,
+    /// Elements per cycle VectorE processes for bf16/fp16 in SBUF with unit stride
+    /// (trn2 perf mode); 0 disables the mode.
+    pub vector_bf16_perf_factor: u32,
+    /// Floor of a TensorE instruction from the stationary side, TensorE cycles: a matmul
+    /// costs `max(min(this, M), N)` and a transpose `max(P, min(this, F))` (the 64 of the
+    /// documented formulas).
+    pub matmul_stationary_min_cycles: u64,
+    /// VectorE cycles per `bn_stats` triple aggregated by `bn_aggr`: the 13 of
+    /// `max(MIN_II, 13 * (N / 3))`.
+    pub bn_aggr_cycles_per_triple: u64,
+    /// Innermost on-chip stride, in bytes, above which SBUF/PSUM bandwidth halves (the
+    /// instruction's element cost doubles); 0 disables the penalty.
+    pub stride_penalty_bytes: u64,
+}
+
+/// Errors reading or validating a chip configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The preset name is not known.
+    #[error("unknown target '{0}': expected trn1, trn2 or a path to a .toml file")]
+    UnknownPreset(String),
+    /// The file could not be read.
+    #[error("cannot read chip config {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has a wrong field.
+    #[error("invalid chip config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A field has a value the simulator cannot use.
+    #[error("invalid chip config field `{field}`: {message}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong, with expected vs found.
+        message: String,
+    },
+}
+
+const KIB: u64 = 1024;
+const GIB: u64 = 1024 * 1024 * 1024;
+
+impl ChipConfig {
+    /// NeuronCore-v2 as in a Trn1 chip (one of its two cores).
+    pub fn trn1() -> ChipConfig {
+        ChipConfig {
+            name: "trn1".into(),
+            generation: 2,
+            partitions: 128,
+            tensor_clock_ghz: 2.8,
+            vector_clock_ghz: 1.12,
+            scalar_clock_ghz: 1.4,
+            gpsimd_clock_ghz: 1.4,
+            sbuf_bytes_per_partition: 192 * KIB,
+            psum_bytes_per_partition: 16 * KIB,
+            psum_banks: 8,
+            hbm_bytes: 16 * GIB,
+            hbm_bandwidth_bytes_per_ns: 410.0,
+            dma_engines: 16,
+            dma_queues: 16,
+            dma_engine_bytes_per_ns: 17.0,
+            dma_fixed_latency_ns: 1300.0,
+            matmul_stationary_fmax: 128,
+            matmul_moving_fmax: 512,
+            matmul_fp32_factor: 4,
+            matmul_fp8_speedup: 1,
+            matmul_int8_speedup: 2,
+            min_ii_cycles: 64,
+            access_overhead_cycles: 60,
+            matmul_init_latency_cycles: 64,
+            gpsimd_start_cycles: 150,
+            vector_bf16_perf_factor: 0,
+            matmul_stationary_min_cycles: 64,
+            bn_aggr_cycles_per_triple: 13,
+            stride_penalty_bytes: 16,
+        }
+    }
+
+    /// NeuronCore-v3 as in a Trn2 chip (one physical core).
+    pub fn trn2() -> ChipConfig {
+        ChipConfig {
+            name: "trn2".into(),
+            generation: 3,
+            tensor_clock_ghz: 2.4,
+            vector_clock_ghz: 0.96,
+            scalar_clock_ghz: 1.2,
+            gpsimd_clock_ghz: 1.2,
+            sbuf_bytes_per_partition: 224 * KIB,
+            hbm_bytes: 12 * GIB,
+            hbm_bandwidth_bytes_per_ns: 362.0,
+            dma_engine_bytes_per_ns: 23.0,
+            matmul_fp8_speedup: 2,
+            matmul_int8_speedup: 1,
+            vector_bf16_perf_factor: 2,
+            // Same documented cost-model constants as trn1 (trainium.md 2.3 lists one model
+            // for v2 and v3).
+            matmul_stationary_min_cycles: 64,
+            bn_aggr_cycles_per_triple: 13,
+            stride_penalty_bytes: 16,
+            ..ChipConfig::trn1()
+        }
+    }
+
+    /// A preset by name.
+    pub fn preset(name: &str) -> Result<ChipConfig, ConfigError> {
+        match name {
+            "trn1" => Ok(ChipConfig::trn1()),
+            "trn2" => Ok(ChipConfig::trn2()),
+            _ => Err(ConfigError::UnknownPreset(name.to_string())),
+        }
+    }
+
+    /// Resolves a `--target` argument: a preset name, or a path to a TOML file.
+    pub fn from_target(target: &str) -> Result<ChipConfig, ConfigError> {
+        if target.ends_with(".toml") || Path::new(target).exists() {
+            ChipConfig::from_toml_file(Path::new(target))
+        } else {
+            ChipConfig::preset(target)
+        }
+    }
+
+    /// Reads a TOML file that names a `base` preset (default `trn1`) and overrides fields.
+    pub fn from_toml_file(path: &Path) -> Result<ChipConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        ChipConfig::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Parses TOML text (see [`ChipConfig::from_toml_file`]); `origin` names it in errors.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<ChipConfig, ConfigError> {
+        let parse_err = |message: String| ConfigError::Parse {
+            path: origin.to_string(),
+            message,
+        };
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            parse_err(e.to_string().trim_end().to_string())
+        })?;
+        let base = match table.remove("base") {
+            None => "trn1".to_string(),
+            Some(toml::Value::String(s)) => s,
+            Some(other) => {
+                return Err(parse_err(format!(
+                    "`base` must be a string naming a preset, found {}",
+                    other.type_str()
+                )));
+            }
+        };
+        let preset = ChipConfig::preset(&base)?;
+        let mut merged = toml::Table::try_from(&preset)
+            .map_err(|e| parse_err(format!("internal: cannot serialise preset: {e}")))?;
+        for (k, v) in table {
+            if !merged.contains_key(&k) {
+                return Err(parse_err(format!("unknown field `{k}`")));
+            }
+            // Integers are accepted where floats are expected.
+            let v = match (&merged[&k], v) {
+                (toml::Value::Float(_), toml::Value::Integer(i)) => toml::Value::Float(i as f64),
+                (_, v) => v,
+            };
+            merged.insert(k, v);
+        }
+        let cfg: ChipConfig = merged
+            .try_into()
+            .map_err(|e: toml::de::Error| parse_err(e.to_string().trim_end().to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks that every field is usable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn pos(field: &'static str, v: f64) -> Result<(), ConfigError> {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    field,
+                    message: format!("expected a positive finite number, found {v}"),
+                })
+            }
+        }
+        pos("tensor_clock_ghz", self.tensor_clock_ghz)?;
+        pos("vector_clock_ghz", self.vector_clock_ghz)?;
+        pos("scalar_clock_ghz", self.scalar_clock_ghz)?;
+        pos("gpsimd_clock_ghz", self.gpsimd_clock_ghz)?;
+        pos("hbm_bandwidth_bytes_per_ns", self.hbm_bandwidth_bytes_per_ns)?;
+        pos("dma_engine_bytes_per_ns", self.dma_engine_bytes_per_ns)?;
+        if !(self.dma_fixed_latency_ns.is_finite() && self.dma_fixed_latency_ns >= 0.0) {
+            return Err(ConfigError::Invalid {
+                field: "dma_fixed_latency_ns",
+                message: format!(
+                    "expected a non-negative finite number, found {}",
+                    self.dma_fixed_latency_ns
+                ),
+            });
+        }
+        if self.partitions != 128 {
+            return Err(ConfigError::Invalid {
+                field: "partitions",
+                message: format!(
+                    "expected 128 (the ISA's partition rules assume it), found {}",
+                    self.partitions
+                ),
+            });
+        }
+        let check_range = |field: &'static str, v: u64, lo: u64, hi: u64| {
+            if v < lo || v > hi {
+                Err(ConfigError::Invalid {
+                    field,
+                    message: format!("expected {lo}..={hi}, found {v}"),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        // SBUF: at least 16 KiB, at most 64 MiB per partition (8 GiB total).
+        check_range(
+            "sbuf_bytes_per_partition",
+            self.sbuf_bytes_per_partition,
+            16 * KIB,
+            64 * 1024 * KIB,
+        )?;
+        check_range("psum_banks", u64::from(self.psum_banks), 1, 64)?;
+        check_range(
+            "psum_bytes_per_partition",
+            self.psum_bytes_per_partition,
+            u64::from(self.psum_banks) * 2 * KIB,
+            u64::from(self.psum_banks) * 2 * KIB,
+        )
+        .map_err(|_| ConfigError::Invalid {
+            field: "psum_bytes_per_partition",
+            message: format!(
+                "expected psum_banks x 2048 = {} (banks hold 512 fp32), found {}",
+                u64::from(self.psum_banks) * 2 * KIB,
+                self.psum_bytes_per_partition
+            ),
+        })?;
+        check_range("hbm_bytes", self.hbm_bytes, 1 << 20, 1 << 40)?;
+        check_range("dma_engines", u64::from(self.dma_engines), 1, 128)?;
+        if self.partitions % self.dma_engines != 0 {
+            return Err(ConfigError::Invalid {
+                field: "dma_engines",
+                message: format!(
+                    "expected a divisor of partitions ({}), found {}",
+                    self.partitions, self.dma_engines
+                ),
+            });
+        }
+        check_range("dma_queues", u64::from(self.dma_queues), 1, 64)?;
+        check_range(
+            "matmul_stationary_fmax",
+            u64::from(self.matmul_stationary_fmax),
+            1,
+            128,
+        )?;
+        check_range(
+            "matmul_moving_fmax",
+            u64::from(self.matmul_moving_fmax),
+            1,
+            512,
+        )?;
+        check_range("matmul_fp32_factor", u64::from(self.matmul_fp32_factor), 1, 16)?;
+        check_range("matmul_fp8_speedup", u64::from(self.matmul_fp8_speedup), 1, 4)?;
+        check_range("matmul_int8_speedup", u64::from(self.matmul_int8_speedup), 1, 4)?;
+        check_range("generation", u64::from(self.generation), 2, 3)?;
+        Ok(())
+    }
+
+    /// Partitions served by one DMA engine.
+    pub fn partitions_per_dma_engine(&self) -> u32 {
+        self.partitions / self.dma_engines
+    }
+
+    /// PSUM bytes per bank per partition (2 KiB: 512 FP32).
+    pub fn psum_bank_bytes(&self) -> u64 {
+        self.psum_bytes_per_partition / u64::from(self.psum_banks)
+    }
+
+    /// Clock of `engine` in GHz (DMA queues report the TensorE clock; they are timed in ns).
+    pub fn clock_ghz(&self, engine: crate::Engine) -> f64 {
+        match engine {
+            crate::Engine::Tensor | crate::Engine::Dma(_) => self.tensor_clock_ghz,
+            crate::Engine::Vector => self.vector_clock_ghz,
+            crate::Engine::Scalar => self.scalar_clock_ghz,
+            crate::Engine::GpSimd => self.gpsimd_clock_ghz,
+        }
+    }
+
+    /// Peak TensorE throughput in FLOP/s for matmul inputs of `dtype`
+    /// (2 x rows x cols x clock, divided by the FP32 factor or multiplied by the FP8/INT8
+    /// speed-up).
+    pub fn peak_flops(&self, dtype: Dtype) -> f64 {
+        let p = f64::from(self.partitions);
+        let base = 2.0 * p * p * self.tensor_clock_ghz * 1e9;
+        match dtype {
+            Dtype::F32 => base / f64::from(self.matmul_fp32_factor),
+            Dtype::Fp8E4m3 | Dtype::Fp8E5m2 => base * f64::from(self.matmul_fp8_speedup),
+            Dtype::I8 | Dtype::U8 => base * f64::from(self.matmul_int8_speedup),
+            _ => base,
+        }
+    }
+}

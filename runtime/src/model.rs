@@ -1,0 +1,133 @@
+//! A loaded, verified artifact: the unit the runtime binds inputs to and executes.
+
+use crate::error::RuntimeError;
+use neuron_isa::{Artifact, ChipConfig, Dtype, NO_KERNEL, TensorId, TensorKind};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// What the runtime knows about one input or output tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorDesc {
+    /// The tensor's id in the program's HBM tensor table.
+    pub id: TensorId,
+    /// The graph value's name.
+    pub name: String,
+    /// Logical shape, row-major.
+    pub shape: Vec<u64>,
+    /// Element type as stored in HBM.
+    pub dtype: Dtype,
+}
+
+/// A verified artifact, ready to be bound and executed any number of times.
+///
+/// Invariants (checked by [`Model::from_artifact`]): the target configuration is valid;
+/// every weight tensor has its bytes in the artifact; input and output names are unique;
+/// every instruction's kernel index is [`NO_KERNEL`] or names a kernel.
+#[derive(Debug, Clone)]
+pub struct Model {
+    artifact: Artifact,
+}
+
+impl Model {
+    /// Reads and verifies a `.neff` file: magic, format version, checksum and weight
+    /// ranges (by [`Artifact::read`]), then the checks of [`Model::from_artifact`].
+    pub fn load(path: &Path) -> Result<Model, RuntimeError> {
+        let artifact = Artifact::read(path).map_err(|source| RuntimeError::Artifact {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Model::from_artifact(artifact)
+    }
+
+    /// Verifies an artifact already in memory (e.g. compiled in this process).
+    pub fn from_artifact(artifact: Artifact) -> Result<Model, RuntimeError> {
+        let meta = &artifact.meta;
+        meta.target
+            .validate()
+            .map_err(|source| RuntimeError::Target {
+                target: meta.target.name.clone(),
+                source,
+            })?;
+        artifact
+            .check_weights()
+            .map_err(|e| RuntimeError::Program(e.to_string()))?;
+        let program = &meta.program;
+        let mut names = BTreeSet::new();
+        for t in &program.tensors {
+            match t.kind {
+                TensorKind::Input | TensorKind::Output => {
+                    if !names.insert(t.name.as_str()) {
+                        return Err(RuntimeError::Program(format!(
+                            "two inputs or outputs are named '{}'",
+                            t.name
+                        )));
+                    }
+                }
+                TensorKind::Weight | TensorKind::Scratch => {}
+            }
+        }
+        for (i, t) in program.tensors.iter().enumerate() {
+            if t.kind == TensorKind::Weight && artifact.weight_bytes(TensorId(i as u32)).is_none() {
+                return Err(RuntimeError::Program(format!(
+                    "weight tensor '{}' (t{i}) has no bytes in the artifact",
+                    t.name
+                )));
+            }
+        }
+        for (s, stream) in program.streams.iter().enumerate() {
+            for (i, instr) in stream.instrs.iter().enumerate() {
+                if instr.kernel != NO_KERNEL && instr.kernel as usize >= program.kernels.len() {
+                    return Err(RuntimeError::Program(format!(
+                        "{} instruction {i} (stream {s}) names kernel {}, but the program has {} kernels",
+                        stream.engine,
+                        instr.kernel,
+                        program.kernels.len()
+                    )));
+                }
+            }
+        }
+        Ok(Model { artifact })
+    }
+
+    /// The artifact (program, metadata, weights).
+    pub fn artifact(&self) -> &Artifact {
+        &self.artifact
+    }
+
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.artifact.meta.model_name
+    }
+
+    /// The chip the program was compiled for, and runs on.
+    pub fn target(&self) -> &ChipConfig {
+        &self.artifact.meta.target
+    }
+
+    fn descs(&self, kind: TensorKind) -> Vec<TensorDesc> {
+        self.artifact
+            .meta
+            .program
+            .tensors
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.kind == kind)
+            .map(|(i, t)| TensorDesc {
+                id: TensorId(i as u32),
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                dtype: t.dtype,
+            })
+            .collect()
+    }
+
+    /// The inputs, in tensor-table order.
+    pub fn inputs(&self) -> Vec<TensorDesc> {
+        self.descs(TensorKind::Input)
+    }
+
+    /// The outputs, in tensor-table order.
+    pub fn outputs(&self) -> Vec<TensorDesc> {
+        self.descs(TensorKind::Output)
+    }
+}

@@ -1,0 +1,331 @@
+//! `trace.json`: the run as Chrome trace events, for Perfetto (ui.perfetto.dev) and
+//! chrome://tracing.
+//!
+//! Layout: one process (the NeuronCore) with one thread per stream, named after its
+//! engine (`tensor`, `vector`, `scalar`, `gpsimd`, `dma0`, ...). Each instruction is a
+//! complete (`"ph": "X"`) slice named by its opcode, with `ts` and `dur` in microseconds
+//! at picosecond precision, and args `kernel`, `operands` (its disassembly), `bytes` (HBM
+//! bytes moved), `flops`, `index`, `wait` and `signal`. Streams are in-order, so slices on
+//! one thread never overlap.
+//!
+//! Two counter tracks (`"ph": "C"`):
+//! - `HBM bandwidth (GB/s)`: each DMA's HBM bytes spread evenly over its duration, summed
+//!   over the DMAs in flight.
+//! - `SBUF occupancy (bytes)`: SBUF bytes belonging to the kernels running at that time.
+//!   A kernel's footprint is the union of the SBUF bytes (per partition) its instructions
+//!   touch, held from its first instruction's start to its last one's end; the counter is
+//!   the size of the union of the running kernels' footprints. Instructions outside any
+//!   kernel are not counted.
+
+use crate::error::RuntimeError;
+use crate::model::Model;
+use crate::profile::{Span, spans};
+use neuron_isa::{Ap, Memory, Op, Operand};
+use neuron_sim::RunStats;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Process id of the (single) NeuronCore in the trace.
+const PID: u32 = 1;
+
+/// Picoseconds to trace microseconds.
+fn us(ps: u64) -> f64 {
+    ps as f64 / 1e6
+}
+
+fn operand(o: &Operand) -> String {
+    match o {
+        Operand::Imm(v) => format!("{v}"),
+        Operand::PerPartition(ap) => ap.to_string(),
+    }
+}
+
+/// A one-line disassembly of an instruction's operands.
+pub fn operands(op: &Op) -> String {
+    match op {
+        Op::Dma { dst, src } => format!("dst={dst} src={src}"),
+        Op::DmaGather {
+            dst,
+            table,
+            indices,
+        } => format!("dst={dst} table={table} indices={indices}"),
+        Op::Matmul {
+            dst,
+            stationary,
+            moving,
+            accumulate,
+        } => format!(
+            "dst={dst} stationary={stationary} moving={moving}{}",
+            if *accumulate { " accumulate" } else { "" }
+        ),
+        Op::Transpose { dst, src } | Op::TensorCopy { dst, src } => {
+            format!("dst={dst} src={src}")
+        }
+        Op::BnStats { dst, src } | Op::BnAggr { dst, src } => format!("dst={dst} src={src}"),
+        Op::Activation {
+            dst,
+            src,
+            func,
+            scale,
+            bias,
+            accum,
+        } => {
+            let mut s = format!(
+                "func={} dst={dst} src={src} scale={}",
+                func.name(),
+                operand(scale)
+            );
+            if let Some(b) = bias {
+                s.push_str(&format!(" bias={}", operand(b)));
+            }
+            if let Some(a) = accum {
+                s.push_str(&format!(" accum={a}"));
+            }
+            s
+        }
+        Op::TensorTensor { dst, a, b, op } => format!("op={} dst={dst} a={a} b={b}", op.name()),
+        Op::TensorScalar {
+            dst,
+            src,
+            op0,
+            operand0,
+            reverse0,
+            op1,
+            operand1,
+            reverse1,
+        } => format!(
+            "dst={dst} src={src} op0={}{} operand0={} op1={}{} operand1={}",
+            op0.name(),
+            if *reverse0 { " reversed" } else { "" },
+            operand(operand0),
+            op1.name(),
+            if *reverse1 { " reversed" } else { "" },
+            operand(operand1)
+        ),
+        Op::TensorReduce {
+            dst,
+            src,
+            op,
+            axes,
+            negate,
+        } => format!(
+            "op={} axes={axes}{} dst={dst} src={src}",
+            op.name(),
+            if *negate { " negate" } else { "" }
+        ),
+        Op::Memset { dst, value } => format!("dst={dst} value={value}"),
+        Op::Select {
+            dst,
+            pred,
+            on_true,
+            on_false,
+        } => format!("dst={dst} pred={pred} on_true={on_true} on_false={on_false}"),
+        Op::Iota {
+            dst,
+            offset,
+            channel_multiplier,
+            steps,
+        } => format!(
+            "dst={dst} offset={offset} channel_multiplier={channel_multiplier} steps={steps:?}"
+        ),
+    }
+}
+
+/// The Chrome trace of one run of `model`.
+pub fn chrome_trace(model: &Model, stats: &RunStats) -> Result<Value, RuntimeError> {
+    let program = &model.artifact().meta.program;
+    let all = spans(program, stats)?;
+    let mut events = Vec::with_capacity(all.len() + 2 * program.streams.len() + 16);
+    events.push(json!({
+        "name": "process_name", "ph": "M", "pid": PID,
+        "args": { "name": format!("NeuronCore: {} on {}", model.name(), model.target().name) },
+    }));
+    // Compute engines first, then DMA queues in number order.
+    let mut order: Vec<usize> = (0..program.streams.len()).collect();
+    order.sort_by_key(|&i| program.streams[i].engine);
+    for (rank, &i) in order.iter().enumerate() {
+        let name = program.streams[i].engine.name();
+        events.push(json!({
+            "name": "thread_name", "ph": "M", "pid": PID, "tid": i, "args": { "name": name },
+        }));
+        events.push(json!({
+            "name": "thread_sort_index", "ph": "M", "pid": PID, "tid": i,
+            "args": { "sort_index": rank },
+        }));
+    }
+    for s in &all {
+        let r = s.record;
+        let wait: Vec<String> = s
+            .instr
+            .wait
+            .iter()
+            .map(|w| format!("{}>={}", w.sem, w.count))
+            .collect();
+        let signal: Vec<String> = s.instr.signal.iter().map(ToString::to_string).collect();
+        events.push(json!({
+            "name": s.instr.op.opcode(),
+            "cat": if s.engine.is_dma() { "dma" } else { "compute" },
+            "ph": "X",
+            "pid": PID,
+            "tid": r.stream,
+            "ts": us(r.start_ps),
+            "dur": us(r.end_ps.saturating_sub(r.start_ps)),
+            "args": {
+                "kernel": s.kernel_name(),
+                "operands": operands(&s.instr.op),
+                "bytes": r.hbm_read_bytes + r.hbm_write_bytes,
+                "hbm_read_bytes": r.hbm_read_bytes,
+                "hbm_write_bytes": r.hbm_write_bytes,
+                "flops": r.flops,
+                "index": r.index,
+                "wait": wait.join(" "),
+                "signal": signal.join(" "),
+            },
+        }));
+    }
+    for (t, gbps) in hbm_bandwidth(&all) {
+        events.push(json!({
+            "name": "HBM bandwidth (GB/s)", "ph": "C", "pid": PID, "ts": us(t),
+            "args": { "GB/s": gbps },
+        }));
+    }
+    for (t, bytes) in sbuf_occupancy(&all) {
+        events.push(json!({
+            "name": "SBUF occupancy (bytes)", "ph": "C", "pid": PID, "ts": us(t),
+            "args": { "bytes": bytes },
+        }));
+    }
+    Ok(json!({
+        "traceEvents": events,
+        "displayTimeUnit": "ns",
+        "otherData": {
+            "model": model.name(),
+            "target": model.target().name,
+            "latency_ns": stats.total_ps as f64 / 1000.0,
+        },
+    }))
+}
+
+/// Steps of the HBM bandwidth counter: (time ps, GB/s from then on).
+fn hbm_bandwidth(all: &[Span<'_>]) -> Vec<(u64, f64)> {
+    // Per time: (rate change, change in the number of DMAs in flight).
+    let mut changes: BTreeMap<u64, (f64, i64)> = BTreeMap::new();
+    for s in all.iter().filter(|s| s.engine.is_dma()) {
+        let r = s.record;
+        let bytes = r.hbm_read_bytes + r.hbm_write_bytes;
+        let dur = r.end_ps.saturating_sub(r.start_ps);
+        if bytes == 0 || dur == 0 {
+            continue;
+        }
+        // bytes per ps x 1000 = bytes per ns = GB/s.
+        let rate = bytes as f64 * 1000.0 / dur as f64;
+        let e = changes.entry(r.start_ps).or_default();
+        e.0 += rate;
+        e.1 += 1;
+        let e = changes.entry(r.end_ps).or_default();
+        e.0 -= rate;
+        e.1 -= 1;
+    }
+    let mut out = Vec::with_capacity(changes.len() + 1);
+    let (mut rate, mut live) = (0.0f64, 0i64);
+    if changes.first_key_value().is_some_and(|(&t, _)| t > 0) {
+        out.push((0, 0.0));
+    }
+    for (t, (dr, dl)) in changes {
+        rate += dr;
+        live += dl;
+        // Exactly zero when nothing is in flight, whatever the float sums left over.
+        if live == 0 {
+            rate = 0.0;
+        }
+        out.push((t, rate.max(0.0)));
+    }
+    out
+}
+
+/// SBUF rectangle: partitions `[p0, p1)`, bytes `[b0, b1)` within each.
+type Rect = (u32, u32, u64, u64);
+
+fn sbuf_rect(ap: &Ap) -> Option<Rect> {
+    if ap.mem != Memory::Sbuf {
+        return None;
+    }
+    let (lo, hi) = ap.row_byte_span()?;
+    Some((
+        ap.start_partition,
+        ap.start_partition.saturating_add(ap.partitions),
+        lo.max(0) as u64,
+        hi.max(0) as u64,
+    ))
+}
+
+/// Bytes covered by the union of `rects`.
+fn union_area(rects: &[&Rect]) -> u64 {
+    let mut edges: BTreeSet<u32> = BTreeSet::new();
+    for r in rects {
+        edges.insert(r.0);
+        edges.insert(r.1);
+    }
+    let edges: Vec<u32> = edges.into_iter().collect();
+    let mut total = 0;
+    // Between consecutive partition edges every partition has the same byte intervals.
+    for w in edges.windows(2) {
+        let (p0, p1) = (w[0], w[1]);
+        let intervals: Vec<(u64, u64)> = rects
+            .iter()
+            .filter(|r| r.0 <= p0 && p1 <= r.1 && r.2 < r.3)
+            .map(|r| (r.2, r.3))
+            .collect();
+        total += u64::from(p1 - p0) * super::union_length(intervals);
+    }
+    total
+}
+
+/// Steps of the SBUF occupancy counter: (time ps, bytes from then on).
+fn sbuf_occupancy(all: &[Span<'_>]) -> Vec<(u64, u64)> {
+    struct Footprint {
+        start: u64,
+        end: u64,
+        rects: BTreeSet<Rect>,
+    }
+    let mut kernels: BTreeMap<u32, Footprint> = BTreeMap::new();
+    for s in all {
+        if s.kernel.is_none() {
+            continue;
+        }
+        let f = kernels.entry(s.record.kernel).or_insert_with(|| Footprint {
+            start: s.record.start_ps,
+            end: s.record.end_ps,
+            rects: BTreeSet::new(),
+        });
+        f.start = f.start.min(s.record.start_ps);
+        f.end = f.end.max(s.record.end_ps);
+        let op = &s.instr.op;
+        for ap in op.reads().into_iter().chain(op.writes()) {
+            f.rects.extend(sbuf_rect(ap));
+        }
+    }
+    let mut times: BTreeSet<u64> = BTreeSet::new();
+    for f in kernels.values() {
+        times.insert(f.start);
+        times.insert(f.end);
+    }
+    let mut out = Vec::with_capacity(times.len() + 1);
+    if times.first().is_some_and(|&t| t > 0) {
+        out.push((0, 0));
+    }
+    let mut last = None;
+    for t in times {
+        let live: Vec<&Rect> = kernels
+            .values()
+            .filter(|f| f.start <= t && t < f.end)
+            .flat_map(|f| f.rects.iter())
+            .collect();
+        let bytes = union_area(&live);
+        if last != Some(bytes) {
+            out.push((t, bytes));
+            last = Some(bytes);
+        }
+    }
+    out
+}

@@ -1,0 +1,12 @@
+//! The runtime's integration tests: one binary (one link), one module per area.
+
+// Tests may unwrap (clippy.toml allows it inside #[test] functions); the shared helpers
+// of this test binary are test code too.
+#![allow(clippy::unwrap_used)]
+
+mod checks;
+mod cli;
+mod common;
+mod execute;
+mod load;
+mod profile;

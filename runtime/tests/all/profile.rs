@@ -1,0 +1,257 @@
+//! The profile files, written by the library, parsed back and checked against the run.
+
+use crate::checks::*;
+use crate::common::*;
+use neuron_isa::{Ap, ChipConfig, Dtype, Op, TensorId, TensorKind};
+use neuron_runtime::profile::{folded, ps_to_ns};
+use neuron_runtime::{Execution, Model, Report, RunOptions, Summary, write_profile};
+use serde_json::Value;
+
+fn run(m: &Model) -> Execution {
+    let mut b = m.bind();
+    b.generate_missing(2).unwrap();
+    m.execute(&b, &RunOptions::default()).unwrap()
+}
+
+fn read_json(p: &std::path::Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+#[test]
+fn profile_files_parse_and_agree_with_the_records() {
+    let m = Model::from_artifact(mlp_artifact(256, 6)).unwrap();
+    let exec = run(&m);
+    let stats = &exec.stats;
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_profile(&dir.path().join("prof"), &m, stats).unwrap();
+
+    // flame.folded: weights per engine are the engines' busy times in ns.
+    let text = std::fs::read_to_string(&files.folded).unwrap();
+    let (per_engine, per_kernel) = parse_folded(&text, "mlp");
+    for e in &stats.engines {
+        assert_eq!(
+            per_engine.get(&e.engine.name()).copied().unwrap_or(0),
+            ps_to_ns(e.busy_ps),
+            "engine {}",
+            e.engine
+        );
+    }
+    assert_eq!(per_engine.len(), stats.engines.len());
+    let kernels: Vec<&String> = per_kernel.keys().collect();
+    assert_eq!(kernels, vec!["fc1", "fc1_relu", "load"]);
+
+    // trace.json: busy time per thread equals the simulator's, slice by slice.
+    let trace = read_json(&files.trace);
+    let busy = check_trace(&trace, stats.records.len());
+    for e in &stats.engines {
+        assert_eq!(busy[&e.engine.name()], e.busy_ps, "engine {}", e.engine);
+    }
+    let hbm = (stats.bytes.hbm_read + stats.bytes.hbm_write) as f64;
+    let integral = hbm_counter_bytes(&trace);
+    assert!(
+        (integral - hbm).abs() <= 1e-6 * hbm,
+        "counter integrates to {integral}, moved {hbm}"
+    );
+    let sbuf_max = trace["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["name"] == "SBUF occupancy (bytes)")
+        .map(|e| e["args"]["bytes"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    // The footprints: x tile (bf16) and w in `load`, x, w and the f32 eviction in `fc1`,
+    // the eviction and the relu result in `fc1 relu`; all live at once at most.
+    let per_part = 256 * 2 + 128 * 2 + 256 * 4 + 256 * 4;
+    assert!(sbuf_max <= 128 * per_part, "{sbuf_max}");
+    assert!(sbuf_max >= 128 * (256 * 2 + 128 * 2), "{sbuf_max}");
+
+    // flame.svg names the kernels.
+    check_svg(
+        &std::fs::read_to_string(&files.svg).unwrap(),
+        &["fc1", "fc1_relu", "load", "mlp"],
+    );
+
+    // summary.json: keys and recomputed figures.
+    let s = read_json(&files.summary);
+    check_summary(&s, &ChipConfig::trn1(), Dtype::Bf16);
+    assert_eq!(s["flops"], 2 * 128 * 128 * 256 * 6);
+    assert_eq!(
+        s["latency_ns"].as_f64().unwrap(),
+        stats.total_ps as f64 / 1000.0
+    );
+    assert_eq!(s["hbm_read_bytes"], stats.bytes.hbm_read);
+    let k = |name: &str| {
+        s["kernels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(k("fc1")["bound"], "compute-bound");
+    assert_eq!(k("fc1")["bytes"], 0);
+    assert_eq!(k("fc1")["flops"], 2 * 128 * 128 * 256 * 6);
+    assert_eq!(k("load")["bound"], "memory-bound");
+    assert_eq!(k("load")["bytes"], 128 * 256 * 6 * 4 + 128 * 128 * 2);
+    assert_eq!(k("fc1 relu")["bytes"], 128 * 256 * 6 * 4);
+    let dma = s["engine_active_percent"]["dma"].as_f64().unwrap();
+    let dma_max = s["engines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["engine"].as_str().unwrap().starts_with("dma"))
+        .map(|e| e["active_percent"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!(
+        dma >= dma_max && dma <= 100.0,
+        "dma {dma} vs busiest queue {dma_max}"
+    );
+}
+
+#[test]
+fn folded_weights_sum_exactly_over_many_instructions() {
+    // Many short instructions: per-instruction rounding would drift; cumulative does not.
+    let m = Model::from_artifact(mlp_artifact(16, 40)).unwrap();
+    let exec = run(&m);
+    let lines = folded::folded_stacks(&m, &exec.stats).unwrap();
+    let (per_engine, _) = parse_folded(&(lines.join("\n") + "\n"), "mlp");
+    for e in &exec.stats.engines {
+        assert_eq!(
+            per_engine[&e.engine.name()],
+            ps_to_ns(e.busy_ps),
+            "{}",
+            e.engine
+        );
+    }
+}
+
+#[test]
+fn frames_never_hold_spaces_or_semicolons() {
+    let mut a = relu_artifact();
+    a.meta.model_name = "my model;v2".into();
+    a.meta.program.kernels[0].name = "a b;c".into();
+    let m = Model::from_artifact(a).unwrap();
+    let exec = run(&m);
+    let lines = folded::folded_stacks(&m, &exec.stats).unwrap();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        assert!(l.starts_with("my_model_v2;a_b_c;"), "{l}");
+    }
+}
+
+#[test]
+fn spill_traffic_is_counted() {
+    let mut a = relu_artifact();
+    let p = &mut a.meta.program;
+    p.tensors.push(tensor(
+        "spill0",
+        TensorKind::Scratch,
+        &[128, 64],
+        Dtype::F32,
+    ));
+    p.kernels.push(kernel("spill0", "spill", 0));
+    let scratch = Ap::hbm_rows(TensorId(2), Dtype::F32, 0, 128, 64, 64);
+    let save = instr(
+        Op::Dma {
+            dst: scratch.clone(),
+            src: sb(Dtype::F32, 1024, 64),
+        },
+        1,
+        &[(1, 1)],
+        &[],
+    );
+    let reload = instr(
+        Op::Dma {
+            dst: sb(Dtype::F32, 4096, 64),
+            src: scratch,
+        },
+        1,
+        &[],
+        &[],
+    );
+    p.streams[2].instrs.push(save);
+    p.streams[2].instrs.push(reload);
+    let m = Model::from_artifact(a).unwrap();
+    let exec = run(&m);
+    let s = Summary::new(&m, &exec.stats).unwrap();
+    assert_eq!(s.spill_save_bytes, 128 * 64 * 4);
+    assert_eq!(s.spill_reload_bytes, 128 * 64 * 4);
+    assert_eq!(s.spill_bytes, 2 * 128 * 64 * 4);
+    // Without spill kernels there is no spill traffic.
+    let plain = Model::from_artifact(relu_artifact()).unwrap();
+    let s = Summary::new(&plain, &run(&plain).stats).unwrap();
+    assert_eq!(s.spill_bytes, 0);
+}
+
+#[test]
+fn fp32_matmuls_are_measured_against_the_fp32_peak() {
+    let mut a = mlp_artifact(64, 2);
+    for s in &mut a.meta.program.streams {
+        for i in &mut s.instrs {
+            match &mut i.op {
+                Op::Matmul {
+                    stationary, moving, ..
+                } => {
+                    stationary.dtype = Dtype::F32;
+                    moving.dtype = Dtype::F32;
+                }
+                Op::Dma { dst, .. } if dst.dtype == Dtype::Bf16 => dst.dtype = Dtype::F32,
+                _ => {}
+            }
+        }
+    }
+    // f32 tiles need twice the SBUF bytes: move the weight past the wider x tile.
+    for s in &mut a.meta.program.streams {
+        for i in &mut s.instrs {
+            let fix = |ap: &mut Ap| {
+                if ap.mem == neuron_isa::Memory::Sbuf && ap.offset == 2048 {
+                    ap.offset = 3072;
+                }
+            };
+            match &mut i.op {
+                Op::Matmul { stationary, .. } => fix(stationary),
+                Op::Dma { dst, .. } => fix(dst),
+                _ => {}
+            }
+        }
+    }
+    let m = Model::from_artifact(a).unwrap();
+    let exec = run(&m);
+    let s = Summary::new(&m, &exec.stats).unwrap();
+    assert_eq!(s.peak_dtype, "f32");
+    let v = serde_json::to_value(&s).unwrap();
+    check_summary(&v, &ChipConfig::trn1(), Dtype::F32);
+}
+
+#[test]
+fn report_text_lists_the_headline_figures() {
+    let m = Model::from_artifact(mlp_artifact(128, 2)).unwrap();
+    let exec = run(&m);
+    let r = Report {
+        summary: Summary::new(&m, &exec.stats).unwrap(),
+        timing_only: false,
+        generated_inputs: vec!["x".into()],
+    };
+    let text = r.to_string();
+    for needle in [
+        "model mlp on trn1 (batch 4)",
+        "latency",
+        "throughput",
+        "mfu",
+        "mbu",
+        "tensor",
+        "dma",
+        "spill",
+        "compute-bound",
+        "memory-bound",
+        "fc1 relu",
+        "warnings     none",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from\n{text}");
+    }
+    let json: Value = serde_json::from_str(&r.to_json().unwrap()).unwrap();
+    assert_eq!(json["generated_inputs"][0], "x");
+    assert_eq!(json["latency_ns"].as_f64().unwrap(), r.summary.latency_ns);
+}

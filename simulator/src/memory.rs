@@ -1,0 +1,636 @@
+//! The chip's memories (SBUF, PSUM and the HBM tensors of a program) and the access paths
+//! engines use: reading an access pattern into a dense FP32 buffer and writing one back
+//! with rounding, or copying raw bytes for bit-exact moves.
+//!
+//! Layout: SBUF and PSUM are flat byte vectors, partition-major (`partition * bytes per
+//! partition + offset`); each HBM tensor is its own byte vector, so an access pattern
+//! can never reach a neighbouring tensor. Every byte starts as 0xFF (poison: a NaN in
+//! every float type, -1 in signed integers) so reads of unwritten memory show up.
+//!
+//! A dense buffer is row-major `[P x N]`: partition outermost, then the free dimensions
+//! outermost first. Each access pattern is resolved once into a [`View`]: strides in
+//! bytes, size-1 dimensions dropped and contiguous dimensions merged, and every byte it
+//! can touch checked to lie inside its buffer (in 128-bit arithmetic, so absurd sizes or
+//! strides give an error, never an overflow). Inner loops then work on whole contiguous
+//! runs (one bounds check per run, decoded by the vectorisable slice functions of
+//! [`crate::numerics`]); only strided innermost dimensions go element by element.
+
+use crate::error::SimError;
+use crate::exec::ExecError;
+use crate::numerics::{self, Rounder};
+use neuron_isa::verify::MAX_AP_ELEMS;
+use neuron_isa::{Ap, ChipConfig, Dtype, MAX_FREE_DIMS, Memory, Program, TensorId};
+
+/// The byte every memory starts as.
+pub const POISON_BYTE: u8 = 0xff;
+
+/// SBUF, PSUM and HBM of one simulated NeuronCore.
+#[derive(Debug, Clone)]
+pub struct Memories {
+    partitions: usize,
+    sbuf_per_partition: usize,
+    psum_per_partition: usize,
+    sbuf: Vec<u8>,
+    psum: Vec<u8>,
+    hbm: Vec<Vec<u8>>,
+    names: Vec<String>,
+}
+
+/// An access pattern resolved against its buffer: up to five strided dimensions
+/// (partition and four free), in bytes, with size-1 dimensions dropped and contiguous
+/// neighbours merged. The last dimension is the innermost run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct View {
+    /// Element size in bytes.
+    esize: usize,
+    /// Byte offset of the first element in the buffer.
+    base: usize,
+    /// Outer dimensions `(size, byte stride)`, outermost first, padded with `(1, 0)`.
+    outer: [(usize, isize); 4],
+    /// Elements in the innermost run.
+    inner_n: usize,
+    /// Byte stride of the innermost run.
+    inner_stride: isize,
+}
+
+impl View {
+    /// Total elements.
+    fn elems(&self) -> usize {
+        self.outer.iter().map(|d| d.0).product::<usize>() * self.inner_n
+    }
+
+    /// Whether each run is one contiguous byte range.
+    fn runs_contiguous(&self) -> bool {
+        self.inner_n == 1 || self.inner_stride == self.esize as isize
+    }
+
+    /// Calls `f(first dense element index, byte offset of the run's first element)` for
+    /// every innermost run, in dense (row-major) order.
+    #[inline]
+    fn for_each_run(&self, mut f: impl FnMut(usize, usize)) {
+        let [(n0, s0), (n1, s1), (n2, s2), (n3, s3)] = self.outer;
+        let base = self.base as isize;
+        let mut k = 0;
+        for a in 0..n0 as isize {
+            let pa = base + a * s0;
+            for b in 0..n1 as isize {
+                let pb = pa + b * s1;
+                for c in 0..n2 as isize {
+                    let pc = pb + c * s2;
+                    for d in 0..n3 as isize {
+                        // In range: `Memories::view` checked every reachable byte.
+                        f(k, (pc + d * s3) as usize);
+                        k += self.inner_n;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn err(message: String) -> ExecError {
+    ExecError { message }
+}
+
+/// Copies `n` elements of `E` bytes, `stride` bytes apart from `start`, into `out`.
+fn gather<const E: usize>(mem: &[u8], start: usize, stride: isize, out: &mut [u8]) {
+    for (j, o) in out.chunks_exact_mut(E).enumerate() {
+        let s = (start as isize + j as isize * stride) as usize;
+        o.copy_from_slice(&mem[s..s + E]);
+    }
+}
+
+/// Copies the elements of `data` (`E` bytes each) to `stride` bytes apart from `start`.
+fn scatter<const E: usize>(mem: &mut [u8], start: usize, stride: isize, data: &[u8]) {
+    for (j, d) in data.chunks_exact(E).enumerate() {
+        let s = (start as isize + j as isize * stride) as usize;
+        mem[s..s + E].copy_from_slice(d);
+    }
+}
+
+fn gather_any(esize: usize, mem: &[u8], start: usize, stride: isize, out: &mut [u8]) {
+    match esize {
+        1 => gather::<1>(mem, start, stride, out),
+        2 => gather::<2>(mem, start, stride, out),
+        4 => gather::<4>(mem, start, stride, out),
+        _ => gather::<8>(mem, start, stride, out),
+    }
+}
+
+fn scatter_any(esize: usize, mem: &mut [u8], start: usize, stride: isize, data: &[u8]) {
+    match esize {
+        1 => scatter::<1>(mem, start, stride, data),
+        2 => scatter::<2>(mem, start, stride, data),
+        4 => scatter::<4>(mem, start, stride, data),
+        _ => scatter::<8>(mem, start, stride, data),
+    }
+}
+
+/// A poisoned (all 0xFF) byte vector, refusing sizes the allocator cannot give.
+fn poisoned_vec(len: usize, what: &str) -> Result<Vec<u8>, SimError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|e| SimError::Limit(format!("cannot allocate {len} bytes for {what}: {e}")))?;
+    v.resize(len, POISON_BYTE);
+    Ok(v)
+}
+
+impl Memories {
+    /// Allocates poisoned SBUF, PSUM and one buffer per HBM tensor of `program`. Fails if
+    /// the tensors need more than `cfg.hbm_bytes` in total (checked before allocating).
+    pub fn new(cfg: &ChipConfig, program: &Program) -> Result<Memories, SimError> {
+        let mut sizes = Vec::with_capacity(program.tensors.len());
+        let mut total: u64 = 0;
+        for (i, t) in program.tensors.iter().enumerate() {
+            let bytes = t
+                .shape
+                .iter()
+                .try_fold(t.dtype.size(), |acc, &d| acc.checked_mul(d))
+                .ok_or_else(|| SimError::Tensor {
+                    tensor: TensorId(i as u32),
+                    name: t.name.clone(),
+                    message: format!("shape {:?} of {} overflows 64-bit byte counts", t.shape, t.dtype),
+                })?;
+            total = total.saturating_add(bytes);
+            sizes.push(bytes);
+        }
+        if total > cfg.hbm_bytes {
+            return Err(SimError::Limit(format!(
+                "hbm tensors need {total} bytes in total, the chip ({}) has {} bytes",
+                cfg.name, cfg.hbm_bytes
+            )));
+        }
+        let to_usize = |v: u64, what: &str| {
+            usize::try_from(v)
+                .map_err(|_| SimError::Limit(format!("{what}: {v} bytes exceed the host's address space")))
+        };
+        let partitions = cfg.partitions as usize;
+        let sbuf_pp = to_usize(cfg.sbuf_bytes_per_partition, "sbuf")?;
+        let psum_pp = to_usize(cfg.psum_bytes_per_partition, "psum")?;
+        let sbuf_len = sbuf_pp
+            .checked_mul(partitions)
+            .ok_or_else(|| SimError::Limit("sbuf size overflows the host's address space".into()))?;
+        let psum_len = psum_pp
+            .checked_mul(partitions)
+            .ok_or_else(|| SimError::Limit("psum size overflows the host's address space".into()))?;
+        let mut hbm = Vec::with_capacity(sizes.len());
+        for (t, &bytes) in program.tensors.iter().zip(&sizes) {
+            let len = to_usize(bytes, &format!("hbm tensor '{}'", t.name))?;
+            hbm.push(poisoned_vec(len, &format!("hbm tensor '{}'", t.name))?);
+        }
+        Ok(Memories {
+            partitions,
+            sbuf_per_partition: sbuf_pp,
+            psum_per_partition: psum_pp,
+            sbuf: poisoned_vec(sbuf_len, "sbuf")?,
+            psum: poisoned_vec(psum_len, "psum")?,
+            hbm,
+            names: program.tensors.iter().map(|t| t.name.clone()).collect(),
+        })
+    }
+
+    fn tensor_error(&self, t: TensorId, message: String) -> SimError {
+        SimError::Tensor {
+            tensor: t,
+            name: self.names.get(t.0 as usize).cloned().unwrap_or_else(|| "?".into()),
+            message,
+        }
+    }
+
+    /// Replaces the contents of HBM tensor `t`; `bytes` must be exactly its size.
+    pub fn write_tensor(&mut self, t: TensorId, bytes: &[u8]) -> Result<(), SimError> {
+        let count = self.hbm.len();
+        let Some(buf) = self.hbm.get_mut(t.0 as usize) else {
+            return Err(self.tensor_error(t, format!("unknown tensor: the program has {count}")));
+        };
+        if buf.len() != bytes.len() {
+            let expected = buf.len();
+            return Err(self.tensor_error(
+                t,
+                format!("expected {expected} bytes, found {}", bytes.len()),
+            ));
+        }
+        buf.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    /// The bytes of HBM tensor `t`.
+    pub fn tensor(&self, t: TensorId) -> Result<&[u8], SimError> {
+        self.hbm.get(t.0 as usize).map(Vec::as_slice).ok_or_else(|| {
+            self.tensor_error(t, format!("unknown tensor: the program has {}", self.hbm.len()))
+        })
+    }
+
+    /// The whole SBUF, partition-major.
+    pub fn sbuf(&self) -> &[u8] {
+        &self.sbuf
+    }
+
+    /// The whole PSUM, partition-major.
+    pub fn psum(&self) -> &[u8] {
+        &self.psum
+    }
+
+    /// Bytes per partition of an on-chip memory (0 for HBM).
+    pub fn bytes_per_partition(&self, mem: Memory) -> usize {
+        match mem {
+            Memory::Sbuf => self.sbuf_per_partition,
+            Memory::Psum => self.psum_per_partition,
+            Memory::Hbm(_) => 0,
+        }
+    }
+
+    fn buffer(&self, mem: Memory) -> Result<&[u8], ExecError> {
+        match mem {
+            Memory::Sbuf => Ok(&self.sbuf),
+            Memory::Psum => Ok(&self.psum),
+            Memory::Hbm(t) => self
+                .hbm
+                .get(t.0 as usize)
+                .map(Vec::as_slice)
+                .ok_or_else(|| err(format!("unknown hbm tensor {t}: the program has {}", self.hbm.len()))),
+        }
+    }
+
+    fn buffer_mut(&mut self, mem: Memory) -> Result<&mut [u8], ExecError> {
+        let count = self.hbm.len();
+        match mem {
+            Memory::Sbuf => Ok(&mut self.sbuf),
+            Memory::Psum => Ok(&mut self.psum),
+            Memory::Hbm(t) => self
+                .hbm
+                .get_mut(t.0 as usize)
+                .map(Vec::as_mut_slice)
+                .ok_or_else(|| err(format!("unknown hbm tensor {t}: the program has {count}"))),
+        }
+    }
+
+    /// Resolves `ap`, checking that every byte it touches is inside its memory (per
+    /// partition on chip, per tensor in HBM) and that it is not too large to simulate.
+    fn view(&self, ap: &Ap) -> Result<View, ExecError> {
+        if ap.dims.len() > MAX_FREE_DIMS {
+            return Err(err(format!(
+                "access pattern {ap}: expected at most {MAX_FREE_DIMS} free dims, found {}",
+                ap.dims.len()
+            )));
+        }
+        if ap.partitions == 0 || ap.dims.iter().any(|d| d.size == 0) {
+            return Err(err(format!("access pattern {ap}: partitions and dim sizes must be >= 1")));
+        }
+        let elems = ap
+            .dims
+            .iter()
+            .fold(u128::from(ap.partitions), |acc, d| acc.saturating_mul(u128::from(d.size)));
+        if elems > u128::from(MAX_AP_ELEMS) {
+            return Err(err(format!(
+                "access pattern {ap}: {elems} elements exceed the simulator's limit of {MAX_AP_ELEMS}"
+            )));
+        }
+        let esize = ap.dtype.size() as i128;
+        // Free dims in bytes; a size-1 dim never moves, so its stride is irrelevant.
+        let free: Vec<(i128, i128)> = ap
+            .dims
+            .iter()
+            .map(|d| (i128::from(d.size), if d.size == 1 { 0 } else { i128::from(d.stride) * esize }))
+            .collect();
+        let (mut lo, mut hi) = (0i128, 0i128);
+        for &(n, s) in &free {
+            let reach = (n - 1) * s;
+            if reach < 0 {
+                lo += reach;
+            } else {
+                hi += reach;
+            }
+        }
+        let offset = i128::from(ap.offset);
+        let parts = i128::from(ap.partitions);
+        let buf_len = self.buffer(ap.mem)?.len() as i128;
+        let (first, part_stride) = match ap.mem {
+            Memory::Sbuf | Memory::Psum => {
+                let pp = self.bytes_per_partition(ap.mem) as i128;
+                if ap.partition_stride != 1 {
+                    return Err(err(format!(
+                        "access pattern {ap}: on-chip partition_stride must be 1, found {}",
+                        ap.partition_stride
+                    )));
+                }
+                let end = u64::from(ap.start_partition) + u64::from(ap.partitions);
+                if end > self.partitions as u64 {
+                    return Err(err(format!(
+                        "access pattern {ap}: partitions {}..{end} exceed the {} partitions",
+                        ap.start_partition, self.partitions
+                    )));
+                }
+                if offset + lo < 0 || offset + hi + esize > pp {
+                    return Err(err(format!(
+                        "access pattern {ap}: touches bytes {}..{} of each partition, outside 0..{pp}",
+                        offset + lo,
+                        offset + hi + esize
+                    )));
+                }
+                (i128::from(ap.start_partition) * pp + offset, pp)
+            }
+            Memory::Hbm(t) => {
+                let row = if ap.partitions == 1 { 0 } else { i128::from(ap.partition_stride) * esize };
+                let reach = (parts - 1) * row;
+                let (rlo, rhi) = if reach < 0 { (reach, 0) } else { (0, reach) };
+                if offset + lo + rlo < 0 || offset + hi + rhi + esize > buf_len {
+                    return Err(err(format!(
+                        "access pattern {ap}: touches bytes {}..{} of tensor {t}, outside 0..{buf_len}",
+                        offset + lo + rlo,
+                        offset + hi + rhi + esize
+                    )));
+                }
+                (offset, row)
+            }
+        };
+        // All dims, outermost first: drop size-1 dims, merge contiguous neighbours.
+        let mut dims: Vec<(i128, i128)> = Vec::with_capacity(5);
+        for (n, s) in std::iter::once((parts, part_stride)).chain(free) {
+            if n == 1 {
+                continue;
+            }
+            match dims.last_mut() {
+                Some(last) if last.1 == s * n => *last = (last.0 * n, s),
+                _ => dims.push((n, s)),
+            }
+        }
+        let (inner_n, inner_stride) = dims.pop().unwrap_or((1, esize));
+        let mut outer = [(1usize, 0isize); 4];
+        let pad = 4 - dims.len();
+        for (slot, &(n, s)) in outer[pad..].iter_mut().zip(&dims) {
+            // Both fit: sizes are bounded by MAX_AP_ELEMS and strides by the buffer length.
+            *slot = (n as usize, s as isize);
+        }
+        Ok(View {
+            esize: esize as usize,
+            base: first as usize,
+            outer,
+            inner_n: inner_n as usize,
+            inner_stride: inner_stride as isize,
+        })
+    }
+
+    /// Reads `ap` into `out` as a dense row-major `[P x N]` FP32 buffer (resized to fit).
+    /// Returns whether any float element read was the poison pattern.
+    pub fn read_f32(&self, ap: &Ap, out: &mut Vec<f32>) -> Result<bool, ExecError> {
+        let view = self.view(ap)?;
+        let mem = self.buffer(ap.mem)?;
+        // No clear: the runs below overwrite every element, so a reused buffer of the
+        // right length needs no zero-filling pass.
+        out.resize(view.elems(), 0.0);
+        let (n, e, dtype) = (view.inner_n, view.esize, ap.dtype);
+        let mut poisoned = false;
+        let mut scratch = Vec::new();
+        let mut result = Ok(());
+        if view.runs_contiguous() {
+            view.for_each_run(|k, start| {
+                let bytes = &mem[start..start + n * e];
+                poisoned |= numerics::is_poisoned(dtype, bytes);
+                if let Err(e) = numerics::decode_slice(dtype, bytes, &mut out[k..k + n]) {
+                    result = Err(e);
+                }
+            });
+        } else {
+            scratch.resize(n * e, 0);
+            view.for_each_run(|k, start| {
+                gather_any(e, mem, start, view.inner_stride, &mut scratch);
+                poisoned |= numerics::is_poisoned(dtype, &scratch);
+                if let Err(e) = numerics::decode_slice(dtype, &scratch, &mut out[k..k + n]) {
+                    result = Err(e);
+                }
+            });
+        }
+        result.map_err(|e| err(format!("reading {ap}: {e}")))?;
+        Ok(poisoned)
+    }
+
+    /// Writes the dense row-major `[P x N]` buffer `data` to `ap`, rounding to its dtype
+    /// with `rounder`. `data` must hold exactly the pattern's element count.
+    pub fn write_f32(&mut self, ap: &Ap, data: &[f32], rounder: &mut Rounder) -> Result<(), ExecError> {
+        let view = self.view(ap)?;
+        if data.len() != view.elems() {
+            return Err(err(format!(
+                "writing {ap}: expected {} values, found {}",
+                view.elems(),
+                data.len()
+            )));
+        }
+        let mem = self.buffer_mut(ap.mem)?;
+        let (n, e, dtype) = (view.inner_n, view.esize, ap.dtype);
+        let mut result = Ok(());
+        if view.runs_contiguous() {
+            view.for_each_run(|k, start| {
+                let bytes = &mut mem[start..start + n * e];
+                if let Err(e) = numerics::encode_slice(dtype, &data[k..k + n], bytes, rounder) {
+                    result = Err(e);
+                }
+            });
+        } else {
+            let mut scratch = vec![0u8; n * e];
+            view.for_each_run(|k, start| {
+                if let Err(e) = numerics::encode_slice(dtype, &data[k..k + n], &mut scratch, rounder) {
+                    result = Err(e);
+                }
+                scatter_any(e, mem, start, view.inner_stride, &scratch);
+            });
+        }
+        result.map_err(|e| err(format!("writing {ap}: {e}")))
+    }
+
+    /// Reads the raw bytes of `ap` into `out`, densely (`P x N` elements of its dtype).
+    /// Returns whether any float element was the poison pattern.
+    pub fn read_raw(&self, ap: &Ap, out: &mut Vec<u8>) -> Result<bool, ExecError> {
+        let view = self.view(ap)?;
+        let mem = self.buffer(ap.mem)?;
+        let (n, e) = (view.inner_n, view.esize);
+        out.resize(view.elems() * e, 0);
+        if view.runs_contiguous() {
+            view.for_each_run(|k, start| {
+                out[k * e..(k + n) * e].copy_from_slice(&mem[start..start + n * e]);
+            });
+        } else {
+            view.for_each_run(|k, start| {
+                gather_any(e, mem, start, view.inner_stride, &mut out[k * e..(k + n) * e]);
+            });
+        }
+        Ok(numerics::is_poisoned(ap.dtype, out))
+    }
+
+    /// Writes dense raw bytes (`P x N` elements of `ap.dtype`) to `ap`, bit for bit.
+    pub fn write_raw(&mut self, ap: &Ap, data: &[u8]) -> Result<(), ExecError> {
+        let view = self.view(ap)?;
+        let (n, e) = (view.inner_n, view.esize);
+        if data.len() != view.elems() * e {
+            return Err(err(format!(
+                "writing {ap}: expected {} bytes, found {}",
+                view.elems() * e,
+                data.len()
+            )));
+        }
+        let mem = self.buffer_mut(ap.mem)?;
+        if view.runs_contiguous() {
+            view.for_each_run(|k, start| {
+                mem[start..start + n * e].copy_from_slice(&data[k * e..(k + n) * e]);
+            });
+        } else {
+            view.for_each_run(|k, start| {
+                scatter_any(e, mem, start, view.inner_stride, &data[k * e..(k + n) * e]);
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads an `i32` access pattern exactly (no FP32 round trip), densely.
+    pub fn read_i32(&self, ap: &Ap, out: &mut Vec<i32>) -> Result<(), ExecError> {
+        if ap.dtype != Dtype::I32 {
+            return Err(err(format!("reading {ap} as i32: expected dtype i32, found {}", ap.dtype)));
+        }
+        let mut raw = Vec::new();
+        self.read_raw(ap, &mut raw)?;
+        out.clear();
+        out.extend(raw.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+        Ok(())
+    }
+
+    /// Writes dense `i32` values to an `i32` access pattern exactly.
+    pub fn write_i32(&mut self, ap: &Ap, data: &[i32]) -> Result<(), ExecError> {
+        if ap.dtype != Dtype::I32 {
+            return Err(err(format!("writing {ap} as i32: expected dtype i32, found {}", ap.dtype)));
+        }
+        let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.write_raw(ap, &raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use neuron_isa::{Dim, HbmTensor, TensorKind};
+
+    fn program(shapes: &[(&str, Vec<u64>, Dtype)]) -> Program {
+        Program {
+            tensors: shapes
+                .iter()
+                .map(|(n, s, d)| HbmTensor {
+                    name: n.to_string(),
+                    kind: TensorKind::Input,
+                    shape: s.clone(),
+                    dtype: *d,
+                })
+                .collect(),
+            ..Program::default()
+        }
+    }
+
+    #[test]
+    fn starts_poisoned_and_binds_exact_sizes() {
+        let cfg = ChipConfig::trn1();
+        let mut m = Memories::new(&cfg, &program(&[("x", vec![2, 3], Dtype::Bf16)])).unwrap();
+        assert_eq!(m.sbuf().len(), 128 * 192 * 1024);
+        assert!(m.sbuf().iter().all(|&b| b == 0xff));
+        assert!(m.psum().iter().all(|&b| b == 0xff));
+        assert_eq!(m.tensor(TensorId(0)).unwrap(), &[0xff; 12]);
+        let e = m.write_tensor(TensorId(0), &[0; 11]).unwrap_err();
+        assert_eq!(e.to_string(), "tensor t0 ('x'): expected 12 bytes, found 11");
+        let e = m.write_tensor(TensorId(3), &[0; 12]).unwrap_err();
+        assert_eq!(e.to_string(), "tensor t3 ('?'): unknown tensor: the program has 1");
+        m.write_tensor(TensorId(0), &[7; 12]).unwrap();
+        assert_eq!(m.tensor(TensorId(0)).unwrap(), &[7; 12]);
+    }
+
+    #[test]
+    fn refuses_more_hbm_than_the_chip_has_before_allocating() {
+        let mut cfg = ChipConfig::trn1();
+        cfg.hbm_bytes = 1 << 20;
+        let p = program(&[("a", vec![512, 512], Dtype::F32), ("b", vec![1], Dtype::I8)]);
+        let e = Memories::new(&cfg, &p).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "limit exceeded: hbm tensors need 1048577 bytes in total, the chip (trn1) has 1048576 bytes"
+        );
+        let p = program(&[("a", vec![512, 512], Dtype::F32)]);
+        assert_eq!(Memories::new(&cfg, &p).unwrap().tensor(TensorId(0)).unwrap().len(), 1 << 20);
+        let p = program(&[("huge", vec![u64::MAX, 4], Dtype::F32)]);
+        assert!(Memories::new(&cfg, &p).unwrap_err().to_string().contains("overflows"));
+    }
+
+    #[test]
+    fn view_merges_contiguous_dims_and_partitions() {
+        let cfg = ChipConfig::trn1();
+        let m = Memories::new(&cfg, &program(&[("x", vec![4, 8], Dtype::F32)])).unwrap();
+        // A whole row-major HBM matrix is one run.
+        let ap = Ap::hbm_rows(TensorId(0), Dtype::F32, 0, 4, 8, 8);
+        let v = m.view(&ap).unwrap();
+        assert_eq!((v.inner_n, v.inner_stride, v.outer), (32, 4, [(1, 0); 4]));
+        // [2 x 4] free dims that tile contiguously merge into one run per partition.
+        let mut ap = Ap::on_chip(Memory::Sbuf, Dtype::Bf16, 32, 3, 100, 8);
+        ap.dims = vec![Dim { size: 2, stride: 4 }, Dim { size: 4, stride: 1 }];
+        let v = m.view(&ap).unwrap();
+        assert_eq!(v.base, 32 * 192 * 1024 + 100);
+        assert_eq!((v.inner_n, v.inner_stride), (8, 2));
+        assert_eq!(v.outer[3], (3, 192 * 1024));
+        // Negative strides: the first element is the highest address.
+        let mut ap = Ap::on_chip(Memory::Sbuf, Dtype::F32, 0, 1, 12, 4);
+        ap.dims[0].stride = -1;
+        let v = m.view(&ap).unwrap();
+        assert_eq!((v.base, v.inner_n, v.inner_stride), (12, 4, -4));
+        ap.offset = 8;
+        assert!(m.view(&ap).unwrap_err().message.contains("bytes -4..12"));
+    }
+
+    #[test]
+    fn out_of_bounds_and_absurd_patterns_are_errors() {
+        let cfg = ChipConfig::trn1();
+        let m = Memories::new(&cfg, &program(&[("x", vec![4, 8], Dtype::F32)])).unwrap();
+        let ap = Ap::hbm_rows(TensorId(0), Dtype::F32, 4, 4, 8, 8);
+        let e = m.view(&ap).unwrap_err();
+        assert_eq!(e.message, "access pattern t0:f32@4[4x8][8]: touches bytes 4..132 of tensor t0, outside 0..128");
+        let mut ap = Ap::hbm_rows(TensorId(0), Dtype::F32, 0, 2, i64::MAX, 1);
+        assert!(m.view(&ap).is_err());
+        ap.partition_stride = i64::MIN;
+        assert!(m.view(&ap).is_err());
+        ap = Ap::on_chip(Memory::Psum, Dtype::F32, 0, 128, 0, 4);
+        ap.dims = vec![Dim { size: u32::MAX, stride: 0 }; 4];
+        assert!(m.view(&ap).unwrap_err().message.contains("exceed the simulator's limit"));
+        ap = Ap::on_chip(Memory::Psum, Dtype::F32, 100, 29, 0, 4);
+        assert!(m.view(&ap).unwrap_err().message.contains("exceed the 128 partitions"));
+        ap = Ap::on_chip(Memory::Psum, Dtype::F32, 0, 1, 16 * 1024 - 12, 4);
+        assert!(m.view(&ap).unwrap_err().message.contains("outside 0..16384"));
+        ap = Ap::hbm_rows(TensorId(9), Dtype::F32, 0, 1, 0, 1);
+        assert!(m.view(&ap).unwrap_err().message.contains("unknown hbm tensor t9"));
+    }
+
+    #[test]
+    fn strided_read_write_round_trip() {
+        let cfg = ChipConfig::trn1();
+        let mut m = Memories::new(&cfg, &program(&[])).unwrap();
+        let mut r = Rounder::rne();
+        // Column-major write of a [2 x 3] tile: stride 2 innermost.
+        let mut ap = Ap::on_chip(Memory::Sbuf, Dtype::F32, 0, 2, 0, 3);
+        ap.dims = vec![Dim { size: 3, stride: 2 }];
+        m.write_f32(&ap, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &mut r).unwrap();
+        let contiguous = Ap::on_chip(Memory::Sbuf, Dtype::F32, 0, 2, 0, 6);
+        let mut out = Vec::new();
+        let poisoned = m.read_f32(&contiguous, &mut out).unwrap();
+        assert!(poisoned);
+        let written: Vec<(usize, f32)> =
+            out.iter().copied().enumerate().filter(|(_, v)| !v.is_nan()).collect();
+        assert_eq!(written, vec![(0, 1.0), (2, 2.0), (4, 3.0), (6, 4.0), (8, 5.0), (10, 6.0)]);
+        assert!(out.iter().skip(1).step_by(2).all(|v| v.to_bits() == u32::MAX));
+        assert!(!m.read_f32(&ap, &mut out).unwrap());
+        assert_eq!(out, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        // Reversed read of the same elements.
+        let mut rev = ap.clone();
+        rev.offset = 16;
+        rev.dims[0].stride = -2;
+        m.read_f32(&rev, &mut out).unwrap();
+        assert_eq!(out, vec![3.0, 2.0, 1.0, 6.0, 5.0, 4.0]);
+        // Raw bytes and i32.
+        let iap = Ap::on_chip(Memory::Psum, Dtype::I32, 64, 2, 8, 2);
+        m.write_i32(&iap, &[i32::MIN, -1, 16_777_217, 5]).unwrap();
+        let mut v = Vec::new();
+        m.read_i32(&iap, &mut v).unwrap();
+        assert_eq!(v, vec![i32::MIN, -1, 16_777_217, 5]);
+    }
+}

@@ -1,0 +1,758 @@
+//! Exact numerics of the simulated chip: how every [`Dtype`] is encoded, and how an FP32
+//! result is rounded when it is written to memory.
+//!
+//! Engines compute in FP32; memory stores narrower types. This module is the one place
+//! where bits are produced, so every engine rounds the same way:
+//!
+//! - Floats (`bf16`, `f16`, `fp8_e4m3`, `fp8_e5m2`) round to nearest, ties to even
+//!   ([`Rounding::Rne`]) or stochastically ([`Rounding::Stochastic`]). Subnormals are kept
+//!   (no flush to zero). NaN inputs give a quiet NaN with the sign kept and the payload
+//!   dropped.
+//! - Overflow: `bf16`, `f16` and `fp8_e5m2` go to infinity, as IEEE 754 says.
+//!   `fp8_e4m3` (OCP `e4m3fn`) has no infinity; the chip **saturates** to +-448 (and maps
+//!   +-inf to +-448), the ONNX `Cast(saturate=1)` convention. The non-saturating OCP
+//!   convention (overflow -> NaN) is available as [`f32_to_e4m3fn`] for comparison; the
+//!   golden file of the tests holds both.
+//! - Integers (`i8`, `u8`, `i32`) round to nearest-even, then saturate; NaN becomes 0.
+//!   Stochastic rounding applies to float formats only; integer writes always use RNE.
+//! - `i64` is read-only (token ids in HBM): it decodes to the nearest FP32 but cannot be
+//!   written from FP32.
+//! - FP32 is stored as is.
+//!
+//! Stochastic rounding adds a uniformly random integer below one unit of the last kept
+//! place to the magnitude bits that are dropped, then truncates: the result is one of
+//! the two neighbours of the exact value, and rounds up with probability equal to the
+//! dropped fraction, so it is unbiased. The random numbers come from a SplitMix64
+//! sequence (a Weyl counter passed through a mixing function) seeded by the run seed:
+//! element `i` of a conversion uses the counter value `state + (i + 1) * golden`, which
+//! makes the bits deterministic and independent of how a write is split into slices.
+//!
+//! All multi-byte values are little-endian.
+//!
+//! The slice functions ([`decode_slice`], [`encode_slice`]) are the fast paths used for
+//! every memory access: they are branch-light (selects, lookup tables for FP8) so that
+//! the compiler can vectorise them.
+
+use crate::error::SimError;
+use neuron_isa::Dtype;
+use serde::{Deserialize, Serialize};
+
+/// How an FP32 value is rounded to a narrower float type when it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Rounding {
+    /// Round to nearest, ties to even (the chip's default).
+    #[default]
+    Rne,
+    /// Stochastic rounding: round up with probability equal to the dropped fraction, from
+    /// a seeded deterministic generator (`NEURON_RT_STOCHASTIC_ROUNDING_EN=1` on the chip).
+    Stochastic,
+}
+
+/// The SplitMix64 increment (2^64 / golden ratio).
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// SplitMix64's output function: a bijective mix of a 64-bit counter value.
+#[inline(always)]
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The rounding mode of a run together with the state of its stochastic-rounding
+/// generator. One `Rounder` lives in the execution context; conversions advance it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rounder {
+    mode: Rounding,
+    /// SplitMix64 counter: the next random number is `mix64(state + GOLDEN)`.
+    state: u64,
+}
+
+impl Rounder {
+    /// A rounder for `mode`, with the stochastic-rounding generator seeded by `seed`.
+    pub fn new(mode: Rounding, seed: u64) -> Rounder {
+        Rounder {
+            mode,
+            // Mixing the seed keeps small seeds (0, 1, 2) from giving related streams.
+            state: mix64(seed ^ 0x6a09_e667_f3bc_c908),
+        }
+    }
+
+    /// A round-to-nearest-even rounder (its generator is never used).
+    pub fn rne() -> Rounder {
+        Rounder::new(Rounding::Rne, 0)
+    }
+
+    /// The rounding mode.
+    pub fn mode(&self) -> Rounding {
+        self.mode
+    }
+
+    /// The next 64 random bits of the stochastic-rounding sequence.
+    pub fn next_random(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(GOLDEN);
+        mix64(self.state)
+    }
+
+    /// Reserves `n` random numbers: returns the counter base; element `i` (0-based) uses
+    /// `mix64(base + (i + 1) * GOLDEN)`, exactly what `n` calls of `next_random` return.
+    fn reserve(&mut self, n: usize) -> u64 {
+        let base = self.state;
+        self.state = base.wrapping_add((n as u64).wrapping_mul(GOLDEN));
+        base
+    }
+}
+
+/// The random number of element `i` of a conversion that reserved counter `base`.
+#[inline(always)]
+fn random_at(base: u64, i: usize) -> u64 {
+    mix64(base.wrapping_add((i as u64).wrapping_add(1).wrapping_mul(GOLDEN)))
+}
+
+/// A narrow binary floating-point storage format: field widths and what happens past the
+/// largest finite value.
+trait NarrowFloat {
+    /// Fraction (mantissa) bits.
+    const MANT: u32;
+    /// Exponent bias.
+    const BIAS: i32;
+    /// Width of the encoding in bits; the sign is the top bit.
+    const BITS: u32;
+    /// The largest magnitude code a non-NaN input may produce. Codes are monotonic in the
+    /// magnitude, so clamping implements overflow: the infinity code for IEEE-like
+    /// formats, the NaN code for non-saturating `e4m3fn` (the code after 448 is NaN), the
+    /// largest finite code for saturating formats.
+    const CLAMP: u32;
+    /// Magnitude code written for NaN inputs (a quiet NaN).
+    const NAN: u32;
+}
+
+/// bfloat16: 8 exponent bits, 7 fraction bits, IEEE-like.
+struct Bf16Fmt;
+impl NarrowFloat for Bf16Fmt {
+    const MANT: u32 = 7;
+    const BIAS: i32 = 127;
+    const BITS: u32 = 16;
+    const CLAMP: u32 = 0x7f80;
+    const NAN: u32 = 0x7fc0;
+}
+
+/// IEEE binary16.
+struct F16Fmt;
+impl NarrowFloat for F16Fmt {
+    const MANT: u32 = 10;
+    const BIAS: i32 = 15;
+    const BITS: u32 = 16;
+    const CLAMP: u32 = 0x7c00;
+    const NAN: u32 = 0x7e00;
+}
+
+/// OCP `e4m3fn`, non-saturating: overflow gives NaN (0x7f).
+struct E4m3Fmt;
+impl NarrowFloat for E4m3Fmt {
+    const MANT: u32 = 3;
+    const BIAS: i32 = 7;
+    const BITS: u32 = 8;
+    const CLAMP: u32 = 0x7f;
+    const NAN: u32 = 0x7f;
+}
+
+/// OCP `e4m3fn`, saturating: overflow and infinities give +-448 (0x7e).
+struct E4m3SatFmt;
+impl NarrowFloat for E4m3SatFmt {
+    const MANT: u32 = 3;
+    const BIAS: i32 = 7;
+    const BITS: u32 = 8;
+    const CLAMP: u32 = 0x7e;
+    const NAN: u32 = 0x7f;
+}
+
+/// OCP `e5m2`: IEEE-like with infinities (0x7c) and NaNs.
+struct E5m2Fmt;
+impl NarrowFloat for E5m2Fmt {
+    const MANT: u32 = 2;
+    const BIAS: i32 = 15;
+    const BITS: u32 = 8;
+    const CLAMP: u32 = 0x7c;
+    const NAN: u32 = 0x7e;
+}
+
+/// Rounds `x` to format `F`, returning the code (sign in bit `F::BITS - 1`).
+///
+/// The code of a non-negative value is `(biased exponent - 1) * 2^MANT + significand`
+/// in the normal range (the hidden bit carries into the exponent field) and
+/// `significand` in the subnormal range, so rounding is: shift the 24-bit f32
+/// significand right by the number of dropped bits (more below the normal range), adding
+/// the rounding increment first. A carry out of the fraction bumps the exponent, and a
+/// carry past the largest code is overflow, handled by clamping to `F::CLAMP`.
+///
+/// With `SR`, the increment is `random` masked to the dropped bits; otherwise it is the
+/// round-to-nearest-even increment. Shifts are capped at 63 bits: values below 2^-39
+/// of the smallest subnormal round to zero under RNE, and round up with a probability
+/// too small to matter under SR.
+#[inline(always)]
+fn encode_one<F: NarrowFloat, const SR: bool>(x: f32, random: u64) -> u32 {
+    let bits = x.to_bits();
+    let sign = (bits >> 31) << (F::BITS - 1);
+    let abs = bits & 0x7fff_ffff;
+    let exp = (abs >> 23) as i32;
+    // f32 subnormals have no hidden bit and the exponent of the smallest normal.
+    let hidden = if exp != 0 { 0x80_0000 } else { 0 };
+    let sig = u64::from((abs & 0x7f_ffff) | hidden);
+    // The target's biased exponent, were the value normal there.
+    let exp_t = exp.max(1) - 127 + F::BIAS;
+    let below_normal = (1 - exp_t).max(0) as u32;
+    let shift = (23 - F::MANT + below_normal).min(63);
+    let mask = (1u64 << shift) - 1;
+    let increment = if SR {
+        random & mask
+    } else {
+        (mask >> 1) + ((sig >> shift) & 1)
+    };
+    let exp_part = ((exp_t - 1).max(0) as u64) << F::MANT;
+    let code = (exp_part + ((sig + increment) >> shift)).min(u64::from(F::CLAMP)) as u32;
+    let code = if abs > 0x7f80_0000 { F::NAN } else { code };
+    code | sign
+}
+
+/// Round-to-nearest-even to format `F`: the fast path, equal to `encode_one::<F, false>`
+/// (the reference, checked by tests) but with only 32-bit operations and constant
+/// shifts, so that slice loops vectorise even on baseline x86-64 (no per-lane variable
+/// shifts before AVX2).
+///
+/// Normal range: rebias the exponent, add the RNE increment and shift out the dropped
+/// bits (a carry bumps the exponent; codes past `F::CLAMP` clamp). Below the target's
+/// smallest normal, adding a power-of-two `magic` whose ulp is the target's subnormal
+/// quantum lets the FPU do the rounding (IEEE addition rounds to nearest even), and the
+/// code is the difference of the bit patterns.
+#[inline(always)]
+fn encode_rne<F: NarrowFloat>(x: f32) -> u32 {
+    let bits = x.to_bits();
+    let sign = (bits >> 31) << (F::BITS - 1);
+    let abs = bits & 0x7fff_ffff;
+    let drop = 23 - F::MANT;
+    // Smallest normal of the target, as f32 bits: 2^(1 - BIAS).
+    let min_normal = ((128 - F::BIAS) as u32) << 23;
+    let rebased = abs.wrapping_sub(((127 - F::BIAS) as u32) << 23);
+    let normal = (rebased + ((1 << (drop - 1)) - 1) + ((rebased >> drop) & 1)) >> drop;
+    // 2^(24 - BIAS - MANT): its ulp is 2^(1 - BIAS - MANT), the subnormal quantum.
+    let magic_bits = ((24 - F::BIAS - F::MANT as i32 + 127) as u32) << 23;
+    let sub = (f32::from_bits(abs) + f32::from_bits(magic_bits)).to_bits().wrapping_sub(magic_bits);
+    let code = if abs < min_normal { sub } else { normal.min(F::CLAMP) };
+    let code = if abs > 0x7f80_0000 { F::NAN } else { code };
+    code | sign
+}
+
+/// bf16 bits of `x`, rounded to nearest even (overflow -> inf, NaN -> quiet NaN).
+pub fn f32_to_bf16(x: f32) -> u16 {
+    encode_rne::<Bf16Fmt>(x) as u16
+}
+
+/// bf16 bits of `x`, rounded stochastically with the random bits `random`.
+pub fn f32_to_bf16_sr(x: f32, random: u64) -> u16 {
+    encode_one::<Bf16Fmt, true>(x, random) as u16
+}
+
+/// f16 bits of `x`, rounded to nearest even (overflow -> inf, NaN -> quiet NaN).
+pub fn f32_to_f16(x: f32) -> u16 {
+    encode_rne::<F16Fmt>(x) as u16
+}
+
+/// f16 bits of `x`, rounded stochastically with the random bits `random`.
+pub fn f32_to_f16_sr(x: f32, random: u64) -> u16 {
+    encode_one::<F16Fmt, true>(x, random) as u16
+}
+
+/// `fp8_e4m3` bits of `x` with the chip's convention: round to nearest even, saturate
+/// finite overflow and +-inf to +-448, NaN -> NaN (0x7f with the sign kept).
+pub fn f32_to_e4m3fn_sat(x: f32) -> u8 {
+    encode_rne::<E4m3SatFmt>(x) as u8
+}
+
+/// `fp8_e4m3` bits of `x` with the chip's saturating convention, rounded stochastically.
+pub fn f32_to_e4m3fn_sat_sr(x: f32, random: u64) -> u8 {
+    encode_one::<E4m3SatFmt, true>(x, random) as u8
+}
+
+/// `fp8_e4m3` bits of `x` with the non-saturating OCP convention (ml_dtypes): round to
+/// nearest even; `|x| >= 464` and +-inf become NaN (0x7f / 0xff). Not used by the chip
+/// model; kept to document and test the alternative.
+pub fn f32_to_e4m3fn(x: f32) -> u8 {
+    encode_rne::<E4m3Fmt>(x) as u8
+}
+
+/// `fp8_e5m2` bits of `x`, rounded to nearest even (overflow -> inf, NaN -> quiet NaN).
+pub fn f32_to_e5m2(x: f32) -> u8 {
+    encode_rne::<E5m2Fmt>(x) as u8
+}
+
+/// `fp8_e5m2` bits of `x`, rounded stochastically with the random bits `random`.
+pub fn f32_to_e5m2_sr(x: f32, random: u64) -> u8 {
+    encode_one::<E5m2Fmt, true>(x, random) as u8
+}
+
+/// The value of bf16 bits (exact).
+#[inline(always)]
+pub fn bf16_to_f32(b: u16) -> f32 {
+    f32::from_bits(u32::from(b) << 16)
+}
+
+/// The value of f16 bits (exact; NaN payloads kept).
+#[inline(always)]
+pub fn f16_to_f32(h: u16) -> f32 {
+    // Move exponent and fraction into f32 position and rebias; infinities and NaNs get
+    // the maximum exponent, subnormals are normalised with one exact float subtraction.
+    let h = u32::from(h);
+    let shifted = (h & 0x7fff) << 13;
+    let exp = shifted & 0x0f80_0000;
+    let normal = shifted + ((127 - 15) << 23);
+    let inf_nan = normal + ((128 - 16) << 23);
+    let magic = f32::from_bits(113 << 23);
+    let subnormal = (f32::from_bits(shifted + (113 << 23)) - magic).to_bits();
+    let mag = if exp == 0x0f80_0000 {
+        inf_nan
+    } else if exp == 0 {
+        subnormal
+    } else {
+        normal
+    };
+    f32::from_bits(mag | ((h & 0x8000) << 16))
+}
+
+/// f32 bits of an 8-bit float code with `mant` fraction bits and bias `bias`.
+/// `fn_style`: the all-ones magnitude is the only NaN and there is no infinity
+/// (`e4m3fn`); otherwise the all-ones exponent holds infinity and NaNs (IEEE-like).
+const fn fp8_to_f32_bits(byte: u8, mant: u32, bias: i32, fn_style: bool) -> u32 {
+    let b = byte as u32;
+    let sign = (b >> 7) << 31;
+    let exp_bits = 7 - mant;
+    let emax = (1u32 << exp_bits) - 1;
+    let e = (b >> mant) & emax;
+    let m = b & ((1u32 << mant) - 1);
+    let quiet_nan = sign | 0x7fc0_0000;
+    if fn_style {
+        if e == emax && m == (1u32 << mant) - 1 {
+            return quiet_nan;
+        }
+    } else if e == emax {
+        return if m == 0 { sign | 0x7f80_0000 } else { quiet_nan };
+    }
+    if e == 0 {
+        if m == 0 {
+            return sign;
+        }
+        // Subnormal m * 2^(1 - bias - mant): normalise so the leading one is hidden.
+        let mut mm = m;
+        let mut ee = 1 - bias;
+        while mm & (1u32 << mant) == 0 {
+            mm <<= 1;
+            ee -= 1;
+        }
+        return sign | (((ee + 127) as u32) << 23) | ((mm & ((1u32 << mant) - 1)) << (23 - mant));
+    }
+    sign | (((e as i32 - bias + 127) as u32) << 23) | (m << (23 - mant))
+}
+
+/// Decoding table of an 8-bit float format, built at compile time.
+const fn fp8_table(mant: u32, bias: i32, fn_style: bool) -> [f32; 256] {
+    let mut t = [0.0f32; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = f32::from_bits(fp8_to_f32_bits(i as u8, mant, bias, fn_style));
+        i += 1;
+    }
+    t
+}
+
+/// Every `fp8_e4m3` (OCP `e4m3fn`) value.
+static E4M3_TABLE: [f32; 256] = fp8_table(3, 7, true);
+/// Every `fp8_e5m2` value.
+static E5M2_TABLE: [f32; 256] = fp8_table(2, 15, false);
+
+/// The value of `fp8_e4m3` (OCP `e4m3fn`) bits (exact).
+#[inline(always)]
+pub fn e4m3fn_to_f32(b: u8) -> f32 {
+    E4M3_TABLE[usize::from(b)]
+}
+
+/// The value of `fp8_e5m2` bits (exact).
+#[inline(always)]
+pub fn e5m2_to_f32(b: u8) -> f32 {
+    E5M2_TABLE[usize::from(b)]
+}
+
+/// Rounds to the nearest integer, ties to even, without a libm call (vectorisable):
+/// adding and subtracting 2^23 forces the FPU's own round-to-nearest-even at the units
+/// place; values of magnitude >= 2^23 are integers already.
+#[inline(always)]
+fn round_ties_even_fast(x: f32) -> f32 {
+    const TWO_23: f32 = 8_388_608.0;
+    let c = TWO_23.copysign(x);
+    if x.abs() < TWO_23 { (x + c) - c } else { x }
+}
+
+/// `x` rounded to nearest even and saturated to `i8`; NaN -> 0.
+#[inline(always)]
+pub fn f32_to_i8(x: f32) -> i8 {
+    // `as` saturates and maps NaN to 0; clamping first keeps the fast rounding in range.
+    round_ties_even_fast(x.clamp(-128.0, 127.0)) as i8
+}
+
+/// `x` rounded to nearest even and saturated to `u8`; NaN -> 0.
+#[inline(always)]
+pub fn f32_to_u8(x: f32) -> u8 {
+    round_ties_even_fast(x.clamp(0.0, 255.0)) as u8
+}
+
+/// `x` rounded to nearest even and saturated to `i32`; NaN -> 0.
+#[inline(always)]
+pub fn f32_to_i32(x: f32) -> i32 {
+    round_ties_even_fast(x) as i32
+}
+
+/// The first four bytes of `c` as an array (callers pass 4-byte chunks).
+#[inline(always)]
+fn le4(c: &[u8]) -> [u8; 4] {
+    [c[0], c[1], c[2], c[3]]
+}
+
+fn size_error(what: &str, dtype: Dtype, elems: usize, bytes: usize) -> SimError {
+    SimError::Conversion(format!(
+        "{what} {dtype}: {elems} elements need {} bytes, found {bytes}",
+        elems.saturating_mul(dtype.size() as usize)
+    ))
+}
+
+/// Decodes `src` (little-endian elements of `dtype`) into `dst`, exactly (`i32` and
+/// `i64` round to the nearest f32). `src.len()` must be `dst.len() * dtype.size()`.
+pub fn decode_slice(dtype: Dtype, src: &[u8], dst: &mut [f32]) -> Result<(), SimError> {
+    if src.len() != dst.len().saturating_mul(dtype.size() as usize) {
+        return Err(size_error("decode", dtype, dst.len(), src.len()));
+    }
+    match dtype {
+        Dtype::F32 => {
+            for (o, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *o = f32::from_le_bytes(le4(c));
+            }
+        }
+        Dtype::Bf16 => {
+            for (o, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *o = bf16_to_f32(u16::from_le_bytes([c[0], c[1]]));
+            }
+        }
+        Dtype::F16 => {
+            for (o, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *o = f16_to_f32(u16::from_le_bytes([c[0], c[1]]));
+            }
+        }
+        Dtype::Fp8E4m3 => {
+            for (o, &b) in dst.iter_mut().zip(src) {
+                *o = e4m3fn_to_f32(b);
+            }
+        }
+        Dtype::Fp8E5m2 => {
+            for (o, &b) in dst.iter_mut().zip(src) {
+                *o = e5m2_to_f32(b);
+            }
+        }
+        Dtype::I8 => {
+            for (o, &b) in dst.iter_mut().zip(src) {
+                *o = f32::from(b as i8);
+            }
+        }
+        Dtype::U8 => {
+            for (o, &b) in dst.iter_mut().zip(src) {
+                *o = f32::from(b);
+            }
+        }
+        Dtype::I32 => {
+            for (o, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *o = i32::from_le_bytes(le4(c)) as f32;
+            }
+        }
+        Dtype::I64 => {
+            for (o, c) in dst.iter_mut().zip(src.chunks_exact(8)) {
+                *o = i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Encodes a narrow float format over a slice, RNE or stochastic.
+#[inline(always)]
+fn encode_narrow<F: NarrowFloat, const N: usize>(
+    src: &[f32],
+    dst: &mut [u8],
+    rounder: &mut Rounder,
+) {
+    match rounder.mode {
+        Rounding::Rne => {
+            for (o, &x) in dst.chunks_exact_mut(N).zip(src) {
+                let code = encode_rne::<F>(x);
+                o.copy_from_slice(&code.to_le_bytes()[..N]);
+            }
+        }
+        Rounding::Stochastic => {
+            let base = rounder.reserve(src.len());
+            for (i, (o, &x)) in dst.chunks_exact_mut(N).zip(src).enumerate() {
+                let code = encode_one::<F, true>(x, random_at(base, i));
+                o.copy_from_slice(&code.to_le_bytes()[..N]);
+            }
+        }
+    }
+}
+
+/// Encodes `src` into `dst` as little-endian elements of `dtype`, rounding floats with
+/// `rounder` (integers: RNE and saturation; `fp8_e4m3`: the saturating convention).
+/// `dst.len()` must be `src.len() * dtype.size()`; `i64` cannot be written.
+pub fn encode_slice(
+    dtype: Dtype,
+    src: &[f32],
+    dst: &mut [u8],
+    rounder: &mut Rounder,
+) -> Result<(), SimError> {
+    if dst.len() != src.len().saturating_mul(dtype.size() as usize) {
+        return Err(size_error("encode", dtype, src.len(), dst.len()));
+    }
+    match dtype {
+        Dtype::F32 => {
+            for (o, &x) in dst.chunks_exact_mut(4).zip(src) {
+                o.copy_from_slice(&x.to_le_bytes());
+            }
+        }
+        Dtype::Bf16 => encode_narrow::<Bf16Fmt, 2>(src, dst, rounder),
+        Dtype::F16 => encode_narrow::<F16Fmt, 2>(src, dst, rounder),
+        Dtype::Fp8E4m3 => encode_narrow::<E4m3SatFmt, 1>(src, dst, rounder),
+        Dtype::Fp8E5m2 => encode_narrow::<E5m2Fmt, 1>(src, dst, rounder),
+        Dtype::I8 => {
+            for (o, &x) in dst.iter_mut().zip(src) {
+                *o = f32_to_i8(x) as u8;
+            }
+        }
+        Dtype::U8 => {
+            for (o, &x) in dst.iter_mut().zip(src) {
+                *o = f32_to_u8(x);
+            }
+        }
+        Dtype::I32 => {
+            for (o, &x) in dst.chunks_exact_mut(4).zip(src) {
+                o.copy_from_slice(&f32_to_i32(x).to_le_bytes());
+            }
+        }
+        Dtype::I64 => {
+            return Err(SimError::Conversion(
+                "encode i64: i64 is read-only (an HBM DMA source), it cannot be written".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether any element of `bytes` (elements of `dtype`) is the poison pattern: all bytes
+/// 0xFF, a NaN in every float type. Integer types are never reported (0xFF.. is a valid
+/// -1 or 255). A NaN computed by an engine is never all-ones except a negative NaN in
+/// `fp8_e4m3`, whose only negative NaN encoding is 0xFF; that case is reported too.
+pub fn is_poisoned(dtype: Dtype, bytes: &[u8]) -> bool {
+    if !dtype.is_float() {
+        return false;
+    }
+    // `fold` with `|` (not `any`) keeps the loop free of early exits so it vectorises.
+    match dtype.size() {
+        1 => bytes.iter().fold(false, |acc, &b| acc | (b == 0xff)),
+        2 => bytes
+            .chunks_exact(2)
+            .fold(false, |acc, c| acc | (c[0] & c[1] == 0xff)),
+        _ => bytes
+            .chunks_exact(4)
+            .fold(false, |acc, c| acc | (u32::from_le_bytes(le4(c)) == u32::MAX)),
+    }
+}
+
+/// Converts `bytes` of `src_dtype` to `dst_dtype` element by element through FP32, the
+/// DMA cast rule; integer-to-integer casts are exact (saturating) instead, so int64
+/// token ids above 2^24 survive a cast to int32. Equal dtypes copy the bits.
+pub fn cast_bytes(
+    src_dtype: Dtype,
+    src: &[u8],
+    dst_dtype: Dtype,
+    dst: &mut [u8],
+    rounder: &mut Rounder,
+) -> Result<(), SimError> {
+    let n = src.len() / (src_dtype.size() as usize);
+    if src.len() % (src_dtype.size() as usize) != 0 {
+        return Err(size_error("cast source", src_dtype, n, src.len()));
+    }
+    if dst.len() != n.saturating_mul(dst_dtype.size() as usize) {
+        return Err(size_error("cast destination", dst_dtype, n, dst.len()));
+    }
+    if src_dtype == dst_dtype {
+        dst.copy_from_slice(src);
+        return Ok(());
+    }
+    if !src_dtype.is_float() && !dst_dtype.is_float() {
+        if dst_dtype == Dtype::I64 {
+            return Err(SimError::Conversion(
+                "cast to i64: i64 is read-only (an HBM DMA source), it cannot be written".into(),
+            ));
+        }
+        for i in 0..n {
+            let v = read_int(src_dtype, &src[i * src_dtype.size() as usize..]);
+            write_int(dst_dtype, v, &mut dst[i * dst_dtype.size() as usize..]);
+        }
+        return Ok(());
+    }
+    // Chunks bound the temporary while keeping the per-chunk loops long.
+    const CHUNK: usize = 4096;
+    let mut tmp = vec![0.0f32; n.min(CHUNK)];
+    let (ss, ds) = (src_dtype.size() as usize, dst_dtype.size() as usize);
+    let mut start = 0;
+    while start < n {
+        let len = (n - start).min(CHUNK);
+        let t = &mut tmp[..len];
+        decode_slice(src_dtype, &src[start * ss..(start + len) * ss], t)?;
+        encode_slice(dst_dtype, t, &mut dst[start * ds..(start + len) * ds], rounder)?;
+        start += len;
+    }
+    Ok(())
+}
+
+/// The integer at the start of `bytes` (an integer dtype; floats read as 0).
+fn read_int(dtype: Dtype, bytes: &[u8]) -> i64 {
+    let mut b = [0u8; 8];
+    let n = dtype.size() as usize;
+    b[..n].copy_from_slice(&bytes[..n]);
+    match dtype {
+        Dtype::I8 => i64::from(b[0] as i8),
+        Dtype::U8 => i64::from(b[0]),
+        Dtype::I32 => i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        Dtype::I64 => i64::from_le_bytes(b),
+        _ => 0,
+    }
+}
+
+/// Writes `v` saturated to the integer `dtype` at the start of `bytes`.
+fn write_int(dtype: Dtype, v: i64, bytes: &mut [u8]) {
+    match dtype {
+        Dtype::I8 => bytes[0] = v.clamp(-128, 127) as i8 as u8,
+        Dtype::U8 => bytes[0] = v.clamp(0, 255) as u8,
+        Dtype::I32 => bytes[..4]
+            .copy_from_slice(&(v.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32).to_le_bytes()),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserve_matches_sequential_draws() {
+        let mut a = Rounder::new(Rounding::Stochastic, 7);
+        let mut b = a.clone();
+        let base = a.reserve(3);
+        let seq: Vec<u64> = (0..3).map(|_| b.next_random()).collect();
+        assert_eq!(seq, vec![random_at(base, 0), random_at(base, 1), random_at(base, 2)]);
+        assert_eq!(a, b);
+    }
+
+    /// Checks the fast RNE path against the integer reference on `bits`.
+    fn rne_matches_reference(bits: u32) {
+        let x = f32::from_bits(bits);
+        assert_eq!(encode_rne::<Bf16Fmt>(x), encode_one::<Bf16Fmt, false>(x, 0), "bf16 {bits:#x}");
+        assert_eq!(encode_rne::<F16Fmt>(x), encode_one::<F16Fmt, false>(x, 0), "f16 {bits:#x}");
+        assert_eq!(encode_rne::<E4m3Fmt>(x), encode_one::<E4m3Fmt, false>(x, 0), "e4m3 {bits:#x}");
+        assert_eq!(encode_rne::<E4m3SatFmt>(x), encode_one::<E4m3SatFmt, false>(x, 0), "e4m3 sat {bits:#x}");
+        assert_eq!(encode_rne::<E5m2Fmt>(x), encode_one::<E5m2Fmt, false>(x, 0), "e5m2 {bits:#x}");
+    }
+
+    #[test]
+    fn fast_rne_equals_reference() {
+        // Every 97th bit pattern (covers all exponents and many mantissas, both signs),
+        // plus every pattern around each format's subnormal/normal boundary and overflow.
+        let mut b = 0u32;
+        while let Some(next) = b.checked_add(97) {
+            rne_matches_reference(b);
+            b = next;
+        }
+        for center in [
+            2f32.powi(-14), 2f32.powi(-6), 2f32.powi(-126), 448.0, 464.0, 57344.0, 61440.0,
+            65504.0, 65520.0, f32::MAX,
+        ] {
+            let c = center.to_bits();
+            for d in 0..70_000u32 {
+                rne_matches_reference(c.saturating_sub(d));
+                rne_matches_reference(c.saturating_add(d).min(0x7fff_ffff));
+                rne_matches_reference((c.saturating_sub(d)) | 0x8000_0000);
+            }
+        }
+    }
+
+    #[test]
+    fn fp8_tables_hit_known_values() {
+        assert_eq!(e4m3fn_to_f32(0x7e), 448.0);
+        assert_eq!(e4m3fn_to_f32(0x01), 2f32.powi(-9));
+        assert_eq!(e4m3fn_to_f32(0x08), 2f32.powi(-6));
+        assert!(e4m3fn_to_f32(0x7f).is_nan());
+        assert_eq!(e4m3fn_to_f32(0x78), 256.0);
+        assert_eq!(e5m2_to_f32(0x7b), 57344.0);
+        assert_eq!(e5m2_to_f32(0x7c), f32::INFINITY);
+        assert_eq!(e5m2_to_f32(0xfc), f32::NEG_INFINITY);
+        assert!(e5m2_to_f32(0x7d).is_nan());
+        assert_eq!(e5m2_to_f32(0x01), 2f32.powi(-16));
+        assert_eq!(e5m2_to_f32(0x3c), 1.0);
+    }
+
+    #[test]
+    fn every_fp8_code_round_trips() {
+        for b in 0..=255u8 {
+            let v = e5m2_to_f32(b);
+            if v.is_nan() {
+                assert!(e5m2_to_f32(f32_to_e5m2(v)).is_nan());
+            } else {
+                assert_eq!(f32_to_e5m2(v), b, "e5m2 {b:#04x}");
+            }
+            let v = e4m3fn_to_f32(b);
+            if v.is_nan() {
+                assert!(e4m3fn_to_f32(f32_to_e4m3fn_sat(v)).is_nan());
+            } else {
+                assert_eq!(f32_to_e4m3fn_sat(v), b, "e4m3 {b:#04x}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_f16_code_round_trips_and_matches_half() {
+        for h in 0..=u16::MAX {
+            let v = f16_to_f32(h);
+            let reference = half::f16::from_bits(h).to_f32();
+            if reference.is_nan() {
+                assert!(v.is_nan());
+                assert!(f16_to_f32(f32_to_f16(v)).is_nan());
+            } else {
+                assert_eq!(v.to_bits(), reference.to_bits(), "f16 {h:#06x}");
+                assert_eq!(f32_to_f16(v), h, "f16 {h:#06x}");
+            }
+        }
+    }
+
+    #[test]
+    fn int_rounding_is_ties_to_even_and_saturating() {
+        assert_eq!(f32_to_i8(2.5), 2);
+        assert_eq!(f32_to_i8(3.5), 4);
+        assert_eq!(f32_to_i8(-2.5), -2);
+        assert_eq!(f32_to_i8(-0.5), 0);
+        assert_eq!(f32_to_i8(127.5), 127);
+        assert_eq!(f32_to_i8(-1000.0), -128);
+        assert_eq!(f32_to_i8(f32::NAN), 0);
+        assert_eq!(f32_to_u8(-3.0), 0);
+        assert_eq!(f32_to_u8(254.5), 254);
+        assert_eq!(f32_to_u8(255.5), 255);
+        assert_eq!(f32_to_i32(4_194_304.5), 4_194_304);
+        assert_eq!(f32_to_i32(4_194_305.5), 4_194_306);
+        assert_eq!(f32_to_i32(3e9), i32::MAX);
+        assert_eq!(f32_to_i32(-3e9), i32::MIN);
+        assert_eq!(f32_to_i32(f32::NEG_INFINITY), i32::MIN);
+        assert_eq!(f32_to_i32(f32::NAN), 0);
+    }
+}

@@ -1,0 +1,257 @@
+//! TensorE: matmul (float and int8, accumulate), transpose; poisoned-read detection.
+#![allow(clippy::unwrap_used)]
+
+use super::exec_helpers::*;
+use neuron_isa::{Dim, Dtype, Op};
+use neuron_sim::exec::execute;
+
+fn matmul(dst: neuron_isa::Ap, stationary: neuron_isa::Ap, moving: neuron_isa::Ap, accumulate: bool) -> Op {
+    Op::Matmul { dst, stationary, moving, accumulate }
+}
+
+/// `st[k, m] = k + m` (K=3, M=2), `mv[k, n] = k * n - 1` (N=4): small integers, so every
+/// partial sum is exact and the expected values are closed-form.
+#[test]
+fn bf16_matmul_overwrites_then_accumulates() {
+    let mut m = mems(&[]);
+    let st = sb(Dtype::Bf16, 0, 3, 0, 2);
+    let mv = sb(Dtype::Bf16, 0, 3, 64, 4);
+    put(&mut m, &st, &seq(6, |i| (i / 2 + i % 2) as f32));
+    put(&mut m, &mv, &seq(12, |i| ((i / 4) * (i % 4)) as f32 - 1.0));
+    let dst = ps(Dtype::F32, 0, 2, 0, 4);
+    // dst[m, n] = sum_k (k + m)(k n - 1).
+    let expect = |acc: f32| -> Vec<f32> {
+        seq(8, |i| {
+            let (mm, n) = ((i / 4) as f32, (i % 4) as f32);
+            (0..3).map(|k| (k as f32 + mm) * (k as f32 * n - 1.0)).sum::<f32>() + acc
+        })
+    };
+    let out = run(&mut m, &matmul(dst.clone(), st.clone(), mv.clone(), false));
+    assert!(!out.poisoned_read);
+    assert_eq!(get(&m, &dst), expect(0.0));
+    assert_eq!(get(&m, &dst), vec![-3.0, 2.0, 7.0, 12.0, -6.0, 2.0, 10.0, 18.0]);
+    run(&mut m, &matmul(dst.clone(), st.clone(), mv.clone(), true));
+    assert_eq!(get(&m, &dst), vec![-6.0, 4.0, 14.0, 24.0, -12.0, 4.0, 20.0, 36.0]);
+    // Accumulate=false overwrites whatever was there.
+    run(&mut m, &matmul(dst.clone(), st, mv, false));
+    assert_eq!(get(&m, &dst), expect(0.0));
+}
+
+/// Products of bf16 values are exact in FP32 and sums happen in FP32: with K=2 and
+/// products 1 and 2^-24 the FP32 sum rounds (ties to even) to 1.0, while an exact
+/// accumulator would keep 1 + 2^-24.
+#[test]
+fn products_exact_sums_in_fp32() {
+    let mut m = mems(&[]);
+    let st = sb(Dtype::Bf16, 0, 2, 0, 1);
+    let mv = sb(Dtype::Bf16, 0, 2, 64, 2);
+    put(&mut m, &st, &[1.0, 2f32.powi(-12)]);
+    // Column 0: 1*1 + 2^-12 * 2^-12 = 1 + 2^-24 -> 1.0 in FP32 (tie to even).
+    // Column 1: 1*(1 + 2^-7) + 2^-12 * 2^-11 = 1 + 2^-7 + 2^-23, exact in FP32.
+    put(&mut m, &mv, &[1.0, 1.0 + 2f32.powi(-7), 2f32.powi(-12), 2f32.powi(-11)]);
+    let dst = ps(Dtype::F32, 0, 1, 0, 2);
+    run(&mut m, &matmul(dst.clone(), st, mv, false));
+    assert_eq!(get(&m, &dst), vec![1.0, 1.0 + 2f32.powi(-7) + 2f32.powi(-23)]);
+}
+
+/// A full 128 x 128 x 512 bf16 matmul against a direct FP32 reference; inputs are small
+/// integers times powers of two so every sum is exact whatever the order.
+#[test]
+fn full_size_matmul_matches_reference() {
+    let (k, mm, n) = (128usize, 128usize, 512usize);
+    let mut m = mems(&[]);
+    let st = sb(Dtype::Bf16, 0, 128, 0, 128);
+    let mv = sb(Dtype::Bf16, 0, 128, 1024, 512);
+    let a = seq(k * mm, |i| ((i * 7 + 3) % 17) as f32 - 8.0);
+    let b = seq(k * n, |i| (((i * 13 + 5) % 11) as f32 - 5.0) * 0.25);
+    put(&mut m, &st, &a);
+    put(&mut m, &mv, &b);
+    let dst = ps(Dtype::F32, 0, 128, 0, 512);
+    run(&mut m, &matmul(dst.clone(), st, mv, false));
+    let got = get(&m, &dst);
+    for i in 0..mm {
+        for j in 0..n {
+            let r: f32 = (0..k).map(|kk| a[kk * mm + i] * b[kk * n + j]).sum();
+            assert_eq!(got[i * n + j], r, "dst[{i}, {j}]");
+        }
+    }
+}
+
+/// INT8 inputs accumulate in INT32 with saturation.
+#[test]
+fn int8_matmul_into_int32_saturates() {
+    let mut m = mems(&[]);
+    let st = sb(Dtype::I8, 0, 128, 0, 2);
+    let mv = sb(Dtype::I8, 0, 128, 64, 2);
+    // Column 0 of st is -128 everywhere, column 1 is 127; moving likewise.
+    put(&mut m, &st, &seq(256, |i| if i % 2 == 0 { -128.0 } else { 127.0 }));
+    put(&mut m, &mv, &seq(256, |i| if i % 2 == 0 { -128.0 } else { 127.0 }));
+    let dst = ps(Dtype::I32, 0, 2, 0, 2);
+    run(&mut m, &matmul(dst.clone(), st.clone(), mv.clone(), false));
+    let mut v = Vec::new();
+    m.read_i32(&dst, &mut v).unwrap();
+    // 128 * (-128 * -128) = 2^21; 128 * (-128 * 127) = -2080768; 128 * 127^2 = 2064512.
+    assert_eq!(v, vec![2_097_152, -2_080_768, -2_080_768, 2_064_512]);
+    // Preload near the limits and accumulate: saturates instead of wrapping.
+    m.write_i32(&dst, &[i32::MAX - 5, i32::MIN + 5, 0, 1]).unwrap();
+    run(&mut m, &matmul(dst.clone(), st, mv, true));
+    m.read_i32(&dst, &mut v).unwrap();
+    assert_eq!(v, vec![i32::MAX, i32::MIN, -2_080_768, 2_064_513]);
+}
+
+#[test]
+fn u8_matmul_is_exact() {
+    let mut m = mems(&[]);
+    let st = sb(Dtype::U8, 0, 128, 0, 1);
+    let mv = sb(Dtype::U8, 0, 128, 64, 1);
+    put(&mut m, &st, &[255.0; 128]);
+    put(&mut m, &mv, &seq(128, |i| if i == 0 { 254.0 } else { 255.0 }));
+    let dst = ps(Dtype::I32, 0, 1, 0, 1);
+    run(&mut m, &matmul(dst.clone(), st, mv, false));
+    let mut v = Vec::new();
+    m.read_i32(&dst, &mut v).unwrap();
+    assert_eq!(v, vec![127 * 255 * 255 + 255 * 254]);
+}
+
+#[test]
+fn matmul_reading_unwritten_memory_is_reported() {
+    let mut m = mems(&[]);
+    let st = sb(Dtype::Bf16, 0, 4, 0, 4);
+    let mv = sb(Dtype::Bf16, 0, 4, 64, 8);
+    let dst = ps(Dtype::F32, 0, 4, 0, 8);
+    put(&mut m, &st, &[1.0; 16]);
+    // The moving tile was never written.
+    assert!(run(&mut m, &matmul(dst.clone(), st.clone(), mv.clone(), false)).poisoned_read);
+    put(&mut m, &mv, &[1.0; 32]);
+    assert!(!run(&mut m, &matmul(dst.clone(), st.clone(), mv.clone(), false)).poisoned_read);
+    // Accumulating into a PSUM bank nobody initialised is a poisoned read too.
+    let fresh = ps(Dtype::F32, 0, 4, 2048, 8);
+    assert!(run(&mut m, &matmul(fresh.clone(), st.clone(), mv.clone(), true)).poisoned_read);
+    assert!(get(&m, &fresh).iter().all(|v| v.is_nan()));
+}
+
+#[test]
+fn matmul_shape_errors_do_not_panic() {
+    let mut m = mems(&[]);
+    let st = sb(Dtype::Bf16, 0, 4, 0, 4);
+    let mv = sb(Dtype::Bf16, 0, 8, 64, 8);
+    let e = run_err(&mut m, &matmul(ps(Dtype::F32, 0, 4, 0, 8), st.clone(), mv, false));
+    assert!(e.message.contains("K=4 partitions but moving"), "{e}");
+    let mv = sb(Dtype::Bf16, 0, 4, 64, 8);
+    let e = run_err(&mut m, &matmul(ps(Dtype::F32, 0, 4, 0, 9), st, mv, false));
+    assert_eq!(e.message, "dst ps:f32@p0+4:0[9] must be [M=4, N=8], found [4, 9]");
+}
+
+/// Same-dtype transpose moves bits (NaN payloads, infinities, -0 survive); bf16 into an
+/// FP32 PSUM tile is an exact cast.
+#[test]
+fn transpose_is_bit_exact() {
+    let mut m = mems(&[]);
+    let src = sb(Dtype::Bf16, 0, 3, 0, 2);
+    // [[1, NaN(payload)], [-0, inf], [2.5, -3]] as bf16 bits.
+    let bits: [u16; 6] = [0x3f80, 0x7f81, 0x8000, 0x7f80, 0x4020, 0xc040];
+    let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+    m.write_raw(&src, &bytes).unwrap();
+    let dst = ps(Dtype::Bf16, 0, 2, 0, 3);
+    run(&mut m, &Op::Transpose { dst: dst.clone(), src: src.clone() });
+    let t: Vec<u16> = raw(&m, &dst).chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    assert_eq!(t, vec![0x3f80, 0x8000, 0x4020, 0x7f81, 0x7f80, 0xc040]);
+    let dst32 = ps(Dtype::F32, 0, 2, 64, 3);
+    run(&mut m, &Op::Transpose { dst: dst32.clone(), src });
+    let v = get(&m, &dst32);
+    assert_eq!(v[0..3], [1.0, -0.0, 2.5]);
+    assert!(v[3].is_nan());
+    assert_eq!(v[4..6], [f32::INFINITY, -3.0]);
+}
+
+/// A transpose through strided views: reading the source column-major gives the same
+/// result as transposing.
+#[test]
+fn transpose_matches_strided_view() {
+    let mut m = mems(&[]);
+    let src = sb(Dtype::F32, 0, 4, 0, 6);
+    put(&mut m, &src, &seq(24, |i| i as f32));
+    let dst = ps(Dtype::F32, 0, 6, 0, 4);
+    run(&mut m, &Op::Transpose { dst: dst.clone(), src });
+    let got = get(&m, &dst);
+    assert_eq!(got, seq(24, |i| ((i % 4) * 6 + i / 4) as f32));
+    // Element-strided read of one PSUM row: every other element backwards.
+    let mut row = ps(Dtype::F32, 1, 1, 12, 2);
+    row.dims = vec![Dim { size: 2, stride: -2 }];
+    assert_eq!(get(&m, &row), vec![got[7], got[5]]);
+}
+
+/// Executing with a context whose rounding is stochastic changes only narrowing writes.
+#[test]
+fn matmul_psum_fp32_is_not_rounded_by_sr() {
+    let mut m = mems(&[]);
+    let st = sb(Dtype::F32, 0, 1, 0, 1);
+    let mv = sb(Dtype::F32, 0, 1, 64, 1);
+    put(&mut m, &st, &[1.0 + 2f32.powi(-20)]);
+    put(&mut m, &mv, &[1.0]);
+    let dst = ps(Dtype::F32, 0, 1, 0, 1);
+    let mut c = neuron_sim::ExecContext::new(neuron_isa::ChipConfig::trn1(), neuron_sim::Rounding::Stochastic, 9);
+    execute(&mut m, &matmul(dst.clone(), st, mv, false), &mut c).unwrap();
+    assert_eq!(get(&m, &dst), vec![1.0 + 2f32.powi(-20)]);
+}
+
+/// Functional matmul speed against ndarray's f32 GEMM on the same shapes (acceptance:
+/// at least half its rate). Timing-sensitive, so ignored by default; run with
+/// `cargo test --release -p neuron-sim --test all -- --ignored matmul_speed --nocapture`.
+#[test]
+#[ignore]
+fn matmul_speed_vs_ndarray_gemm() {
+    use ndarray::Array2;
+    use ndarray::linalg::general_mat_mul;
+    use std::time::Instant;
+    fn best(iters: usize, mut f: impl FnMut()) -> f64 {
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    f();
+                }
+                t.elapsed().as_secs_f64() / iters as f64
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+    let iters: usize = std::env::var("MATMUL_SPEED_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let mut ratios = Vec::new();
+    for (dtype, k, mm, n, accumulate) in [
+        (Dtype::Bf16, 128, 128, 512, false),
+        (Dtype::Bf16, 128, 128, 512, true),
+        (Dtype::F32, 128, 128, 512, true),
+        (Dtype::Bf16, 128, 128, 128, true),
+        (Dtype::Fp8E4m3, 128, 64, 256, true),
+    ] {
+        let mut m = mems(&[]);
+        let st = sb(dtype, 0, k as u32, 0, mm as u32);
+        let mv = sb(dtype, 0, k as u32, 4096, n as u32);
+        put(&mut m, &st, &seq(k * mm, |i| (i % 7) as f32 * 0.5));
+        put(&mut m, &mv, &seq(k * n, |i| (i % 5) as f32 * 0.25));
+        let dst = ps(Dtype::F32, 0, mm as u32, 0, n as u32);
+        put(&mut m, &dst, &vec![0.0; mm * n]);
+        let op = matmul(dst, st, mv, accumulate);
+        let mut c = ctx();
+        let sim = best(iters, || {
+            execute(&mut m, &op, &mut c).unwrap();
+        });
+        let a = Array2::<f32>::from_elem((mm, k), 0.5);
+        let b = Array2::<f32>::from_elem((k, n), 0.25);
+        let mut out = Array2::<f32>::zeros((mm, n));
+        let gemm = best(iters, || general_mat_mul(1.0, &a, &b, 1.0, &mut out));
+        let flops = 2.0 * (k * mm * n) as f64;
+        println!(
+            "{dtype} k{k} m{mm} n{n} acc={accumulate}: sim {:.1} us ({:.1} GFLOP/s), ndarray {:.1} us ({:.1} GFLOP/s), ratio {:.2}",
+            sim * 1e6,
+            flops / sim / 1e9,
+            gemm * 1e6,
+            flops / gemm / 1e9,
+            gemm / sim
+        );
+        ratios.push((dtype, n, accumulate, gemm / sim));
+    }
+    for (dtype, n, accumulate, ratio) in ratios {
+        assert!(ratio >= 0.5, "{dtype} n{n} acc={accumulate}: {ratio:.2} of the GEMM rate");
+    }
+}
