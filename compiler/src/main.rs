@@ -120,7 +120,9 @@ fn init_tracing(verbose: u8) {
 }
 
 fn load(path: &Path) -> Result<Graph, CliError> {
-    load_model(path).map_err(|e| CliError::invalid(anyhow!(e).context(format!("invalid model {}", path.display()))))
+    load_model(path).map_err(|e| {
+        CliError::invalid(anyhow!(e).context(format!("invalid model {}", path.display())))
+    })
 }
 
 /// `neuronc check MODEL.json [--dump]`.
@@ -163,16 +165,25 @@ fn conform_input(name: &str, t: Tensor, shape: &[usize], dtype: DType) -> Result
     let declared = format!("{} {dtype}", fmt_shape(shape));
     let found = format!("{} {}", fmt_shape(t.shape()), t.elem_name());
     if t.shape() != shape {
-        return Err(CliError::invalid(anyhow!("input '{name}': expected {declared}, found {found}")));
+        return Err(CliError::invalid(anyhow!(
+            "input '{name}': expected {declared}, found {found}"
+        )));
     }
-    let is_float = |t: &Tensor| matches!(t, Tensor::F32(_) | Tensor::F64(_) | Tensor::Bf16(_) | Tensor::F16(_));
+    let is_float = |t: &Tensor| {
+        matches!(
+            t,
+            Tensor::F32(_) | Tensor::F64(_) | Tensor::Bf16(_) | Tensor::F16(_)
+        )
+    };
     let ok = match (is_float(&t), dtype) {
         (true, d) => d.is_float(),
         (false, DType::Bool) => t.dtype() == DType::Bool,
         (false, d) => d.is_int() && t.dtype().is_int(),
     };
     if !ok {
-        return Err(CliError::invalid(anyhow!("input '{name}': expected {declared}, found {found}")));
+        return Err(CliError::invalid(anyhow!(
+            "input '{name}': expected {declared}, found {found}"
+        )));
     }
     if t.dtype() == dtype && !matches!(t, Tensor::F64(_)) {
         return Ok(t);
@@ -197,7 +208,9 @@ fn cmd_run(args: &RunArgs) -> Result<(), CliError> {
     let mut inputs = BTreeMap::new();
     for spec in &args.inputs {
         let Some((name, file)) = spec.split_once('=') else {
-            return Err(CliError::usage(anyhow!("--input '{spec}': expected NAME=FILE.npy")));
+            return Err(CliError::usage(anyhow!(
+                "--input '{spec}': expected NAME=FILE.npy"
+            )));
         };
         let Some(id) = g.inputs.iter().copied().find(|&i| g.value(i).name == name) else {
             let known: Vec<&str> = g.inputs.iter().map(|&i| g.value(i).name.as_str()).collect();
@@ -209,7 +222,8 @@ fn cmd_run(args: &RunArgs) -> Result<(), CliError> {
         if inputs.contains_key(name) {
             return Err(CliError::usage(anyhow!("--input '{name}' is given twice")));
         }
-        let t = read_npy(Path::new(file)).map_err(|e| CliError::invalid(anyhow!(e).context(format!("input '{name}'"))))?;
+        let t = read_npy(Path::new(file))
+            .map_err(|e| CliError::invalid(anyhow!(e).context(format!("input '{name}'"))))?;
         let v = g.value(id);
         inputs.insert(name.to_string(), conform_input(name, t, &v.shape, v.dtype)?);
     }
@@ -226,9 +240,15 @@ fn cmd_run(args: &RunArgs) -> Result<(), CliError> {
             inputs.insert(v.name.clone(), random_input(&g, id));
         }
     }
-    let outputs = run_reference(&g, &inputs, RefOptions { f64: args.f64 }).map_err(CliError::invalid)?;
+    let outputs =
+        run_reference(&g, &inputs, RefOptions { f64: args.f64 }).map_err(CliError::invalid)?;
     std::fs::create_dir_all(&args.output_dir)
-        .with_context(|| format!("cannot create output directory {}", args.output_dir.display()))
+        .with_context(|| {
+            format!(
+                "cannot create output directory {}",
+                args.output_dir.display()
+            )
+        })
         .map_err(CliError::invalid)?;
     let mut used = HashSet::new();
     for &id in &g.outputs {

@@ -48,8 +48,12 @@ pub fn read_npy(path: &Path) -> Result<Tensor, NpyError> {
     };
     let header = Header::from_reader(&mut &bytes[..])
         .map_err(|e| format(format!("not a valid .npy file: {e}").to_lowercase()))?;
-    check_shape(&header.shape)
-        .map_err(|e| format(format!("array of shape {} refused: {e}", fmt_shape(&header.shape))))?;
+    check_shape(&header.shape).map_err(|e| {
+        format(format!(
+            "array of shape {} refused: {e}",
+            fmt_shape(&header.shape)
+        ))
+    })?;
     let descr = header.type_descriptor.to_string();
     macro_rules! try_read {
         ($t:ty, $variant:ident) => {
@@ -95,7 +99,13 @@ pub fn write_npy(path: &Path, t: &Tensor) -> Result<(), NpyError> {
 /// Replaces every character outside `[A-Za-z0-9._-]` with `_` (for file names).
 pub fn sanitize_file_name(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -121,7 +131,12 @@ mod tests {
         }
         let p = dir.path().join("bad.npy");
         std::fs::write(&p, b"not npy").unwrap();
-        assert!(read_npy(&p).unwrap_err().to_string().contains("not a valid .npy file"));
+        assert!(
+            read_npy(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("not a valid .npy file")
+        );
     }
 
     #[test]

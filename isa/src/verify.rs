@@ -11,7 +11,8 @@
 //! - engine placement: [`Op::allowed_on`]; at most one stream per engine; DMA queue
 //!   index below `cfg.dma_queues`; semaphore ids below `program.semaphores`; kernel
 //!   index valid or [`NO_KERNEL`].
-//! - access patterns: 1..=128 partitions; on chip, the partition-start rule
+//! - access patterns: 1..=128 partitions (a gather table's row count is unlimited); on
+//!   chip, the partition-start rule
 //!   (64 < n <= 128: start 0; 32 < n <= 64: start 0 or 64; n <= 32: start 0, 32, 64 or
 //!   96) and `partition_stride == 1`; in HBM, start 0; at most 4 free dims; every
 //!   size at least 1 and on chip at most 65535 (`uint16`); at most [`MAX_AP_ELEMS`]
@@ -392,9 +393,12 @@ struct Verifier<'a> {
 }
 
 impl Verifier<'_> {
-    /// Shape, placement and bounds rules of one access pattern.
-    fn check_ap(&self, name: &str, ap: &Ap, written: bool) -> Result<(), Violation> {
-        let parts = self.cfg.partitions;
+    /// Shape, placement and bounds rules of one access pattern. A gather `table` is a
+    /// row table, not a tile: its `partitions` is the row count (any number of rows) and
+    /// only the rows the indices pick are ever read, so the partition and size limits do
+    /// not apply to it (its bounds do).
+    fn check_ap(&self, name: &str, ap: &Ap, written: bool, table: bool) -> Result<(), Violation> {
+        let parts = if table { u32::MAX } else { self.cfg.partitions };
         if ap.partitions == 0 || ap.partitions > parts {
             return fail(
                 Rule::Partitions,
@@ -429,7 +433,8 @@ impl Verifier<'_> {
                 );
             }
         }
-        let elems = free_elems(ap).saturating_mul(u128::from(ap.partitions));
+        let rows = if table { 1 } else { ap.partitions };
+        let elems = free_elems(ap).saturating_mul(u128::from(rows));
         if elems > u128::from(MAX_AP_ELEMS) {
             return fail(
                 Rule::ApSize,
@@ -547,8 +552,9 @@ impl Verifier<'_> {
     /// Which memories the engine may touch, then the op's own rules.
     fn check_op(&self, op: &Op, engine: Engine) -> Result<(), Violation> {
         let aps = named_aps(op);
+        let gather = matches!(op, Op::DmaGather { .. });
         for &(name, ap, written) in &aps {
-            self.check_ap(name, ap, written)?;
+            self.check_ap(name, ap, written, gather && name == "table")?;
         }
         for &(name, ap, _) in &aps {
             let ok = match (engine, ap.mem) {
@@ -1914,6 +1920,38 @@ mod tests {
             0,
             Rule::Dtype,
         );
+    }
+
+    /// A gather table's `partitions` is its row count: a 30522-row embedding is legal,
+    /// and only its bounds are checked.
+    #[test]
+    fn gather_table_may_have_many_rows() {
+        let mut p = prog(
+            Engine::Dma(0),
+            vec![Op::DmaGather {
+                dst: sb(Dtype::F32, 0, 128, 0, 64),
+                table: hbm(2, Dtype::F32, 30522, 64),
+                indices: sb(Dtype::I32, 0, 128, 4096, 1),
+            }],
+        );
+        p.tensors.push(HbmTensor {
+            name: "emb".into(),
+            kind: TensorKind::Weight,
+            shape: vec![30522, 64],
+            dtype: Dtype::F32,
+        });
+        check(&p).unwrap();
+        p.tensors[2].shape = vec![30521, 64];
+        expect(&p, 0, Rule::Bounds);
+        // A plain DMA still has at most 128 rows.
+        let p = prog(
+            Engine::Dma(0),
+            vec![Op::Dma {
+                dst: hbm(0, Dtype::F32, 129, 4),
+                src: hbm(0, Dtype::F32, 129, 4),
+            }],
+        );
+        expect(&p, 0, Rule::Partitions);
     }
 
     #[test]

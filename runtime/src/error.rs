@@ -1,6 +1,6 @@
 //! The runtime's error type: one enum for loading, binding, executing and profiling.
 
-use neuron_isa::{ArtifactError, ConfigError, Dtype};
+use neuron_isa::{ArtifactError, ConfigError, Dtype, VerifyError};
 use neuron_sim::SimError;
 use std::path::PathBuf;
 
@@ -29,6 +29,9 @@ pub enum RuntimeError {
         /// The failed check.
         source: ConfigError,
     },
+    /// The program breaks an ISA rule (found by the verifier before anything runs).
+    #[error("invalid program in artifact: {0}")]
+    Verify(#[from] VerifyError),
     /// The program or its metadata break a rule the runtime relies on.
     #[error("invalid program in artifact: {0}")]
     Program(String),

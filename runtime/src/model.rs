@@ -1,7 +1,7 @@
 //! A loaded, verified artifact: the unit the runtime binds inputs to and executes.
 
 use crate::error::RuntimeError;
-use neuron_isa::{Artifact, ChipConfig, Dtype, NO_KERNEL, TensorId, TensorKind};
+use neuron_isa::{Artifact, ChipConfig, Dtype, TensorId, TensorKind};
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -21,8 +21,8 @@ pub struct TensorDesc {
 /// A verified artifact, ready to be bound and executed any number of times.
 ///
 /// Invariants (checked by [`Model::from_artifact`]): the target configuration is valid;
-/// every weight tensor has its bytes in the artifact; input and output names are unique;
-/// every instruction's kernel index is [`NO_KERNEL`] or names a kernel.
+/// the program passes the ISA verifier ([`neuron_isa::verify_program`]) for that target;
+/// every weight tensor has its bytes in the artifact; input and output names are unique.
 #[derive(Debug, Clone)]
 pub struct Model {
     artifact: Artifact,
@@ -52,6 +52,7 @@ impl Model {
             .check_weights()
             .map_err(|e| RuntimeError::Program(e.to_string()))?;
         let program = &meta.program;
+        neuron_isa::verify_program(program, &meta.target)?;
         let mut names = BTreeSet::new();
         for t in &program.tensors {
             match t.kind {
@@ -72,18 +73,6 @@ impl Model {
                     "weight tensor '{}' (t{i}) has no bytes in the artifact",
                     t.name
                 )));
-            }
-        }
-        for (s, stream) in program.streams.iter().enumerate() {
-            for (i, instr) in stream.instrs.iter().enumerate() {
-                if instr.kernel != NO_KERNEL && instr.kernel as usize >= program.kernels.len() {
-                    return Err(RuntimeError::Program(format!(
-                        "{} instruction {i} (stream {s}) names kernel {}, but the program has {} kernels",
-                        stream.engine,
-                        instr.kernel,
-                        program.kernels.len()
-                    )));
-                }
             }
         }
         Ok(Model { artifact })

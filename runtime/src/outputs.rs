@@ -9,16 +9,8 @@ use std::path::{Path, PathBuf};
 /// The file stem for output `name`: characters outside `[A-Za-z0-9._-]` become `_`
 /// (so a name can never leave the directory), and the empty name becomes `_`.
 pub fn sanitize_name(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    // The same rule as `neuronc run --output-dir`, so both tools write the same files.
+    let s = neuronc::npy::sanitize_file_name(name);
     if s.is_empty() { "_".into() } else { s }
 }
 

@@ -8,7 +8,7 @@
 //! every float type, -1 in signed integers) so reads of unwritten memory show up.
 //!
 //! A dense buffer is row-major `[P x N]`: partition outermost, then the free dimensions
-//! outermost first. Each access pattern is resolved once into a [`View`]: strides in
+//! outermost first. Each access pattern is resolved once into a `View`: strides in
 //! bytes, size-1 dimensions dropped and contiguous dimensions merged, and every byte it
 //! can touch checked to lie inside its buffer (in 128-bit arithmetic, so absurd sizes or
 //! strides give an error, never an overflow). Inner loops then work on whole contiguous
@@ -149,7 +149,10 @@ impl Memories {
                 .ok_or_else(|| SimError::Tensor {
                     tensor: TensorId(i as u32),
                     name: t.name.clone(),
-                    message: format!("shape {:?} of {} overflows 64-bit byte counts", t.shape, t.dtype),
+                    message: format!(
+                        "shape {:?} of {} overflows 64-bit byte counts",
+                        t.shape, t.dtype
+                    ),
                 })?;
             total = total.saturating_add(bytes);
             sizes.push(bytes);
@@ -161,18 +164,19 @@ impl Memories {
             )));
         }
         let to_usize = |v: u64, what: &str| {
-            usize::try_from(v)
-                .map_err(|_| SimError::Limit(format!("{what}: {v} bytes exceed the host's address space")))
+            usize::try_from(v).map_err(|_| {
+                SimError::Limit(format!("{what}: {v} bytes exceed the host's address space"))
+            })
         };
         let partitions = cfg.partitions as usize;
         let sbuf_pp = to_usize(cfg.sbuf_bytes_per_partition, "sbuf")?;
         let psum_pp = to_usize(cfg.psum_bytes_per_partition, "psum")?;
-        let sbuf_len = sbuf_pp
-            .checked_mul(partitions)
-            .ok_or_else(|| SimError::Limit("sbuf size overflows the host's address space".into()))?;
-        let psum_len = psum_pp
-            .checked_mul(partitions)
-            .ok_or_else(|| SimError::Limit("psum size overflows the host's address space".into()))?;
+        let sbuf_len = sbuf_pp.checked_mul(partitions).ok_or_else(|| {
+            SimError::Limit("sbuf size overflows the host's address space".into())
+        })?;
+        let psum_len = psum_pp.checked_mul(partitions).ok_or_else(|| {
+            SimError::Limit("psum size overflows the host's address space".into())
+        })?;
         let mut hbm = Vec::with_capacity(sizes.len());
         for (t, &bytes) in program.tensors.iter().zip(&sizes) {
             let len = to_usize(bytes, &format!("hbm tensor '{}'", t.name))?;
@@ -192,7 +196,11 @@ impl Memories {
     fn tensor_error(&self, t: TensorId, message: String) -> SimError {
         SimError::Tensor {
             tensor: t,
-            name: self.names.get(t.0 as usize).cloned().unwrap_or_else(|| "?".into()),
+            name: self
+                .names
+                .get(t.0 as usize)
+                .cloned()
+                .unwrap_or_else(|| "?".into()),
             message,
         }
     }
@@ -216,9 +224,15 @@ impl Memories {
 
     /// The bytes of HBM tensor `t`.
     pub fn tensor(&self, t: TensorId) -> Result<&[u8], SimError> {
-        self.hbm.get(t.0 as usize).map(Vec::as_slice).ok_or_else(|| {
-            self.tensor_error(t, format!("unknown tensor: the program has {}", self.hbm.len()))
-        })
+        self.hbm
+            .get(t.0 as usize)
+            .map(Vec::as_slice)
+            .ok_or_else(|| {
+                self.tensor_error(
+                    t,
+                    format!("unknown tensor: the program has {}", self.hbm.len()),
+                )
+            })
     }
 
     /// The whole SBUF, partition-major.
@@ -248,7 +262,12 @@ impl Memories {
                 .hbm
                 .get(t.0 as usize)
                 .map(Vec::as_slice)
-                .ok_or_else(|| err(format!("unknown hbm tensor {t}: the program has {}", self.hbm.len()))),
+                .ok_or_else(|| {
+                    err(format!(
+                        "unknown hbm tensor {t}: the program has {}",
+                        self.hbm.len()
+                    ))
+                }),
         }
     }
 
@@ -275,12 +294,13 @@ impl Memories {
             )));
         }
         if ap.partitions == 0 || ap.dims.iter().any(|d| d.size == 0) {
-            return Err(err(format!("access pattern {ap}: partitions and dim sizes must be >= 1")));
+            return Err(err(format!(
+                "access pattern {ap}: partitions and dim sizes must be >= 1"
+            )));
         }
-        let elems = ap
-            .dims
-            .iter()
-            .fold(u128::from(ap.partitions), |acc, d| acc.saturating_mul(u128::from(d.size)));
+        let elems = ap.dims.iter().fold(u128::from(ap.partitions), |acc, d| {
+            acc.saturating_mul(u128::from(d.size))
+        });
         if elems > u128::from(MAX_AP_ELEMS) {
             return Err(err(format!(
                 "access pattern {ap}: {elems} elements exceed the simulator's limit of {MAX_AP_ELEMS}"
@@ -291,7 +311,16 @@ impl Memories {
         let free: Vec<(i128, i128)> = ap
             .dims
             .iter()
-            .map(|d| (i128::from(d.size), if d.size == 1 { 0 } else { i128::from(d.stride) * esize }))
+            .map(|d| {
+                (
+                    i128::from(d.size),
+                    if d.size == 1 {
+                        0
+                    } else {
+                        i128::from(d.stride) * esize
+                    },
+                )
+            })
             .collect();
         let (mut lo, mut hi) = (0i128, 0i128);
         for &(n, s) in &free {
@@ -331,7 +360,11 @@ impl Memories {
                 (i128::from(ap.start_partition) * pp + offset, pp)
             }
             Memory::Hbm(t) => {
-                let row = if ap.partitions == 1 { 0 } else { i128::from(ap.partition_stride) * esize };
+                let row = if ap.partitions == 1 {
+                    0
+                } else {
+                    i128::from(ap.partition_stride) * esize
+                };
                 let reach = (parts - 1) * row;
                 let (rlo, rhi) = if reach < 0 { (reach, 0) } else { (0, reach) };
                 if offset + lo + rlo < 0 || offset + hi + rhi + esize > buf_len {
@@ -407,7 +440,12 @@ impl Memories {
 
     /// Writes the dense row-major `[P x N]` buffer `data` to `ap`, rounding to its dtype
     /// with `rounder`. `data` must hold exactly the pattern's element count.
-    pub fn write_f32(&mut self, ap: &Ap, data: &[f32], rounder: &mut Rounder) -> Result<(), ExecError> {
+    pub fn write_f32(
+        &mut self,
+        ap: &Ap,
+        data: &[f32],
+        rounder: &mut Rounder,
+    ) -> Result<(), ExecError> {
         let view = self.view(ap)?;
         if data.len() != view.elems() {
             return Err(err(format!(
@@ -429,7 +467,9 @@ impl Memories {
         } else {
             let mut scratch = vec![0u8; n * e];
             view.for_each_run(|k, start| {
-                if let Err(e) = numerics::encode_slice(dtype, &data[k..k + n], &mut scratch, rounder) {
+                if let Err(e) =
+                    numerics::encode_slice(dtype, &data[k..k + n], &mut scratch, rounder)
+                {
                     result = Err(e);
                 }
                 scatter_any(e, mem, start, view.inner_stride, &scratch);
@@ -451,7 +491,13 @@ impl Memories {
             });
         } else {
             view.for_each_run(|k, start| {
-                gather_any(e, mem, start, view.inner_stride, &mut out[k * e..(k + n) * e]);
+                gather_any(
+                    e,
+                    mem,
+                    start,
+                    view.inner_stride,
+                    &mut out[k * e..(k + n) * e],
+                );
             });
         }
         Ok(numerics::is_poisoned(ap.dtype, out))
@@ -484,19 +530,28 @@ impl Memories {
     /// Reads an `i32` access pattern exactly (no FP32 round trip), densely.
     pub fn read_i32(&self, ap: &Ap, out: &mut Vec<i32>) -> Result<(), ExecError> {
         if ap.dtype != Dtype::I32 {
-            return Err(err(format!("reading {ap} as i32: expected dtype i32, found {}", ap.dtype)));
+            return Err(err(format!(
+                "reading {ap} as i32: expected dtype i32, found {}",
+                ap.dtype
+            )));
         }
         let mut raw = Vec::new();
         self.read_raw(ap, &mut raw)?;
         out.clear();
-        out.extend(raw.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+        out.extend(
+            raw.chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
         Ok(())
     }
 
     /// Writes dense `i32` values to an `i32` access pattern exactly.
     pub fn write_i32(&mut self, ap: &Ap, data: &[i32]) -> Result<(), ExecError> {
         if ap.dtype != Dtype::I32 {
-            return Err(err(format!("writing {ap} as i32: expected dtype i32, found {}", ap.dtype)));
+            return Err(err(format!(
+                "writing {ap} as i32: expected dtype i32, found {}",
+                ap.dtype
+            )));
         }
         let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.write_raw(ap, &raw)
@@ -532,9 +587,15 @@ mod tests {
         assert!(m.psum().iter().all(|&b| b == 0xff));
         assert_eq!(m.tensor(TensorId(0)).unwrap(), &[0xff; 12]);
         let e = m.write_tensor(TensorId(0), &[0; 11]).unwrap_err();
-        assert_eq!(e.to_string(), "tensor t0 ('x'): expected 12 bytes, found 11");
+        assert_eq!(
+            e.to_string(),
+            "tensor t0 ('x'): expected 12 bytes, found 11"
+        );
         let e = m.write_tensor(TensorId(3), &[0; 12]).unwrap_err();
-        assert_eq!(e.to_string(), "tensor t3 ('?'): unknown tensor: the program has 1");
+        assert_eq!(
+            e.to_string(),
+            "tensor t3 ('?'): unknown tensor: the program has 1"
+        );
         m.write_tensor(TensorId(0), &[7; 12]).unwrap();
         assert_eq!(m.tensor(TensorId(0)).unwrap(), &[7; 12]);
     }
@@ -550,9 +611,21 @@ mod tests {
             "limit exceeded: hbm tensors need 1048577 bytes in total, the chip (trn1) has 1048576 bytes"
         );
         let p = program(&[("a", vec![512, 512], Dtype::F32)]);
-        assert_eq!(Memories::new(&cfg, &p).unwrap().tensor(TensorId(0)).unwrap().len(), 1 << 20);
+        assert_eq!(
+            Memories::new(&cfg, &p)
+                .unwrap()
+                .tensor(TensorId(0))
+                .unwrap()
+                .len(),
+            1 << 20
+        );
         let p = program(&[("huge", vec![u64::MAX, 4], Dtype::F32)]);
-        assert!(Memories::new(&cfg, &p).unwrap_err().to_string().contains("overflows"));
+        assert!(
+            Memories::new(&cfg, &p)
+                .unwrap_err()
+                .to_string()
+                .contains("overflows")
+        );
     }
 
     #[test]
@@ -585,20 +658,171 @@ mod tests {
         let m = Memories::new(&cfg, &program(&[("x", vec![4, 8], Dtype::F32)])).unwrap();
         let ap = Ap::hbm_rows(TensorId(0), Dtype::F32, 4, 4, 8, 8);
         let e = m.view(&ap).unwrap_err();
-        assert_eq!(e.message, "access pattern t0:f32@4[4x8][8]: touches bytes 4..132 of tensor t0, outside 0..128");
+        assert_eq!(
+            e.message,
+            "access pattern t0:f32@4[4x8][8]: touches bytes 4..132 of tensor t0, outside 0..128"
+        );
         let mut ap = Ap::hbm_rows(TensorId(0), Dtype::F32, 0, 2, i64::MAX, 1);
         assert!(m.view(&ap).is_err());
         ap.partition_stride = i64::MIN;
         assert!(m.view(&ap).is_err());
         ap = Ap::on_chip(Memory::Psum, Dtype::F32, 0, 128, 0, 4);
-        ap.dims = vec![Dim { size: u32::MAX, stride: 0 }; 4];
-        assert!(m.view(&ap).unwrap_err().message.contains("exceed the simulator's limit"));
+        ap.dims = vec![
+            Dim {
+                size: u32::MAX,
+                stride: 0
+            };
+            4
+        ];
+        assert!(
+            m.view(&ap)
+                .unwrap_err()
+                .message
+                .contains("exceed the simulator's limit")
+        );
         ap = Ap::on_chip(Memory::Psum, Dtype::F32, 100, 29, 0, 4);
-        assert!(m.view(&ap).unwrap_err().message.contains("exceed the 128 partitions"));
+        assert!(
+            m.view(&ap)
+                .unwrap_err()
+                .message
+                .contains("exceed the 128 partitions")
+        );
         ap = Ap::on_chip(Memory::Psum, Dtype::F32, 0, 1, 16 * 1024 - 12, 4);
-        assert!(m.view(&ap).unwrap_err().message.contains("outside 0..16384"));
+        assert!(
+            m.view(&ap)
+                .unwrap_err()
+                .message
+                .contains("outside 0..16384")
+        );
         ap = Ap::hbm_rows(TensorId(9), Dtype::F32, 0, 1, 0, 1);
-        assert!(m.view(&ap).unwrap_err().message.contains("unknown hbm tensor t9"));
+        assert!(
+            m.view(&ap)
+                .unwrap_err()
+                .message
+                .contains("unknown hbm tensor t9")
+        );
+    }
+
+    /// The obviously-right reference: byte address of every element, in dense order.
+    fn naive_addresses(m: &Memories, ap: &Ap) -> Vec<usize> {
+        let e = ap.dtype.size() as i64;
+        let mut out = Vec::new();
+        for p in 0..i64::from(ap.partitions) {
+            let base = match ap.mem {
+                Memory::Hbm(_) => ap.offset as i64 + p * ap.partition_stride * e,
+                mem => {
+                    (i64::from(ap.start_partition) + p) * m.bytes_per_partition(mem) as i64
+                        + ap.offset as i64
+                }
+            };
+            let mut idx = vec![0i64; ap.dims.len()];
+            loop {
+                let off: i64 = idx
+                    .iter()
+                    .zip(&ap.dims)
+                    .map(|(i, d)| i * d.stride * e)
+                    .sum();
+                out.push((base + off) as usize);
+                let mut k = idx.len();
+                loop {
+                    if k == 0 {
+                        break;
+                    }
+                    k -= 1;
+                    idx[k] += 1;
+                    if idx[k] < i64::from(ap.dims[k].size) {
+                        break;
+                    }
+                    idx[k] = 0;
+                    if k == 0 {
+                        k = usize::MAX;
+                        break;
+                    }
+                }
+                if k == usize::MAX || idx.is_empty() {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Random patterns (1-4 dims, strides -3..=3 including 0, all dtypes sizes) read and
+    /// written through the fast paths agree with per-element addressing.
+    #[test]
+    fn fast_paths_match_naive_addressing() {
+        let cfg = ChipConfig::trn1();
+        let mut m = Memories::new(&cfg, &program(&[("h", vec![4096], Dtype::U8)])).unwrap();
+        // Distinct bytes everywhere so any misplaced read shows.
+        let fill: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+        m.write_tensor(TensorId(0), &fill).unwrap();
+        let sbuf_fill: Vec<u8> = (0..m.sbuf.len()).map(|i| (i * 13 + 1) as u8).collect();
+        m.sbuf.copy_from_slice(&sbuf_fill);
+        let mut state = 12345u64;
+        let mut rnd = |n: u64| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) % n
+        };
+        let mut checked = 0;
+        for _ in 0..3000 {
+            let dtype = [Dtype::U8, Dtype::Bf16, Dtype::F32, Dtype::I64][rnd(4) as usize];
+            let ndims = 1 + rnd(4) as usize;
+            let dims: Vec<Dim> = (0..ndims)
+                .map(|_| Dim {
+                    size: 1 + rnd(5) as u32,
+                    stride: rnd(7) as i64 - 3,
+                })
+                .collect();
+            let hbm = rnd(2) == 0;
+            let partitions = 1 + rnd(6) as u32;
+            let ap = Ap {
+                mem: if hbm {
+                    Memory::Hbm(TensorId(0))
+                } else {
+                    Memory::Sbuf
+                },
+                dtype,
+                offset: rnd(600),
+                start_partition: if hbm { 0 } else { rnd(100) as u32 },
+                partitions,
+                partition_stride: if hbm { rnd(41) as i64 - 20 } else { 1 },
+                dims,
+            };
+            let Ok(view) = m.view(&ap) else { continue };
+            let addrs = naive_addresses(&m, &ap);
+            assert_eq!(view.elems(), addrs.len(), "{ap}");
+            let e = dtype.size() as usize;
+            let buf = if hbm {
+                m.tensor(TensorId(0)).unwrap().to_vec()
+            } else {
+                m.sbuf.clone()
+            };
+            let want: Vec<u8> = addrs.iter().flat_map(|&a| buf[a..a + e].to_vec()).collect();
+            let mut got = Vec::new();
+            m.read_raw(&ap, &mut got).unwrap();
+            assert_eq!(got, want, "read {ap}");
+            // Write a recognisable pattern and check every addressed element (the last
+            // write wins where a pattern addresses one element twice).
+            let data: Vec<u8> = (0..got.len()).map(|i| (i * 31 + 5) as u8).collect();
+            let mut expect = buf.clone();
+            for (k, &a) in addrs.iter().enumerate() {
+                expect[a..a + e].copy_from_slice(&data[k * e..(k + 1) * e]);
+            }
+            m.write_raw(&ap, &data).unwrap();
+            let after = if hbm {
+                m.tensor(TensorId(0)).unwrap().to_vec()
+            } else {
+                m.sbuf.clone()
+            };
+            assert!(after == expect, "write {ap}");
+            checked += 1;
+        }
+        assert!(
+            checked > 1000,
+            "only {checked} random patterns were in bounds"
+        );
     }
 
     #[test]
@@ -609,15 +833,28 @@ mod tests {
         // Column-major write of a [2 x 3] tile: stride 2 innermost.
         let mut ap = Ap::on_chip(Memory::Sbuf, Dtype::F32, 0, 2, 0, 3);
         ap.dims = vec![Dim { size: 3, stride: 2 }];
-        m.write_f32(&ap, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &mut r).unwrap();
+        m.write_f32(&ap, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &mut r)
+            .unwrap();
         let contiguous = Ap::on_chip(Memory::Sbuf, Dtype::F32, 0, 2, 0, 6);
         let mut out = Vec::new();
         let poisoned = m.read_f32(&contiguous, &mut out).unwrap();
         assert!(poisoned);
-        let written: Vec<(usize, f32)> =
-            out.iter().copied().enumerate().filter(|(_, v)| !v.is_nan()).collect();
-        assert_eq!(written, vec![(0, 1.0), (2, 2.0), (4, 3.0), (6, 4.0), (8, 5.0), (10, 6.0)]);
-        assert!(out.iter().skip(1).step_by(2).all(|v| v.to_bits() == u32::MAX));
+        let written: Vec<(usize, f32)> = out
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(_, v)| !v.is_nan())
+            .collect();
+        assert_eq!(
+            written,
+            vec![(0, 1.0), (2, 2.0), (4, 3.0), (6, 4.0), (8, 5.0), (10, 6.0)]
+        );
+        assert!(
+            out.iter()
+                .skip(1)
+                .step_by(2)
+                .all(|v| v.to_bits() == u32::MAX)
+        );
         assert!(!m.read_f32(&ap, &mut out).unwrap());
         assert_eq!(out, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         // Reversed read of the same elements.

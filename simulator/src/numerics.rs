@@ -234,11 +234,21 @@ fn encode_rne<F: NarrowFloat>(x: f32) -> u32 {
     // Smallest normal of the target, as f32 bits: 2^(1 - BIAS).
     let min_normal = ((128 - F::BIAS) as u32) << 23;
     let rebased = abs.wrapping_sub(((127 - F::BIAS) as u32) << 23);
-    let normal = (rebased + ((1 << (drop - 1)) - 1) + ((rebased >> drop) & 1)) >> drop;
+    // Wrapping: lanes below the normal range (or NaN) compute garbage that is discarded.
+    let normal = rebased
+        .wrapping_add((1 << (drop - 1)) - 1)
+        .wrapping_add((rebased >> drop) & 1)
+        >> drop;
     // 2^(24 - BIAS - MANT): its ulp is 2^(1 - BIAS - MANT), the subnormal quantum.
     let magic_bits = ((24 - F::BIAS - F::MANT as i32 + 127) as u32) << 23;
-    let sub = (f32::from_bits(abs) + f32::from_bits(magic_bits)).to_bits().wrapping_sub(magic_bits);
-    let code = if abs < min_normal { sub } else { normal.min(F::CLAMP) };
+    let sub = (f32::from_bits(abs) + f32::from_bits(magic_bits))
+        .to_bits()
+        .wrapping_sub(magic_bits);
+    let code = if abs < min_normal {
+        sub
+    } else {
+        normal.min(F::CLAMP)
+    };
     let code = if abs > 0x7f80_0000 { F::NAN } else { code };
     code | sign
 }
@@ -335,7 +345,11 @@ const fn fp8_to_f32_bits(byte: u8, mant: u32, bias: i32, fn_style: bool) -> u32 
             return quiet_nan;
         }
     } else if e == emax {
-        return if m == 0 { sign | 0x7f80_0000 } else { quiet_nan };
+        return if m == 0 {
+            sign | 0x7f80_0000
+        } else {
+            quiet_nan
+        };
     }
     if e == 0 {
         if m == 0 {
@@ -563,9 +577,9 @@ pub fn is_poisoned(dtype: Dtype, bytes: &[u8]) -> bool {
         2 => bytes
             .chunks_exact(2)
             .fold(false, |acc, c| acc | (c[0] & c[1] == 0xff)),
-        _ => bytes
-            .chunks_exact(4)
-            .fold(false, |acc, c| acc | (u32::from_le_bytes(le4(c)) == u32::MAX)),
+        _ => bytes.chunks_exact(4).fold(false, |acc, c| {
+            acc | (u32::from_le_bytes(le4(c)) == u32::MAX)
+        }),
     }
 }
 
@@ -611,7 +625,12 @@ pub fn cast_bytes(
         let len = (n - start).min(CHUNK);
         let t = &mut tmp[..len];
         decode_slice(src_dtype, &src[start * ss..(start + len) * ss], t)?;
-        encode_slice(dst_dtype, t, &mut dst[start * ds..(start + len) * ds], rounder)?;
+        encode_slice(
+            dst_dtype,
+            t,
+            &mut dst[start * ds..(start + len) * ds],
+            rounder,
+        )?;
         start += len;
     }
     Ok(())
@@ -636,8 +655,9 @@ fn write_int(dtype: Dtype, v: i64, bytes: &mut [u8]) {
     match dtype {
         Dtype::I8 => bytes[0] = v.clamp(-128, 127) as i8 as u8,
         Dtype::U8 => bytes[0] = v.clamp(0, 255) as u8,
-        Dtype::I32 => bytes[..4]
-            .copy_from_slice(&(v.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32).to_le_bytes()),
+        Dtype::I32 => bytes[..4].copy_from_slice(
+            &(v.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32).to_le_bytes(),
+        ),
         _ => {}
     }
 }
@@ -652,18 +672,41 @@ mod tests {
         let mut b = a.clone();
         let base = a.reserve(3);
         let seq: Vec<u64> = (0..3).map(|_| b.next_random()).collect();
-        assert_eq!(seq, vec![random_at(base, 0), random_at(base, 1), random_at(base, 2)]);
+        assert_eq!(
+            seq,
+            vec![random_at(base, 0), random_at(base, 1), random_at(base, 2)]
+        );
         assert_eq!(a, b);
     }
 
     /// Checks the fast RNE path against the integer reference on `bits`.
     fn rne_matches_reference(bits: u32) {
         let x = f32::from_bits(bits);
-        assert_eq!(encode_rne::<Bf16Fmt>(x), encode_one::<Bf16Fmt, false>(x, 0), "bf16 {bits:#x}");
-        assert_eq!(encode_rne::<F16Fmt>(x), encode_one::<F16Fmt, false>(x, 0), "f16 {bits:#x}");
-        assert_eq!(encode_rne::<E4m3Fmt>(x), encode_one::<E4m3Fmt, false>(x, 0), "e4m3 {bits:#x}");
-        assert_eq!(encode_rne::<E4m3SatFmt>(x), encode_one::<E4m3SatFmt, false>(x, 0), "e4m3 sat {bits:#x}");
-        assert_eq!(encode_rne::<E5m2Fmt>(x), encode_one::<E5m2Fmt, false>(x, 0), "e5m2 {bits:#x}");
+        assert_eq!(
+            encode_rne::<Bf16Fmt>(x),
+            encode_one::<Bf16Fmt, false>(x, 0),
+            "bf16 {bits:#x}"
+        );
+        assert_eq!(
+            encode_rne::<F16Fmt>(x),
+            encode_one::<F16Fmt, false>(x, 0),
+            "f16 {bits:#x}"
+        );
+        assert_eq!(
+            encode_rne::<E4m3Fmt>(x),
+            encode_one::<E4m3Fmt, false>(x, 0),
+            "e4m3 {bits:#x}"
+        );
+        assert_eq!(
+            encode_rne::<E4m3SatFmt>(x),
+            encode_one::<E4m3SatFmt, false>(x, 0),
+            "e4m3 sat {bits:#x}"
+        );
+        assert_eq!(
+            encode_rne::<E5m2Fmt>(x),
+            encode_one::<E5m2Fmt, false>(x, 0),
+            "e5m2 {bits:#x}"
+        );
     }
 
     #[test]
@@ -676,8 +719,16 @@ mod tests {
             b = next;
         }
         for center in [
-            2f32.powi(-14), 2f32.powi(-6), 2f32.powi(-126), 448.0, 464.0, 57344.0, 61440.0,
-            65504.0, 65520.0, f32::MAX,
+            2f32.powi(-14),
+            2f32.powi(-6),
+            2f32.powi(-126),
+            448.0,
+            464.0,
+            57344.0,
+            61440.0,
+            65504.0,
+            65520.0,
+            f32::MAX,
         ] {
             let c = center.to_bits();
             for d in 0..70_000u32 {

@@ -160,7 +160,25 @@ impl Space {
             .find(|&a| last % a == 0 && last / a >= min_cols);
         if let Some(a) = best {
             let d = self.shape.len() - 1;
-            self.split(d, last / a);
+            // The new row dimension must merge with the existing rows in every view:
+            // otherwise tiles would be cut into short runs of rows.
+            let merges = d == 0
+                || self
+                    .views
+                    .iter()
+                    .all(|v| v.strides[d - 1] == v.strides[d] * last as i64);
+            if merges {
+                self.split(d, last / a);
+                if d > 0 {
+                    // Merge the new row dimension into the previous one.
+                    self.shape[d - 1] *= self.shape[d];
+                    self.shape.remove(d);
+                    for v in &mut self.views {
+                        v.strides[d - 1] = v.strides[d];
+                        v.strides.remove(d);
+                    }
+                }
+            }
         }
     }
 }
@@ -247,6 +265,28 @@ impl RowCols {
     /// Size of the innermost row dimension (the longest run possible).
     pub fn inner_rows(&self) -> usize {
         self.rows.last().copied().unwrap_or(1)
+    }
+
+    /// Row tiles of at most `max` rows that never cross a boundary of the innermost row
+    /// dimension, as `(first row, rows)`. Each tile is then a single run, so its DMAs fill
+    /// the tile from partition 0 (on-chip patterns may only start at partitions 0, 32, 64
+    /// or 96 depending on their size, trainium.md 2.1).
+    pub fn tiles(&self, max: usize) -> Vec<(usize, usize)> {
+        let inner = self.inner_rows();
+        let h = max.clamp(1, inner.max(1));
+        let mut out = Vec::new();
+        let mut seg = 0;
+        let total = self.num_rows();
+        while seg < total {
+            let mut r = 0;
+            while r < inner {
+                let n = h.min(inner - r);
+                out.push((seg + r, n));
+                r += n;
+            }
+            seg += inner;
+        }
+        out
     }
 
     /// The runs covering rows `r0 .. r0 + n`.

@@ -73,7 +73,9 @@ impl<'a> AttrReader<'a> {
     fn int(&mut self, key: &'static str, default: Option<i64>) -> Result<i64, ModelError> {
         match self.get(key) {
             None => default.ok_or_else(|| self.missing(key, "an integer")),
-            Some(v) => v.as_i64().ok_or_else(|| self.ill_typed(key, "an integer", v)),
+            Some(v) => v
+                .as_i64()
+                .ok_or_else(|| self.ill_typed(key, "an integer", v)),
         }
     }
 
@@ -91,7 +93,9 @@ impl<'a> AttrReader<'a> {
     fn boolean(&mut self, key: &'static str, default: bool) -> Result<bool, ModelError> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| self.ill_typed(key, "true or false", v)),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.ill_typed(key, "true or false", v)),
         }
     }
 
@@ -106,7 +110,10 @@ impl<'a> AttrReader<'a> {
                 if !f.is_finite() {
                     return Err(self.err(
                         key,
-                        format!("attribute '{key}' of {} is {x}, which is not a finite f32", self.op),
+                        format!(
+                            "attribute '{key}' of {} is {x}, which is not a finite f32",
+                            self.op
+                        ),
                     ));
                 }
                 Ok(f)
@@ -124,7 +131,11 @@ impl<'a> AttrReader<'a> {
         }
     }
 
-    fn ints(&mut self, key: &'static str, default: Option<Vec<i64>>) -> Result<Vec<i64>, ModelError> {
+    fn ints(
+        &mut self,
+        key: &'static str,
+        default: Option<Vec<i64>>,
+    ) -> Result<Vec<i64>, ModelError> {
         match self.get(key) {
             None => default.ok_or_else(|| self.missing(key, "a list of integers")),
             Some(v) => {
@@ -132,7 +143,10 @@ impl<'a> AttrReader<'a> {
                     .as_array()
                     .ok_or_else(|| self.ill_typed(key, "a list of integers", v))?;
                 list.iter()
-                    .map(|x| x.as_i64().ok_or_else(|| self.ill_typed(key, "a list of integers", v)))
+                    .map(|x| {
+                        x.as_i64()
+                            .ok_or_else(|| self.ill_typed(key, "a list of integers", v))
+                    })
                     .collect()
             }
         }
@@ -313,7 +327,9 @@ pub(crate) fn parse_op(
                 .map_err(|_| {
                     r.err(
                         "perm",
-                        format!("perm {perm:?} has a negative entry, expected a permutation of 0..rank"),
+                        format!(
+                            "perm {perm:?} has a negative entry, expected a permutation of 0..rank"
+                        ),
                     )
                 })?;
             Op::Transpose { perm }

@@ -33,7 +33,13 @@ pub enum InitSpec {
 /// row-major order from [`SeededRng::for_tensor`]`(seed, name)` in f64 and
 /// rounding to `dtype`. Returns an error message if the shape breaks the
 /// size limits or the spec does not suit the dtype.
-pub fn init_tensor(spec: InitSpec, seed: u64, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor, String> {
+pub fn init_tensor(
+    spec: InitSpec,
+    seed: u64,
+    name: &str,
+    shape: &[usize],
+    dtype: DType,
+) -> Result<Tensor, String> {
     let n = check_shape(shape).map_err(|e| e.to_string())?;
     let random = matches!(spec, InitSpec::Normal { .. } | InitSpec::Uniform { .. });
     if random && !dtype.is_float() {
@@ -45,13 +51,17 @@ pub fn init_tensor(spec: InitSpec, seed: u64, name: &str, shape: &[usize], dtype
         InitSpec::Ones => vec![1.0; n],
         InitSpec::Normal { mean, std } => {
             if !(std.is_finite() && std >= 0.0 && mean.is_finite()) {
-                return Err(format!("normal init needs finite mean and std >= 0, found mean {mean}, std {std}"));
+                return Err(format!(
+                    "normal init needs finite mean and std >= 0, found mean {mean}, std {std}"
+                ));
             }
             (0..n).map(|_| rng.normal(mean, std)).collect()
         }
         InitSpec::Uniform { low, high } => {
             if !(low.is_finite() && high.is_finite() && low < high) {
-                return Err(format!("uniform init needs finite low < high, found low {low}, high {high}"));
+                return Err(format!(
+                    "uniform init needs finite low < high, found low {low}, high {high}"
+                ));
             }
             (0..n).map(|_| rng.uniform(low, high)).collect()
         }
@@ -66,16 +76,41 @@ mod tests {
 
     #[test]
     fn deterministic_and_distributed() {
-        let spec = InitSpec::Normal { mean: 0.0, std: 0.05 };
+        let spec = InitSpec::Normal {
+            mean: 0.0,
+            std: 0.05,
+        };
         let a = init_tensor(spec, 7, "w1", &[64, 64], DType::F32).unwrap();
         let b = init_tensor(spec, 7, "w1", &[64, 64], DType::F32).unwrap();
         assert_eq!(a, b);
         let std = (a.to_f64().mapv(|x| x * x).mean().unwrap()).sqrt();
         assert!((std - 0.05).abs() < 0.003, "{std}");
-        let u = init_tensor(InitSpec::Uniform { low: 2.0, high: 3.0 }, 1, "u", &[100], DType::F32).unwrap();
+        let u = init_tensor(
+            InitSpec::Uniform {
+                low: 2.0,
+                high: 3.0,
+            },
+            1,
+            "u",
+            &[100],
+            DType::F32,
+        )
+        .unwrap();
         assert!(u.to_f64().iter().all(|&x| (2.0..3.0).contains(&x)));
         assert!(init_tensor(spec, 7, "i", &[2], DType::I32).is_err());
         assert!(init_tensor(InitSpec::Ones, 7, "i", &[2], DType::I32).is_ok());
-        assert!(init_tensor(InitSpec::Uniform { low: 1.0, high: 1.0 }, 7, "u", &[2], DType::F32).is_err());
+        assert!(
+            init_tensor(
+                InitSpec::Uniform {
+                    low: 1.0,
+                    high: 1.0
+                },
+                7,
+                "u",
+                &[2],
+                DType::F32
+            )
+            .is_err()
+        );
     }
 }

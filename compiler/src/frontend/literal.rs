@@ -14,7 +14,12 @@ use crate::ir::{DType, Tensor, fmt_shape};
 /// Floats must be finite after rounding to `dtype`; integers must be whole
 /// and fit `dtype`; bools are `true`/`false`. `path` (e.g. `params[2].value`)
 /// prefixes error paths, which point at the offending element.
-pub fn parse_literal(v: &Value, shape: &[usize], dtype: DType, path: &str) -> Result<Tensor, ModelError> {
+pub fn parse_literal(
+    v: &Value,
+    shape: &[usize],
+    dtype: DType,
+    path: &str,
+) -> Result<Tensor, ModelError> {
     check_shape(shape).map_err(|e| {
         ModelError::invalid(path, format!("literal of shape {}: {e}", fmt_shape(shape)))
     })?;
@@ -22,13 +27,24 @@ pub fn parse_literal(v: &Value, shape: &[usize], dtype: DType, path: &str) -> Re
     collect(v, shape, path.to_string(), &mut leaves)?;
     let shape_d = IxDyn(shape);
     let build = |t: Result<Tensor, ndarray::ShapeError>| {
-        t.map_err(|e| ModelError::invalid(path, format!("literal does not fit shape {}: {e}", fmt_shape(shape))))
+        t.map_err(|e| {
+            ModelError::invalid(
+                path,
+                format!("literal does not fit shape {}: {e}", fmt_shape(shape)),
+            )
+        })
     };
     if dtype == DType::Bool {
         let mut out = Vec::with_capacity(leaves.len());
         for (p, x) in &leaves {
             out.push(x.as_bool().ok_or_else(|| {
-                ModelError::invalid(p.as_str(), format!("expected true or false for a bool literal, found {}", describe(x)))
+                ModelError::invalid(
+                    p.as_str(),
+                    format!(
+                        "expected true or false for a bool literal, found {}",
+                        describe(x)
+                    ),
+                )
             })?);
         }
         return build(ArrayD::from_shape_vec(shape_d, out).map(Tensor::Bool));
@@ -41,12 +57,18 @@ pub fn parse_literal(v: &Value, shape: &[usize], dtype: DType, path: &str) -> Re
         };
         let mut out = Vec::with_capacity(leaves.len());
         for (p, x) in &leaves {
-            let i = x.as_i64().filter(|i| (lo..=hi).contains(i)).ok_or_else(|| {
-                ModelError::invalid(
-                    p.as_str(),
-                    format!("expected an integer in {lo}..={hi} for a {dtype} literal, found {}", describe(x)),
-                )
-            })?;
+            let i = x
+                .as_i64()
+                .filter(|i| (lo..=hi).contains(i))
+                .ok_or_else(|| {
+                    ModelError::invalid(
+                        p.as_str(),
+                        format!(
+                            "expected an integer in {lo}..={hi} for a {dtype} literal, found {}",
+                            describe(x)
+                        ),
+                    )
+                })?;
             out.push(i);
         }
         let a = ArrayD::from_shape_vec(shape_d, out);
@@ -55,7 +77,13 @@ pub fn parse_literal(v: &Value, shape: &[usize], dtype: DType, path: &str) -> Re
     let mut out = Vec::with_capacity(leaves.len());
     for (p, x) in &leaves {
         let f = x.as_f64().ok_or_else(|| {
-            ModelError::invalid(p.as_str(), format!("expected a number for a {dtype} literal, found {}", describe(x)))
+            ModelError::invalid(
+                p.as_str(),
+                format!(
+                    "expected a number for a {dtype} literal, found {}",
+                    describe(x)
+                ),
+            )
         })?;
         let rounded = Tensor::from_f64(dtype, ArrayD::from_elem(IxDyn(&[]), f)).to_f64();
         if rounded.iter().any(|r| !r.is_finite()) {
@@ -116,15 +144,31 @@ mod tests {
     #[test]
     fn literals() {
         let t = parse_literal(&json!([[1, 2], [3, 4.5]]), &[2, 2], DType::F32, "p").unwrap();
-        assert_eq!(t.to_f64().iter().copied().collect::<Vec<_>>(), vec![1.0, 2.0, 3.0, 4.5]);
+        assert_eq!(
+            t.to_f64().iter().copied().collect::<Vec<_>>(),
+            vec![1.0, 2.0, 3.0, 4.5]
+        );
         let t = parse_literal(&json!(0.125), &[], DType::F32, "p").unwrap();
         assert_eq!(t.shape(), &[] as &[usize]);
-        let e = parse_literal(&json!([[1, 2], [3]]), &[2, 2], DType::F32, "params[0].value").unwrap_err();
-        assert_eq!(e.to_string(), "params[0].value[1]: expected a list of 2 (shape [2] remaining), found a list of 1");
+        let e = parse_literal(
+            &json!([[1, 2], [3]]),
+            &[2, 2],
+            DType::F32,
+            "params[0].value",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "params[0].value[1]: expected a list of 2 (shape [2] remaining), found a list of 1"
+        );
         let e = parse_literal(&json!([1e300]), &[1], DType::F32, "v").unwrap_err();
         assert!(e.to_string().contains("non-finite"), "{e}");
         let e = parse_literal(&json!([300]), &[1], DType::I8, "v").unwrap_err();
-        assert!(e.to_string().starts_with("v[0]: expected an integer in -128..=127"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("v[0]: expected an integer in -128..=127"),
+            "{e}"
+        );
         let t = parse_literal(&json!([true, false]), &[2], DType::Bool, "v").unwrap();
         assert_eq!(t.dtype(), DType::Bool);
     }

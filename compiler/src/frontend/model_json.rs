@@ -3,12 +3,12 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
+use super::ModelError;
 use super::attrs::parse_op;
 use super::init::{InitSpec, init_tensor};
 use super::literal::parse_literal;
 use super::raw::{RawInit, RawModel, RawNode};
 use super::weights::WeightsFile;
-use super::ModelError;
 use crate::ir::limits::check_shape;
 use crate::ir::{DType, Graph, GraphError, Op, Site, Tensor, ValueId, fmt_shape};
 
@@ -36,7 +36,11 @@ pub fn parse_model(json: &str, base_dir: &Path) -> Result<Graph, ModelError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         ModelError::Field {
-            path: if path == "." { "(top level)".into() } else { path },
+            path: if path == "." {
+                "(top level)".into()
+            } else {
+                path
+            },
             message: strip_position(&inner),
             line: inner.line(),
             column: inner.column(),
@@ -57,7 +61,9 @@ fn strip_position(e: &serde_json::Error) -> String {
 fn parse_dtype(d: &Option<String>, path: String) -> Result<DType, ModelError> {
     match d {
         None => Ok(DType::F32),
-        Some(s) => s.parse().map_err(|e| ModelError::invalid(path, format!("{e}"))),
+        Some(s) => s
+            .parse()
+            .map_err(|e| ModelError::invalid(path, format!("{e}"))),
     }
 }
 
@@ -102,11 +108,13 @@ impl<'a> Converter<'a> {
             None => None,
             Some(w) => {
                 let file = self.base_dir.join(w);
-                Some(WeightsFile::open(&file).map_err(|message| ModelError::Weights {
-                    path: "weights".into(),
-                    file: file.clone(),
-                    message,
-                })?)
+                Some(
+                    WeightsFile::open(&file).map_err(|message| ModelError::Weights {
+                        path: "weights".into(),
+                        file: file.clone(),
+                        message,
+                    })?,
+                )
             }
         };
         for (i, inp) in raw.inputs.iter().enumerate() {
@@ -158,18 +166,26 @@ impl<'a> Converter<'a> {
         }
         self.nodes(&raw.nodes)?;
         if raw.outputs.is_empty() {
-            return Err(ModelError::invalid("outputs", "the model lists no outputs, expected at least one"));
+            return Err(ModelError::invalid(
+                "outputs",
+                "the model lists no outputs, expected at least one",
+            ));
         }
         for (k, name) in raw.outputs.iter().enumerate() {
             let path = format!("outputs[{k}]");
             let Some((id, _)) = self.defined.get(name) else {
                 return Err(ModelError::invalid(
                     path,
-                    format!("output '{name}' names no value (no input, param or node output is called '{name}')"),
+                    format!(
+                        "output '{name}' names no value (no input, param or node output is called '{name}')"
+                    ),
                 ));
             };
             if self.graph.outputs.contains(id) {
-                return Err(ModelError::invalid(path, format!("output '{name}' is listed twice")));
+                return Err(ModelError::invalid(
+                    path,
+                    format!("output '{name}' is listed twice"),
+                ));
             }
             self.graph.outputs.push(*id);
         }
@@ -190,11 +206,13 @@ impl<'a> Converter<'a> {
         if let Some(w) = weights
             && w.contains(&p.name)
         {
-            return w.tensor(&p.name, &p.shape, dtype).map_err(|message| ModelError::Weights {
-                path,
-                file: w.path().to_path_buf(),
-                message: format!("param '{}': {message}", p.name),
-            });
+            return w
+                .tensor(&p.name, &p.shape, dtype)
+                .map_err(|message| ModelError::Weights {
+                    path,
+                    file: w.path().to_path_buf(),
+                    message: format!("param '{}': {message}", p.name),
+                });
         }
         if let Some(v) = &p.value {
             return parse_literal(v, &p.shape, dtype, &format!("{path}.value"));
@@ -206,16 +224,22 @@ impl<'a> Converter<'a> {
                 RawInit::Normal { std, mean } => InitSpec::Normal { mean, std },
                 RawInit::Uniform { low, high } => InitSpec::Uniform { low, high },
             };
-            return init_tensor(spec, raw.seed, &p.name, &p.shape, dtype)
-                .map_err(|m| ModelError::invalid(format!("{path}.init"), format!("param '{}': {m}", p.name)));
+            return init_tensor(spec, raw.seed, &p.name, &p.shape, dtype).map_err(|m| {
+                ModelError::invalid(format!("{path}.init"), format!("param '{}': {m}", p.name))
+            });
         }
         let source = match (&raw.weights, weights) {
-            (Some(file), Some(_)) => format!("the weights file '{file}' holds no tensor '{}'", p.name),
+            (Some(file), Some(_)) => {
+                format!("the weights file '{file}' holds no tensor '{}'", p.name)
+            }
             _ => "the model has no weights file".to_string(),
         };
         Err(ModelError::invalid(
             path,
-            format!("param '{}' has no value: {source}, and it has no \"value\" or \"init\"", p.name),
+            format!(
+                "param '{}' has no value: {source}, and it has no \"value\" or \"init\"",
+                p.name
+            ),
         ))
     }
 
@@ -240,14 +264,22 @@ impl<'a> Converter<'a> {
         for (i, n) in nodes.iter().enumerate() {
             let base = format!("nodes[{i}]");
             if n.name.is_empty() {
-                return Err(self.node_err(format!("{base}.name"), n, i, "node name is empty".into()));
+                return Err(self.node_err(
+                    format!("{base}.name"),
+                    n,
+                    i,
+                    "node name is empty".into(),
+                ));
             }
             if let Some(first) = node_names.insert(n.name.as_str(), i) {
                 return Err(self.node_err(
                     format!("{base}.name"),
                     n,
                     i,
-                    format!("node name '{}' is used twice (first by node index {first})", n.name),
+                    format!(
+                        "node name '{}' is used twice (first by node index {first})",
+                        n.name
+                    ),
                 ));
             }
             let op = parse_op(&n.op, &n.attrs, &n.name, i)?;
@@ -256,7 +288,12 @@ impl<'a> Converter<'a> {
                     format!("{base}.outputs"),
                     n,
                     i,
-                    format!("{} has {} output, found {} names", n.op, op.num_outputs(), n.outputs.len()),
+                    format!(
+                        "{} has {} output, found {} names",
+                        n.op,
+                        op.num_outputs(),
+                        n.outputs.len()
+                    ),
                 ));
             }
             let mut inputs = Vec::with_capacity(n.inputs.len());
@@ -267,7 +304,9 @@ impl<'a> Converter<'a> {
                     None => {
                         let message = match producer_of.get(name.as_str()) {
                             Some(&j) => match find_cycle(nodes, &producer_of, i) {
-                                Some(cycle) => format!("value '{name}' is part of a cycle: {cycle}"),
+                                Some(cycle) => {
+                                    format!("value '{name}' is part of a cycle: {cycle}")
+                                }
                                 None => format!(
                                     "value '{name}' is used before it is defined by node '{}' (index {j}); nodes must be listed so that every value is defined before it is used",
                                     nodes[j].name
@@ -317,9 +356,13 @@ impl<'a> Converter<'a> {
     fn check_constant_gathers(&self) -> Result<(), ModelError> {
         let g = &self.graph;
         for (i, node) in g.nodes.iter().enumerate() {
-            let Op::Gather { axis } = node.op else { continue };
+            let Op::Gather { axis } = node.op else {
+                continue;
+            };
             let data = g.value(node.inputs[0]);
-            let Some(idx) = &g.value(node.inputs[1]).data else { continue };
+            let Some(idx) = &g.value(node.inputs[1]).data else {
+                continue;
+            };
             let Some(a) = crate::ir::shape_infer::normalize_axis(axis, data.shape.len()) else {
                 continue;
             };
@@ -344,7 +387,11 @@ impl<'a> Converter<'a> {
 
 /// A cycle through node `start` in data-flow order, as
 /// `'a' (index 1) -> 'b' (index 2) -> 'a' (index 1)` (a feeds b feeds a).
-fn find_cycle(nodes: &[RawNode], producer_of: &HashMap<&str, usize>, start: usize) -> Option<String> {
+fn find_cycle(
+    nodes: &[RawNode],
+    producer_of: &HashMap<&str, usize>,
+    start: usize,
+) -> Option<String> {
     // Depth-first search over "reads a value produced by" edges.
     let mut stack = vec![(start, 0usize)];
     let mut on_path = vec![start];
@@ -355,7 +402,9 @@ fn find_cycle(nodes: &[RawNode], producer_of: &HashMap<&str, usize>, start: usiz
             continue;
         };
         stack.push((node, k + 1));
-        let Some(&p) = producer_of.get(input.as_str()) else { continue };
+        let Some(&p) = producer_of.get(input.as_str()) else {
+            continue;
+        };
         if p == start {
             let mut names: Vec<String> = on_path
                 .iter()

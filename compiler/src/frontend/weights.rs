@@ -100,43 +100,65 @@ impl WeightsFile {
         let size = dtype.size_bytes();
         let n = data.len() / size;
         if n * size != data.len() || Some(n) != crate::ir::limits::checked_numel(shape) {
-            return Err(format!("tensor '{name}' has {} bytes, which does not match its shape", data.len()));
+            return Err(format!(
+                "tensor '{name}' has {} bytes, which does not match its shape",
+                data.len()
+            ));
         }
         let chunks = data.chunks_exact(size);
         let fail = |e: ndarray::ShapeError| format!("tensor '{name}': {e}");
         let d = IxDyn(shape);
         Ok(match dtype {
             DType::F32 => Tensor::F32(
-                ArrayD::from_shape_vec(d, chunks.map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
-                    .map_err(fail)?,
+                ArrayD::from_shape_vec(
+                    d,
+                    chunks
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                )
+                .map_err(fail)?,
             ),
             DType::Bf16 => Tensor::Bf16(
-                ArrayD::from_shape_vec(d, chunks.map(|c| bf16::from_le_bytes([c[0], c[1]])).collect())
-                    .map_err(fail)?,
+                ArrayD::from_shape_vec(
+                    d,
+                    chunks.map(|c| bf16::from_le_bytes([c[0], c[1]])).collect(),
+                )
+                .map_err(fail)?,
             ),
             DType::F16 => Tensor::F16(
-                ArrayD::from_shape_vec(d, chunks.map(|c| f16::from_le_bytes([c[0], c[1]])).collect())
-                    .map_err(fail)?,
+                ArrayD::from_shape_vec(
+                    d,
+                    chunks.map(|c| f16::from_le_bytes([c[0], c[1]])).collect(),
+                )
+                .map_err(fail)?,
             ),
             DType::I8 => Tensor::I8(
-                ArrayD::from_shape_vec(d, chunks.map(|c| i8::from_le_bytes([c[0]])).collect()).map_err(fail)?,
+                ArrayD::from_shape_vec(d, chunks.map(|c| i8::from_le_bytes([c[0]])).collect())
+                    .map_err(fail)?,
             ),
             DType::I32 => Tensor::I32(
-                ArrayD::from_shape_vec(d, chunks.map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
-                    .map_err(fail)?,
+                ArrayD::from_shape_vec(
+                    d,
+                    chunks
+                        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                )
+                .map_err(fail)?,
             ),
             DType::I64 => Tensor::I64(
                 ArrayD::from_shape_vec(
                     d,
                     chunks
-                        .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                        .map(|c| {
+                            i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
+                        })
                         .collect(),
                 )
                 .map_err(fail)?,
             ),
-            DType::Bool => {
-                Tensor::Bool(ArrayD::from_shape_vec(d, chunks.map(|c| c[0] != 0).collect()).map_err(fail)?)
-            }
+            DType::Bool => Tensor::Bool(
+                ArrayD::from_shape_vec(d, chunks.map(|c| c[0] != 0).collect()).map_err(fail)?,
+            ),
         })
     }
 }

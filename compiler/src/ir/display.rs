@@ -19,7 +19,13 @@ impl fmt::Display for Graph {
         writeln!(f, "graph {} seed={}", self.name, self.seed)?;
         for &id in &self.inputs {
             let v = self.value(id);
-            writeln!(f, "input {id} {} : {} {}", v.name, fmt_shape(&v.shape), v.dtype)?;
+            writeln!(
+                f,
+                "input {id} {} : {} {}",
+                v.name,
+                fmt_shape(&v.shape),
+                v.dtype
+            )?;
         }
         for &id in &self.params {
             let v = self.value(id);

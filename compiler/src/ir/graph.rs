@@ -340,7 +340,9 @@ mod tests {
         let w = g
             .add_param("w", Tensor::zeros(DType::F32, &[3, 4]))
             .unwrap();
-        let h = g.add_node("fc", Op::MatMul { transpose_b: false }, &[x, w], "h").unwrap();
+        let h = g
+            .add_node("fc", Op::MatMul { transpose_b: false }, &[x, w], "h")
+            .unwrap();
         let y = g.add_node("act", Op::Relu, &[h], "y").unwrap();
         g.add_output(y).unwrap();
         assert_eq!(g.value(h).shape, vec![2, 4]);
@@ -355,8 +357,13 @@ mod tests {
             "node 'fc2' (index 2, op add): shapes [2,3] and [3,4] do not broadcast"
         );
         let e = g.add_input("x", [1], DType::F32).unwrap_err();
-        assert_eq!(e.to_string(), "value name 'x' is already defined by input %0");
-        let e = g.add_input("big", [1 << 20, 1 << 20], DType::F32).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "value name 'x' is already defined by input %0"
+        );
+        let e = g
+            .add_input("big", [1 << 20, 1 << 20], DType::F32)
+            .unwrap_err();
         assert!(e.to_string().contains("more than the limit"), "{e}");
     }
 }

@@ -431,7 +431,10 @@ impl Op {
             Op::ReduceSum { axes, keepdims }
             | Op::ReduceMean { axes, keepdims }
             | Op::ReduceMax { axes, keepdims } => {
-                vec![format!("axes={}", list(axes)), format!("keepdims={keepdims}")]
+                vec![
+                    format!("axes={}", list(axes)),
+                    format!("keepdims={keepdims}"),
+                ]
             }
             Op::Transpose { perm } => vec![format!("perm={}", list(perm))],
             Op::Reshape { shape } => vec![format!("shape={}", list(shape))],

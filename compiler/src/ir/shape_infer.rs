@@ -164,7 +164,10 @@ pub fn slice_plan(
             if i >= shape.len() {
                 return err(
                     Site::Attr("starts"),
-                    format!("starts has {n} entries but the input has rank {}", shape.len()),
+                    format!(
+                        "starts has {n} entries but the input has rank {}",
+                        shape.len()
+                    ),
                 );
             }
             i
@@ -219,7 +222,11 @@ pub fn slice_plan(
 }
 
 /// Resolves `reshape`'s target shape against an element count.
-pub fn reshape_target(shape: &[i64], numel: usize, from: &[usize]) -> Result<Vec<usize>, ShapeError> {
+pub fn reshape_target(
+    shape: &[i64],
+    numel: usize,
+    from: &[usize],
+) -> Result<Vec<usize>, ShapeError> {
     let mut infer_at = None;
     let mut known: usize = 1;
     let mut out = Vec::with_capacity(shape.len());
@@ -275,7 +282,10 @@ pub fn reshape_target(shape: &[i64], numel: usize, from: &[usize]) -> Result<Vec
 /// Resolves reduction axes: valid, distinct, non-empty; returned sorted.
 pub fn reduce_axes(axes: &[i64], rank: usize) -> Result<Vec<usize>, ShapeError> {
     if axes.is_empty() {
-        return err(Site::Attr("axes"), "axes is empty, expected at least one axis");
+        return err(
+            Site::Attr("axes"),
+            "axes is empty, expected at least one axis",
+        );
     }
     let mut set = BTreeSet::new();
     for &a in axes {
@@ -288,7 +298,14 @@ pub fn reduce_axes(axes: &[i64], rank: usize) -> Result<Vec<usize>, ShapeError> 
 }
 
 /// Output spatial size of a windowed op, or `None` if the window does not fit.
-pub fn window_out(input: usize, pad_lo: usize, pad_hi: usize, kernel: usize, dilation: usize, stride: usize) -> Option<usize> {
+pub fn window_out(
+    input: usize,
+    pad_lo: usize,
+    pad_hi: usize,
+    kernel: usize,
+    dilation: usize,
+    stride: usize,
+) -> Option<usize> {
     let padded = input as u128 + pad_lo as u128 + pad_hi as u128;
     let eff = (kernel as u128 - 1) * dilation as u128 + 1;
     if eff > padded || stride == 0 {
@@ -303,12 +320,21 @@ fn need_float(t: &TensorType, i: usize, op: &str) -> Result<(), ShapeError> {
     } else {
         err(
             Site::Input(i),
-            format!("{op} needs a float input (f32, bf16 or f16), found {}", t.dtype),
+            format!(
+                "{op} needs a float input (f32, bf16 or f16), found {}",
+                t.dtype
+            ),
         )
     }
 }
 
-fn need_rank(t: &TensorType, i: usize, op: &str, rank: usize, what: &str) -> Result<(), ShapeError> {
+fn need_rank(
+    t: &TensorType,
+    i: usize,
+    op: &str,
+    rank: usize,
+    what: &str,
+) -> Result<(), ShapeError> {
     if t.rank() == rank {
         Ok(())
     } else {
@@ -378,21 +404,23 @@ impl Op {
                         ),
                     );
                 }
-                let shape = broadcast_shapes(&ins[0].shape, &ins[1].shape).ok_or_else(|| {
-                    ShapeError {
+                let shape =
+                    broadcast_shapes(&ins[0].shape, &ins[1].shape).ok_or_else(|| ShapeError {
                         site: Site::Node,
                         message: format!(
                             "shapes {} and {} do not broadcast",
                             fmt_shape(&ins[0].shape),
                             fmt_shape(&ins[1].shape)
                         ),
-                    }
-                })?;
+                    })?;
                 TensorType::new(shape, dt)
             }
             Op::Neg | Op::Abs | Op::Relu => {
                 if ins[0].dtype == DType::Bool {
-                    return err(Site::Input(0), format!("{name} needs a numeric input, found bool"));
+                    return err(
+                        Site::Input(0),
+                        format!("{name} needs a numeric input, found bool"),
+                    );
                 }
                 ins[0].clone()
             }
@@ -429,7 +457,11 @@ impl Op {
                             "matmul inner dimensions differ: {} x {}{} ({k} vs {k2})",
                             fmt_shape(&a.shape),
                             fmt_shape(&b.shape),
-                            if *transpose_b { " with transpose_b" } else { "" }
+                            if *transpose_b {
+                                " with transpose_b"
+                            } else {
+                                ""
+                            }
                         ),
                     );
                 }
@@ -505,7 +537,9 @@ impl Op {
                 let x = &ins[0];
                 let mut seen = vec![false; x.rank()];
                 let ok = perm.len() == x.rank()
-                    && perm.iter().all(|&p| p < seen.len() && !std::mem::replace(&mut seen[p], true));
+                    && perm
+                        .iter()
+                        .all(|&p| p < seen.len() && !std::mem::replace(&mut seen[p], true));
                 if !ok {
                     return err(
                         Site::Attr("perm"),
@@ -517,7 +551,10 @@ impl Op {
                         ),
                     );
                 }
-                TensorType::new(perm.iter().map(|&p| x.shape[p]).collect::<Vec<_>>(), x.dtype)
+                TensorType::new(
+                    perm.iter().map(|&p| x.shape[p]).collect::<Vec<_>>(),
+                    x.dtype,
+                )
             }
             Op::Reshape { shape } => {
                 let x = &ins[0];
@@ -532,7 +569,11 @@ impl Op {
                 let mut shape = first.shape.clone();
                 for (i, t) in ins.iter().enumerate().skip(1) {
                     let fits = t.rank() == first.rank()
-                        && t.shape.iter().zip(&first.shape).enumerate().all(|(j, (x, y))| j == a || x == y);
+                        && t.shape
+                            .iter()
+                            .zip(&first.shape)
+                            .enumerate()
+                            .all(|(j, (x, y))| j == a || x == y);
                     if !fits {
                         return err(
                             Site::Input(i),
@@ -675,7 +716,11 @@ impl Op {
                 need_rank(x, 0, name, 4, "x, NCHW")?;
                 check_positive(kernel, "kernel")?;
                 check_positive(strides, "strides")?;
-                if pads[0] >= kernel[0] || pads[2] >= kernel[0] || pads[1] >= kernel[1] || pads[3] >= kernel[1] {
+                if pads[0] >= kernel[0]
+                    || pads[2] >= kernel[0]
+                    || pads[1] >= kernel[1]
+                    || pads[3] >= kernel[1]
+                {
                     return err(
                         Site::Attr("pads"),
                         format!("pads {pads:?} must be smaller than the kernel {kernel:?}"),
@@ -755,7 +800,10 @@ fn check_epsilon(epsilon: f32) -> Result<(), ShapeError> {
 
 fn check_positive(xs: &[usize], attr: &'static str) -> Result<(), ShapeError> {
     if xs.contains(&0) {
-        err(Site::Attr(attr), format!("{attr} {xs:?} has a 0, expected every entry >= 1"))
+        err(
+            Site::Attr(attr),
+            format!("{attr} {xs:?} has a 0, expected every entry >= 1"),
+        )
     } else {
         Ok(())
     }
@@ -791,7 +839,15 @@ mod tests {
     #[test]
     fn slices() {
         let p = slice_plan(&[10], &[0], &[-3], &[i64::MAX], &[]).unwrap();
-        assert_eq!(p[0], SliceAxis { axis: 0, start: 7, step: 1, len: 3 });
+        assert_eq!(
+            p[0],
+            SliceAxis {
+                axis: 0,
+                start: 7,
+                step: 1,
+                len: 3
+            }
+        );
         let p = slice_plan(&[10], &[], &[1], &[10], &[4]).unwrap();
         assert_eq!(p[0].len, 3);
         assert!(slice_plan(&[10], &[0], &[10], &[12], &[]).is_err());
@@ -809,8 +865,15 @@ mod tests {
 
     #[test]
     fn conv_shapes() {
-        let op = Op::Conv2d { strides: [2, 2], pads: [1, 1, 1, 1], dilations: [1, 1], groups: 2 };
-        let out = op.infer(&[f(&[1, 4, 7, 7]), f(&[6, 2, 3, 3]), f(&[6])]).unwrap();
+        let op = Op::Conv2d {
+            strides: [2, 2],
+            pads: [1, 1, 1, 1],
+            dilations: [1, 1],
+            groups: 2,
+        };
+        let out = op
+            .infer(&[f(&[1, 4, 7, 7]), f(&[6, 2, 3, 3]), f(&[6])])
+            .unwrap();
         assert_eq!(out[0].shape, vec![1, 6, 4, 4]);
         assert_eq!(window_out(5, 0, 0, 7, 1, 1), None);
     }

@@ -158,7 +158,13 @@ impl Tensor {
             a.iter()
                 .zip(b.iter())
                 .map(|(x, y)| (x - y).abs())
-                .fold(0.0, |m: f64, d| if d.is_nan() || m.is_nan() { f64::NAN } else { m.max(d) }),
+                .fold(0.0, |m: f64, d| {
+                    if d.is_nan() || m.is_nan() {
+                        f64::NAN
+                    } else {
+                        m.max(d)
+                    }
+                }),
         )
     }
 
@@ -194,7 +200,10 @@ mod tests {
     #[test]
     fn cast_rules() {
         let t = Tensor::F32(arr1(&[-1.7f32, 0.0, 2.5, f32::NAN]).into_dyn());
-        assert_eq!(t.cast(DType::I32), Tensor::I32(arr1(&[-1, 0, 2, 0]).into_dyn()));
+        assert_eq!(
+            t.cast(DType::I32),
+            Tensor::I32(arr1(&[-1, 0, 2, 0]).into_dyn())
+        );
         assert_eq!(
             t.cast(DType::Bool),
             Tensor::Bool(arr1(&[true, false, true, true]).into_dyn())

@@ -17,10 +17,17 @@ impl Graph {
         let mut names = HashSet::new();
         for (i, v) in self.values.iter().enumerate() {
             if !names.insert(v.name.as_str()) {
-                return bad(format!("value name '{}' is used twice (second at %{i})", v.name));
+                return bad(format!(
+                    "value name '{}' is used twice (second at %{i})",
+                    v.name
+                ));
             }
             if let Err(e) = check_shape(&v.shape) {
-                return bad(format!("value %{i} '{}' {}: {e}", v.name, fmt_shape(&v.shape)));
+                return bad(format!(
+                    "value %{i} '{}' {}: {e}",
+                    v.name,
+                    fmt_shape(&v.shape)
+                ));
             }
         }
         let mut node_names = HashSet::new();
@@ -61,6 +68,15 @@ impl Graph {
         }
         for (i, node) in self.nodes.iter().enumerate() {
             let nid = NodeId(i as u32);
+            if node.outputs.len() != node.op.num_outputs() {
+                return bad(format!(
+                    "node '{}' (index {i}) has {} outputs, {} has {}",
+                    node.name,
+                    node.outputs.len(),
+                    node.op.name(),
+                    node.op.num_outputs()
+                ));
+            }
             for &v in &node.inputs {
                 if !in_range(v) || !defined[v.index()] {
                     return bad(format!(
@@ -97,8 +113,39 @@ impl Graph {
             }
         }
         if let Some(v) = (0..nv).find(|&i| !defined[i]) {
-            return bad(format!("value %{v} '{}' is never defined", self.values[v].name));
+            return bad(format!(
+                "value %{v} '{}' is never defined",
+                self.values[v].name
+            ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ir::{DType, Graph, GraphError, Op};
+
+    #[test]
+    fn broken_graphs_are_caught() {
+        let mut g = Graph::new("v");
+        let x = g.add_input("x", [2], DType::F32).unwrap();
+        let y = g.add_node("r", Op::Relu, &[x], "y").unwrap();
+        g.add_output(y).unwrap();
+        g.verify().unwrap();
+
+        let mut bad = g.clone();
+        bad.nodes[0].outputs.clear();
+        assert!(matches!(bad.verify(), Err(GraphError::Invariant(_))));
+
+        let mut bad = g.clone();
+        bad.values[y.index()].shape = vec![3];
+        let e = bad.verify().unwrap_err().to_string();
+        assert!(e.contains("inference gives"), "{e}");
+
+        let mut bad = g.clone();
+        bad.nodes[0].inputs = vec![y];
+        let e = bad.verify().unwrap_err().to_string();
+        assert!(e.contains("reads %1 before it is defined"), "{e}");
     }
 }

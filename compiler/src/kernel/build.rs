@@ -96,9 +96,7 @@ impl View {
             let chunk_ends = tensor_d == 0
                 || old_strides[tensor_d - 1] != tensor_numel as isize * chunk_base_stride;
             if chunk_ends {
-                while view_d >= 0
-                    && (view_numel < tensor_numel || shape[view_d as usize] == 1)
-                {
+                while view_d >= 0 && (view_numel < tensor_numel || shape[view_d as usize] == 1) {
                     new_strides[view_d as usize] = view_numel as isize * chunk_base_stride;
                     view_numel *= shape[view_d as usize];
                     view_d -= 1;
@@ -216,8 +214,11 @@ mod tests {
         let back = t.permuted(&[0, 2, 1, 3]).unwrap();
         assert_eq!(back.reshaped(&[2, 3, 8]).unwrap(), v);
         assert!(t.reshaped(&[2, 2, 12]).is_none());
-        // But merging the two leading axes of a transposed view is fine.
-        assert_eq!(t.reshaped(&[4, 3, 4]).unwrap().strides, vec![4, 8, 1]);
+        // Splitting an axis of a transposed view is always fine, and so is merging axes
+        // that are still adjacent in memory.
+        assert_eq!(t.reshaped(&[2, 2, 3, 2, 2]).unwrap().strides, vec![24, 4, 8, 2, 1]);
+        assert_eq!(r.reshaped(&[6, 2, 4]).unwrap().strides, vec![8, 4, 1]);
+        assert!(t.reshaped(&[4, 3, 4]).is_none());
     }
 
     #[test]
@@ -234,7 +235,10 @@ mod tests {
     fn slice_and_broadcast() {
         let v = c(&[4, 6]);
         let s = v.sliced(1, 2, 2, 2).unwrap();
-        assert_eq!((s.offset, s.strides.clone(), s.shape.clone()), (2, vec![6, 2], vec![4, 2]));
+        assert_eq!(
+            (s.offset, s.strides.clone(), s.shape.clone()),
+            (2, vec![6, 2], vec![4, 2])
+        );
         assert!(v.sliced(1, 5, 2, 2).is_none());
         let b = c(&[6]).broadcast_to(&[3, 6]).unwrap();
         assert_eq!(b.strides, vec![0, 1]);

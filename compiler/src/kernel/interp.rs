@@ -61,8 +61,13 @@ pub fn interpret_all(
             .map_err(|m| kernel_err(k, m))?;
         let result = run_kernel(kg, k, &ins).map_err(|m| kernel_err(k, m))?;
         let t = tensor_of(kg, k.output.tensor.0 as usize)?;
-        write_view(&mut store[k.output.tensor.0 as usize], &k.output, &result, t.dtype)
-            .map_err(|m| kernel_err(k, m))?;
+        write_view(
+            &mut store[k.output.tensor.0 as usize],
+            &k.output,
+            &result,
+            t.dtype,
+        )
+        .map_err(|m| kernel_err(k, m))?;
     }
     Ok(store)
 }
@@ -85,7 +90,11 @@ fn initial_storage(
     let n = t.numel();
     match t.kind {
         TensorKind::Input => {
-            if !kg.inputs.iter().any(|&i| kg.tensors[i.0 as usize].name == t.name) {
+            if !kg
+                .inputs
+                .iter()
+                .any(|&i| kg.tensors[i.0 as usize].name == t.name)
+            {
                 return Ok(vec![f64::NAN; n]);
             }
             let x = inputs.get(&t.name).ok_or_else(|| {
@@ -105,9 +114,10 @@ fn initial_storage(
             Ok(x.to_f64().iter().map(|&v| round_to(v, t.dtype)).collect())
         }
         TensorKind::Weight => {
-            let data = t.data.as_ref().ok_or_else(|| {
-                CompileError::Eval(format!("weight '{}' has no data", t.name))
-            })?;
+            let data = t
+                .data
+                .as_ref()
+                .ok_or_else(|| CompileError::Eval(format!("weight '{}' has no data", t.name)))?;
             if data.num_elements() != n {
                 return Err(CompileError::Eval(format!(
                     "weight '{}': data has {} elements, expected {n}",
@@ -248,13 +258,18 @@ fn round_minifloat(x: f64, mant: i32, emin: i32, max: f64) -> f64 {
 fn cast_to(x: f64, d: Dtype) -> f64 {
     match d {
         Dtype::U8 => f64::from(u8::from(x != 0.0)),
-        Dtype::I8 | Dtype::I32 | Dtype::I64 => round_to(if x.is_nan() { 0.0 } else { x.trunc() }, d),
+        Dtype::I8 | Dtype::I32 | Dtype::I64 => {
+            round_to(if x.is_nan() { 0.0 } else { x.trunc() }, d)
+        }
         _ => round_to(x, d),
     }
 }
 
 fn run_kernel(kg: &KernelGraph, k: &Kernel, ins: &[ArrayD<f64>]) -> Result<ArrayD<f64>, String> {
-    let get = |i: usize| ins.get(i).ok_or_else(|| format!("operand {i} out of range"));
+    let get = |i: usize| {
+        ins.get(i)
+            .ok_or_else(|| format!("operand {i} out of range"))
+    };
     let act = k.act_dtype;
     match &k.op {
         KernelOp::MatMul {
@@ -269,6 +284,9 @@ fn run_kernel(kg: &KernelGraph, k: &Kernel, ins: &[ArrayD<f64>]) -> Result<Array
             let mut bv = mm_operand(kg, k, get(*b)?, b_view, false)?;
             if *transpose_b {
                 let r = bv.ndim();
+                if r < 2 {
+                    return Err(format!("matmul operand b has rank {r}, expected >= 2"));
+                }
                 bv.swap_axes(r - 2, r - 1);
             }
             let acc = bmm(&av, &bv)?;
@@ -302,11 +320,18 @@ fn run_kernel(kg: &KernelGraph, k: &Kernel, ins: &[ArrayD<f64>]) -> Result<Array
             let (gm, bt) = (flat_param(*gamma)?, flat_param(*beta)?);
             let n = (*norm_size).max(1);
             if xv.len() % n != 0 {
-                return Err(format!("{} elements do not split into rows of {n}", xv.len()));
+                return Err(format!(
+                    "{} elements do not split into rows of {n}",
+                    xv.len()
+                ));
             }
             let mut out: Vec<f64> = xv.iter().copied().collect();
             for row in out.chunks_mut(n) {
-                let mean = if *rms { 0.0 } else { row.iter().sum::<f64>() / n as f64 };
+                let mean = if *rms {
+                    0.0
+                } else {
+                    row.iter().sum::<f64>() / n as f64
+                };
                 let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n as f64;
                 let inv = 1.0 / (var + f64::from(*epsilon)).sqrt();
                 for (j, v) in row.iter_mut().enumerate() {
@@ -332,7 +357,12 @@ fn run_kernel(kg: &KernelGraph, k: &Kernel, ins: &[ArrayD<f64>]) -> Result<Array
             let acc = softmax_last(acc, act);
             apply_ops(acc, epilogue, ins, act)
         }
-        KernelOp::Attention { q, k: kk, v, prologue } => {
+        KernelOp::Attention {
+            q,
+            k: kk,
+            v,
+            prologue,
+        } => {
             let mm = k.mm_dtype;
             if mm == Dtype::I8 {
                 return Err("attention has no int8 form (precision assignment uses bf16)".into());
@@ -359,7 +389,10 @@ fn run_kernel(kg: &KernelGraph, k: &Kernel, ins: &[ArrayD<f64>]) -> Result<Array
             let mut acc = get(*x)?.clone();
             for &ax in axes.iter().rev() {
                 if ax >= acc.ndim() {
-                    return Err(format!("reduce axis {ax} out of range for rank {}", acc.ndim()));
+                    return Err(format!(
+                        "reduce axis {ax} out of range for rank {}",
+                        acc.ndim()
+                    ));
                 }
                 let n = acc.shape()[ax] as f64;
                 let red = match op {
@@ -412,7 +445,9 @@ fn mm_operand(
 fn bmm(a: &ArrayD<f64>, b: &ArrayD<f64>) -> Result<ArrayD<f64>, String> {
     let (ra, rb) = (a.ndim(), b.ndim());
     if ra < 2 || rb < 2 {
-        return Err(format!("matmul operands of rank {ra} and {rb}, expected >= 2"));
+        return Err(format!(
+            "matmul operands of rank {ra} and {rb}, expected >= 2"
+        ));
     }
     let (m, ka) = (a.shape()[ra - 2], a.shape()[ra - 1]);
     let (kb, n) = (b.shape()[rb - 2], b.shape()[rb - 1]);
@@ -425,7 +460,9 @@ fn bmm(a: &ArrayD<f64>, b: &ArrayD<f64>) -> Result<ArrayD<f64>, String> {
     let full = |x: &ArrayD<f64>, r: usize, c: usize| -> Result<ArrayD<f64>, String> {
         let mut s = batch.clone();
         s.extend([r, c]);
-        let v = x.broadcast(IxDyn(&s)).ok_or("matmul operand does not broadcast")?;
+        let v = x
+            .broadcast(IxDyn(&s))
+            .ok_or("matmul operand does not broadcast")?;
         // Logical order regardless of the view's memory layout (transposed, broadcast).
         ArrayD::from_shape_vec(IxDyn(&[bt, r, c]), v.iter().copied().collect())
             .map_err(|e| e.to_string())
@@ -433,8 +470,14 @@ fn bmm(a: &ArrayD<f64>, b: &ArrayD<f64>) -> Result<ArrayD<f64>, String> {
     let (a3, b3) = (full(a, m, ka)?, full(b, kb, n)?);
     let mut out = Vec::with_capacity(bt * m * n);
     for t in 0..bt {
-        let am = a3.index_axis(Axis(0), t).into_dimensionality::<Ix2>().map_err(|e| e.to_string())?;
-        let bm = b3.index_axis(Axis(0), t).into_dimensionality::<Ix2>().map_err(|e| e.to_string())?;
+        let am = a3
+            .index_axis(Axis(0), t)
+            .into_dimensionality::<Ix2>()
+            .map_err(|e| e.to_string())?;
+        let bm = b3
+            .index_axis(Axis(0), t)
+            .into_dimensionality::<Ix2>()
+            .map_err(|e| e.to_string())?;
         let c: Array2<f64> = am.dot(&bm);
         out.extend(c.iter().copied());
     }
@@ -472,7 +515,9 @@ fn unary(f: UnaryFn, x: f64) -> f64 {
         UnaryFn::Tanh => x.tanh(),
         UnaryFn::Erf => libm::erf(x),
         UnaryFn::Silu => x / (1.0 + (-x).exp()),
-        UnaryFn::Gelu(GeluApprox::None) => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+        UnaryFn::Gelu(GeluApprox::None) => {
+            0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+        }
         UnaryFn::Gelu(GeluApprox::Tanh) => {
             let c = (2.0 / std::f64::consts::PI).sqrt();
             0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
@@ -501,7 +546,9 @@ fn apply_ops(
     act: Dtype,
 ) -> Result<ArrayD<f64>, String> {
     let operand = |i: usize, shape: &[usize]| -> Result<ndarray::ArrayViewD<'_, f64>, String> {
-        let x = ins.get(i).ok_or_else(|| format!("operand {i} out of range"))?;
+        let x = ins
+            .get(i)
+            .ok_or_else(|| format!("operand {i} out of range"))?;
         x.broadcast(IxDyn(shape)).ok_or_else(|| {
             format!(
                 "operand {i} of shape {:?} does not broadcast to {:?}",
@@ -521,7 +568,11 @@ fn apply_ops(
             } => {
                 let c = f64::from(value);
                 acc.mapv_inplace(|x| {
-                    let y = if reversed { binary(op, c, x) } else { binary(op, x, c) };
+                    let y = if reversed {
+                        binary(op, c, x)
+                    } else {
+                        binary(op, x, c)
+                    };
                     round_to(y, act)
                 });
             }
@@ -532,7 +583,11 @@ fn apply_ops(
             } => {
                 let o = operand(i, &shape)?;
                 Zip::from(&mut acc).and(&o).for_each(|x, &y| {
-                    let r = if reversed { binary(op, y, *x) } else { binary(op, *x, y) };
+                    let r = if reversed {
+                        binary(op, y, *x)
+                    } else {
+                        binary(op, *x, y)
+                    };
                     *x = round_to(r, act);
                 });
             }
@@ -583,7 +638,10 @@ mod tests {
         let v = View::contiguous(super::super::KTensorId(0), &[2, 3]);
         let t = v.permuted(&[1, 0]).unwrap();
         let a = read_view(&storage, &t).unwrap();
-        assert_eq!(a.iter().copied().collect::<Vec<_>>(), vec![0., 3., 1., 4., 2., 5.]);
+        assert_eq!(
+            a.iter().copied().collect::<Vec<_>>(),
+            vec![0., 3., 1., 4., 2., 5.]
+        );
         let bad = View {
             offset: 4,
             ..v.clone()
@@ -592,6 +650,9 @@ mod tests {
         let x = read_view(&storage, &v).unwrap();
         let y = bmm(&x, &a).unwrap();
         // [[0,1,2],[3,4,5]] @ [[0,3],[1,4],[2,5]]
-        assert_eq!(y.iter().copied().collect::<Vec<_>>(), vec![5., 14., 14., 50.]);
+        assert_eq!(
+            y.iter().copied().collect::<Vec<_>>(),
+            vec![5., 14., 14., 50.]
+        );
     }
 }

@@ -74,7 +74,10 @@ pub fn binary_fn(op: &Op) -> Option<BinaryFn> {
 }
 
 fn commutative(f: BinaryFn) -> bool {
-    matches!(f, BinaryFn::Add | BinaryFn::Mul | BinaryFn::Max | BinaryFn::Min)
+    matches!(
+        f,
+        BinaryFn::Add | BinaryFn::Mul | BinaryFn::Max | BinaryFn::Min
+    )
 }
 
 /// The micro-op computing elementwise node `n` from the running value `acc` (one of its

@@ -60,7 +60,11 @@ fn fold_node(g: &mut Graph, n: NodeId) -> Result<bool, CompileError> {
     {
         let xs: Vec<f64> = consts.iter().flatten().copied().collect();
         if let Some(y) = eval_scalar(&node.op, &xs) {
-            let c = add_const(g, &out_val.name, scalar_tensor(y, &out_val.shape, out_val.dtype))?;
+            let c = add_const(
+                g,
+                &out_val.name,
+                scalar_tensor(y, &out_val.shape, out_val.dtype),
+            )?;
             replace_uses(g, o, c);
             return Ok(true);
         }
@@ -106,7 +110,9 @@ fn fold_node(g: &mut Graph, n: NodeId) -> Result<bool, CompileError> {
             Op::Mul if consts[0] == Some(1.0) && x_same(1) => Some(1),
             Op::Add if consts[1] == Some(0.0) && x_same(0) => Some(0),
             Op::Add if consts[0] == Some(0.0) && x_same(1) => Some(1),
-            Op::Sub | Op::Div if consts[1] == Some(if node.op == Op::Sub { 0.0 } else { 1.0 }) && x_same(0) => {
+            Op::Sub | Op::Div
+                if consts[1] == Some(if node.op == Op::Sub { 0.0 } else { 1.0 }) && x_same(0) =>
+            {
                 Some(0)
             }
             _ => None,

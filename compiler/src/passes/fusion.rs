@@ -142,7 +142,11 @@ impl Partition {
     pub fn display(&self, g: &Graph) -> String {
         let mut s = format!("partition of {}: {} groups\n", g.name, self.groups.len());
         for (i, grp) in self.groups.iter().enumerate() {
-            let names: Vec<&str> = grp.nodes().iter().map(|&n| g.node(n).name.as_str()).collect();
+            let names: Vec<&str> = grp
+                .nodes()
+                .iter()
+                .map(|&n| g.node(n).name.as_str())
+                .collect();
             let _ = writeln!(
                 s,
                 "g{i} {} [{}] -> {}",
@@ -219,7 +223,12 @@ fn check_supported(g: &Graph) -> Result<(), CompileError> {
                      they are planned for a later issue"
                 }
             };
-            return Err(CompileError::unsupported(&node.name, i, node.op.name(), why));
+            return Err(CompileError::unsupported(
+                &node.name,
+                i,
+                node.op.name(),
+                why,
+            ));
         }
     }
     Ok(())
@@ -365,9 +374,7 @@ fn is_bias_add(g: &Graph, p: NodeId, acc: ValueId) -> bool {
         return false;
     };
     let (os, acc_shape) = (&g.value(other).shape, &g.value(acc).shape);
-    g.is_param(other)
-        && os.last() == acc_shape.last()
-        && os.iter().rev().skip(1).all(|&d| d == 1)
+    g.is_param(other) && os.last() == acc_shape.last() && os.iter().rev().skip(1).all(|&d| d == 1)
 }
 
 /// Whether `v` is computed by a matmul node.

@@ -432,7 +432,11 @@ impl<'g> Builder<'g> {
                 chain.extend(&grp.epilogue);
                 let ops = self.chain_ops(&chain, xv, &mut operands)?;
                 let flops = ops.len() as u64 * numel(root);
-                (KernelOp::Elementwise { x, ops }, self.result_view(root), flops)
+                (
+                    KernelOp::Elementwise { x, ops },
+                    self.result_view(root),
+                    flops,
+                )
             }
         };
         self.push_kernel(&nodes, op, operands, output, flops);
@@ -450,10 +454,23 @@ impl<'g> Builder<'g> {
         let (qk_node, pv_node) = (g.node(qk), g.node(pv));
         let out_shape = g.value(out(g, pv)).shape.clone();
         let scores_shape = g.value(out(g, qk)).shape.clone();
-        let r = out_shape.len();
+        // Matmul operands have rank >= 2 (shape inference checks it); the scores may have
+        // fewer batch axes than the output if `v` brings more.
+        let (r, rs) = (out_shape.len(), scores_shape.len());
+        if r < 2 || rs < 2 {
+            return Err(CompileError::Internal(format!(
+                "attention '{}': operands of rank < 2",
+                g.node(softmax).name
+            )));
+        }
         let batch = &out_shape[..r - 2];
-        let (sq, sk, dv) = (scores_shape[r - 2], scores_shape[r - 1], out_shape[r - 1]);
-        let d = g.value(qk_node.inputs[0]).shape.last().copied().unwrap_or(1);
+        let (sq, sk, dv) = (scores_shape[rs - 2], scores_shape[rs - 1], out_shape[r - 1]);
+        let d = g
+            .value(qk_node.inputs[0])
+            .shape
+            .last()
+            .copied()
+            .unwrap_or(1);
         let fail = |what: &str| {
             CompileError::Internal(format!(
                 "attention '{}': {what} view does not fit",
@@ -475,9 +492,15 @@ impl<'g> Builder<'g> {
         if matches!(pv_node.op, Op::MatMul { transpose_b: true }) {
             v = v.swap_last_two().ok_or_else(|| fail("v"))?;
         }
-        let q = q.broadcast_to(&with_batch(sq, d)).ok_or_else(|| fail("q"))?;
-        let k = k.broadcast_to(&with_batch(sk, d)).ok_or_else(|| fail("k"))?;
-        let v = v.broadcast_to(&with_batch(sk, dv)).ok_or_else(|| fail("v"))?;
+        let q = q
+            .broadcast_to(&with_batch(sq, d))
+            .ok_or_else(|| fail("q"))?;
+        let k = k
+            .broadcast_to(&with_batch(sk, d))
+            .ok_or_else(|| fail("k"))?;
+        let v = v
+            .broadcast_to(&with_batch(sk, dv))
+            .ok_or_else(|| fail("v"))?;
         let mut operands = Operands::default();
         let (q, k, v) = (operands.add(q), operands.add(k), operands.add(v));
         let prologue = self.chain_ops(&grp.prologue, out(g, qk), &mut operands)?;
@@ -486,12 +509,7 @@ impl<'g> Builder<'g> {
         let b: u64 = batch.iter().product::<usize>() as u64;
         let (sq, sk, d, dv) = (sq as u64, sk as u64, d as u64, dv as u64);
         let flops = b * sq * sk * (2 * d + 2 * dv + 5 + grp.prologue.len() as u64);
-        let op = KernelOp::Attention {
-            q,
-            k,
-            v,
-            prologue,
-        };
+        let op = KernelOp::Attention { q, k, v, prologue };
         self.push_kernel(&grp.nodes(), op, operands, output, flops);
         Ok(())
     }

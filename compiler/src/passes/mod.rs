@@ -9,10 +9,10 @@
 //! `dump` callback (`neuronc compile --dump DIR` writes them to files).
 
 pub mod attention;
-pub mod fold_constants;
 pub mod cse;
 pub mod dce;
 pub mod epilogue;
+pub mod fold_constants;
 pub mod fusion;
 pub mod gelu;
 pub mod infer_shapes;
@@ -64,7 +64,11 @@ pub fn run_middle_end(
     dump("01-canonical", &g.to_string());
     run_to_fixpoint(
         &mut g,
-        &[&infer_shapes::InferShapes, &dce::DeadCode, &cse::CommonSubexpressions],
+        &[
+            &infer_shapes::InferShapes,
+            &dce::DeadCode,
+            &cse::CommonSubexpressions,
+        ],
     )?;
     dump("02-optimized", &g.to_string());
     let partition = fusion::partition(&g, opts.fuse)?;

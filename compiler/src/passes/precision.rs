@@ -39,16 +39,35 @@ pub fn act_dtype(opts: &CompileOptions) -> Dtype {
     }
 }
 
-/// How each tensor is read: `(kernel index, is the b operand of a matmul, transpose_b)`.
-fn tensor_uses(kg: &KernelGraph) -> BTreeMap<KTensorId, Vec<(usize, bool, bool)>> {
-    let mut uses: BTreeMap<KTensorId, Vec<(usize, bool, bool)>> = BTreeMap::new();
+/// One read of a tensor by a kernel.
+#[derive(Debug, Clone, Copy)]
+struct Use {
+    /// Index of the reading kernel.
+    kernel: usize,
+    /// Read as the `b` operand of a matmul.
+    is_b: bool,
+    /// ... as `[K, N]` exactly: whole tensor, its own shape, no `transpose_b` — so the
+    /// tensor's last axis is the matmul's output channel.
+    plain_b: bool,
+}
+
+/// Every read of every tensor.
+fn tensor_uses(kg: &KernelGraph) -> BTreeMap<KTensorId, Vec<Use>> {
+    let mut uses: BTreeMap<KTensorId, Vec<Use>> = BTreeMap::new();
     for (ki, k) in kg.kernels.iter().enumerate() {
         for (i, v) in k.inputs.iter().enumerate() {
-            let (is_b, tb) = match k.op {
+            let (is_b, transpose_b) = match k.op {
                 KernelOp::MatMul { b, transpose_b, .. } => (b == i, transpose_b),
                 _ => (false, false),
             };
-            uses.entry(v.tensor).or_default().push((ki, is_b, tb));
+            let plain = kg.tensor(v.tensor).is_some_and(|t| {
+                v.shape == t.shape && v.is_whole_contiguous(t.numel())
+            });
+            uses.entry(v.tensor).or_default().push(Use {
+                kernel: ki,
+                is_b,
+                plain_b: is_b && plain && !transpose_b,
+            });
         }
     }
     uses
@@ -66,13 +85,12 @@ pub fn assign(g: &Graph, kg: &mut KernelGraph, opts: &CompileOptions) -> Result<
     let mm = opts.matmul_dtype();
     let act = act_dtype(opts);
     let uses = tensor_uses(kg);
-    // A weight that only ever feeds matmuls as `b` can be stored pre-cast.
-    let matmul_weight = |t: KTensorId| {
+    // A weight that only ever feeds matmuls as a plain `[K, N]` `b` can be quantized per
+    // output channel (the last axis).
+    let int8_weight = |t: KTensorId| {
         kg.tensor(t).is_some_and(|x| {
             x.kind == TensorKind::Weight && x.dtype == Dtype::F32 && x.data.is_some()
-        }) && uses
-            .get(&t)
-            .is_some_and(|u| u.iter().all(|&(_, is_b, _)| is_b))
+        }) && uses.get(&t).is_some_and(|u| u.iter().all(|u| u.plain_b))
     };
     let mut plan = Vec::with_capacity(kg.kernels.len());
     for k in &kg.kernels {
@@ -87,10 +105,13 @@ pub fn assign(g: &Graph, kg: &mut KernelGraph, opts: &CompileOptions) -> Result<
             KernelOp::Attention { .. } if mm == Dtype::I8 => (Dtype::Bf16, act),
             KernelOp::MatMul { b, .. } if mm == Dtype::I8 => {
                 let w = k.inputs[*b].tensor;
-                if matmul_weight(w) {
+                if int8_weight(w) {
                     (Dtype::I8, act)
                 } else {
-                    tracing::info!(kernel = %k.name, "no int8 form (b is not a matmul-only weight): bf16");
+                    tracing::info!(
+                        kernel = %k.name,
+                        "no int8 form (b is not a weight read only as a plain [K, N] matmul operand): bf16"
+                    );
                     (Dtype::Bf16, act)
                 }
             }
@@ -104,7 +125,7 @@ pub fn assign(g: &Graph, kg: &mut KernelGraph, opts: &CompileOptions) -> Result<
         k.act_dtype = kact;
         k.act_scale = None;
     }
-    precast_weights(kg, &uses)?;
+    precast_weights(kg, &uses);
     if mm == Dtype::I8 {
         let int8: Vec<usize> = (0..kg.kernels.len())
             .filter(|&i| kg.kernels[i].mm_dtype == Dtype::I8)
@@ -118,52 +139,31 @@ pub fn assign(g: &Graph, kg: &mut KernelGraph, opts: &CompileOptions) -> Result<
     Ok(())
 }
 
-/// Stores each matmul-only weight in the reduced type of the kernels reading it, if they
-/// all agree on one.
-fn precast_weights(
-    kg: &mut KernelGraph,
-    uses: &BTreeMap<KTensorId, Vec<(usize, bool, bool)>>,
-) -> Result<(), CompileError> {
+/// Stores each weight read only as a matmul `b` operand in the reduced type of the
+/// kernels reading it, if they all agree on one; int8 weights are quantized per output
+/// channel.
+fn precast_weights(kg: &mut KernelGraph, uses: &BTreeMap<KTensorId, Vec<Use>>) {
     for (&t, u) in uses {
         let Some(tensor) = kg.tensor(t) else { continue };
-        if tensor.kind != TensorKind::Weight || tensor.dtype != Dtype::F32 || !u.iter().all(|x| x.1) {
+        if tensor.kind != TensorKind::Weight
+            || tensor.dtype != Dtype::F32
+            || !u.iter().all(|u| u.is_b)
+        {
             continue;
         }
-        let dtypes: Vec<Dtype> = u.iter().map(|&(ki, _, _)| kg.kernels[ki].mm_dtype).collect();
-        let target = dtypes[0];
-        if target == Dtype::F32 || dtypes.iter().any(|&d| d != target) {
+        let target = kg.kernels[u[0].kernel].mm_dtype;
+        if target == Dtype::F32 || u.iter().any(|u| kg.kernels[u.kernel].mm_dtype != target) {
             continue;
         }
-        let Some(data) = tensor.data.clone() else {
-            if target == Dtype::I8 {
-                let k = &kg.kernels[u[0].0];
-                return Err(CompileError::Precision {
-                    kernel: k.name.clone(),
-                    message: format!(
-                        "int8 needs the data of weight '{}' to quantize it, but it has none",
-                        tensor.name
-                    ),
-                });
-            }
-            continue;
-        };
-        // Per output channel when every reader takes the whole weight as `[.., K, N]`;
-        // otherwise the last axis is not the output channel: one scale for the tensor.
-        let numel = tensor.numel();
-        let per_channel = u.iter().all(|&(ki, _, tb)| {
-            !tb && kg.kernels[ki]
-                .inputs
-                .iter()
-                .filter(|v| v.tensor == t)
-                .all(|v| v.is_whole_contiguous(numel))
-        });
+        let data = tensor.data.clone();
         let tensor = &mut kg.tensors[t.0 as usize];
-        tensor.dtype = target;
         if target == Dtype::I8 {
-            let q = quantize_symmetric(&data, per_channel);
+            // Only kernels whose weight has data and plain uses were given int8.
+            let Some(data) = data else { continue };
+            let q = quantize_symmetric(&data, true);
             tensor.data = Some(q.data);
             tensor.quant_scale = Some(q.scales);
         }
+        tensor.dtype = target;
     }
-    Ok(())
 }

@@ -62,13 +62,15 @@ pub fn activation_scales(
         let t = kg.tensor(view.tensor).ok_or_else(|| {
             CompileError::Internal(format!("kernel '{}' reads a missing tensor", k.name))
         })?;
-        let v = g.value_by_name(&t.name).ok_or_else(|| CompileError::Precision {
-            kernel: k.name.clone(),
-            message: format!(
-                "activation tensor '{}' is not a graph value, so it cannot be calibrated",
-                t.name
-            ),
-        })?;
+        let v = g
+            .value_by_name(&t.name)
+            .ok_or_else(|| CompileError::Precision {
+                kernel: k.name.clone(),
+                message: format!(
+                    "activation tensor '{}' is not a graph value, so it cannot be calibrated",
+                    t.name
+                ),
+            })?;
         let flat: Vec<f64> = values[v.index()].to_f64().iter().copied().collect();
         let elems = read_view(&flat, view).map_err(|m| CompileError::Precision {
             kernel: k.name.clone(),

@@ -29,7 +29,11 @@ pub fn scale_for(max_abs: f64) -> f32 {
 /// `x / scale` rounded to nearest even and clamped to `[-127, 127]`.
 pub fn quantize_value(x: f64, scale: f32) -> i8 {
     let q = (x / f64::from(scale)).round_ties_even();
-    if q.is_nan() { 0 } else { q.clamp(-QMAX, QMAX) as i8 }
+    if q.is_nan() {
+        0
+    } else {
+        q.clamp(-QMAX, QMAX) as i8
+    }
 }
 
 /// Quantizes `w` symmetrically. With `per_channel`, each index of the last axis (the
@@ -55,7 +59,9 @@ pub fn quantize_symmetric(w: &Tensor, per_channel: bool) -> QuantizedWeight {
         .enumerate()
         .map(|(i, &v)| quantize_value(v, scales[i % n]))
         .collect();
-    let data = Tensor::I8(ArrayD::from_shape_vec(x.shape(), q).unwrap_or_else(|_| ArrayD::zeros(x.shape())));
+    let data = Tensor::I8(
+        ArrayD::from_shape_vec(x.shape(), q).unwrap_or_else(|_| ArrayD::zeros(x.shape())),
+    );
     QuantizedWeight { data, scales }
 }
 
@@ -68,9 +74,17 @@ mod tests {
     fn per_channel_scales() {
         let w = Tensor::F32(arr2(&[[1.0f32, -0.5], [-2.54, 0.25]]).into_dyn());
         let q = quantize_symmetric(&w, true);
-        assert_eq!(q.scales, vec![(2.54f64 / 127.0) as f32, (0.5f64 / 127.0) as f32]);
-        let Tensor::I8(d) = &q.data else { panic!("not i8") };
-        assert_eq!(d.iter().copied().collect::<Vec<_>>(), vec![50, -127, -127, 64]);
+        assert_eq!(
+            q.scales,
+            vec![(2.54f64 / 127.0) as f32, (0.5f64 / 127.0) as f32]
+        );
+        let Tensor::I8(d) = &q.data else {
+            panic!("not i8")
+        };
+        assert_eq!(
+            d.iter().copied().collect::<Vec<_>>(),
+            vec![50, -127, -127, 64]
+        );
         let t = quantize_symmetric(&w, false);
         assert_eq!(t.scales, vec![(2.54f64 / 127.0) as f32; 2]);
         assert_eq!(scale_for(0.0), 1.0);

@@ -5,14 +5,16 @@ use std::collections::BTreeMap;
 use ndarray::ArrayD;
 
 use super::ops::conv::{ConvParams, conv2d};
-use super::ops::elementwise::{binary_map, float_binary, float_unary, int_binary, int_unary, select};
+use super::ops::elementwise::{
+    binary_map, float_binary, float_unary, int_binary, int_unary, select,
+};
 use super::ops::layout::{concat, gather, reshape, slice, transpose};
 use super::ops::matmul::matmul;
 use super::ops::norm::{batch_norm, normalize, softmax};
 use super::ops::pool::{PoolParams, pool2d};
 use super::ops::reduce::{Reduce, global_avg_pool, reduce};
 use super::value::{RVal, map_rval, round_to};
-use super::{RefError, Real};
+use super::{Real, RefError};
 use crate::ir::shape_infer::{normalize_axis, reduce_axes, slice_plan};
 use crate::ir::{DType, Graph, Node, Op, Tensor, TensorType, fmt_shape};
 
@@ -61,7 +63,11 @@ pub fn run_reference_all(
 fn check_inputs(graph: &Graph, inputs: &BTreeMap<String, Tensor>) -> Result<(), RefError> {
     for name in inputs.keys() {
         if !graph.inputs.iter().any(|&i| graph.value(i).name == *name) {
-            let known: Vec<&str> = graph.inputs.iter().map(|&i| graph.value(i).name.as_str()).collect();
+            let known: Vec<&str> = graph
+                .inputs
+                .iter()
+                .map(|&i| graph.value(i).name.as_str())
+                .collect();
             return Err(RefError::UnknownInput {
                 name: name.clone(),
                 known: known.join(", "),
@@ -88,7 +94,10 @@ fn check_inputs(graph: &Graph, inputs: &BTreeMap<String, Tensor>) -> Result<(), 
     Ok(())
 }
 
-fn evaluate<F: Real>(graph: &Graph, inputs: &BTreeMap<String, Tensor>) -> Result<Vec<Tensor>, RefError> {
+fn evaluate<F: Real>(
+    graph: &Graph,
+    inputs: &BTreeMap<String, Tensor>,
+) -> Result<Vec<Tensor>, RefError> {
     let mut vals: Vec<Option<RVal<F>>> = vec![None; graph.values.len()];
     for &id in &graph.inputs {
         let v = graph.value(id);
@@ -114,7 +123,11 @@ fn evaluate<F: Real>(graph: &Graph, inputs: &BTreeMap<String, Tensor>) -> Result
         let args: Vec<&RVal<F>> = node
             .inputs
             .iter()
-            .map(|&i| vals[i.index()].as_ref().ok_or_else(|| fail(format!("input {i} has no value"))))
+            .map(|&i| {
+                vals[i.index()]
+                    .as_ref()
+                    .ok_or_else(|| fail(format!("input {i} has no value")))
+            })
             .collect::<Result<_, _>>()?;
         let out = graph.value(node.outputs[0]);
         tracing::trace!(node = %node.name, op = node.op.name(), "evaluate");
@@ -141,7 +154,12 @@ fn evaluate<F: Real>(graph: &Graph, inputs: &BTreeMap<String, Tensor>) -> Result
             vals[id.index()]
                 .as_ref()
                 .map(|r| r.to_tensor(v.dtype))
-                .ok_or_else(|| RefError::Graph(crate::ir::GraphError::Invariant(format!("value {id} '{}' was never computed", v.name))))
+                .ok_or_else(|| {
+                    RefError::Graph(crate::ir::GraphError::Invariant(format!(
+                        "value {id} '{}' was never computed",
+                        v.name
+                    )))
+                })
         })
         .collect()
 }
@@ -190,7 +208,12 @@ fn eval_node<F: Real>(
         };
     }
     Ok(match op {
-        Op::MatMul { transpose_b } => RVal::F(matmul(float(args[0])?, float(args[1])?, *transpose_b, out_shape)?),
+        Op::MatMul { transpose_b } => RVal::F(matmul(
+            float(args[0])?,
+            float(args[1])?,
+            *transpose_b,
+            out_shape,
+        )?),
         Op::Softmax { axis: a } => {
             let x = float(args[0])?;
             RVal::F(softmax(x, axis(*a, x.ndim())?))
@@ -200,13 +223,27 @@ fn eval_node<F: Real>(
             let gamma = args.get(1).map(|v| float(v)).transpose()?;
             let beta = args.get(2).map(|v| float(v)).transpose()?;
             let rms = matches!(op, Op::RmsNorm { .. });
-            RVal::F(normalize(x, axis(*a, x.ndim())?, *epsilon, gamma, beta, rms)?)
+            RVal::F(normalize(
+                x,
+                axis(*a, x.ndim())?,
+                *epsilon,
+                gamma,
+                beta,
+                rms,
+            )?)
         }
         Op::BatchNorm { epsilon } => {
-            let p = [float(args[1])?, float(args[2])?, float(args[3])?, float(args[4])?];
+            let p = [
+                float(args[1])?,
+                float(args[2])?,
+                float(args[3])?,
+                float(args[4])?,
+            ];
             RVal::F(batch_norm(float(args[0])?, p, *epsilon)?)
         }
-        Op::ReduceSum { axes, keepdims } | Op::ReduceMean { axes, keepdims } | Op::ReduceMax { axes, keepdims } => {
+        Op::ReduceSum { axes, keepdims }
+        | Op::ReduceMean { axes, keepdims }
+        | Op::ReduceMax { axes, keepdims } => {
             let x = float(args[0])?;
             let axes = reduce_axes(axes, x.ndim()).map_err(|e| e.message)?;
             let kind = match op {
@@ -247,7 +284,8 @@ fn eval_node<F: Real>(
             ends,
             steps,
         } => {
-            let plan = slice_plan(args[0].shape(), axes, starts, ends, steps).map_err(|e| e.message)?;
+            let plan =
+                slice_plan(args[0].shape(), axes, starts, ends, steps).map_err(|e| e.message)?;
             map_rval!(args[0], a => slice(a, &plan))
         }
         Op::Gather { axis: a } => {
@@ -282,9 +320,19 @@ fn eval_node<F: Real>(
                 dilations: *dilations,
                 groups: *groups,
             };
-            RVal::F(conv2d(float(args[0])?, float(args[1])?, bias, p, out_shape)?)
+            RVal::F(conv2d(
+                float(args[0])?,
+                float(args[1])?,
+                bias,
+                p,
+                out_shape,
+            )?)
         }
-        Op::MaxPool2d { kernel, strides, pads } => {
+        Op::MaxPool2d {
+            kernel,
+            strides,
+            pads,
+        } => {
             let p = PoolParams {
                 kernel: *kernel,
                 strides: *strides,
@@ -307,7 +355,12 @@ fn eval_node<F: Real>(
             };
             RVal::F(pool2d(float(args[0])?, p, out_shape)?)
         }
-        other => return Err(format!("op {} has no reference implementation", other.name())),
+        other => {
+            return Err(format!(
+                "op {} has no reference implementation",
+                other.name()
+            ));
+        }
     })
 }
 

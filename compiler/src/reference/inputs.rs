@@ -37,7 +37,9 @@ pub fn random_input(graph: &Graph, id: ValueId) -> Tensor {
     let n = checked_numel(&v.shape).unwrap_or(0);
     let values: Vec<f64> = match v.dtype {
         d if d.is_float() => (0..n).map(|_| rng.standard_normal()).collect(),
-        DType::Bool => (0..n).map(|_| if rng.uniform01() < 0.5 { 1.0 } else { 0.0 }).collect(),
+        DType::Bool => (0..n)
+            .map(|_| if rng.uniform01() < 0.5 { 1.0 } else { 0.0 })
+            .collect(),
         _ => {
             let bound = int_bound(graph, id);
             (0..n).map(|_| rng.below(bound) as f64).collect()

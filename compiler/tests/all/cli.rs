@@ -1,5 +1,8 @@
 //! The `neuronc check` and `neuronc run --reference` command lines.
 
+// Test helpers unwrap freely: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
@@ -26,13 +29,30 @@ fn stdout(cmd: &mut Command) -> (i32, String, String) {
 #[test]
 fn check_accepts_the_examples_and_prints_types() {
     for name in ["mlp", "bert_layer", "resnet_block"] {
-        let (code, out, err) = stdout(neuronc().arg("check").arg(examples().join(format!("{name}.json"))));
+        let (code, out, err) = stdout(
+            neuronc()
+                .arg("check")
+                .arg(examples().join(format!("{name}.json"))),
+        );
         assert_eq!(code, 0, "{name}: {err}");
-        assert!(out.contains(&format!("ok: model '{name}' is valid")), "{out}");
+        assert!(
+            out.contains(&format!("ok: model '{name}' is valid")),
+            "{out}"
+        );
     }
-    let (_, out, _) = stdout(neuronc().args(["check", "--dump"]).arg(examples().join("mlp.json")));
-    assert!(out.contains("%6    h     : [8,512]          f32   n0 fc1 (matmul)"), "{out}");
-    assert!(out.contains("n2 act1 = gelu[approximate=tanh](%7 h1) : [8,512] f32 -> %8 a1"), "{out}");
+    let (_, out, _) = stdout(
+        neuronc()
+            .args(["check", "--dump"])
+            .arg(examples().join("mlp.json")),
+    );
+    assert!(
+        out.contains("%6    h     : [8,512]          f32   n0 fc1 (matmul)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("n2 act1 = gelu[approximate=tanh](%7 h1) : [8,512] f32 -> %8 a1"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -66,12 +86,23 @@ fn usage_errors_exit_2() {
     let (code, _, err) = stdout(neuronc().arg("run").arg(&mlp));
     assert_eq!(code, 2);
     assert!(err.contains("pass --reference"), "{err}");
-    let (code, _, err) = stdout(neuronc().args(["run", "--reference", "--input", "nonsense"]).arg(&mlp));
+    let (code, _, err) = stdout(
+        neuronc()
+            .args(["run", "--reference", "--input", "nonsense"])
+            .arg(&mlp),
+    );
     assert_eq!(code, 2);
     assert!(err.contains("expected NAME=FILE.npy"), "{err}");
-    let (code, _, err) = stdout(neuronc().args(["run", "--reference", "--input", "q=a.npy"]).arg(&mlp));
+    let (code, _, err) = stdout(
+        neuronc()
+            .args(["run", "--reference", "--input", "q=a.npy"])
+            .arg(&mlp),
+    );
     assert_eq!(code, 2);
-    assert!(err.contains("the model has no input 'q' (its inputs are: x)"), "{err}");
+    assert!(
+        err.contains("the model has no input 'q' (its inputs are: x)"),
+        "{err}"
+    );
 }
 
 const TINY: &str = r#"{
@@ -92,7 +123,11 @@ fn run_writes_outputs_from_given_inputs() {
     std::fs::write(&model, TINY).unwrap();
     let x = dir.path().join("x.npy");
     // f64 data for an f32 input is accepted (rounded); i32 for i64 is widened.
-    write_npy(&x, &Tensor::F64(ndarray::arr2(&[[0.5, 0.0, 0.0], [0.0, 0.0, -1.0]]).into_dyn())).unwrap();
+    write_npy(
+        &x,
+        &Tensor::F64(ndarray::arr2(&[[0.5, 0.0, 0.0], [0.0, 0.0, -1.0]]).into_dyn()),
+    )
+    .unwrap();
     let ids = dir.path().join("ids.npy");
     write_npy(&ids, &Tensor::I32(ndarray::arr1(&[3, 0]).into_dyn())).unwrap();
     let out_dir = dir.path().join("out");
@@ -111,7 +146,10 @@ fn run_writes_outputs_from_given_inputs() {
     assert!(!err.contains("not given"), "{err}");
     assert!(out.contains("out_value_0.npy"), "{out}");
     let y = read_npy(&out_dir.join("out_value_0.npy")).unwrap();
-    assert_eq!(y, Tensor::F32(ndarray::arr2(&[[10.5, 11.0, 12.0], [1.0, 2.0, 2.0]]).into_dyn()));
+    assert_eq!(
+        y,
+        Tensor::F32(ndarray::arr2(&[[10.5, 11.0, 12.0], [1.0, 2.0, 2.0]]).into_dyn())
+    );
 }
 
 #[test]
@@ -121,7 +159,10 @@ fn run_generates_missing_inputs_and_says_so() {
     std::fs::write(&model, TINY).unwrap();
     let run = |out: &Path, f64: bool| {
         let mut cmd = neuronc();
-        cmd.args(["run", "--reference"]).arg(&model).arg("--output-dir").arg(out);
+        cmd.args(["run", "--reference"])
+            .arg(&model)
+            .arg("--output-dir")
+            .arg(out);
         if f64 {
             cmd.arg("--f64");
         }
@@ -129,7 +170,10 @@ fn run_generates_missing_inputs_and_says_so() {
     };
     let (code, _, err) = run(&dir.path().join("a"), false);
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("note: input 'x' [2,3] f32 not given: generated from seed 5"), "{err}");
+    assert!(
+        err.contains("note: input 'x' [2,3] f32 not given: generated from seed 5"),
+        "{err}"
+    );
     assert!(err.contains("note: input 'ids' [2] i64 not given"), "{err}");
     let (code, _, _) = run(&dir.path().join("b"), false);
     assert_eq!(code, 0);
@@ -150,25 +194,55 @@ fn run_rejects_inputs_of_the_wrong_shape_or_dtype() {
     std::fs::write(&model, TINY).unwrap();
     let bad = dir.path().join("bad.npy");
     write_npy(&bad, &Tensor::F32(ndarray::arr1(&[1.0f32, 2.0]).into_dyn())).unwrap();
-    let (code, _, err) = stdout(neuronc().args(["run", "--reference"]).arg(&model).arg(format!("--input=x={}", bad.display())));
+    let (code, _, err) = stdout(
+        neuronc()
+            .args(["run", "--reference"])
+            .arg(&model)
+            .arg(format!("--input=x={}", bad.display())),
+    );
     assert_eq!(code, 1);
-    assert!(err.contains("input 'x': expected [2,3] f32, found [2] f32"), "{err}");
-    let (code, _, err) =
-        stdout(neuronc().args(["run", "--reference"]).arg(&model).arg(format!("--input=ids={}", bad.display())));
+    assert!(
+        err.contains("input 'x': expected [2,3] f32, found [2] f32"),
+        "{err}"
+    );
+    let (code, _, err) = stdout(
+        neuronc()
+            .args(["run", "--reference"])
+            .arg(&model)
+            .arg(format!("--input=ids={}", bad.display())),
+    );
     assert_eq!(code, 1);
-    assert!(err.contains("input 'ids': expected [2] i64, found [2] f32"), "{err}");
+    assert!(
+        err.contains("input 'ids': expected [2] i64, found [2] f32"),
+        "{err}"
+    );
     let ids = dir.path().join("ids.npy");
     write_npy(&ids, &Tensor::I64(ndarray::arr1(&[9i64, 0]).into_dyn())).unwrap();
-    let (code, _, err) = stdout(neuronc().args(["run", "--reference"]).arg(&model).arg(format!("--input=ids={}", ids.display())));
+    let (code, _, err) = stdout(
+        neuronc()
+            .args(["run", "--reference"])
+            .arg(&model)
+            .arg(format!("--input=ids={}", ids.display())),
+    );
     assert_eq!(code, 1);
-    assert!(err.contains("node 'emb' (index 0, op gather): gather index 9 is out of range for axis 0 of size 4"), "{err}");
+    assert!(
+        err.contains(
+            "node 'emb' (index 0, op gather): gather index 9 is out of range for axis 0 of size 4"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn run_reference_on_the_mlp_example() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, _, err) =
-        stdout(neuronc().args(["run", "--reference"]).arg(examples().join("mlp.json")).arg("--output-dir").arg(dir.path()));
+    let (code, _, err) = stdout(
+        neuronc()
+            .args(["run", "--reference"])
+            .arg(examples().join("mlp.json"))
+            .arg("--output-dir")
+            .arg(dir.path()),
+    );
     assert_eq!(code, 0, "{err}");
     let p = read_npy(&dir.path().join("p.npy")).unwrap().to_f64();
     assert_eq!(p.shape(), &[8, 10]);

@@ -1,11 +1,14 @@
 //! Fusion and kernel formation: golden kernel lists of the examples, `--no-fuse`, view
 //! folding, HBM traffic, and the kernel interpreter against the reference executor
 //! (examples and proptest-generated graphs, fused against unfused).
+// Test helpers fail the test by panicking; `unwrap` is the assertion.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use ndarray::{ArrayD, IxDyn};
+use neuron_isa::TensorKind;
 use neuronc::CompileError;
 use neuronc::ir::{DType, GeluApprox, Graph, Op, Tensor, ValueId};
 use neuronc::kernel::interp::interpret;
@@ -14,7 +17,6 @@ use neuronc::options::{AutoCast, CompileOptions};
 use neuronc::passes::run_middle_end;
 use neuronc::reference::{RefOptions, random_inputs, run_reference};
 use neuronc::rng::SeededRng;
-use neuron_isa::TensorKind;
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------------------
@@ -75,7 +77,10 @@ pub fn assert_close(
     for (k, w) in want {
         let d = w.max_abs_diff(&got[k]).unwrap_or(f64::INFINITY);
         let tol = rel * w.max_abs().max(1e-3);
-        assert!(d <= tol, "{what}: output '{k}' differs by {d:e} (tolerance {tol:e})");
+        assert!(
+            d <= tol,
+            "{what}: output '{k}' differs by {d:e} (tolerance {tol:e})"
+        );
     }
 }
 
@@ -91,7 +96,10 @@ pub fn check_golden(name: &str, text: &str) {
         return;
     }
     let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("golden file {} is missing ({e}); run with UPDATE_GOLDEN=1 and review it", path.display())
+        panic!(
+            "golden file {} is missing ({e}); run with UPDATE_GOLDEN=1 and review it",
+            path.display()
+        )
     });
     if want == text {
         return;
@@ -130,7 +138,10 @@ fn mlp_fused_kernel_list() {
     check_golden("mlp", &kg.to_string());
     assert_eq!(kinds(&kg), ["matmul", "matmul", "softmax"]);
     let names: Vec<&str> = kg.kernels.iter().map(|k| k.name.as_str()).collect();
-    assert_eq!(names, ["fc1+fc1_bias+act1", "fc2+fc2_bias", "temperature+probs"]);
+    assert_eq!(
+        names,
+        ["fc1+fc1_bias+act1", "fc2+fc2_bias", "temperature+probs"]
+    );
 }
 
 #[test]
@@ -155,7 +166,10 @@ fn bert_fused_kernel_list() {
     let ffn1 = &kg.kernels[6];
     assert_eq!(ffn1.nodes, ["ffn_in", "ffn_in_bias", "ffn_act"]);
     let out_proj = &kg.kernels[4];
-    assert_eq!(out_proj.nodes, ["attn_out_proj", "attn_out_bias", "attn_residual"]);
+    assert_eq!(
+        out_proj.nodes,
+        ["attn_out_proj", "attn_out_bias", "attn_residual"]
+    );
 }
 
 #[test]
@@ -202,13 +216,20 @@ fn attention_reads_projections_through_views() {
         // [B,S,H*D] read as [B,H,S,D]: heads 64 apart, rows 768 apart.
         assert_eq!(view.shape, [1, 12, 128, 64]);
         assert_eq!(view.strides, [98304, 64, 768, 1]);
-        let writer = kg.kernels.iter().position(|k| k.output.tensor == view.tensor).unwrap();
+        let writer = kg
+            .kernels
+            .iter()
+            .position(|k| k.output.tensor == view.tensor)
+            .unwrap();
         assert!(matches!(kg.kernels[writer].op, KernelOp::MatMul { .. }));
     }
     // The context is written head-interleaved straight into the [B,S,H*D] tensor the
     // output projection reads (output-side folding).
     let ctx = kg.tensor(att.output.tensor).unwrap();
-    assert_eq!((ctx.name.as_str(), ctx.shape.as_slice()), ("ctx", &[1, 128, 768][..]));
+    assert_eq!(
+        (ctx.name.as_str(), ctx.shape.as_slice()),
+        ("ctx", &[1, 128, 768][..])
+    );
     assert_eq!(att.output.strides, [98304, 64, 768, 1]);
     let proj = &kg.kernels[4];
     assert_eq!(proj.inputs[0].tensor, att.output.tensor);
@@ -221,6 +242,11 @@ fn fusion_reduces_hbm_traffic() {
         let fused = compile(&g, true, AutoCast::Matmult);
         let unfused = compile(&g, false, AutoCast::Matmult);
         let (f, u) = (fused.hbm_traffic_bytes(), unfused.hbm_traffic_bytes());
+        eprintln!(
+            "{name}: fused {} kernels / {f} bytes, unfused {} kernels / {u} bytes",
+            fused.kernels.len(),
+            unfused.kernels.len()
+        );
         assert!(f < u, "{name}: fused {f} bytes, unfused {u} bytes");
         assert!(fused.kernels.len() < unfused.kernels.len());
     }
@@ -251,9 +277,15 @@ fn interpreter_matches_reference_on_examples() {
 fn convolutions_are_unsupported_naming_the_node() {
     let g = example("resnet_block");
     let err = run_middle_end(&g, &CompileOptions::default(), &mut |_, _| {}).unwrap_err();
-    assert!(matches!(err, CompileError::Unsupported { index: 0, .. }), "{err:?}");
+    assert!(
+        matches!(err, CompileError::Unsupported { index: 0, .. }),
+        "{err:?}"
+    );
     let msg = err.to_string();
-    assert!(msg.starts_with("unsupported op `conv2d` in node 'conv1' (node 0): "), "{msg}");
+    assert!(
+        msg.starts_with("unsupported op `conv2d` in node 'conv1' (node 0): "),
+        "{msg}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -264,7 +296,8 @@ fn param(g: &mut Graph, name: &str, shape: &[usize], std: f64) -> ValueId {
 }
 
 fn scalar(g: &mut Graph, name: &str, x: f32) -> ValueId {
-    g.add_param(name, Tensor::F32(ArrayD::from_elem(IxDyn(&[]), x))).unwrap()
+    g.add_param(name, Tensor::F32(ArrayD::from_elem(IxDyn(&[]), x)))
+        .unwrap()
 }
 
 /// GPT-2 attention: one fused QKV projection sliced into q, k, v; a causal mask sliced
@@ -276,7 +309,14 @@ fn gpt2_attention(s: usize, h: usize, d: usize) -> Graph {
     let x = g.add_input("x", [1, s, e], DType::F32).unwrap();
     let w = param(&mut g, "c_attn_w", &[e, 3 * e], 0.2);
     let b = param(&mut g, "c_attn_b", &[3 * e], 0.1);
-    let mm = g.add_node("c_attn", Op::MatMul { transpose_b: false }, &[x, w], "qkv_mm").unwrap();
+    let mm = g
+        .add_node(
+            "c_attn",
+            Op::MatMul { transpose_b: false },
+            &[x, w],
+            "qkv_mm",
+        )
+        .unwrap();
     let qkv = g.add_node("c_attn_bias", Op::Add, &[mm, b], "qkv").unwrap();
     let mut heads = Vec::new();
     for (i, n) in ["q", "k", "v"].iter().enumerate() {
@@ -286,15 +326,45 @@ fn gpt2_attention(s: usize, h: usize, d: usize) -> Graph {
             ends: vec![((i + 1) * e) as i64],
             steps: vec![],
         };
-        let t = g.add_node(format!("{n}_slice"), sl, &[qkv], format!("{n}_flat")).unwrap();
+        let t = g
+            .add_node(format!("{n}_slice"), sl, &[qkv], format!("{n}_flat"))
+            .unwrap();
         let shape = vec![1, s as i64, h as i64, d as i64];
-        let r = g.add_node(format!("{n}_split"), Op::Reshape { shape }, &[t], format!("{n}_4d")).unwrap();
-        let perm = if *n == "k" { vec![0, 2, 3, 1] } else { vec![0, 2, 1, 3] };
-        heads.push(g.add_node(format!("{n}_perm"), Op::Transpose { perm }, &[r], format!("{n}_h")).unwrap());
+        let r = g
+            .add_node(
+                format!("{n}_split"),
+                Op::Reshape { shape },
+                &[t],
+                format!("{n}_4d"),
+            )
+            .unwrap();
+        let perm = if *n == "k" {
+            vec![0, 2, 3, 1]
+        } else {
+            vec![0, 2, 1, 3]
+        };
+        heads.push(
+            g.add_node(
+                format!("{n}_perm"),
+                Op::Transpose { perm },
+                &[r],
+                format!("{n}_h"),
+            )
+            .unwrap(),
+        );
     }
-    let scores = g.add_node("qk", Op::MatMul { transpose_b: false }, &[heads[0], heads[1]], "scores").unwrap();
+    let scores = g
+        .add_node(
+            "qk",
+            Op::MatMul { transpose_b: false },
+            &[heads[0], heads[1]],
+            "scores",
+        )
+        .unwrap();
     let sq = scalar(&mut g, "sqrt_d", (d as f32).sqrt());
-    let scaled = g.add_node("scale", Op::Div, &[scores, sq], "scaled").unwrap();
+    let scaled = g
+        .add_node("scale", Op::Div, &[scores, sq], "scaled")
+        .unwrap();
     let mut causal = vec![false; 16 * 16];
     for i in 0..16 {
         for j in 0..=i {
@@ -302,7 +372,10 @@ fn gpt2_attention(s: usize, h: usize, d: usize) -> Graph {
         }
     }
     let bias = g
-        .add_param("causal", Tensor::Bool(ArrayD::from_shape_vec(IxDyn(&[1, 1, 16, 16]), causal).unwrap()))
+        .add_param(
+            "causal",
+            Tensor::Bool(ArrayD::from_shape_vec(IxDyn(&[1, 1, 16, 16]), causal).unwrap()),
+        )
         .unwrap();
     let sl = Op::Slice {
         axes: vec![2, 3],
@@ -312,15 +385,44 @@ fn gpt2_attention(s: usize, h: usize, d: usize) -> Graph {
     };
     let mask = g.add_node("mask_slice", sl, &[bias], "mask").unwrap();
     let neg = scalar(&mut g, "masked_bias", -1e4);
-    let masked = g.add_node("apply_causal", Op::Where, &[mask, scaled, neg], "masked").unwrap();
-    let probs = g.add_node("softmax", Op::Softmax { axis: -1 }, &[masked], "probs").unwrap();
-    let ctx = g.add_node("pv", Op::MatMul { transpose_b: false }, &[probs, heads[2]], "ctx_h").unwrap();
-    let t = g.add_node("merge_perm", Op::Transpose { perm: vec![0, 2, 1, 3] }, &[ctx], "ctx_t").unwrap();
+    let masked = g
+        .add_node("apply_causal", Op::Where, &[mask, scaled, neg], "masked")
+        .unwrap();
+    let probs = g
+        .add_node("softmax", Op::Softmax { axis: -1 }, &[masked], "probs")
+        .unwrap();
+    let ctx = g
+        .add_node(
+            "pv",
+            Op::MatMul { transpose_b: false },
+            &[probs, heads[2]],
+            "ctx_h",
+        )
+        .unwrap();
+    let t = g
+        .add_node(
+            "merge_perm",
+            Op::Transpose {
+                perm: vec![0, 2, 1, 3],
+            },
+            &[ctx],
+            "ctx_t",
+        )
+        .unwrap();
     let m = g
-        .add_node("merge", Op::Reshape { shape: vec![1, s as i64, e as i64] }, &[t], "ctx")
+        .add_node(
+            "merge",
+            Op::Reshape {
+                shape: vec![1, s as i64, e as i64],
+            },
+            &[t],
+            "ctx",
+        )
         .unwrap();
     let wp = param(&mut g, "c_proj_w", &[e, e], 0.2);
-    let y = g.add_node("c_proj", Op::MatMul { transpose_b: false }, &[m, wp], "y").unwrap();
+    let y = g
+        .add_node("c_proj", Op::MatMul { transpose_b: false }, &[m, wp], "y")
+        .unwrap();
     g.add_output(y).unwrap();
     g
 }
@@ -333,8 +435,15 @@ fn gpt2_causal_attention_is_one_kernel_without_copies() {
     let KernelOp::Attention { prologue, .. } = &kg.kernels[1].op else {
         unreachable!()
     };
-    assert_eq!(format!("{prologue:?}").matches("Select").count(), 1, "{prologue:?}");
-    assert!(format!("{prologue:?}").contains("Scalar { op: Mul, value: 0.5"), "{prologue:?}");
+    assert_eq!(
+        format!("{prologue:?}").matches("Select").count(),
+        1,
+        "{prologue:?}"
+    );
+    assert!(
+        format!("{prologue:?}").contains("Scalar { op: Mul, value: 0.5"),
+        "{prologue:?}"
+    );
     // q, k, v are strided views of the one QKV tensor, at offsets 0, E, 2E.
     let offs: Vec<usize> = kg.kernels[1].inputs[..3].iter().map(|v| v.offset).collect();
     assert_eq!(offs, [0, 8, 16]);
@@ -342,7 +451,12 @@ fn gpt2_causal_attention_is_one_kernel_without_copies() {
     let want = run_reference(&g, &inputs, RefOptions::default()).unwrap();
     for fuse in [true, false] {
         let kg = compile(&g, fuse, AutoCast::None);
-        assert_close(&format!("gpt2 fuse={fuse}"), &want, &interpret(&kg, &inputs).unwrap(), 1e-5);
+        assert_close(
+            &format!("gpt2 fuse={fuse}"),
+            &want,
+            &interpret(&kg, &inputs).unwrap(),
+            1e-5,
+        );
     }
 }
 
@@ -352,16 +466,28 @@ fn concat_pieces_write_disjoint_views() {
     let x = g.add_input("x", [4, 6], DType::F32).unwrap();
     let w1 = param(&mut g, "w1", &[6, 3], 1.0);
     let w2 = param(&mut g, "w2", &[6, 5], 1.0);
-    let a = g.add_node("mm1", Op::MatMul { transpose_b: false }, &[x, w1], "a").unwrap();
-    let b = g.add_node("mm2", Op::MatMul { transpose_b: false }, &[x, w2], "b").unwrap();
-    let c = g.add_node("cat", Op::Concat { axis: 1 }, &[a, b], "c").unwrap();
+    let a = g
+        .add_node("mm1", Op::MatMul { transpose_b: false }, &[x, w1], "a")
+        .unwrap();
+    let b = g
+        .add_node("mm2", Op::MatMul { transpose_b: false }, &[x, w2], "b")
+        .unwrap();
+    let c = g
+        .add_node("cat", Op::Concat { axis: 1 }, &[a, b], "c")
+        .unwrap();
     let r = g.add_node("act", Op::Relu, &[c], "y").unwrap();
     g.add_output(r).unwrap();
     let kg = compile(&g, true, AutoCast::None);
-    assert_eq!(kinds(&kg), ["matmul", "matmul", "copy", "copy", "elementwise"]);
+    assert_eq!(
+        kinds(&kg),
+        ["matmul", "matmul", "copy", "copy", "elementwise"]
+    );
     let (p0, p1) = (&kg.kernels[2].output, &kg.kernels[3].output);
     assert_eq!(p0.tensor, p1.tensor);
-    assert_eq!((p0.offset, p1.offset, p0.shape.clone(), p1.shape.clone()), (0, 3, vec![4, 3], vec![4, 5]));
+    assert_eq!(
+        (p0.offset, p1.offset, p0.shape.clone(), p1.shape.clone()),
+        (0, 3, vec![4, 3], vec![4, 5])
+    );
     let inputs = random_inputs(&g);
     let want = run_reference(&g, &inputs, RefOptions::default()).unwrap();
     assert_close("concat", &want, &interpret(&kg, &inputs).unwrap(), 1e-6);
@@ -372,12 +498,26 @@ fn output_transpose_is_written_in_place_and_inner_axis_softmax_is_a_view() {
     let mut g = Graph::new("views");
     let x = g.add_input("x", [3, 4], DType::F32).unwrap();
     let w = param(&mut g, "w", &[4, 5], 1.0);
-    let h = g.add_node("mm", Op::MatMul { transpose_b: false }, &[x, w], "h").unwrap();
-    let t = g.add_node("tr", Op::Transpose { perm: vec![1, 0] }, &[h], "ht").unwrap();
+    let h = g
+        .add_node("mm", Op::MatMul { transpose_b: false }, &[x, w], "h")
+        .unwrap();
+    let t = g
+        .add_node("tr", Op::Transpose { perm: vec![1, 0] }, &[h], "ht")
+        .unwrap();
     g.add_output(t).unwrap();
-    let s = g.add_node("sm", Op::Softmax { axis: 0 }, &[x], "s").unwrap();
+    let s = g
+        .add_node("sm", Op::Softmax { axis: 0 }, &[x], "s")
+        .unwrap();
     let r = g
-        .add_node("rs", Op::ReduceSum { axes: vec![1], keepdims: false }, &[s], "r")
+        .add_node(
+            "rs",
+            Op::ReduceSum {
+                axes: vec![1],
+                keepdims: false,
+            },
+            &[s],
+            "r",
+        )
         .unwrap();
     g.add_output(r).unwrap();
     let kg = compile(&g, true, AutoCast::None);
@@ -386,13 +526,26 @@ fn output_transpose_is_written_in_place_and_inner_axis_softmax_is_a_view() {
     let out = &kg.kernels[0].output;
     assert_eq!(kg.tensor(out.tensor).unwrap().kind, TensorKind::Output);
     assert_eq!(out.strides, [1, 3]);
-    assert_eq!(kg.kernels[1].inputs[0].strides, [1, 4], "softmax over axis 0 as a view");
-    assert_eq!(kg.kernels[2].output.shape, [3, 1], "reduce keeps its axis in the view");
+    assert_eq!(
+        kg.kernels[1].inputs[0].strides,
+        [1, 4],
+        "softmax over axis 0 as a view"
+    );
+    assert_eq!(
+        kg.kernels[2].output.shape,
+        [3, 1],
+        "reduce keeps its axis in the view"
+    );
     let inputs = random_inputs(&g);
     let want = run_reference(&g, &inputs, RefOptions::default()).unwrap();
     for fuse in [true, false] {
         let kg = compile(&g, fuse, AutoCast::None);
-        assert_close(&format!("views fuse={fuse}"), &want, &interpret(&kg, &inputs).unwrap(), 1e-6);
+        assert_close(
+            &format!("views fuse={fuse}"),
+            &want,
+            &interpret(&kg, &inputs).unwrap(),
+            1e-6,
+        );
     }
 }
 
@@ -415,7 +568,10 @@ fn check_all_ways(g: &Graph, expect_kind: &str) -> Result<(), TestCaseError> {
     let u = interpret(&unfused, &inputs).unwrap();
     for (k, w) in &want {
         let tol = 1e-5 * w.max_abs().max(1.0);
-        let (df, du) = (w.max_abs_diff(&f[k]).unwrap(), w.max_abs_diff(&u[k]).unwrap());
+        let (df, du) = (
+            w.max_abs_diff(&f[k]).unwrap(),
+            w.max_abs_diff(&u[k]).unwrap(),
+        );
         prop_assert!(df <= tol, "fused '{k}' off by {df:e}");
         prop_assert!(du <= tol, "unfused '{k}' off by {du:e}");
         prop_assert!(f[k].max_abs_diff(&u[k]).unwrap() <= tol);
@@ -429,10 +585,18 @@ fn matmul_bias_gelu(batch: usize, m: usize, k: usize, n: usize, tanh: bool, seed
     let x = g.add_input("x", [batch, m, k], DType::F32).unwrap();
     let w = param(&mut g, "w", &[k, n], 0.5);
     let b = param(&mut g, "b", &[n], 0.5);
-    let h = g.add_node("mm", Op::MatMul { transpose_b: false }, &[x, w], "h").unwrap();
+    let h = g
+        .add_node("mm", Op::MatMul { transpose_b: false }, &[x, w], "h")
+        .unwrap();
     let hb = g.add_node("bias", Op::Add, &[b, h], "hb").unwrap();
-    let approximate = if tanh { GeluApprox::Tanh } else { GeluApprox::None };
-    let y = g.add_node("act", Op::Gelu { approximate }, &[hb], "y").unwrap();
+    let approximate = if tanh {
+        GeluApprox::Tanh
+    } else {
+        GeluApprox::None
+    };
+    let y = g
+        .add_node("act", Op::Gelu { approximate }, &[hb], "y")
+        .unwrap();
     g.add_output(y).unwrap();
     g
 }
@@ -445,10 +609,26 @@ fn layer_norm_residual(rows: usize, n: usize, rms: bool, seed: u64) -> Graph {
     let s = g.add_node("residual", Op::Add, &[x, r], "s").unwrap();
     let gamma = param(&mut g, "gamma", &[n], 1.0);
     let y = if rms {
-        g.add_node("norm", Op::RmsNorm { axis: -1, epsilon: 1e-6 }, &[s, gamma], "y")
+        g.add_node(
+            "norm",
+            Op::RmsNorm {
+                axis: -1,
+                epsilon: 1e-6,
+            },
+            &[s, gamma],
+            "y",
+        )
     } else {
         let beta = param(&mut g, "beta", &[n], 1.0);
-        g.add_node("norm", Op::LayerNorm { axis: -1, epsilon: 1e-5 }, &[s, gamma, beta], "y")
+        g.add_node(
+            "norm",
+            Op::LayerNorm {
+                axis: -1,
+                epsilon: 1e-5,
+            },
+            &[s, gamma, beta],
+            "y",
+        )
     }
     .unwrap();
     let two = scalar(&mut g, "two", 2.0);
@@ -465,7 +645,9 @@ fn softmax_scale_mask(b: usize, s: usize, t: usize, seed: u64) -> Graph {
     let c = scalar(&mut g, "c", 0.3);
     let xs = g.add_node("scale", Op::Mul, &[c, x], "xs").unwrap();
     let xm = g.add_node("mask_add", Op::Add, &[xs, mask], "xm").unwrap();
-    let y = g.add_node("sm", Op::Softmax { axis: -1 }, &[xm], "y").unwrap();
+    let y = g
+        .add_node("sm", Op::Softmax { axis: -1 }, &[xm], "y")
+        .unwrap();
     g.add_output(y).unwrap();
     g
 }
@@ -479,16 +661,44 @@ fn attention(b: usize, h: usize, s: usize, d: usize, transpose_b: bool, seed: u6
     let v = g.add_input("v", [b, h, s, d], DType::F32).unwrap();
     let heads = |g: &mut Graph, x: ValueId, n: &str, perm: Vec<usize>| {
         let shape = vec![b as i64, s as i64, h as i64, d as i64];
-        let r = g.add_node(format!("{n}_split"), Op::Reshape { shape }, &[x], format!("{n}4")).unwrap();
-        g.add_node(format!("{n}_perm"), Op::Transpose { perm }, &[r], format!("{n}h")).unwrap()
+        let r = g
+            .add_node(
+                format!("{n}_split"),
+                Op::Reshape { shape },
+                &[x],
+                format!("{n}4"),
+            )
+            .unwrap();
+        g.add_node(
+            format!("{n}_perm"),
+            Op::Transpose { perm },
+            &[r],
+            format!("{n}h"),
+        )
+        .unwrap()
     };
     let qh = heads(&mut g, q, "q", vec![0, 2, 1, 3]);
-    let kh = heads(&mut g, k, "k", if transpose_b { vec![0, 2, 1, 3] } else { vec![0, 2, 3, 1] });
-    let sc = g.add_node("qk", Op::MatMul { transpose_b }, &[qh, kh], "scores").unwrap();
+    let kh = heads(
+        &mut g,
+        k,
+        "k",
+        if transpose_b {
+            vec![0, 2, 1, 3]
+        } else {
+            vec![0, 2, 3, 1]
+        },
+    );
+    let sc = g
+        .add_node("qk", Op::MatMul { transpose_b }, &[qh, kh], "scores")
+        .unwrap();
     let c = scalar(&mut g, "scale", 1.0 / (d as f32).sqrt());
     let ss = g.add_node("scale_mul", Op::Mul, &[sc, c], "ss").unwrap();
-    let p = g.add_node("sm", Op::Softmax { axis: -1 }, &[ss], "p").unwrap();
-    let o = g.add_node("pv", Op::MatMul { transpose_b: false }, &[p, v], "o").unwrap();
+    let p = g
+        .add_node("sm", Op::Softmax { axis: -1 }, &[ss], "p")
+        .unwrap();
+    let o = g
+        .add_node("pv", Op::MatMul { transpose_b: false }, &[p, v], "o")
+        .unwrap();
     g.add_output(o).unwrap();
     g
 }

@@ -5,6 +5,9 @@
 //! converted to model.json + safetensors by `scripts/onnx_to_model_json.py`,
 //! with expected outputs from onnxruntime. This test needs no Python.
 
+// Test helpers unwrap freely: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -23,17 +26,25 @@ fn check_case(case: &str, opts: RefOptions) -> BTreeMap<String, f64> {
     let mut inputs = BTreeMap::new();
     for &id in &g.inputs {
         let name = &g.value(id).name;
-        let file = dir.join("inputs").join(format!("{}.npy", sanitize_file_name(name)));
+        let file = dir
+            .join("inputs")
+            .join(format!("{}.npy", sanitize_file_name(name)));
         inputs.insert(name.clone(), read_npy(&file).unwrap());
     }
     let outputs = run_reference(&g, &inputs, opts).unwrap_or_else(|e| panic!("{case}: {e}"));
     let mut report = BTreeMap::new();
     for (name, got) in &outputs {
-        let file = dir.join("expected").join(format!("{}.npy", sanitize_file_name(name)));
+        let file = dir
+            .join("expected")
+            .join(format!("{}.npy", sanitize_file_name(name)));
         let want = read_npy(&file).unwrap();
-        let diff = got
-            .max_abs_diff(&want)
-            .unwrap_or_else(|| panic!("{case}/{name}: shape {:?} vs expected {:?}", got.shape(), want.shape()));
+        let diff = got.max_abs_diff(&want).unwrap_or_else(|| {
+            panic!(
+                "{case}/{name}: shape {:?} vs expected {:?}",
+                got.shape(),
+                want.shape()
+            )
+        });
         let scale = want.max_abs();
         assert!(scale > 0.0, "{case}/{name}: expected output is all zeros");
         report.insert(name.clone(), diff / scale);
@@ -88,7 +99,16 @@ fn every_golden_fixture_is_checked() {
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     found.sort();
-    assert_eq!(found, ["bert_encoder", "conv_pool", "gpt2_block", "misc_ops", "resnet_block"]);
+    assert_eq!(
+        found,
+        [
+            "bert_encoder",
+            "conv_pool",
+            "gpt2_block",
+            "misc_ops",
+            "resnet_block"
+        ]
+    );
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! Graph passes: constant folding, movement simplification, gelu recognition, DCE, CSE,
 //! each checked for what it rewrites and that the graph still computes the same thing.
+// Test helpers fail the test by panicking; `unwrap` is the assertion.
+#![allow(clippy::unwrap_used)]
 
 use ndarray::{ArrayD, IxDyn};
 use neuronc::ir::{DType, GeluApprox, Graph, Op, Tensor, ValueId};
@@ -16,12 +18,17 @@ use neuronc::reference::{RefOptions, random_inputs, run_reference};
 use crate::fusion::assert_close;
 
 fn scalar(g: &mut Graph, name: &str, x: f32) -> ValueId {
-    g.add_param(name, Tensor::F32(ArrayD::from_elem(IxDyn(&[]), x))).unwrap()
+    g.add_param(name, Tensor::F32(ArrayD::from_elem(IxDyn(&[]), x)))
+        .unwrap()
 }
 
 /// Runs the canonicalization and cleanup passes the way the driver does.
 fn canonicalize(g: &mut Graph) {
-    run_to_fixpoint(g, &[&FoldConstants, &SimplifyMovement, &RecognizeGelu, &DeadCode]).unwrap();
+    run_to_fixpoint(
+        g,
+        &[&FoldConstants, &SimplifyMovement, &RecognizeGelu, &DeadCode],
+    )
+    .unwrap();
     run_to_fixpoint(g, &[&InferShapes, &DeadCode, &CommonSubexpressions]).unwrap();
     g.verify().unwrap();
 }
@@ -59,8 +66,12 @@ enum Form {
 fn written_gelu(form: Form, cube_coef: f32) -> Graph {
     let mut g = Graph::new("gelu");
     let x0 = g.add_input("x0", [4, 8], DType::F32).unwrap();
-    let w = g.add_param("w", crate::fusion::randn(1, "w", &[8, 8], 0.5)).unwrap();
-    let x = g.add_node("mm", Op::MatMul { transpose_b: false }, &[x0, w], "x").unwrap();
+    let w = g
+        .add_param("w", crate::fusion::randn(1, "w", &[8, 8], 0.5))
+        .unwrap();
+    let x = g
+        .add_node("mm", Op::MatMul { transpose_b: false }, &[x0, w], "x")
+        .unwrap();
     let half = scalar(&mut g, "half", 0.5);
     let one = scalar(&mut g, "one", 1.0);
     let y = match form {
@@ -101,7 +112,11 @@ fn written_gelu(form: Form, cube_coef: f32) -> Graph {
             g.add_node("gelu_out", Op::Mul, &[hx, onep], "y").unwrap()
         }
         Form::ErfMul => {
-            let r = scalar(&mut g, "r", std::f32::consts::FRAC_1_SQRT_2 * (cube_coef / 0.044715));
+            let r = scalar(
+                &mut g,
+                "r",
+                std::f32::consts::FRAC_1_SQRT_2 * (cube_coef / 0.044715),
+            );
             let arg = g.add_node("arg", Op::Mul, &[x, r], "arg").unwrap();
             let e = g.add_node("e", Op::Erf, &[arg], "e").unwrap();
             let onep = g.add_node("onep", Op::Add, &[e, one], "onep").unwrap();
@@ -125,7 +140,13 @@ fn gelu_written_out_forms_are_recognized() {
         let c = canonical_same_result(&g);
         assert_eq!(
             ops(&c),
-            ["matmul[transpose_b=false]".to_string(), Op::Gelu { approximate: approx }.to_string()],
+            [
+                "matmul[transpose_b=false]".to_string(),
+                Op::Gelu {
+                    approximate: approx
+                }
+                .to_string()
+            ],
             "{c}"
         );
         // The gelu keeps the outermost multiply's name; the constants are gone.
@@ -160,13 +181,18 @@ fn constants_fold_into_scales() {
     let b = g.add_node("again", Op::Mul, &[a, two], "b").unwrap();
     let one = scalar(&mut g, "one", 1.0);
     let c = g.add_node("ident", Op::Mul, &[b, one], "c").unwrap();
-    let c32 = g.add_node("same_cast", Op::Cast { dtype: DType::F32 }, &[c], "c32").unwrap();
+    let c32 = g
+        .add_node("same_cast", Op::Cast { dtype: DType::F32 }, &[c], "c32")
+        .unwrap();
     g.add_output(c32).unwrap();
     let out = canonical_same_result(&g);
     // div by sqrt(64) then *2 then *1 and a no-op cast: one multiply by 0.25.
     assert_eq!(ops(&out), ["mul"], "{out}");
     let k = out.nodes[0].inputs[1];
-    assert_eq!(out.value(k).data.as_ref().unwrap().to_f64().iter().next(), Some(&0.25));
+    assert_eq!(
+        out.value(k).data.as_ref().unwrap().to_f64().iter().next(),
+        Some(&0.25)
+    );
     // The multiply's result took over the output's name.
     assert_eq!(out.value(out.outputs[0]).name, "c32");
 }
@@ -175,11 +201,35 @@ fn constants_fold_into_scales() {
 fn movement_chains_collapse() {
     let mut g = Graph::new("moves");
     let x = g.add_input("x", [2, 3, 4], DType::F32).unwrap();
-    let t1 = g.add_node("t1", Op::Transpose { perm: vec![1, 0, 2] }, &[x], "t1").unwrap();
-    let t2 = g.add_node("t2", Op::Transpose { perm: vec![1, 0, 2] }, &[t1], "t2").unwrap();
-    let r1 = g.add_node("r1", Op::Reshape { shape: vec![6, 4] }, &[t2], "r1").unwrap();
-    let r2 = g.add_node("r2", Op::Reshape { shape: vec![24] }, &[r1], "r2").unwrap();
-    let r3 = g.add_node("r3", Op::Reshape { shape: vec![2, 12] }, &[r2], "r3").unwrap();
+    let t1 = g
+        .add_node(
+            "t1",
+            Op::Transpose {
+                perm: vec![1, 0, 2],
+            },
+            &[x],
+            "t1",
+        )
+        .unwrap();
+    let t2 = g
+        .add_node(
+            "t2",
+            Op::Transpose {
+                perm: vec![1, 0, 2],
+            },
+            &[t1],
+            "t2",
+        )
+        .unwrap();
+    let r1 = g
+        .add_node("r1", Op::Reshape { shape: vec![6, 4] }, &[t2], "r1")
+        .unwrap();
+    let r2 = g
+        .add_node("r2", Op::Reshape { shape: vec![24] }, &[r1], "r2")
+        .unwrap();
+    let r3 = g
+        .add_node("r3", Op::Reshape { shape: vec![2, 12] }, &[r2], "r3")
+        .unwrap();
     let e = g.add_node("e", Op::Exp, &[r3], "y").unwrap();
     g.add_output(e).unwrap();
     let out = canonical_same_result(&g);
@@ -213,13 +263,21 @@ fn dce_removes_unreachable_nodes_and_params() {
 fn cse_merges_identical_nodes() {
     let mut g = Graph::new("cse");
     let x = g.add_input("x", [4, 4], DType::F32).unwrap();
-    let a1 = g.add_node("a1", Op::Transpose { perm: vec![1, 0] }, &[x], "a1").unwrap();
-    let a2 = g.add_node("a2", Op::Transpose { perm: vec![1, 0] }, &[x], "a2").unwrap();
+    let a1 = g
+        .add_node("a1", Op::Transpose { perm: vec![1, 0] }, &[x], "a1")
+        .unwrap();
+    let a2 = g
+        .add_node("a2", Op::Transpose { perm: vec![1, 0] }, &[x], "a2")
+        .unwrap();
     let e1 = g.add_node("e1", Op::Exp, &[a1], "e1").unwrap();
     let e2 = g.add_node("e2", Op::Exp, &[a2], "e2").unwrap();
     // Same op, different attributes: not merged.
-    let s1 = g.add_node("s1", Op::Softmax { axis: 0 }, &[e1], "s1").unwrap();
-    let s2 = g.add_node("s2", Op::Softmax { axis: 1 }, &[e2], "s2").unwrap();
+    let s1 = g
+        .add_node("s1", Op::Softmax { axis: 0 }, &[e1], "s1")
+        .unwrap();
+    let s2 = g
+        .add_node("s2", Op::Softmax { axis: 1 }, &[e2], "s2")
+        .unwrap();
     let y = g.add_node("sum", Op::Add, &[s1, s2], "y").unwrap();
     g.add_output(y).unwrap();
     let out = canonical_same_result(&g);
@@ -239,6 +297,13 @@ fn every_stage_is_dumped_in_order() {
     .unwrap();
     assert_eq!(
         stages,
-        ["00-graph", "01-canonical", "02-optimized", "03-fused", "04-kernels", "05-precision"]
+        [
+            "00-graph",
+            "01-canonical",
+            "02-optimized",
+            "03-fused",
+            "04-kernels",
+            "05-precision"
+        ]
     );
 }

@@ -1,15 +1,17 @@
 //! Precision assignment per `--auto-cast` mode and cast type, weight pre-casting, and
 //! int8 quantization with calibrated activation scales.
+// Test helpers fail the test by panicking; `unwrap` is the assertion.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 
+use neuron_isa::{Dtype, TensorKind};
 use neuronc::ir::Tensor;
 use neuronc::kernel::interp::{interpret, read_view};
 use neuronc::kernel::{KernelGraph, KernelOp};
 use neuronc::options::{AutoCast, CastType, CompileOptions};
 use neuronc::passes::run_middle_end;
 use neuronc::reference::{RefOptions, random_inputs, run_reference, run_reference_all};
-use neuron_isa::{Dtype, TensorKind};
 
 use crate::fusion::{assert_close, example};
 
@@ -39,7 +41,12 @@ fn dtypes(kg: &KernelGraph, kind: TensorKind) -> Vec<(String, Dtype)> {
 fn auto_cast_none_keeps_fp32() {
     let kg = compile("bert_layer", AutoCast::None, CastType::Bf16);
     for k in &kg.kernels {
-        assert_eq!((k.mm_dtype, k.act_dtype, k.act_scale), (Dtype::F32, Dtype::F32, None), "{}", k.name);
+        assert_eq!(
+            (k.mm_dtype, k.act_dtype, k.act_scale),
+            (Dtype::F32, Dtype::F32, None),
+            "{}",
+            k.name
+        );
     }
     assert!(kg.tensors.iter().all(|t| t.dtype == Dtype::F32));
 }
@@ -54,7 +61,12 @@ fn auto_cast_matmult_casts_matmul_operands_and_weights() {
         let kg = compile("bert_layer", AutoCast::Matmult, cast);
         for k in &kg.kernels {
             let want_mm = if is_mm(&k.op) { dt } else { Dtype::F32 };
-            assert_eq!((k.mm_dtype, k.act_dtype), (want_mm, Dtype::F32), "{}", k.name);
+            assert_eq!(
+                (k.mm_dtype, k.act_dtype),
+                (want_mm, Dtype::F32),
+                "{}",
+                k.name
+            );
         }
         // Matmul weights are stored pre-cast; biases, norm parameters, inputs and outputs
         // keep their types.
@@ -101,7 +113,10 @@ fn reduced_precision_stays_close_to_the_reference() {
         let got = interpret(&kg, &inputs).unwrap();
         let what = format!("{}/{}", ac.name(), cast.name());
         assert_close(&what, &want, &got, tol);
-        errs.insert(what, want["layer_out"].max_abs_diff(&got["layer_out"]).unwrap());
+        errs.insert(
+            what,
+            want["layer_out"].max_abs_diff(&got["layer_out"]).unwrap(),
+        );
     }
     // Coarser types really do round more: the interpreter models the precision.
     assert!(errs["none/bf16"] < errs["matmult/fp16"]);
@@ -119,18 +134,34 @@ fn int8_quantizes_weights_per_channel_and_calibrates_activations() {
     let values = run_reference_all(&g, &inputs, RefOptions::default()).unwrap();
     for k in mm {
         assert_eq!(k.mm_dtype, Dtype::I8, "{}", k.name);
-        let KernelOp::MatMul { a, b, .. } = k.op else { unreachable!() };
+        let KernelOp::MatMul { a, b, .. } = k.op else {
+            unreachable!()
+        };
         // Weight: int8 data, one scale per output channel = max|w[:, n]| / 127.
         let w = kg.tensor(k.inputs[b].tensor).unwrap();
         assert_eq!(w.dtype, Dtype::I8);
-        let Some(Tensor::I8(q)) = &w.data else { panic!("{} is not int8", w.name) };
+        let Some(Tensor::I8(q)) = &w.data else {
+            panic!("{} is not int8", w.name)
+        };
         let scales = w.quant_scale.as_ref().unwrap();
         assert_eq!(scales.len(), *w.shape.last().unwrap());
-        let orig = g.value(g.value_by_name(&w.name).unwrap()).data.as_ref().unwrap().to_f64();
+        let orig = g
+            .value(g.value_by_name(&w.name).unwrap())
+            .data
+            .as_ref()
+            .unwrap()
+            .to_f64();
         let n = scales.len();
         for (c, &s) in scales.iter().enumerate() {
-            let max = orig.iter().skip(c).step_by(n).fold(0.0f64, |m, x| m.max(x.abs()));
-            assert!((f64::from(s) - max / 127.0).abs() <= 1e-6 * max, "channel {c}");
+            let max = orig
+                .iter()
+                .skip(c)
+                .step_by(n)
+                .fold(0.0f64, |m, x| m.max(x.abs()));
+            assert!(
+                (f64::from(s) - max / 127.0).abs() <= 1e-6 * max,
+                "channel {c}"
+            );
         }
         assert!(q.iter().all(|&v| v >= -127));
         assert!(q.iter().any(|&v| v.abs() == 127));
@@ -141,10 +172,20 @@ fn int8_quantizes_weights_per_channel_and_calibrates_activations() {
         let seen = read_view(&flat, &k.inputs[a]).unwrap();
         let max = seen.iter().fold(0.0f64, |m, x| m.max(x.abs()));
         let s = f64::from(k.act_scale.unwrap());
-        assert!((s - max / 127.0).abs() <= 1e-6 * max, "{}: {s} vs {}", k.name, max / 127.0);
+        assert!(
+            (s - max / 127.0).abs() <= 1e-6 * max,
+            "{}: {s} vs {}",
+            k.name,
+            max / 127.0
+        );
     }
     // Non-matmul kernels have no activation scale.
-    assert!(kg.kernels.iter().filter(|k| !is_mm(&k.op)).all(|k| k.act_scale.is_none()));
+    assert!(
+        kg.kernels
+            .iter()
+            .filter(|k| !is_mm(&k.op))
+            .all(|k| k.act_scale.is_none())
+    );
 }
 
 #[test]
@@ -163,7 +204,10 @@ fn int8_calibration_uses_the_given_inputs() {
         kg.kernels[0].act_scale.unwrap()
     };
     let (base, tripled) = (scale_of(BTreeMap::new()), scale_of(calib));
-    assert!((f64::from(tripled) / f64::from(base) - 3.0).abs() < 1e-5, "{base} {tripled}");
+    assert!(
+        (f64::from(tripled) / f64::from(base) - 3.0).abs() < 1e-5,
+        "{base} {tripled}"
+    );
 }
 
 #[test]
@@ -184,4 +228,23 @@ fn int8_attention_and_activation_matmuls_use_bf16() {
     // int8 under `all` still keeps elementwise work in bf16.
     let kg = compile("bert_layer", AutoCast::All, CastType::Int8);
     assert!(kg.kernels.iter().all(|k| k.act_dtype == Dtype::Bf16));
+}
+
+#[test]
+fn int8_with_bad_calibration_inputs_names_the_kernel() {
+    let g = example("mlp");
+    let mut calibration = BTreeMap::new();
+    calibration.insert("y".to_string(), Tensor::zeros(neuronc::ir::DType::F32, &[8, 784]));
+    let o = CompileOptions {
+        auto_cast_type: CastType::Int8,
+        calibration,
+        ..CompileOptions::default()
+    };
+    let err = run_middle_end(&g, &o, &mut |_, _| {}).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("precision assignment for kernel 'fc1+fc1_bias+act1': int8 calibration"),
+        "{msg}"
+    );
+    assert!(msg.contains("'y'"), "{msg}");
 }

@@ -1,5 +1,12 @@
 //! The reference executor, op by op: hand-computed values and identities.
 
+// Test helpers unwrap freely: a failure is a test failure.
+#![allow(
+    clippy::unwrap_used,
+    clippy::cloned_ref_to_slice_refs,
+    clippy::approx_constant
+)]
+
 use std::collections::BTreeMap;
 
 use ndarray::{ArrayD, IxDyn, arr1, arr2};
@@ -25,7 +32,10 @@ fn run_op_with(op: Op, args: &[Tensor], opts: RefOptions) -> Result<Tensor, RefE
     let mut feeds = BTreeMap::new();
     for (i, a) in args.iter().enumerate() {
         let name = format!("in{i}");
-        ids.push(g.add_input(name.clone(), a.shape().to_vec(), a.dtype()).unwrap());
+        ids.push(
+            g.add_input(name.clone(), a.shape().to_vec(), a.dtype())
+                .unwrap(),
+        );
         feeds.insert(name, a.clone());
     }
     let y = g.add_node("node", op, &ids, "y").unwrap();
@@ -44,7 +54,10 @@ fn vals(t: &Tensor) -> Vec<f64> {
 fn assert_close(got: &[f64], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "lengths differ: {got:?} vs {want:?}");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol, "element {i}: got {g}, want {w} (tol {tol})\n{got:?}");
+        assert!(
+            (g - w).abs() <= tol,
+            "element {i}: got {g}, want {w} (tol {tol})\n{got:?}"
+        );
     }
 }
 
@@ -52,17 +65,41 @@ fn assert_close(got: &[f64], want: &[f64], tol: f64) {
 fn binary_ops_broadcast() {
     let a = t(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
     let b = t(&[3], &[10.0, 20.0, 30.0]);
-    assert_eq!(vals(&run_op(Op::Add, &[a.clone(), b.clone()])), vec![11.0, 22.0, 33.0, 14.0, 25.0, 36.0]);
-    assert_eq!(vals(&run_op(Op::Sub, &[a.clone(), b.clone()])), vec![-9.0, -18.0, -27.0, -6.0, -15.0, -24.0]);
-    assert_eq!(vals(&run_op(Op::Mul, &[a.clone(), b.clone()])), vec![10.0, 40.0, 90.0, 40.0, 100.0, 180.0]);
+    assert_eq!(
+        vals(&run_op(Op::Add, &[a.clone(), b.clone()])),
+        vec![11.0, 22.0, 33.0, 14.0, 25.0, 36.0]
+    );
+    assert_eq!(
+        vals(&run_op(Op::Sub, &[a.clone(), b.clone()])),
+        vec![-9.0, -18.0, -27.0, -6.0, -15.0, -24.0]
+    );
+    assert_eq!(
+        vals(&run_op(Op::Mul, &[a.clone(), b.clone()])),
+        vec![10.0, 40.0, 90.0, 40.0, 100.0, 180.0]
+    );
     let col = t(&[2, 1], &[2.0, 4.0]);
-    assert_eq!(vals(&run_op(Op::Div, &[a.clone(), col.clone()])), vec![0.5, 1.0, 1.5, 1.0, 1.25, 1.5]);
+    assert_eq!(
+        vals(&run_op(Op::Div, &[a.clone(), col.clone()])),
+        vec![0.5, 1.0, 1.5, 1.0, 1.25, 1.5]
+    );
     let m = t(&[3], &[2.0, 5.0, 3.0]);
-    assert_eq!(vals(&run_op(Op::Max, &[a.clone(), m.clone()])), vec![2.0, 5.0, 3.0, 4.0, 5.0, 6.0]);
-    assert_eq!(vals(&run_op(Op::Min, &[a.clone(), m])), vec![1.0, 2.0, 3.0, 2.0, 5.0, 3.0]);
+    assert_eq!(
+        vals(&run_op(Op::Max, &[a.clone(), m.clone()])),
+        vec![2.0, 5.0, 3.0, 4.0, 5.0, 6.0]
+    );
+    assert_eq!(
+        vals(&run_op(Op::Min, &[a.clone(), m])),
+        vec![1.0, 2.0, 3.0, 2.0, 5.0, 3.0]
+    );
     let two = t(&[], &[2.0]);
-    assert_eq!(vals(&run_op(Op::Pow, &[a, two])), vec![1.0, 4.0, 9.0, 16.0, 25.0, 36.0]);
-    let out = run_op(Op::Add, &[t(&[3, 1], &[1.0, 2.0, 3.0]), t(&[1, 2], &[10.0, 20.0])]);
+    assert_eq!(
+        vals(&run_op(Op::Pow, &[a, two])),
+        vec![1.0, 4.0, 9.0, 16.0, 25.0, 36.0]
+    );
+    let out = run_op(
+        Op::Add,
+        &[t(&[3, 1], &[1.0, 2.0, 3.0]), t(&[1, 2], &[10.0, 20.0])],
+    );
     assert_eq!(out.shape(), &[3, 2]);
     assert_eq!(vals(&out), vec![11.0, 21.0, 12.0, 22.0, 13.0, 23.0]);
 }
@@ -71,9 +108,18 @@ fn binary_ops_broadcast() {
 fn integer_arithmetic() {
     let a = Tensor::I64(arr1(&[1i64, -2, 3]).into_dyn());
     let b = Tensor::I64(arr1(&[10i64]).into_dyn());
-    assert_eq!(run_op(Op::Add, &[a.clone(), b.clone()]), Tensor::I64(arr1(&[11, 8, 13]).into_dyn()));
-    assert_eq!(run_op(Op::Relu, &[a.clone()]), Tensor::I64(arr1(&[1, 0, 3]).into_dyn()));
-    assert_eq!(run_op(Op::Max, &[a, b]), Tensor::I64(arr1(&[10, 10, 10]).into_dyn()));
+    assert_eq!(
+        run_op(Op::Add, &[a.clone(), b.clone()]),
+        Tensor::I64(arr1(&[11, 8, 13]).into_dyn())
+    );
+    assert_eq!(
+        run_op(Op::Relu, &[a.clone()]),
+        Tensor::I64(arr1(&[1, 0, 3]).into_dyn())
+    );
+    assert_eq!(
+        run_op(Op::Max, &[a, b]),
+        Tensor::I64(arr1(&[10, 10, 10]).into_dyn())
+    );
 }
 
 #[test]
@@ -88,25 +134,60 @@ fn unary_ops_hand_values() {
         (Op::Tanh, [-0.76159416, 0.0, 0.76159416, 0.96402758]),
         (Op::Erf, [-0.84270079, 0.0, 0.84270079, 0.99532227]),
         (Op::Silu, [-0.26894142, 0.0, 0.73105858, 1.76159416]),
-        (Op::Gelu { approximate: GeluApprox::None }, [-0.15865525, 0.0, 0.84134475, 1.95449974]),
-        (Op::Gelu { approximate: GeluApprox::Tanh }, [-0.15880801, 0.0, 0.84119199, 1.95459769]),
+        (
+            Op::Gelu {
+                approximate: GeluApprox::None,
+            },
+            [-0.15865525, 0.0, 0.84134475, 1.95449974],
+        ),
+        (
+            Op::Gelu {
+                approximate: GeluApprox::Tanh,
+            },
+            [-0.15880801, 0.0, 0.84119199, 1.95459769],
+        ),
     ];
     for (op, want) in cases {
         let got = vals(&run_op(op.clone(), &[x.clone()]));
         assert_close(&got, &want, 2e-6);
     }
     let p = t(&[3], &[0.25, 1.0, 4.0]);
-    assert_close(&vals(&run_op(Op::Log, &[p.clone()])), &[-1.38629436, 0.0, 1.38629436], 2e-6);
-    assert_close(&vals(&run_op(Op::Sqrt, &[p.clone()])), &[0.5, 1.0, 2.0], 0.0);
-    assert_close(&vals(&run_op(Op::Rsqrt, &[p.clone()])), &[2.0, 1.0, 0.5], 0.0);
+    assert_close(
+        &vals(&run_op(Op::Log, &[p.clone()])),
+        &[-1.38629436, 0.0, 1.38629436],
+        2e-6,
+    );
+    assert_close(
+        &vals(&run_op(Op::Sqrt, &[p.clone()])),
+        &[0.5, 1.0, 2.0],
+        0.0,
+    );
+    assert_close(
+        &vals(&run_op(Op::Rsqrt, &[p.clone()])),
+        &[2.0, 1.0, 0.5],
+        0.0,
+    );
     assert_close(&vals(&run_op(Op::Reciprocal, &[p])), &[4.0, 1.0, 0.25], 0.0);
 }
 
 #[test]
 fn gelu_tanh_is_close_to_but_not_the_erf_form() {
-    let x = t(&[201], &(0..201).map(|i| -5.0 + 0.05 * i as f32).collect::<Vec<_>>());
-    let erf = run_op(Op::Gelu { approximate: GeluApprox::None }, &[x.clone()]);
-    let tanh = run_op(Op::Gelu { approximate: GeluApprox::Tanh }, &[x]);
+    let x = t(
+        &[201],
+        &(0..201).map(|i| -5.0 + 0.05 * i as f32).collect::<Vec<_>>(),
+    );
+    let erf = run_op(
+        Op::Gelu {
+            approximate: GeluApprox::None,
+        },
+        &[x.clone()],
+    );
+    let tanh = run_op(
+        Op::Gelu {
+            approximate: GeluApprox::Tanh,
+        },
+        &[x],
+    );
     let d = erf.max_abs_diff(&tanh).unwrap();
     assert!(d > 1e-5 && d < 1e-3, "max |gelu_erf - gelu_tanh| = {d}");
 }
@@ -115,10 +196,19 @@ fn gelu_tanh_is_close_to_but_not_the_erf_form() {
 fn matmul_hand_values_and_batches() {
     let a = t(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
     let b = t(&[3, 2], &[7.0, 8.0, 9.0, 10.0, 11.0, 12.0]);
-    assert_eq!(vals(&run_op(Op::MatMul { transpose_b: false }, &[a.clone(), b.clone()])), vec![58.0, 64.0, 139.0, 154.0]);
+    assert_eq!(
+        vals(&run_op(
+            Op::MatMul { transpose_b: false },
+            &[a.clone(), b.clone()]
+        )),
+        vec![58.0, 64.0, 139.0, 154.0]
+    );
     // transpose_b: a @ (b^T)^T
     let bt = run_op(Op::Transpose { perm: vec![1, 0] }, &[b]);
-    assert_eq!(vals(&run_op(Op::MatMul { transpose_b: true }, &[a, bt])), vec![58.0, 64.0, 139.0, 154.0]);
+    assert_eq!(
+        vals(&run_op(Op::MatMul { transpose_b: true }, &[a, bt])),
+        vec![58.0, 64.0, 139.0, 154.0]
+    );
     // Broadcast batch: [2,1,2,3] @ [3,3,2] -> [2,3,2,2]; each block equals the 2-D product.
     let a4 = seeded(&[2, 1, 2, 3], "a4");
     let b3 = seeded(&[3, 3, 2], "b3");
@@ -140,7 +230,11 @@ fn matmul_hand_values_and_batches() {
 #[test]
 fn softmax_rows_sum_to_one() {
     let x = t(&[1, 3], &[1.0, 2.0, 3.0]);
-    assert_close(&vals(&run_op(Op::Softmax { axis: -1 }, &[x])), &[0.09003057, 0.24472847, 0.66524096], 1e-7);
+    assert_close(
+        &vals(&run_op(Op::Softmax { axis: -1 }, &[x])),
+        &[0.09003057, 0.24472847, 0.66524096],
+        1e-7,
+    );
     let x = seeded(&[4, 5, 6], "sm");
     for axis in [0i64, 1, -1] {
         let y = run_op(Op::Softmax { axis }, &[x.clone()]).to_f64();
@@ -151,14 +245,24 @@ fn softmax_rows_sum_to_one() {
     }
     // Large values do not overflow (the max is subtracted first).
     let big = t(&[2], &[1000.0, 1000.0]);
-    assert_eq!(vals(&run_op(Op::Softmax { axis: 0 }, &[big])), vec![0.5, 0.5]);
+    assert_eq!(
+        vals(&run_op(Op::Softmax { axis: 0 }, &[big])),
+        vec![0.5, 0.5]
+    );
 }
 
 #[test]
 fn layer_norm_gives_mean_zero_variance_one() {
     let x = seeded(&[3, 4, 8], "ln");
     for (axis, inner) in [(-1i64, 8usize), (1, 32)] {
-        let y = run_op(Op::LayerNorm { axis, epsilon: 1e-5 }, &[x.clone()]).to_f64();
+        let y = run_op(
+            Op::LayerNorm {
+                axis,
+                epsilon: 1e-5,
+            },
+            &[x.clone()],
+        )
+        .to_f64();
         let rows = y.into_shape_with_order((3 * 32 / inner, inner)).unwrap();
         for row in rows.rows() {
             let mean = row.mean().unwrap();
@@ -170,7 +274,13 @@ fn layer_norm_gives_mean_zero_variance_one() {
     // Hand values with gamma and beta: x = [1, 3] -> normalized [-1, 1] (eps 0).
     let x = t(&[1, 2], &[1.0, 3.0]);
     let (g, b) = (t(&[2], &[2.0, 3.0]), t(&[2], &[0.5, -0.5]));
-    let y = run_op(Op::LayerNorm { axis: -1, epsilon: 0.0 }, &[x, g, b]);
+    let y = run_op(
+        Op::LayerNorm {
+            axis: -1,
+            epsilon: 0.0,
+        },
+        &[x, g, b],
+    );
     assert_eq!(vals(&y), vec![-1.5, 2.5]);
 }
 
@@ -179,9 +289,22 @@ fn rms_norm_hand_values() {
     // rms([3, 4]) = sqrt(12.5)
     let x = t(&[1, 2], &[3.0, 4.0]);
     let r = 12.5f64.sqrt();
-    let y = run_op(Op::RmsNorm { axis: -1, epsilon: 0.0 }, &[x.clone(), t(&[2], &[1.0, 2.0])]);
+    let y = run_op(
+        Op::RmsNorm {
+            axis: -1,
+            epsilon: 0.0,
+        },
+        &[x.clone(), t(&[2], &[1.0, 2.0])],
+    );
     assert_close(&vals(&y), &[3.0 / r, 8.0 / r], 1e-6);
-    let y = run_op(Op::RmsNorm { axis: -1, epsilon: 1e-6 }, &[seeded(&[5, 16], "rms")]).to_f64();
+    let y = run_op(
+        Op::RmsNorm {
+            axis: -1,
+            epsilon: 1e-6,
+        },
+        &[seeded(&[5, 16], "rms")],
+    )
+    .to_f64();
     for row in y.rows() {
         let ms = row.mapv(|v| v * v).mean().unwrap();
         assert!((ms - 1.0).abs() < 1e-4, "{ms}");
@@ -194,7 +317,13 @@ fn batch_norm_hand_values() {
     let x = t(&[1, 2, 1, 2], &[3.0, 5.0, 7.0, -1.0]);
     let y = run_op(
         Op::BatchNorm { epsilon: 0.0 },
-        &[x, t(&[2], &[2.0, 1.0]), t(&[2], &[1.0, 0.0]), t(&[2], &[1.0, 0.0]), t(&[2], &[4.0, 1.0])],
+        &[
+            x,
+            t(&[2], &[2.0, 1.0]),
+            t(&[2], &[1.0, 0.0]),
+            t(&[2], &[1.0, 0.0]),
+            t(&[2], &[4.0, 1.0]),
+        ],
     );
     assert_eq!(vals(&y), vec![3.0, 5.0, 7.0, -1.0]);
 }
@@ -202,13 +331,43 @@ fn batch_norm_hand_values() {
 #[test]
 fn reductions() {
     let x = t(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 9.0]);
-    let y = run_op(Op::ReduceSum { axes: vec![1], keepdims: true }, &[x.clone()]);
-    assert_eq!((y.shape().to_vec(), vals(&y)), (vec![2, 1], vec![6.0, 18.0]));
-    let y = run_op(Op::ReduceMean { axes: vec![0], keepdims: false }, &[x.clone()]);
-    assert_eq!((y.shape().to_vec(), vals(&y)), (vec![3], vec![2.5, 3.5, 6.0]));
-    let y = run_op(Op::ReduceMax { axes: vec![-1, 0], keepdims: false }, &[x.clone()]);
+    let y = run_op(
+        Op::ReduceSum {
+            axes: vec![1],
+            keepdims: true,
+        },
+        &[x.clone()],
+    );
+    assert_eq!(
+        (y.shape().to_vec(), vals(&y)),
+        (vec![2, 1], vec![6.0, 18.0])
+    );
+    let y = run_op(
+        Op::ReduceMean {
+            axes: vec![0],
+            keepdims: false,
+        },
+        &[x.clone()],
+    );
+    assert_eq!(
+        (y.shape().to_vec(), vals(&y)),
+        (vec![3], vec![2.5, 3.5, 6.0])
+    );
+    let y = run_op(
+        Op::ReduceMax {
+            axes: vec![-1, 0],
+            keepdims: false,
+        },
+        &[x.clone()],
+    );
     assert_eq!((y.shape().to_vec(), vals(&y)), (vec![], vec![9.0]));
-    let y = run_op(Op::ReduceMean { axes: vec![0, 1], keepdims: true }, &[x]);
+    let y = run_op(
+        Op::ReduceMean {
+            axes: vec![0, 1],
+            keepdims: true,
+        },
+        &[x],
+    );
     assert_eq!((y.shape().to_vec(), vals(&y)), (vec![1, 1], vec![4.0]));
 }
 
@@ -216,17 +375,40 @@ fn reductions() {
 fn layout_ops() {
     let x = t(&[2, 3], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
     let y = run_op(Op::Transpose { perm: vec![1, 0] }, &[x.clone()]);
-    assert_eq!((y.shape().to_vec(), vals(&y)), (vec![3, 2], vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]));
+    assert_eq!(
+        (y.shape().to_vec(), vals(&y)),
+        (vec![3, 2], vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0])
+    );
     let y = run_op(Op::Reshape { shape: vec![3, -1] }, &[y]);
-    assert_eq!((y.shape().to_vec(), vals(&y)), (vec![3, 2], vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]));
-    let y = run_op(Op::Concat { axis: -1 }, &[x.clone(), t(&[2, 1], &[9.0, 8.0])]);
-    assert_eq!((y.shape().to_vec(), vals(&y)), (vec![2, 4], vec![0.0, 1.0, 2.0, 9.0, 3.0, 4.0, 5.0, 8.0]));
+    assert_eq!(
+        (y.shape().to_vec(), vals(&y)),
+        (vec![3, 2], vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0])
+    );
+    let y = run_op(
+        Op::Concat { axis: -1 },
+        &[x.clone(), t(&[2, 1], &[9.0, 8.0])],
+    );
+    assert_eq!(
+        (y.shape().to_vec(), vals(&y)),
+        (vec![2, 4], vec![0.0, 1.0, 2.0, 9.0, 3.0, 4.0, 5.0, 8.0])
+    );
     // numpy: x[:, -2:] and x[::1, ::2] and clamped ends
     let sl = |axes: Vec<i64>, starts: Vec<i64>, ends: Vec<i64>, steps: Vec<i64>| {
-        run_op(Op::Slice { axes, starts, ends, steps }, &[x.clone()])
+        run_op(
+            Op::Slice {
+                axes,
+                starts,
+                ends,
+                steps,
+            },
+            &[x.clone()],
+        )
     };
     let y = sl(vec![1], vec![-2], vec![i64::MAX], vec![]);
-    assert_eq!((y.shape().to_vec(), vals(&y)), (vec![2, 2], vec![1.0, 2.0, 4.0, 5.0]));
+    assert_eq!(
+        (y.shape().to_vec(), vals(&y)),
+        (vec![2, 2], vec![1.0, 2.0, 4.0, 5.0])
+    );
     let y = sl(vec![1, 0], vec![0, 1], vec![100, 2], vec![2, 1]);
     assert_eq!((y.shape().to_vec(), vals(&y)), (vec![1, 2], vec![3.0, 5.0]));
 }
@@ -240,7 +422,10 @@ fn gather_embedding_lookup() {
     assert_eq!(vals(&y), vec![30.0, 31.0, 0.0, 1.0, 30.0, 31.0, 10.0, 11.0]);
     let ids = Tensor::I32(arr1(&[1i32]).into_dyn());
     let y = run_op(Op::Gather { axis: 1 }, &[table.clone(), ids]);
-    assert_eq!((y.shape().to_vec(), vals(&y)), (vec![4, 1], vec![1.0, 11.0, 21.0, 31.0]));
+    assert_eq!(
+        (y.shape().to_vec(), vals(&y)),
+        (vec![4, 1], vec![1.0, 11.0, 21.0, 31.0])
+    );
     let bad = Tensor::I64(arr1(&[4i64]).into_dyn());
     let e = run_op_with(Op::Gather { axis: 0 }, &[table, bad], RefOptions::default()).unwrap_err();
     assert_eq!(
@@ -255,23 +440,42 @@ fn where_and_cast() {
     let a = t(&[3], &[1.0, 2.0, 3.0]);
     let b = t(&[], &[-1.0]);
     let y = run_op(Op::Where, &[c, a, b]);
-    assert_eq!((y.shape().to_vec(), vals(&y)), (vec![2, 3], vec![1.0, 2.0, 3.0, -1.0, -1.0, -1.0]));
+    assert_eq!(
+        (y.shape().to_vec(), vals(&y)),
+        (vec![2, 3], vec![1.0, 2.0, 3.0, -1.0, -1.0, -1.0])
+    );
     let x = t(&[4], &[-1.5, 0.0, 2.7, 1.0]);
-    assert_eq!(run_op(Op::Cast { dtype: DType::I64 }, &[x.clone()]), Tensor::I64(arr1(&[-1, 0, 2, 1]).into_dyn()));
+    assert_eq!(
+        run_op(Op::Cast { dtype: DType::I64 }, &[x.clone()]),
+        Tensor::I64(arr1(&[-1, 0, 2, 1]).into_dyn())
+    );
     assert_eq!(
         run_op(Op::Cast { dtype: DType::Bool }, &[x.clone()]),
         Tensor::Bool(arr1(&[true, false, true, true]).into_dyn())
     );
     // bf16 keeps 8 significant bits: 1 + 2^-9 rounds to 1.
-    let y = run_op(Op::Cast { dtype: DType::Bf16 }, &[t(&[2], &[1.0 + 1.0 / 512.0, 3.0])]);
+    let y = run_op(
+        Op::Cast { dtype: DType::Bf16 },
+        &[t(&[2], &[1.0 + 1.0 / 512.0, 3.0])],
+    );
     assert_eq!(y.dtype(), DType::Bf16);
     assert_eq!(vals(&y), vec![1.0, 3.0]);
-    let y = run_op(Op::Cast { dtype: DType::F32 }, &[Tensor::Bool(arr1(&[true, false]).into_dyn())]);
+    let y = run_op(
+        Op::Cast { dtype: DType::F32 },
+        &[Tensor::Bool(arr1(&[true, false]).into_dyn())],
+    );
     assert_eq!(vals(&y), vec![1.0, 0.0]);
 }
 
 /// Independent im2col formulation of conv2d: patches [N*OH*OW, C/G*KH*KW] per group times weights.
-fn conv_im2col(x: &ArrayD<f64>, w: &ArrayD<f64>, s: [usize; 2], p: [usize; 4], d: [usize; 2], groups: usize) -> ArrayD<f64> {
+fn conv_im2col(
+    x: &ArrayD<f64>,
+    w: &ArrayD<f64>,
+    s: [usize; 2],
+    p: [usize; 4],
+    d: [usize; 2],
+    groups: usize,
+) -> ArrayD<f64> {
     let (n, h, wd) = (x.shape()[0], x.shape()[2], x.shape()[3]);
     let (o, cg, kh, kw) = (w.shape()[0], w.shape()[1], w.shape()[2], w.shape()[3]);
     let oh = (h + p[0] + p[2] - d[0] * (kh - 1) - 1) / s[0] + 1;
@@ -328,21 +532,37 @@ fn conv2d_equals_im2col_matmul() {
         let x = seeded(&[2, 4, 7, 6], "cx");
         let w = seeded(&[8, 4 / groups, 3, 3], "cw");
         let b = seeded(&[8], "cb");
-        let op = Op::Conv2d { strides: s, pads: p, dilations: d, groups };
+        let op = Op::Conv2d {
+            strides: s,
+            pads: p,
+            dilations: d,
+            groups,
+        };
         let mut args = vec![x.clone(), w.clone()];
         if bias {
             args.push(b.clone());
         }
-        let got = run_op_with(op, &args, RefOptions { f64: true }).unwrap().to_f64();
+        let got = run_op_with(op, &args, RefOptions { f64: true })
+            .unwrap()
+            .to_f64();
         let mut want = conv_im2col(&x.to_f64(), &w.to_f64(), s, p, d, groups);
         if bias {
             let bv = b.to_f64();
-            for ((_, o, _, _), v) in want.view_mut().into_dimensionality::<ndarray::Ix4>().unwrap().indexed_iter_mut() {
+            for ((_, o, _, _), v) in want
+                .view_mut()
+                .into_dimensionality::<ndarray::Ix4>()
+                .unwrap()
+                .indexed_iter_mut()
+            {
                 *v += bv[[o]];
             }
         }
         assert_eq!(got.shape(), want.shape(), "{s:?} {p:?} {d:?} g{groups}");
-        let diff = got.iter().zip(want.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let diff = got
+            .iter()
+            .zip(want.iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
         assert!(diff < 1e-12, "diff {diff} for {s:?} {p:?} {d:?} g{groups}");
     }
 }
@@ -350,20 +570,51 @@ fn conv2d_equals_im2col_matmul() {
 #[test]
 fn pools_hand_values() {
     // 1x1x3x3 = 1..9
-    let x = t(&[1, 1, 3, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]);
-    let y = run_op(Op::MaxPool2d { kernel: [2, 2], strides: [1, 1], pads: [0, 0, 0, 0] }, &[x.clone()]);
-    assert_eq!((y.shape().to_vec(), vals(&y)), (vec![1, 1, 2, 2], vec![5.0, 6.0, 8.0, 9.0]));
+    let x = t(
+        &[1, 1, 3, 3],
+        &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
+    );
+    let y = run_op(
+        Op::MaxPool2d {
+            kernel: [2, 2],
+            strides: [1, 1],
+            pads: [0, 0, 0, 0],
+        },
+        &[x.clone()],
+    );
+    assert_eq!(
+        (y.shape().to_vec(), vals(&y)),
+        (vec![1, 1, 2, 2], vec![5.0, 6.0, 8.0, 9.0])
+    );
     // Padding never wins for max, even with negative inputs.
     let neg = t(&[1, 1, 1, 2], &[-3.0, -4.0]);
-    let y = run_op(Op::MaxPool2d { kernel: [1, 2], strides: [1, 2], pads: [0, 1, 0, 1] }, &[neg]);
+    let y = run_op(
+        Op::MaxPool2d {
+            kernel: [1, 2],
+            strides: [1, 2],
+            pads: [0, 1, 0, 1],
+        },
+        &[neg],
+    );
     assert_eq!(vals(&y), vec![-3.0, -4.0]);
-    let avg = |include| Op::AvgPool2d { kernel: [2, 2], strides: [2, 2], pads: [1, 1, 1, 1], count_include_pad: include };
+    let avg = |include| Op::AvgPool2d {
+        kernel: [2, 2],
+        strides: [2, 2],
+        pads: [1, 1, 1, 1],
+        count_include_pad: include,
+    };
     let y = run_op(avg(false), &[x.clone()]);
-    assert_eq!((y.shape().to_vec(), vals(&y)), (vec![1, 1, 2, 2], vec![1.0, 2.5, 5.5, 7.0]));
+    assert_eq!(
+        (y.shape().to_vec(), vals(&y)),
+        (vec![1, 1, 2, 2], vec![1.0, 2.5, 5.5, 7.0])
+    );
     let y = run_op(avg(true), &[x.clone()]);
     assert_eq!(vals(&y), vec![0.25, 1.25, 2.75, 7.0]);
     let y = run_op(Op::GlobalAvgPool, &[x]);
-    assert_eq!((y.shape().to_vec(), vals(&y)), (vec![1, 1, 1, 1], vec![5.0]));
+    assert_eq!(
+        (y.shape().to_vec(), vals(&y)),
+        (vec![1, 1, 1, 1], vec![5.0])
+    );
 }
 
 #[test]
@@ -371,7 +622,12 @@ fn f64_mode_agrees_with_f32_mode() {
     let x = seeded(&[4, 16], "x64");
     let w = seeded(&[16, 8], "w64");
     let f32r = run_op(Op::MatMul { transpose_b: false }, &[x.clone(), w.clone()]);
-    let f64r = run_op_with(Op::MatMul { transpose_b: false }, &[x, w], RefOptions { f64: true }).unwrap();
+    let f64r = run_op_with(
+        Op::MatMul { transpose_b: false },
+        &[x, w],
+        RefOptions { f64: true },
+    )
+    .unwrap();
     assert!(matches!(f32r, Tensor::F32(_)));
     assert!(matches!(f64r, Tensor::F64(_)));
     assert!(f32r.max_abs_diff(&f64r).unwrap() < 1e-5);
@@ -383,8 +639,14 @@ fn bf16_values_are_rounded_after_each_op() {
     let x = g.add_input("x", [2], DType::Bf16).unwrap();
     let y = g.add_node("e", Op::Exp, &[x], "y").unwrap();
     g.add_output(y).unwrap();
-    let feeds = BTreeMap::from([("x".to_string(), Tensor::F32(arr1(&[1.0f32, 0.5]).into_dyn()).cast(DType::Bf16))]);
-    let out = run_reference(&g, &feeds, RefOptions::default()).unwrap().remove("y").unwrap();
+    let feeds = BTreeMap::from([(
+        "x".to_string(),
+        Tensor::F32(arr1(&[1.0f32, 0.5]).into_dyn()).cast(DType::Bf16),
+    )]);
+    let out = run_reference(&g, &feeds, RefOptions::default())
+        .unwrap()
+        .remove("y")
+        .unwrap();
     assert_eq!(out.dtype(), DType::Bf16);
     // e = 2.71828 -> bf16 2.71875; e^0.5 = 1.64872 -> bf16 1.6484375
     assert_eq!(vals(&out), vec![2.71875, 1.6484375]);
@@ -402,9 +664,15 @@ fn input_checks() {
     let feeds = BTreeMap::from([("x".to_string(), t(&[3], &[1.0, 2.0, 3.0]))]);
     let e = run_reference(&g, &feeds, opts).unwrap_err();
     assert_eq!(e.to_string(), "input 'x': expected [2] f32, found [3] f32");
-    let feeds = BTreeMap::from([("x".to_string(), t(&[2], &[1.0, 2.0])), ("z".to_string(), t(&[1], &[1.0]))]);
+    let feeds = BTreeMap::from([
+        ("x".to_string(), t(&[2], &[1.0, 2.0])),
+        ("z".to_string(), t(&[1], &[1.0])),
+    ]);
     let e = run_reference(&g, &feeds, opts).unwrap_err();
-    assert_eq!(e.to_string(), "unknown input 'z' (the graph's inputs are: x)");
+    assert_eq!(
+        e.to_string(),
+        "unknown input 'z' (the graph's inputs are: x)"
+    );
 }
 
 #[test]
@@ -414,8 +682,12 @@ fn random_inputs_are_deterministic_and_index_safe() {
     let ids = g.add_input("ids", [4, 32], DType::I64).unwrap();
     let x = g.add_input("x", [3, 5], DType::F32).unwrap();
     let m = g.add_input("m", [6], DType::Bool).unwrap();
-    let table = g.add_param("table", Tensor::zeros(DType::F32, &[5, 2])).unwrap();
-    let y = g.add_node("g", Op::Gather { axis: 0 }, &[table, ids], "y").unwrap();
+    let table = g
+        .add_param("table", Tensor::zeros(DType::F32, &[5, 2]))
+        .unwrap();
+    let y = g
+        .add_node("g", Op::Gather { axis: 0 }, &[table, ids], "y")
+        .unwrap();
     g.add_output(y).unwrap();
     let _ = (x, m);
     let a = random_inputs(&g);

@@ -138,14 +138,11 @@ fn compile_in_memory(path: &Path, flags: &CompileFlags) -> anyhow::Result<Artifa
     }
     opts.fuse = !flags.no_fuse;
     let graph = neuronc::frontend::load_model(path)
-        .with_context(|| format!("cannot load model {}", path.display()))?;
-    tracing::debug!(nodes = graph.nodes.len(), "model loaded");
-    bail!(
-        "cannot compile {}: compilation from model.json requires the compiler driver \
-         (neuronc::driver), which this build does not have yet; compile it with neuronc \
-         and run the .neff",
-        path.display()
-    )
+        .with_context(|| format!("invalid model {}", path.display()))?;
+    let compiled = neuronc::driver::compile(&graph, &opts)
+        .with_context(|| format!("cannot compile {}", path.display()))?;
+    tracing::info!(summary = %compiled.summary, "compiled in memory");
+    Ok(compiled.artifact)
 }
 
 /// Loads the model named on the command line: a .neff, or a model.json compiled first.

@@ -270,7 +270,7 @@ impl Summary {
             hardware_flops: stats.total_flops(),
             peak_dtype: peak_dtype.name().to_string(),
             peak_flops_per_s: peak,
-            mfu_percent: percent(meta.model_flops as f64, peak * latency_s * 1.01),
+            mfu_percent: percent(meta.model_flops as f64, peak * latency_s),
             hbm_read_bytes: stats.bytes.hbm_read,
             hbm_write_bytes: stats.bytes.hbm_write,
             hbm_bandwidth_bytes_per_ns: hbm_bw,

@@ -4,8 +4,9 @@
 //! Layout: one process (the NeuronCore) with one thread per stream, named after its
 //! engine (`tensor`, `vector`, `scalar`, `gpsimd`, `dma0`, ...). Each instruction is a
 //! complete (`"ph": "X"`) slice named by its opcode, with `ts` and `dur` in microseconds
-//! at picosecond precision, and args `kernel`, `operands` (its disassembly), `bytes` (HBM
-//! bytes moved), `flops`, `index`, `wait` and `signal`. Streams are in-order, so slices on
+//! at picosecond precision, and args `kernel`, `operands` (its disassembly, as in
+//! `neuron_isa::disasm`), `bytes` (HBM bytes moved), `flops`, `index`, `wait` and
+//! `signal`. Streams are in-order, so slices on
 //! one thread never overlap.
 //!
 //! Two counter tracks (`"ph": "C"`):
@@ -20,7 +21,8 @@
 use crate::error::RuntimeError;
 use crate::model::Model;
 use crate::profile::{Span, spans};
-use neuron_isa::{Ap, Memory, Op, Operand};
+use neuron_isa::disasm::instruction_text;
+use neuron_isa::{Ap, Memory};
 use neuron_sim::RunStats;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,104 +33,6 @@ const PID: u32 = 1;
 /// Picoseconds to trace microseconds.
 fn us(ps: u64) -> f64 {
     ps as f64 / 1e6
-}
-
-fn operand(o: &Operand) -> String {
-    match o {
-        Operand::Imm(v) => format!("{v}"),
-        Operand::PerPartition(ap) => ap.to_string(),
-    }
-}
-
-/// A one-line disassembly of an instruction's operands.
-pub fn operands(op: &Op) -> String {
-    match op {
-        Op::Dma { dst, src } => format!("dst={dst} src={src}"),
-        Op::DmaGather {
-            dst,
-            table,
-            indices,
-        } => format!("dst={dst} table={table} indices={indices}"),
-        Op::Matmul {
-            dst,
-            stationary,
-            moving,
-            accumulate,
-        } => format!(
-            "dst={dst} stationary={stationary} moving={moving}{}",
-            if *accumulate { " accumulate" } else { "" }
-        ),
-        Op::Transpose { dst, src } | Op::TensorCopy { dst, src } => {
-            format!("dst={dst} src={src}")
-        }
-        Op::BnStats { dst, src } | Op::BnAggr { dst, src } => format!("dst={dst} src={src}"),
-        Op::Activation {
-            dst,
-            src,
-            func,
-            scale,
-            bias,
-            accum,
-        } => {
-            let mut s = format!(
-                "func={} dst={dst} src={src} scale={}",
-                func.name(),
-                operand(scale)
-            );
-            if let Some(b) = bias {
-                s.push_str(&format!(" bias={}", operand(b)));
-            }
-            if let Some(a) = accum {
-                s.push_str(&format!(" accum={a}"));
-            }
-            s
-        }
-        Op::TensorTensor { dst, a, b, op } => format!("op={} dst={dst} a={a} b={b}", op.name()),
-        Op::TensorScalar {
-            dst,
-            src,
-            op0,
-            operand0,
-            reverse0,
-            op1,
-            operand1,
-            reverse1,
-        } => format!(
-            "dst={dst} src={src} op0={}{} operand0={} op1={}{} operand1={}",
-            op0.name(),
-            if *reverse0 { " reversed" } else { "" },
-            operand(operand0),
-            op1.name(),
-            if *reverse1 { " reversed" } else { "" },
-            operand(operand1)
-        ),
-        Op::TensorReduce {
-            dst,
-            src,
-            op,
-            axes,
-            negate,
-        } => format!(
-            "op={} axes={axes}{} dst={dst} src={src}",
-            op.name(),
-            if *negate { " negate" } else { "" }
-        ),
-        Op::Memset { dst, value } => format!("dst={dst} value={value}"),
-        Op::Select {
-            dst,
-            pred,
-            on_true,
-            on_false,
-        } => format!("dst={dst} pred={pred} on_true={on_true} on_false={on_false}"),
-        Op::Iota {
-            dst,
-            offset,
-            channel_multiplier,
-            steps,
-        } => format!(
-            "dst={dst} offset={offset} channel_multiplier={channel_multiplier} steps={steps:?}"
-        ),
-    }
 }
 
 /// The Chrome trace of one run of `model`.
@@ -172,7 +76,7 @@ pub fn chrome_trace(model: &Model, stats: &RunStats) -> Result<Value, RuntimeErr
             "dur": us(r.end_ps.saturating_sub(r.start_ps)),
             "args": {
                 "kernel": s.kernel_name(),
-                "operands": operands(&s.instr.op),
+                "operands": instruction_text(program, s.instr),
                 "bytes": r.hbm_read_bytes + r.hbm_write_bytes,
                 "hbm_read_bytes": r.hbm_read_bytes,
                 "hbm_write_bytes": r.hbm_write_bytes,

@@ -116,12 +116,22 @@ fn invalid_target_is_refused() {
 }
 
 #[test]
-fn bad_kernel_index_and_missing_weights_are_refused() {
+fn programs_failing_verification_and_missing_weights_are_refused() {
     let mut a = relu_artifact();
     a.meta.program.streams[1].instrs[0].kernel = 5;
     let msg = Model::from_artifact(a).unwrap_err().to_string();
     assert!(
-        msg.contains("names kernel 5, but the program has 1 kernels"),
+        msg.starts_with("invalid program in artifact: scalar instruction 0"),
+        "{msg}"
+    );
+    assert!(msg.contains("kernel index 5 out of range"), "{msg}");
+
+    // An ISA rule: TensorE cannot run an activation.
+    let mut a = relu_artifact();
+    a.meta.program.streams[1].engine = neuron_isa::Engine::Tensor;
+    let msg = Model::from_artifact(a).unwrap_err().to_string();
+    assert!(
+        msg.contains("tensor instruction 0 (stream 1, activation)"),
         "{msg}"
     );
 

@@ -107,7 +107,11 @@ pub(super) fn activation(
     let mut x = ctx.take();
     poisoned |= mem.read_f32(src, &mut x)?;
     let mut sums = vec![0.0f32; parts];
-    for (p, (row, sum)) in x.chunks_exact_mut(free.max(1)).zip(sums.iter_mut()).enumerate() {
+    for (p, (row, sum)) in x
+        .chunks_exact_mut(free.max(1))
+        .zip(sums.iter_mut())
+        .enumerate()
+    {
         let (s, b) = (scale.at(p), bias.at(p));
         // One monomorphised loop per function so the compiler can inline it.
         *sum = match func {

@@ -34,7 +34,12 @@ fn stats(it: impl Iterator<Item = f32> + Clone) -> [f32; 3] {
     [count, mean, m2]
 }
 
-pub(super) fn bn_stats(mem: &mut Memories, dst: &Ap, src: &Ap, ctx: &mut ExecContext) -> Result<bool, ExecError> {
+pub(super) fn bn_stats(
+    mem: &mut Memories,
+    dst: &Ap,
+    src: &Ap,
+    ctx: &mut ExecContext,
+) -> Result<bool, ExecError> {
     let (parts, free) = shape(src);
     if shape(dst) != (parts, 6) {
         return Err(ExecError::new(format!(
@@ -72,10 +77,17 @@ pub(super) fn chan_combine(triples: &[f32]) -> [f32; 3] {
     [n, mean, m2]
 }
 
-pub(super) fn bn_aggr(mem: &mut Memories, dst: &Ap, src: &Ap, ctx: &mut ExecContext) -> Result<bool, ExecError> {
+pub(super) fn bn_aggr(
+    mem: &mut Memories,
+    dst: &Ap,
+    src: &Ap,
+    ctx: &mut ExecContext,
+) -> Result<bool, ExecError> {
     let (parts, free) = shape(src);
     if free % 3 != 0 {
-        return Err(ExecError::new(format!("src {src}: free size must be a multiple of 3, found {free}")));
+        return Err(ExecError::new(format!(
+            "src {src}: free size must be a multiple of 3, found {free}"
+        )));
     }
     if shape(dst) != (parts, 2) {
         return Err(ExecError::new(format!(

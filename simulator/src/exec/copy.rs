@@ -8,7 +8,12 @@ use super::{ExecContext, ExecError, same_shape, shape};
 use crate::memory::Memories;
 use neuron_isa::Ap;
 
-pub(super) fn tensor_copy(mem: &mut Memories, dst: &Ap, src: &Ap, ctx: &mut ExecContext) -> Result<bool, ExecError> {
+pub(super) fn tensor_copy(
+    mem: &mut Memories,
+    dst: &Ap,
+    src: &Ap,
+    ctx: &mut ExecContext,
+) -> Result<bool, ExecError> {
     same_shape("dst", dst, "src", src)?;
     if dst.dtype == src.dtype {
         let mut raw = Vec::new();
@@ -23,11 +28,21 @@ pub(super) fn tensor_copy(mem: &mut Memories, dst: &Ap, src: &Ap, ctx: &mut Exec
     Ok(poisoned)
 }
 
-pub(super) fn memset(mem: &mut Memories, dst: &Ap, value: f32, ctx: &mut ExecContext) -> Result<bool, ExecError> {
+pub(super) fn memset(
+    mem: &mut Memories,
+    dst: &Ap,
+    value: f32,
+    ctx: &mut ExecContext,
+) -> Result<bool, ExecError> {
     let (parts, free) = shape(dst);
     let mut x = ctx.take();
     x.clear();
-    x.resize(parts.saturating_mul(free).min(neuron_isa::verify::MAX_AP_ELEMS as usize), value);
+    x.resize(
+        parts
+            .saturating_mul(free)
+            .min(neuron_isa::verify::MAX_AP_ELEMS as usize),
+        value,
+    );
     mem.write_f32(dst, &x, &mut ctx.rounder)?;
     ctx.give([x]);
     Ok(false)

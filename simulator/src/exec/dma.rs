@@ -8,7 +8,12 @@ use crate::numerics::cast_bytes;
 use neuron_isa::{Ap, Dtype, Memory};
 
 /// Casts dense raw bytes of `src_dtype` into dense raw bytes of `dst_dtype`.
-fn cast(src_dtype: Dtype, raw: &[u8], dst_dtype: Dtype, ctx: &mut ExecContext) -> Result<Vec<u8>, ExecError> {
+fn cast(
+    src_dtype: Dtype,
+    raw: &[u8],
+    dst_dtype: Dtype,
+    ctx: &mut ExecContext,
+) -> Result<Vec<u8>, ExecError> {
     let n = raw.len() / src_dtype.size() as usize;
     let mut out = vec![0u8; n * dst_dtype.size() as usize];
     cast_bytes(src_dtype, raw, dst_dtype, &mut out, &mut ctx.rounder)
@@ -18,7 +23,12 @@ fn cast(src_dtype: Dtype, raw: &[u8], dst_dtype: Dtype, ctx: &mut ExecContext) -
 
 /// `dst = src` element by element (same partitions and free element count); HBM rows map
 /// onto partitions through `partition_stride` (0 broadcasts one row).
-pub(super) fn dma(mem: &mut Memories, dst: &Ap, src: &Ap, ctx: &mut ExecContext) -> Result<bool, ExecError> {
+pub(super) fn dma(
+    mem: &mut Memories,
+    dst: &Ap,
+    src: &Ap,
+    ctx: &mut ExecContext,
+) -> Result<bool, ExecError> {
     same_shape("dst", dst, "src", src)?;
     let mut raw = Vec::new();
     let poisoned = mem.read_raw(src, &mut raw)?;
@@ -51,7 +61,9 @@ pub(super) fn gather(
         )));
     }
     if !matches!(table.mem, Memory::Hbm(_)) {
-        return Err(ExecError::new(format!("table {table}: expected an hbm pattern")));
+        return Err(ExecError::new(format!(
+            "table {table}: expected an hbm pattern"
+        )));
     }
     if shape(table).1 != free {
         return Err(ExecError::new(format!(
@@ -68,16 +80,28 @@ pub(super) fn gather(
     let mut poisoned = false;
     for (p, &i) in idx.iter().enumerate() {
         if i < 0 || i64::from(i) >= rows {
-            let hint = if i == -1 { " (-1 is the poison pattern: were the indices written?)" } else { "" };
+            let hint = if i == -1 {
+                " (-1 is the poison pattern: were the indices written?)"
+            } else {
+                ""
+            };
             return Err(ExecError::new(format!(
                 "gather index {i} at partition {p} out of range: the table has {rows} rows{hint}"
             )));
         }
-        let offset = i128::from(table.offset) + i128::from(i) * i128::from(table.partition_stride) * esize;
+        let offset =
+            i128::from(table.offset) + i128::from(i) * i128::from(table.partition_stride) * esize;
         let offset = u64::try_from(offset).map_err(|_| {
-            ExecError::new(format!("table {table}: row {i} starts at byte {offset}, outside the tensor"))
+            ExecError::new(format!(
+                "table {table}: row {i} starts at byte {offset}, outside the tensor"
+            ))
         })?;
-        let row = Ap { offset, partitions: 1, partition_stride: 0, ..table.clone() };
+        let row = Ap {
+            offset,
+            partitions: 1,
+            partition_stride: 0,
+            ..table.clone()
+        };
         poisoned |= mem.read_raw(&row, &mut row_bytes)?;
         gathered.extend_from_slice(&row_bytes);
     }

@@ -25,7 +25,9 @@ pub(super) fn iota(
     let (parts, free) = shape(dst);
     let total = parts.saturating_mul(free);
     if total > neuron_isa::verify::MAX_AP_ELEMS as usize {
-        return Err(ExecError::new(format!("dst {dst}: {total} elements exceed the simulator's limit")));
+        return Err(ExecError::new(format!(
+            "dst {dst}: {total} elements exceed the simulator's limit"
+        )));
     }
     let mut values = Vec::with_capacity(total);
     let sizes: Vec<i32> = dst.dims.iter().map(|d| d.size as i32).collect();

@@ -46,7 +46,10 @@ pub(super) fn matmul(
     }
     let int8 = is_int8(stationary.dtype) && is_int8(moving.dtype);
     if int8 && dst.dtype != Dtype::I32 {
-        return Err(ExecError::new(format!("dst {dst}: int8 inputs accumulate into i32, found {}", dst.dtype)));
+        return Err(ExecError::new(format!(
+            "dst {dst}: int8 inputs accumulate into i32, found {}",
+            dst.dtype
+        )));
     }
     let mut s = ctx.take();
     let mut mv = ctx.take();

@@ -42,7 +42,9 @@ pub struct ExecError {
 impl ExecError {
     /// An error with `message`.
     pub fn new(message: impl Into<String>) -> ExecError {
-        ExecError { message: message.into() }
+        ExecError {
+            message: message.into(),
+        }
     }
 }
 
@@ -71,7 +73,11 @@ impl ExecContext {
     /// A context for `cfg` rounding with `rounding`, the stochastic-rounding generator
     /// seeded by `seed`.
     pub fn new(cfg: ChipConfig, rounding: Rounding, seed: u64) -> ExecContext {
-        ExecContext { cfg, rounder: Rounder::new(rounding, seed), pool: Vec::new() }
+        ExecContext {
+            cfg,
+            rounder: Rounder::new(rounding, seed),
+            pool: Vec::new(),
+        }
     }
 
     /// A buffer from the pool (contents unspecified; readers resize it).
@@ -87,41 +93,83 @@ impl ExecContext {
 
 /// Executes `op` on `mem`. See the module documentation for the rules every op follows;
 /// each op's semantics is documented on [`Op`].
-pub fn execute(mem: &mut Memories, op: &Op, ctx: &mut ExecContext) -> Result<ExecOutcome, ExecError> {
+pub fn execute(
+    mem: &mut Memories,
+    op: &Op,
+    ctx: &mut ExecContext,
+) -> Result<ExecOutcome, ExecError> {
     let poisoned_read = match op {
         Op::Dma { dst, src } => dma::dma(mem, dst, src, ctx)?,
-        Op::DmaGather { dst, table, indices } => dma::gather(mem, dst, table, indices, ctx)?,
-        Op::Matmul { dst, stationary, moving, accumulate } => {
-            matmul::matmul(mem, dst, stationary, moving, *accumulate, ctx)?
-        }
+        Op::DmaGather {
+            dst,
+            table,
+            indices,
+        } => dma::gather(mem, dst, table, indices, ctx)?,
+        Op::Matmul {
+            dst,
+            stationary,
+            moving,
+            accumulate,
+        } => matmul::matmul(mem, dst, stationary, moving, *accumulate, ctx)?,
         Op::Transpose { dst, src } => transpose::transpose(mem, dst, src, ctx)?,
-        Op::Activation { dst, src, func, scale, bias, accum } => {
-            activation::activation(mem, dst, src, *func, scale, bias.as_ref(), accum.as_ref(), ctx)?
-        }
+        Op::Activation {
+            dst,
+            src,
+            func,
+            scale,
+            bias,
+            accum,
+        } => activation::activation(
+            mem,
+            dst,
+            src,
+            *func,
+            scale,
+            bias.as_ref(),
+            accum.as_ref(),
+            ctx,
+        )?,
         Op::TensorTensor { dst, a, b, op } => alu::tensor_tensor(mem, dst, a, b, *op, ctx)?,
-        Op::TensorScalar { dst, src, op0, operand0, reverse0, op1, operand1, reverse1 } => {
-            alu::tensor_scalar(
-                mem,
-                dst,
-                src,
-                (*op0, operand0, *reverse0),
-                (*op1, operand1, *reverse1),
-                ctx,
-            )?
-        }
-        Op::TensorReduce { dst, src, op, axes, negate } => {
-            reduce::tensor_reduce(mem, dst, src, *op, *axes, *negate, ctx)?
-        }
+        Op::TensorScalar {
+            dst,
+            src,
+            op0,
+            operand0,
+            reverse0,
+            op1,
+            operand1,
+            reverse1,
+        } => alu::tensor_scalar(
+            mem,
+            dst,
+            src,
+            (*op0, operand0, *reverse0),
+            (*op1, operand1, *reverse1),
+            ctx,
+        )?,
+        Op::TensorReduce {
+            dst,
+            src,
+            op,
+            axes,
+            negate,
+        } => reduce::tensor_reduce(mem, dst, src, *op, *axes, *negate, ctx)?,
         Op::BnStats { dst, src } => bn::bn_stats(mem, dst, src, ctx)?,
         Op::BnAggr { dst, src } => bn::bn_aggr(mem, dst, src, ctx)?,
         Op::TensorCopy { dst, src } => copy::tensor_copy(mem, dst, src, ctx)?,
         Op::Memset { dst, value } => copy::memset(mem, dst, *value, ctx)?,
-        Op::Select { dst, pred, on_true, on_false } => {
-            copy::select(mem, dst, pred, on_true, on_false, ctx)?
-        }
-        Op::Iota { dst, offset, channel_multiplier, steps } => {
-            iota::iota(mem, dst, *offset, *channel_multiplier, steps, ctx)?
-        }
+        Op::Select {
+            dst,
+            pred,
+            on_true,
+            on_false,
+        } => copy::select(mem, dst, pred, on_true, on_false, ctx)?,
+        Op::Iota {
+            dst,
+            offset,
+            channel_multiplier,
+            steps,
+        } => iota::iota(mem, dst, *offset, *channel_multiplier, steps, ctx)?,
     };
     Ok(ExecOutcome { poisoned_read })
 }
@@ -129,7 +177,10 @@ pub fn execute(mem: &mut Memories, op: &Op, ctx: &mut ExecContext) -> Result<Exe
 /// `(partitions, free elements)` of `ap`, saturating (absurd sizes are refused when the
 /// pattern is resolved against memory).
 fn shape(ap: &Ap) -> (usize, usize) {
-    let free = ap.dims.iter().fold(1usize, |acc, d| acc.saturating_mul(d.size as usize));
+    let free = ap
+        .dims
+        .iter()
+        .fold(1usize, |acc, d| acc.saturating_mul(d.size as usize));
     (ap.partitions as usize, free)
 }
 

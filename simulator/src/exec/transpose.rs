@@ -13,7 +13,12 @@ fn transpose_dense<T: Copy>(src: &[T], rows: usize, cols: usize, out: &mut Vec<T
     out.extend((0..cols).flat_map(|c| (0..rows).map(move |r| src[r * cols + c])));
 }
 
-pub(super) fn transpose(mem: &mut Memories, dst: &Ap, src: &Ap, ctx: &mut ExecContext) -> Result<bool, ExecError> {
+pub(super) fn transpose(
+    mem: &mut Memories,
+    dst: &Ap,
+    src: &Ap,
+    ctx: &mut ExecContext,
+) -> Result<bool, ExecError> {
     let (p, f) = shape(src);
     if shape(dst) != (f, p) {
         return Err(ExecError::new(format!(

@@ -5,8 +5,18 @@ use super::exec_helpers::*;
 use neuron_isa::{Dim, Dtype, Op};
 use neuron_sim::exec::execute;
 
-fn matmul(dst: neuron_isa::Ap, stationary: neuron_isa::Ap, moving: neuron_isa::Ap, accumulate: bool) -> Op {
-    Op::Matmul { dst, stationary, moving, accumulate }
+fn matmul(
+    dst: neuron_isa::Ap,
+    stationary: neuron_isa::Ap,
+    moving: neuron_isa::Ap,
+    accumulate: bool,
+) -> Op {
+    Op::Matmul {
+        dst,
+        stationary,
+        moving,
+        accumulate,
+    }
 }
 
 /// `st[k, m] = k + m` (K=3, M=2), `mv[k, n] = k * n - 1` (N=4): small integers, so every
@@ -23,15 +33,24 @@ fn bf16_matmul_overwrites_then_accumulates() {
     let expect = |acc: f32| -> Vec<f32> {
         seq(8, |i| {
             let (mm, n) = ((i / 4) as f32, (i % 4) as f32);
-            (0..3).map(|k| (k as f32 + mm) * (k as f32 * n - 1.0)).sum::<f32>() + acc
+            (0..3)
+                .map(|k| (k as f32 + mm) * (k as f32 * n - 1.0))
+                .sum::<f32>()
+                + acc
         })
     };
     let out = run(&mut m, &matmul(dst.clone(), st.clone(), mv.clone(), false));
     assert!(!out.poisoned_read);
     assert_eq!(get(&m, &dst), expect(0.0));
-    assert_eq!(get(&m, &dst), vec![-3.0, 2.0, 7.0, 12.0, -6.0, 2.0, 10.0, 18.0]);
+    assert_eq!(
+        get(&m, &dst),
+        vec![-3.0, 2.0, 7.0, 12.0, -6.0, 2.0, 10.0, 18.0]
+    );
     run(&mut m, &matmul(dst.clone(), st.clone(), mv.clone(), true));
-    assert_eq!(get(&m, &dst), vec![-6.0, 4.0, 14.0, 24.0, -12.0, 4.0, 20.0, 36.0]);
+    assert_eq!(
+        get(&m, &dst),
+        vec![-6.0, 4.0, 14.0, 24.0, -12.0, 4.0, 20.0, 36.0]
+    );
     // Accumulate=false overwrites whatever was there.
     run(&mut m, &matmul(dst.clone(), st, mv, false));
     assert_eq!(get(&m, &dst), expect(0.0));
@@ -48,10 +67,17 @@ fn products_exact_sums_in_fp32() {
     put(&mut m, &st, &[1.0, 2f32.powi(-12)]);
     // Column 0: 1*1 + 2^-12 * 2^-12 = 1 + 2^-24 -> 1.0 in FP32 (tie to even).
     // Column 1: 1*(1 + 2^-7) + 2^-12 * 2^-11 = 1 + 2^-7 + 2^-23, exact in FP32.
-    put(&mut m, &mv, &[1.0, 1.0 + 2f32.powi(-7), 2f32.powi(-12), 2f32.powi(-11)]);
+    put(
+        &mut m,
+        &mv,
+        &[1.0, 1.0 + 2f32.powi(-7), 2f32.powi(-12), 2f32.powi(-11)],
+    );
     let dst = ps(Dtype::F32, 0, 1, 0, 2);
     run(&mut m, &matmul(dst.clone(), st, mv, false));
-    assert_eq!(get(&m, &dst), vec![1.0, 1.0 + 2f32.powi(-7) + 2f32.powi(-23)]);
+    assert_eq!(
+        get(&m, &dst),
+        vec![1.0, 1.0 + 2f32.powi(-7) + 2f32.powi(-23)]
+    );
 }
 
 /// A full 128 x 128 x 512 bf16 matmul against a direct FP32 reference; inputs are small
@@ -84,8 +110,16 @@ fn int8_matmul_into_int32_saturates() {
     let st = sb(Dtype::I8, 0, 128, 0, 2);
     let mv = sb(Dtype::I8, 0, 128, 64, 2);
     // Column 0 of st is -128 everywhere, column 1 is 127; moving likewise.
-    put(&mut m, &st, &seq(256, |i| if i % 2 == 0 { -128.0 } else { 127.0 }));
-    put(&mut m, &mv, &seq(256, |i| if i % 2 == 0 { -128.0 } else { 127.0 }));
+    put(
+        &mut m,
+        &st,
+        &seq(256, |i| if i % 2 == 0 { -128.0 } else { 127.0 }),
+    );
+    put(
+        &mut m,
+        &mv,
+        &seq(256, |i| if i % 2 == 0 { -128.0 } else { 127.0 }),
+    );
     let dst = ps(Dtype::I32, 0, 2, 0, 2);
     run(&mut m, &matmul(dst.clone(), st.clone(), mv.clone(), false));
     let mut v = Vec::new();
@@ -93,7 +127,8 @@ fn int8_matmul_into_int32_saturates() {
     // 128 * (-128 * -128) = 2^21; 128 * (-128 * 127) = -2080768; 128 * 127^2 = 2064512.
     assert_eq!(v, vec![2_097_152, -2_080_768, -2_080_768, 2_064_512]);
     // Preload near the limits and accumulate: saturates instead of wrapping.
-    m.write_i32(&dst, &[i32::MAX - 5, i32::MIN + 5, 0, 1]).unwrap();
+    m.write_i32(&dst, &[i32::MAX - 5, i32::MIN + 5, 0, 1])
+        .unwrap();
     run(&mut m, &matmul(dst.clone(), st, mv, true));
     m.read_i32(&dst, &mut v).unwrap();
     assert_eq!(v, vec![i32::MAX, i32::MIN, -2_080_768, 2_064_513]);
@@ -105,7 +140,11 @@ fn u8_matmul_is_exact() {
     let st = sb(Dtype::U8, 0, 128, 0, 1);
     let mv = sb(Dtype::U8, 0, 128, 64, 1);
     put(&mut m, &st, &[255.0; 128]);
-    put(&mut m, &mv, &seq(128, |i| if i == 0 { 254.0 } else { 255.0 }));
+    put(
+        &mut m,
+        &mv,
+        &seq(128, |i| if i == 0 { 254.0 } else { 255.0 }),
+    );
     let dst = ps(Dtype::I32, 0, 1, 0, 1);
     run(&mut m, &matmul(dst.clone(), st, mv, false));
     let mut v = Vec::new();
@@ -135,11 +174,17 @@ fn matmul_shape_errors_do_not_panic() {
     let mut m = mems(&[]);
     let st = sb(Dtype::Bf16, 0, 4, 0, 4);
     let mv = sb(Dtype::Bf16, 0, 8, 64, 8);
-    let e = run_err(&mut m, &matmul(ps(Dtype::F32, 0, 4, 0, 8), st.clone(), mv, false));
+    let e = run_err(
+        &mut m,
+        &matmul(ps(Dtype::F32, 0, 4, 0, 8), st.clone(), mv, false),
+    );
     assert!(e.message.contains("K=4 partitions but moving"), "{e}");
     let mv = sb(Dtype::Bf16, 0, 4, 64, 8);
     let e = run_err(&mut m, &matmul(ps(Dtype::F32, 0, 4, 0, 9), st, mv, false));
-    assert_eq!(e.message, "dst ps:f32@p0+4:0[9] must be [M=4, N=8], found [4, 9]");
+    assert_eq!(
+        e.message,
+        "dst ps:f32@p0+4:0[9] must be [M=4, N=8], found [4, 9]"
+    );
 }
 
 /// Same-dtype transpose moves bits (NaN payloads, infinities, -0 survive); bf16 into an
@@ -153,11 +198,26 @@ fn transpose_is_bit_exact() {
     let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
     m.write_raw(&src, &bytes).unwrap();
     let dst = ps(Dtype::Bf16, 0, 2, 0, 3);
-    run(&mut m, &Op::Transpose { dst: dst.clone(), src: src.clone() });
-    let t: Vec<u16> = raw(&m, &dst).chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    run(
+        &mut m,
+        &Op::Transpose {
+            dst: dst.clone(),
+            src: src.clone(),
+        },
+    );
+    let t: Vec<u16> = raw(&m, &dst)
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
     assert_eq!(t, vec![0x3f80, 0x8000, 0x4020, 0x7f81, 0x7f80, 0xc040]);
     let dst32 = ps(Dtype::F32, 0, 2, 64, 3);
-    run(&mut m, &Op::Transpose { dst: dst32.clone(), src });
+    run(
+        &mut m,
+        &Op::Transpose {
+            dst: dst32.clone(),
+            src,
+        },
+    );
     let v = get(&m, &dst32);
     assert_eq!(v[0..3], [1.0, -0.0, 2.5]);
     assert!(v[3].is_nan());
@@ -172,12 +232,21 @@ fn transpose_matches_strided_view() {
     let src = sb(Dtype::F32, 0, 4, 0, 6);
     put(&mut m, &src, &seq(24, |i| i as f32));
     let dst = ps(Dtype::F32, 0, 6, 0, 4);
-    run(&mut m, &Op::Transpose { dst: dst.clone(), src });
+    run(
+        &mut m,
+        &Op::Transpose {
+            dst: dst.clone(),
+            src,
+        },
+    );
     let got = get(&m, &dst);
     assert_eq!(got, seq(24, |i| ((i % 4) * 6 + i / 4) as f32));
     // Element-strided read of one PSUM row: every other element backwards.
     let mut row = ps(Dtype::F32, 1, 1, 12, 2);
-    row.dims = vec![Dim { size: 2, stride: -2 }];
+    row.dims = vec![Dim {
+        size: 2,
+        stride: -2,
+    }];
     assert_eq!(get(&m, &row), vec![got[7], got[5]]);
 }
 
@@ -190,7 +259,11 @@ fn matmul_psum_fp32_is_not_rounded_by_sr() {
     put(&mut m, &st, &[1.0 + 2f32.powi(-20)]);
     put(&mut m, &mv, &[1.0]);
     let dst = ps(Dtype::F32, 0, 1, 0, 1);
-    let mut c = neuron_sim::ExecContext::new(neuron_isa::ChipConfig::trn1(), neuron_sim::Rounding::Stochastic, 9);
+    let mut c = neuron_sim::ExecContext::new(
+        neuron_isa::ChipConfig::trn1(),
+        neuron_sim::Rounding::Stochastic,
+        9,
+    );
     execute(&mut m, &matmul(dst.clone(), st, mv, false), &mut c).unwrap();
     assert_eq!(get(&m, &dst), vec![1.0 + 2f32.powi(-20)]);
 }
@@ -215,7 +288,10 @@ fn matmul_speed_vs_ndarray_gemm() {
             })
             .fold(f64::INFINITY, f64::min)
     }
-    let iters: usize = std::env::var("MATMUL_SPEED_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let iters: usize = std::env::var("MATMUL_SPEED_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let mut ratios = Vec::new();
     for (dtype, k, mm, n, accumulate) in [
         (Dtype::Bf16, 128, 128, 512, false),
@@ -252,6 +328,9 @@ fn matmul_speed_vs_ndarray_gemm() {
         ratios.push((dtype, n, accumulate, gemm / sim));
     }
     for (dtype, n, accumulate, ratio) in ratios {
-        assert!(ratio >= 0.5, "{dtype} n{n} acc={accumulate}: {ratio:.2} of the GEMM rate");
+        assert!(
+            ratio >= 0.5,
+            "{dtype} n{n} acc={accumulate}: {ratio:.2} of the GEMM rate"
+        );
     }
 }

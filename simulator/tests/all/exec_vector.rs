@@ -6,8 +6,22 @@ use super::exec_helpers::*;
 use neuron_isa::{ActFunc, AluOp, Ap, Dim, Dtype, Op, Operand};
 use neuron_sim::exec::{activation_fn, alu, execute};
 
-fn act(dst: Ap, src: Ap, func: ActFunc, scale: Operand, bias: Option<Operand>, accum: Option<Ap>) -> Op {
-    Op::Activation { dst, src, func, scale, bias, accum }
+fn act(
+    dst: Ap,
+    src: Ap,
+    func: ActFunc,
+    scale: Operand,
+    bias: Option<Operand>,
+    accum: Option<Ap>,
+) -> Op {
+    Op::Activation {
+        dst,
+        src,
+        func,
+        scale,
+        bias,
+        accum,
+    }
 }
 
 /// Per-partition scale and bias, relu, and the accumulated row sums (before the cast to
@@ -47,7 +61,17 @@ fn activation_accum_is_before_the_cast() {
     put(&mut m, &src, &[1.0 + 2f32.powi(-9); 3]);
     let dst = sb(Dtype::Bf16, 0, 1, 64, 3);
     let accum = sb(Dtype::F32, 0, 1, 128, 1);
-    run(&mut m, &act(dst.clone(), src, ActFunc::Identity, Operand::Imm(1.0), None, Some(accum.clone())));
+    run(
+        &mut m,
+        &act(
+            dst.clone(),
+            src,
+            ActFunc::Identity,
+            Operand::Imm(1.0),
+            None,
+            Some(accum.clone()),
+        ),
+    );
     assert_eq!(get(&m, &dst), vec![1.0; 3]);
     assert_eq!(get(&m, &accum), vec![3.0 + 3.0 * 2f32.powi(-9)]);
 }
@@ -61,7 +85,10 @@ fn activation_functions_follow_their_formulas() {
         let cases = [
             (ActFunc::Identity, x),
             (ActFunc::Relu, x.max(0.0)),
-            (ActFunc::Gelu, 0.5 * x * (1.0 + libm::erff(x / std::f32::consts::SQRT_2))),
+            (
+                ActFunc::Gelu,
+                0.5 * x * (1.0 + libm::erff(x / std::f32::consts::SQRT_2)),
+            ),
             (ActFunc::Sigmoid, sig),
             (ActFunc::Silu, x * sig),
             (ActFunc::Tanh, libm::tanhf(x)),
@@ -73,10 +100,17 @@ fn activation_functions_follow_their_formulas() {
         ];
         for (f, want) in cases {
             let got = activation_fn(f, x);
-            assert!(got == want || (got - want).abs() <= 1e-6 * want.abs().max(1.0), "{} at {x}: {got} vs {want}", f.name());
+            assert!(
+                got == want || (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "{} at {x}: {got} vs {want}",
+                f.name()
+            );
         }
     }
-    assert_eq!(activation_fn(ActFunc::Sign, -0.0).to_bits(), (-0.0f32).to_bits());
+    assert_eq!(
+        activation_fn(ActFunc::Sign, -0.0).to_bits(),
+        (-0.0f32).to_bits()
+    );
     assert_eq!(activation_fn(ActFunc::Sign, -7.0), -1.0);
     assert_eq!(activation_fn(ActFunc::Sign, 1e-30), 1.0);
     assert_eq!(activation_fn(ActFunc::Sqrt, 16.0), 4.0);
@@ -102,18 +136,38 @@ fn tensor_tensor_ops_and_nan_rules() {
     put(&mut m, &b, &[4.0, 5.0, 1.0, 3.0, 2.0, -1.0]);
     let dst = sb(Dtype::F32, 0, 2, 128, 3);
     let check = |m: &mut neuron_sim::Memories, op: AluOp, want: &[f32]| {
-        run(m, &Op::TensorTensor { dst: dst.clone(), a: a.clone(), b: b.clone(), op });
+        run(
+            m,
+            &Op::TensorTensor {
+                dst: dst.clone(),
+                a: a.clone(),
+                b: b.clone(),
+                op,
+            },
+        );
         let got = get(m, &dst);
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
-            assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "{} [{i}]: {g} vs {w}", op.name());
+            assert!(
+                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                "{} [{i}]: {g} vs {w}",
+                op.name()
+            );
         }
     };
     check(&mut m, AluOp::Add, &[5.0, 10.0, f32::NAN, 1.0, 2.5, 2.0]);
     check(&mut m, AluOp::Sub, &[-3.0, 0.0, f32::NAN, -5.0, -1.5, 4.0]);
-    check(&mut m, AluOp::Div, &[0.25, 1.0, f32::NAN, -2.0 / 3.0, 0.25, -3.0]);
+    check(
+        &mut m,
+        AluOp::Div,
+        &[0.25, 1.0, f32::NAN, -2.0 / 3.0, 0.25, -3.0],
+    );
     check(&mut m, AluOp::Max, &[4.0, 5.0, f32::NAN, 3.0, 2.0, 3.0]);
     check(&mut m, AluOp::Min, &[1.0, 5.0, f32::NAN, -2.0, 0.5, -1.0]);
-    check(&mut m, AluOp::Pow, &[1.0, 3125.0, f32::NAN, -8.0, 0.25, 1.0 / 3.0]);
+    check(
+        &mut m,
+        AluOp::Pow,
+        &[1.0, 3125.0, f32::NAN, -8.0, 0.25, 1.0 / 3.0],
+    );
     check(&mut m, AluOp::IsEq, &[0.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
     check(&mut m, AluOp::IsNe, &[1.0, 0.0, 1.0, 1.0, 1.0, 1.0]);
     check(&mut m, AluOp::IsGt, &[0.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
@@ -138,7 +192,15 @@ fn tensor_tensor_in_place() {
     b.offset = 4;
     let mut a3 = a.clone();
     a3.dims = vec![Dim { size: 3, stride: 1 }];
-    run(&mut m, &Op::TensorTensor { dst: a3.clone(), a: a3, b, op: AluOp::Mul });
+    run(
+        &mut m,
+        &Op::TensorTensor {
+            dst: a3.clone(),
+            a: a3,
+            b,
+            op: AluOp::Mul,
+        },
+    );
     assert_eq!(get(&m, &a), vec![2.0, 6.0, 12.0, 4.0]);
 }
 
@@ -161,16 +223,28 @@ fn tensor_scalar_reverse_flags() {
         operand1,
         reverse1: rev1,
     };
-    run(&mut m, &op(AluOp::Sub, true, AluOp::Div, Operand::Imm(1.0), true));
+    run(
+        &mut m,
+        &op(AluOp::Sub, true, AluOp::Div, Operand::Imm(1.0), true),
+    );
     // Row 0: 1 / (10 - x) = [1/8, 1/4, 1/2]; row 1: 1 / (5 - x) = [1/4, 1/3, 1/2].
     assert_eq!(get(&m, &dst), vec![0.125, 0.25, 0.5, 0.25, 1.0 / 3.0, 0.5]);
-    run(&mut m, &op(AluOp::Sub, false, AluOp::Mul, Operand::Imm(-2.0), false));
+    run(
+        &mut m,
+        &op(AluOp::Sub, false, AluOp::Mul, Operand::Imm(-2.0), false),
+    );
     // (x - s) * -2.
     assert_eq!(get(&m, &dst), vec![16.0, 8.0, 4.0, 8.0, 6.0, 4.0]);
     // Bypass as the second op leaves the first result alone.
-    run(&mut m, &op(AluOp::IsGt, false, AluOp::Bypass, Operand::Imm(99.0), false));
+    run(
+        &mut m,
+        &op(AluOp::IsGt, false, AluOp::Bypass, Operand::Imm(99.0), false),
+    );
     assert_eq!(get(&m, &dst), vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
-    run(&mut m, &op(AluOp::Max, true, AluOp::Bypass, Operand::Imm(99.0), false));
+    run(
+        &mut m,
+        &op(AluOp::Max, true, AluOp::Bypass, Operand::Imm(99.0), false),
+    );
     assert_eq!(get(&m, &dst), vec![10.0, 10.0, 10.0, 5.0, 5.0, 5.0]);
 }
 
@@ -181,8 +255,20 @@ fn tensor_reduce_axes_ops_and_negate() {
     let mut m = mems(&[]);
     let mut src = sb(Dtype::F32, 0, 2, 0, 6);
     src.dims = vec![Dim { size: 2, stride: 3 }, Dim { size: 3, stride: 1 }];
-    put(&mut m, &src, &[1.0, 2.0, 3.0, -4.0, 5.0, 0.5, 2.0, 2.0, 2.0, -1.0, -1.0, 3.0]);
-    let reduce = |dst: &Ap, op, axes, negate| Op::TensorReduce { dst: dst.clone(), src: src.clone(), op, axes, negate };
+    put(
+        &mut m,
+        &src,
+        &[
+            1.0, 2.0, 3.0, -4.0, 5.0, 0.5, 2.0, 2.0, 2.0, -1.0, -1.0, 3.0,
+        ],
+    );
+    let reduce = |dst: &Ap, op, axes, negate| Op::TensorReduce {
+        dst: dst.clone(),
+        src: src.clone(),
+        op,
+        axes,
+        negate,
+    };
     let d2 = sb(Dtype::F32, 0, 2, 64, 2);
     run(&mut m, &reduce(&d2, AluOp::Add, 1, true));
     assert_eq!(get(&m, &d2), vec![-6.0, -1.5, -6.0, -1.0]);
@@ -194,7 +280,10 @@ fn tensor_reduce_axes_ops_and_negate() {
     run(&mut m, &reduce(&d1, AluOp::Mul, 2, false));
     assert_eq!(get(&m, &d1), vec![-60.0, 24.0]);
     let e = run_err(&mut m, &reduce(&d1, AluOp::Sub, 2, false));
-    assert_eq!(e.message, "sub is not a reduction: expected add, max, min or mul");
+    assert_eq!(
+        e.message,
+        "sub is not a reduction: expected add, max, min or mul"
+    );
 }
 
 /// bn_stats on x = 1..=8 (even-indexed: 1,3,5,7 -> mean 4, M2 20; odd: 2,4,6,8 -> mean 5,
@@ -205,10 +294,22 @@ fn bn_stats_and_aggr_match_closed_form() {
     let src = sb(Dtype::Bf16, 0, 1, 0, 8);
     put(&mut m, &src, &seq(8, |i| (i + 1) as f32));
     let stats = sb(Dtype::F32, 0, 1, 64, 6);
-    run(&mut m, &Op::BnStats { dst: stats.clone(), src });
+    run(
+        &mut m,
+        &Op::BnStats {
+            dst: stats.clone(),
+            src,
+        },
+    );
     assert_eq!(get(&m, &stats), vec![4.0, 4.0, 20.0, 4.0, 5.0, 20.0]);
     let out = sb(Dtype::F32, 0, 1, 128, 2);
-    run(&mut m, &Op::BnAggr { dst: out.clone(), src: stats });
+    run(
+        &mut m,
+        &Op::BnAggr {
+            dst: out.clone(),
+            src: stats,
+        },
+    );
     assert_eq!(get(&m, &out), vec![4.5, 5.25]);
 }
 
@@ -220,14 +321,32 @@ fn bn_aggr_combines_chunks_like_a_layer_norm() {
     let mut m = mems(&[]);
     let row = sb(Dtype::F32, 0, 2, 0, 1000);
     // Partition 1 holds the same row shifted by 10: same variance, mean 509.5.
-    put(&mut m, &row, &seq(2000, |i| (i % 1000) as f32 + if i >= 1000 { 10.0 } else { 0.0 }));
+    put(
+        &mut m,
+        &row,
+        &seq(2000, |i| {
+            (i % 1000) as f32 + if i >= 1000 { 10.0 } else { 0.0 }
+        }),
+    );
     let stats = sb(Dtype::F32, 0, 2, 8192, 12);
     for c in 0..2u64 {
         let chunk = sb(Dtype::F32, 0, 2, c * 2000, 500);
-        run(&mut m, &Op::BnStats { dst: sb(Dtype::F32, 0, 2, 8192 + c * 24, 6), src: chunk });
+        run(
+            &mut m,
+            &Op::BnStats {
+                dst: sb(Dtype::F32, 0, 2, 8192 + c * 24, 6),
+                src: chunk,
+            },
+        );
     }
     let out = sb(Dtype::F32, 0, 2, 9000, 2);
-    run(&mut m, &Op::BnAggr { dst: out.clone(), src: stats });
+    run(
+        &mut m,
+        &Op::BnAggr {
+            dst: out.clone(),
+            src: stats,
+        },
+    );
     let got = get(&m, &out);
     assert_eq!(got[0], 499.5);
     assert_eq!(got[2], 509.5);
@@ -242,10 +361,22 @@ fn bn_stats_of_one_element_has_an_empty_odd_half() {
     let src = sb(Dtype::F32, 0, 1, 0, 1);
     put(&mut m, &src, &[7.0]);
     let stats = sb(Dtype::F32, 0, 1, 64, 6);
-    run(&mut m, &Op::BnStats { dst: stats.clone(), src });
+    run(
+        &mut m,
+        &Op::BnStats {
+            dst: stats.clone(),
+            src,
+        },
+    );
     assert_eq!(get(&m, &stats), vec![1.0, 7.0, 0.0, 0.0, 0.0, 0.0]);
     let out = sb(Dtype::F32, 0, 1, 128, 2);
-    run(&mut m, &Op::BnAggr { dst: out.clone(), src: stats });
+    run(
+        &mut m,
+        &Op::BnAggr {
+            dst: out.clone(),
+            src: stats,
+        },
+    );
     assert_eq!(get(&m, &out), vec![7.0, 0.0]);
 }
 
@@ -255,13 +386,35 @@ fn tensor_copy_bit_exact_or_cast() {
     let mut m = mems(&[]);
     let src = ps(Dtype::F32, 0, 1, 0, 3);
     let bits = [0x7f80_1234u32, 0x3f80_8000, 0xbf81_8000];
-    m.write_raw(&src, &bits.iter().flat_map(|b| b.to_le_bytes()).collect::<Vec<_>>()).unwrap();
+    m.write_raw(
+        &src,
+        &bits
+            .iter()
+            .flat_map(|b| b.to_le_bytes())
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
     let same = sb(Dtype::F32, 0, 1, 0, 3);
-    run(&mut m, &Op::TensorCopy { dst: same.clone(), src: src.clone() });
+    run(
+        &mut m,
+        &Op::TensorCopy {
+            dst: same.clone(),
+            src: src.clone(),
+        },
+    );
     assert_eq!(raw(&m, &same), raw(&m, &src));
     let narrow = sb(Dtype::Bf16, 0, 1, 64, 3);
-    run(&mut m, &Op::TensorCopy { dst: narrow.clone(), src });
-    let got: Vec<u16> = raw(&m, &narrow).chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    run(
+        &mut m,
+        &Op::TensorCopy {
+            dst: narrow.clone(),
+            src,
+        },
+    );
+    let got: Vec<u16> = raw(&m, &narrow)
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
     // NaN -> quiet NaN; 0x3f808000 ties to even 0x3f80; 0xbf818000 ties to even 0xbf82.
     assert_eq!(got, vec![0x7fc0, 0x3f80, 0xbf82]);
 }
@@ -270,13 +423,31 @@ fn tensor_copy_bit_exact_or_cast() {
 fn memset_casts_and_saturates() {
     let mut m = mems(&[]);
     let a = sb(Dtype::I8, 0, 2, 0, 3);
-    run(&mut m, &Op::Memset { dst: a.clone(), value: 300.0 });
+    run(
+        &mut m,
+        &Op::Memset {
+            dst: a.clone(),
+            value: 300.0,
+        },
+    );
     assert_eq!(raw(&m, &a), vec![127u8; 6]);
     let b = sb(Dtype::Bf16, 0, 2, 64, 2);
-    run(&mut m, &Op::Memset { dst: b.clone(), value: 1.0 + 2f32.powi(-8) });
+    run(
+        &mut m,
+        &Op::Memset {
+            dst: b.clone(),
+            value: 1.0 + 2f32.powi(-8),
+        },
+    );
     assert_eq!(get(&m, &b), vec![1.0; 4]);
     let c = sb(Dtype::Fp8E4m3, 0, 1, 128, 2);
-    run(&mut m, &Op::Memset { dst: c.clone(), value: f32::NEG_INFINITY });
+    run(
+        &mut m,
+        &Op::Memset {
+            dst: c.clone(),
+            value: f32::NEG_INFINITY,
+        },
+    );
     assert_eq!(raw(&m, &c), vec![0xfe, 0xfe]);
 }
 
@@ -290,7 +461,15 @@ fn select_picks_by_predicate() {
     put(&mut m, &t, &seq(6, |i| i as f32));
     put(&mut m, &f, &seq(6, |i| -(i as f32)));
     let dst = sb(Dtype::F32, 0, 2, 256, 3);
-    run(&mut m, &Op::Select { dst: dst.clone(), pred, on_true: t, on_false: f });
+    run(
+        &mut m,
+        &Op::Select {
+            dst: dst.clone(),
+            pred,
+            on_true: t,
+            on_false: f,
+        },
+    );
     assert_eq!(get(&m, &dst), vec![0.0, -1.0, 2.0, -3.0, -4.0, 5.0]);
 }
 
@@ -300,19 +479,34 @@ fn iota_two_dims_with_channel_multiplier() {
     let mut m = mems(&[]);
     let mut dst = sb(Dtype::I32, 32, 3, 0, 8);
     dst.dims = vec![Dim { size: 2, stride: 4 }, Dim { size: 4, stride: 1 }];
-    let op = |dst: &Ap| Op::Iota { dst: dst.clone(), offset: -5, channel_multiplier: 100, steps: vec![10, 1] };
+    let op = |dst: &Ap| Op::Iota {
+        dst: dst.clone(),
+        offset: -5,
+        channel_multiplier: 100,
+        steps: vec![10, 1],
+    };
     run(&mut m, &op(&dst));
     let mut v = Vec::new();
     m.read_i32(&dst, &mut v).unwrap();
-    let want: Vec<i32> = (0..24).map(|i| -5 + (i / 8) * 100 + ((i % 8) / 4) * 10 + i % 4).collect();
+    let want: Vec<i32> = (0..24)
+        .map(|i| -5 + (i / 8) * 100 + ((i % 8) / 4) * 10 + i % 4)
+        .collect();
     assert_eq!(v, want);
     let mut fdst = dst.clone();
     fdst.dtype = Dtype::F32;
     fdst.offset = 64;
     run(&mut m, &op(&fdst));
-    assert_eq!(get(&m, &fdst), want.iter().map(|&x| x as f32).collect::<Vec<_>>());
+    assert_eq!(
+        get(&m, &fdst),
+        want.iter().map(|&x| x as f32).collect::<Vec<_>>()
+    );
     // Wrong step count is an error, not a panic.
-    let bad = Op::Iota { dst, offset: 0, channel_multiplier: 0, steps: vec![1] };
+    let bad = Op::Iota {
+        dst,
+        offset: 0,
+        channel_multiplier: 0,
+        steps: vec![1],
+    };
     assert!(run_err(&mut m, &bad).message.contains("expected 2 steps"));
 }
 
@@ -325,8 +519,20 @@ fn stochastic_rounding_context_is_deterministic() {
         let src = sb(Dtype::F32, 0, 4, 0, 64);
         put(&mut m, &src, &seq(256, |i| 1.0 + i as f32 * 1e-4));
         let dst = sb(Dtype::Bf16, 0, 4, 1024, 64);
-        let mut c = neuron_sim::ExecContext::new(neuron_isa::ChipConfig::trn1(), neuron_sim::Rounding::Stochastic, seed);
-        execute(&mut m, &Op::TensorCopy { dst: dst.clone(), src }, &mut c).unwrap();
+        let mut c = neuron_sim::ExecContext::new(
+            neuron_isa::ChipConfig::trn1(),
+            neuron_sim::Rounding::Stochastic,
+            seed,
+        );
+        execute(
+            &mut m,
+            &Op::TensorCopy {
+                dst: dst.clone(),
+                src,
+            },
+            &mut c,
+        )
+        .unwrap();
         raw(&m, &dst)
     };
     assert_eq!(run_with(1), run_with(1));
@@ -340,7 +546,14 @@ fn poisoned_reads_of_operands_are_reported() {
     put(&mut m, &src, &[0.0; 8]);
     let dst = sb(Dtype::F32, 0, 2, 64, 4);
     // A per-partition bias nobody wrote.
-    let op = act(dst.clone(), src.clone(), ActFunc::Exp, Operand::Imm(1.0), Some(Operand::PerPartition(sb(Dtype::F32, 0, 2, 128, 1))), None);
+    let op = act(
+        dst.clone(),
+        src.clone(),
+        ActFunc::Exp,
+        Operand::Imm(1.0),
+        Some(Operand::PerPartition(sb(Dtype::F32, 0, 2, 128, 1))),
+        None,
+    );
     assert!(run(&mut m, &op).poisoned_read);
     let op = act(dst, src, ActFunc::Exp, Operand::Imm(1.0), None, None);
     assert!(!run(&mut m, &op).poisoned_read);

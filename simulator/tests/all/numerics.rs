@@ -7,8 +7,7 @@ use neuron_isa::Dtype;
 use neuron_sim::numerics::{
     Rounder, Rounding, bf16_to_f32, cast_bytes, decode_slice, e4m3fn_to_f32, e5m2_to_f32,
     encode_slice, f16_to_f32, f32_to_bf16, f32_to_bf16_sr, f32_to_e4m3fn, f32_to_e4m3fn_sat,
-    f32_to_e4m3fn_sat_sr, f32_to_e5m2, f32_to_e5m2_sr, f32_to_f16, f32_to_f16_sr,
-    is_poisoned,
+    f32_to_e4m3fn_sat_sr, f32_to_e5m2, f32_to_e5m2_sr, f32_to_f16, f32_to_f16_sr, is_poisoned,
 };
 use serde_json::Value;
 
@@ -53,7 +52,10 @@ fn parse_hex_float(s: &str) -> f64 {
 }
 
 fn golden() -> Vec<Golden> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/precision_golden.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/precision_golden.json"
+    );
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let values = doc["values"].as_array().unwrap();
     values
@@ -61,8 +63,14 @@ fn golden() -> Vec<Golden> {
         .map(|v| Golden {
             category: v["category"].as_str().unwrap().to_string(),
             input: f32::from_bits(hex_u32(v, "f32_bits")),
-            bf16: (hex_u32(v, "bf16_bits") as u16, parse_hex_float(v["bf16"].as_str().unwrap())),
-            fp16: (hex_u32(v, "fp16_bits") as u16, parse_hex_float(v["fp16"].as_str().unwrap())),
+            bf16: (
+                hex_u32(v, "bf16_bits") as u16,
+                parse_hex_float(v["bf16"].as_str().unwrap()),
+            ),
+            fp16: (
+                hex_u32(v, "fp16_bits") as u16,
+                parse_hex_float(v["fp16"].as_str().unwrap()),
+            ),
             e4m3fn: (
                 hex_u32(v, "fp8e4m3fn_bits") as u8,
                 parse_hex_float(v["fp8e4m3fn"].as_str().unwrap()),
@@ -91,10 +99,20 @@ fn check_format<T: Copy + PartialEq + std::fmt::Debug>(
         let got = encode(g.input);
         if g.input.is_nan() {
             nan_inputs += 1;
-            assert!(decode(got).is_nan(), "{name} {}: NaN must stay NaN, got {got:?}", g.category);
+            assert!(
+                decode(got).is_nan(),
+                "{name} {}: NaN must stay NaN, got {got:?}",
+                g.category
+            );
             continue;
         }
-        assert_eq!(got, bits, "{name} {} (input {:#010x})", g.category, g.input.to_bits());
+        assert_eq!(
+            got,
+            bits,
+            "{name} {} (input {:#010x})",
+            g.category,
+            g.input.to_bits()
+        );
         let decoded = f64::from(decode(got));
         if value.is_nan() {
             assert!(decoded.is_nan(), "{name} {}", g.category);
@@ -122,7 +140,12 @@ fn golden_e4m3fn_non_saturating() {
 
 #[test]
 fn golden_e4m3fn_saturating() {
-    check_format("e4m3fn_sat", |g| g.e4m3fn_sat, f32_to_e4m3fn_sat, e4m3fn_to_f32);
+    check_format(
+        "e4m3fn_sat",
+        |g| g.e4m3fn_sat,
+        f32_to_e4m3fn_sat,
+        e4m3fn_to_f32,
+    );
 }
 
 /// The slice path (what memory writes use) gives the scalar functions' bits, and uses the
@@ -142,8 +165,18 @@ fn golden_through_encode_slice() {
         if g.input.is_nan() {
             continue;
         }
-        assert_eq!(u16::from_le_bytes([bf[2 * i], bf[2 * i + 1]]), g.bf16.0, "{}", g.category);
-        assert_eq!(u16::from_le_bytes([f16[2 * i], f16[2 * i + 1]]), g.fp16.0, "{}", g.category);
+        assert_eq!(
+            u16::from_le_bytes([bf[2 * i], bf[2 * i + 1]]),
+            g.bf16.0,
+            "{}",
+            g.category
+        );
+        assert_eq!(
+            u16::from_le_bytes([f16[2 * i], f16[2 * i + 1]]),
+            g.fp16.0,
+            "{}",
+            g.category
+        );
         assert_eq!(e4[i], g.e4m3fn_sat.0, "{}", g.category);
     }
     // And decode_slice gives the golden values back.
@@ -167,20 +200,36 @@ fn e5m2_hand_derived() {
         (-0.0, 0x80, "-0"),
         (1.0, 0x3c, "1"),
         (1.125, 0x3c, "tie 1|1.25 -> even 1"),
-        (f32::from_bits(1.125f32.to_bits() + 1), 0x3d, "just above tie -> 1.25"),
+        (
+            f32::from_bits(1.125f32.to_bits() + 1),
+            0x3d,
+            "just above tie -> 1.25",
+        ),
         (1.375, 0x3e, "tie 1.25|1.5 -> even 1.5"),
-        (f32::from_bits(1.375f32.to_bits() - 1), 0x3d, "just below tie -> 1.25"),
+        (
+            f32::from_bits(1.375f32.to_bits() - 1),
+            0x3d,
+            "just below tie -> 1.25",
+        ),
         (1.875, 0x40, "tie 1.75|2 -> even 2 (carry into exponent)"),
         (-1.875, 0xc0, "negative tie -> -2"),
         (57344.0, 0x7b, "max"),
         (61440.0, 0x7c, "overflow tie -> inf"),
-        (f32::from_bits(61440f32.to_bits() - 1), 0x7b, "below overflow tie -> max"),
+        (
+            f32::from_bits(61440f32.to_bits() - 1),
+            0x7b,
+            "below overflow tie -> max",
+        ),
         (-1e6, 0xfc, "overflow -> -inf"),
         (f32::INFINITY, 0x7c, "+inf"),
         (f32::NEG_INFINITY, 0xfc, "-inf"),
         (q, 0x01, "min subnormal"),
         (0.5 * q, 0x00, "tie 0|q -> 0"),
-        (f32::from_bits((0.5 * q).to_bits() + 1), 0x01, "above half quantum -> q"),
+        (
+            f32::from_bits((0.5 * q).to_bits() + 1),
+            0x01,
+            "above half quantum -> q",
+        ),
         (1.5 * q, 0x02, "tie 1|2 -> 2"),
         (2.5 * q, 0x02, "tie 2|3 -> 2"),
         (3.0 * q, 0x03, "max subnormal"),
@@ -213,7 +262,12 @@ fn rne_matches_half_crate() {
             assert!(bf16_to_f32(f32_to_bf16(x)).is_nan());
             assert!(f16_to_f32(f32_to_f16(x)).is_nan());
         } else {
-            assert_eq!(f32_to_bf16(x), hb.to_bits(), "bf16 of {:#010x}", x.to_bits());
+            assert_eq!(
+                f32_to_bf16(x),
+                hb.to_bits(),
+                "bf16 of {:#010x}",
+                x.to_bits()
+            );
             assert_eq!(f32_to_f16(x), hf.to_bits(), "f16 of {:#010x}", x.to_bits());
         }
     }
@@ -221,7 +275,20 @@ fn rne_matches_half_crate() {
 
 #[test]
 fn int_writes_round_ties_even_and_saturate() {
-    let xs = [0.5f32, 1.5, 2.5, -0.5, -1.5, 126.5, 127.49, 127.5, 300.0, -128.5, -1e9, f32::NAN];
+    let xs = [
+        0.5f32,
+        1.5,
+        2.5,
+        -0.5,
+        -1.5,
+        126.5,
+        127.49,
+        127.5,
+        300.0,
+        -128.5,
+        -1e9,
+        f32::NAN,
+    ];
     let mut r = Rounder::new(Rounding::Stochastic, 1);
     let mut out = vec![0u8; xs.len()];
     encode_slice(Dtype::I8, &xs, &mut out, &mut r).unwrap();
@@ -229,14 +296,23 @@ fn int_writes_round_ties_even_and_saturate() {
     assert_eq!(i8s, vec![0, 2, 2, 0, -2, 126, 127, 127, 127, -128, -128, 0]);
     encode_slice(Dtype::U8, &xs, &mut out, &mut r).unwrap();
     assert_eq!(out, vec![0, 2, 2, 0, 0, 126, 127, 128, 255, 0, 0, 0]);
-    let big = [2_147_483_520.0f32, 2_147_483_648.0, -2_147_483_648.0, 16_777_217.0, -7.5];
+    let big = [
+        2_147_483_520.0f32,
+        2_147_483_648.0,
+        -2_147_483_648.0,
+        16_777_217.0,
+        -7.5,
+    ];
     let mut out = vec![0u8; big.len() * 4];
     encode_slice(Dtype::I32, &big, &mut out, &mut r).unwrap();
     let i32s: Vec<i32> = out
         .chunks_exact(4)
         .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    assert_eq!(i32s, vec![2_147_483_520, i32::MAX, i32::MIN, 16_777_216, -8]);
+    assert_eq!(
+        i32s,
+        vec![2_147_483_520, i32::MAX, i32::MIN, 16_777_216, -8]
+    );
 }
 
 #[test]
@@ -246,7 +322,10 @@ fn decode_integers_and_i64() {
     assert_eq!(out, [-128.0, -1.0, 127.0]);
     decode_slice(Dtype::U8, &[0x80, 0xff, 0x7f], &mut out).unwrap();
     assert_eq!(out, [128.0, 255.0, 127.0]);
-    let ids: Vec<u8> = [5i64, -3, (1 << 40) + 1].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let ids: Vec<u8> = [5i64, -3, (1 << 40) + 1]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     decode_slice(Dtype::I64, &ids, &mut out).unwrap();
     assert_eq!(out, [5.0, -3.0, 1_099_511_627_776.0]);
 }
@@ -257,19 +336,30 @@ fn i64_cannot_be_written_and_sizes_must_match() {
     let err = encode_slice(Dtype::I64, &[1.0], &mut [0u8; 8], &mut r).unwrap_err();
     assert!(err.to_string().contains("i64 is read-only"), "{err}");
     let err = encode_slice(Dtype::Bf16, &[1.0, 2.0], &mut [0u8; 3], &mut r).unwrap_err();
-    assert_eq!(err.to_string(), "conversion: encode bf16: 2 elements need 4 bytes, found 3");
+    assert_eq!(
+        err.to_string(),
+        "conversion: encode bf16: 2 elements need 4 bytes, found 3"
+    );
     let err = decode_slice(Dtype::F32, &[0u8; 4], &mut [0f32; 2]).unwrap_err();
-    assert_eq!(err.to_string(), "conversion: decode f32: 2 elements need 8 bytes, found 4");
+    assert_eq!(
+        err.to_string(),
+        "conversion: decode f32: 2 elements need 8 bytes, found 4"
+    );
 }
 
 #[test]
 fn cast_bytes_int_to_int_is_exact_and_float_cast_rounds() {
     let mut r = Rounder::rne();
-    let ids: Vec<u8> = [16_777_217i64, -5, 1 << 40].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let ids: Vec<u8> = [16_777_217i64, -5, 1 << 40]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     let mut out = vec![0u8; 12];
     cast_bytes(Dtype::I64, &ids, Dtype::I32, &mut out, &mut r).unwrap();
-    let v: Vec<i32> =
-        out.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let v: Vec<i32> = out
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     assert_eq!(v, vec![16_777_217, -5, i32::MAX]);
     // 1 + 2^-8 is a bf16 tie between 1.0 (even) and 1 + 2^-7: rounds to 0x3f80.
     let src = (1.0f32 + 2f32.powi(-8)).to_le_bytes();
@@ -280,8 +370,14 @@ fn cast_bytes_int_to_int_is_exact_and_float_cast_rounds() {
 
 #[test]
 fn poison_detection_per_dtype() {
-    assert!(is_poisoned(Dtype::F32, &[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]));
-    assert!(!is_poisoned(Dtype::F32, &[0xff, 0xff, 0xff, 0x7f, 0, 0, 0xc0, 0xff]));
+    assert!(is_poisoned(
+        Dtype::F32,
+        &[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]
+    ));
+    assert!(!is_poisoned(
+        Dtype::F32,
+        &[0xff, 0xff, 0xff, 0x7f, 0, 0, 0xc0, 0xff]
+    ));
     assert!(is_poisoned(Dtype::Bf16, &[0, 0, 0xff, 0xff]));
     assert!(!is_poisoned(Dtype::Bf16, &[0xc0, 0xff, 0xff, 0x7f]));
     assert!(is_poisoned(Dtype::F16, &[0xff, 0xff]));
@@ -326,8 +422,10 @@ fn sr_is_deterministic_per_seed() {
     assert_eq!(out, run(42));
     // The slice path is the scalar SR function fed by the rounder's sequence.
     let mut r = Rounder::new(Rounding::Stochastic, 42);
-    let scalar: Vec<u8> =
-        xs.iter().flat_map(|&x| f32_to_bf16_sr(x, r.next_random()).to_le_bytes()).collect();
+    let scalar: Vec<u8> = xs
+        .iter()
+        .flat_map(|&x| f32_to_bf16_sr(x, r.next_random()).to_le_bytes())
+        .collect();
     assert_eq!(scalar, run(42));
 }
 
@@ -342,7 +440,10 @@ fn sr_stays_within_the_two_neighbours_and_keeps_exact_values() {
         if x.to_bits() & 0xffff == 0 {
             assert_eq!(got, lo, "exact value {x:e} must not move");
         } else {
-            assert!(got == lo || got == hi, "{x:e}: {got:#06x} not in {lo:#06x}/{hi:#06x}");
+            assert!(
+                got == lo || got == hi,
+                "{x:e}: {got:#06x} not in {lo:#06x}/{hi:#06x}"
+            );
         }
     }
     // fp8 e4m3: between 1.0 and 1.125 only; saturating at the top.
@@ -356,7 +457,10 @@ fn sr_stays_within_the_two_neighbours_and_keeps_exact_values() {
 /// Mean of many SR roundings of a value between two neighbours is the value.
 fn sr_mean(x: f32, n: usize, round: impl Fn(f32, u64) -> f32) -> f64 {
     let mut r = Rounder::new(Rounding::Stochastic, 2024);
-    (0..n).map(|_| f64::from(round(x, r.next_random()))).sum::<f64>() / n as f64
+    (0..n)
+        .map(|_| f64::from(round(x, r.next_random())))
+        .sum::<f64>()
+        / n as f64
 }
 
 #[test]
@@ -385,7 +489,9 @@ fn sr_round_up_probability_is_the_dropped_fraction() {
     let mut r = Rounder::new(Rounding::Stochastic, 77);
     let x = 1.0 + 0.25 * 2f32.powi(-7);
     let n = 100_000;
-    let ups = (0..n).filter(|_| f32_to_bf16_sr(x, r.next_random()) == 0x3f81).count();
+    let ups = (0..n)
+        .filter(|_| f32_to_bf16_sr(x, r.next_random()) == 0x3f81)
+        .count();
     // Expected 25000, sigma = sqrt(n p (1-p)) = 137.
     assert!((ups as i64 - 25_000).abs() < 700, "{ups} round-ups");
 }
@@ -416,7 +522,13 @@ fn conversion_speed() {
     use std::time::Instant;
     let n = 1 << 16;
     let src: Vec<f32> = (0..n).map(|i| (i as f32 - 30000.0) * 0.0137).collect();
-    for dtype in [Dtype::Bf16, Dtype::F16, Dtype::Fp8E4m3, Dtype::Fp8E5m2, Dtype::I8] {
+    for dtype in [
+        Dtype::Bf16,
+        Dtype::F16,
+        Dtype::Fp8E4m3,
+        Dtype::Fp8E5m2,
+        Dtype::I8,
+    ] {
         let mut bytes = vec![0u8; n * dtype.size() as usize];
         let mut back = vec![0f32; n];
         for mode in [Rounding::Rne, Rounding::Stochastic] {

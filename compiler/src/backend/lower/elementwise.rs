@@ -153,9 +153,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
         }
     }
     let mut slot = 0usize;
-    let mut r0 = 0;
-    while r0 < rows {
-        let p = t.rows.min(rows - r0);
+    for (r0, p) in rc.tiles(t.rows) {
         let mut c0 = 0;
         while c0 < outer {
             let nc = t.cols.min(outer - c0);
@@ -196,7 +194,6 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
             slot += 1;
             c0 += nc;
         }
-        r0 += p;
     }
     Ok(())
 }

@@ -159,9 +159,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
         }
     }
     let mut slot = 0usize;
-    let mut r0 = 0;
-    while r0 < rows {
-        let p = t.rows.min(rows - r0);
+    for (r0, p) in rc.tiles(t.rows) {
         let pu = p as u32;
         let x = inb.tile(slot, s.x.tile_dtype(), pu, c);
         for run in rc.runs(r0, p) {
@@ -281,7 +279,6 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
             ctx.store(rc.hbm_ap(0, s.out.0, s.out.1, &run, 0, outer), parts(&res, run.part, run.len));
         }
         slot += 1;
-        r0 += p;
     }
     Ok(())
 }

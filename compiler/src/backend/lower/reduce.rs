@@ -156,16 +156,13 @@ pub fn buffers(s: &ReduceShape, t: &RowTiling) -> Vec<BufferReq> {
 pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> {
     let s = analyze(ctx.kg, ctx.kernel)?;
     let rc = &s.rc;
-    let rows = rc.num_rows();
     let outer = rc.cols.first().copied().unwrap_or(1);
     let inner = rc.cols.iter().skip(1).product::<usize>();
     let (inb, accb, outb) = (ctx.buf("in")?, ctx.buf("acc")?, ctx.buf("out")?);
     let cast = ctx.bufs.get("cast").cloned();
     let mut slot = 0usize;
     let mut in_slot = 0usize;
-    let mut r0 = 0;
-    while r0 < rows {
-        let p = t.rows.min(rows - r0);
+    for (r0, p) in rc.tiles(t.rows) {
         let pu = p as u32;
         let acc = accb.tile(slot, Dtype::F32, pu, 4);
         let (total, part, work) = (cols(&acc, 0, 1), cols(&acc, 1, 1), cols(&acc, 2, 1));
@@ -220,7 +217,6 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
             ctx.store(dst, parts(&res, run.part, run.len));
         }
         slot += 1;
-        r0 += p;
     }
     Ok(())
 }

@@ -116,7 +116,6 @@ pub fn buffers(s: &SmShape, t: &RowTiling) -> Vec<BufferReq> {
 pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> {
     let s = analyze(ctx.kg, ctx.kernel)?;
     let rc = &s.rc;
-    let rows = rc.num_rows();
     let outer = rc.cols.first().copied().unwrap_or(1);
     let inner = rc.cols.iter().skip(1).product::<usize>();
     let c = rc.num_cols() as u32;
@@ -130,9 +129,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
     }];
     epilogue.extend(s.epilogue.iter().cloned());
     let mut slot = 0usize;
-    let mut r0 = 0;
-    while r0 < rows {
-        let p = t.rows.min(rows - r0);
+    for (r0, p) in rc.tiles(t.rows) {
         let pu = p as u32;
         let x = inb.tile(slot, s.x.tile_dtype(), pu, c);
         for run in rc.runs(r0, p) {
@@ -203,7 +200,6 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
             ctx.store(rc.hbm_ap(0, s.out.0, s.out.1, &run, 0, outer), parts(&res, run.part, run.len));
         }
         slot += 1;
-        r0 += p;
     }
     Ok(())
 }

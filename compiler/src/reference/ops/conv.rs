@@ -45,13 +45,15 @@ pub(crate) fn conv2d<F: Real>(
                         let plane = &xv[(b * c + g * cg + ci) * h * wd..][..h * wd];
                         let kern = &wv[(oc * cg + ci) * kh * kw..][..kh * kw];
                         for pi in 0..kh {
-                            let y = (i * p.strides[0] + pi * p.dilations[0]) as isize - p.pads[0] as isize;
+                            let y = (i * p.strides[0] + pi * p.dilations[0]) as isize
+                                - p.pads[0] as isize;
                             if y < 0 || y >= h as isize {
                                 continue;
                             }
                             let row = &plane[y as usize * wd..][..wd];
                             for qi in 0..kw {
-                                let xx = (j * p.strides[1] + qi * p.dilations[1]) as isize - p.pads[1] as isize;
+                                let xx = (j * p.strides[1] + qi * p.dilations[1]) as isize
+                                    - p.pads[1] as isize;
                                 if xx < 0 || xx >= wd as isize {
                                     continue;
                                 }

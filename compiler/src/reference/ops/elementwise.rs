@@ -14,7 +14,9 @@ pub(crate) fn binary_map<A: Clone, B: Clone, C>(
     f: impl Fn(A, B) -> C,
 ) -> Result<ArrayD<C>, String> {
     let (av, bv) = (broadcast_to(a, shape)?, broadcast_to(b, shape)?);
-    Ok(Zip::from(&av).and(&bv).map_collect(|x, y| f(x.clone(), y.clone())))
+    Ok(Zip::from(&av)
+        .and(&bv)
+        .map_collect(|x, y| f(x.clone(), y.clone())))
 }
 
 /// `cond ? a : b` over the broadcast of all three to `shape`.
@@ -24,7 +26,11 @@ pub(crate) fn select<T: Clone>(
     b: &ArrayD<T>,
     shape: &[usize],
 ) -> Result<ArrayD<T>, String> {
-    let (cv, av, bv) = (broadcast_to(cond, shape)?, broadcast_to(a, shape)?, broadcast_to(b, shape)?);
+    let (cv, av, bv) = (
+        broadcast_to(cond, shape)?,
+        broadcast_to(a, shape)?,
+        broadcast_to(b, shape)?,
+    );
     Ok(Zip::from(&cv)
         .and(&av)
         .and(&bv)

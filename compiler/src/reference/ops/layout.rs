@@ -7,7 +7,10 @@ use crate::ir::shape_infer::SliceAxis;
 
 /// Output axis `i` is input axis `perm[i]`.
 pub(crate) fn transpose<T: Clone>(x: &ArrayD<T>, perm: &[usize]) -> ArrayD<T> {
-    x.view().permuted_axes(IxDyn(perm)).as_standard_layout().into_owned()
+    x.view()
+        .permuted_axes(IxDyn(perm))
+        .as_standard_layout()
+        .into_owned()
 }
 
 /// Row-major reshape to `shape`.
@@ -35,7 +38,11 @@ pub(crate) fn slice<T: Clone>(x: &ArrayD<T>, plan: &[SliceAxis]) -> ArrayD<T> {
 }
 
 /// `numpy.take(data, indices, axis)`; negative indices count from the end.
-pub(crate) fn gather<T: Clone>(data: &ArrayD<T>, indices: &ArrayD<i64>, axis: usize) -> Result<ArrayD<T>, String> {
+pub(crate) fn gather<T: Clone>(
+    data: &ArrayD<T>,
+    indices: &ArrayD<i64>,
+    axis: usize,
+) -> Result<ArrayD<T>, String> {
     let dim = data.shape()[axis];
     let mut views = Vec::with_capacity(indices.len());
     for &i in indices.iter() {
@@ -47,7 +54,10 @@ pub(crate) fn gather<T: Clone>(data: &ArrayD<T>, indices: &ArrayD<i64>, axis: us
                 dim as i64 - 1
             ));
         }
-        views.push(data.index_axis(Axis(axis), k as usize).insert_axis(Axis(axis)));
+        views.push(
+            data.index_axis(Axis(axis), k as usize)
+                .insert_axis(Axis(axis)),
+        );
     }
     let stacked = ndarray::concatenate(Axis(axis), &views).map_err(|e| e.to_string())?;
     let mut shape = data.shape()[..axis].to_vec();

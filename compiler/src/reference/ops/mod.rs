@@ -15,7 +15,10 @@ pub(crate) mod reduce;
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
 /// Broadcasts `a` to `shape`, or explains why it cannot.
-pub(crate) fn broadcast_to<'a, T>(a: &'a ArrayD<T>, shape: &[usize]) -> Result<ArrayViewD<'a, T>, String> {
+pub(crate) fn broadcast_to<'a, T>(
+    a: &'a ArrayD<T>,
+    shape: &[usize],
+) -> Result<ArrayViewD<'a, T>, String> {
     a.broadcast(IxDyn(shape)).ok_or_else(|| {
         format!(
             "cannot broadcast {} to {}",

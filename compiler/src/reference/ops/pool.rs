@@ -15,8 +15,15 @@ pub(crate) struct PoolParams {
 }
 
 /// Max (padding never wins) or average over each window.
-pub(crate) fn pool2d<F: Real>(x: &ArrayD<F>, p: PoolParams, out_shape: &[usize]) -> Result<ArrayD<F>, String> {
-    let x = x.clone().into_dimensionality::<Ix4>().map_err(|e| e.to_string())?;
+pub(crate) fn pool2d<F: Real>(
+    x: &ArrayD<F>,
+    p: PoolParams,
+    out_shape: &[usize],
+) -> Result<ArrayD<F>, String> {
+    let x = x
+        .clone()
+        .into_dimensionality::<Ix4>()
+        .map_err(|e| e.to_string())?;
     let (n, c, h, w) = x.dim();
     let (oh, ow) = (out_shape[2], out_shape[3]);
     let mut out = Array4::from_elem((n, c, oh, ow), F::ZERO);
@@ -49,7 +56,11 @@ pub(crate) fn pool2d<F: Real>(x: &ArrayD<F>, p: PoolParams, out_shape: &[usize])
                     out[[b, ch, i, j]] = match p.avg_count_include_pad {
                         None => a,
                         Some(include) => {
-                            let d = if include { p.kernel[0] * p.kernel[1] } else { count.max(1) };
+                            let d = if include {
+                                p.kernel[0] * p.kernel[1]
+                            } else {
+                                count.max(1)
+                            };
                             a / F::from_f64(d as f64)
                         }
                     };

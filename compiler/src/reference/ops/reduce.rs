@@ -13,7 +13,12 @@ pub(crate) enum Reduce {
 }
 
 /// Reduces `x` over `axes` (sorted, distinct), optionally keeping them as size 1.
-pub(crate) fn reduce<F: Real>(x: &ArrayD<F>, axes: &[usize], keepdims: bool, kind: Reduce) -> ArrayD<F> {
+pub(crate) fn reduce<F: Real>(
+    x: &ArrayD<F>,
+    axes: &[usize],
+    keepdims: bool,
+    kind: Reduce,
+) -> ArrayD<F> {
     let mut out = x.clone();
     let mut count = 1usize;
     // Highest axis first so lower axis numbers stay valid.
