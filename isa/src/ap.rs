@@ -105,7 +105,14 @@ impl Ap {
 
     /// A row-major HBM view: `rows` rows of `cols` contiguous elements, rows `row_stride`
     /// elements apart, starting at byte `offset` of tensor `t`.
-    pub fn hbm_rows(t: TensorId, dtype: Dtype, offset: u64, rows: u32, row_stride: i64, cols: u32) -> Ap {
+    pub fn hbm_rows(
+        t: TensorId,
+        dtype: Dtype,
+        offset: u64,
+        rows: u32,
+        row_stride: i64,
+        cols: u32,
+    ) -> Ap {
         Ap {
             mem: Memory::Hbm(t),
             dtype,
@@ -142,7 +149,9 @@ impl Ap {
 
     /// Whether the innermost free dimension is contiguous (stride 1) or there are no dims.
     pub fn is_unit_stride(&self) -> bool {
-        self.dims.last().is_none_or(|d| d.stride == 1 || d.size <= 1)
+        self.dims
+            .last()
+            .is_none_or(|d| d.stride == 1 || d.size <= 1)
     }
 
     /// The range of byte offsets `[lo, hi)` touched within one row, relative to the row's
@@ -180,18 +189,12 @@ impl fmt::Display for Ap {
             Memory::Sbuf => write!(
                 f,
                 "sb:{}@p{}+{}:{}",
-                self.dtype,
-                self.start_partition,
-                self.partitions,
-                self.offset
+                self.dtype, self.start_partition, self.partitions, self.offset
             )?,
             Memory::Psum => write!(
                 f,
                 "ps:{}@p{}+{}:{}",
-                self.dtype,
-                self.start_partition,
-                self.partitions,
-                self.offset
+                self.dtype, self.start_partition, self.partitions, self.offset
             )?,
         }
         f.write_str("[")?;

@@ -78,14 +78,14 @@ pub struct Artifact {
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
     /// I/O failure.
-    #[error("cannot {action} artifact {path}: {source}")]
+    #[error("cannot {action} artifact {path}: {cause}")]
     Io {
         /// `read` or `write`.
         action: &'static str,
         /// The file.
         path: String,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Fewer bytes than the header says.
     #[error("artifact is truncated: expected {expected} bytes, found {found}")]
@@ -113,7 +113,9 @@ pub enum ArtifactError {
     #[error("corrupt artifact header: {0}")]
     BadHeader(String),
     /// Payload does not match its checksum.
-    #[error("artifact checksum mismatch: header says {expected:#010x}, payload hashes to {found:#010x} (file corrupted)")]
+    #[error(
+        "artifact checksum mismatch: header says {expected:#010x}, payload hashes to {found:#010x} (file corrupted)"
+    )]
     Checksum {
         /// Stored CRC.
         expected: u32,
@@ -280,25 +282,26 @@ impl Artifact {
     /// The bytes of weight tensor `t`, if the artifact holds them.
     pub fn weight_bytes(&self, t: TensorId) -> Option<&[u8]> {
         let w = self.meta.weights.iter().find(|w| w.tensor == t)?;
-        self.blob.get(w.offset as usize..(w.offset + w.len) as usize)
+        self.blob
+            .get(w.offset as usize..(w.offset + w.len) as usize)
     }
 
     /// Writes the artifact to a file.
     pub fn write(&self, path: &Path) -> Result<(), ArtifactError> {
         let bytes = self.to_bytes()?;
-        std::fs::write(path, bytes).map_err(|source| ArtifactError::Io {
+        std::fs::write(path, bytes).map_err(|cause| ArtifactError::Io {
             action: "write",
             path: path.display().to_string(),
-            source,
+            cause,
         })
     }
 
     /// Reads and verifies an artifact file.
     pub fn read(path: &Path) -> Result<Artifact, ArtifactError> {
-        let io = |source| ArtifactError::Io {
+        let io = |cause| ArtifactError::Io {
             action: "read",
             path: path.display().to_string(),
-            source,
+            cause,
         };
         let len = std::fs::metadata(path).map_err(io)?.len();
         if len > MAX_ARTIFACT_BYTES {

@@ -90,12 +90,12 @@ pub enum ConfigError {
     #[error("unknown target '{0}': expected trn1, trn2 or a path to a .toml file")]
     UnknownPreset(String),
     /// The file could not be read.
-    #[error("cannot read chip config {path}: {source}")]
+    #[error("cannot read chip config {path}: {cause}")]
     Io {
         /// The file.
         path: String,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The TOML is malformed or has a wrong field.
     #[error("invalid chip config {path}: {message}")]
@@ -199,9 +199,9 @@ impl ChipConfig {
 
     /// Reads a TOML file that names a `base` preset (default `trn1`) and overrides fields.
     pub fn from_toml_file(path: &Path) -> Result<ChipConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Io {
             path: path.display().to_string(),
-            source,
+            cause,
         })?;
         ChipConfig::from_toml_str(&text, &path.display().to_string())
     }
@@ -212,9 +212,9 @@ impl ChipConfig {
             path: origin.to_string(),
             message,
         };
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            parse_err(e.to_string().trim_end().to_string())
-        })?;
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| parse_err(e.to_string().trim_end().to_string()))?;
         let base = match table.remove("base") {
             None => "trn1".to_string(),
             Some(toml::Value::String(s)) => s,
@@ -262,7 +262,10 @@ impl ChipConfig {
         pos("vector_clock_ghz", self.vector_clock_ghz)?;
         pos("scalar_clock_ghz", self.scalar_clock_ghz)?;
         pos("gpsimd_clock_ghz", self.gpsimd_clock_ghz)?;
-        pos("hbm_bandwidth_bytes_per_ns", self.hbm_bandwidth_bytes_per_ns)?;
+        pos(
+            "hbm_bandwidth_bytes_per_ns",
+            self.hbm_bandwidth_bytes_per_ns,
+        )?;
         pos("dma_engine_bytes_per_ns", self.dma_engine_bytes_per_ns)?;
         if !(self.dma_fixed_latency_ns.is_finite() && self.dma_fixed_latency_ns >= 0.0) {
             return Err(ConfigError::Invalid {
@@ -338,9 +341,24 @@ impl ChipConfig {
             1,
             512,
         )?;
-        check_range("matmul_fp32_factor", u64::from(self.matmul_fp32_factor), 1, 16)?;
-        check_range("matmul_fp8_speedup", u64::from(self.matmul_fp8_speedup), 1, 4)?;
-        check_range("matmul_int8_speedup", u64::from(self.matmul_int8_speedup), 1, 4)?;
+        check_range(
+            "matmul_fp32_factor",
+            u64::from(self.matmul_fp32_factor),
+            1,
+            16,
+        )?;
+        check_range(
+            "matmul_fp8_speedup",
+            u64::from(self.matmul_fp8_speedup),
+            1,
+            4,
+        )?;
+        check_range(
+            "matmul_int8_speedup",
+            u64::from(self.matmul_int8_speedup),
+            1,
+            4,
+        )?;
         check_range("generation", u64::from(self.generation), 2, 3)?;
         Ok(())
     }

@@ -29,8 +29,6 @@ pub use ap::{Ap, Dim, MAX_FREE_DIMS, Memory, TensorId};
 pub use artifact::{Artifact, ArtifactError, ArtifactMeta, WeightRange};
 pub use config::{ChipConfig, ConfigError};
 pub use dtype::Dtype;
-pub use instr::{
-    ActFunc, AluOp, Engine, Instruction, NO_KERNEL, Op, Operand, SemId, SemWait,
-};
+pub use instr::{ActFunc, AluOp, Engine, Instruction, NO_KERNEL, Op, Operand, SemId, SemWait};
 pub use program::{HbmTensor, KernelInfo, Program, Stream, TensorKind};
 pub use verify::{Rule, VerifyError, verify_program};

@@ -747,17 +747,19 @@ mod tests {
         out
     }
 
-    /// Random patterns (1-4 dims, strides -3..=3 including 0, all dtypes sizes) read and
-    /// written through the fast paths agree with per-element addressing.
+    /// Random patterns (1-4 dims, strides -3..=3 including 0, element sizes 1, 2, 4, 8)
+    /// read and written through the fast paths agree with per-element addressing.
     #[test]
     fn fast_paths_match_naive_addressing() {
-        let cfg = ChipConfig::trn1();
+        let mut cfg = ChipConfig::trn1();
+        cfg.sbuf_bytes_per_partition = 16 * 1024;
         let mut m = Memories::new(&cfg, &program(&[("h", vec![4096], Dtype::U8)])).unwrap();
         // Distinct bytes everywhere so any misplaced read shows.
         let fill: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
         m.write_tensor(TensorId(0), &fill).unwrap();
-        let sbuf_fill: Vec<u8> = (0..m.sbuf.len()).map(|i| (i * 13 + 1) as u8).collect();
-        m.sbuf.copy_from_slice(&sbuf_fill);
+        for (i, b) in m.sbuf.iter_mut().enumerate() {
+            *b = (i * 13 + 1) as u8;
+        }
         let mut state = 12345u64;
         let mut rnd = |n: u64| {
             state = state
@@ -776,7 +778,6 @@ mod tests {
                 })
                 .collect();
             let hbm = rnd(2) == 0;
-            let partitions = 1 + rnd(6) as u32;
             let ap = Ap {
                 mem: if hbm {
                     Memory::Hbm(TensorId(0))
@@ -786,7 +787,7 @@ mod tests {
                 dtype,
                 offset: rnd(600),
                 start_partition: if hbm { 0 } else { rnd(100) as u32 },
-                partitions,
+                partitions: 1 + rnd(6) as u32,
                 partition_stride: if hbm { rnd(41) as i64 - 20 } else { 1 },
                 dims,
             };
@@ -794,29 +795,31 @@ mod tests {
             let addrs = naive_addresses(&m, &ap);
             assert_eq!(view.elems(), addrs.len(), "{ap}");
             let e = dtype.size() as usize;
-            let buf = if hbm {
-                m.tensor(TensorId(0)).unwrap().to_vec()
-            } else {
-                m.sbuf.clone()
+            // Compare a window reaching 64 bytes past the addressed bytes on both sides,
+            // so stray writes next to the pattern show too.
+            let lo = addrs.iter().min().unwrap().saturating_sub(64);
+            let hi = addrs.iter().max().unwrap() + e + 64;
+            let window = |m: &Memories| -> Vec<u8> {
+                let buf = m.buffer(ap.mem).unwrap();
+                buf[lo..hi.min(buf.len())].to_vec()
             };
-            let want: Vec<u8> = addrs.iter().flat_map(|&a| buf[a..a + e].to_vec()).collect();
+            let before = window(&m);
+            let want: Vec<u8> = addrs
+                .iter()
+                .flat_map(|&a| before[a - lo..a - lo + e].to_vec())
+                .collect();
             let mut got = Vec::new();
             m.read_raw(&ap, &mut got).unwrap();
             assert_eq!(got, want, "read {ap}");
             // Write a recognisable pattern and check every addressed element (the last
-            // write wins where a pattern addresses one element twice).
+            // write wins where a pattern addresses one element twice) and its surroundings.
             let data: Vec<u8> = (0..got.len()).map(|i| (i * 31 + 5) as u8).collect();
-            let mut expect = buf.clone();
+            let mut expect = before.clone();
             for (k, &a) in addrs.iter().enumerate() {
-                expect[a..a + e].copy_from_slice(&data[k * e..(k + 1) * e]);
+                expect[a - lo..a - lo + e].copy_from_slice(&data[k * e..(k + 1) * e]);
             }
             m.write_raw(&ap, &data).unwrap();
-            let after = if hbm {
-                m.tensor(TensorId(0)).unwrap().to_vec()
-            } else {
-                m.sbuf.clone()
-            };
-            assert!(after == expect, "write {ap}");
+            assert!(window(&m) == expect, "write {ap}");
             checked += 1;
         }
         assert!(

@@ -9,12 +9,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// The model file could not be read.
-    #[error("cannot read model file {}: {source}", file.display())]
+    #[error("cannot read model file {}: {cause}", file.display())]
     Io {
         /// The file.
         file: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The text is not JSON.
     #[error("malformed json at line {line}, column {column}: {message}")]

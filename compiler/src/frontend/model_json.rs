@@ -15,9 +15,9 @@ use crate::ir::{DType, Graph, GraphError, Op, Site, Tensor, ValueId, fmt_shape};
 /// Reads and checks the model at `path`; a `weights` file is resolved
 /// relative to the model file's directory.
 pub fn load_model(path: &Path) -> Result<Graph, ModelError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+    let text = std::fs::read_to_string(path).map_err(|cause| ModelError::Io {
         file: path.to_path_buf(),
-        source,
+        cause,
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     parse_model(&text, base)

@@ -216,7 +216,10 @@ mod tests {
         assert!(t.reshaped(&[2, 2, 12]).is_none());
         // Splitting an axis of a transposed view is always fine, and so is merging axes
         // that are still adjacent in memory.
-        assert_eq!(t.reshaped(&[2, 2, 3, 2, 2]).unwrap().strides, vec![24, 4, 8, 2, 1]);
+        assert_eq!(
+            t.reshaped(&[2, 2, 3, 2, 2]).unwrap().strides,
+            vec![24, 4, 8, 2, 1]
+        );
         assert_eq!(r.reshaped(&[6, 2, 4]).unwrap().strides, vec![8, 4, 1]);
         assert!(t.reshaped(&[4, 3, 4]).is_none());
     }

@@ -60,9 +60,9 @@ fn tensor_uses(kg: &KernelGraph) -> BTreeMap<KTensorId, Vec<Use>> {
                 KernelOp::MatMul { b, transpose_b, .. } => (b == i, transpose_b),
                 _ => (false, false),
             };
-            let plain = kg.tensor(v.tensor).is_some_and(|t| {
-                v.shape == t.shape && v.is_whole_contiguous(t.numel())
-            });
+            let plain = kg
+                .tensor(v.tensor)
+                .is_some_and(|t| v.shape == t.shape && v.is_whole_contiguous(t.numel()));
             uses.entry(v.tensor).or_default().push(Use {
                 kernel: ki,
                 is_b,
@@ -71,6 +71,19 @@ fn tensor_uses(kg: &KernelGraph) -> BTreeMap<KTensorId, Vec<Use>> {
         }
     }
     uses
+}
+
+/// The operands a kernel computes on (its data, not its epilogue operands).
+fn main_operands(op: &KernelOp) -> Vec<usize> {
+    match op {
+        KernelOp::MatMul { a, b, .. } => vec![*a, *b],
+        KernelOp::Attention { q, k, v, .. } => vec![*q, *k, *v],
+        KernelOp::Norm { x, .. }
+        | KernelOp::Softmax { x, .. }
+        | KernelOp::Elementwise { x, .. }
+        | KernelOp::Reduce { x, .. }
+        | KernelOp::Copy { x } => vec![*x],
+    }
 }
 
 /// Sets `mm_dtype`, `act_dtype` and `act_scale` of every kernel and the storage of
@@ -94,11 +107,14 @@ pub fn assign(g: &Graph, kg: &mut KernelGraph, opts: &CompileOptions) -> Result<
     };
     let mut plan = Vec::with_capacity(kg.kernels.len());
     for k in &kg.kernels {
-        let all_float = k
-            .inputs
-            .iter()
-            .chain([&k.output])
-            .all(|v| kg.tensor(v.tensor).is_some_and(|t| t.dtype.is_float()));
+        // The data the kernel computes on (not masks and conditions) must be float for
+        // a reduced type to make sense.
+        let float =
+            |v: &crate::kernel::View| kg.tensor(v.tensor).is_some_and(|t| t.dtype.is_float());
+        let all_float = float(&k.output)
+            && main_operands(&k.op)
+                .iter()
+                .all(|&i| k.inputs.get(i).is_some_and(float));
         let (kmm, kact) = match &k.op {
             _ if !all_float => (Dtype::F32, Dtype::F32),
             KernelOp::Copy { .. } => (Dtype::F32, Dtype::F32),

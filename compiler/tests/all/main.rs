@@ -11,3 +11,5 @@ mod passes;
 mod precision;
 mod reference_ops;
 mod backend_perf;
+mod backend_kinds;
+mod backend_program;

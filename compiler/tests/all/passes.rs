@@ -307,3 +307,30 @@ fn every_stage_is_dumped_in_order() {
         ]
     );
 }
+
+/// A deliberately wrong pass: turns the first `exp` into a `reshape` that changes the
+/// shape, without updating the output value's type.
+struct BreakShapes;
+
+impl Pass for BreakShapes {
+    fn name(&self) -> &str {
+        "break-shapes"
+    }
+
+    fn run(&self, g: &mut Graph) -> Result<bool, neuronc::CompileError> {
+        let n = g.nodes.iter_mut().find(|n| n.op == Op::Exp).unwrap();
+        n.op = Op::Reshape { shape: vec![-1] };
+        Ok(true)
+    }
+}
+
+#[test]
+fn the_verifier_catches_a_broken_pass_at_the_pass() {
+    let mut g = Graph::new("broken");
+    let x = g.add_input("x", [2, 3], DType::F32).unwrap();
+    let y = g.add_node("e", Op::Exp, &[x], "y").unwrap();
+    g.add_output(y).unwrap();
+    let err = neuronc::passes::run_pass(&mut g, &BreakShapes).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.starts_with("verification failed: graph after pass 'break-shapes': "), "{msg}");
+}

@@ -234,7 +234,10 @@ fn int8_attention_and_activation_matmuls_use_bf16() {
 fn int8_with_bad_calibration_inputs_names_the_kernel() {
     let g = example("mlp");
     let mut calibration = BTreeMap::new();
-    calibration.insert("y".to_string(), Tensor::zeros(neuronc::ir::DType::F32, &[8, 784]));
+    calibration.insert(
+        "y".to_string(),
+        Tensor::zeros(neuronc::ir::DType::F32, &[8, 784]),
+    );
     let o = CompileOptions {
         auto_cast_type: CastType::Int8,
         calibration,

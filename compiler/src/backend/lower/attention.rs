@@ -136,7 +136,7 @@ pub fn buffers(s: &AttnShape, t: &AttentionTiling, cfg: &ChipConfig) -> Vec<Buff
         BufferReq::psum("acc", s.dv as u64 * 4, 2),
     ];
     if chain::has_cast(&s.prologue) {
-        v.push(BufferReq::sbuf("cast", BANK_COLS as u64 * 4, 1));
+        v.push(BufferReq::sbuf("cast", BANK_COLS as u64 * chain::CAST_BYTES, 1));
     }
     for (i, _, _) in &s.operands {
         v.push(BufferReq::sbuf(&format!("op{i}"), BANK_COLS as u64 * 4, 2));

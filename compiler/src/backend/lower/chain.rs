@@ -22,6 +22,10 @@ use crate::kernel::{BinaryFn, EwOp, UnaryFn};
 use crate::ir::GeluApprox;
 use neuron_isa::{ActFunc, AluOp, Ap, Dtype, Engine, Memory, Op, Operand};
 
+/// Bytes per element of the `cast` scratch: the cast result (up to 4 bytes) and a 4-byte
+/// temporary for float-to-integer truncation.
+pub const CAST_BYTES: u64 = 8;
+
 /// An operand tile loaded for the current output tile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpTile {
@@ -38,8 +42,8 @@ pub struct ChainTiles<'t> {
     pub src: Ap,
     /// SBUF scratch of the kernel's intermediate dtype, same shape as `src`.
     pub work: Ap,
-    /// SBUF scratch for `Cast` steps (room for 4-byte elements), same shape; `None` if the
-    /// chain has no casts.
+    /// SBUF scratch for `Cast` steps, same shape, with room for [`CAST_BYTES`] bytes per
+    /// element (a cast tile and a temporary); `None` if the chain has no casts.
     pub cast: Option<Ap>,
     /// The final destination.
     pub out: Ap,
@@ -239,7 +243,7 @@ pub fn apply(ctx: &mut LowerCtx<'_>, ops: &[EwOp], tiles: &ChainTiles<'_>) -> Re
                 .cast
                 .as_ref()
                 .ok_or_else(|| ctx.err("internal: a cast step has no scratch tile"))?;
-            super::super::layout::retyped(cast, d)
+            super::super::layout::retyped(cast, super::on_chip_dtype(d))
         } else {
             tiles.work.clone()
         };
@@ -320,7 +324,10 @@ pub fn apply(ctx: &mut LowerCtx<'_>, ops: &[EwOp], tiles: &ChainTiles<'_>) -> Re
                     },
                 );
             }
-            Micro::Cast(_) | Micro::Copy => {
+            Micro::Cast(d) => {
+                cast_step(ctx, d, &dst, cur, tiles)?;
+            }
+            Micro::Copy => {
                 let e = ctx.evict_engine();
                 ctx.copy_on(e, dst.clone(), cur);
             }
@@ -328,6 +335,78 @@ pub fn apply(ctx: &mut LowerCtx<'_>, ops: &[EwOp], tiles: &ChainTiles<'_>) -> Re
         cur = dst;
     }
     Ok(cur)
+}
+
+fn ts(dst: Ap, src: Ap, op0: AluOp, v0: f32, op1: AluOp, v1: f32) -> Op {
+    Op::TensorScalar {
+        dst,
+        src,
+        op0,
+        operand0: Operand::Imm(v0),
+        reverse0: false,
+        op1,
+        operand1: Operand::Imm(v1),
+        reverse1: false,
+    }
+}
+
+/// One `Cast` step with the graph's `cast` semantics (the kernel interpreter's
+/// `cast_to`): floats round to nearest even (the write does it), booleans are `x != 0`, and
+/// integers truncate toward zero and saturate. The hardware write rounds to nearest, so
+/// truncation corrects the rounded value `y` by one toward zero where rounding went away
+/// from zero: `y - sign(x) * [(y - x) * x > 0]`.
+fn cast_step(ctx: &mut LowerCtx<'_>, d: Dtype, dst: &Ap, cur: Ap, tiles: &ChainTiles<'_>) -> Result<(), CompileError> {
+    match d {
+        Dtype::U8 => {
+            ctx.push(Engine::Vector, ts(dst.clone(), cur, AluOp::IsNe, 0.0, AluOp::Bypass, 0.0));
+        }
+        Dtype::I8 | Dtype::I32 | Dtype::I64 => {
+            let cast = tiles
+                .cast
+                .as_ref()
+                .ok_or_else(|| ctx.err("internal: an integer cast has no scratch tile"))?;
+            let mut cur = cur;
+            if cur.mem == Memory::Psum || (cur.offset == dst.offset && cur.mem == dst.mem) {
+                ctx.copy_on(Engine::Vector, tiles.work.clone(), cur);
+                cur = tiles.work.clone();
+            }
+            let tmp = Ap {
+                dtype: Dtype::F32,
+                offset: cast.offset + cast.free_elems() * 4,
+                ..cast.clone()
+            };
+            let y = dst.clone();
+            let tt = |dst: &Ap, a: &Ap, b: &Ap, op: AluOp| Op::TensorTensor {
+                dst: dst.clone(),
+                a: a.clone(),
+                b: b.clone(),
+                op,
+            };
+            ctx.copy_on(Engine::Vector, y.clone(), cur.clone());
+            ctx.push(Engine::Vector, tt(&tmp, &y, &cur, AluOp::Sub));
+            ctx.push(Engine::Vector, tt(&tmp, &tmp, &cur, AluOp::Mul));
+            ctx.push(Engine::Vector, ts(tmp.clone(), tmp.clone(), AluOp::IsGt, 0.0, AluOp::Bypass, 0.0));
+            let sign = tiles.work.clone();
+            ctx.push(
+                Engine::Scalar,
+                Op::Activation {
+                    dst: sign.clone(),
+                    src: cur,
+                    func: ActFunc::Sign,
+                    scale: Operand::Imm(1.0),
+                    bias: None,
+                    accum: None,
+                },
+            );
+            ctx.push(Engine::Vector, tt(&tmp, &tmp, &sign, AluOp::Mul));
+            ctx.push(Engine::Vector, tt(dst, &y, &tmp, AluOp::Sub));
+        }
+        _ => {
+            let e = ctx.evict_engine();
+            ctx.copy_on(e, dst.clone(), cur);
+        }
+    }
+    Ok(())
 }
 
 /// Whether `ops` contains a `Cast` step (the caller then provides a cast scratch tile).

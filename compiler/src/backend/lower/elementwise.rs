@@ -125,7 +125,7 @@ pub fn buffers(s: &EwShape, t: &RowTiling) -> Vec<BufferReq> {
         BufferReq::sbuf("out", c * s.out.1.size(), t.slots),
     ];
     if chain::has_cast(&s.ops) {
-        v.push(BufferReq::sbuf("cast", c * 4, 1));
+        v.push(BufferReq::sbuf("cast", c * chain::CAST_BYTES, 1));
     }
     for o in &s.operands {
         let bytes = if o.class.is_column() { 4 } else { c * o.tile_dtype().size() };

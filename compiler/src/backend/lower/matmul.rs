@@ -267,7 +267,7 @@ pub fn buffers(s: &MmShape, t: &MatmulTiling, cfg: &ChipConfig) -> Vec<BufferReq
         v.push(BufferReq::sbuf("ws", t.w_kchunk as u64 * p as u64 * mm, 2));
     }
     if chain::has_cast(&s.epilogue) {
-        v.push(BufferReq::sbuf("cast", nt * 4, 1));
+        v.push(BufferReq::sbuf("cast", nt * chain::CAST_BYTES, 1));
     }
     for (i, _, _) in &s.operands {
         // Operand tiles are at most 4-byte elements.

@@ -129,7 +129,7 @@ pub fn buffers(s: &NormShape, t: &RowTiling) -> Vec<BufferReq> {
         BufferReq::sbuf("stat", (6 * chunks + 4) * 4, t.slots),
     ];
     if chain::has_cast(&s.chain) {
-        v.push(BufferReq::sbuf("cast", c * 4, 1));
+        v.push(BufferReq::sbuf("cast", c * chain::CAST_BYTES, 1));
     }
     for o in &s.operands {
         let bytes = if o.class.is_column() { 4 } else { c * o.tile_dtype().size() };

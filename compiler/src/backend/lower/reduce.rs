@@ -144,7 +144,7 @@ pub fn buffers(s: &ReduceShape, t: &RowTiling) -> Vec<BufferReq> {
         BufferReq::sbuf("out", 4, t.slots),
     ];
     if chain::has_cast(&s.chain) {
-        v.push(BufferReq::sbuf("cast", 4, 1));
+        v.push(BufferReq::sbuf("cast", chain::CAST_BYTES, 1));
     }
     for o in &s.operands {
         v.push(BufferReq::sbuf(&format!("op{}", o.input), 4, t.slots));

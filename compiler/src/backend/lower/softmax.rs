@@ -103,7 +103,7 @@ pub fn buffers(s: &SmShape, t: &RowTiling) -> Vec<BufferReq> {
         BufferReq::sbuf("stat", 16, t.slots),
     ];
     if chain::has_cast(&s.prologue) || chain::has_cast(&s.epilogue) {
-        v.push(BufferReq::sbuf("cast", c * 4, 1));
+        v.push(BufferReq::sbuf("cast", c * chain::CAST_BYTES, 1));
     }
     for o in &s.operands {
         let bytes = if o.class.is_column() { 4 } else { c * o.tile_dtype().size() };

@@ -1,0 +1,58 @@
+//! One small model per kernel kind (fixtures in `tests/fixtures/backend/`), compiled fused
+//! and unfused, simulated with the race checker on, compared with the reference.
+
+use super::backend_harness::{Precision, compile_and_check, compile_and_check_with};
+use neuronc::ir::Graph;
+use std::path::PathBuf;
+
+fn fixture(name: &str) -> Graph {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/backend").join(name);
+    neuronc::frontend::load_model(&p).unwrap()
+}
+
+/// Fused and unfused in fp32, fused in bf16.
+fn check_all(name: &str) {
+    let g = fixture(name);
+    compile_and_check(&g, Precision::Fp32);
+    let mut unfused = Precision::Fp32.options();
+    unfused.fuse = false;
+    compile_and_check_with(&g, unfused, Precision::Fp32);
+    compile_and_check(&g, Precision::Bf16);
+}
+
+#[test]
+fn norms_layer_norm_over_two_axes_rms_norm_and_wide_rows() {
+    check_all("norms.json");
+}
+
+#[test]
+fn matmuls_multi_tile_epilogues_batched_and_transposed_weights() {
+    check_all("matmuls.json");
+}
+
+#[test]
+fn matmuls_int8_and_fp16() {
+    let g = fixture("matmuls.json");
+    compile_and_check(&g, Precision::Int8);
+    compile_and_check(&g, Precision::Fp16);
+}
+
+#[test]
+fn attention_with_partial_tiles_and_mask() {
+    check_all("attention.json");
+}
+
+#[test]
+fn rows_softmax_reduce_select_pow_casts_and_copies() {
+    check_all("rows.json");
+}
+
+#[test]
+fn misc_ops_fixture_fused_and_unfused() {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/misc_ops/model.json");
+    let g = neuronc::frontend::load_model(&p).unwrap();
+    compile_and_check(&g, Precision::Fp32);
+    let mut unfused = Precision::Fp32.options();
+    unfused.fuse = false;
+    compile_and_check_with(&g, unfused, Precision::Fp32);
+}
