@@ -458,6 +458,10 @@ fn gpt2_causal_attention_is_one_kernel_without_copies() {
             1e-5,
         );
     }
+    // A boolean mask operand does not keep the attention in fp32.
+    let kg = compile(&g, true, AutoCast::Matmult);
+    assert_eq!(kg.kernels[1].mm_dtype, neuron_isa::Dtype::Bf16);
+    assert_close("gpt2 bf16", &want, &interpret(&kg, &inputs).unwrap(), 2e-2);
 }
 
 #[test]

@@ -273,6 +273,100 @@ fn usage_errors_exit_with_code_2() {
     neuron_sim().args(["run", "--help"]).assert().success();
 }
 
+fn example(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
+}
+
+#[test]
+fn readme_command_compiles_bert_layer_and_writes_the_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let prof = dir.path().join("profile");
+    let bert = example("bert_layer.json");
+    let out = neuron_sim()
+        .arg("run")
+        .arg(&bert)
+        .arg("--profile")
+        .arg(&prof)
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("model bert_layer on trn1"), "{stdout}");
+    let summary: Value = serde_json::from_str(&text(&prof.join("summary.json"))).unwrap();
+    let records = summary["instructions"].as_u64().unwrap() as usize;
+    let trace: Value = serde_json::from_str(&text(&prof.join("trace.json"))).unwrap();
+    let busy = check_trace(&trace, records);
+    let (per_engine, per_kernel) = parse_folded(&text(&prof.join("flame.folded")), "bert_layer");
+    for e in summary["engines"].as_array().unwrap() {
+        let name = e["engine"].as_str().unwrap();
+        assert_eq!(per_engine[name], e["busy_ns"].as_u64().unwrap(), "{name}");
+        assert_eq!(busy[name], e["busy_ps"].as_u64().unwrap(), "{name}");
+    }
+    let kernels: Vec<&str> = per_kernel.keys().map(String::as_str).collect();
+    check_svg(&text(&prof.join("flame.svg")), &kernels);
+    let peak = Dtype::from_name(summary["peak_dtype"].as_str().unwrap()).unwrap();
+    check_summary(&summary, &ChipConfig::trn1(), peak);
+    assert!(summary["mfu_percent"].as_f64().unwrap() > 0.0);
+    assert!(summary["kernels"].as_array().unwrap().len() >= 5);
+
+    // Timing-only gives the same simulated latency as the full run.
+    let fast = neuron_sim()
+        .arg("run")
+        .arg(&bert)
+        .args(["--timing-only", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let fast = stdout_json(&fast);
+    assert_eq!(fast["latency_ns"], summary["latency_ns"]);
+    assert_eq!(fast["engines"], summary["engines"]);
+}
+
+#[test]
+fn compiler_flags_reach_the_compiler() {
+    let mlp = example("mlp.json");
+    let run = |extra: &[&str]| {
+        let out = neuron_sim()
+            .arg("run")
+            .arg(&mlp)
+            .args(["--json", "--timing-only"])
+            .args(extra)
+            .assert()
+            .success()
+            .get_output()
+            .clone();
+        stdout_json(&out)
+    };
+    let default = run(&[]);
+    assert_eq!(default["target"], "trn1");
+    assert_eq!(default["peak_dtype"], "bf16");
+    let fp32 = run(&["--auto-cast", "none", "--target", "trn2"]);
+    assert_eq!(fp32["target"], "trn2");
+    assert_eq!(fp32["peak_dtype"], "f32");
+    check_summary(&fp32, &ChipConfig::trn2(), Dtype::F32);
+    let unfused = run(&["--no-fuse"]);
+    assert!(
+        unfused["kernels"].as_array().unwrap().len() > default["kernels"].as_array().unwrap().len()
+    );
+    let out = neuron_sim()
+        .arg("run")
+        .arg(&mlp)
+        .args(["--auto-cast", "some"])
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("--auto-cast: expected none, matmult or all, found 'some'"),
+        "{e}"
+    );
+}
+
 #[test]
 fn a_missing_model_json_names_the_file() {
     let out = neuron_sim()
@@ -283,4 +377,20 @@ fn a_missing_model_json_names_the_file() {
         .clone();
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("/no/such/model.json"), "{e}");
+    // A model.json with an error names the file and what is wrong.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\"nodes\": [").unwrap();
+    let out = neuron_sim()
+        .arg("run")
+        .arg(&bad)
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("bad.json") && e.contains("malformed json"),
+        "{e}"
+    );
 }

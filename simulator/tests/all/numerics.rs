@@ -513,38 +513,3 @@ fn sr_overflow_rules() {
     }
 }
 
-/// Conversion throughput (ns per element) of the slice paths. Timing-sensitive, so
-/// ignored by default; run with
-/// `cargo test --release -p neuron-sim --test all -- --ignored conversion_speed --nocapture`.
-#[test]
-#[ignore]
-fn conversion_speed() {
-    use std::time::Instant;
-    let n = 1 << 16;
-    let src: Vec<f32> = (0..n).map(|i| (i as f32 - 30000.0) * 0.0137).collect();
-    for dtype in [
-        Dtype::Bf16,
-        Dtype::F16,
-        Dtype::Fp8E4m3,
-        Dtype::Fp8E5m2,
-        Dtype::I8,
-    ] {
-        let mut bytes = vec![0u8; n * dtype.size() as usize];
-        let mut back = vec![0f32; n];
-        for mode in [Rounding::Rne, Rounding::Stochastic] {
-            let mut r = Rounder::new(mode, 1);
-            let t = Instant::now();
-            for _ in 0..50 {
-                encode_slice(dtype, &src, &mut bytes, &mut r).unwrap();
-            }
-            let enc = t.elapsed().as_secs_f64() / (50 * n) as f64 * 1e9;
-            println!("{dtype} encode {mode:?}: {enc:.2} ns/elem");
-        }
-        let t = Instant::now();
-        for _ in 0..50 {
-            decode_slice(dtype, &bytes, &mut back).unwrap();
-        }
-        let dec = t.elapsed().as_secs_f64() / (50 * n) as f64 * 1e9;
-        println!("{dtype} decode: {dec:.2} ns/elem");
-    }
-}
