@@ -96,9 +96,24 @@ impl fmt::Display for CompileSummary {
             .filter(|(k, _)| k.as_str() != "target")
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        writeln!(f, "model      {} -> target {} ({})", self.model, self.target, opts.join(", "))?;
-        let kinds: Vec<String> = self.kernels.iter().map(|(k, n)| format!("{k} {n}")).collect();
-        writeln!(f, "kernels    {} ({})", self.total_kernels(), kinds.join(", "))?;
+        writeln!(
+            f,
+            "model      {} -> target {} ({})",
+            self.model,
+            self.target,
+            opts.join(", ")
+        )?;
+        let kinds: Vec<String> = self
+            .kernels
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        writeln!(
+            f,
+            "kernels    {} ({})",
+            self.total_kernels(),
+            kinds.join(", ")
+        )?;
         let (dma, compute): (Vec<_>, Vec<_>) = self
             .instructions
             .iter()
@@ -108,7 +123,12 @@ impl fmt::Display for CompileSummary {
         if !dma.is_empty() {
             line.push(format!("dma {dma_total} over {} queues", dma.len()));
         }
-        writeln!(f, "instrs     {} ({})", self.total_instructions(), line.join(", "))?;
+        writeln!(
+            f,
+            "instrs     {} ({})",
+            self.total_instructions(),
+            line.join(", ")
+        )?;
         writeln!(
             f,
             "sbuf peak  {} of {} per partition ({:.0}%)",
@@ -130,8 +150,17 @@ impl fmt::Display for CompileSummary {
             human(self.spill_bytes),
             human(self.weight_bytes)
         )?;
-        writeln!(f, "flops      {:.3} GFLOP per run, {} semaphores", self.model_flops as f64 / 1e9, self.semaphores)?;
-        write!(f, "compiled   in {:.1} ms", self.compile_time.as_secs_f64() * 1e3)
+        writeln!(
+            f,
+            "flops      {:.3} GFLOP per run, {} semaphores",
+            self.model_flops as f64 / 1e9,
+            self.semaphores
+        )?;
+        write!(
+            f,
+            "compiled   in {:.1} ms",
+            self.compile_time.as_secs_f64() * 1e3
+        )
     }
 }
 
@@ -188,7 +217,8 @@ fn verify(program: &Program, opts: &CompileOptions) -> Result<(), CompileError> 
 
 /// Compiles `graph` for `opts.target`.
 pub fn compile(graph: &Graph, opts: &CompileOptions) -> Result<Compiled, CompileError> {
-    let _span = tracing::info_span!("compile", model = %graph.name, target = %opts.target.name).entered();
+    let _span =
+        tracing::info_span!("compile", model = %graph.name, target = %opts.target.name).entered();
     let start = Instant::now();
     let cfg = &opts.target;
     let mut dumper = Dumper::new(opts.dump_dir.as_deref())?;
@@ -199,7 +229,10 @@ pub fn compile(graph: &Graph, opts: &CompileOptions) -> Result<Compiled, Compile
     let alloc = backend::allocate(&kg, &plans, cfg)?;
     dumper.dump("allocation", &backend::display_allocation(&kg, &alloc));
     let lowered = backend::lower_program(&kg, &plans, &alloc, cfg)?;
-    dumper.dump("program", &neuron_isa::disasm::disassemble(&lowered.program));
+    dumper.dump(
+        "program",
+        &neuron_isa::disasm::disassemble(&lowered.program),
+    );
     dumper.check()?;
     verify(&lowered.program, opts)?;
     let spill_bytes = plans.iter().map(|p| p.restream_bytes).sum();
@@ -210,14 +243,23 @@ pub fn compile(graph: &Graph, opts: &CompileOptions) -> Result<Compiled, Compile
     Ok(Compiled { artifact, summary })
 }
 
-fn summarize(art: &Artifact, alloc: &backend::alloc::Allocation, spill_bytes: u64, time: Duration) -> CompileSummary {
+fn summarize(
+    art: &Artifact,
+    alloc: &backend::alloc::Allocation,
+    spill_bytes: u64,
+    time: Duration,
+) -> CompileSummary {
     let p = &art.meta.program;
     let cfg = &art.meta.target;
     let mut kernels = BTreeMap::new();
     for k in &p.kernels {
         *kernels.entry(k.kind.clone()).or_insert(0) += 1;
     }
-    let mut streams: Vec<(Engine, usize)> = p.streams.iter().map(|s| (s.engine, s.instrs.len())).collect();
+    let mut streams: Vec<(Engine, usize)> = p
+        .streams
+        .iter()
+        .map(|s| (s.engine, s.instrs.len()))
+        .collect();
     streams.sort_by_key(|(e, _)| *e);
     CompileSummary {
         model: art.meta.model_name.clone(),

@@ -96,7 +96,14 @@ impl Buf {
 
     /// Like [`Buf::tile`], `byte_off` bytes into the slot.
     pub fn tile_at(&self, i: usize, byte_off: u64, dtype: Dtype, partitions: u32, free: u32) -> Ap {
-        Ap::on_chip(self.mem.memory(), dtype, 0, partitions, self.slot(i) + byte_off, free)
+        Ap::on_chip(
+            self.mem.memory(),
+            dtype,
+            0,
+            partitions,
+            self.slot(i) + byte_off,
+            free,
+        )
     }
 }
 
@@ -181,7 +188,11 @@ pub fn allocate(requests: &[Vec<BufferReq>], cfg: &ChipConfig) -> Result<Allocat
             let coexist = fp + pfp <= cap;
             // Take the end the previous kernel did not use.
             let top = coexist && !ptop;
-            bases[m] = if top { (cap - fp) / granule * granule } else { 0 };
+            bases[m] = if top {
+                (cap - fp) / granule * granule
+            } else {
+                0
+            };
             let peak = if coexist { fp + pfp } else { fp };
             match mem {
                 OnChip::Sbuf => {
@@ -221,7 +232,10 @@ mod tests {
     fn consecutive_kernels_take_opposite_ends() {
         let cfg = ChipConfig::trn1();
         let reqs = vec![
-            vec![BufferReq::sbuf("a", 1000, 2), BufferReq::psum("acc", 100, 2)],
+            vec![
+                BufferReq::sbuf("a", 1000, 2),
+                BufferReq::psum("acc", 100, 2),
+            ],
             vec![BufferReq::sbuf("b", 4096, 3)],
             vec![BufferReq::sbuf("c", 150 * 1024, 1)],
             vec![BufferReq::sbuf("d", 190 * 1024, 1)],
@@ -230,7 +244,11 @@ mod tests {
         let k0 = &a.kernels[0];
         assert_eq!(k0.get("a").unwrap().base, 0);
         assert_eq!(k0.get("a").unwrap().slot_bytes, 1024);
-        assert_eq!(k0.get("acc").unwrap().slot_bytes, 2048, "psum slots are whole banks");
+        assert_eq!(
+            k0.get("acc").unwrap().slot_bytes,
+            2048,
+            "psum slots are whole banks"
+        );
         assert_eq!(k0.get("acc").unwrap().slot(3), 2048);
         let b = a.kernels[1].get("b").unwrap();
         assert_eq!(b.base, cfg.sbuf_bytes_per_partition - 3 * 4096);

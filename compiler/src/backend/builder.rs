@@ -208,7 +208,12 @@ impl Tracker {
                 let (r0, r1, c0, c1) = if aligned {
                     let step = if ps == 0 { 0 } else { ps / l };
                     let r0 = row_of(lo);
-                    (r0, r0 + step * (parts - 1) + 1, lo.rem_euclid(l), (hi - 1).rem_euclid(l) + 1)
+                    (
+                        r0,
+                        r0 + step * (parts - 1) + 1,
+                        lo.rem_euclid(l),
+                        (hi - 1).rem_euclid(l) + 1,
+                    )
                 } else {
                     let span = ps * (parts - 1);
                     let (alo, ahi) = (lo + span.min(0), hi + span.max(0));
@@ -301,7 +306,12 @@ pub struct Builder {
 
 /// Streams in a fixed order: the four compute engines, then the DMA queues.
 fn stream_engines(cfg: &ChipConfig) -> Vec<Engine> {
-    let mut e = vec![Engine::Tensor, Engine::Vector, Engine::Scalar, Engine::GpSimd];
+    let mut e = vec![
+        Engine::Tensor,
+        Engine::Vector,
+        Engine::Scalar,
+        Engine::GpSimd,
+    ];
     let queues = cfg.dma_queues.clamp(1, 256);
     e.extend((0..queues).map(|q| Engine::Dma(q as u8)));
     e
@@ -317,7 +327,10 @@ impl Builder {
         // classes share it.
         let stores = (dma.len() / 4).max(1);
         let (load_queues, store_queues) = if dma.len() > 1 {
-            (dma[..dma.len() - stores].to_vec(), dma[dma.len() - stores..].to_vec())
+            (
+                dma[..dma.len() - stores].to_vec(),
+                dma[dma.len() - stores..].to_vec(),
+            )
         } else {
             (dma.clone(), dma.clone())
         };
@@ -369,8 +382,16 @@ impl Builder {
         let s = self.stream_of(engine);
         let n = self.engines.len();
         let index = self.streams[s].len() as u32;
-        let reads: Vec<Region> = op.reads().into_iter().filter_map(|a| self.tracker.region(a)).collect();
-        let writes: Vec<Region> = op.writes().into_iter().filter_map(|a| self.tracker.region(a)).collect();
+        let reads: Vec<Region> = op
+            .reads()
+            .into_iter()
+            .filter_map(|a| self.tracker.region(a))
+            .collect();
+        let writes: Vec<Region> = op
+            .writes()
+            .into_iter()
+            .filter_map(|a| self.tracker.region(a))
+            .collect();
         let mut need = std::mem::take(&mut self.need);
         need.iter_mut().for_each(|x| *x = 0);
         for r in &reads {
@@ -393,9 +414,9 @@ impl Builder {
         let mut waits = Vec::new();
         for &(e, c) in &candidates {
             // Dropped if another candidate's completion already implies it.
-            let implied = candidates.iter().any(|&(e2, c2)| {
-                e2 != e && self.clocks[e2][(c2 as usize - 1) * n + e] >= c
-            });
+            let implied = candidates
+                .iter()
+                .any(|&(e2, c2)| e2 != e && self.clocks[e2][(c2 as usize - 1) * n + e] >= c);
             if !implied {
                 waits.push((e, c));
             }
@@ -534,11 +555,17 @@ mod tests {
         let mut b = Builder::new(&cfg, &tensors());
         let x = Ap::hbm_rows(TensorId(0), Dtype::F32, 0, 128, 64, 64);
         let l = b.load(sb(0), x.clone());
-        assert!(b.streams[l.stream][0].wait.is_empty(), "inputs are never written");
+        assert!(
+            b.streams[l.stream][0].wait.is_empty(),
+            "inputs are never written"
+        );
         let a = b.push(Engine::Scalar, act(sb(1024), sb(0)));
         assert_eq!(
             b.streams[a.stream][0].wait,
-            vec![SemWait { sem: SemId(l.stream as u32), count: 1 }],
+            vec![SemWait {
+                sem: SemId(l.stream as u32),
+                count: 1
+            }],
             "read after the load's write"
         );
         // Overwriting the load buffer must wait for the activation's read (WAR); the load
@@ -546,7 +573,10 @@ mod tests {
         let l2 = b.load(sb(0), x);
         assert_eq!(
             b.streams[l2.stream].last().unwrap().wait,
-            vec![SemWait { sem: SemId(a.stream as u32), count: 1 }]
+            vec![SemWait {
+                sem: SemId(a.stream as u32),
+                count: 1
+            }]
         );
         // A store of the activation result waits for it; a store to disjoint rows of the
         // same output from another queue does not wait for the first store.
@@ -572,7 +602,13 @@ mod tests {
         let mut b = Builder::new(&cfg, &tensors());
         let lo = Ap::on_chip(Memory::Sbuf, Dtype::F32, 0, 64, 0, 64);
         let hi = Ap::on_chip(Memory::Sbuf, Dtype::F32, 64, 64, 0, 64);
-        b.push(Engine::Vector, Op::Memset { dst: lo, value: 0.0 });
+        b.push(
+            Engine::Vector,
+            Op::Memset {
+                dst: lo,
+                value: 0.0,
+            },
+        );
         let r = b.push(Engine::Scalar, act(sb(2048), hi));
         assert!(b.streams[r.stream][0].wait.is_empty());
     }

@@ -11,7 +11,9 @@ use super::tiling::KernelPlan;
 use crate::error::CompileError;
 use crate::kernel::KernelGraph;
 use crate::options::CompileOptions;
-use neuron_isa::{Artifact, ArtifactMeta, HbmTensor, KernelInfo, Program, TensorId, TensorKind, WeightRange};
+use neuron_isa::{
+    Artifact, ArtifactMeta, HbmTensor, KernelInfo, Program, TensorId, TensorKind, WeightRange,
+};
 use std::collections::BTreeMap;
 
 /// Alignment of each weight in the blob.
@@ -31,7 +33,11 @@ pub fn tensor_table(kg: &KernelGraph) -> Vec<HbmTensor> {
 }
 
 /// Kernel metadata: name, kind, nodes, flops, the HBM bytes its DMAs move and its tiling.
-pub fn kernel_infos(kg: &KernelGraph, plans: &[KernelPlan], hbm_bytes: impl Fn(u32) -> u64) -> Vec<KernelInfo> {
+pub fn kernel_infos(
+    kg: &KernelGraph,
+    plans: &[KernelPlan],
+    hbm_bytes: impl Fn(u32) -> u64,
+) -> Vec<KernelInfo> {
     kg.kernels
         .iter()
         .zip(plans)
@@ -48,7 +54,10 @@ pub fn kernel_infos(kg: &KernelGraph, plans: &[KernelPlan], hbm_bytes: impl Fn(u
 }
 
 /// The weight blob and its ranges: every weight tensor of the graph, then the constants.
-pub fn weight_blob(kg: &KernelGraph, consts: &Constants) -> Result<(Vec<u8>, Vec<WeightRange>), CompileError> {
+pub fn weight_blob(
+    kg: &KernelGraph,
+    consts: &Constants,
+) -> Result<(Vec<u8>, Vec<WeightRange>), CompileError> {
     let mut blob = Vec::new();
     let mut ranges = Vec::new();
     let mut place = |blob: &mut Vec<u8>, id: u32, bytes: &mut dyn FnMut(&mut Vec<u8>)| {
@@ -90,7 +99,12 @@ pub fn weight_blob(kg: &KernelGraph, consts: &Constants) -> Result<(Vec<u8>, Vec
 }
 
 /// Assembles the artifact.
-pub fn artifact(kg: &KernelGraph, program: Program, consts: &Constants, opts: &CompileOptions) -> Result<Artifact, CompileError> {
+pub fn artifact(
+    kg: &KernelGraph,
+    program: Program,
+    consts: &Constants,
+    opts: &CompileOptions,
+) -> Result<Artifact, CompileError> {
     let (blob, weights) = weight_blob(kg, consts)?;
     let batch_size = kg
         .inputs

@@ -187,7 +187,11 @@ fn fp8_to_f64(f: Fp8Format, b: u8) -> f64 {
     let man = u32::from(b) & ((1 << f.man_bits) - 1);
     let top = (1 << f.exp_bits()) - 1;
     if f.ieee && exp == top {
-        return if man == 0 { sign * f64::INFINITY } else { f64::NAN };
+        return if man == 0 {
+            sign * f64::INFINITY
+        } else {
+            f64::NAN
+        };
     }
     if !f.ieee && exp == top && man == (1 << f.man_bits) - 1 {
         return f64::NAN;
@@ -232,21 +236,36 @@ mod tests {
                 }
                 let back = f32_to_fp8(d, v as f32).unwrap();
                 // Negative zero encodes as 0x80; both zeros decode to 0.
-                assert!(back == b || (v == 0.0 && back & 0x7f == 0), "{d} {b:#x} -> {v} -> {back:#x}");
+                assert!(
+                    back == b || (v == 0.0 && back & 0x7f == 0),
+                    "{d} {b:#x} -> {v} -> {back:#x}"
+                );
             }
         }
     }
 
     #[test]
     fn integers_round_to_even_and_saturate() {
-        assert_eq!(encode(Dtype::I8, [2.5, -2.5, 3.5, 200.0, -300.0, f64::NAN]), vec![2, 254, 4, 127, 128, 0]);
-        assert_eq!(decode(Dtype::I32, &encode(Dtype::I32, [7.0, -1.0])), vec![7.0, -1.0]);
+        assert_eq!(
+            encode(Dtype::I8, [2.5, -2.5, 3.5, 200.0, -300.0, f64::NAN]),
+            vec![2, 254, 4, 127, 128, 0]
+        );
+        assert_eq!(
+            decode(Dtype::I32, &encode(Dtype::I32, [7.0, -1.0])),
+            vec![7.0, -1.0]
+        );
     }
 
     #[test]
     fn bf16_rounds_to_nearest_even() {
         // 1 + 2^-8 is a tie between 1 and 1 + 2^-7: rounds to even (1.0).
-        let b = encode(Dtype::Bf16, [1.0 + 2f64.powi(-8), 1.0 + 3.0 * 2f64.powi(-8)]);
-        assert_eq!(decode(Dtype::Bf16, &b), vec![1.0, 1.0 + 2.0 * 2f64.powi(-7)]);
+        let b = encode(
+            Dtype::Bf16,
+            [1.0 + 2f64.powi(-8), 1.0 + 3.0 * 2f64.powi(-8)],
+        );
+        assert_eq!(
+            decode(Dtype::Bf16, &b),
+            vec![1.0, 1.0 + 2.0 * 2f64.powi(-7)]
+        );
     }
 }

@@ -335,7 +335,15 @@ impl RowCols {
 
     /// The HBM access pattern of view `v` (stored in `tensor` as `dtype`) over `run` and
     /// columns `c0 .. c0 + nc` of the outermost column dimension (all of the inner ones).
-    pub fn hbm_ap(&self, v: usize, tensor: TensorId, dtype: Dtype, run: &Run, c0: usize, nc: usize) -> Ap {
+    pub fn hbm_ap(
+        &self,
+        v: usize,
+        tensor: TensorId,
+        dtype: Dtype,
+        run: &Run,
+        c0: usize,
+        nc: usize,
+    ) -> Ap {
         let mut off = self.row_offset(v, run.row);
         let mut dims = Vec::with_capacity(self.cols.len().max(1));
         for (c, &size) in self.cols.iter().enumerate() {
@@ -480,7 +488,10 @@ pub fn shaped(ap: &Ap, sizes: &[usize]) -> Ap {
 
 /// The same tile with another dtype over the same bytes (for reinterpreting a buffer slot).
 pub fn retyped(ap: &Ap, dtype: Dtype) -> Ap {
-    Ap { dtype, ..ap.clone() }
+    Ap {
+        dtype,
+        ..ap.clone()
+    }
 }
 
 #[cfg(test)]
@@ -526,7 +537,10 @@ mod tests {
         assert_eq!(rc.num_rows(), 12 * 128);
         let runs = rc.runs(100, 128);
         assert_eq!(runs.len(), 2);
-        assert_eq!((runs[0].part, runs[0].len, runs[1].part, runs[1].len), (0, 28, 28, 100));
+        assert_eq!(
+            (runs[0].part, runs[0].len, runs[1].part, runs[1].len),
+            (0, 28, 28, 100)
+        );
         let ap = rc.hbm_ap(1, TensorId(0), Dtype::F32, &runs[1], 0, 64);
         // Row 128 is head 1, sequence 0: element 64.
         assert_eq!(ap.offset, 64 * 4);

@@ -41,7 +41,11 @@ pub struct Lowered {
 }
 
 /// Places every kernel's buffers; an error names the kernel that does not fit.
-pub fn allocate(kg: &KernelGraph, plans: &[KernelPlan], cfg: &ChipConfig) -> Result<Allocation, CompileError> {
+pub fn allocate(
+    kg: &KernelGraph,
+    plans: &[KernelPlan],
+    cfg: &ChipConfig,
+) -> Result<Allocation, CompileError> {
     let _span = tracing::info_span!("allocation").entered();
     let reqs: Vec<_> = plans.iter().map(|p| p.buffers.clone()).collect();
     alloc::allocate(&reqs, cfg).map_err(|e| match kg.kernels.get(e.kernel) {
@@ -57,7 +61,10 @@ pub fn display_allocation(kg: &KernelGraph, a: &Allocation) -> String {
         a.peak_sbuf, a.peak_psum
     );
     for (i, (k, ka)) in kg.kernels.iter().zip(&a.kernels).enumerate() {
-        s.push_str(&format!("k{i} {}: sbuf {} B, psum {} B\n", k.name, ka.sbuf_bytes, ka.psum_bytes));
+        s.push_str(&format!(
+            "k{i} {}: sbuf {} B, psum {} B\n",
+            k.name, ka.sbuf_bytes, ka.psum_bytes
+        ));
         for b in &ka.bufs {
             s.push_str(&format!(
                 "    {:<6} {:?} @{} {} B x{}\n",
@@ -84,7 +91,10 @@ pub fn lower_program(
     };
     for (i, k) in kg.kernels.iter().enumerate() {
         let (Some(plan), Some(bufs)) = (plans.get(i), alloc.kernels.get(i)) else {
-            return Err(lower::lowering_error(k, "internal: kernel has no plan or allocation"));
+            return Err(lower::lowering_error(
+                k,
+                "internal: kernel has no plan or allocation",
+            ));
         };
         b.set_kernel(i as u32);
         let mut ctx = LowerCtx {

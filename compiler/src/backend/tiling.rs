@@ -191,7 +191,8 @@ impl<'c> CostModel<'c> {
     /// Time of `bytes` in `transfers` DMAs over all queues, ns.
     pub fn dma_ns(&self, bytes: u64, transfers: u64) -> f64 {
         let queues = f64::from(self.cfg.dma_queues.max(1));
-        bytes as f64 / self.dma_bandwidth() + transfers as f64 * self.cfg.dma_fixed_latency_ns / queues
+        bytes as f64 / self.dma_bandwidth()
+            + transfers as f64 * self.cfg.dma_fixed_latency_ns / queues
     }
 
     /// TensorE cycles of one matmul (stationary free `m`, moving free `n`) in `dtype`.
@@ -250,7 +251,11 @@ pub fn choose_rows(
             }
         }
         if !chunkable || cols == 1 {
-            let t = RowTiling { rows, cols, slots: 1 };
+            let t = RowTiling {
+                rows,
+                cols,
+                slots: 1,
+            };
             return Err(format!(
                 "a tile of {rows} rows x {cols} columns needs {} sbuf bytes per partition, the target has {budget} to plan with",
                 sbuf_bytes(&buffers(&t))
@@ -264,39 +269,75 @@ pub fn choose_rows(
 pub fn choose_matmul(s: &matmul::MmShape, cfg: &ChipConfig) -> Result<MatmulTiling, String> {
     let cm = CostModel::new(cfg);
     let p = cfg.partitions as usize;
-    let n_tile = s.n.min(cfg.matmul_moving_fmax as usize).max(1);
-    let n_tiles = s.n.div_ceil(n_tile);
-    let k_tiles = s.k.div_ceil(p);
-    let m_tiles = s.m.div_ceil(p);
+    let k_tiles = s.k.div_ceil(p).max(1);
+    let m_tiles = s.m.div_ceil(p).max(1);
     let mt = s.m.min(p);
-    let mm_size = s.mm_dtype.size();
     let target = cm.dma_target_bytes_per_partition();
-    let w_kchunk = (target.div_ceil((n_tile as u64 * s.w_dtype.size()).max(1)) as usize).clamp(1, k_tiles.max(1));
-    let x_kchunk = ((target / s.x_dtype.size().max(1)) as usize).div_ceil(p) * p;
-    let x_kchunk = x_kchunk.clamp(p, k_tiles.max(1) * p);
     let banks = cfg.psum_banks as usize;
     // Two banks hold TensorE transposes (of X, and of W when it needs them).
     let acc_banks = banks.saturating_sub(2).max(1);
     let budget = sbuf_budget(cfg);
-    let mut best: Option<MatmulTiling> = None;
-    for m_group in 1..=m_tiles.min(acc_banks).max(1) {
-        let acc_sets = if 2 * m_group <= acc_banks && m_group < 3 { 2 } else { 1 };
-        for w_slots in [4u32, 3, 2] {
-            let t = MatmulTiling {
-                m_group,
-                n_tile,
-                w_kchunk,
-                w_slots,
-                x_kchunk,
-                acc_sets,
-                est_ns: 0.0,
-                hbm_bytes: 0,
-                restream_bytes: 0,
-            };
-            let reqs = matmul::buffers(s, &t, cfg);
-            if sbuf_bytes(&reqs) > budget || psum_banks(&reqs, cfg) > banks as u64 {
-                continue;
+    let fmax = (cfg.matmul_moving_fmax as usize).max(1);
+    // Column tiles: a full PSUM bank, then narrower ones for small SBUFs.
+    let mut n_cands = vec![s.n.min(fmax).max(1)];
+    for w in [256, 128] {
+        if w < n_cands[0] {
+            n_cands.push(w);
+        }
+    }
+    let x_full =
+        (((target / s.x_dtype.size().max(1)) as usize).div_ceil(p) * p).clamp(p, k_tiles * p);
+    let halvings = |start: usize, stop: usize| {
+        let mut v = vec![start.max(stop)];
+        while let Some(&l) = v.last() {
+            if l <= stop {
+                break;
             }
+            v.push((l / 2).max(stop));
+        }
+        v
+    };
+    let mut best: Option<MatmulTiling> = None;
+    let mut smallest = u64::MAX;
+    for m_group in 1..=m_tiles.min(acc_banks) {
+        let acc_sets = if 2 * m_group <= acc_banks && m_group < 3 {
+            2
+        } else {
+            1
+        };
+        for &n_tile in &n_cands {
+            let w_full = (target.div_ceil((n_tile as u64 * s.w_dtype.size()).max(1)) as usize)
+                .clamp(1, k_tiles);
+            // The largest W chunks, ring and X staging that fit, in that order of preference.
+            let mut fit = None;
+            'search: for w_kchunk in halvings(w_full, 1) {
+                for w_slots in [4u32, 3, 2] {
+                    for x_kchunk in halvings(x_full, p) {
+                        let t = MatmulTiling {
+                            m_group,
+                            n_tile,
+                            w_kchunk,
+                            w_slots,
+                            x_kchunk: x_kchunk.div_ceil(p) * p,
+                            acc_sets,
+                            est_ns: 0.0,
+                            hbm_bytes: 0,
+                            restream_bytes: 0,
+                        };
+                        let reqs = matmul::buffers(s, &t, cfg);
+                        let bytes = sbuf_bytes(&reqs);
+                        smallest = smallest.min(bytes);
+                        if bytes <= budget && psum_banks(&reqs, cfg) <= banks as u64 {
+                            fit = Some(t);
+                            break 'search;
+                        }
+                    }
+                }
+            }
+            let Some(t) = fit else {
+                continue;
+            };
+            let n_tiles = s.n.div_ceil(n_tile) as u64;
             let groups = m_tiles.div_ceil(m_group) as u64;
             let b = s.batches as u64;
             let w_bytes = (s.k * s.n) as u64 * s.w_dtype.size();
@@ -304,10 +345,10 @@ pub fn choose_matmul(s: &matmul::MmShape, cfg: &ChipConfig) -> Result<MatmulTili
             let y_bytes = (s.m * s.n) as u64 * s.out_dtype.size();
             let hbm = b * (x_bytes + groups * w_bytes + y_bytes + s.operand_bytes);
             let transfers = b
-                * (groups * n_tiles as u64 * k_tiles.div_ceil(w_kchunk) as u64
-                    + m_tiles as u64 * (s.k.div_ceil(x_kchunk) as u64 + n_tiles as u64 * 2));
+                * (groups * n_tiles * k_tiles.div_ceil(t.w_kchunk) as u64
+                    + m_tiles as u64 * (s.k.div_ceil(t.x_kchunk) as u64 + n_tiles * 2));
             let mm = b as f64
-                * (m_tiles * n_tiles * k_tiles) as f64
+                * (m_tiles as u64 * n_tiles * k_tiles as u64) as f64
                 * cm.matmul_cycles(mt, n_tile, s.mm_dtype);
             let tp = if s.x_transposes {
                 b as f64 * (m_tiles * k_tiles) as f64 * cm.transpose_cycles(mt, p)
@@ -317,7 +358,8 @@ pub fn choose_matmul(s: &matmul::MmShape, cfg: &ChipConfig) -> Result<MatmulTili
             let compute = cm.tensor_ns(mm + tp);
             let dma = cm.dma_ns(hbm, transfers);
             // Filling a group's X^T is not hidden behind that group's matmuls.
-            let fill = b as f64 * groups as f64 * cm.dma_ns(x_bytes / m_tiles as u64 * m_group as u64, 1);
+            let fill =
+                b as f64 * groups as f64 * cm.dma_ns(x_bytes / m_tiles as u64 * m_group as u64, 1);
             let est = compute.max(dma) + fill;
             let cand = MatmulTiling {
                 est_ns: est,
@@ -333,20 +375,22 @@ pub fn choose_matmul(s: &matmul::MmShape, cfg: &ChipConfig) -> Result<MatmulTili
             if better {
                 best = Some(cand);
             }
-            break;
         }
     }
     best.ok_or_else(|| {
         format!(
-            "no blocking fits: one group of X^T needs {} sbuf bytes per partition (K = {}), the target has {budget} to plan with",
-            k_tiles as u64 * mt as u64 * mm_size,
-            s.k
+            "no blocking fits: the smallest needs {smallest} sbuf bytes per partition (K = {}, N = {}), the target has {budget} to plan with",
+            s.k, s.n
         )
     })
 }
 
 /// Plans one kernel.
-pub fn plan_kernel(kg: &KernelGraph, k: &Kernel, cfg: &ChipConfig) -> Result<KernelPlan, CompileError> {
+pub fn plan_kernel(
+    kg: &KernelGraph,
+    k: &Kernel,
+    cfg: &ChipConfig,
+) -> Result<KernelPlan, CompileError> {
     let err = |m: String| lowering_error(k, m);
     let (tiling, buffers, restream_bytes) = match &k.op {
         KernelOp::MatMul { .. } => {
@@ -358,30 +402,44 @@ pub fn plan_kernel(kg: &KernelGraph, k: &Kernel, cfg: &ChipConfig) -> Result<Ker
         }
         KernelOp::Elementwise { .. } => {
             let s = elementwise::analyze(kg, k, cfg)?;
-            let t = choose_rows(cfg, s.rc.num_rows(), s.rc.cols.first().copied().unwrap_or(1), s.col_bytes, true, |t| {
-                elementwise::buffers(&s, t)
-            })
+            let t = choose_rows(
+                cfg,
+                s.rc.num_rows(),
+                s.rc.cols.first().copied().unwrap_or(1),
+                s.col_bytes,
+                true,
+                |t| elementwise::buffers(&s, t),
+            )
             .map_err(err)?;
             let b = elementwise::buffers(&s, &t);
             (Tiling::Rows(t), b, 0)
         }
         KernelOp::Norm { .. } => {
             let s = norm::analyze(kg, k)?;
-            let t = choose_rows(cfg, s.rc.num_rows(), 1, 4, false, |t| norm::buffers(&s, t)).map_err(err)?;
+            let t = choose_rows(cfg, s.rc.num_rows(), 1, 4, false, |t| norm::buffers(&s, t))
+                .map_err(err)?;
             let b = norm::buffers(&s, &t);
             (Tiling::Rows(t), b, 0)
         }
         KernelOp::Softmax { .. } => {
             let s = softmax::analyze(kg, k)?;
-            let t = choose_rows(cfg, s.rc.num_rows(), 1, 4, false, |t| softmax::buffers(&s, t)).map_err(err)?;
+            let t = choose_rows(cfg, s.rc.num_rows(), 1, 4, false, |t| {
+                softmax::buffers(&s, t)
+            })
+            .map_err(err)?;
             let b = softmax::buffers(&s, &t);
             (Tiling::Rows(t), b, 0)
         }
         KernelOp::Reduce { .. } => {
             let s = reduce::analyze(kg, k)?;
-            let t = choose_rows(cfg, s.rc.num_rows(), s.rc.cols.first().copied().unwrap_or(1), s.col_bytes, true, |t| {
-                reduce::buffers(&s, t)
-            })
+            let t = choose_rows(
+                cfg,
+                s.rc.num_rows(),
+                s.rc.cols.first().copied().unwrap_or(1),
+                s.col_bytes,
+                true,
+                |t| reduce::buffers(&s, t),
+            )
             .map_err(err)?;
             let b = reduce::buffers(&s, &t);
             (Tiling::Rows(t), b, 0)
@@ -392,9 +450,13 @@ pub fn plan_kernel(kg: &KernelGraph, k: &Kernel, cfg: &ChipConfig) -> Result<Ker
         }
         KernelOp::Attention { .. } => {
             let s = attention::analyze(kg, k)?;
-            let t = AttentionTiling { q_tile: s.sq.min(cfg.partitions as usize), slots: 2 };
+            let t = AttentionTiling {
+                q_tile: s.sq.min(cfg.partitions as usize),
+                slots: 2,
+            };
             let b = attention::buffers(&s, &t, cfg);
-            if sbuf_bytes(&b) > sbuf_budget(cfg) || psum_banks(&b, cfg) > u64::from(cfg.psum_banks) {
+            if sbuf_bytes(&b) > sbuf_budget(cfg) || psum_banks(&b, cfg) > u64::from(cfg.psum_banks)
+            {
                 return Err(err(format!(
                     "attention with {} keys of dimension {} needs {} sbuf bytes per partition and {} psum banks; the target has {} and {}",
                     s.sk,
@@ -425,7 +487,12 @@ pub fn plan(kg: &KernelGraph, cfg: &ChipConfig) -> Result<Vec<KernelPlan>, Compi
 pub fn display(kg: &KernelGraph, plans: &[KernelPlan]) -> String {
     let mut s = String::new();
     for (i, (k, p)) in kg.kernels.iter().zip(plans).enumerate() {
-        s.push_str(&format!("k{i} {} [{}]: {}\n", k.name, k.op.kind(), p.tiling));
+        s.push_str(&format!(
+            "k{i} {} [{}]: {}\n",
+            k.name,
+            k.op.kind(),
+            p.tiling
+        ));
         for b in &p.buffers {
             s.push_str(&format!(
                 "    {} {:?} {} B x{}\n",

@@ -19,7 +19,8 @@
 //! int8 needs a per-tensor scale for the activation operand, found by calibration
 //! ([`crate::quant`]). A matmul whose `b` is not such a weight (attention, activation
 //! times activation, a weight also read elsewhere) has no int8 form here and uses bf16.
-//! Kernels touching integer or boolean tensors compute in fp32.
+//! Kernels whose data (not a mask or condition operand) or result is integer or boolean
+//! compute in fp32.
 
 use std::collections::BTreeMap;
 

@@ -2,6 +2,8 @@
 //! runtime does, simulate, and compare with the reference executor under the precision
 //! tolerances of the issue.
 
+#![allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a test failure.
+
 use neuron_isa::{Artifact, TensorId, TensorKind};
 use neuron_sim::{RunStats, SimOptions, Simulator};
 use neuronc::backend::encode;
@@ -40,7 +42,9 @@ impl Precision {
 
 /// Path of a file under the workspace's `examples/`.
 pub fn example(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
 }
 
 /// Loads an example model.
@@ -101,15 +105,26 @@ pub fn cosine(a: &[f64], b: &[f64]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
-    if na == 0.0 && nb == 0.0 { 1.0 } else { dot / (na * nb) }
+    if na == 0.0 && nb == 0.0 {
+        1.0
+    } else {
+        dot / (na * nb)
+    }
 }
 
 /// Asserts that `got` matches the reference `want` within the tolerance of `prec`.
 pub fn check(prec: Precision, name: &str, got: &[f64], want: &[f64]) {
     assert_eq!(got.len(), want.len(), "{name}: length");
-    assert!(got.iter().all(|x| x.is_finite()), "{name}: non-finite output {:?}", &got[..got.len().min(8)]);
+    assert!(
+        got.iter().all(|x| x.is_finite()),
+        "{name}: non-finite output {:?}",
+        &got[..got.len().min(8)]
+    );
     let maxabs = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    let maxdiff = got.iter().zip(want).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    let maxdiff = got
+        .iter()
+        .zip(want)
+        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
     let cos = cosine(got, want);
     match prec {
         Precision::Fp32 => {
@@ -121,11 +136,17 @@ pub fn check(prec: Precision, name: &str, got: &[f64], want: &[f64]) {
             }
         }
         Precision::Bf16 => {
-            assert!(maxdiff <= 2e-2 * maxabs, "{name}: max diff {maxdiff} > 2e-2 * {maxabs}");
+            assert!(
+                maxdiff <= 2e-2 * maxabs,
+                "{name}: max diff {maxdiff} > 2e-2 * {maxabs}"
+            );
             assert!(cos >= 0.9995, "{name}: cosine {cos}");
         }
         Precision::Fp16 => {
-            assert!(maxdiff <= 2e-3 * maxabs, "{name}: max diff {maxdiff} > 2e-3 * {maxabs}");
+            assert!(
+                maxdiff <= 2e-3 * maxabs,
+                "{name}: max diff {maxdiff} > 2e-3 * {maxabs}"
+            );
             assert!(cos >= 0.99995, "{name}: cosine {cos}");
         }
         Precision::Int8 => assert!(cos >= 0.99, "{name}: cosine {cos}"),

@@ -1,12 +1,16 @@
 //! One small model per kernel kind (fixtures in `tests/fixtures/backend/`), compiled fused
 //! and unfused, simulated with the race checker on, compared with the reference.
 
+#![allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a test failure.
+
 use super::backend_harness::{Precision, compile_and_check, compile_and_check_with};
 use neuronc::ir::Graph;
 use std::path::PathBuf;
 
 fn fixture(name: &str) -> Graph {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/backend").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/backend")
+        .join(name);
     neuronc::frontend::load_model(&p).unwrap()
 }
 

@@ -1,6 +1,8 @@
 //! Simulated performance of compiled programs (timing-only runs; figures are simulated
 //! time, never wall-clock).
 
+#![allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a test failure.
+
 use super::backend_harness::simulate;
 use neuron_isa::{ChipConfig, Dtype};
 use neuron_sim::SimOptions;
@@ -46,6 +48,10 @@ pub fn matmul_utilisation(m: usize, k: usize, n: usize, cfg: &ChipConfig) -> (f6
 fn big_bf16_matmul_reaches_85_percent_of_tensor_peak() {
     let cfg = ChipConfig::trn1();
     let (util, secs) = matmul_utilisation(4096, 8192, 8192, &cfg);
-    eprintln!("4096x8192 @ 8192x8192 bf16 on trn1: {:.3} ms simulated, {:.1}% of TensorE peak", secs * 1e3, util * 100.0);
+    eprintln!(
+        "4096x8192 @ 8192x8192 bf16 on trn1: {:.3} ms simulated, {:.1}% of TensorE peak",
+        secs * 1e3,
+        util * 100.0
+    );
     assert!(util >= 0.85, "utilisation {util}");
 }

@@ -1,6 +1,8 @@
 //! End to end: examples compiled by the driver, run on the simulator, compared with the
 //! reference executor.
 
+#![allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a test failure.
+
 use super::backend_harness::{Precision, compile_and_check, load_example};
 
 #[test]

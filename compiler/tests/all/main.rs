@@ -2,6 +2,9 @@
 
 mod backend_dump_tmp;
 mod backend_harness;
+mod backend_kinds;
+mod backend_perf;
+mod backend_program;
 mod cli;
 mod compile_e2e;
 mod fusion;
@@ -10,6 +13,3 @@ mod model_errors;
 mod passes;
 mod precision;
 mod reference_ops;
-mod backend_perf;
-mod backend_kinds;
-mod backend_program;

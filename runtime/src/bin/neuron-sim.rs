@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
     about = "Run programs on a simulated NeuronCore"
 )]
 struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -142,6 +145,13 @@ fn compile_in_memory(path: &Path, flags: &CompileFlags) -> anyhow::Result<Artifa
     let compiled = neuronc::driver::compile(&graph, &opts)
         .with_context(|| format!("cannot compile {}", path.display()))?;
     tracing::info!(summary = %compiled.summary, "compiled in memory");
+    eprintln!(
+        "note: compiled {} in memory for {} ({} kernels, {} instructions)",
+        path.display(),
+        compiled.artifact.meta.target.name,
+        compiled.summary.total_kernels(),
+        compiled.summary.total_instructions()
+    );
     Ok(compiled.artifact)
 }
 
@@ -282,18 +292,19 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            // clap exits 0 for --help/--version and 2 for usage errors.
-            e.exit();
-        }
+    // clap exits 0 for --help/--version and 2 for usage errors.
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .init();
     let result = match &cli.command {

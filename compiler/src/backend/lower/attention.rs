@@ -57,19 +57,31 @@ pub struct AttnShape {
 /// Analyses an attention kernel.
 pub fn analyze(_kg: &KernelGraph, k: &Kernel) -> Result<AttnShape, CompileError> {
     let err = |m: String| lowering_error(k, m);
-    let KernelOp::Attention { q, k: kk, v, prologue } = &k.op else {
+    let KernelOp::Attention {
+        q,
+        k: kk,
+        v,
+        prologue,
+    } = &k.op
+    else {
         return Err(err("internal: not an attention kernel".into()));
     };
     let get = |i: usize| {
-        k.inputs
-            .get(i)
-            .ok_or_else(|| err(format!("operand index {i} out of range: the kernel has {} inputs", k.inputs.len())))
+        k.inputs.get(i).ok_or_else(|| {
+            err(format!(
+                "operand index {i} out of range: the kernel has {} inputs",
+                k.inputs.len()
+            ))
+        })
     };
     let (qv, kv, vv) = (get(*q)?, get(*kk)?, get(*v)?);
     let out = &k.output;
     let r = out.shape.len();
     if r < 2 || qv.shape.len() < 2 || kv.shape.len() < 2 || vv.shape.len() < 2 {
-        return Err(err(format!("expected rank >= 2 q, k, v and output, found {:?}", out.shape)));
+        return Err(err(format!(
+            "expected rank >= 2 q, k, v and output, found {:?}",
+            out.shape
+        )));
     }
     let last2 = |v: &View| (v.shape[v.shape.len() - 2], v.shape[v.shape.len() - 1]);
     let (sq, d) = last2(qv);
@@ -88,14 +100,22 @@ pub fn analyze(_kg: &KernelGraph, k: &Kernel) -> Result<AttnShape, CompileError>
         s
     };
     let bc = |v: &View, a: usize, b: usize| {
-        broadcast_view(v, &with(a, b)).ok_or_else(|| err(format!("{:?} does not broadcast to {:?}", v.shape, with(a, b))))
+        broadcast_view(v, &with(a, b)).ok_or_else(|| {
+            err(format!(
+                "{:?} does not broadcast to {:?}",
+                v.shape,
+                with(a, b)
+            ))
+        })
     };
     let mut operands = Vec::new();
     for i in chain_operands(prologue) {
         operands.push((i, bc(get(i)?, sq, sk)?, selected(prologue, i)));
     }
     if dv > BANK_COLS {
-        return Err(err(format!("value dimension {dv} exceeds one PSUM bank ({BANK_COLS} fp32)")));
+        return Err(err(format!(
+            "value dimension {dv} exceeds one PSUM bank ({BANK_COLS} fp32)"
+        )));
     }
     Ok(AttnShape {
         q: bc(qv, sq, d)?,
@@ -136,7 +156,11 @@ pub fn buffers(s: &AttnShape, t: &AttentionTiling, cfg: &ChipConfig) -> Vec<Buff
         BufferReq::psum("acc", s.dv as u64 * 4, 2),
     ];
     if chain::has_cast(&s.prologue) {
-        v.push(BufferReq::sbuf("cast", BANK_COLS as u64 * chain::CAST_BYTES, 1));
+        v.push(BufferReq::sbuf(
+            "cast",
+            BANK_COLS as u64 * chain::CAST_BYTES,
+            1,
+        ));
     }
     for (i, _, _) in &s.operands {
         v.push(BufferReq::sbuf(&format!("op{i}"), BANK_COLS as u64 * 4, 2));
@@ -198,7 +222,14 @@ fn transpose_in(
         // Already column-major (or strided): DMA [c, r] blocks directly.
         for c in 0..chunks {
             let cl = (m.cols - c * p).min(p);
-            let dst = Ap::on_chip(Memory::Sbuf, dtype, 0, cl as u32, dst_base + ((c * width + col0) as u64) * esz, nr as u32);
+            let dst = Ap::on_chip(
+                Memory::Sbuf,
+                dtype,
+                0,
+                cl as u32,
+                dst_base + ((c * width + col0) as u64) * esz,
+                nr as u32,
+            );
             ctx.load(dst, m.cols_ap(r0, nr, c * p, cl));
         }
         return;
@@ -217,7 +248,14 @@ fn transpose_in(
                 src: cols(&st, (c * p) as u32, cl as u32),
             },
         );
-        let dst = Ap::on_chip(Memory::Sbuf, dtype, 0, cl as u32, dst_base + ((c * width + col0) as u64) * esz, nr as u32);
+        let dst = Ap::on_chip(
+            Memory::Sbuf,
+            dtype,
+            0,
+            cl as u32,
+            dst_base + ((c * width + col0) as u64) * esz,
+            nr as u32,
+        );
         let e = ctx.evict_engine();
         ctx.copy_on(e, dst, t);
     }
@@ -229,8 +267,18 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &AttentionTiling) -> Result<(), CompileE
     let p = ctx.cfg.partitions as usize;
     let mm = s.mm_dtype;
     let b = |n: &str| ctx.buf(n);
-    let (ktb, vb, qtb, stage, sb, pb, ptb, ob, stat, work) =
-        (b("kt")?, b("v")?, b("qt")?, b("stage")?, b("s")?, b("p")?, b("pt")?, b("o")?, b("stat")?, b("work")?);
+    let (ktb, vb, qtb, stage, sb, pb, ptb, ob, stat, work) = (
+        b("kt")?,
+        b("v")?,
+        b("qt")?,
+        b("stage")?,
+        b("s")?,
+        b("p")?,
+        b("pt")?,
+        b("o")?,
+        b("stat")?,
+        b("work")?,
+    );
     let (scb, tpb, accb) = (b("sc")?, b("tp")?, b("acc")?);
     let cast = ctx.bufs.get("cast").cloned();
     let (qt_id, qd) = ctx.tensor(&s.q)?;
@@ -262,8 +310,17 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &AttentionTiling) -> Result<(), CompileE
         let mut r0 = 0;
         while r0 < s.sk {
             let nr = (s.sk - r0).min(p);
-            transpose_in(ctx, &kmat, r0, nr, kt_base, s.sk, r0, mm, &stage, &tpb, &mut sl);
-            let vdst = Ap::on_chip(Memory::Sbuf, mm, 0, nr as u32, vb.slot(bslot) + ((r0 / p) * s.dv) as u64 * mm.size(), s.dv as u32);
+            transpose_in(
+                ctx, &kmat, r0, nr, kt_base, s.sk, r0, mm, &stage, &tpb, &mut sl,
+            );
+            let vdst = Ap::on_chip(
+                Memory::Sbuf,
+                mm,
+                0,
+                nr as u32,
+                vb.slot(bslot) + ((r0 / p) * s.dv) as u64 * mm.size(),
+                s.dv as u32,
+            );
             ctx.load(vdst, vmat.rows_ap(r0, nr, 0, s.dv));
             r0 += nr;
         }
@@ -274,7 +331,9 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &AttentionTiling) -> Result<(), CompileE
             let qs = sl.q;
             sl.q += 1;
             let qt_base = qtb.slot(qs);
-            transpose_in(ctx, &q, q0, qn, qt_base, t.q_tile, 0, mm, &stage, &tpb, &mut sl);
+            transpose_in(
+                ctx, &q, q0, qn, qt_base, t.q_tile, 0, mm, &stage, &tpb, &mut sl,
+            );
             // Scores, one PSUM bank per 512 keys, accumulated over d-chunks.
             let sc = scb.tile(0, Dtype::F32, qu, s.sk as u32);
             let stile = sb.tile(qs, Dtype::F32, qu, s.sk as u32);
@@ -283,8 +342,22 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &AttentionTiling) -> Result<(), CompileE
                 let kn = BANK_COLS.min(s.sk - k0);
                 for c in 0..dch {
                     let dl = (s.d - c * p).min(p) as u32;
-                    let stationary = Ap::on_chip(Memory::Sbuf, mm, 0, dl, qt_base + ((c * t.q_tile) as u64) * mm.size(), qu);
-                    let moving = Ap::on_chip(Memory::Sbuf, mm, 0, dl, kt_base + ((c * s.sk + k0) as u64) * mm.size(), kn as u32);
+                    let stationary = Ap::on_chip(
+                        Memory::Sbuf,
+                        mm,
+                        0,
+                        dl,
+                        qt_base + ((c * t.q_tile) as u64) * mm.size(),
+                        qu,
+                    );
+                    let moving = Ap::on_chip(
+                        Memory::Sbuf,
+                        mm,
+                        0,
+                        dl,
+                        kt_base + ((c * s.sk + k0) as u64) * mm.size(),
+                        kn as u32,
+                    );
                     ctx.push(
                         Engine::Tensor,
                         Op::Matmul {
@@ -366,7 +439,14 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &AttentionTiling) -> Result<(), CompileE
                         src: cols(&ptile, (c * p) as u32, kl),
                     },
                 );
-                let dst = Ap::on_chip(Memory::Sbuf, mm, 0, kl, pt_base + ((c * t.q_tile) as u64) * mm.size(), qu);
+                let dst = Ap::on_chip(
+                    Memory::Sbuf,
+                    mm,
+                    0,
+                    kl,
+                    pt_base + ((c * t.q_tile) as u64) * mm.size(),
+                    qu,
+                );
                 let e = ctx.evict_engine();
                 ctx.copy_on(e, dst, tp);
             }
@@ -377,8 +457,22 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &AttentionTiling) -> Result<(), CompileE
                     Engine::Tensor,
                     Op::Matmul {
                         dst: acc.clone(),
-                        stationary: Ap::on_chip(Memory::Sbuf, mm, 0, kl, pt_base + ((c * t.q_tile) as u64) * mm.size(), qu),
-                        moving: Ap::on_chip(Memory::Sbuf, mm, 0, kl, vb.slot(bslot) + ((c * s.dv) as u64) * mm.size(), s.dv as u32),
+                        stationary: Ap::on_chip(
+                            Memory::Sbuf,
+                            mm,
+                            0,
+                            kl,
+                            pt_base + ((c * t.q_tile) as u64) * mm.size(),
+                            qu,
+                        ),
+                        moving: Ap::on_chip(
+                            Memory::Sbuf,
+                            mm,
+                            0,
+                            kl,
+                            vb.slot(bslot) + ((c * s.dv) as u64) * mm.size(),
+                            s.dv as u32,
+                        ),
                         accumulate: c > 0,
                     },
                 );

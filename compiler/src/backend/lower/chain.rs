@@ -18,8 +18,8 @@
 
 use super::LowerCtx;
 use crate::error::CompileError;
-use crate::kernel::{BinaryFn, EwOp, UnaryFn};
 use crate::ir::GeluApprox;
+use crate::kernel::{BinaryFn, EwOp, UnaryFn};
 use neuron_isa::{ActFunc, AluOp, Ap, Dtype, Engine, Memory, Op, Operand};
 
 /// Bytes per element of the `cast` scratch: the cast result (up to 4 bytes) and a 4-byte
@@ -137,7 +137,11 @@ fn flush(pending: &mut Vec<(AluOp, Operand, bool)>, micros: &mut Vec<Micro>) {
     }
 }
 
-fn plan(ctx: &LowerCtx<'_>, ops: &[EwOp], operands: &[Option<OpTile>]) -> Result<Vec<Micro>, CompileError> {
+fn plan(
+    ctx: &LowerCtx<'_>,
+    ops: &[EwOp],
+    operands: &[Option<OpTile>],
+) -> Result<Vec<Micro>, CompileError> {
     let get = |i: usize| {
         operands
             .get(i)
@@ -159,7 +163,11 @@ fn plan(ctx: &LowerCtx<'_>, ops: &[EwOp], operands: &[Option<OpTile>]) -> Result
     for op in ops {
         match op {
             EwOp::Unary(f) => match act_func(*f) {
-                None => push_scalar(&mut pending, &mut micros, (AluOp::Mul, Operand::Imm(-1.0), false)),
+                None => push_scalar(
+                    &mut pending,
+                    &mut micros,
+                    (AluOp::Mul, Operand::Imm(-1.0), false),
+                ),
                 Some(func) => {
                     let (scale, bias) = match as_affine(&pending) {
                         Some(sb) => {
@@ -178,7 +186,11 @@ fn plan(ctx: &LowerCtx<'_>, ops: &[EwOp], operands: &[Option<OpTile>]) -> Result
                 op,
                 value,
                 reversed,
-            } => push_scalar(&mut pending, &mut micros, (alu(*op), Operand::Imm(*value), *reversed)),
+            } => push_scalar(
+                &mut pending,
+                &mut micros,
+                (alu(*op), Operand::Imm(*value), *reversed),
+            ),
             EwOp::Tensor {
                 op,
                 operand,
@@ -223,7 +235,11 @@ fn plan(ctx: &LowerCtx<'_>, ops: &[EwOp], operands: &[Option<OpTile>]) -> Result
 /// Applies `ops` to `tiles.src`, leaving the result in `tiles.out`; returns the pattern
 /// holding the result (`src` itself when the chain is empty and `src` already is an SBUF
 /// tile of the output dtype).
-pub fn apply(ctx: &mut LowerCtx<'_>, ops: &[EwOp], tiles: &ChainTiles<'_>) -> Result<Ap, CompileError> {
+pub fn apply(
+    ctx: &mut LowerCtx<'_>,
+    ops: &[EwOp],
+    tiles: &ChainTiles<'_>,
+) -> Result<Ap, CompileError> {
     let mut micros = plan(ctx, ops, tiles.operands)?;
     match micros.last() {
         None if tiles.src.mem == Memory::Sbuf && tiles.src.dtype == tiles.out.dtype => {
@@ -257,7 +273,11 @@ pub fn apply(ctx: &mut LowerCtx<'_>, ops: &[EwOp], tiles: &ChainTiles<'_>) -> Re
             ctx.copy_on(Engine::Vector, tiles.work.clone(), cur.clone());
             cur = tiles.work.clone();
         }
-        let pow_engine = if uses_pow { Engine::GpSimd } else { Engine::Vector };
+        let pow_engine = if uses_pow {
+            Engine::GpSimd
+        } else {
+            Engine::Vector
+        };
         match m {
             Micro::Act { func, scale, bias } => {
                 ctx.push(
@@ -274,10 +294,10 @@ pub fn apply(ctx: &mut LowerCtx<'_>, ops: &[EwOp], tiles: &ChainTiles<'_>) -> Re
             }
             Micro::Ts { ops } => {
                 let (op0, operand0, reverse0) = ops[0].clone();
-                let (op1, operand1, reverse1) = ops
-                    .get(1)
-                    .cloned()
-                    .unwrap_or((AluOp::Bypass, Operand::Imm(0.0), false));
+                let (op1, operand1, reverse1) =
+                    ops.get(1)
+                        .cloned()
+                        .unwrap_or((AluOp::Bypass, Operand::Imm(0.0), false));
                 ctx.push(
                     pow_engine,
                     Op::TensorScalar {
@@ -297,7 +317,11 @@ pub fn apply(ctx: &mut LowerCtx<'_>, ops: &[EwOp], tiles: &ChainTiles<'_>) -> Re
                 other,
                 cur_first,
             } => {
-                let (a, b) = if cur_first { (cur, other) } else { (other, cur) };
+                let (a, b) = if cur_first {
+                    (cur, other)
+                } else {
+                    (other, cur)
+                };
                 ctx.push(
                     pow_engine,
                     Op::TensorTensor {
@@ -355,10 +379,19 @@ fn ts(dst: Ap, src: Ap, op0: AluOp, v0: f32, op1: AluOp, v1: f32) -> Op {
 /// integers truncate toward zero and saturate. The hardware write rounds to nearest, so
 /// truncation corrects the rounded value `y` by one toward zero where rounding went away
 /// from zero: `y - sign(x) * [(y - x) * x > 0]`.
-fn cast_step(ctx: &mut LowerCtx<'_>, d: Dtype, dst: &Ap, cur: Ap, tiles: &ChainTiles<'_>) -> Result<(), CompileError> {
+fn cast_step(
+    ctx: &mut LowerCtx<'_>,
+    d: Dtype,
+    dst: &Ap,
+    cur: Ap,
+    tiles: &ChainTiles<'_>,
+) -> Result<(), CompileError> {
     match d {
         Dtype::U8 => {
-            ctx.push(Engine::Vector, ts(dst.clone(), cur, AluOp::IsNe, 0.0, AluOp::Bypass, 0.0));
+            ctx.push(
+                Engine::Vector,
+                ts(dst.clone(), cur, AluOp::IsNe, 0.0, AluOp::Bypass, 0.0),
+            );
         }
         Dtype::I8 | Dtype::I32 | Dtype::I64 => {
             let cast = tiles
@@ -385,7 +418,17 @@ fn cast_step(ctx: &mut LowerCtx<'_>, d: Dtype, dst: &Ap, cur: Ap, tiles: &ChainT
             ctx.copy_on(Engine::Vector, y.clone(), cur.clone());
             ctx.push(Engine::Vector, tt(&tmp, &y, &cur, AluOp::Sub));
             ctx.push(Engine::Vector, tt(&tmp, &tmp, &cur, AluOp::Mul));
-            ctx.push(Engine::Vector, ts(tmp.clone(), tmp.clone(), AluOp::IsGt, 0.0, AluOp::Bypass, 0.0));
+            ctx.push(
+                Engine::Vector,
+                ts(
+                    tmp.clone(),
+                    tmp.clone(),
+                    AluOp::IsGt,
+                    0.0,
+                    AluOp::Bypass,
+                    0.0,
+                ),
+            );
             let sign = tiles.work.clone();
             ctx.push(
                 Engine::Scalar,

@@ -32,7 +32,8 @@ pub fn choose(kg: &KernelGraph, k: &Kernel, cfg: &ChipConfig) -> Result<CopyTili
     let outer = rc.cols.first().copied().unwrap_or(1);
     let cm = CostModel::new(cfg);
     // Enough bytes per DMA to amortise its fixed cost over the partitions it spans.
-    let want = (cm.dma_target_bytes_per_partition() * u64::from(cfg.partitions)) / (rows as u64 * esize).max(1);
+    let want = (cm.dma_target_bytes_per_partition() * u64::from(cfg.partitions))
+        / (rows as u64 * esize).max(1);
     Ok(CopyTiling {
         rows,
         cols: (want as usize).clamp(1, outer.max(1)),

@@ -43,10 +43,22 @@ pub fn joint_space(k: &Kernel, inputs: &[usize], spread: bool) -> Result<RowCols
     let mut views: Vec<View> = vec![k.output.clone()];
     for &i in inputs {
         let v = k.inputs.get(i).ok_or_else(|| {
-            lowering_error(k, format!("operand index {i} out of range: the kernel has {} inputs", k.inputs.len()))
+            lowering_error(
+                k,
+                format!(
+                    "operand index {i} out of range: the kernel has {} inputs",
+                    k.inputs.len()
+                ),
+            )
         })?;
         views.push(broadcast_view(v, shape).ok_or_else(|| {
-            lowering_error(k, format!("input {i} of shape {:?} does not broadcast to {:?}", v.shape, shape))
+            lowering_error(
+                k,
+                format!(
+                    "input {i} of shape {:?} does not broadcast to {:?}",
+                    v.shape, shape
+                ),
+            )
         })?);
     }
     let refs: Vec<&View> = views.iter().collect();
@@ -58,11 +70,24 @@ pub fn joint_space(k: &Kernel, inputs: &[usize], spread: bool) -> Result<RowCols
 }
 
 /// An operand descriptor for kernel input `input` at view index `view` of `rc`.
-pub fn rc_operand(kg: &KernelGraph, k: &Kernel, rc: &RowCols, input: usize, view: usize, force_full: bool) -> Result<RcOperand, CompileError> {
+pub fn rc_operand(
+    kg: &KernelGraph,
+    k: &Kernel,
+    rc: &RowCols,
+    input: usize,
+    view: usize,
+    force_full: bool,
+) -> Result<RcOperand, CompileError> {
     let v = &k.inputs[input];
-    let t = kg
-        .tensor(v.tensor)
-        .ok_or_else(|| lowering_error(k, format!("input {input} names tensor {} which does not exist", v.tensor)))?;
+    let t = kg.tensor(v.tensor).ok_or_else(|| {
+        lowering_error(
+            k,
+            format!(
+                "input {input} names tensor {} which does not exist",
+                v.tensor
+            ),
+        )
+    })?;
     Ok(RcOperand {
         input,
         view,
@@ -128,7 +153,11 @@ pub fn buffers(s: &EwShape, t: &RowTiling) -> Vec<BufferReq> {
         v.push(BufferReq::sbuf("cast", c * chain::CAST_BYTES, 1));
     }
     for o in &s.operands {
-        let bytes = if o.class.is_column() { 4 } else { c * o.tile_dtype().size() };
+        let bytes = if o.class.is_column() {
+            4
+        } else {
+            c * o.tile_dtype().size()
+        };
         let slots = if resident(s, t, o) { 1 } else { t.slots };
         v.push(BufferReq::sbuf(&format!("op{}", o.input), bytes, slots));
     }
@@ -149,7 +178,18 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
     for o in &s.operands {
         if resident(&s, t, o) {
             let buf = ctx.buf(&format!("op{}", o.input))?;
-            fixed[o.input] = Some(load_rc(ctx, rc, o, 0, t.rows.min(rows), 0, outer, inner, &buf, 0)?);
+            fixed[o.input] = Some(load_rc(
+                ctx,
+                rc,
+                o,
+                0,
+                t.rows.min(rows),
+                0,
+                outer,
+                inner,
+                &buf,
+                0,
+            )?);
         }
     }
     let mut slot = 0usize;
@@ -175,7 +215,8 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
                     Some(OpTile::Column(_)) => {}
                     None => {
                         let buf = ctx.buf(&format!("op{}", o.input))?;
-                        operands[o.input] = Some(load_rc(ctx, rc, o, r0, p, c0, nc, inner, &buf, slot)?);
+                        operands[o.input] =
+                            Some(load_rc(ctx, rc, o, r0, p, c0, nc, inner, &buf, slot)?);
                     }
                 }
             }

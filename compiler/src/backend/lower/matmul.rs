@@ -32,7 +32,7 @@ use crate::backend::layout::{Mat, broadcast_view, cols};
 use crate::backend::tiling::MatmulTiling;
 use crate::error::CompileError;
 use crate::kernel::{BinaryFn, EwOp, Kernel, KernelGraph, KernelOp, View};
-use neuron_isa::{Ap, AluOp, ChipConfig, Dim, Dtype, Engine, Memory, Op, Operand, TensorId};
+use neuron_isa::{AluOp, Ap, ChipConfig, Dim, Dtype, Engine, Memory, Op, Operand, TensorId};
 
 /// The shape facts of a matmul kernel that tiling and lowering need.
 #[derive(Debug, Clone)]
@@ -103,21 +103,30 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<MmShape, CompileError> {
         return Err(err("internal: not a matmul".into()));
     };
     let view = |i: usize| {
-        k.inputs
-            .get(i)
-            .ok_or_else(|| err(format!("operand index {i} out of range: the kernel has {} inputs", k.inputs.len())))
+        k.inputs.get(i).ok_or_else(|| {
+            err(format!(
+                "operand index {i} out of range: the kernel has {} inputs",
+                k.inputs.len()
+            ))
+        })
     };
     let dtype_of = |v: &View| {
-        kg.tensor(v.tensor)
-            .map(|t| t.dtype)
-            .ok_or_else(|| err(format!("view names tensor {} which does not exist", v.tensor)))
+        kg.tensor(v.tensor).map(|t| t.dtype).ok_or_else(|| {
+            err(format!(
+                "view names tensor {} which does not exist",
+                v.tensor
+            ))
+        })
     };
     let av = view(*a)?.clone();
     let mut bv = view(*b)?.clone();
     if *transpose_b {
-        bv = bv
-            .swap_last_two()
-            .ok_or_else(|| err(format!("transpose_b needs a rank >= 2 operand, found shape {:?}", bv.shape)))?;
+        bv = bv.swap_last_two().ok_or_else(|| {
+            err(format!(
+                "transpose_b needs a rank >= 2 operand, found shape {:?}",
+                bv.shape
+            ))
+        })?;
     }
     let out = k.output.clone();
     let r = out.shape.len();
@@ -129,7 +138,10 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<MmShape, CompileError> {
     }
     let (m, n) = (out.shape[r - 2], out.shape[r - 1]);
     let kk = av.shape[av.shape.len() - 1];
-    if bv.shape[bv.shape.len() - 2] != kk || bv.shape[bv.shape.len() - 1] != n || av.shape[av.shape.len() - 2] != m {
+    if bv.shape[bv.shape.len() - 2] != kk
+        || bv.shape[bv.shape.len() - 1] != n
+        || av.shape[av.shape.len() - 2] != m
+    {
         return Err(err(format!(
             "shapes do not agree: {:?} @ {:?} -> {:?}",
             av.shape, bv.shape, out.shape
@@ -141,17 +153,33 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<MmShape, CompileError> {
         s.extend(tail);
         s
     };
-    let mut a_b = broadcast_view(&av, &with([m, kk]))
-        .ok_or_else(|| err(format!("x {:?} does not broadcast to {:?}", av.shape, with([m, kk]))))?;
-    let mut b_b = broadcast_view(&bv, &with([kk, n]))
-        .ok_or_else(|| err(format!("w {:?} does not broadcast to {:?}", bv.shape, with([kk, n]))))?;
+    let mut a_b = broadcast_view(&av, &with([m, kk])).ok_or_else(|| {
+        err(format!(
+            "x {:?} does not broadcast to {:?}",
+            av.shape,
+            with([m, kk])
+        ))
+    })?;
+    let mut b_b = broadcast_view(&bv, &with([kk, n])).ok_or_else(|| {
+        err(format!(
+            "w {:?} does not broadcast to {:?}",
+            bv.shape,
+            with([kk, n])
+        ))
+    })?;
     let mut out_b = out.clone();
     let mut operands = Vec::new();
     for i in super::chain_operands(epilogue) {
         let v = view(i)?;
-        let bvw = broadcast_view(v, &out.shape)
-            .ok_or_else(|| err(format!("epilogue operand {i} {:?} does not broadcast to {:?}", v.shape, out.shape)))?;
-        let force_full = epilogue.iter().any(|o| matches!(o, EwOp::Select { cond, other, .. } if *cond == i || *other == i));
+        let bvw = broadcast_view(v, &out.shape).ok_or_else(|| {
+            err(format!(
+                "epilogue operand {i} {:?} does not broadcast to {:?}",
+                v.shape, out.shape
+            ))
+        })?;
+        let force_full = epilogue
+            .iter()
+            .any(|o| matches!(o, EwOp::Select { cond, other, .. } if *cond == i || *other == i));
         operands.push((i, bvw, force_full));
     }
     // Batches that share one W are just more rows of X: fold them into M when every view
@@ -188,17 +216,26 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<MmShape, CompileError> {
     let mut operand_bytes = 0u64;
     for (i, v, _) in &operands {
         let d = dtype_of(view(*i)?)?;
-        operand_bytes += v.shape.iter().zip(&v.strides).map(|(&s, &st)| if st == 0 { 1 } else { s as u64 }).product::<u64>() * d.size();
+        operand_bytes += v
+            .shape
+            .iter()
+            .zip(&v.strides)
+            .map(|(&s, &st)| if st == 0 { 1 } else { s as u64 })
+            .product::<u64>()
+            * d.size();
     }
     let int8 = if k.mm_dtype == Dtype::I8 {
-        let s = k
-            .act_scale
-            .ok_or_else(|| err("int8 matmul without an activation scale (calibration missing)".into()))?;
+        let s = k.act_scale.ok_or_else(|| {
+            err("int8 matmul without an activation scale (calibration missing)".into())
+        })?;
         let wt = kg
             .tensor(bv.tensor)
             .ok_or_else(|| err("w names a missing tensor".into()))?;
         let ws = wt.quant_scale.clone().ok_or_else(|| {
-            err(format!("int8 matmul needs per-channel scales on its weight '{}', found none", wt.name))
+            err(format!(
+                "int8 matmul needs per-channel scales on its weight '{}', found none",
+                wt.name
+            ))
         })?;
         if ws.len() != n || wt.dtype != Dtype::I8 {
             return Err(err(format!(
@@ -238,7 +275,11 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<MmShape, CompileError> {
 /// The dtype X tiles are staged in before the transpose: the matmul dtype, except for int8
 /// where the float values are transposed first and quantized on the way out of PSUM.
 fn stage_dtype(s: &MmShape) -> Dtype {
-    if s.int8.is_some() { Dtype::F32 } else { s.mm_dtype }
+    if s.int8.is_some() {
+        Dtype::F32
+    } else {
+        s.mm_dtype
+    }
 }
 
 /// Buffers of a matmul with tiling `t`.
@@ -257,7 +298,11 @@ pub fn buffers(s: &MmShape, t: &MatmulTiling, cfg: &ChipConfig) -> Vec<BufferReq
         BufferReq::sbuf("out", nt * s.out_dtype.size(), 3),
     ];
     if s.x_transposes || s.int8.is_some() {
-        let cols = if s.x_transposes { t.x_kchunk as u64 } else { mt };
+        let cols = if s.x_transposes {
+            t.x_kchunk as u64
+        } else {
+            mt
+        };
         v.push(BufferReq::sbuf("xs", cols * stage_dtype(s).size(), 2));
     }
     if s.x_transposes || s.w_transposes {
@@ -272,7 +317,11 @@ pub fn buffers(s: &MmShape, t: &MatmulTiling, cfg: &ChipConfig) -> Vec<BufferReq
     for (i, _, _) in &s.operands {
         // Operand tiles are at most 4-byte elements.
         // One slot per row tile of a group plus one shared, twice (double-buffered).
-        v.push(BufferReq::sbuf(&format!("op{i}"), nt * 4, 2 * (t.m_group as u32 + 1)));
+        v.push(BufferReq::sbuf(
+            &format!("op{i}"),
+            nt * 4,
+            2 * (t.m_group as u32 + 1),
+        ));
     }
     if s.int8.is_some() {
         v.push(BufferReq::sbuf("dq", nt * 4, 2));
@@ -357,7 +406,20 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &MatmulTiling) -> Result<(), CompileErro
             let mut n0 = 0;
             while n0 < s.n {
                 let nn = t.n_tile.min(s.n - n0);
-                column_tile(ctx, &s, t, &bufs, &mut st, &w, &y, &ops, dq_mat.as_ref(), &rows, n0, nn)?;
+                column_tile(
+                    ctx,
+                    &s,
+                    t,
+                    &bufs,
+                    &mut st,
+                    &w,
+                    &y,
+                    &ops,
+                    dq_mat.as_ref(),
+                    &rows,
+                    n0,
+                    nn,
+                )?;
                 n0 += nn;
             }
             g0 += g;
@@ -498,7 +560,14 @@ fn build_xt(
             for kt in 0..k_tiles {
                 let kl = (s.k - kt * p).min(p);
                 let src = x.cols_ap(m0, mr, kt * p, kl);
-                let dst = Ap::on_chip(Memory::Sbuf, s.mm_dtype, 0, kl as u32, b.xt.slot(0) + xt_off(s, t, p, kt, mi), mr as u32);
+                let dst = Ap::on_chip(
+                    Memory::Sbuf,
+                    s.mm_dtype,
+                    0,
+                    kl as u32,
+                    b.xt.slot(0) + xt_off(s, t, p, kt, mi),
+                    mr as u32,
+                );
                 match (&s.int8, &b.xs) {
                     (Some(_), Some(xs)) => {
                         let stage = xs.tile(st.xs, Dtype::F32, kl as u32, mr as u32);
@@ -597,7 +666,14 @@ fn load_w(
                         src: cols(&stage, (j * p) as u32, kl as u32),
                     },
                 );
-                let dst = Ap::on_chip(Memory::Sbuf, s.mm_dtype, 0, kl as u32, base + ((j * nn + ns) as u64) * mm, nsub as u32);
+                let dst = Ap::on_chip(
+                    Memory::Sbuf,
+                    s.mm_dtype,
+                    0,
+                    kl as u32,
+                    base + ((j * nn + ns) as u64) * mm,
+                    nsub as u32,
+                );
                 let e = ctx.evict_engine();
                 ctx.copy_on(e, dst, tp);
             }
@@ -619,13 +695,27 @@ fn load_w(
             ],
             ..w.rows_ap(kt0 * p, p, n0, nn)
         };
-        let dst = Ap::on_chip(Memory::Sbuf, s.mm_dtype, 0, p as u32, base, (full * nn) as u32);
+        let dst = Ap::on_chip(
+            Memory::Sbuf,
+            s.mm_dtype,
+            0,
+            p as u32,
+            base,
+            (full * nn) as u32,
+        );
         ctx.load(dst, src);
     }
     if full < nkt {
         let k0 = (kt0 + full) * p;
         let kl = s.k - k0;
-        let dst = Ap::on_chip(Memory::Sbuf, s.mm_dtype, 0, kl as u32, base + (full * nn) as u64 * mm, nn as u32);
+        let dst = Ap::on_chip(
+            Memory::Sbuf,
+            s.mm_dtype,
+            0,
+            kl as u32,
+            base + (full * nn) as u64 * mm,
+            nn as u32,
+        );
         ctx.load(dst, w.rows_ap(k0, kl, n0, nn));
     }
     Ok(base)
@@ -649,10 +739,17 @@ fn column_tile(
 ) -> Result<(), CompileError> {
     let p = ctx.cfg.partitions as usize;
     let k_tiles = s.k.div_ceil(p);
-    let acc_dtype = if s.int8.is_some() { Dtype::I32 } else { Dtype::F32 };
+    let acc_dtype = if s.int8.is_some() {
+        Dtype::I32
+    } else {
+        Dtype::F32
+    };
     let set = st.acc_set % t.acc_sets.max(1) as usize;
     st.acc_set += 1;
-    let acc = |mi: usize, mr: usize| b.acc.tile(set * t.m_group + mi, acc_dtype, mr as u32, nn as u32);
+    let acc = |mi: usize, mr: usize| {
+        b.acc
+            .tile(set * t.m_group + mi, acc_dtype, mr as u32, nn as u32)
+    };
     let mut kt0 = 0;
     while kt0 < k_tiles {
         let nkt = t.w_kchunk.min(k_tiles - kt0);
@@ -660,9 +757,23 @@ fn column_tile(
         for j in 0..nkt {
             let kt = kt0 + j;
             let kl = (s.k - kt * p).min(p);
-            let moving = Ap::on_chip(Memory::Sbuf, s.mm_dtype, 0, kl as u32, base + (j * nn) as u64 * s.mm_dtype.size(), nn as u32);
+            let moving = Ap::on_chip(
+                Memory::Sbuf,
+                s.mm_dtype,
+                0,
+                kl as u32,
+                base + (j * nn) as u64 * s.mm_dtype.size(),
+                nn as u32,
+            );
             for (mi, &(_, mr)) in rows.iter().enumerate() {
-                let stationary = Ap::on_chip(Memory::Sbuf, s.mm_dtype, 0, kl as u32, b.xt.slot(0) + xt_off(s, t, p, kt, mi), mr as u32);
+                let stationary = Ap::on_chip(
+                    Memory::Sbuf,
+                    s.mm_dtype,
+                    0,
+                    kl as u32,
+                    b.xt.slot(0) + xt_off(s, t, p, kt, mi),
+                    mr as u32,
+                );
                 ctx.push(
                     Engine::Tensor,
                     Op::Matmul {
@@ -677,12 +788,19 @@ fn column_tile(
         kt0 += nkt;
     }
     // Operands that only vary along columns are loaded once for the whole group.
-    let max_op = ops.iter().map(|o| o.0).max().unwrap_or(0).max(ctx.kernel.inputs.len());
+    let max_op = ops
+        .iter()
+        .map(|o| o.0)
+        .max()
+        .unwrap_or(0)
+        .max(ctx.kernel.inputs.len());
     let mut shared: Vec<Option<OpTile>> = vec![None; max_op + 2];
     for (i, mat, full) in ops {
         if mat_class(mat, *full) == super::operands::Class::RowBcast {
             let buf = ctx.buf(&format!("op{i}"))?;
-            shared[*i] = Some(load_mat(ctx, mat, *full, 0, rows[0].1, n0, nn, &buf, st.ops));
+            shared[*i] = Some(load_mat(
+                ctx, mat, *full, 0, rows[0].1, n0, nn, &buf, st.ops,
+            ));
         }
     }
     let dq_idx = max_op + 1;
@@ -715,7 +833,17 @@ fn column_tile(
                 continue;
             }
             let buf = ctx.buf(&format!("op{i}"))?;
-            operands[*i] = Some(load_mat(ctx, mat, *full, m0, mr, n0, nn, &buf, st.ops + 1 + mi));
+            operands[*i] = Some(load_mat(
+                ctx,
+                mat,
+                *full,
+                m0,
+                mr,
+                n0,
+                nn,
+                &buf,
+                st.ops + 1 + mi,
+            ));
         }
         if let Some(OpTile::Full(ap)) = &shared[dq_idx] {
             operands[dq_idx] = Some(OpTile::Full(Ap {
@@ -726,7 +854,10 @@ fn column_tile(
         let tiles = ChainTiles {
             src: acc(mi, mr),
             work: b.work.tile(st.work, s.act_dtype, mr as u32, nn as u32),
-            cast: b.cast.as_ref().map(|c| c.tile(0, Dtype::F32, mr as u32, nn as u32)),
+            cast: b
+                .cast
+                .as_ref()
+                .map(|c| c.tile(0, Dtype::F32, mr as u32, nn as u32)),
             out: b.out.tile(st.out, s.out_dtype, mr as u32, nn as u32),
             operands: &operands,
         };

@@ -132,8 +132,16 @@ pub fn buffers(s: &NormShape, t: &RowTiling) -> Vec<BufferReq> {
         v.push(BufferReq::sbuf("cast", c * chain::CAST_BYTES, 1));
     }
     for o in &s.operands {
-        let bytes = if o.class.is_column() { 4 } else { c * o.tile_dtype().size() };
-        let slots = if o.class == Class::RowBcast { 1 } else { t.slots };
+        let bytes = if o.class.is_column() {
+            4
+        } else {
+            c * o.tile_dtype().size()
+        };
+        let slots = if o.class == Class::RowBcast {
+            1
+        } else {
+            t.slots
+        };
         v.push(BufferReq::sbuf(&format!("op{}", o.input), bytes, slots));
     }
     v
@@ -148,22 +156,40 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
     let inner = rc.cols.iter().skip(1).product::<usize>();
     let c = s.size as u32;
     let chunks = s.size.div_ceil(BN_STATS_FMAX);
-    let (inb, work, outb, stat) = (ctx.buf("in")?, ctx.buf("work")?, ctx.buf("out")?, ctx.buf("stat")?);
+    let (inb, work, outb, stat) = (
+        ctx.buf("in")?,
+        ctx.buf("work")?,
+        ctx.buf("out")?,
+        ctx.buf("stat")?,
+    );
     let cast = ctx.bufs.get("cast").cloned();
     // Gamma, beta and other same-for-every-row operands stay resident.
     let mut fixed: Vec<Option<OpTile>> = vec![None; ctx.kernel.inputs.len()];
     for o in &s.operands {
         if o.class == Class::RowBcast {
             let buf = ctx.buf(&format!("op{}", o.input))?;
-            fixed[o.input] = Some(load_rc(ctx, rc, o, 0, t.rows.min(rows), 0, outer, inner, &buf, 0)?);
+            fixed[o.input] = Some(load_rc(
+                ctx,
+                rc,
+                o,
+                0,
+                t.rows.min(rows),
+                0,
+                outer,
+                inner,
+                &buf,
+                0,
+            )?);
         }
     }
-    let mut slot = 0usize;
-    for (r0, p) in rc.tiles(t.rows) {
+    for (slot, (r0, p)) in rc.tiles(t.rows).into_iter().enumerate() {
         let pu = p as u32;
         let x = inb.tile(slot, s.x.tile_dtype(), pu, c);
         for run in rc.runs(r0, p) {
-            ctx.load(parts(&x, run.part, run.len), rc.hbm_ap(1, s.x.tensor, s.x.dtype, &run, 0, outer));
+            ctx.load(
+                parts(&x, run.part, run.len),
+                rc.hbm_ap(1, s.x.tensor, s.x.dtype, &run, 0, outer),
+            );
         }
         let mut operands = fixed.clone();
         for o in &s.operands {
@@ -177,7 +203,8 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
                 Some(OpTile::Column(_)) => {}
                 None => {
                     let buf = ctx.buf(&format!("op{}", o.input))?;
-                    operands[o.input] = Some(load_rc(ctx, rc, o, r0, p, 0, outer, inner, &buf, slot)?);
+                    operands[o.input] =
+                        Some(load_rc(ctx, rc, o, r0, p, 0, outer, inner, &buf, slot)?);
                 }
             }
         }
@@ -276,9 +303,11 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
         };
         let res = chain::apply(ctx, &s.chain, &tiles)?;
         for run in rc.runs(r0, p) {
-            ctx.store(rc.hbm_ap(0, s.out.0, s.out.1, &run, 0, outer), parts(&res, run.part, run.len));
+            ctx.store(
+                rc.hbm_ap(0, s.out.0, s.out.1, &run, 0, outer),
+                parts(&res, run.part, run.len),
+            );
         }
-        slot += 1;
     }
     Ok(())
 }

@@ -41,7 +41,13 @@ pub struct ReduceShape {
 
 /// Analyses a reduce kernel.
 pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<ReduceShape, CompileError> {
-    let KernelOp::Reduce { x, op, axes, epilogue } = &k.op else {
+    let KernelOp::Reduce {
+        x,
+        op,
+        axes,
+        epilogue,
+    } = &k.op
+    else {
         return Err(lowering_error(k, "internal: not a reduce kernel"));
     };
     let xv = k
@@ -52,7 +58,10 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<ReduceShape, CompileError
     if axes.iter().any(|&a| a >= r) || k.output.shape.len() != r {
         return Err(lowering_error(
             k,
-            format!("reduced axes {axes:?} do not fit input {:?} -> output {:?}", xv.shape, k.output.shape),
+            format!(
+                "reduced axes {axes:?} do not fit input {:?} -> output {:?}",
+                xv.shape, k.output.shape
+            ),
         ));
     }
     let kept: Vec<usize> = (0..r).filter(|a| !axes.contains(a)).collect();
@@ -62,8 +71,12 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<ReduceShape, CompileError
         .ok_or_else(|| lowering_error(k, "internal: bad reduce permutation"))?;
     let shape = xp.shape.clone();
     let bcast = |v: &View| -> Result<View, CompileError> {
-        let full = broadcast_view(v, &k.output.shape)
-            .ok_or_else(|| lowering_error(k, format!("{:?} does not broadcast to {:?}", v.shape, k.output.shape)))?;
+        let full = broadcast_view(v, &k.output.shape).ok_or_else(|| {
+            lowering_error(
+                k,
+                format!("{:?} does not broadcast to {:?}", v.shape, k.output.shape),
+            )
+        })?;
         let p = full
             .permuted(&perm)
             .ok_or_else(|| lowering_error(k, "internal: bad reduce permutation"))?;
@@ -83,7 +96,11 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<ReduceShape, CompileError
     if rc.cols.len() > neuron_isa::MAX_FREE_DIMS {
         return Err(lowering_error(
             k,
-            format!("the reduced axes need {} free dimensions after merging, the hardware has {}", rc.cols.len(), neuron_isa::MAX_FREE_DIMS),
+            format!(
+                "the reduced axes need {} free dimensions after merging, the hardware has {}",
+                rc.cols.len(),
+                neuron_isa::MAX_FREE_DIMS
+            ),
         ));
     }
     let dtype = |t: crate::kernel::KTensorId| {
@@ -138,7 +155,11 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<ReduceShape, CompileError
 pub fn buffers(s: &ReduceShape, t: &RowTiling) -> Vec<BufferReq> {
     let inner = s.rc.cols.iter().skip(1).product::<usize>() as u64;
     let mut v = vec![
-        BufferReq::sbuf("in", t.cols as u64 * inner * s.x.tile_dtype().size(), t.slots),
+        BufferReq::sbuf(
+            "in",
+            t.cols as u64 * inner * s.x.tile_dtype().size(),
+            t.slots,
+        ),
         // Running result, chunk result, work, output: one column each.
         BufferReq::sbuf("acc", 16, t.slots),
         BufferReq::sbuf("out", 4, t.slots),
@@ -160,9 +181,8 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
     let inner = rc.cols.iter().skip(1).product::<usize>();
     let (inb, accb, outb) = (ctx.buf("in")?, ctx.buf("acc")?, ctx.buf("out")?);
     let cast = ctx.bufs.get("cast").cloned();
-    let mut slot = 0usize;
     let mut in_slot = 0usize;
-    for (r0, p) in rc.tiles(t.rows) {
+    for (slot, (r0, p)) in rc.tiles(t.rows).into_iter().enumerate() {
         let pu = p as u32;
         let acc = accb.tile(slot, Dtype::F32, pu, 4);
         let (total, part, work) = (cols(&acc, 0, 1), cols(&acc, 1, 1), cols(&acc, 2, 1));
@@ -172,7 +192,10 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
             let x = inb.tile(in_slot, s.x.tile_dtype(), pu, (nc * inner) as u32);
             in_slot += 1;
             for run in rc.runs(r0, p) {
-                ctx.load(parts(&x, run.part, run.len), rc.hbm_ap(1, s.x.tensor, s.x.dtype, &run, c0, nc));
+                ctx.load(
+                    parts(&x, run.part, run.len),
+                    rc.hbm_ap(1, s.x.tensor, s.x.dtype, &run, c0, nc),
+                );
             }
             let dst = if c0 == 0 { total.clone() } else { part.clone() };
             ctx.push(
@@ -216,7 +239,6 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
             dst.dims = vec![Dim { size: 1, stride: 1 }];
             ctx.store(dst, parts(&res, run.part, run.len));
         }
-        slot += 1;
     }
     Ok(())
 }

@@ -42,10 +42,22 @@ pub fn split_space(k: &Kernel, inputs: &[usize], ncols: usize) -> Result<RowCols
     let mut views: Vec<View> = vec![k.output.clone()];
     for &i in inputs {
         let v = k.inputs.get(i).ok_or_else(|| {
-            lowering_error(k, format!("operand index {i} out of range: the kernel has {} inputs", k.inputs.len()))
+            lowering_error(
+                k,
+                format!(
+                    "operand index {i} out of range: the kernel has {} inputs",
+                    k.inputs.len()
+                ),
+            )
         })?;
         views.push(broadcast_view(v, shape).ok_or_else(|| {
-            lowering_error(k, format!("input {i} of shape {:?} does not broadcast to {:?}", v.shape, shape))
+            lowering_error(
+                k,
+                format!(
+                    "input {i} of shape {:?} does not broadcast to {:?}",
+                    v.shape, shape
+                ),
+            )
         })?);
     }
     let refs: Vec<&View> = views.iter().collect();
@@ -65,7 +77,12 @@ pub fn split_space(k: &Kernel, inputs: &[usize], ncols: usize) -> Result<RowCols
 
 /// Analyses a softmax kernel.
 pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<SmShape, CompileError> {
-    let KernelOp::Softmax { x, prologue, epilogue } = &k.op else {
+    let KernelOp::Softmax {
+        x,
+        prologue,
+        epilogue,
+    } = &k.op
+    else {
         return Err(lowering_error(k, "internal: not a softmax kernel"));
     };
     let mut all = prologue.clone();
@@ -106,7 +123,11 @@ pub fn buffers(s: &SmShape, t: &RowTiling) -> Vec<BufferReq> {
         v.push(BufferReq::sbuf("cast", c * chain::CAST_BYTES, 1));
     }
     for o in &s.operands {
-        let bytes = if o.class.is_column() { 4 } else { c * o.tile_dtype().size() };
+        let bytes = if o.class.is_column() {
+            4
+        } else {
+            c * o.tile_dtype().size()
+        };
         v.push(BufferReq::sbuf(&format!("op{}", o.input), bytes, t.slots));
     }
     v
@@ -119,7 +140,12 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
     let outer = rc.cols.first().copied().unwrap_or(1);
     let inner = rc.cols.iter().skip(1).product::<usize>();
     let c = rc.num_cols() as u32;
-    let (inb, work, outb, stat) = (ctx.buf("in")?, ctx.buf("work")?, ctx.buf("out")?, ctx.buf("stat")?);
+    let (inb, work, outb, stat) = (
+        ctx.buf("in")?,
+        ctx.buf("work")?,
+        ctx.buf("out")?,
+        ctx.buf("stat")?,
+    );
     let cast = ctx.bufs.get("cast").cloned();
     let recip_idx = ctx.kernel.inputs.len();
     let mut epilogue = vec![EwOp::Tensor {
@@ -128,12 +154,14 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
         reversed: false,
     }];
     epilogue.extend(s.epilogue.iter().cloned());
-    let mut slot = 0usize;
-    for (r0, p) in rc.tiles(t.rows) {
+    for (slot, (r0, p)) in rc.tiles(t.rows).into_iter().enumerate() {
         let pu = p as u32;
         let x = inb.tile(slot, s.x.tile_dtype(), pu, c);
         for run in rc.runs(r0, p) {
-            ctx.load(parts(&x, run.part, run.len), rc.hbm_ap(1, s.x.tensor, s.x.dtype, &run, 0, outer));
+            ctx.load(
+                parts(&x, run.part, run.len),
+                rc.hbm_ap(1, s.x.tensor, s.x.dtype, &run, 0, outer),
+            );
         }
         let mut operands: Vec<Option<OpTile>> = vec![None; recip_idx + 1];
         for o in &s.operands {
@@ -197,9 +225,11 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
         };
         let res = chain::apply(ctx, &epilogue, &tiles)?;
         for run in rc.runs(r0, p) {
-            ctx.store(rc.hbm_ap(0, s.out.0, s.out.1, &run, 0, outer), parts(&res, run.part, run.len));
+            ctx.store(
+                rc.hbm_ap(0, s.out.0, s.out.1, &run, 0, outer),
+                parts(&res, run.part, run.len),
+            );
         }
-        slot += 1;
     }
     Ok(())
 }
