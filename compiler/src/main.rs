@@ -34,6 +34,14 @@ enum Command {
     ///
     /// Exit status: 0 on success, 1 if the model or an input is invalid, 2 for usage errors.
     Run(RunArgs),
+    /// Compile a model to a .neff artifact and print a one-screen summary.
+    ///
+    /// Exit status: 0 on success, 1 if the model cannot be compiled, 2 for usage errors.
+    Compile(CompileArgs),
+    /// Print a .neff artifact: header, tensors, kernels and every instruction stream.
+    ///
+    /// Exit status: 0 on success, 1 if the file is not a valid artifact, 2 for usage errors.
+    Disasm(DisasmArgs),
 }
 
 #[derive(Args, Debug)]
@@ -62,6 +70,41 @@ struct RunArgs {
     /// Compute in f64 and write f64 outputs.
     #[arg(long)]
     f64: bool,
+}
+
+#[derive(Args, Debug)]
+struct CompileArgs {
+    /// The model.json file.
+    model: PathBuf,
+    /// Output artifact (default: the model file's stem with `.neff`, in the current
+    /// directory).
+    #[arg(short, long, value_name = "OUT.neff")]
+    output: Option<PathBuf>,
+    /// Target chip: `trn1`, `trn2`, or a TOML file overriding a preset.
+    #[arg(long, default_value = "trn1", value_name = "trn1|trn2|FILE.toml")]
+    target: String,
+    /// Which fp32 ops are cast to the auto-cast type.
+    #[arg(long, default_value = "matmult", value_parser = ["none", "matmult", "all"])]
+    auto_cast: String,
+    /// The reduced type of auto-cast.
+    #[arg(long, default_value = "bf16", value_parser = ["bf16", "fp16", "fp8_e4m3", "int8"])]
+    auto_cast_type: String,
+    /// One kernel per op (no fusion).
+    #[arg(long)]
+    no_fuse: bool,
+    /// Write the text form of every compiler stage into DIR (`NN-stage.txt`).
+    #[arg(long, value_name = "DIR")]
+    dump: Option<PathBuf>,
+    /// int8 calibration data for an input, as NAME=FILE.npy (repeatable); seeded random
+    /// inputs are used for inputs not given.
+    #[arg(long = "calibrate", value_name = "NAME=FILE.npy")]
+    calibrate: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct DisasmArgs {
+    /// The .neff file.
+    artifact: PathBuf,
 }
 
 /// A failure with its exit code.
@@ -94,6 +137,8 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Check(args) => cmd_check(args),
         Command::Run(args) => cmd_run(args),
+        Command::Compile(args) => cmd_compile(args),
+        Command::Disasm(args) => cmd_disasm(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -271,4 +316,118 @@ fn cmd_run(args: &RunArgs) -> Result<(), CliError> {
         );
     }
     Ok(())
+}
+
+/// `neuronc compile MODEL.json [-o OUT.neff] [--target ..] [--auto-cast ..]
+/// [--auto-cast-type ..] [--no-fuse] [--dump DIR] [--calibrate NAME=FILE.npy]...`.
+fn cmd_compile(args: &CompileArgs) -> Result<(), CliError> {
+    use neuronc::options::{AutoCast, CastType, CompileOptions};
+    let g = load(&args.model)?;
+    let target = neuron_isa::ChipConfig::from_target(&args.target).map_err(CliError::usage)?;
+    let auto_cast = AutoCast::parse(&args.auto_cast).ok_or_else(|| {
+        CliError::usage(anyhow!(
+            "--auto-cast '{}': expected none, matmult or all",
+            args.auto_cast
+        ))
+    })?;
+    let auto_cast_type = CastType::parse(&args.auto_cast_type).ok_or_else(|| {
+        CliError::usage(anyhow!(
+            "--auto-cast-type '{}': expected bf16, fp16, fp8_e4m3 or int8",
+            args.auto_cast_type
+        ))
+    })?;
+    let mut calibration = BTreeMap::new();
+    for spec in &args.calibrate {
+        let Some((name, file)) = spec.split_once('=') else {
+            return Err(CliError::usage(anyhow!(
+                "--calibrate '{spec}': expected NAME=FILE.npy"
+            )));
+        };
+        let Some(id) = g.inputs.iter().copied().find(|&i| g.value(i).name == name) else {
+            return Err(CliError::usage(anyhow!(
+                "--calibrate '{spec}': the model has no input '{name}'"
+            )));
+        };
+        let t = read_npy(Path::new(file)).map_err(|e| {
+            CliError::invalid(anyhow!(e).context(format!("calibration input '{name}'")))
+        })?;
+        let v = g.value(id);
+        calibration.insert(name.to_string(), conform_input(name, t, &v.shape, v.dtype)?);
+    }
+    let opts = CompileOptions {
+        target,
+        auto_cast,
+        auto_cast_type,
+        fuse: !args.no_fuse,
+        dump_dir: args.dump.clone(),
+        calibration,
+    };
+    let compiled = neuronc::driver::compile(&g, &opts).map_err(|e| {
+        CliError::invalid(anyhow!(e).context(format!("cannot compile {}", args.model.display())))
+    })?;
+    let out = args.output.clone().unwrap_or_else(|| {
+        let stem = args
+            .model
+            .file_stem()
+            .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+        PathBuf::from(format!("{stem}.neff"))
+    });
+    compiled.artifact.write(&out).map_err(CliError::invalid)?;
+    println!("{}", compiled.summary);
+    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    println!("wrote {} ({size} bytes)", out.display());
+    Ok(())
+}
+
+/// `neuronc disasm FILE.neff`: header fields, weights and the program's text form.
+fn cmd_disasm(args: &DisasmArgs) -> Result<(), CliError> {
+    use neuron_isa::artifact::{FORMAT_VERSION, HEADER_SIZE};
+    let bytes = std::fs::read(&args.artifact)
+        .with_context(|| format!("cannot read {}", args.artifact.display()))
+        .map_err(CliError::invalid)?;
+    let art = neuron_isa::Artifact::from_bytes(&bytes).map_err(|e| {
+        CliError::invalid(
+            anyhow!(e).context(format!("invalid artifact {}", args.artifact.display())),
+        )
+    })?;
+    let crc = bytes
+        .get(32..36)
+        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let m = &art.meta;
+    println!(
+        "; neff format v{FORMAT_VERSION}: {} bytes (header {HEADER_SIZE}, metadata {}, weights {}), crc32 {crc:#010x}",
+        bytes.len(),
+        bytes.len() - HEADER_SIZE - art.blob.len(),
+        art.blob.len()
+    );
+    let opts: Vec<String> = m.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!(
+        "; model '{}', target {}, options [{}], batch {}, {} model flops, seed {}",
+        m.model_name,
+        m.target.name,
+        opts.join(", "),
+        m.batch_size,
+        m.model_flops,
+        m.seed
+    );
+    for w in &m.weights {
+        let name = m
+            .program
+            .tensors
+            .get(w.tensor.0 as usize)
+            .map_or("?", |t| t.name.as_str());
+        println!(
+            "; weight {} '{name}' at blob offset {} ({} bytes)",
+            w.tensor, w.offset, w.len
+        );
+    }
+    for (k, v) in &m.index_bounds {
+        println!("; input '{k}' indexes rows below {v}");
+    }
+    // Write the (possibly long) listing in one go; a closed pipe (`| head`) is not an error.
+    let listing = neuron_isa::disasm::disassemble(&m.program);
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), listing.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::invalid(e)),
+        _ => Ok(()),
+    }
 }

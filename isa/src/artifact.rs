@@ -200,6 +200,13 @@ impl Artifact {
                 "header size expected {HEADER_SIZE}, found {header_size}"
             )));
         }
+        if let Some(pos) = bytes[36..HEADER_SIZE].iter().position(|&b| b != 0) {
+            return Err(ArtifactError::BadHeader(format!(
+                "reserved header byte {} is {:#04x}, expected 0",
+                36 + pos,
+                bytes[36 + pos]
+            )));
+        }
         let meta_len = u64_at(bytes, 16);
         let blob_len = u64_at(bytes, 24);
         let total = (HEADER_SIZE as u64)

@@ -42,7 +42,7 @@ struct RunArgs {
     /// from the seeded generator.
     #[arg(long = "input", value_name = "NAME=FILE.npy", value_parser = parse_input)]
     inputs: Vec<(String, PathBuf)>,
-    /// Write each output to DIR/<output name>.npy.
+    /// Write each output to `DIR/<output name>.npy`.
     #[arg(long, value_name = "DIR")]
     output_dir: Option<PathBuf>,
     /// Write flame.folded, flame.svg, trace.json and summary.json to DIR.

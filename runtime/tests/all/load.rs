@@ -64,11 +64,11 @@ fn bit_flip_in_payload_is_a_checksum_error() {
 }
 
 #[test]
-fn every_single_bit_flip_outside_the_reserved_header_fails() {
+fn every_single_bit_flip_fails() {
     let good = relu_artifact().to_bytes().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("f.neff");
-    for i in (0..36).chain(64..good.len()) {
+    for i in 0..good.len() {
         let mut bytes = good.clone();
         bytes[i] ^= 1 << (i % 8);
         std::fs::write(&p, &bytes).unwrap();
