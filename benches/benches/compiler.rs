@@ -8,7 +8,7 @@
 //!
 //! Reported once before the timings (simulated time from timing-only runs of
 //! `neuron_sim`, printed to stderr): the big matmul's TensorE utilisation on trn1 (target:
-//! >= 85% of peak; the hand-optimized NKI kernel reaches 85.24%), and bert_layer's
+//! at least 85% of peak; the hand-optimized NKI kernel reaches 85.24%), and bert_layer's
 //! simulated latency, MFU and HBM bytes with and without fusion (target: fused moves at
 //! least 30% fewer HBM bytes).
 

@@ -5,11 +5,11 @@
 //! buffers are packed contiguously, SBUF slots aligned to 64 bytes and PSUM slots to whole
 //! banks (an accumulation group must stay inside one bank).
 //!
-//! Consecutive kernels are placed at opposite ends of each memory (even kernels from the
-//! bottom, odd kernels from the top) whenever both fit together, so the next kernel's first
-//! loads can run while the previous kernel drains. When they do not fit together the next
-//! kernel starts at the bottom and overlaps; the builder's hazard tracking then orders the
-//! reuse, so this is never a correctness question, only one of overlap.
+//! A kernel's buffers avoid those of the previous [`WINDOW`] kernels when they fit (first
+//! fit), so the next kernels' first loads (weights above all) can run while earlier kernels
+//! still compute. When they do not fit, a kernel overlaps its predecessors' buffers; the
+//! builder's hazard tracking then orders the reuse, so this is never a correctness
+//! question, only one of overlap.
 
 use neuron_isa::{Ap, ChipConfig, Dtype, Memory};
 
@@ -160,7 +160,41 @@ fn footprint(reqs: &[BufferReq], mem: OnChip, granule: u64) -> u64 {
         .sum()
 }
 
+/// How many preceding kernels a kernel tries to stay clear of.
+pub const WINDOW: usize = 3;
+
+/// The lowest offset (a multiple of `granule`) where `fp` bytes fit below `cap` without
+/// overlapping any of `busy`.
+fn first_fit(busy: &[(u64, u64)], fp: u64, cap: u64, granule: u64) -> Option<u64> {
+    let mut cands: Vec<u64> = vec![0];
+    cands.extend(busy.iter().map(|&(_, hi)| align(hi, granule)));
+    cands.sort_unstable();
+    cands
+        .into_iter()
+        .find(|&c| c + fp <= cap && busy.iter().all(|&(lo, hi)| c + fp <= lo || hi <= c))
+}
+
+/// Total length of the union of byte ranges.
+fn union_len(ranges: &[(u64, u64)]) -> u64 {
+    let mut r: Vec<(u64, u64)> = ranges.iter().copied().filter(|r| r.1 > r.0).collect();
+    r.sort_unstable();
+    let (mut total, mut end) = (0, 0);
+    for (lo, hi) in r {
+        let lo = lo.max(end);
+        if hi > lo {
+            total += hi - lo;
+            end = hi;
+        }
+    }
+    total
+}
+
 /// Places every kernel's buffers (one request list per kernel, in kernel order).
+///
+/// Each kernel goes to the lowest addresses that overlap none of the previous
+/// [`WINDOW`] kernels' buffers, or of fewer of them if that does not fit (down to none):
+/// the later a kernel's buffers are reused, the more its successors can prefetch (weights
+/// of the next matmul load while this kernel computes).
 pub fn allocate(requests: &[Vec<BufferReq>], cfg: &ChipConfig) -> Result<Allocation, AllocError> {
     let bank = cfg.psum_bytes_per_partition / u64::from(cfg.psum_banks.max(1));
     let mems = [
@@ -168,8 +202,9 @@ pub fn allocate(requests: &[Vec<BufferReq>], cfg: &ChipConfig) -> Result<Allocat
         (OnChip::Psum, cfg.psum_bytes_per_partition, bank),
     ];
     let mut out = Allocation::default();
-    // Per memory: the previous kernel's footprint and whether it sat at the top.
-    let mut prev: [(u64, bool); 2] = [(0, true); 2];
+    // Per memory: the ranges of the kernels placed so far, and how many predecessors each
+    // coexists with.
+    let mut placed: [Vec<(u64, u64)>; 2] = [Vec::new(), Vec::new()];
     for (k, reqs) in requests.iter().enumerate() {
         let mut ka = KernelAlloc::default();
         let mut bases = [0u64; 2];
@@ -184,16 +219,25 @@ pub fn allocate(requests: &[Vec<BufferReq>], cfg: &ChipConfig) -> Result<Allocat
                     ),
                 });
             }
-            let (pfp, ptop) = prev[m];
-            let coexist = fp + pfp <= cap;
-            // Take the end the previous kernel did not use.
-            let top = coexist && !ptop;
-            bases[m] = if top {
-                (cap - fp) / granule * granule
-            } else {
-                0
-            };
-            let peak = if coexist { fp + pfp } else { fp };
+            let mut base = 0;
+            let mut window = 0;
+            for w in (0..=WINDOW.min(k)).rev() {
+                let busy: Vec<(u64, u64)> = placed[m][k - w..]
+                    .iter()
+                    .copied()
+                    .filter(|r| r.1 > r.0)
+                    .collect();
+                if let Some(b) = first_fit(&busy, fp, cap, granule) {
+                    base = b;
+                    window = w;
+                    break;
+                }
+            }
+            placed[m].push((base, base + fp));
+            // In use together: this kernel and the predecessors it stays clear of (those may
+            // overlap each other, so measure the union of their ranges).
+            let peak = union_len(&placed[m][k - window..]);
+            bases[m] = base;
             match mem {
                 OnChip::Sbuf => {
                     ka.sbuf_bytes = fp;
@@ -204,7 +248,6 @@ pub fn allocate(requests: &[Vec<BufferReq>], cfg: &ChipConfig) -> Result<Allocat
                     out.peak_psum = out.peak_psum.max(peak);
                 }
             }
-            prev[m] = (fp, top);
         }
         for r in reqs {
             let m = usize::from(r.mem == OnChip::Psum);
@@ -229,7 +272,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn consecutive_kernels_take_opposite_ends() {
+    fn kernels_avoid_their_predecessors_while_they_fit() {
         let cfg = ChipConfig::trn1();
         let reqs = vec![
             vec![
@@ -239,6 +282,7 @@ mod tests {
             vec![BufferReq::sbuf("b", 4096, 3)],
             vec![BufferReq::sbuf("c", 150 * 1024, 1)],
             vec![BufferReq::sbuf("d", 190 * 1024, 1)],
+            vec![BufferReq::sbuf("e", 1024, 1)],
         ];
         let a = allocate(&reqs, &cfg).unwrap();
         let k0 = &a.kernels[0];
@@ -250,13 +294,13 @@ mod tests {
             "psum slots are whole banks"
         );
         assert_eq!(k0.get("acc").unwrap().slot(3), 2048);
-        let b = a.kernels[1].get("b").unwrap();
-        assert_eq!(b.base, cfg.sbuf_bytes_per_partition - 3 * 4096);
-        // Kernel 2 fits beside kernel 1 (at the bottom); kernel 3 fits beside nothing and
-        // starts at the bottom, overlapping kernel 2.
-        assert_eq!(a.kernels[2].get("c").unwrap().base, 0);
+        assert_eq!(a.kernels[1].get("b").unwrap().base, 2048);
+        assert_eq!(a.kernels[2].get("c").unwrap().base, 2048 + 3 * 4096);
+        // Kernel 3 fits beside nobody: it starts at the bottom and overlaps.
         assert_eq!(a.kernels[3].get("d").unwrap().base, 0);
-        assert_eq!(a.peak_sbuf, 190 * 1024);
+        // Kernel 4 stays clear of kernel 3.
+        assert_eq!(a.kernels[4].get("e").unwrap().base, 190 * 1024);
+        assert_eq!(a.peak_sbuf, 190 * 1024 + 1024);
     }
 
     #[test]

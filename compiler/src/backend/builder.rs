@@ -297,6 +297,7 @@ pub struct Builder {
     tracker: Tracker,
     kernel: u32,
     load_queues: Vec<StreamIdx>,
+    dep_queues: Vec<StreamIdx>,
     store_queues: Vec<StreamIdx>,
     queue_bytes: Vec<u64>,
     /// HBM bytes read plus written by the DMAs of each kernel.
@@ -323,16 +324,19 @@ impl Builder {
         let engines = stream_engines(cfg);
         let n = engines.len();
         let dma: Vec<StreamIdx> = (4..n).collect();
-        // A quarter of the queues (at least one) carry stores; with a single queue both
-        // classes share it.
-        let stores = (dma.len() / 4).max(1);
-        let (load_queues, store_queues) = if dma.len() > 1 {
+        // A quarter of the queues (at least one) carry stores, a quarter loads of data
+        // written by earlier kernels, the rest independent loads; with few queues the
+        // classes share.
+        let quarter = (dma.len() / 4).max(1);
+        let (load_queues, dep_queues, store_queues) = if dma.len() >= 3 {
+            let n = dma.len();
             (
-                dma[..dma.len() - stores].to_vec(),
-                dma[dma.len() - stores..].to_vec(),
+                dma[..n - 2 * quarter].to_vec(),
+                dma[n - 2 * quarter..n - quarter].to_vec(),
+                dma[n - quarter..].to_vec(),
             )
         } else {
-            (dma.clone(), dma.clone())
+            (dma.clone(), dma.clone(), dma.clone())
         };
         let bank = cfg.psum_bytes_per_partition / u64::from(cfg.psum_banks.max(1));
         let mut spaces = vec![
@@ -347,6 +351,7 @@ impl Builder {
             tracker: Tracker { spaces },
             kernel: neuron_isa::NO_KERNEL,
             load_queues,
+            dep_queues,
             store_queues,
             queue_bytes: vec![0; n],
             kernel_hbm: Vec::new(),
@@ -460,9 +465,32 @@ impl Builder {
         InstrRef { stream: s, index }
     }
 
-    /// Emits a DMA on the least-loaded queue of `class` (ties: the lowest queue).
+    /// Whether `op` must wait for an instruction of another stream (any hazard on what it
+    /// reads or writes).
+    fn has_hazards(&self, op: &Op) -> bool {
+        let mut need = vec![0u32; self.engines.len()];
+        for ap in op.reads() {
+            if let Some(r) = self.tracker.region(ap) {
+                self.tracker.hazards(&r, false, usize::MAX, &mut need);
+            }
+        }
+        for ap in op.writes() {
+            if let Some(r) = self.tracker.region(ap) {
+                self.tracker.hazards(&r, true, usize::MAX, &mut need);
+            }
+        }
+        need.iter().any(|&c| c > 0)
+    }
+
+    /// Emits a DMA on the least-loaded queue of `class` (ties: the lowest queue). Loads
+    /// that must wait for another instruction (data an earlier kernel writes, a buffer slot
+    /// still being read) go to their own queues, so that while they wait, loads that can
+    /// start at once (weights, inputs, fresh slots) are not held up behind them (a queue
+    /// runs in order).
     pub fn dma(&mut self, class: DmaClass, dst: Ap, src: Ap) -> InstrRef {
+        let op = Op::Dma { dst, src };
         let pool = match class {
+            DmaClass::Load if self.has_hazards(&op) => &self.dep_queues,
             DmaClass::Load => &self.load_queues,
             DmaClass::Store => &self.store_queues,
         };
@@ -473,9 +501,12 @@ impl Builder {
             }
         }
         // Count at least a descriptor's worth so that tiny transfers still rotate queues.
+        let Op::Dma { dst, src } = &op else {
+            return self.push(self.engines[best], op);
+        };
         self.queue_bytes[best] += src.bytes().max(dst.bytes()).max(4096);
         let engine = self.engines[best];
-        self.push(engine, Op::Dma { dst, src })
+        self.push(engine, op)
     }
 
     /// A load from HBM (or an HBM -> HBM copy).

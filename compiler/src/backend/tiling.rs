@@ -114,7 +114,7 @@ impl fmt::Display for Tiling {
             Tiling::Copy(t) => write!(f, "hbm->hbm dma, rows {} x cols {}", t.rows, t.cols),
             Tiling::MatMul(t) => write!(
                 f,
-                "m128 x{} group, n{} k128, w chunks of {} k-tiles x{} slots, {} psum set(s), est {:.1} us",
+                "groups of {} row tiles (x^t resident), n{} k128, w chunks of {} k-tiles x{} slots, {} psum set(s), est {:.1} us",
                 t.m_group,
                 t.n_tile,
                 t.w_kchunk,
@@ -311,7 +311,15 @@ pub fn choose_matmul(s: &matmul::MmShape, cfg: &ChipConfig) -> Result<MatmulTili
             // The largest W chunks, ring and X staging that fit, in that order of preference.
             let mut fit = None;
             'search: for w_kchunk in halvings(w_full, 1) {
-                for w_slots in [4u32, 3, 2] {
+                // The whole of W (every chunk of every column tile of one batch) when it
+                // takes at most a third of SBUF: it then loads as early as its space is
+                // free, typically while the previous kernels still compute.
+                let chunks = (k_tiles.div_ceil(w_kchunk) * s.n.div_ceil(n_tile)) as u32;
+                let whole = (u64::from(chunks) * (w_kchunk * n_tile) as u64 * s.mm_dtype.size()
+                    <= budget / 3)
+                    .then_some(chunks)
+                    .filter(|&c| c > 6);
+                for w_slots in whole.into_iter().chain([6u32, 4, 3, 2]) {
                     for x_kchunk in halvings(x_full, p) {
                         let t = MatmulTiling {
                             m_group,

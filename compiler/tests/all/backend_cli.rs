@@ -121,3 +121,35 @@ fn disasm_rejects_a_corrupted_artifact() {
     assert_eq!(code, 1);
     assert!(stderr.contains("checksum"), "{stderr}");
 }
+
+#[test]
+fn compile_int8_takes_calibration_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("x.npy");
+    let x = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[8, 784]), |i| {
+        ((i[0] * 784 + i[1]) % 17) as f32 / 4.0
+    });
+    neuronc::npy::write_npy(&npy, &neuronc::ir::Tensor::F32(x)).unwrap();
+    let out = dir.path().join("m.neff");
+    let spec = format!("x={}", npy.display());
+    let (code, stdout, stderr) = run(neuronc().args([
+        "compile",
+        example("mlp.json").to_str().unwrap(),
+        "--auto-cast-type",
+        "int8",
+        "--calibrate",
+        &spec,
+        "-o",
+        out.to_str().unwrap(),
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("auto_cast_type=int8"), "{stdout}");
+    let (code, _, stderr) = run(neuronc().args([
+        "compile",
+        example("mlp.json").to_str().unwrap(),
+        "--calibrate",
+        "nope=x.npy",
+    ]));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("no input 'nope'"), "{stderr}");
+}

@@ -50,3 +50,29 @@ fn bert_layer_fp16_matches_reference() {
 fn bert_layer_int8_matches_reference() {
     compile_and_check(&load_example("bert_layer.json"), Precision::Int8);
 }
+
+#[test]
+fn bert_layer_on_trn2_and_unfused_match_reference() {
+    use super::backend_harness::compile_and_check_with;
+    let g = load_example("bert_layer.json");
+    let mut opts = Precision::Bf16.options();
+    opts.target = neuron_isa::ChipConfig::trn2();
+    compile_and_check_with(&g, opts, Precision::Bf16);
+    let mut opts = Precision::Bf16.options();
+    opts.fuse = false;
+    compile_and_check_with(&g, opts, Precision::Bf16);
+}
+
+#[test]
+fn mlp_auto_cast_all_and_fp8_match_reference() {
+    use super::backend_harness::compile_and_check_with;
+    use neuronc::options::{AutoCast, CastType};
+    let g = load_example("mlp.json");
+    let mut opts = Precision::Bf16.options();
+    opts.auto_cast = AutoCast::All;
+    compile_and_check_with(&g, opts, Precision::Bf16);
+    let mut opts = Precision::Bf16.options();
+    opts.auto_cast_type = CastType::Fp8E4m3;
+    // fp8 e4m3 keeps 3 mantissa bits: checked with the int8 (cosine) tolerance.
+    compile_and_check_with(&g, opts, Precision::Int8);
+}

@@ -1,7 +1,6 @@
 //! The one integration-test binary of `neuronc` (one link instead of many).
 
 mod backend_cli;
-mod backend_dump_tmp;
 mod backend_harness;
 mod backend_kinds;
 mod backend_perf;

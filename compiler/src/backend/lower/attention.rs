@@ -13,7 +13,7 @@
 
 use super::chain::{self, ChainTiles, OpTile};
 use super::elementwise::selected;
-use super::operands::load_mat;
+use super::operands::{Broadcaster, Class, load_mat, mat_class};
 use super::{LowerCtx, chain_operands, lowering_error};
 use crate::backend::alloc::{Buf, BufferReq};
 use crate::backend::layout::{Mat, broadcast_view, cols};
@@ -52,6 +52,10 @@ pub struct AttnShape {
     pub prologue: Vec<EwOp>,
     /// Matmul dtype.
     pub mm_dtype: Dtype,
+    /// Heads whose rows sit side by side in q, k and v (the innermost batch dimension when
+    /// its stride is the head size, as for a `[B, S, H*D]` tensor viewed heads-first): their
+    /// rows are loaded together, one DMA for all heads. 1 otherwise.
+    pub group: usize,
 }
 
 /// Analyses an attention kernel.
@@ -112,6 +116,23 @@ pub fn analyze(_kg: &KernelGraph, k: &Kernel) -> Result<AttnShape, CompileError>
     for i in chain_operands(prologue) {
         operands.push((i, bc(get(i)?, sq, sk)?, selected(prologue, i)));
     }
+    // Heads side by side: head h's columns are at h * D of each row in q, k and v.
+    let group = match batch.last() {
+        Some(&h) if h > 1 => {
+            let hd = batch.len() - 1;
+            let side = |v: &View, cols: usize| {
+                let r = v.shape.len();
+                v.strides[r - 1] == 1 && v.strides[hd] == cols as isize
+            };
+            let (qb, kb, vb) = (bc(qv, sq, d)?, bc(kv, sk, d)?, bc(vv, sk, dv)?);
+            if side(&qb, d) && side(&kb, d) && side(&vb, dv) {
+                h
+            } else {
+                1
+            }
+        }
+        _ => 1,
+    };
     if dv > BANK_COLS {
         return Err(err(format!(
             "value dimension {dv} exceeds one PSUM bank ({BANK_COLS} fp32)"
@@ -130,6 +151,7 @@ pub fn analyze(_kg: &KernelGraph, k: &Kernel) -> Result<AttnShape, CompileError>
         operands,
         prologue: prologue.clone(),
         mm_dtype: k.mm_dtype,
+        group,
     })
 }
 
@@ -140,18 +162,31 @@ pub fn buffers(s: &AttnShape, t: &AttentionTiling, cfg: &ChipConfig) -> Vec<Buff
     let (dch, skch) = (s.d.div_ceil(p) as u64, s.sk.div_ceil(p) as u64);
     let (sk, qt) = (s.sk as u64, t.q_tile as u64);
     let bank = cfg.psum_bytes_per_partition / u64::from(cfg.psum_banks.max(1));
+    let g = s.group as u64;
+    let qtiles = s.sq.div_ceil(t.q_tile.max(1)) as u64;
     let mut v = vec![
         BufferReq::sbuf("kt", dch * sk * mm, t.slots),
-        BufferReq::sbuf("v", skch * s.dv as u64 * mm, t.slots),
         BufferReq::sbuf("qt", dch * qt * mm, t.slots),
-        BufferReq::sbuf("stage", s.d.max(s.dv) as u64 * 4, 2),
+        // Rows of q, k and v for a whole group of heads (one head when not grouped).
+        BufferReq::sbuf("qrows", qtiles * g * s.d as u64 * mm, 2),
+        BufferReq::sbuf("krows", skch * g * s.d as u64 * mm, 2),
+        BufferReq::sbuf("vrows", skch * g * s.dv as u64 * mm, 2),
         BufferReq::sbuf("s", sk * 4, t.slots),
         BufferReq::sbuf("p", sk * mm, t.slots),
         BufferReq::sbuf("pt", skch * qt * mm, t.slots),
         BufferReq::sbuf("o", s.dv as u64 * 4, t.slots),
         BufferReq::sbuf("stat", 16, t.slots),
         BufferReq::sbuf("work", BANK_COLS as u64 * 4, 2),
-        BufferReq::psum("sc", sk * 4, 1),
+        // Scores of two query tiles in flight when the banks allow (tp and acc take 4).
+        BufferReq::psum(
+            "sc",
+            sk * 4,
+            if 2 * (sk * 4).div_ceil(bank) + 4 <= u64::from(cfg.psum_banks) {
+                2
+            } else {
+                1
+            },
+        ),
         BufferReq::psum("tp", bank, 2),
         BufferReq::psum("acc", s.dv as u64 * 4, 2),
     ];
@@ -162,10 +197,36 @@ pub fn buffers(s: &AttnShape, t: &AttentionTiling, cfg: &ChipConfig) -> Vec<Buff
             1,
         ));
     }
-    for (i, _, _) in &s.operands {
-        v.push(BufferReq::sbuf(&format!("op{i}"), BANK_COLS as u64 * 4, 2));
+    let mut broadcast = false;
+    for (i, view, full) in &s.operands {
+        if row_bcast(view, *full) {
+            // A mask row shared by every query: broadcast on chip once per distinct row.
+            v.push(BufferReq::sbuf(&format!("op{i}"), sk * 4, 1));
+            broadcast = true;
+        } else {
+            v.push(BufferReq::sbuf(&format!("op{i}"), BANK_COLS as u64 * 4, 2));
+        }
+    }
+    if broadcast {
+        v.extend(Broadcaster::buffers(s.sk, true));
     }
     v
+}
+
+/// Whether a prologue operand (broadcast to `batch ++ [sq, sk]`) is the same row for every
+/// query.
+fn row_bcast(v: &View, force_full: bool) -> bool {
+    let r = v.shape.len();
+    let m = Mat {
+        tensor: TensorId(0),
+        dtype: Dtype::F32,
+        offset: 0,
+        rows: v.shape[r - 2],
+        cols: v.shape[r - 1],
+        rs: v.strides[r - 2] as i64,
+        cs: v.strides[r - 1] as i64,
+    };
+    mat_class(&m, force_full) == Class::RowBcast
 }
 
 fn mat_of(v: &View, batch: &[usize], bi: usize, tensor: TensorId, dtype: Dtype) -> Mat {
@@ -191,61 +252,39 @@ fn mat_of(v: &View, batch: &[usize], bi: usize, tensor: TensorId, dtype: Dtype) 
 #[derive(Default)]
 struct Slots {
     batch: usize,
+    group: usize,
     q: usize,
-    stage: usize,
     tp: usize,
     work: usize,
     op: usize,
 }
 
-/// Writes `m^T` rows `r0 .. r0 + nr` (<= 128) into `dst` laid out as d-chunks of `width`
-/// columns: element `(c, r)` goes to chunk `c / 128`, partition `c % 128`, column
-/// `col0 + r`.
+/// Writes the transpose of the SBUF tile `st` (`[nr, ncols]`, rows on partitions) into
+/// `dst`, laid out as chunks of 128 columns of `width` elements: element `(r, c)` goes to
+/// chunk `c / 128`, partition `c % 128`, column `col0 + r`.
 #[allow(clippy::too_many_arguments)]
-fn transpose_in(
+fn transpose_from(
     ctx: &mut LowerCtx<'_>,
-    m: &Mat,
-    r0: usize,
-    nr: usize,
+    st: &Ap,
+    ncols: usize,
     dst_base: u64,
     width: usize,
     col0: usize,
-    dtype: Dtype,
-    stage: &Buf,
     tp: &Buf,
     sl: &mut Slots,
 ) {
     let p = ctx.cfg.partitions as usize;
-    let esz = dtype.size();
-    let chunks = m.cols.div_ceil(p);
-    if m.cs != 1 {
-        // Already column-major (or strided): DMA [c, r] blocks directly.
-        for c in 0..chunks {
-            let cl = (m.cols - c * p).min(p);
-            let dst = Ap::on_chip(
-                Memory::Sbuf,
-                dtype,
-                0,
-                cl as u32,
-                dst_base + ((c * width + col0) as u64) * esz,
-                nr as u32,
-            );
-            ctx.load(dst, m.cols_ap(r0, nr, c * p, cl));
-        }
-        return;
-    }
-    let st = stage.tile(sl.stage, dtype, nr as u32, m.cols as u32);
-    sl.stage += 1;
-    ctx.load(st.clone(), m.rows_ap(r0, nr, 0, m.cols));
-    for c in 0..chunks {
-        let cl = (m.cols - c * p).min(p);
-        let t = tp.tile(sl.tp, Dtype::F32, cl as u32, nr as u32);
+    let dtype = st.dtype;
+    let nr = st.partitions;
+    for c in 0..ncols.div_ceil(p) {
+        let cl = (ncols - c * p).min(p);
+        let t = tp.tile(sl.tp, Dtype::F32, cl as u32, nr);
         sl.tp += 1;
         ctx.push(
             Engine::Tensor,
             Op::Transpose {
                 dst: t.clone(),
-                src: cols(&st, (c * p) as u32, cl as u32),
+                src: cols(st, (c * p) as u32, cl as u32),
             },
         );
         let dst = Ap::on_chip(
@@ -253,12 +292,44 @@ fn transpose_in(
             dtype,
             0,
             cl as u32,
-            dst_base + ((c * width + col0) as u64) * esz,
-            nr as u32,
+            dst_base + ((c * width + col0) as u64) * dtype.size(),
+            nr,
         );
         let e = ctx.evict_engine();
         ctx.copy_on(e, dst, t);
     }
+}
+
+/// Loads rows `r0 .. r0 + nr` of the `cols` columns starting at `m`'s column 0 into `dst`
+/// (`[nr, cols]`, casting to its dtype).
+fn load_rows(ctx: &mut LowerCtx<'_>, m: &Mat, r0: usize, nr: usize, ncols: usize, dst: &Ap) {
+    let src = Ap {
+        dims: vec![neuron_isa::Dim {
+            size: ncols as u32,
+            stride: m.cs,
+        }],
+        ..m.rows_ap(r0, nr, 0, 1)
+    };
+    ctx.load(dst.clone(), src);
+}
+
+/// The second half of a query tile's work, emitted one tile later so that TensorE computes
+/// the next tile's scores while VectorE/ScalarE run this tile's softmax.
+struct Pending {
+    /// Unnormalized probabilities `[q, Sk]` in the matmul dtype.
+    ptile: Ap,
+    /// `1 / row sum`, `[q, 1]`.
+    recip: Ap,
+    /// Slot of the per-tile buffers.
+    qs: usize,
+    /// First query row and count.
+    q0: usize,
+    qn: usize,
+    /// Output matrix of this head.
+    o: Mat,
+    /// V of this head: group slot and head index in the group.
+    gs: usize,
+    h: usize,
 }
 
 /// Lowers an attention kernel.
@@ -267,11 +338,12 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &AttentionTiling) -> Result<(), CompileE
     let p = ctx.cfg.partitions as usize;
     let mm = s.mm_dtype;
     let b = |n: &str| ctx.buf(n);
-    let (ktb, vb, qtb, stage, sb, pb, ptb, ob, stat, work) = (
+    let (ktb, qrows, krows, vrows, qtb, sb, pb, ptb, ob, stat, work) = (
         b("kt")?,
-        b("v")?,
+        b("qrows")?,
+        b("krows")?,
+        b("vrows")?,
         b("qt")?,
-        b("stage")?,
         b("s")?,
         b("p")?,
         b("pt")?,
@@ -294,6 +366,20 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &AttentionTiling) -> Result<(), CompileE
     let (dch, skch) = (s.d.div_ceil(p), s.sk.div_ceil(p));
     let mut sl = Slots::default();
     let n_in = ctx.kernel.inputs.len();
+    let mut bc = match ctx.bufs.get("bc_ones") {
+        Some(_) => Some(Broadcaster::new(ctx, "tp")?),
+        None => None,
+    };
+    // Row-broadcast operands by kernel input index, with the offset they were loaded from.
+    let mut resident: Vec<Option<(i64, Ap)>> = vec![None; n_in];
+    let bufs_b = FinishBufs {
+        pt: ptb.clone(),
+        tp: tpb.clone(),
+        acc: accb.clone(),
+        o: ob.clone(),
+        vrows: vrows.clone(),
+    };
+    let mut pending: Option<Pending> = None;
     for bi in 0..batches {
         let q = mat_of(&s.q, &s.batch, bi, qt_id, qd);
         let kmat = mat_of(&s.k, &s.batch, bi, kt_id, kd);
@@ -303,26 +389,77 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &AttentionTiling) -> Result<(), CompileE
             .iter()
             .map(|(i, v, tid, d, full)| (*i, mat_of(v, &s.batch, bi, *tid, *d), *full))
             .collect();
+        for (i, mat, full) in &ops {
+            if mat_class(mat, *full) != Class::RowBcast
+                || resident[*i]
+                    .as_ref()
+                    .is_some_and(|(off, _)| *off == mat.offset)
+            {
+                continue;
+            }
+            let Some(b) = bc.as_mut() else {
+                return Err(ctx.err("internal: no broadcast buffers"));
+            };
+            let tile =
+                ctx.buf(&format!("op{i}"))?
+                    .tile(0, Dtype::F32, t.q_tile as u32, s.sk as u32);
+            b.broadcast(ctx, &mat.rows_ap(0, 1, 0, s.sk), &tile);
+            resident[*i] = Some((mat.offset, tile));
+        }
         let bslot = sl.batch;
         sl.batch += 1;
-        // K^T [d, Sk] and V [Sk, Dv] for this head.
+        let g = s.group;
+        let h = bi % g;
+        let msz = mm.size();
+        if h == 0 {
+            // Rows of q, k and v for the whole group of heads, one DMA each per 128 rows
+            // (head 0's matrices start them; the heads follow along each row).
+            let gs = sl.group;
+            sl.group += 1;
+            for c in 0..skch {
+                let (r0, nr) = (c * p, (s.sk - c * p).min(p));
+                let kdst = krows.tile_at(
+                    gs,
+                    (c * g * s.d) as u64 * msz,
+                    mm,
+                    nr as u32,
+                    (g * s.d) as u32,
+                );
+                load_rows(ctx, &kmat, r0, nr, g * s.d, &kdst);
+                let vdst = vrows.tile_at(
+                    gs,
+                    (c * g * s.dv) as u64 * msz,
+                    mm,
+                    nr as u32,
+                    (g * s.dv) as u32,
+                );
+                load_rows(ctx, &vmat, r0, nr, g * s.dv, &vdst);
+            }
+            for j in 0..s.sq.div_ceil(t.q_tile) {
+                let (q0, qn) = (j * t.q_tile, (s.sq - j * t.q_tile).min(t.q_tile));
+                let qdst = qrows.tile_at(
+                    gs,
+                    (j * g * s.d) as u64 * msz,
+                    mm,
+                    qn as u32,
+                    (g * s.d) as u32,
+                );
+                load_rows(ctx, &q, q0, qn, g * s.d, &qdst);
+            }
+        }
+        let gs = sl.group.saturating_sub(1);
+        // K^T [d, Sk] for this head, from its columns of the group's rows.
         let kt_base = ktb.slot(bslot);
-        let mut r0 = 0;
-        while r0 < s.sk {
-            let nr = (s.sk - r0).min(p);
-            transpose_in(
-                ctx, &kmat, r0, nr, kt_base, s.sk, r0, mm, &stage, &tpb, &mut sl,
-            );
-            let vdst = Ap::on_chip(
-                Memory::Sbuf,
+        for c in 0..skch {
+            let nr = (s.sk - c * p).min(p);
+            let st = krows.tile_at(
+                gs,
+                ((c * g + h) * s.d) as u64 * msz,
                 mm,
-                0,
                 nr as u32,
-                vb.slot(bslot) + ((r0 / p) * s.dv) as u64 * mm.size(),
-                s.dv as u32,
+                s.d as u32,
             );
-            ctx.load(vdst, vmat.rows_ap(r0, nr, 0, s.dv));
-            r0 += nr;
+            transpose_from(ctx, &st, s.d, kt_base, s.sk, c * p, &tpb, &mut sl);
         }
         let mut q0 = 0;
         while q0 < s.sq {
@@ -331,11 +468,11 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &AttentionTiling) -> Result<(), CompileE
             let qs = sl.q;
             sl.q += 1;
             let qt_base = qtb.slot(qs);
-            transpose_in(
-                ctx, &q, q0, qn, qt_base, t.q_tile, 0, mm, &stage, &tpb, &mut sl,
-            );
+            let j = q0 / t.q_tile;
+            let st = qrows.tile_at(gs, ((j * g + h) * s.d) as u64 * msz, mm, qu, s.d as u32);
+            transpose_from(ctx, &st, s.d, qt_base, t.q_tile, 0, &tpb, &mut sl);
             // Scores, one PSUM bank per 512 keys, accumulated over d-chunks.
-            let sc = scb.tile(0, Dtype::F32, qu, s.sk as u32);
+            let sc = scb.tile(qs, Dtype::F32, qu, s.sk as u32);
             let stile = sb.tile(qs, Dtype::F32, qu, s.sk as u32);
             let mut k0 = 0;
             while k0 < s.sk {
@@ -371,6 +508,13 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &AttentionTiling) -> Result<(), CompileE
                 // Evict this bank through the prologue into the fp32 score tile.
                 let mut operands: Vec<Option<OpTile>> = vec![None; n_in];
                 for (i, mat, full) in &ops {
+                    if let Some((_, tile)) = &resident[*i] {
+                        operands[*i] = Some(OpTile::Full(Ap {
+                            partitions: qu,
+                            ..cols(tile, k0 as u32, kn as u32)
+                        }));
+                        continue;
+                    }
                     let buf = ctx.buf(&format!("op{i}"))?;
                     operands[*i] = Some(load_mat(ctx, mat, *full, q0, qn, k0, kn, &buf, sl.op));
                 }
@@ -426,72 +570,115 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &AttentionTiling) -> Result<(), CompileE
                     accum: None,
                 },
             );
-            // P^T, 128 keys at a time, then P @ V accumulated over key chunks.
-            let pt_base = ptb.slot(qs);
-            for c in 0..skch {
-                let kl = (s.sk - c * p).min(p) as u32;
-                let tp = tpb.tile(sl.tp, Dtype::F32, kl, qu);
-                sl.tp += 1;
-                ctx.push(
-                    Engine::Tensor,
-                    Op::Transpose {
-                        dst: tp.clone(),
-                        src: cols(&ptile, (c * p) as u32, kl),
-                    },
-                );
-                let dst = Ap::on_chip(
+            let next = Pending {
+                ptile,
+                recip,
+                qs,
+                q0,
+                qn,
+                o,
+                gs,
+                h,
+            };
+            if let Some(prev) = pending.replace(next) {
+                finish_tile(ctx, &s, t, &bufs_b, &prev, &mut sl);
+            }
+            q0 += qn;
+        }
+    }
+    if let Some(prev) = pending.take() {
+        finish_tile(ctx, &s, t, &bufs_b, &prev, &mut sl);
+    }
+    Ok(())
+}
+
+/// Buffers the second half of a query tile uses.
+struct FinishBufs {
+    pt: Buf,
+    tp: Buf,
+    acc: Buf,
+    o: Buf,
+    vrows: Buf,
+}
+
+/// P^T (128 keys at a time), P @ V accumulated over key chunks in PSUM, the eviction that
+/// normalizes each row by `1 / sum`, and the store.
+fn finish_tile(
+    ctx: &mut LowerCtx<'_>,
+    s: &AttnShape,
+    t: &AttentionTiling,
+    b: &FinishBufs,
+    pd: &Pending,
+    sl: &mut Slots,
+) {
+    let p = ctx.cfg.partitions as usize;
+    let mm = s.mm_dtype;
+    let msz = mm.size();
+    let skch = s.sk.div_ceil(p);
+    let qu = pd.qn as u32;
+    let (g, h, gs, qs) = (s.group, pd.h, pd.gs, pd.qs);
+    let (ptb, tpb, accb, ob, vrows) = (&b.pt, &b.tp, &b.acc, &b.o, &b.vrows);
+    let ptile = pd.ptile.clone();
+    let recip = pd.recip.clone();
+    let od = pd.o.dtype;
+    let v_of = |c: usize, kl: u32| {
+        vrows.tile_at(gs, ((c * g + h) * s.dv) as u64 * msz, mm, kl, s.dv as u32)
+    };
+    // P^T, 128 keys at a time, then P @ V accumulated over key chunks.
+    let pt_base = ptb.slot(qs);
+    for c in 0..skch {
+        let kl = (s.sk - c * p).min(p) as u32;
+        let tp = tpb.tile(sl.tp, Dtype::F32, kl, qu);
+        sl.tp += 1;
+        ctx.push(
+            Engine::Tensor,
+            Op::Transpose {
+                dst: tp.clone(),
+                src: cols(&ptile, (c * p) as u32, kl),
+            },
+        );
+        let dst = Ap::on_chip(
+            Memory::Sbuf,
+            mm,
+            0,
+            kl,
+            pt_base + ((c * t.q_tile) as u64) * mm.size(),
+            qu,
+        );
+        let e = ctx.evict_engine();
+        ctx.copy_on(e, dst, tp);
+    }
+    let acc = accb.tile(qs, Dtype::F32, qu, s.dv as u32);
+    for c in 0..skch {
+        let kl = (s.sk - c * p).min(p) as u32;
+        ctx.push(
+            Engine::Tensor,
+            Op::Matmul {
+                dst: acc.clone(),
+                stationary: Ap::on_chip(
                     Memory::Sbuf,
                     mm,
                     0,
                     kl,
                     pt_base + ((c * t.q_tile) as u64) * mm.size(),
                     qu,
-                );
-                let e = ctx.evict_engine();
-                ctx.copy_on(e, dst, tp);
-            }
-            let acc = accb.tile(qs, Dtype::F32, qu, s.dv as u32);
-            for c in 0..skch {
-                let kl = (s.sk - c * p).min(p) as u32;
-                ctx.push(
-                    Engine::Tensor,
-                    Op::Matmul {
-                        dst: acc.clone(),
-                        stationary: Ap::on_chip(
-                            Memory::Sbuf,
-                            mm,
-                            0,
-                            kl,
-                            pt_base + ((c * t.q_tile) as u64) * mm.size(),
-                            qu,
-                        ),
-                        moving: Ap::on_chip(
-                            Memory::Sbuf,
-                            mm,
-                            0,
-                            kl,
-                            vb.slot(bslot) + ((c * s.dv) as u64) * mm.size(),
-                            s.dv as u32,
-                        ),
-                        accumulate: c > 0,
-                    },
-                );
-            }
-            let otile = ob.tile(qs, od, qu, s.dv as u32);
-            ctx.push(
-                Engine::Scalar,
-                Op::Activation {
-                    dst: otile.clone(),
-                    src: acc,
-                    func: ActFunc::Identity,
-                    scale: Operand::PerPartition(recip),
-                    bias: None,
-                    accum: None,
-                },
-            );
-            ctx.store(o.rows_ap(q0, qn, 0, s.dv), otile);
-            q0 += qn;
-        }
+                ),
+                moving: v_of(c, kl),
+                accumulate: c > 0,
+            },
+        );
     }
-    Ok(())
+    let otile = ob.tile(qs, od, qu, s.dv as u32);
+    ctx.push(
+        Engine::Scalar,
+        Op::Activation {
+            dst: otile.clone(),
+            src: acc,
+            func: ActFunc::Identity,
+            scale: Operand::PerPartition(recip),
+            bias: None,
+            accum: None,
+        },
+    );
+    ctx.store(pd.o.rows_ap(pd.q0, pd.qn, 0, s.dv), otile);
 }

@@ -8,7 +8,7 @@
 //! the loads of tile i+1 run while tile i computes and tile i-1 is stored.
 
 use super::chain::{self, ChainTiles, OpTile};
-use super::operands::{Class, RcOperand, classify, load_rc};
+use super::operands::{Class, RcOperand, classify, load_rc, rc_broadcaster, rc_buffers};
 use super::{LowerCtx, chain_operands, lowering_error, on_chip_dtype};
 use crate::backend::alloc::BufferReq;
 use crate::backend::layout::{RowCols, Space, broadcast_view, parts};
@@ -152,15 +152,9 @@ pub fn buffers(s: &EwShape, t: &RowTiling) -> Vec<BufferReq> {
     if chain::has_cast(&s.ops) {
         v.push(BufferReq::sbuf("cast", c * chain::CAST_BYTES, 1));
     }
-    for o in &s.operands {
-        let bytes = if o.class.is_column() {
-            4
-        } else {
-            c * o.tile_dtype().size()
-        };
-        let slots = if resident(s, t, o) { 1 } else { t.slots };
-        v.push(BufferReq::sbuf(&format!("op{}", o.input), bytes, slots));
-    }
+    v.extend(rc_buffers(&s.operands, c, s.rc.cols.len() <= 1, |o| {
+        if resident(s, t, o) { 1 } else { t.slots }
+    }));
     v
 }
 
@@ -174,6 +168,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
     let (inb, work, outb) = (ctx.buf("in")?, ctx.buf("work")?, ctx.buf("out")?);
     let cast = ctx.bufs.get("cast").cloned();
     let max_in = ctx.kernel.inputs.len();
+    let mut bc = rc_broadcaster(ctx, &s.operands)?;
     let mut fixed: Vec<Option<OpTile>> = vec![None; max_in];
     for o in &s.operands {
         if resident(&s, t, o) {
@@ -189,6 +184,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
                 inner,
                 &buf,
                 0,
+                bc.as_mut(),
             )?);
         }
     }
@@ -215,8 +211,19 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
                     Some(OpTile::Column(_)) => {}
                     None => {
                         let buf = ctx.buf(&format!("op{}", o.input))?;
-                        operands[o.input] =
-                            Some(load_rc(ctx, rc, o, r0, p, c0, nc, inner, &buf, slot)?);
+                        operands[o.input] = Some(load_rc(
+                            ctx,
+                            rc,
+                            o,
+                            r0,
+                            p,
+                            c0,
+                            nc,
+                            inner,
+                            &buf,
+                            slot,
+                            bc.as_mut(),
+                        )?);
                     }
                 }
             }

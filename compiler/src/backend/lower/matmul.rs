@@ -25,7 +25,7 @@
 //! row added to the artifact.
 
 use super::chain::{self, ChainTiles, OpTile};
-use super::operands::{load_mat, mat_class};
+use super::operands::{Broadcaster, Class, load_mat, mat_class};
 use super::{LowerCtx, lowering_error};
 use crate::backend::alloc::BufferReq;
 use crate::backend::layout::{Mat, broadcast_view, cols};
@@ -314,19 +314,45 @@ pub fn buffers(s: &MmShape, t: &MatmulTiling, cfg: &ChipConfig) -> Vec<BufferReq
     if chain::has_cast(&s.epilogue) {
         v.push(BufferReq::sbuf("cast", nt * chain::CAST_BYTES, 1));
     }
-    for (i, _, _) in &s.operands {
-        // Operand tiles are at most 4-byte elements.
-        // One slot per row tile of a group plus one shared, twice (double-buffered).
-        v.push(BufferReq::sbuf(
-            &format!("op{i}"),
-            nt * 4,
-            2 * (t.m_group as u32 + 1),
-        ));
+    let mut broadcast = s.int8.is_some();
+    for (i, view, full) in &s.operands {
+        if is_row_bcast(view, *full) {
+            // Resident for the whole kernel, broadcast on chip once (fp32).
+            v.push(BufferReq::sbuf(&format!("op{i}"), s.n as u64 * 4, 1));
+            broadcast = true;
+        } else {
+            // One slot per row tile of a group plus one, twice (double-buffered); operand
+            // tiles have at most 4-byte elements.
+            v.push(BufferReq::sbuf(
+                &format!("op{i}"),
+                nt * 4,
+                2 * (t.m_group as u32 + 1),
+            ));
+        }
     }
     if s.int8.is_some() {
-        v.push(BufferReq::sbuf("dq", nt * 4, 2));
+        v.push(BufferReq::sbuf("dq", s.n as u64 * 4, 1));
+    }
+    if broadcast {
+        v.extend(Broadcaster::buffers(s.n, true));
     }
     v
+}
+
+/// Whether an epilogue operand (broadcast to `batch ++ [m, n]`) is one row for every output
+/// row (a bias): those are broadcast on chip once per kernel and stay resident.
+fn is_row_bcast(v: &View, force_full: bool) -> bool {
+    let r = v.shape.len();
+    let mat = Mat {
+        tensor: TensorId(0),
+        dtype: Dtype::F32,
+        offset: 0,
+        rows: v.shape[r - 2],
+        cols: v.shape[r - 1],
+        rs: v.strides[r - 2] as i64,
+        cs: v.strides[r - 1] as i64,
+    };
+    mat_class(&mat, force_full) == Class::RowBcast
 }
 
 /// The 2-D matrix of batch `bi` of a view shaped `batch ++ [rows, cols]`.
@@ -375,9 +401,17 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &MatmulTiling) -> Result<(), CompileErro
         tp: ctx.bufs.get("tp").cloned(),
         ws: ctx.bufs.get("ws").cloned(),
         cast: ctx.bufs.get("cast").cloned(),
-        dq: ctx.bufs.get("dq").cloned(),
     };
     let mut st = MmState::default();
+    let mt = s.m.min(p) as u32;
+    let mut bc = match ctx.bufs.get("bc_ones") {
+        Some(_) => Some(Broadcaster::new(ctx, "acc")?),
+        None => None,
+    };
+    // Row-broadcast operands (and the int8 dequantization row) by kernel input index, with
+    // the storage offset they were loaded from.
+    let dq_idx = ctx.kernel.inputs.len();
+    let mut resident: Vec<Option<(i64, Ap)>> = vec![None; dq_idx + 1];
     for bi in 0..s.batches {
         let x = mat_of(&s.a, &s.batch, bi, a_t, a_d);
         let w = mat_of(&s.b, &s.batch, bi, b_t, b_d);
@@ -395,6 +429,28 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &MatmulTiling) -> Result<(), CompileErro
             rs: 0,
             cs: 1,
         });
+        let mut rows_of = ops
+            .iter()
+            .filter(|(_, mat, full)| mat_class(mat, *full) == Class::RowBcast)
+            .map(|(i, mat, _)| (*i, *mat, format!("op{i}")))
+            .collect::<Vec<_>>();
+        if let Some(m) = dq_mat {
+            rows_of.push((dq_idx, m, "dq".to_string()));
+        }
+        for (i, mat, name) in rows_of {
+            if resident[i]
+                .as_ref()
+                .is_some_and(|(off, _)| *off == mat.offset)
+            {
+                continue;
+            }
+            let (Some(b), Some(buf)) = (bc.as_mut(), ctx.bufs.get(&name).cloned()) else {
+                return Err(ctx.err(format!("internal: no broadcast buffers for '{name}'")));
+            };
+            let tile = buf.tile(0, Dtype::F32, mt, s.n as u32);
+            b.broadcast(ctx, &mat.rows_ap(0, 1, 0, s.n), &tile);
+            resident[i] = Some((mat.offset, tile));
+        }
         let m_tiles = s.m.div_ceil(p);
         let mut g0 = 0;
         while g0 < m_tiles {
@@ -407,18 +463,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &MatmulTiling) -> Result<(), CompileErro
             while n0 < s.n {
                 let nn = t.n_tile.min(s.n - n0);
                 column_tile(
-                    ctx,
-                    &s,
-                    t,
-                    &bufs,
-                    &mut st,
-                    &w,
-                    &y,
-                    &ops,
-                    dq_mat.as_ref(),
-                    &rows,
-                    n0,
-                    nn,
+                    ctx, &s, t, &bufs, &mut st, &w, &y, &ops, &resident, &rows, n0, nn,
                 )?;
                 n0 += nn;
             }
@@ -439,7 +484,6 @@ struct MmBufs {
     tp: Option<crate::backend::alloc::Buf>,
     ws: Option<crate::backend::alloc::Buf>,
     cast: Option<crate::backend::alloc::Buf>,
-    dq: Option<crate::backend::alloc::Buf>,
 }
 
 /// Rotation counters of the streamed buffers.
@@ -453,7 +497,6 @@ struct MmState {
     work: usize,
     out: usize,
     ops: usize,
-    dq: usize,
 }
 
 /// Byte offset of X^T tile `(kt, mi)` in the resident buffer.
@@ -732,7 +775,7 @@ fn column_tile(
     w: &Mat,
     y: &Mat,
     ops: &[(usize, Mat, bool)],
-    dq: Option<&Mat>,
+    resident: &[Option<(i64, Ap)>],
     rows: &[(usize, usize)],
     n0: usize,
     nn: usize,
@@ -787,29 +830,10 @@ fn column_tile(
         }
         kt0 += nkt;
     }
-    // Operands that only vary along columns are loaded once for the whole group.
-    let max_op = ops
-        .iter()
-        .map(|o| o.0)
-        .max()
-        .unwrap_or(0)
-        .max(ctx.kernel.inputs.len());
-    let mut shared: Vec<Option<OpTile>> = vec![None; max_op + 2];
-    for (i, mat, full) in ops {
-        if mat_class(mat, *full) == super::operands::Class::RowBcast {
-            let buf = ctx.buf(&format!("op{i}"))?;
-            shared[*i] = Some(load_mat(
-                ctx, mat, *full, 0, rows[0].1, n0, nn, &buf, st.ops,
-            ));
-        }
-    }
-    let dq_idx = max_op + 1;
-    if let (Some(dq), Some(dqb)) = (dq, &b.dq) {
-        shared[dq_idx] = Some(load_mat(ctx, dq, false, 0, rows[0].1, n0, nn, dqb, st.dq));
-        st.dq += 1;
-    }
+    // The int8 dequantization row is the synthetic operand after the kernel's inputs.
+    let dq_idx = resident.len() - 1;
     let mut epilogue = Vec::with_capacity(s.epilogue.len() + 1);
-    if dq.is_some() {
+    if s.int8.is_some() {
         epilogue.push(EwOp::Tensor {
             op: BinaryFn::Mul,
             operand: dq_idx,
@@ -817,39 +841,29 @@ fn column_tile(
         });
     }
     epilogue.extend(s.epilogue.iter().cloned());
+    let max_op = ops
+        .iter()
+        .map(|o| o.0 + 1)
+        .max()
+        .unwrap_or(0)
+        .max(resident.len());
     for (mi, &(m0, mr)) in rows.iter().enumerate() {
-        let mut operands = shared.clone();
+        let mut operands: Vec<Option<OpTile>> = vec![None; max_op];
+        // Resident rows (biases, dequantization scales): this tile's columns and rows.
+        for (i, r) in resident.iter().enumerate() {
+            if let Some((_, tile)) = r {
+                operands[i] = Some(OpTile::Full(Ap {
+                    partitions: mr as u32,
+                    ..cols(tile, n0 as u32, nn as u32)
+                }));
+            }
+        }
         for (i, mat, full) in ops {
-            let class = mat_class(mat, *full);
-            if class == super::operands::Class::RowBcast {
-                // Shared tiles were loaded for the first row tile's height; every later
-                // tile of the group is no taller.
-                if let Some(OpTile::Full(ap)) = &shared[*i] {
-                    operands[*i] = Some(OpTile::Full(Ap {
-                        partitions: mr as u32,
-                        ..ap.clone()
-                    }));
-                }
+            if mat_class(mat, *full) == Class::RowBcast {
                 continue;
             }
             let buf = ctx.buf(&format!("op{i}"))?;
-            operands[*i] = Some(load_mat(
-                ctx,
-                mat,
-                *full,
-                m0,
-                mr,
-                n0,
-                nn,
-                &buf,
-                st.ops + 1 + mi,
-            ));
-        }
-        if let Some(OpTile::Full(ap)) = &shared[dq_idx] {
-            operands[dq_idx] = Some(OpTile::Full(Ap {
-                partitions: mr as u32,
-                ..ap.clone()
-            }));
+            operands[*i] = Some(load_mat(ctx, mat, *full, m0, mr, n0, nn, &buf, st.ops + mi));
         }
         let tiles = ChainTiles {
             src: acc(mi, mr),
@@ -866,6 +880,6 @@ fn column_tile(
         let res = chain::apply(ctx, &epilogue, &tiles)?;
         ctx.store(y.rows_ap(m0, mr, n0, nn), res);
     }
-    st.ops += 1 + rows.len();
+    st.ops += rows.len();
     Ok(())
 }

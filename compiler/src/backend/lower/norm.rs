@@ -11,7 +11,7 @@
 
 use super::chain::{self, ChainTiles, OpTile};
 use super::elementwise::{rc_operand, selected};
-use super::operands::{Class, RcOperand, load_rc};
+use super::operands::{Class, RcOperand, load_rc, rc_broadcaster, rc_buffers};
 use super::softmax::split_space;
 use super::{LowerCtx, chain_operands, lowering_error, on_chip_dtype};
 use crate::backend::alloc::BufferReq;
@@ -131,19 +131,13 @@ pub fn buffers(s: &NormShape, t: &RowTiling) -> Vec<BufferReq> {
     if chain::has_cast(&s.chain) {
         v.push(BufferReq::sbuf("cast", c * chain::CAST_BYTES, 1));
     }
-    for o in &s.operands {
-        let bytes = if o.class.is_column() {
-            4
-        } else {
-            c * o.tile_dtype().size()
-        };
-        let slots = if o.class == Class::RowBcast {
+    v.extend(rc_buffers(&s.operands, c, s.rc.cols.len() <= 1, |o| {
+        if o.class == Class::RowBcast {
             1
         } else {
             t.slots
-        };
-        v.push(BufferReq::sbuf(&format!("op{}", o.input), bytes, slots));
-    }
+        }
+    }));
     v
 }
 
@@ -164,6 +158,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
     );
     let cast = ctx.bufs.get("cast").cloned();
     // Gamma, beta and other same-for-every-row operands stay resident.
+    let mut bc = rc_broadcaster(ctx, &s.operands)?;
     let mut fixed: Vec<Option<OpTile>> = vec![None; ctx.kernel.inputs.len()];
     for o in &s.operands {
         if o.class == Class::RowBcast {
@@ -179,6 +174,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
                 inner,
                 &buf,
                 0,
+                bc.as_mut(),
             )?);
         }
     }
@@ -203,8 +199,9 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
                 Some(OpTile::Column(_)) => {}
                 None => {
                     let buf = ctx.buf(&format!("op{}", o.input))?;
-                    operands[o.input] =
-                        Some(load_rc(ctx, rc, o, r0, p, 0, outer, inner, &buf, slot)?);
+                    operands[o.input] = Some(load_rc(
+                        ctx, rc, o, r0, p, 0, outer, inner, &buf, slot, None,
+                    )?);
                 }
             }
         }

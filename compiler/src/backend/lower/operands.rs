@@ -13,9 +13,10 @@
 use super::chain::OpTile;
 use super::{LowerCtx, on_chip_dtype};
 use crate::backend::alloc::Buf;
-use crate::backend::layout::{Mat, RowCols, Run, parts};
+use crate::backend::alloc::BufferReq;
+use crate::backend::layout::{Mat, RowCols, Run, cols, parts};
 use crate::error::CompileError;
-use neuron_isa::{Ap, Dim, Dtype, TensorId};
+use neuron_isa::{Ap, Dim, Dtype, Engine, Op, TensorId};
 
 /// How an operand varies over a tile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,8 +98,24 @@ pub fn load_rc(
     inner: usize,
     buf: &Buf,
     slot: usize,
+    bcast: Option<&mut Broadcaster>,
 ) -> Result<OpTile, CompileError> {
     let d = op.tile_dtype();
+    if let (Class::RowBcast, Some(bc)) = (op.class, bcast) {
+        let free = (nc * inner) as u32;
+        let dst = buf.tile(slot, Dtype::F32, p as u32, free);
+        let run = Run {
+            part: 0,
+            len: 1,
+            row: r0,
+        };
+        let mut src = rc.hbm_ap(op.view, op.tensor, op.dtype, &run, c0, nc);
+        if inner == 1 {
+            src.dims.truncate(1);
+        }
+        bc.broadcast(ctx, &src, &dst);
+        return Ok(OpTile::Full(dst));
+    }
     match op.class {
         Class::Column | Class::Scalar => {
             let dst = buf.tile(slot, d, p as u32, 1);
@@ -184,4 +201,171 @@ pub fn mat_class(mat: &Mat, force_full: bool) -> Class {
 /// A `[p, 1]` column tile pattern (helper for statistics tiles).
 pub fn column(buf: &Buf, slot: usize, p: u32) -> Ap {
     buf.tile(slot, Dtype::F32, p, 1)
+}
+
+/// Columns per TensorE broadcast step (one PSUM bank of fp32).
+pub const BCAST_COLS: usize = 512;
+
+/// Broadcasts rows to all partitions on chip instead of with partition-broadcast DMAs.
+///
+/// A DMA with partition stride 0 reads the same HBM row once per partition (128x the
+/// bytes); here the row is read once into partition 0 and TensorE multiplies it by a column
+/// of ones (`dst[p, n] = ones[0, p] * row[0, n]`, an fp32 matmul with K = 1, exact), then a
+/// copy brings the PSUM result to SBUF. This costs a few TensorE cycles per 512 columns and
+/// saves HBM bandwidth, which bounds most small kernels.
+pub struct Broadcaster {
+    ones: Buf,
+    row: Buf,
+    psum: Buf,
+    ready: bool,
+    slot: usize,
+}
+
+impl Broadcaster {
+    /// The buffers a broadcaster needs for rows of `row_elems` elements; `chunked` rows
+    /// (a single contiguous free dimension) are staged 512 columns at a time. The PSUM
+    /// buffer is named by the caller (it may share one the kernel uses later).
+    pub fn buffers(row_elems: usize, chunked: bool) -> Vec<BufferReq> {
+        let staged = if chunked {
+            row_elems.min(BCAST_COLS)
+        } else {
+            row_elems
+        };
+        vec![
+            BufferReq::sbuf("bc_ones", 128 * 4, 1),
+            BufferReq::sbuf("bc_row", staged as u64 * 4, 2),
+        ]
+    }
+
+    /// The broadcaster of the current kernel, using PSUM buffer `psum`.
+    pub fn new(ctx: &LowerCtx<'_>, psum: &str) -> Result<Broadcaster, CompileError> {
+        Ok(Broadcaster {
+            ones: ctx.buf("bc_ones")?,
+            row: ctx.buf("bc_row")?,
+            psum: ctx.buf(psum)?,
+            ready: false,
+            slot: 0,
+        })
+    }
+
+    /// Fills `dst` (an SBUF tile `[p, n]`, single free dimension) with the row `src` (an
+    /// HBM pattern whose first row is taken, `n` elements per row) on every partition.
+    pub fn broadcast(&mut self, ctx: &mut LowerCtx<'_>, src: &Ap, dst: &Ap) {
+        let p = dst.partitions;
+        if !self.ready {
+            let ones = self.ones.tile(0, Dtype::F32, 1, 128);
+            ctx.push(
+                Engine::Vector,
+                Op::Memset {
+                    dst: ones,
+                    value: 1.0,
+                },
+            );
+            self.ready = true;
+        }
+        let ones = self.ones.tile(0, Dtype::F32, 1, p);
+        let n = src.free_elems() as usize;
+        let row1 = Ap {
+            partitions: 1,
+            partition_stride: 0,
+            ..src.clone()
+        };
+        let chunked = src.dims.len() == 1;
+        let staged_whole = if chunked {
+            None
+        } else {
+            let t = self.row.tile(self.slot, Dtype::F32, 1, n as u32);
+            self.slot += 1;
+            ctx.load(t.clone(), row1.clone());
+            Some(t)
+        };
+        let bank_cols = (self.psum.slot_bytes / 4).max(1) as usize;
+        let step = BCAST_COLS.min(bank_cols);
+        let mut c0 = 0;
+        while c0 < n {
+            let len = step.min(n - c0);
+            let moving = match &staged_whole {
+                Some(t) => cols(t, c0 as u32, len as u32),
+                None => {
+                    let t = self.row.tile(self.slot, Dtype::F32, 1, len as u32);
+                    self.slot += 1;
+                    let d = &src.dims[0];
+                    let part = Ap {
+                        offset: row1.offset
+                            + (c0 as i64 * d.stride).max(0) as u64 * src.dtype.size(),
+                        dims: vec![Dim {
+                            size: len as u32,
+                            stride: d.stride,
+                        }],
+                        ..row1.clone()
+                    };
+                    ctx.load(t.clone(), part);
+                    t
+                }
+            };
+            let ps = self.psum.tile(self.slot, Dtype::F32, p, len as u32);
+            ctx.push(
+                Engine::Tensor,
+                Op::Matmul {
+                    dst: ps.clone(),
+                    stationary: ones.clone(),
+                    moving,
+                    accumulate: false,
+                },
+            );
+            let e = ctx.evict_engine();
+            let out = Ap {
+                offset: dst.offset + c0 as u64 * dst.dtype.size(),
+                dims: vec![Dim {
+                    size: len as u32,
+                    stride: 1,
+                }],
+                ..dst.clone()
+            };
+            ctx.copy_on(e, out, ps);
+            c0 += len;
+        }
+    }
+}
+
+/// Buffers for the operands of a row-tiled kernel whose tiles hold `elems` elements per
+/// row: `op{i}` for each operand (`slots_of` slots; row broadcasts are fp32 tiles the
+/// [`Broadcaster`] fills), plus the broadcaster's buffers and its PSUM bank (`bc`) when an
+/// operand is a row broadcast. `chunked`: the operand rows have one free dimension.
+pub fn rc_buffers(
+    ops: &[RcOperand],
+    elems: u64,
+    chunked: bool,
+    slots_of: impl Fn(&RcOperand) -> u32,
+) -> Vec<BufferReq> {
+    let mut v = Vec::new();
+    for o in ops {
+        let bytes = match o.class {
+            Class::Column | Class::Scalar => 4,
+            Class::RowBcast => elems * 4,
+            Class::Full => elems * o.tile_dtype().size(),
+        };
+        v.push(BufferReq::sbuf(
+            &format!("op{}", o.input),
+            bytes,
+            slots_of(o),
+        ));
+    }
+    if ops.iter().any(|o| o.class == Class::RowBcast) {
+        v.extend(Broadcaster::buffers(elems as usize, chunked));
+        v.push(BufferReq::psum("bc", BCAST_COLS as u64 * 4, 2));
+    }
+    v
+}
+
+/// The broadcaster of a row-tiled kernel (PSUM buffer `bc`), if an operand needs it.
+pub fn rc_broadcaster(
+    ctx: &LowerCtx<'_>,
+    ops: &[RcOperand],
+) -> Result<Option<Broadcaster>, CompileError> {
+    if ops.iter().any(|o| o.class == Class::RowBcast) {
+        Broadcaster::new(ctx, "bc").map(Some)
+    } else {
+        Ok(None)
+    }
 }

@@ -224,7 +224,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
         let mut operands = vec![None; ctx.kernel.inputs.len()];
         for o in &s.operands {
             let buf = ctx.buf(&format!("op{}", o.input))?;
-            operands[o.input] = Some(load_rc(ctx, rc, o, r0, p, 0, 1, 1, &buf, slot)?);
+            operands[o.input] = Some(load_rc(ctx, rc, o, r0, p, 0, 1, 1, &buf, slot, None)?);
         }
         let tiles = ChainTiles {
             src: total,

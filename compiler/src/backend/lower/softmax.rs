@@ -9,7 +9,7 @@
 
 use super::chain::{self, ChainTiles, OpTile};
 use super::elementwise::{rc_operand, selected};
-use super::operands::{RcOperand, load_rc};
+use super::operands::{RcOperand, load_rc, rc_broadcaster, rc_buffers};
 use super::{LowerCtx, chain_operands, lowering_error, on_chip_dtype};
 use crate::backend::alloc::BufferReq;
 use crate::backend::layout::{RowCols, broadcast_view, cols, parts};
@@ -122,14 +122,9 @@ pub fn buffers(s: &SmShape, t: &RowTiling) -> Vec<BufferReq> {
     if chain::has_cast(&s.prologue) || chain::has_cast(&s.epilogue) {
         v.push(BufferReq::sbuf("cast", c * chain::CAST_BYTES, 1));
     }
-    for o in &s.operands {
-        let bytes = if o.class.is_column() {
-            4
-        } else {
-            c * o.tile_dtype().size()
-        };
-        v.push(BufferReq::sbuf(&format!("op{}", o.input), bytes, t.slots));
-    }
+    v.extend(rc_buffers(&s.operands, c, s.rc.cols.len() <= 1, |_| {
+        t.slots
+    }));
     v
 }
 
@@ -140,6 +135,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
     let outer = rc.cols.first().copied().unwrap_or(1);
     let inner = rc.cols.iter().skip(1).product::<usize>();
     let c = rc.num_cols() as u32;
+    let mut bc = rc_broadcaster(ctx, &s.operands)?;
     let (inb, work, outb, stat) = (
         ctx.buf("in")?,
         ctx.buf("work")?,
@@ -166,7 +162,19 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
         let mut operands: Vec<Option<OpTile>> = vec![None; recip_idx + 1];
         for o in &s.operands {
             let buf = ctx.buf(&format!("op{}", o.input))?;
-            operands[o.input] = Some(load_rc(ctx, rc, o, r0, p, 0, outer, inner, &buf, slot)?);
+            operands[o.input] = Some(load_rc(
+                ctx,
+                rc,
+                o,
+                r0,
+                p,
+                0,
+                outer,
+                inner,
+                &buf,
+                slot,
+                bc.as_mut(),
+            )?);
         }
         let w = work.tile(slot, Dtype::F32, pu, c);
         let cur = if s.prologue.is_empty() {
