@@ -22,10 +22,10 @@ pub mod error;
 pub mod frontend;
 pub mod ir;
 pub mod kernel;
+pub mod npy;
 pub mod options;
 pub mod passes;
 pub mod quant;
-pub mod npy;
 pub mod reference;
 pub mod rng;
 

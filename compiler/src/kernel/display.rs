@@ -21,18 +21,14 @@ fn ew_list(ops: &[EwOp]) -> String {
                 op,
                 value,
                 reversed,
-            } => format!(
-                "{}{:?}({value})",
-                if *reversed { "r" } else { "" },
-                op
-            )
-            .to_lowercase(),
+            } => format!("{}{:?}({value})", if *reversed { "r" } else { "" }, op).to_lowercase(),
             EwOp::Tensor {
                 op,
                 operand,
                 reversed,
-            } => format!("{}{:?}(in{operand})", if *reversed { "r" } else { "" }, op)
-                .to_lowercase(),
+            } => {
+                format!("{}{:?}(in{operand})", if *reversed { "r" } else { "" }, op).to_lowercase()
+            }
             EwOp::Select {
                 cond,
                 other,
@@ -126,8 +122,11 @@ impl fmt::Display for KernelGraph {
                     op,
                     axes,
                     epilogue,
-                } => format!("reduce_{op:?}(in{x}, axes={axes:?}) then [{}]", ew_list(epilogue))
-                    .to_lowercase(),
+                } => format!(
+                    "reduce_{op:?}(in{x}, axes={axes:?}) then [{}]",
+                    ew_list(epilogue)
+                )
+                .to_lowercase(),
                 KernelOp::Copy { x } => format!("copy(in{x})"),
             };
             writeln!(f, "    {body}  ; nodes {}", k.nodes.join(","))?;

@@ -88,7 +88,12 @@ fn operand_indices(op: &KernelOp) -> Vec<usize> {
             ew(prologue, &mut v);
             ew(epilogue, &mut v);
         }
-        KernelOp::Attention { q, k, v: vv, prologue } => {
+        KernelOp::Attention {
+            q,
+            k,
+            v: vv,
+            prologue,
+        } => {
             v.extend([*q, *k, *vv]);
             ew(prologue, &mut v);
         }

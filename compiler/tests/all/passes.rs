@@ -332,5 +332,8 @@ fn the_verifier_catches_a_broken_pass_at_the_pass() {
     g.add_output(y).unwrap();
     let err = neuronc::passes::run_pass(&mut g, &BreakShapes).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.starts_with("verification failed: graph after pass 'break-shapes': "), "{msg}");
+    assert!(
+        msg.starts_with("verification failed: graph after pass 'break-shapes': "),
+        "{msg}"
+    );
 }

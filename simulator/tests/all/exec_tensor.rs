@@ -267,4 +267,3 @@ fn matmul_psum_fp32_is_not_rounded_by_sr() {
     execute(&mut m, &matmul(dst.clone(), st, mv, false), &mut c).unwrap();
     assert_eq!(get(&m, &dst), vec![1.0 + 2f32.powi(-20)]);
 }
-

@@ -512,4 +512,3 @@ fn sr_overflow_rules() {
         assert_eq!(out[0], 2);
     }
 }
-
