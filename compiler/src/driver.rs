@@ -236,7 +236,10 @@ pub fn compile(graph: &Graph, opts: &CompileOptions) -> Result<Compiled, Compile
     dumper.check()?;
     verify(&lowered.program, opts)?;
     let spill_bytes = plans.iter().map(|p| p.restream_bytes).sum();
-    let artifact = backend::emit::artifact(&kg, lowered.program, &lowered.constants, opts)?;
+    // Bounds come from the graph as given (before canonicalization), exactly as
+    // `reference::random_inputs` computes them, so generated inputs agree.
+    let bounds = crate::reference::index_bounds(graph);
+    let artifact = backend::emit::artifact(&kg, lowered.program, &lowered.constants, opts, bounds)?;
     let summary = summarize(&artifact, &alloc, spill_bytes, start.elapsed());
     dumper.dump("summary", &summary.to_string());
     dumper.check()?;

@@ -441,12 +441,19 @@ impl Builder {
             self.tracker.record(r, true, s, index);
         }
         if let Some(k) = self.kernel_hbm.get_mut(self.kernel as usize) {
-            if let Op::Dma { dst, src } = &op {
-                for ap in [dst, src] {
-                    if matches!(ap.mem, Memory::Hbm(_)) {
-                        *k += ap.bytes();
+            match &op {
+                Op::Dma { dst, src } => {
+                    for ap in [dst, src] {
+                        if matches!(ap.mem, Memory::Hbm(_)) {
+                            *k += ap.bytes();
+                        }
                     }
                 }
+                // One table row per destination partition (the table pattern spans all).
+                Op::DmaGather { dst, table, .. } => {
+                    *k += u64::from(dst.partitions) * table.bytes_per_partition();
+                }
+                _ => {}
             }
         }
         self.clocks[s].extend_from_slice(&clock);
@@ -488,7 +495,24 @@ impl Builder {
     /// start at once (weights, inputs, fresh slots) are not held up behind them (a queue
     /// runs in order).
     pub fn dma(&mut self, class: DmaClass, dst: Ap, src: Ap) -> InstrRef {
-        let op = Op::Dma { dst, src };
+        let bytes = src.bytes().max(dst.bytes());
+        self.push_dma(class, Op::Dma { dst, src }, bytes)
+    }
+
+    /// Emits an indirect DMA (`dma_gather`) as a load: row `indices[p]` of the HBM
+    /// `table` into partition `p` of `dst`.
+    pub fn gather(&mut self, dst: Ap, table: Ap, indices: Ap) -> InstrRef {
+        let bytes = u64::from(dst.partitions) * table.bytes_per_partition().max(1);
+        let op = Op::DmaGather {
+            dst,
+            table,
+            indices,
+        };
+        self.push_dma(DmaClass::Load, op, bytes)
+    }
+
+    /// Puts DMA `op` moving `bytes` on the least-loaded queue of `class`'s pool.
+    fn push_dma(&mut self, class: DmaClass, op: Op, bytes: u64) -> InstrRef {
         let pool = match class {
             DmaClass::Load if self.has_hazards(&op) => &self.dep_queues,
             DmaClass::Load => &self.load_queues,
@@ -501,10 +525,7 @@ impl Builder {
             }
         }
         // Count at least a descriptor's worth so that tiny transfers still rotate queues.
-        let Op::Dma { dst, src } = &op else {
-            return self.push(self.engines[best], op);
-        };
-        self.queue_bytes[best] += src.bytes().max(dst.bytes()).max(4096);
+        self.queue_bytes[best] += bytes.max(4096);
         let engine = self.engines[best];
         self.push(engine, op)
     }

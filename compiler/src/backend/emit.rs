@@ -98,12 +98,15 @@ pub fn weight_blob(
     Ok((blob, ranges))
 }
 
-/// Assembles the artifact.
+/// Assembles the artifact. `index_bounds` gives, per integer graph input that indexes a
+/// gather, the exclusive bound of its valid values (the runtime draws generated inputs
+/// below it; see [`crate::reference::index_bounds`]).
 pub fn artifact(
     kg: &KernelGraph,
     program: Program,
     consts: &Constants,
     opts: &CompileOptions,
+    index_bounds: BTreeMap<String, u64>,
 ) -> Result<Artifact, CompileError> {
     let (blob, weights) = weight_blob(kg, consts)?;
     let batch_size = kg
@@ -119,8 +122,7 @@ pub fn artifact(
         batch_size,
         model_flops: kg.kernels.iter().map(|k| k.flops).sum(),
         seed: kg.seed,
-        // No kernel kind gathers with an index input, so no input needs a bound.
-        index_bounds: BTreeMap::new(),
+        index_bounds,
         program,
         weights,
     };

@@ -17,14 +17,16 @@
 //! re-read bytes are reported as spill/re-stream bytes).
 
 use super::alloc::{BufferReq, OnChip};
-use super::lower::{attention, copy, elementwise, lowering_error, matmul, norm, reduce, softmax};
+use super::lower::{
+    attention, copy, elementwise, gather, lowering_error, matmul, norm, reduce, softmax,
+};
 use crate::error::CompileError;
 use crate::kernel::{Kernel, KernelGraph, KernelOp};
 use neuron_isa::{ChipConfig, Dtype};
 use std::fmt;
 
-/// Row tiling of elementwise, norm, softmax and reduce kernels: tiles of `rows` rows (on
-/// partitions) by `cols` outer columns.
+/// Row tiling of elementwise, norm, softmax, reduce and gather kernels: tiles of `rows`
+/// rows (on partitions) by `cols` outer columns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowTiling {
     /// Rows per tile (<= 128).
@@ -450,6 +452,15 @@ pub fn plan_kernel(
             )
             .map_err(err)?;
             let b = reduce::buffers(&s, &t);
+            (Tiling::Rows(t), b, 0)
+        }
+        KernelOp::Gather { .. } => {
+            let s = gather::analyze(kg, k)?;
+            let t = choose_rows(cfg, s.rc.num_rows(), s.outer(), s.col_bytes, true, |t| {
+                gather::buffers(&s, t)
+            })
+            .map_err(err)?;
+            let b = gather::buffers(&s, &t);
             (Tiling::Rows(t), b, 0)
         }
         KernelOp::Copy { .. } => {

@@ -5,7 +5,7 @@
 //! another strided view of the same storage; these functions compute that view, or say
 //! (with `None`) that it cannot be expressed, in which case the caller emits a copy.
 
-use super::{KernelGraph, View};
+use super::{KernelGraph, KernelOp, View};
 
 impl View {
     /// The view with its axes permuted: output axis `i` is input axis `perm[i]`.
@@ -180,15 +180,28 @@ impl KernelGraph {
     /// and writes its output view once (element count times the tensor's storage size).
     ///
     /// This is the figure fusion reduces: an intermediate kept on chip is neither written
-    /// nor read back.
+    /// nor read back. A gather reads one table row per index, not the whole table.
     pub fn hbm_traffic_bytes(&self) -> u64 {
-        let bytes = |v: &View| {
-            let size = self.tensor(v.tensor).map_or(0, |t| t.dtype.size());
-            v.numel() as u64 * size
-        };
+        let size = |v: &View| self.tensor(v.tensor).map_or(0, |t| t.dtype.size());
+        let bytes = |v: &View| v.numel() as u64 * size(v);
         self.kernels
             .iter()
-            .map(|k| k.inputs.iter().map(bytes).sum::<u64>() + bytes(&k.output))
+            .map(|k| {
+                let inputs: u64 = k
+                    .inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| match &k.op {
+                        KernelOp::Gather { table, indices, .. } if i == *table => {
+                            let rows = v.shape.first().copied().unwrap_or(1).max(1);
+                            let picked = k.inputs.get(*indices).map_or(0, View::numel);
+                            (v.numel() / rows * picked) as u64 * size(v)
+                        }
+                        _ => bytes(v),
+                    })
+                    .sum();
+                inputs + bytes(&k.output)
+            })
             .sum()
     }
 }

@@ -127,6 +127,14 @@ impl fmt::Display for KernelGraph {
                     ew_list(epilogue)
                 )
                 .to_lowercase(),
+                KernelOp::Gather {
+                    table,
+                    indices,
+                    epilogue,
+                } => format!(
+                    "gather(in{table}, rows=in{indices}) then [{}]",
+                    ew_list(epilogue)
+                ),
                 KernelOp::Copy { x } => format!("copy(in{x})"),
             };
             writeln!(f, "    {body}  ; nodes {}", k.nodes.join(","))?;

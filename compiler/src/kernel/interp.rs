@@ -404,8 +404,40 @@ fn run_kernel(kg: &KernelGraph, k: &Kernel, ins: &[ArrayD<f64>]) -> Result<Array
             }
             apply_ops(acc.mapv(|v| round_to(v, act)), epilogue, ins, act)
         }
+        KernelOp::Gather {
+            table,
+            indices,
+            epilogue,
+        } => {
+            let acc = gather_rows(get(*table)?, get(*indices)?)?;
+            apply_ops(acc, epilogue, ins, act)
+        }
         KernelOp::Copy { x } => Ok(get(*x)?.clone()),
     }
+}
+
+/// `table[indices]` along the first axis, as the chip's indirect DMA does it: every index
+/// must be in `0..rows` (no wrap-around of negative indices).
+fn gather_rows(table: &ArrayD<f64>, indices: &ArrayD<f64>) -> Result<ArrayD<f64>, String> {
+    let Some((&rows, row_shape)) = table.shape().split_first() else {
+        return Err("gather table has rank 0".into());
+    };
+    let row_len: usize = row_shape.iter().product();
+    // Logical order regardless of the view's memory layout.
+    let flat: Vec<f64> = table.iter().copied().collect();
+    let mut out = Vec::with_capacity(indices.len() * row_len);
+    for &i in indices {
+        if !(i >= 0.0 && i < rows as f64) {
+            return Err(format!(
+                "gather index {i} out of range: the table has {rows} rows"
+            ));
+        }
+        let r = i as usize * row_len;
+        out.extend_from_slice(&flat[r..r + row_len]);
+    }
+    let mut shape = indices.shape().to_vec();
+    shape.extend_from_slice(row_shape);
+    ArrayD::from_shape_vec(IxDyn(&shape), out).map_err(|e| e.to_string())
 }
 
 /// A matmul operand as the PE array sees it: rounded to `mm_dtype`; under int8 the

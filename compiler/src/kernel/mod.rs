@@ -279,6 +279,19 @@ pub enum KernelOp {
         /// Applied after.
         epilogue: Vec<EwOp>,
     },
+    /// Embedding lookup: `out[i.., r..] = epilogue(table[indices[i..], r..])`. The table's
+    /// first axis is the one indexed (a gather on another axis is handed over with the
+    /// table and output views permuted so that it comes first); the output has shape
+    /// `indices.shape ++ table.shape[1..]`. Indices are integers in `0..table.shape[0]`;
+    /// one outside that range is an execution error.
+    Gather {
+        /// The table `[rows, ..]`.
+        table: usize,
+        /// The integer row indices (any shape).
+        indices: usize,
+        /// Applied to each gathered element.
+        epilogue: Vec<EwOp>,
+    },
     /// `out = inputs[x]`, a pure copy through strided views (transposes, slices and
     /// reshapes that could not be folded into a neighbour, concat pieces, casts).
     Copy {
@@ -298,6 +311,7 @@ impl KernelOp {
             KernelOp::Attention { .. } => "attention",
             KernelOp::Elementwise { .. } => "elementwise",
             KernelOp::Reduce { .. } => "reduce",
+            KernelOp::Gather { .. } => "gather",
             KernelOp::Copy { .. } => "copy",
         }
     }

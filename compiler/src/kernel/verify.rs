@@ -1,7 +1,7 @@
 //! The kernel IR verifier, run between passes in debug builds and tests.
 
 use super::{EwOp, KTensorId, Kernel, KernelGraph, KernelOp, View};
-use neuron_isa::TensorKind;
+use neuron_isa::{Dtype, TensorKind};
 
 /// A broken kernel-graph invariant.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +105,14 @@ fn operand_indices(op: &KernelOp) -> Vec<usize> {
             v.push(*x);
             ew(epilogue, &mut v);
         }
+        KernelOp::Gather {
+            table,
+            indices,
+            epilogue,
+        } => {
+            v.extend([*table, *indices]);
+            ew(epilogue, &mut v);
+        }
         KernelOp::Copy { x } => v.push(*x),
     }
     v
@@ -131,6 +139,28 @@ fn check_kernel(g: &KernelGraph, k: &Kernel, written: &[bool]) -> Result<(), Str
                 k.inputs.len()
             ));
         }
+    }
+    if let KernelOp::Gather { table, indices, .. } = &k.op {
+        check_gather(g, k, &k.inputs[*table], &k.inputs[*indices])?;
+    }
+    Ok(())
+}
+
+/// A gather reads integer indices and produces `indices.shape ++ table.shape[1..]`.
+fn check_gather(g: &KernelGraph, k: &Kernel, table: &View, indices: &View) -> Result<(), String> {
+    let dtype = g.tensors[indices.tensor.0 as usize].dtype;
+    if !matches!(dtype, Dtype::I32 | Dtype::I64) {
+        return Err(format!("gather indices must be i32 or i64, found {dtype}"));
+    }
+    let Some((_, row)) = table.shape.split_first() else {
+        return Err("gather table has rank 0, expected at least 1".into());
+    };
+    let want: Vec<usize> = indices.shape.iter().chain(row).copied().collect();
+    if k.output.shape != want {
+        return Err(format!(
+            "gather output has shape {:?}, expected {want:?} (indices {:?} then table rows {row:?})",
+            k.output.shape, indices.shape
+        ));
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //!
 //! The rules follow TVM's op pattern classes (see `docs/compiler.md`, "Fusion rules"):
 //! every group has one anchor — a matmul (out-elementwise-fusable), a norm, softmax or
-//! reduction, or the first of a run of elementwise ops — plus
+//! reduction, a gather, or the first of a run of elementwise ops — plus
 //! - an **epilogue**: the chain of elementwise nodes after the anchor, each reading the
 //!   previous result as its only user, not growing the shape by broadcasting, and taking
 //!   its other operands from HBM (bias, residual, mask) or as scalar constants;
@@ -39,6 +39,8 @@ pub enum OpClass {
     Softmax,
     /// reduce_sum / reduce_mean / reduce_max: an anchor with an epilogue.
     Reduce,
+    /// gather (embedding lookup): an anchor whose epilogue is applied to the gathered rows.
+    Gather,
     /// reshape / transpose / slice: a strided view, or a copy.
     Movement,
     /// concat: one copy per piece into a slice of the result.
@@ -57,6 +59,7 @@ pub fn op_class(op: &Op) -> OpClass {
         Op::ReduceSum { .. } | Op::ReduceMean { .. } | Op::ReduceMax { .. } => OpClass::Reduce,
         Op::Transpose { .. } | Op::Reshape { .. } | Op::Slice { .. } => OpClass::Movement,
         Op::Concat { .. } => OpClass::Concat,
+        Op::Gather { .. } => OpClass::Gather,
         _ => OpClass::Unsupported,
     }
 }
@@ -213,21 +216,12 @@ pub fn partition(g: &Graph, fuse: bool) -> Result<Partition, CompileError> {
 fn check_supported(g: &Graph) -> Result<(), CompileError> {
     for (i, node) in g.nodes.iter().enumerate() {
         if op_class(&node.op) == OpClass::Unsupported {
-            let why = match node.op {
-                Op::Gather { .. } => {
-                    "gather (embedding lookup) has no kernel lowering yet; it is planned \
-                     together with conv2d and pooling"
-                }
-                _ => {
-                    "convolution, pooling and batch_norm have no kernel lowering yet; \
-                     they are planned for a later issue"
-                }
-            };
             return Err(CompileError::unsupported(
                 &node.name,
                 i,
                 node.op.name(),
-                why,
+                "convolution, pooling and batch_norm have no kernel lowering yet; they are \
+                 planned for a later issue",
             ));
         }
     }
@@ -244,7 +238,19 @@ fn allows_tensor_operands(g: &Graph, n: NodeId) -> bool {
         | Op::ReduceMean { keepdims, .. }
         | Op::ReduceMax { keepdims, .. } => *keepdims,
         Op::Softmax { .. } => softmax_on_last_axis(g, n),
+        Op::Gather { .. } => gather_on_first_axis(g, n),
         _ => true,
+    }
+}
+
+/// Whether gather node `n` indexes its table's first axis (otherwise its kernel sees the
+/// table and output through permuted views).
+pub fn gather_on_first_axis(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    let rank = g.value(node.inputs[0]).shape.len();
+    match node.op {
+        Op::Gather { axis } => normalize_axis(axis, rank) == Some(0),
+        _ => false,
     }
 }
 

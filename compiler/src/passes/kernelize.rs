@@ -408,6 +408,46 @@ impl<'g> Builder<'g> {
                 };
                 (op, output, numel(node.inputs[0]) + epi_flops)
             }
+            OpClass::Gather => {
+                let rank = g.value(node.inputs[0]).shape.len();
+                let r = g.value(node.inputs[1]).shape.len();
+                let bad = |what: &str| {
+                    CompileError::Internal(format!("gather node '{}': {what}", node.name))
+                };
+                let axis = match node.op {
+                    Op::Gather { axis } => normalize_axis(axis, rank),
+                    _ => None,
+                }
+                .ok_or_else(|| bad("bad axis"))?;
+                // The kernel indexes the table's first axis. Another axis is moved first
+                // by permuting the table's view, and the output (graph axes `data[..axis]
+                // ++ indices ++ data[axis+1..]`) is seen as `indices ++ data[..axis] ++
+                // data[axis+1..]`: strides only, no copies.
+                let tperm: Vec<usize> = std::iter::once(axis)
+                    .chain((0..rank).filter(|&i| i != axis))
+                    .collect();
+                let operm: Vec<usize> = (axis..axis + r)
+                    .chain(0..axis)
+                    .chain(axis + r..rank + r - 1)
+                    .collect();
+                let table_view = self
+                    .view(node.inputs[0])?
+                    .permuted(&tperm)
+                    .ok_or_else(|| bad("bad table permutation"))?;
+                let table = operands.add(table_view);
+                let indices = operands.add(self.view(node.inputs[1])?);
+                let epilogue = self.chain_ops(&grp.epilogue, out(g, n), &mut operands)?;
+                let output = self
+                    .result_view(root)
+                    .permuted(&operm)
+                    .ok_or_else(|| bad("bad output permutation"))?;
+                let op = KernelOp::Gather {
+                    table,
+                    indices,
+                    epilogue,
+                };
+                (op, output, epi_flops)
+            }
             OpClass::Elementwise => {
                 let ins = &node.inputs;
                 let xv = match node.op {

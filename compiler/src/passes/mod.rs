@@ -9,6 +9,7 @@
 //! `dump` callback (`neuronc compile --dump DIR` writes them to files).
 
 pub mod attention;
+pub mod constant_gather;
 pub mod cse;
 pub mod dce;
 pub mod epilogue;
@@ -57,6 +58,7 @@ pub fn run_middle_end(
         &[
             &fold_constants::FoldConstants,
             &simplify_movement::SimplifyMovement,
+            &constant_gather::ConstantGather,
             &gelu::RecognizeGelu,
             &dce::DeadCode,
         ],

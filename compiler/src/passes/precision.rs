@@ -79,6 +79,8 @@ fn main_operands(op: &KernelOp) -> Vec<usize> {
     match op {
         KernelOp::MatMul { a, b, .. } => vec![*a, *b],
         KernelOp::Attention { q, k, v, .. } => vec![*q, *k, *v],
+        // The indices only select rows, like a mask or a condition.
+        KernelOp::Gather { table, .. } => vec![*table],
         KernelOp::Norm { x, .. }
         | KernelOp::Softmax { x, .. }
         | KernelOp::Elementwise { x, .. }

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use ndarray::{ArrayD, IxDyn};
 
 use crate::CompileError;
-use crate::ir::{DType, Graph, NodeId, Tensor, ValueId};
+use crate::ir::{DType, Graph, NodeId, Op, Tensor, ValueId};
 
 /// The value of `v` if it is a float constant with exactly one element (a scalar param or
 /// literal, of any rank), e.g. the `0.125` in `mul(scores, 0.125)`.
@@ -61,14 +61,17 @@ pub fn replace_uses(g: &mut Graph, old: ValueId, new: ValueId) {
 
 /// Replaces `old` by `new` everywhere, including as a graph output: then `new` takes
 /// over `old`'s name (the interface), which is only possible if `new` is an internal
-/// node result read by nothing but `old`'s producer. Returns whether it replaced.
+/// node result (not an input, a param or another output). Other readers of `new` keep
+/// reading it: a value with several readers lives in HBM anyway, so making it an output
+/// costs nothing (an exported hidden state that a head also reads, for instance).
+/// Returns whether it replaced.
 pub fn replace_value(g: &mut Graph, old: ValueId, new: ValueId) -> bool {
     if !g.is_output(old) {
         replace_uses(g, old, new);
         return true;
     }
     let internal = g.value(new).producer.is_some() && !g.is_output(new);
-    if !internal || use_count(g, new) != 1 {
+    if !internal {
         return false;
     }
     let name = g.value(old).name.clone();
@@ -87,6 +90,47 @@ pub fn replace_value(g: &mut Graph, old: ValueId, new: ValueId) -> bool {
         }
     }
     true
+}
+
+/// Inserts a node computing `op` on `inputs` just before node `at` (so that `at` may read
+/// its result), shifting the ids of `at` and every later node by one. Node and output
+/// names are made unique from `name` and `output`. Returns the new node's output value.
+pub fn insert_node_before(
+    g: &mut Graph,
+    at: NodeId,
+    name: &str,
+    op: Op,
+    inputs: &[ValueId],
+    output: &str,
+) -> Result<ValueId, CompileError> {
+    let unique = |taken: &dyn Fn(&str) -> bool, base: &str| {
+        let mut s = base.to_string();
+        let mut i = 1;
+        while taken(&s) {
+            s = format!("{base}_{i}");
+            i += 1;
+        }
+        s
+    };
+    let name = unique(&|s| g.node_by_name(s).is_some(), name);
+    let output = unique(&|s| g.value_by_name(s).is_some(), output);
+    // Appending checks names and infers the type; then the node moves into place.
+    let v = g.add_node(name, op, inputs, output)?;
+    let node = g
+        .nodes
+        .pop()
+        .ok_or_else(|| CompileError::Internal("inserted node vanished".into()))?;
+    let at_index = at.index().min(g.nodes.len());
+    g.nodes.insert(at_index, node);
+    for val in &mut g.values {
+        if let Some(p) = &mut val.producer
+            && p.index() >= at_index
+        {
+            *p = NodeId(p.0 + 1);
+        }
+    }
+    g.value_mut(v).producer = Some(NodeId(at_index as u32));
+    Ok(v)
 }
 
 /// Number of node operand slots that read `v`, plus one if it is a graph output.

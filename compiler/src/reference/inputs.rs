@@ -12,9 +12,9 @@ use crate::rng::SeededRng;
 /// Number of distinct values drawn for integer inputs that index no gather.
 pub const INT_INPUT_RANGE: u64 = 8;
 
-/// The exclusive upper bound for values of integer input `id`: the smallest
-/// indexed axis size over the gathers using it as indices, else [`INT_INPUT_RANGE`].
-fn int_bound(graph: &Graph, id: ValueId) -> u64 {
+/// The smallest indexed-axis size over the gathers using `id` as indices, if any: the
+/// exclusive upper bound of valid values for it.
+pub fn index_bound(graph: &Graph, id: ValueId) -> Option<u64> {
     graph
         .nodes
         .iter()
@@ -26,7 +26,24 @@ fn int_bound(graph: &Graph, id: ValueId) -> u64 {
             _ => None,
         })
         .min()
-        .unwrap_or(INT_INPUT_RANGE)
+}
+
+/// [`index_bound`] of every integer graph input that indexes a gather, by name. Compiled
+/// artifacts record these (`ArtifactMeta::index_bounds`) so that the runtime draws the
+/// same generated inputs as [`random_inputs`].
+pub fn index_bounds(graph: &Graph) -> BTreeMap<String, u64> {
+    graph
+        .inputs
+        .iter()
+        .filter(|&&id| !graph.value(id).dtype.is_float() && graph.value(id).dtype != DType::Bool)
+        .filter_map(|&id| Some((graph.value(id).name.clone(), index_bound(graph, id)?)))
+        .collect()
+}
+
+/// The exclusive upper bound for values of integer input `id`: its [`index_bound`], else
+/// [`INT_INPUT_RANGE`].
+fn int_bound(graph: &Graph, id: ValueId) -> u64 {
+    index_bound(graph, id).unwrap_or(INT_INPUT_RANGE)
 }
 
 /// Generates one tensor for the single input `id`.

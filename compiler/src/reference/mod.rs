@@ -11,5 +11,5 @@ mod value;
 
 pub use error::RefError;
 pub use executor::{RefOptions, run_reference, run_reference_all};
-pub use inputs::{INT_INPUT_RANGE, random_input, random_inputs};
+pub use inputs::{INT_INPUT_RANGE, index_bound, index_bounds, random_input, random_inputs};
 pub use real::Real;

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a test failure.
 
 use neuron_isa::{Artifact, TensorId, TensorKind};
-use neuron_sim::{RunStats, SimOptions, Simulator};
+use neuron_sim::{RunStats, SimError, SimOptions, Simulator};
 use neuronc::backend::encode;
 use neuronc::driver::{Compiled, compile};
 use neuronc::ir::{Graph, Tensor};
@@ -59,6 +59,15 @@ pub fn simulate(
     inputs: &BTreeMap<String, Tensor>,
     opts: SimOptions,
 ) -> (BTreeMap<String, Vec<f64>>, RunStats) {
+    try_simulate(art, inputs, opts).unwrap()
+}
+
+/// Like [`simulate`], returning the simulator's error if the run fails.
+pub fn try_simulate(
+    art: &Artifact,
+    inputs: &BTreeMap<String, Tensor>,
+    opts: SimOptions,
+) -> Result<(BTreeMap<String, Vec<f64>>, RunStats), SimError> {
     let p = &art.meta.program;
     let mut sim = Simulator::new(p, &art.meta.target, opts).unwrap();
     for (i, t) in p.tensors.iter().enumerate() {
@@ -78,7 +87,7 @@ pub fn simulate(
             _ => {}
         }
     }
-    let stats = sim.run().unwrap();
+    let stats = sim.run()?;
     let mut outs = BTreeMap::new();
     if !opts.timing_only {
         for (i, t) in p.tensors.iter().enumerate() {
@@ -88,7 +97,7 @@ pub fn simulate(
             }
         }
     }
-    (outs, stats)
+    Ok((outs, stats))
 }
 
 /// The reference outputs of `g` on `inputs`, flattened to f64.
@@ -165,20 +174,29 @@ pub fn compile_and_check_with(
     opts: CompileOptions,
     prec: Precision,
 ) -> (Compiled, BTreeMap<String, Vec<f64>>) {
+    compile_and_check_on(g, opts, prec, &random_inputs(g))
+}
+
+/// Like [`compile_and_check_with`] on the given inputs.
+pub fn compile_and_check_on(
+    g: &Graph,
+    opts: CompileOptions,
+    prec: Precision,
+    inputs: &BTreeMap<String, Tensor>,
+) -> (Compiled, BTreeMap<String, Vec<f64>>) {
     let c = compile(g, &opts).unwrap_or_else(|e| panic!("compile failed: {e}"));
-    let inputs = random_inputs(g);
     let sim_opts = SimOptions {
         check_races: true,
         ..SimOptions::default()
     };
-    let (outs, stats) = simulate(&c.artifact, &inputs, sim_opts);
+    let (outs, stats) = simulate(&c.artifact, inputs, sim_opts);
     let races: Vec<_> = stats
         .warnings
         .iter()
         .filter(|w| w.kind == neuron_sim::WarningKind::Race)
         .collect();
     assert!(races.is_empty(), "races: {races:?}");
-    let want = reference(g, &inputs);
+    let want = reference(g, inputs);
     assert_eq!(outs.len(), want.len(), "outputs");
     for (name, w) in &want {
         let got = outs.get(name).unwrap_or_else(|| panic!("no output {name}"));

@@ -1,4 +1,5 @@
-//! Graph passes: constant folding, movement simplification, gelu recognition, DCE, CSE,
+//! Graph passes: constant folding, movement simplification, constant gathers, gelu
+//! recognition, DCE, CSE,
 //! each checked for what it rewrites and that the graph still computes the same thing.
 // Test helpers fail the test by panicking; `unwrap` is the assertion.
 #![allow(clippy::unwrap_used)]
@@ -6,6 +7,7 @@
 use ndarray::{ArrayD, IxDyn};
 use neuronc::ir::{DType, GeluApprox, Graph, Op, Tensor, ValueId};
 use neuronc::options::CompileOptions;
+use neuronc::passes::constant_gather::ConstantGather;
 use neuronc::passes::cse::CommonSubexpressions;
 use neuronc::passes::dce::DeadCode;
 use neuronc::passes::fold_constants::FoldConstants;
@@ -26,7 +28,13 @@ fn scalar(g: &mut Graph, name: &str, x: f32) -> ValueId {
 fn canonicalize(g: &mut Graph) {
     run_to_fixpoint(
         g,
-        &[&FoldConstants, &SimplifyMovement, &RecognizeGelu, &DeadCode],
+        &[
+            &FoldConstants,
+            &SimplifyMovement,
+            &ConstantGather,
+            &RecognizeGelu,
+            &DeadCode,
+        ],
     )
     .unwrap();
     run_to_fixpoint(g, &[&InferShapes, &DeadCode, &CommonSubexpressions]).unwrap();
@@ -235,6 +243,52 @@ fn movement_chains_collapse() {
     let out = canonical_same_result(&g);
     assert_eq!(ops(&out), ["reshape[shape=[2,12]]", "exp"], "{out}");
     assert_eq!(out.nodes[0].inputs, [out.inputs[0]]);
+}
+
+#[test]
+fn constant_gathers_become_slices() {
+    let mut g = Graph::new("gathers");
+    let x = g.add_input("x", [2, 8, 4], DType::F32).unwrap();
+    let table = g
+        .add_param("table", crate::fusion::randn(1, "table", &[16, 4], 1.0))
+        .unwrap();
+    let i64s = |shape: &[usize], v: Vec<i64>| {
+        Tensor::I64(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap())
+    };
+    let pos_ids = g
+        .add_param("pos_ids", i64s(&[1, 8], (0..8).collect()))
+        .unwrap();
+    let cls = g.add_param("cls", i64s(&[], vec![-8])).unwrap();
+    let odd = g.add_param("odd", i64s(&[2], vec![5, 2])).unwrap();
+    let pos = g
+        .add_node("pos", Op::Gather { axis: 0 }, &[table, pos_ids], "pos")
+        .unwrap();
+    let first = g
+        .add_node("first", Op::Gather { axis: 1 }, &[x, cls], "first")
+        .unwrap();
+    let picked = g
+        .add_node("picked", Op::Gather { axis: 0 }, &[table, odd], "picked")
+        .unwrap();
+    for v in [pos, first, picked] {
+        g.add_output(v).unwrap();
+    }
+    let out = canonical_same_result(&g);
+    // Rows 0..8 of the table, reshaped to the ids' [1, 8]; element 0 (= -8) of axis 1,
+    // reshaped to drop it; [5, 2] steps backwards and stays a gather.
+    assert_eq!(
+        ops(&out),
+        [
+            "slice[axes=[0] starts=[0] ends=[8] steps=[1]]",
+            "reshape[shape=[1,8,4]]",
+            "slice[axes=[1] starts=[0] ends=[1] steps=[1]]",
+            "reshape[shape=[2,4]]",
+            "gather[axis=0]",
+        ],
+        "{out}"
+    );
+    let names: Vec<&str> = out.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["pos.rows", "pos", "first.rows", "first", "picked"]);
+    assert!(out.value_by_name("pos_ids").is_none() && out.value_by_name("cls").is_none());
 }
 
 #[test]

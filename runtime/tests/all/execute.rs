@@ -284,3 +284,51 @@ fn bindings_of_another_model_are_refused() {
     let e = b.execute(&inputs, &RunOptions::default()).unwrap_err();
     assert!(e.to_string().contains("different model"), "{e}");
 }
+
+#[test]
+fn compiled_embedding_lookups_draw_the_reference_inputs_and_reject_bad_ids() {
+    use neuronc::options::{AutoCast, CompileOptions};
+    use neuronc::reference::{RefOptions, random_inputs, run_reference};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../compiler/tests/fixtures/bert_encoder/model.json");
+    let g = neuronc::frontend::load_model(&path).unwrap();
+    let opts = CompileOptions {
+        auto_cast: AutoCast::None,
+        ..CompileOptions::default()
+    };
+    let m = Model::from_artifact(neuronc::driver::compile(&g, &opts).unwrap().artifact).unwrap();
+    let bounds = &m.artifact().meta.index_bounds;
+    assert_eq!(bounds.get("input_ids"), Some(&30));
+    assert_eq!(bounds.get("token_type_ids"), Some(&2));
+    // Generated ids stay inside the tables and equal the reference executor's, so the
+    // simulated outputs match the reference on them.
+    let mut b = m.bind();
+    b.generate_missing(g.seed).unwrap();
+    let run = m.execute(&b, &RunOptions::default()).unwrap();
+    let want = run_reference(&g, &random_inputs(&g), RefOptions::default()).unwrap();
+    for (name, w) in &want {
+        let got = run.outputs[name].to_f64_vec();
+        let w: Vec<f64> = w.to_f64().iter().copied().collect();
+        assert_eq!(got.len(), w.len(), "{name}");
+        for (i, (a, e)) in got.iter().zip(&w).enumerate() {
+            assert!(
+                (a - e).abs() <= 1e-5 + 1e-4 * e.abs(),
+                "{name}[{i}]: {a} vs {e}"
+            );
+        }
+    }
+    // An id outside the vocabulary stops the run, naming it.
+    let mut ids: Vec<i64> = (0..16).collect();
+    ids[5] = 30;
+    b.set_input(
+        "input_ids",
+        ArrayD::from_shape_vec(IxDyn(&[2, 8]), ids).unwrap(),
+    )
+    .unwrap();
+    let e = m.execute(&b, &RunOptions::default()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("gather index 30 at partition 5 out of range: the table has 30 rows"),
+        "{e}"
+    );
+}

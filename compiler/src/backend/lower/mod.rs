@@ -15,9 +15,10 @@
 //! - `ctx.buf("name")`: the allocated buffer requested under that name ([`Buf::tile`] gives
 //!   a slot's access pattern; slots rotate with a running counter);
 //! - `ctx.tensor(view)`: the HBM tensor id and storage dtype behind a view;
-//! - `ctx.push(engine, op)`, `ctx.load(dst, src)`, `ctx.store(dst, src)`: emit an
-//!   instruction. Synchronization is automatic (see [`super::builder`]): declare the data
-//!   flow through access patterns and the builder adds the semaphore waits;
+//! - `ctx.push(engine, op)`, `ctx.load(dst, src)`, `ctx.store(dst, src)`,
+//!   `ctx.gather(dst, table, indices)`: emit an instruction. Synchronization is automatic
+//!   (see [`super::builder`]): declare the data flow through access patterns and the
+//!   builder adds the semaphore waits;
 //! - `ctx.evict_engine()`: ScalarE or VectorE in turn, to spread PSUM evictions and copies;
 //! - `ctx.constant(name, values)`: an extra f32 weight tensor (e.g. int8 dequantization
 //!   scales) added to the artifact;
@@ -30,6 +31,7 @@ pub mod attention;
 pub mod chain;
 pub mod copy;
 pub mod elementwise;
+pub mod gather;
 pub mod matmul;
 pub mod norm;
 pub mod operands;
@@ -128,6 +130,12 @@ impl LowerCtx<'_> {
         self.b.store(dst, src)
     }
 
+    /// Emits an indirect load (`dma_gather`): row `indices[p]` of the HBM `table` into
+    /// partition `p` of `dst`.
+    pub fn gather(&mut self, dst: Ap, table: Ap, indices: Ap) -> InstrRef {
+        self.b.gather(dst, table, indices)
+    }
+
     /// ScalarE and VectorE in turn: the engine for the next PSUM eviction or plain copy.
     pub fn evict_engine(&mut self) -> Engine {
         self.evict_rr += 1;
@@ -215,6 +223,7 @@ pub fn lower_kernel(ctx: &mut LowerCtx<'_>) -> Result<(), CompileError> {
         (KernelOp::Softmax { .. }, Tiling::Rows(t)) => softmax::lower(ctx, &t.clone()),
         (KernelOp::Reduce { .. }, Tiling::Rows(t)) => reduce::lower(ctx, &t.clone()),
         (KernelOp::Attention { .. }, Tiling::Attention(t)) => attention::lower(ctx, &t.clone()),
+        (KernelOp::Gather { .. }, Tiling::Rows(t)) => gather::lower(ctx, &t.clone()),
         (op, t) => Err(ctx.err(format!(
             "internal: a {} kernel got a {} tiling",
             op.kind(),
