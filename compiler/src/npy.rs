@@ -96,18 +96,9 @@ pub fn write_npy(path: &Path, t: &Tensor) -> Result<(), NpyError> {
     })
 }
 
-/// Replaces every character outside `[A-Za-z0-9._-]` with `_` (for file names).
-pub fn sanitize_file_name(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
+/// Replaces every character outside `[A-Za-z0-9._-]` with `_` (for file names); shared with
+/// the runtime so both tools write the same files.
+pub use neuron_isa::host::sanitize_file_name;
 
 #[cfg(test)]
 mod tests {

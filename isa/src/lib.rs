@@ -21,8 +21,10 @@ pub mod artifact;
 pub mod config;
 pub mod disasm;
 pub mod dtype;
+pub mod host;
 pub mod instr;
 pub mod program;
+pub mod rng;
 pub mod verify;
 
 pub use ap::{Ap, Dim, MAX_FREE_DIMS, Memory, TensorId};

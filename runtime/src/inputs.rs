@@ -1,14 +1,14 @@
 //! Binding inputs: host arrays or `.npy` files checked against the declared shape and
 //! dtype, and a seeded generator for inputs the caller does not give.
 //!
-//! The generator is the compiler's ([`neuronc::rng::SeededRng`]), used exactly as
-//! [`neuronc::reference::random_inputs`] uses it, so the runtime draws the same numbers
+//! The generator is the shared [`neuron_isa::rng::SeededRng`], used exactly as the
+//! compiler's reference executor (`neuronc::reference::random_inputs`) uses it, so the runtime draws the same numbers
 //! as `neuronc`'s reference executor for the same model and seed: one PCG64 stream per
 //! input keyed by the seed and the input's name, elements in row-major order.
 //! - float inputs: standard normal N(0, 1), rounded to the input's dtype;
 //! - integer inputs: uniform in `[0, bound)`, where `bound` is the artifact's
 //!   `index_bounds[name]` (e.g. the row count of the table the input indexes), else
-//!   [`neuronc::reference::INT_INPUT_RANGE`];
+//!   [`neuron_isa::host::INT_INPUT_RANGE`];
 //! - `u8` inputs without a bound (graph booleans are stored as `u8`): 1 when a uniform
 //!   draw in `[0, 1)` is below 0.5, else 0.
 
@@ -18,8 +18,8 @@ use crate::model::{Model, TensorDesc};
 use crate::npy;
 use ndarray::{ArrayD, IxDyn};
 use neuron_isa::{Dtype, TensorId};
-use neuronc::reference::INT_INPUT_RANGE;
-use neuronc::rng::SeededRng;
+use neuron_isa::host::INT_INPUT_RANGE;
+use neuron_isa::rng::SeededRng;
 use std::collections::BTreeMap;
 use std::path::Path;
 

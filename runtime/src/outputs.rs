@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// (so a name can never leave the directory), and the empty name becomes `_`.
 pub fn sanitize_name(name: &str) -> String {
     // The same rule as `neuronc run --output-dir`, so both tools write the same files.
-    let s = neuronc::npy::sanitize_file_name(name);
+    let s = neuron_isa::host::sanitize_file_name(name);
     if s.is_empty() { "_".into() } else { s }
 }
 

@@ -10,7 +10,7 @@ use crate::ir::{DType, Graph, Op, Tensor, ValueId};
 use crate::rng::SeededRng;
 
 /// Number of distinct values drawn for integer inputs that index no gather.
-pub const INT_INPUT_RANGE: u64 = 8;
+pub use neuron_isa::host::INT_INPUT_RANGE;
 
 /// The smallest indexed-axis size over the gathers using `id` as indices, if any: the
 /// exclusive upper bound of valid values for it.
