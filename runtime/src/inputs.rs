@@ -17,9 +17,9 @@ use crate::host::HostTensor;
 use crate::model::{Model, TensorDesc};
 use crate::npy;
 use ndarray::{ArrayD, IxDyn};
-use neuron_isa::{Dtype, TensorId};
 use neuron_isa::host::INT_INPUT_RANGE;
 use neuron_isa::rng::SeededRng;
+use neuron_isa::{Dtype, TensorId};
 use std::collections::BTreeMap;
 use std::path::Path;
 

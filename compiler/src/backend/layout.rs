@@ -262,6 +262,18 @@ impl RowCols {
         self.cols.iter().product()
     }
 
+    /// Size of the outermost column dimension (1 without columns): the unit in which
+    /// row kernels chunk their columns.
+    pub fn outer_cols(&self) -> usize {
+        self.cols.first().copied().unwrap_or(1)
+    }
+
+    /// Elements per outer column (the product of the inner column dimensions): a column
+    /// chunk always takes all of them.
+    pub fn inner_cols(&self) -> usize {
+        self.cols.iter().skip(1).product()
+    }
+
     /// Size of the innermost row dimension (the longest run possible).
     pub fn inner_rows(&self) -> usize {
         self.rows.last().copied().unwrap_or(1)
@@ -397,6 +409,27 @@ pub struct Mat {
 }
 
 impl Mat {
+    /// The matrix of batch `bi` (row-major over `batch`) of a view shaped
+    /// `batch ++ [rows, cols]`, stored in `tensor` as `dtype`: batches only move the offset.
+    pub fn of_batch(v: &View, batch: &[usize], bi: usize, tensor: TensorId, dtype: Dtype) -> Mat {
+        let r = v.shape.len();
+        let mut off = v.offset as i64;
+        let mut rem = bi;
+        for d in (0..batch.len()).rev() {
+            off += (rem % batch[d]) as i64 * v.strides[d] as i64;
+            rem /= batch[d];
+        }
+        Mat {
+            tensor,
+            dtype,
+            offset: off,
+            rows: v.shape[r - 2],
+            cols: v.shape[r - 1],
+            rs: v.strides[r - 2] as i64,
+            cs: v.strides[r - 1] as i64,
+        }
+    }
+
     /// The HBM pattern of rows `r0 .. r0 + nr` (partitions) and columns `c0 .. c0 + nc`.
     pub fn rows_ap(&self, r0: usize, nr: usize, c0: usize, nc: usize) -> Ap {
         let off = self.offset + r0 as i64 * self.rs + c0 as i64 * self.cs;
@@ -417,19 +450,8 @@ impl Mat {
     /// The HBM pattern of the transposed block: columns `c0 .. c0 + nc` on partitions and
     /// rows `r0 .. r0 + nr` along the free axis (an element-strided DMA unless `rs == 1`).
     pub fn cols_ap(&self, r0: usize, nr: usize, c0: usize, nc: usize) -> Ap {
-        let off = self.offset + r0 as i64 * self.rs + c0 as i64 * self.cs;
-        Ap {
-            mem: Memory::Hbm(self.tensor),
-            dtype: self.dtype,
-            offset: (off.max(0) as u64) * self.dtype.size(),
-            start_partition: 0,
-            partitions: nc as u32,
-            partition_stride: self.cs,
-            dims: vec![Dim {
-                size: nr as u32,
-                stride: self.rs,
-            }],
-        }
+        // The rows of the transpose are our columns: same storage, same pattern.
+        self.t().rows_ap(c0, nc, r0, nr)
     }
 
     /// The transposed matrix (same storage).

@@ -267,6 +267,21 @@ pub fn choose_rows(
     }
 }
 
+/// [`choose_rows`], then the buffers of the chosen tiling: a row kernel's plan as
+/// `(tiling, buffers, re-streamed bytes)`.
+fn plan_rows(
+    cfg: &ChipConfig,
+    num_rows: usize,
+    outer_cols: usize,
+    col_bytes: u64,
+    chunkable: bool,
+    buffers: impl Fn(&RowTiling) -> Vec<BufferReq>,
+) -> Result<(Tiling, Vec<BufferReq>, u64), String> {
+    let t = choose_rows(cfg, num_rows, outer_cols, col_bytes, chunkable, &buffers)?;
+    let b = buffers(&t);
+    Ok((Tiling::Rows(t), b, 0))
+}
+
 /// Chooses the blocking of a matmul by estimating every feasible group size.
 pub fn choose_matmul(s: &matmul::MmShape, cfg: &ChipConfig) -> Result<MatmulTiling, String> {
     let cm = CostModel::new(cfg);
@@ -410,58 +425,49 @@ pub fn plan_kernel(
             let r = t.restream_bytes;
             (Tiling::MatMul(t), b, r)
         }
+        // Chunked row kinds stream column chunks sized for the DMAs; norm and softmax
+        // tiles take whole rows (one outer column).
         KernelOp::Elementwise { .. } => {
             let s = elementwise::analyze(kg, k, cfg)?;
-            let t = choose_rows(
+            plan_rows(
                 cfg,
                 s.rc.num_rows(),
-                s.rc.cols.first().copied().unwrap_or(1),
+                s.rc.outer_cols(),
                 s.col_bytes,
                 true,
                 |t| elementwise::buffers(&s, t),
             )
-            .map_err(err)?;
-            let b = elementwise::buffers(&s, &t);
-            (Tiling::Rows(t), b, 0)
+            .map_err(err)?
         }
         KernelOp::Norm { .. } => {
             let s = norm::analyze(kg, k)?;
-            let t = choose_rows(cfg, s.rc.num_rows(), 1, 4, false, |t| norm::buffers(&s, t))
-                .map_err(err)?;
-            let b = norm::buffers(&s, &t);
-            (Tiling::Rows(t), b, 0)
+            plan_rows(cfg, s.rc.num_rows(), 1, 4, false, |t| norm::buffers(&s, t)).map_err(err)?
         }
         KernelOp::Softmax { .. } => {
             let s = softmax::analyze(kg, k)?;
-            let t = choose_rows(cfg, s.rc.num_rows(), 1, 4, false, |t| {
+            plan_rows(cfg, s.rc.num_rows(), 1, 4, false, |t| {
                 softmax::buffers(&s, t)
             })
-            .map_err(err)?;
-            let b = softmax::buffers(&s, &t);
-            (Tiling::Rows(t), b, 0)
+            .map_err(err)?
         }
         KernelOp::Reduce { .. } => {
             let s = reduce::analyze(kg, k)?;
-            let t = choose_rows(
+            plan_rows(
                 cfg,
                 s.rc.num_rows(),
-                s.rc.cols.first().copied().unwrap_or(1),
+                s.rc.outer_cols(),
                 s.col_bytes,
                 true,
                 |t| reduce::buffers(&s, t),
             )
-            .map_err(err)?;
-            let b = reduce::buffers(&s, &t);
-            (Tiling::Rows(t), b, 0)
+            .map_err(err)?
         }
         KernelOp::Gather { .. } => {
             let s = gather::analyze(kg, k)?;
-            let t = choose_rows(cfg, s.rc.num_rows(), s.outer(), s.col_bytes, true, |t| {
+            plan_rows(cfg, s.rc.num_rows(), s.outer(), s.col_bytes, true, |t| {
                 gather::buffers(&s, t)
             })
-            .map_err(err)?;
-            let b = gather::buffers(&s, &t);
-            (Tiling::Rows(t), b, 0)
+            .map_err(err)?
         }
         KernelOp::Copy { .. } => {
             let t = copy::choose(kg, k, cfg)?;

@@ -11,16 +11,16 @@
 //! of that accumulator multiplies each row by `1 / sum` (normalizing after P @ V costs
 //! Dv instead of Sk multiplies per row).
 
-use super::chain::{self, ChainTiles, OpTile};
-use super::elementwise::selected;
-use super::operands::{Broadcaster, Class, load_mat, mat_class};
-use super::{LowerCtx, chain_operands, lowering_error};
+use super::chain::{self, ChainTiles, OpTile, selected};
+use super::operands::{Broadcaster, ResidentRows, batch_operands, is_row_bcast, load_mat};
+use super::softmax;
+use super::{LowerCtx, chain_operands, kernel_input, lowering_error};
 use crate::backend::alloc::{Buf, BufferReq};
 use crate::backend::layout::{Mat, broadcast_view, cols};
 use crate::backend::tiling::AttentionTiling;
 use crate::error::CompileError;
 use crate::kernel::{EwOp, Kernel, KernelGraph, KernelOp, View};
-use neuron_isa::{ActFunc, AluOp, Ap, ChipConfig, Dtype, Engine, Memory, Op, Operand, TensorId};
+use neuron_isa::{ActFunc, Ap, ChipConfig, Dtype, Engine, Memory, Op, Operand};
 
 /// Keys per PSUM bank of scores.
 const BANK_COLS: usize = 512;
@@ -70,14 +70,7 @@ pub fn analyze(_kg: &KernelGraph, k: &Kernel) -> Result<AttnShape, CompileError>
     else {
         return Err(err("internal: not an attention kernel".into()));
     };
-    let get = |i: usize| {
-        k.inputs.get(i).ok_or_else(|| {
-            err(format!(
-                "operand index {i} out of range: the kernel has {} inputs",
-                k.inputs.len()
-            ))
-        })
-    };
+    let get = |i: usize| kernel_input(k, i);
     let (qv, kv, vv) = (get(*q)?, get(*kk)?, get(*v)?);
     let out = &k.output;
     let r = out.shape.len();
@@ -199,7 +192,7 @@ pub fn buffers(s: &AttnShape, t: &AttentionTiling, cfg: &ChipConfig) -> Vec<Buff
     }
     let mut broadcast = false;
     for (i, view, full) in &s.operands {
-        if row_bcast(view, *full) {
+        if is_row_bcast(view, *full) {
             // A mask row shared by every query: broadcast on chip once per distinct row.
             v.push(BufferReq::sbuf(&format!("op{i}"), sk * 4, 1));
             broadcast = true;
@@ -211,41 +204,6 @@ pub fn buffers(s: &AttnShape, t: &AttentionTiling, cfg: &ChipConfig) -> Vec<Buff
         v.extend(Broadcaster::buffers(s.sk, true));
     }
     v
-}
-
-/// Whether a prologue operand (broadcast to `batch ++ [sq, sk]`) is the same row for every
-/// query.
-fn row_bcast(v: &View, force_full: bool) -> bool {
-    let r = v.shape.len();
-    let m = Mat {
-        tensor: TensorId(0),
-        dtype: Dtype::F32,
-        offset: 0,
-        rows: v.shape[r - 2],
-        cols: v.shape[r - 1],
-        rs: v.strides[r - 2] as i64,
-        cs: v.strides[r - 1] as i64,
-    };
-    mat_class(&m, force_full) == Class::RowBcast
-}
-
-fn mat_of(v: &View, batch: &[usize], bi: usize, tensor: TensorId, dtype: Dtype) -> Mat {
-    let r = v.shape.len();
-    let mut off = v.offset as i64;
-    let mut rem = bi;
-    for d in (0..batch.len()).rev() {
-        off += (rem % batch[d]) as i64 * v.strides[d] as i64;
-        rem /= batch[d];
-    }
-    Mat {
-        tensor,
-        dtype,
-        offset: off,
-        rows: v.shape[r - 2],
-        cols: v.shape[r - 1],
-        rs: v.strides[r - 2] as i64,
-        cs: v.strides[r - 1] as i64,
-    }
 }
 
 /// Rotation counters.
@@ -300,17 +258,50 @@ fn transpose_from(
     }
 }
 
-/// Loads rows `r0 .. r0 + nr` of the `cols` columns starting at `m`'s column 0 into `dst`
-/// (`[nr, cols]`, casting to its dtype).
-fn load_rows(ctx: &mut LowerCtx<'_>, m: &Mat, r0: usize, nr: usize, ncols: usize, dst: &Ap) {
-    let src = Ap {
-        dims: vec![neuron_isa::Dim {
-            size: ncols as u32,
-            stride: m.cs,
-        }],
-        ..m.rows_ap(r0, nr, 0, 1)
-    };
-    ctx.load(dst.clone(), src);
+/// A buffer of rows of q, k or v for a group of `heads` heads whose rows sit side by side:
+/// per slot, blocks of up to 128 rows (on partitions) of `heads * width` elements, head
+/// `h`'s columns at `h * width` of each row.
+#[derive(Clone)]
+struct GroupRows {
+    buf: Buf,
+    heads: usize,
+    width: usize,
+    dtype: Dtype,
+}
+
+impl GroupRows {
+    /// Loads rows `r0 .. r0 + nr` of all heads of `m` (head 0's matrix; the other heads
+    /// follow along each row) into block `c` of slot `gs`, casting to the buffer's dtype:
+    /// one DMA for all heads.
+    fn load(&self, ctx: &mut LowerCtx<'_>, gs: usize, c: usize, m: &Mat, r0: usize, nr: usize) {
+        let ncols = self.heads * self.width;
+        let dst = self.buf.tile_at(
+            gs,
+            (c * ncols) as u64 * self.dtype.size(),
+            self.dtype,
+            nr as u32,
+            ncols as u32,
+        );
+        let src = Ap {
+            dims: vec![neuron_isa::Dim {
+                size: ncols as u32,
+                stride: m.cs,
+            }],
+            ..m.rows_ap(r0, nr, 0, 1)
+        };
+        ctx.load(dst, src);
+    }
+
+    /// Head `h`'s `[nr, width]` columns of block `c` of slot `gs`.
+    fn head(&self, gs: usize, c: usize, h: usize, nr: usize) -> Ap {
+        self.buf.tile_at(
+            gs,
+            ((c * self.heads + h) * self.width) as u64 * self.dtype.size(),
+            self.dtype,
+            nr as u32,
+            self.width as u32,
+        )
+    }
 }
 
 /// The second half of a query tile's work, emitted one tile later so that TensorE computes
@@ -352,26 +343,28 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &AttentionTiling) -> Result<(), CompileE
         b("work")?,
     );
     let (scb, tpb, accb) = (b("sc")?, b("tp")?, b("acc")?);
+    let group_rows = |buf: Buf, width: usize| GroupRows {
+        buf,
+        heads: s.group,
+        width,
+        dtype: mm,
+    };
+    let (qrows, krows, vrows) = (
+        group_rows(qrows, s.d),
+        group_rows(krows, s.d),
+        group_rows(vrows, s.dv),
+    );
     let cast = ctx.bufs.get("cast").cloned();
     let (qt_id, qd) = ctx.tensor(&s.q)?;
     let (kt_id, kd) = ctx.tensor(&s.k)?;
     let (vt_id, vd) = ctx.tensor(&s.v)?;
     let (ot_id, od) = ctx.tensor(&s.out)?;
-    let mut op_t = Vec::new();
-    for (i, v, full) in &s.operands {
-        let (tid, d) = ctx.tensor(v)?;
-        op_t.push((*i, v.clone(), tid, d, *full));
-    }
     let batches: usize = s.batch.iter().product();
     let (dch, skch) = (s.d.div_ceil(p), s.sk.div_ceil(p));
     let mut sl = Slots::default();
     let n_in = ctx.kernel.inputs.len();
-    let mut bc = match ctx.bufs.get("bc_ones") {
-        Some(_) => Some(Broadcaster::new(ctx, "tp")?),
-        None => None,
-    };
-    // Row-broadcast operands by kernel input index, with the offset they were loaded from.
-    let mut resident: Vec<Option<(i64, Ap)>> = vec![None; n_in];
+    // Row-broadcast operands (a mask row shared by every query) stay resident.
+    let mut resident = ResidentRows::new(ctx, "tp", n_in, t.q_tile as u32, s.sk)?;
     let bufs_b = FinishBufs {
         pt: ptb.clone(),
         tp: tpb.clone(),
@@ -381,84 +374,34 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &AttentionTiling) -> Result<(), CompileE
     };
     let mut pending: Option<Pending> = None;
     for bi in 0..batches {
-        let q = mat_of(&s.q, &s.batch, bi, qt_id, qd);
-        let kmat = mat_of(&s.k, &s.batch, bi, kt_id, kd);
-        let vmat = mat_of(&s.v, &s.batch, bi, vt_id, vd);
-        let o = mat_of(&s.out, &s.batch, bi, ot_id, od);
-        let ops: Vec<(usize, Mat, bool)> = op_t
-            .iter()
-            .map(|(i, v, tid, d, full)| (*i, mat_of(v, &s.batch, bi, *tid, *d), *full))
-            .collect();
-        for (i, mat, full) in &ops {
-            if mat_class(mat, *full) != Class::RowBcast
-                || resident[*i]
-                    .as_ref()
-                    .is_some_and(|(off, _)| *off == mat.offset)
-            {
-                continue;
-            }
-            let Some(b) = bc.as_mut() else {
-                return Err(ctx.err("internal: no broadcast buffers"));
-            };
-            let tile =
-                ctx.buf(&format!("op{i}"))?
-                    .tile(0, Dtype::F32, t.q_tile as u32, s.sk as u32);
-            b.broadcast(ctx, &mat.rows_ap(0, 1, 0, s.sk), &tile);
-            resident[*i] = Some((mat.offset, tile));
-        }
+        let q = Mat::of_batch(&s.q, &s.batch, bi, qt_id, qd);
+        let kmat = Mat::of_batch(&s.k, &s.batch, bi, kt_id, kd);
+        let vmat = Mat::of_batch(&s.v, &s.batch, bi, vt_id, vd);
+        let o = Mat::of_batch(&s.out, &s.batch, bi, ot_id, od);
+        let ops = batch_operands(ctx, &s.operands, &s.batch, bi)?;
+        resident.ensure_row_bcasts(ctx, &ops)?;
         let bslot = sl.batch;
         sl.batch += 1;
-        let g = s.group;
-        let h = bi % g;
-        let msz = mm.size();
+        let h = bi % s.group;
         if h == 0 {
-            // Rows of q, k and v for the whole group of heads, one DMA each per 128 rows
-            // (head 0's matrices start them; the heads follow along each row).
+            // Rows of q, k and v for the whole group of heads, one DMA each per 128 rows.
             let gs = sl.group;
             sl.group += 1;
             for c in 0..skch {
                 let (r0, nr) = (c * p, (s.sk - c * p).min(p));
-                let kdst = krows.tile_at(
-                    gs,
-                    (c * g * s.d) as u64 * msz,
-                    mm,
-                    nr as u32,
-                    (g * s.d) as u32,
-                );
-                load_rows(ctx, &kmat, r0, nr, g * s.d, &kdst);
-                let vdst = vrows.tile_at(
-                    gs,
-                    (c * g * s.dv) as u64 * msz,
-                    mm,
-                    nr as u32,
-                    (g * s.dv) as u32,
-                );
-                load_rows(ctx, &vmat, r0, nr, g * s.dv, &vdst);
+                krows.load(ctx, gs, c, &kmat, r0, nr);
+                vrows.load(ctx, gs, c, &vmat, r0, nr);
             }
             for j in 0..s.sq.div_ceil(t.q_tile) {
                 let (q0, qn) = (j * t.q_tile, (s.sq - j * t.q_tile).min(t.q_tile));
-                let qdst = qrows.tile_at(
-                    gs,
-                    (j * g * s.d) as u64 * msz,
-                    mm,
-                    qn as u32,
-                    (g * s.d) as u32,
-                );
-                load_rows(ctx, &q, q0, qn, g * s.d, &qdst);
+                qrows.load(ctx, gs, j, &q, q0, qn);
             }
         }
         let gs = sl.group.saturating_sub(1);
         // K^T [d, Sk] for this head, from its columns of the group's rows.
         let kt_base = ktb.slot(bslot);
         for c in 0..skch {
-            let nr = (s.sk - c * p).min(p);
-            let st = krows.tile_at(
-                gs,
-                ((c * g + h) * s.d) as u64 * msz,
-                mm,
-                nr as u32,
-                s.d as u32,
-            );
+            let st = krows.head(gs, c, h, (s.sk - c * p).min(p));
             transpose_from(ctx, &st, s.d, kt_base, s.sk, c * p, &tpb, &mut sl);
         }
         let mut q0 = 0;
@@ -469,7 +412,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &AttentionTiling) -> Result<(), CompileE
             sl.q += 1;
             let qt_base = qtb.slot(qs);
             let j = q0 / t.q_tile;
-            let st = qrows.tile_at(gs, ((j * g + h) * s.d) as u64 * msz, mm, qu, s.d as u32);
+            let st = qrows.head(gs, j, h, qn);
             transpose_from(ctx, &st, s.d, qt_base, t.q_tile, 0, &tpb, &mut sl);
             // Scores, one PSUM bank per 512 keys, accumulated over d-chunks.
             let sc = scb.tile(qs, Dtype::F32, qu, s.sk as u32);
@@ -508,11 +451,8 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &AttentionTiling) -> Result<(), CompileE
                 // Evict this bank through the prologue into the fp32 score tile.
                 let mut operands: Vec<Option<OpTile>> = vec![None; n_in];
                 for (i, mat, full) in &ops {
-                    if let Some((_, tile)) = &resident[*i] {
-                        operands[*i] = Some(OpTile::Full(Ap {
-                            partitions: qu,
-                            ..cols(tile, k0 as u32, kn as u32)
-                        }));
+                    if let Some(tile) = resident.tile(*i, qu, k0, kn) {
+                        operands[*i] = Some(tile);
                         continue;
                     }
                     let buf = ctx.buf(&format!("op{i}"))?;
@@ -536,40 +476,8 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &AttentionTiling) -> Result<(), CompileE
             }
             // Softmax numerator and row sums.
             let st = stat.tile(qs, Dtype::F32, qu, 4);
-            let (negmax, sum, recip) = (cols(&st, 0, 1), cols(&st, 1, 1), cols(&st, 2, 1));
-            ctx.push(
-                Engine::Vector,
-                Op::TensorReduce {
-                    dst: negmax.clone(),
-                    src: stile.clone(),
-                    op: AluOp::Max,
-                    axes: 1,
-                    negate: true,
-                },
-            );
             let ptile = pb.tile(qs, mm, qu, s.sk as u32);
-            ctx.push(
-                Engine::Scalar,
-                Op::Activation {
-                    dst: ptile.clone(),
-                    src: stile,
-                    func: ActFunc::Exp,
-                    scale: Operand::Imm(1.0),
-                    bias: Some(Operand::PerPartition(negmax)),
-                    accum: Some(sum.clone()),
-                },
-            );
-            ctx.push(
-                Engine::Scalar,
-                Op::Activation {
-                    dst: recip.clone(),
-                    src: sum,
-                    func: ActFunc::Reciprocal,
-                    scale: Operand::Imm(1.0),
-                    bias: None,
-                    accum: None,
-                },
-            );
+            let recip = softmax::unnormalized(ctx, stile, ptile.clone(), &st);
             let next = Pending {
                 ptile,
                 recip,
@@ -598,7 +506,7 @@ struct FinishBufs {
     tp: Buf,
     acc: Buf,
     o: Buf,
-    vrows: Buf,
+    vrows: GroupRows,
 }
 
 /// P^T (128 keys at a time), P @ V accumulated over key chunks in PSUM, the eviction that
@@ -613,41 +521,15 @@ fn finish_tile(
 ) {
     let p = ctx.cfg.partitions as usize;
     let mm = s.mm_dtype;
-    let msz = mm.size();
     let skch = s.sk.div_ceil(p);
     let qu = pd.qn as u32;
-    let (g, h, gs, qs) = (s.group, pd.h, pd.gs, pd.qs);
+    let (h, gs, qs) = (pd.h, pd.gs, pd.qs);
     let (ptb, tpb, accb, ob, vrows) = (&b.pt, &b.tp, &b.acc, &b.o, &b.vrows);
-    let ptile = pd.ptile.clone();
     let recip = pd.recip.clone();
     let od = pd.o.dtype;
-    let v_of = |c: usize, kl: u32| {
-        vrows.tile_at(gs, ((c * g + h) * s.dv) as u64 * msz, mm, kl, s.dv as u32)
-    };
     // P^T, 128 keys at a time, then P @ V accumulated over key chunks.
     let pt_base = ptb.slot(qs);
-    for c in 0..skch {
-        let kl = (s.sk - c * p).min(p) as u32;
-        let tp = tpb.tile(sl.tp, Dtype::F32, kl, qu);
-        sl.tp += 1;
-        ctx.push(
-            Engine::Tensor,
-            Op::Transpose {
-                dst: tp.clone(),
-                src: cols(&ptile, (c * p) as u32, kl),
-            },
-        );
-        let dst = Ap::on_chip(
-            Memory::Sbuf,
-            mm,
-            0,
-            kl,
-            pt_base + ((c * t.q_tile) as u64) * mm.size(),
-            qu,
-        );
-        let e = ctx.evict_engine();
-        ctx.copy_on(e, dst, tp);
-    }
+    transpose_from(ctx, &pd.ptile, s.sk, pt_base, t.q_tile, 0, tpb, sl);
     let acc = accb.tile(qs, Dtype::F32, qu, s.dv as u32);
     for c in 0..skch {
         let kl = (s.sk - c * p).min(p) as u32;
@@ -663,7 +545,7 @@ fn finish_tile(
                     pt_base + ((c * t.q_tile) as u64) * mm.size(),
                     qu,
                 ),
-                moving: v_of(c, kl),
+                moving: vrows.head(gs, c, h, kl as usize),
                 accumulate: c > 0,
             },
         );

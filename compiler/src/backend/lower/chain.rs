@@ -456,3 +456,10 @@ fn cast_step(
 pub fn has_cast(ops: &[EwOp]) -> bool {
     ops.iter().any(|o| matches!(o, EwOp::Cast(_)))
 }
+
+/// Whether kernel input `i` is read by a `Select` of `ops` (and so must be loaded as a full
+/// tile: the select instruction has no broadcast operand form).
+pub fn selected(ops: &[EwOp], i: usize) -> bool {
+    ops.iter()
+        .any(|o| matches!(o, EwOp::Select { cond, other, .. } if *cond == i || *other == i))
+}

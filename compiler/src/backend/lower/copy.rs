@@ -11,7 +11,7 @@
 //! well below peak bandwidth (trn2 has a dedicated DMA-transpose mode at up to 90%); our
 //! simulator charges DMA by bytes, so this choice is optimistic for large transposes.
 
-use super::elementwise::joint_space;
+use super::rows::{joint_space, output_storage};
 use super::{LowerCtx, lowering_error};
 use crate::backend::tiling::{CopyTiling, CostModel};
 use crate::error::CompileError;
@@ -24,12 +24,9 @@ pub fn choose(kg: &KernelGraph, k: &Kernel, cfg: &ChipConfig) -> Result<CopyTili
         return Err(lowering_error(k, "internal: not a copy kernel"));
     };
     let rc = joint_space(k, &[*x], true)?;
-    let esize = kg
-        .tensor(k.output.tensor)
-        .map(|t| t.dtype.size())
-        .ok_or_else(|| lowering_error(k, "output names a missing tensor"))?;
+    let esize = output_storage(kg, k)?.1.size();
     let rows = rc.num_rows().clamp(1, cfg.partitions as usize);
-    let outer = rc.cols.first().copied().unwrap_or(1);
+    let outer = rc.outer_cols();
     let cm = CostModel::new(cfg);
     // Enough bytes per DMA to amortise its fixed cost over the partitions it spans.
     let want = (cm.dma_target_bytes_per_partition() * u64::from(cfg.partitions))
@@ -49,7 +46,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &CopyTiling) -> Result<(), CompileError>
     let (xt, xd) = ctx.tensor(ctx.input(*x)?)?;
     let (ot, od) = ctx.tensor(&ctx.kernel.output)?;
     let rows = rc.num_rows();
-    let outer = rc.cols.first().copied().unwrap_or(1);
+    let outer = rc.outer_cols();
     let mut r0 = 0;
     while r0 < rows {
         let p = t.rows.min(rows - r0);

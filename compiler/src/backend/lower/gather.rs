@@ -17,12 +17,12 @@
 //! The index column of tile `i+1` loads and its rows gather while tile `i` computes, through
 //! rotating buffer slots.
 
-use super::chain::{self, ChainTiles, OpTile};
-use super::elementwise::{rc_operand, selected};
-use super::operands::{Class, RcOperand, load_rc, rc_broadcaster, rc_buffers};
-use super::{LowerCtx, chain_operands, lowering_error, on_chip_dtype};
+use super::chain::{self, ChainTiles};
+use super::operands::{RcOperand, RowOperands, loaded_once, rc_buffers};
+use super::rows::{broadcast_input, chain_rc_operands};
+use super::{LowerCtx, chain_operands, kernel_input, lowering_error, on_chip_dtype, view_storage};
 use crate::backend::alloc::BufferReq;
-use crate::backend::layout::{RowCols, Run, broadcast_view, parts};
+use crate::backend::layout::{RowCols, Run, parts};
 use crate::backend::tiling::RowTiling;
 use crate::error::CompileError;
 use crate::kernel::{EwOp, Kernel, KernelGraph, KernelOp, View};
@@ -65,33 +65,18 @@ pub struct GatherShape {
 impl GatherShape {
     /// Elements per outer column (the product of the inner column dimensions).
     pub fn inner(&self) -> usize {
-        self.rc.cols.iter().skip(1).product()
+        self.rc.inner_cols()
     }
 
     /// Outer columns per row.
     pub fn outer(&self) -> usize {
-        self.rc.cols.first().copied().unwrap_or(1)
+        self.rc.outer_cols()
     }
 
     /// The on-chip dtype of gathered rows.
     fn rows_dtype(&self) -> Dtype {
         on_chip_dtype(self.table.1)
     }
-}
-
-fn storage(
-    kg: &KernelGraph,
-    k: &Kernel,
-    v: &View,
-    what: &str,
-) -> Result<(TensorId, Dtype), CompileError> {
-    let t = kg.tensor(v.tensor).ok_or_else(|| {
-        lowering_error(
-            k,
-            format!("{what} names tensor {} which does not exist", v.tensor),
-        )
-    })?;
-    Ok((TensorId(v.tensor.0), t.dtype))
 }
 
 /// Analyses a gather kernel.
@@ -104,18 +89,7 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<GatherShape, CompileError
     else {
         return Err(lowering_error(k, "internal: not a gather kernel"));
     };
-    let input = |i: usize| {
-        k.inputs.get(i).ok_or_else(|| {
-            lowering_error(
-                k,
-                format!(
-                    "operand index {i} out of range: the kernel has {} inputs",
-                    k.inputs.len()
-                ),
-            )
-        })
-    };
-    let (tv, iv) = (input(*table)?, input(*indices)?);
+    let (tv, iv) = (kernel_input(k, *table)?, kernel_input(k, *indices)?);
     let shape = &k.output.shape;
     let r = iv.shape.len();
     let Some((&rows, row_shape)) = tv.shape.split_first() else {
@@ -159,16 +133,7 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<GatherShape, CompileError
     let opnds = chain_operands(epilogue);
     let mut views = vec![k.output.clone(), table_b, idx_b];
     for &i in &opnds {
-        let v = input(i)?;
-        views.push(broadcast_view(v, shape).ok_or_else(|| {
-            lowering_error(
-                k,
-                format!(
-                    "input {i} of shape {:?} does not broadcast to {shape:?}",
-                    v.shape
-                ),
-            )
-        })?);
+        views.push(broadcast_input(k, i)?);
     }
     let refs: Vec<&View> = views.iter().collect();
     let rc = RowCols::split_axes(shape, &refs, row_shape.len());
@@ -181,20 +146,10 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<GatherShape, CompileError
             ),
         ));
     }
-    let mut operands = Vec::new();
-    for (j, &i) in opnds.iter().enumerate() {
-        operands.push(rc_operand(
-            kg,
-            k,
-            &rc,
-            i,
-            FIRST_OPERAND + j,
-            selected(epilogue, i),
-        )?);
-    }
-    let out = storage(kg, k, &k.output, "output")?;
-    let table = storage(kg, k, tv, "table")?;
-    let inner = rc.cols.iter().skip(1).product::<usize>() as u64;
+    let operands = chain_rc_operands(kg, k, &rc, &opnds, FIRST_OPERAND, epilogue)?;
+    let out = view_storage(kg, k, &k.output, "output")?;
+    let table = view_storage(kg, k, tv, "table")?;
+    let inner = rc.inner_cols() as u64;
     let elem = [on_chip_dtype(table.1).size(), out.1.size(), 4]
         .into_iter()
         .max()
@@ -204,19 +159,13 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<GatherShape, CompileError
         table,
         table_rows,
         table_row_stride: tv.strides[0] as i64,
-        indices: storage(kg, k, iv, "indices")?,
+        indices: view_storage(kg, k, iv, "indices")?,
         operands,
         ops: epilogue.clone(),
         act_dtype: k.act_dtype,
         col_bytes: elem * inner.max(1),
         rc,
     })
-}
-
-/// Whether operand `o` is loaded once per kernel (the same row for every tile and a single
-/// column chunk).
-fn resident(s: &GatherShape, t: &RowTiling, o: &RcOperand) -> bool {
-    o.class == Class::RowBcast && t.cols >= s.outer()
 }
 
 /// Buffers of a gather kernel.
@@ -238,7 +187,7 @@ pub fn buffers(s: &GatherShape, t: &RowTiling) -> Vec<BufferReq> {
         v.push(BufferReq::sbuf("cast", c * chain::CAST_BYTES, 1));
     }
     v.extend(rc_buffers(&s.operands, c, s.rc.cols.len() <= 1, |o| {
-        if resident(s, t, o) { 1 } else { t.slots }
+        if loaded_once(o, &s.rc, t) { 1 } else { t.slots }
     }));
     v
 }
@@ -270,7 +219,6 @@ fn table_ap(s: &GatherShape, c0: usize, nc: usize) -> Ap {
 pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> {
     let s = analyze(ctx.kg, ctx.kernel)?;
     let rc = &s.rc;
-    let rows = rc.num_rows();
     let (outer, inner) = (s.outer(), s.inner());
     let (idxb, rowsb) = (ctx.buf("idx")?, ctx.buf("rows")?);
     let (work, outb) = if s.ops.is_empty() {
@@ -279,26 +227,10 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
         (Some(ctx.buf("work")?), Some(ctx.buf("out")?))
     };
     let cast = ctx.bufs.get("cast").cloned();
-    let mut bc = rc_broadcaster(ctx, &s.operands)?;
-    let mut fixed: Vec<Option<OpTile>> = vec![None; ctx.kernel.inputs.len()];
-    for o in &s.operands {
-        if resident(&s, t, o) {
-            let buf = ctx.buf(&format!("op{}", o.input))?;
-            fixed[o.input] = Some(load_rc(
-                ctx,
-                rc,
-                o,
-                0,
-                t.rows.min(rows),
-                0,
-                outer,
-                inner,
-                &buf,
-                0,
-                bc.as_mut(),
-            )?);
-        }
-    }
+    let n_in = ctx.kernel.inputs.len();
+    let mut opnds = RowOperands::new(ctx, rc, &s.operands, n_in, t.rows, |o| {
+        loaded_once(o, rc, t)
+    })?;
     let mut slot = 0usize;
     for (tile, (r0, p)) in rc.tiles(t.rows).into_iter().enumerate() {
         let idx = idxb.tile(tile, Dtype::I32, p as u32, 1);
@@ -313,34 +245,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
             ctx.gather(gathered.clone(), table_ap(&s, c0, nc), idx.clone());
             let res = match (&work, &outb) {
                 (Some(work), Some(outb)) => {
-                    let mut operands = fixed.clone();
-                    for o in &s.operands {
-                        match &fixed[o.input] {
-                            Some(OpTile::Full(ap)) => {
-                                operands[o.input] = Some(OpTile::Full(Ap {
-                                    partitions: p as u32,
-                                    ..ap.clone()
-                                }));
-                            }
-                            Some(OpTile::Column(_)) => {}
-                            None => {
-                                let buf = ctx.buf(&format!("op{}", o.input))?;
-                                operands[o.input] = Some(load_rc(
-                                    ctx,
-                                    rc,
-                                    o,
-                                    r0,
-                                    p,
-                                    c0,
-                                    nc,
-                                    inner,
-                                    &buf,
-                                    slot,
-                                    bc.as_mut(),
-                                )?);
-                            }
-                        }
-                    }
+                    let operands = opnds.load(ctx, r0, p, c0, nc, slot)?;
                     let tiles = ChainTiles {
                         src: gathered,
                         work: work.tile(slot, s.act_dtype, p as u32, free),

@@ -24,15 +24,17 @@
 //! PSUM accumulates i32; the eviction multiplies by `act_scale * w_scale[n]`, a constant
 //! row added to the artifact.
 
-use super::chain::{self, ChainTiles, OpTile};
-use super::operands::{Broadcaster, Class, load_mat, mat_class};
-use super::{LowerCtx, lowering_error};
+use super::chain::{self, ChainTiles, OpTile, selected};
+use super::operands::{
+    Broadcaster, Class, ResidentRows, batch_operands, is_row_bcast, load_mat, mat_class,
+};
+use super::{LowerCtx, kernel_input, lowering_error, view_storage};
 use crate::backend::alloc::BufferReq;
 use crate::backend::layout::{Mat, broadcast_view, cols};
 use crate::backend::tiling::MatmulTiling;
 use crate::error::CompileError;
 use crate::kernel::{BinaryFn, EwOp, Kernel, KernelGraph, KernelOp, View};
-use neuron_isa::{AluOp, Ap, ChipConfig, Dim, Dtype, Engine, Memory, Op, Operand, TensorId};
+use neuron_isa::{AluOp, Ap, ChipConfig, Dim, Dtype, Engine, Memory, Op, Operand};
 
 /// The shape facts of a matmul kernel that tiling and lowering need.
 #[derive(Debug, Clone)]
@@ -102,22 +104,8 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<MmShape, CompileError> {
     else {
         return Err(err("internal: not a matmul".into()));
     };
-    let view = |i: usize| {
-        k.inputs.get(i).ok_or_else(|| {
-            err(format!(
-                "operand index {i} out of range: the kernel has {} inputs",
-                k.inputs.len()
-            ))
-        })
-    };
-    let dtype_of = |v: &View| {
-        kg.tensor(v.tensor).map(|t| t.dtype).ok_or_else(|| {
-            err(format!(
-                "view names tensor {} which does not exist",
-                v.tensor
-            ))
-        })
-    };
+    let view = |i: usize| kernel_input(k, i);
+    let dtype_of = |v: &View| view_storage(kg, k, v, "view").map(|(_, d)| d);
     let av = view(*a)?.clone();
     let mut bv = view(*b)?.clone();
     if *transpose_b {
@@ -153,20 +141,17 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<MmShape, CompileError> {
         s.extend(tail);
         s
     };
-    let mut a_b = broadcast_view(&av, &with([m, kk])).ok_or_else(|| {
-        err(format!(
-            "x {:?} does not broadcast to {:?}",
-            av.shape,
-            with([m, kk])
-        ))
-    })?;
-    let mut b_b = broadcast_view(&bv, &with([kk, n])).ok_or_else(|| {
-        err(format!(
-            "w {:?} does not broadcast to {:?}",
-            bv.shape,
-            with([kk, n])
-        ))
-    })?;
+    let bcast = |what: &str, v: &View, tail: [usize; 2]| {
+        broadcast_view(v, &with(tail)).ok_or_else(|| {
+            err(format!(
+                "{what} {:?} does not broadcast to {:?}",
+                v.shape,
+                with(tail)
+            ))
+        })
+    };
+    let mut a_b = bcast("x", &av, [m, kk])?;
+    let mut b_b = bcast("w", &bv, [kk, n])?;
     let mut out_b = out.clone();
     let mut operands = Vec::new();
     for i in super::chain_operands(epilogue) {
@@ -177,10 +162,7 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<MmShape, CompileError> {
                 v.shape, out.shape
             ))
         })?;
-        let force_full = epilogue
-            .iter()
-            .any(|o| matches!(o, EwOp::Select { cond, other, .. } if *cond == i || *other == i));
-        operands.push((i, bvw, force_full));
+        operands.push((i, bvw, selected(epilogue, i)));
     }
     // Batches that share one W are just more rows of X: fold them into M when every view
     // allows it (larger M tiles, fewer passes over W).
@@ -339,42 +321,6 @@ pub fn buffers(s: &MmShape, t: &MatmulTiling, cfg: &ChipConfig) -> Vec<BufferReq
     v
 }
 
-/// Whether an epilogue operand (broadcast to `batch ++ [m, n]`) is one row for every output
-/// row (a bias): those are broadcast on chip once per kernel and stay resident.
-fn is_row_bcast(v: &View, force_full: bool) -> bool {
-    let r = v.shape.len();
-    let mat = Mat {
-        tensor: TensorId(0),
-        dtype: Dtype::F32,
-        offset: 0,
-        rows: v.shape[r - 2],
-        cols: v.shape[r - 1],
-        rs: v.strides[r - 2] as i64,
-        cs: v.strides[r - 1] as i64,
-    };
-    mat_class(&mat, force_full) == Class::RowBcast
-}
-
-/// The 2-D matrix of batch `bi` of a view shaped `batch ++ [rows, cols]`.
-fn mat_of(v: &View, batch: &[usize], bi: usize, tensor: TensorId, dtype: Dtype) -> Mat {
-    let r = v.shape.len();
-    let mut off = v.offset as i64;
-    let mut rem = bi;
-    for d in (0..batch.len()).rev() {
-        off += (rem % batch[d]) as i64 * v.strides[d] as i64;
-        rem /= batch[d];
-    }
-    Mat {
-        tensor,
-        dtype,
-        offset: off,
-        rows: v.shape[r - 2],
-        cols: v.shape[r - 1],
-        rs: v.strides[r - 2] as i64,
-        cs: v.strides[r - 1] as i64,
-    }
-}
-
 /// Lowers a matmul kernel.
 pub fn lower(ctx: &mut LowerCtx<'_>, t: &MatmulTiling) -> Result<(), CompileError> {
     let s = analyze(ctx.kg, ctx.kernel)?;
@@ -382,11 +328,6 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &MatmulTiling) -> Result<(), CompileErro
     let (a_t, a_d) = ctx.tensor(&s.a)?;
     let (b_t, b_d) = ctx.tensor(&s.b)?;
     let (y_t, y_d) = ctx.tensor(&s.out)?;
-    let mut op_mats = Vec::new();
-    for (i, v, full) in &s.operands {
-        let (tid, d) = ctx.tensor(v)?;
-        op_mats.push((*i, v.clone(), tid, d, *full));
-    }
     let dq = s
         .int8
         .as_ref()
@@ -404,52 +345,27 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &MatmulTiling) -> Result<(), CompileErro
     };
     let mut st = MmState::default();
     let mt = s.m.min(p) as u32;
-    let mut bc = match ctx.bufs.get("bc_ones") {
-        Some(_) => Some(Broadcaster::new(ctx, "acc")?),
-        None => None,
-    };
-    // Row-broadcast operands (and the int8 dequantization row) by kernel input index, with
-    // the storage offset they were loaded from.
+    // Row-broadcast operands (and the int8 dequantization row, the synthetic operand after
+    // the kernel's inputs) stay resident for the whole kernel.
     let dq_idx = ctx.kernel.inputs.len();
-    let mut resident: Vec<Option<(i64, Ap)>> = vec![None; dq_idx + 1];
+    let mut resident = ResidentRows::new(ctx, "acc", dq_idx + 1, mt, s.n)?;
     for bi in 0..s.batches {
-        let x = mat_of(&s.a, &s.batch, bi, a_t, a_d);
-        let w = mat_of(&s.b, &s.batch, bi, b_t, b_d);
-        let y = mat_of(&s.out, &s.batch, bi, y_t, y_d);
-        let ops: Vec<(usize, Mat, bool)> = op_mats
-            .iter()
-            .map(|(i, v, tid, d, full)| (*i, mat_of(v, &s.batch, bi, *tid, *d), *full))
-            .collect();
-        let dq_mat = dq.map(|tid| Mat {
-            tensor: tid,
-            dtype: Dtype::F32,
-            offset: 0,
-            rows: s.m,
-            cols: s.n,
-            rs: 0,
-            cs: 1,
-        });
-        let mut rows_of = ops
-            .iter()
-            .filter(|(_, mat, full)| mat_class(mat, *full) == Class::RowBcast)
-            .map(|(i, mat, _)| (*i, *mat, format!("op{i}")))
-            .collect::<Vec<_>>();
-        if let Some(m) = dq_mat {
-            rows_of.push((dq_idx, m, "dq".to_string()));
-        }
-        for (i, mat, name) in rows_of {
-            if resident[i]
-                .as_ref()
-                .is_some_and(|(off, _)| *off == mat.offset)
-            {
-                continue;
-            }
-            let (Some(b), Some(buf)) = (bc.as_mut(), ctx.bufs.get(&name).cloned()) else {
-                return Err(ctx.err(format!("internal: no broadcast buffers for '{name}'")));
+        let x = Mat::of_batch(&s.a, &s.batch, bi, a_t, a_d);
+        let w = Mat::of_batch(&s.b, &s.batch, bi, b_t, b_d);
+        let y = Mat::of_batch(&s.out, &s.batch, bi, y_t, y_d);
+        let ops = batch_operands(ctx, &s.operands, &s.batch, bi)?;
+        resident.ensure_row_bcasts(ctx, &ops)?;
+        if let Some(tensor) = dq {
+            let dq_mat = Mat {
+                tensor,
+                dtype: Dtype::F32,
+                offset: 0,
+                rows: s.m,
+                cols: s.n,
+                rs: 0,
+                cs: 1,
             };
-            let tile = buf.tile(0, Dtype::F32, mt, s.n as u32);
-            b.broadcast(ctx, &mat.rows_ap(0, 1, 0, s.n), &tile);
-            resident[i] = Some((mat.offset, tile));
+            resident.ensure(ctx, dq_idx, &dq_mat, "dq")?;
         }
         let m_tiles = s.m.div_ceil(p);
         let mut g0 = 0;
@@ -775,7 +691,7 @@ fn column_tile(
     w: &Mat,
     y: &Mat,
     ops: &[(usize, Mat, bool)],
-    resident: &[Option<(i64, Ap)>],
+    resident: &ResidentRows,
     rows: &[(usize, usize)],
     n0: usize,
     nn: usize,
@@ -831,7 +747,7 @@ fn column_tile(
         kt0 += nkt;
     }
     // The int8 dequantization row is the synthetic operand after the kernel's inputs.
-    let dq_idx = resident.len() - 1;
+    let dq_idx = resident.count() - 1;
     let mut epilogue = Vec::with_capacity(s.epilogue.len() + 1);
     if s.int8.is_some() {
         epilogue.push(EwOp::Tensor {
@@ -846,16 +762,13 @@ fn column_tile(
         .map(|o| o.0 + 1)
         .max()
         .unwrap_or(0)
-        .max(resident.len());
+        .max(resident.count());
     for (mi, &(m0, mr)) in rows.iter().enumerate() {
         let mut operands: Vec<Option<OpTile>> = vec![None; max_op];
         // Resident rows (biases, dequantization scales): this tile's columns and rows.
-        for (i, r) in resident.iter().enumerate() {
-            if let Some((_, tile)) = r {
-                operands[i] = Some(OpTile::Full(Ap {
-                    partitions: mr as u32,
-                    ..cols(tile, n0 as u32, nn as u32)
-                }));
+        for (i, operand) in operands.iter_mut().enumerate().take(resident.count()) {
+            if let Some(tile) = resident.tile(i, mr as u32, n0, nn) {
+                *operand = Some(tile);
             }
         }
         for (i, mat, full) in ops {

@@ -25,7 +25,9 @@
 //! - `ctx.err(message)`: a [`CompileError::Lowering`] naming the kernel and its nodes.
 //!
 //! Shared helpers: [`chain`] applies an elementwise chain ([`EwOp`]s) to a tile (PSUM
-//! evictions, epilogues, prologues), [`operands`] loads the operand tiles those chains read.
+//! evictions, epilogues, prologues), [`operands`] loads the operand tiles those chains read,
+//! [`rows`] builds the row/column space and operands of the row-tiled kinds (elementwise,
+//! norm, softmax, gather).
 
 pub mod attention;
 pub mod chain;
@@ -36,6 +38,7 @@ pub mod matmul;
 pub mod norm;
 pub mod operands;
 pub mod reduce;
+pub mod rows;
 pub mod softmax;
 
 use super::alloc::{Buf, KernelAlloc};
@@ -107,12 +110,7 @@ impl LowerCtx<'_> {
 
     /// Input `i` of the kernel.
     pub fn input(&self, i: usize) -> Result<&View, CompileError> {
-        self.kernel.inputs.get(i).ok_or_else(|| {
-            self.err(format!(
-                "operand index {i} out of range: the kernel has {} inputs",
-                self.kernel.inputs.len()
-            ))
-        })
+        kernel_input(self.kernel, i)
     }
 
     /// Emits `op` on `engine`.
@@ -186,6 +184,37 @@ pub fn lowering_error(k: &Kernel, message: impl Into<String>) -> CompileError {
         nodes: k.nodes.join(","),
         message: message.into(),
     }
+}
+
+/// Input `i` of kernel `k` (for the `analyze` functions, which run before a [`LowerCtx`]
+/// exists).
+pub fn kernel_input(k: &Kernel, i: usize) -> Result<&View, CompileError> {
+    k.inputs.get(i).ok_or_else(|| {
+        lowering_error(
+            k,
+            format!(
+                "operand index {i} out of range: the kernel has {} inputs",
+                k.inputs.len()
+            ),
+        )
+    })
+}
+
+/// The HBM tensor id and storage dtype behind view `v` of kernel `k`; `what` names the view
+/// in the error ("input 2", "table").
+pub fn view_storage(
+    kg: &KernelGraph,
+    k: &Kernel,
+    v: &View,
+    what: &str,
+) -> Result<(TensorId, Dtype), CompileError> {
+    let t = kg.tensor(v.tensor).ok_or_else(|| {
+        lowering_error(
+            k,
+            format!("{what} names tensor {} which does not exist", v.tensor),
+        )
+    })?;
+    Ok((TensorId(v.tensor.0), t.dtype))
 }
 
 /// The dtype a tensor of storage type `d` has on chip: 64-bit integers are only an HBM

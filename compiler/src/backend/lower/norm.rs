@@ -9,11 +9,10 @@
 //! bias. Gamma and beta (the same row for every row) are loaded once per kernel with a
 //! partition-broadcast DMA and applied, with the epilogue, by the chain.
 
-use super::chain::{self, ChainTiles, OpTile};
-use super::elementwise::{rc_operand, selected};
-use super::operands::{Class, RcOperand, load_rc, rc_broadcaster, rc_buffers};
-use super::softmax::split_space;
-use super::{LowerCtx, chain_operands, lowering_error, on_chip_dtype};
+use super::chain::{self, ChainTiles};
+use super::operands::{Class, RcOperand, RowOperands, rc_buffers};
+use super::rows::{RowInputs, row_inputs, split_space};
+use super::{LowerCtx, lowering_error, on_chip_dtype};
 use crate::backend::alloc::BufferReq;
 use crate::backend::layout::{RowCols, cols, parts};
 use crate::backend::tiling::RowTiling;
@@ -91,23 +90,18 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<NormShape, CompileError> 
         });
     }
     chain_ops.extend(epilogue.iter().cloned());
-    let opnds = chain_operands(&chain_ops);
-    let mut inputs = vec![*x];
-    inputs.extend(&opnds);
-    let rc = split_space(k, &inputs, ncols)?;
-    let xo = rc_operand(kg, k, &rc, *x, 1, true)?;
-    let mut operands = Vec::new();
-    for (j, &i) in opnds.iter().enumerate() {
-        operands.push(rc_operand(kg, k, &rc, i, 2 + j, selected(&chain_ops, i))?);
-    }
-    let out_d = kg
-        .tensor(k.output.tensor)
-        .map(|t| t.dtype)
-        .ok_or_else(|| lowering_error(k, "output names a missing tensor"))?;
+    let RowInputs {
+        rc,
+        out,
+        x,
+        operands,
+    } = row_inputs(kg, k, *x, &chain_ops, |inputs| {
+        split_space(k, inputs, ncols)
+    })?;
     Ok(NormShape {
         rc,
-        out: (TensorId(k.output.tensor.0), out_d),
-        x: xo,
+        out,
+        x,
         operands,
         chain: chain_ops,
         rms: *rms,
@@ -145,9 +139,7 @@ pub fn buffers(s: &NormShape, t: &RowTiling) -> Vec<BufferReq> {
 pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> {
     let s = analyze(ctx.kg, ctx.kernel)?;
     let rc = &s.rc;
-    let rows = rc.num_rows();
-    let outer = rc.cols.first().copied().unwrap_or(1);
-    let inner = rc.cols.iter().skip(1).product::<usize>();
+    let outer = rc.outer_cols();
     let c = s.size as u32;
     let chunks = s.size.div_ceil(BN_STATS_FMAX);
     let (inb, work, outb, stat) = (
@@ -157,27 +149,12 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
         ctx.buf("stat")?,
     );
     let cast = ctx.bufs.get("cast").cloned();
-    // Gamma, beta and other same-for-every-row operands stay resident.
-    let mut bc = rc_broadcaster(ctx, &s.operands)?;
-    let mut fixed: Vec<Option<OpTile>> = vec![None; ctx.kernel.inputs.len()];
-    for o in &s.operands {
-        if o.class == Class::RowBcast {
-            let buf = ctx.buf(&format!("op{}", o.input))?;
-            fixed[o.input] = Some(load_rc(
-                ctx,
-                rc,
-                o,
-                0,
-                t.rows.min(rows),
-                0,
-                outer,
-                inner,
-                &buf,
-                0,
-                bc.as_mut(),
-            )?);
-        }
-    }
+    // Gamma, beta and other same-for-every-row operands stay resident (a tile always
+    // takes whole rows).
+    let n_in = ctx.kernel.inputs.len();
+    let mut opnds = RowOperands::new(ctx, rc, &s.operands, n_in, t.rows, |o| {
+        o.class == Class::RowBcast
+    })?;
     for (slot, (r0, p)) in rc.tiles(t.rows).into_iter().enumerate() {
         let pu = p as u32;
         let x = inb.tile(slot, s.x.tile_dtype(), pu, c);
@@ -187,30 +164,15 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
                 rc.hbm_ap(1, s.x.tensor, s.x.dtype, &run, 0, outer),
             );
         }
-        let mut operands = fixed.clone();
-        for o in &s.operands {
-            match &fixed[o.input] {
-                Some(OpTile::Full(ap)) => {
-                    operands[o.input] = Some(OpTile::Full(neuron_isa::Ap {
-                        partitions: pu,
-                        ..ap.clone()
-                    }));
-                }
-                Some(OpTile::Column(_)) => {}
-                None => {
-                    let buf = ctx.buf(&format!("op{}", o.input))?;
-                    operands[o.input] = Some(load_rc(
-                        ctx, rc, o, r0, p, 0, outer, inner, &buf, slot, None,
-                    )?);
-                }
-            }
-        }
+        let operands = opnds.load(ctx, r0, p, 0, outer, slot)?;
         let st = stat.tile(slot, Dtype::F32, pu, (6 * chunks + 4) as u32);
         let mv = cols(&st, (6 * chunks) as u32, 2);
         let (mean, var) = (cols(&mv, 0, 1), cols(&mv, 1, 1));
         let rstd = cols(&st, (6 * chunks + 2) as u32, 1);
         let w = work.tile(slot, Dtype::F32, pu, c);
-        if s.rms {
+        // The statistics differ; both norms then compute `rstd = rsqrt(stat * scale + eps)`
+        // and normalize with one `TensorScalar`, centring on the mean for layer norm only.
+        let (stat_col, scale, mean) = if s.rms {
             let sumsq = cols(&st, 0, 1);
             ctx.push(
                 Engine::Scalar,
@@ -223,30 +185,8 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
                     accum: Some(sumsq.clone()),
                 },
             );
-            ctx.push(
-                Engine::Scalar,
-                Op::Activation {
-                    dst: rstd.clone(),
-                    src: sumsq,
-                    func: ActFunc::Rsqrt,
-                    scale: Operand::Imm(1.0 / s.size as f32),
-                    bias: Some(Operand::Imm(s.eps)),
-                    accum: None,
-                },
-            );
-            ctx.push(
-                Engine::Vector,
-                Op::TensorScalar {
-                    dst: w.clone(),
-                    src: x,
-                    op0: AluOp::Mul,
-                    operand0: Operand::PerPartition(rstd),
-                    reverse0: false,
-                    op1: AluOp::Bypass,
-                    operand1: Operand::Imm(0.0),
-                    reverse1: false,
-                },
-            );
+            // The mean of squares is `sumsq / D`.
+            (sumsq, 1.0 / s.size as f32, None)
         } else {
             for ch in 0..chunks {
                 let c0 = ch * BN_STATS_FMAX;
@@ -266,31 +206,46 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
                     src: cols(&st, 0, (6 * chunks) as u32),
                 },
             );
-            ctx.push(
-                Engine::Scalar,
-                Op::Activation {
-                    dst: rstd.clone(),
-                    src: var,
-                    func: ActFunc::Rsqrt,
-                    scale: Operand::Imm(1.0),
-                    bias: Some(Operand::Imm(s.eps)),
-                    accum: None,
-                },
-            );
-            ctx.push(
-                Engine::Vector,
-                Op::TensorScalar {
-                    dst: w.clone(),
-                    src: x,
-                    op0: AluOp::Sub,
-                    operand0: Operand::PerPartition(mean),
-                    reverse0: false,
-                    op1: AluOp::Mul,
-                    operand1: Operand::PerPartition(rstd),
-                    reverse1: false,
-                },
-            );
-        }
+            (var, 1.0, Some(mean))
+        };
+        ctx.push(
+            Engine::Scalar,
+            Op::Activation {
+                dst: rstd.clone(),
+                src: stat_col,
+                func: ActFunc::Rsqrt,
+                scale: Operand::Imm(scale),
+                bias: Some(Operand::Imm(s.eps)),
+                accum: None,
+            },
+        );
+        let (op0, operand0, op1, operand1) = match mean {
+            Some(mean) => (
+                AluOp::Sub,
+                Operand::PerPartition(mean),
+                AluOp::Mul,
+                Operand::PerPartition(rstd),
+            ),
+            None => (
+                AluOp::Mul,
+                Operand::PerPartition(rstd),
+                AluOp::Bypass,
+                Operand::Imm(0.0),
+            ),
+        };
+        ctx.push(
+            Engine::Vector,
+            Op::TensorScalar {
+                dst: w.clone(),
+                src: x,
+                op0,
+                operand0,
+                reverse0: false,
+                op1,
+                operand1,
+                reverse1: false,
+            },
+        );
         let tiles = ChainTiles {
             src: w.clone(),
             work: work.tile(slot, s.act_dtype, pu, c),

@@ -9,13 +9,19 @@
 //! - [`Class::Column`]: one value per row (`[M, 1]`); loaded as `[P, 1]` and used as a
 //!   per-partition scalar operand, never expanded;
 //! - [`Class::Scalar`]: one value for everything; `[P, 1]` with partition stride 0.
+//!
+//! [`RowOperands`] holds a row-tiled kernel's operand tiles (loaded once or per tile);
+//! [`ResidentRows`] holds the rows that batched kernels (matmul, attention) broadcast on
+//! chip and keep for as long as the row stays the same.
 
 use super::chain::OpTile;
 use super::{LowerCtx, on_chip_dtype};
 use crate::backend::alloc::Buf;
 use crate::backend::alloc::BufferReq;
 use crate::backend::layout::{Mat, RowCols, Run, cols, parts};
+use crate::backend::tiling::RowTiling;
 use crate::error::CompileError;
+use crate::kernel::View;
 use neuron_isa::{Ap, Dim, Dtype, Engine, Op, TensorId};
 
 /// How an operand varies over a tile.
@@ -195,6 +201,212 @@ pub fn mat_class(mat: &Mat, force_full: bool) -> Class {
         Class::Full
     } else {
         Class::of(mat.rs != 0 && mat.rows > 1, mat.cs != 0 && mat.cols > 1)
+    }
+}
+
+/// Whether matrix operand `v` (a view shaped `batch ++ [rows, cols]`) is one row for every
+/// output row (a bias, a mask shared by every query). Batches only move a matrix's offset,
+/// so the answer holds for every batch.
+pub fn is_row_bcast(v: &View, force_full: bool) -> bool {
+    let m = Mat::of_batch(v, &[], 0, TensorId(0), Dtype::F32);
+    mat_class(&m, force_full) == Class::RowBcast
+}
+
+/// The matrices of batch `bi` of a batched kernel's operands `(kernel input, view shaped
+/// batch ++ [rows, cols], force_full)`, as `(kernel input, matrix, force_full)`.
+pub fn batch_operands(
+    ctx: &LowerCtx<'_>,
+    ops: &[(usize, View, bool)],
+    batch: &[usize],
+    bi: usize,
+) -> Result<Vec<(usize, Mat, bool)>, CompileError> {
+    ops.iter()
+        .map(|(i, v, full)| {
+            let (tensor, dtype) = ctx.tensor(v)?;
+            Ok((*i, Mat::of_batch(v, batch, bi, tensor, dtype), *full))
+        })
+        .collect()
+}
+
+/// Row-broadcast operands of a batched kernel (biases, masks, dequantization scales) kept
+/// on chip as fp32 `[partitions, cols]` tiles, by operand index, each with the storage
+/// offset its row came from: a row is broadcast again only when a batch moves to another.
+pub struct ResidentRows {
+    rows: Vec<Option<(i64, Ap)>>,
+    bc: Option<Broadcaster>,
+    partitions: u32,
+    cols: usize,
+}
+
+impl ResidentRows {
+    /// Room for operand indices `0 .. count`, broadcast through PSUM buffer `psum` when the
+    /// kernel planned a broadcaster (its `bc_ones` buffer exists).
+    pub fn new(
+        ctx: &LowerCtx<'_>,
+        psum: &str,
+        count: usize,
+        partitions: u32,
+        cols: usize,
+    ) -> Result<ResidentRows, CompileError> {
+        let bc = match ctx.bufs.get("bc_ones") {
+            Some(_) => Some(Broadcaster::new(ctx, psum)?),
+            None => None,
+        };
+        Ok(ResidentRows {
+            rows: vec![None; count],
+            bc,
+            partitions,
+            cols,
+        })
+    }
+
+    /// The number of operand indices covered.
+    pub fn count(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Makes the first row of `mat` resident as operand `i` in buffer `buf`, unless it
+    /// already is (the same offset).
+    pub fn ensure(
+        &mut self,
+        ctx: &mut LowerCtx<'_>,
+        i: usize,
+        mat: &Mat,
+        buf: &str,
+    ) -> Result<(), CompileError> {
+        if self.rows[i]
+            .as_ref()
+            .is_some_and(|(off, _)| *off == mat.offset)
+        {
+            return Ok(());
+        }
+        let Some(b) = self.bc.as_mut() else {
+            return Err(ctx.err(format!("internal: no broadcast buffers for '{buf}'")));
+        };
+        let tile = ctx
+            .buf(buf)?
+            .tile(0, Dtype::F32, self.partitions, self.cols as u32);
+        b.broadcast(ctx, &mat.rows_ap(0, 1, 0, self.cols), &tile);
+        self.rows[i] = Some((mat.offset, tile));
+        Ok(())
+    }
+
+    /// [`ResidentRows::ensure`] for each row-broadcast operand of `ops` (buffer `op{i}`).
+    pub fn ensure_row_bcasts(
+        &mut self,
+        ctx: &mut LowerCtx<'_>,
+        ops: &[(usize, Mat, bool)],
+    ) -> Result<(), CompileError> {
+        for (i, mat, full) in ops {
+            if mat_class(mat, *full) == Class::RowBcast {
+                self.ensure(ctx, *i, mat, &format!("op{i}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Columns `c0 .. c0 + n` of resident operand `i` for a tile of `p` rows.
+    pub fn tile(&self, i: usize, p: u32, c0: usize, n: usize) -> Option<OpTile> {
+        let (_, tile) = self.rows.get(i)?.as_ref()?;
+        Some(OpTile::Full(Ap {
+            partitions: p,
+            ..cols(tile, c0 as u32, n as u32)
+        }))
+    }
+}
+
+/// Whether operand `o` of a row-tiled kernel is loaded once per kernel: the same row for
+/// every tile, and tiles of `t.cols` outer columns take whole rows (one column chunk).
+pub fn loaded_once(o: &RcOperand, rc: &RowCols, t: &RowTiling) -> bool {
+    o.class == Class::RowBcast && t.cols >= rc.outer_cols()
+}
+
+/// The operand tiles of a row-tiled kernel, by kernel input index. The operands picked as
+/// resident are loaded once, up front, into slot 0 of their buffers; the others per tile.
+pub struct RowOperands<'s> {
+    rc: &'s RowCols,
+    ops: &'s [RcOperand],
+    fixed: Vec<Option<OpTile>>,
+    bc: Option<Broadcaster>,
+}
+
+impl<'s> RowOperands<'s> {
+    /// The operands `ops` of space `rc`, in tile vectors of `len` entries (the kernel's
+    /// inputs and any synthetic operands the caller adds later). Loads the operands
+    /// `resident` picks, for tiles of at most `max_rows` rows and whole rows of columns.
+    pub fn new(
+        ctx: &mut LowerCtx<'_>,
+        rc: &'s RowCols,
+        ops: &'s [RcOperand],
+        len: usize,
+        max_rows: usize,
+        resident: impl Fn(&RcOperand) -> bool,
+    ) -> Result<RowOperands<'s>, CompileError> {
+        let mut bc = rc_broadcaster(ctx, ops)?;
+        let mut fixed: Vec<Option<OpTile>> = vec![None; len];
+        let (outer, inner) = (rc.outer_cols(), rc.inner_cols());
+        for o in ops {
+            if resident(o) {
+                let buf = ctx.buf(&format!("op{}", o.input))?;
+                fixed[o.input] = Some(load_rc(
+                    ctx,
+                    rc,
+                    o,
+                    0,
+                    max_rows.min(rc.num_rows()),
+                    0,
+                    outer,
+                    inner,
+                    &buf,
+                    0,
+                    bc.as_mut(),
+                )?);
+            }
+        }
+        Ok(RowOperands { rc, ops, fixed, bc })
+    }
+
+    /// The operand tiles of rows `r0 .. r0 + p` and outer columns `c0 .. c0 + nc`: the
+    /// resident ones cut to `p` rows, the others loaded into slot `slot`.
+    pub fn load(
+        &mut self,
+        ctx: &mut LowerCtx<'_>,
+        r0: usize,
+        p: usize,
+        c0: usize,
+        nc: usize,
+        slot: usize,
+    ) -> Result<Vec<Option<OpTile>>, CompileError> {
+        let mut operands = self.fixed.clone();
+        let inner = self.rc.inner_cols();
+        for o in self.ops {
+            match &self.fixed[o.input] {
+                Some(OpTile::Full(ap)) => {
+                    operands[o.input] = Some(OpTile::Full(Ap {
+                        partitions: p as u32,
+                        ..ap.clone()
+                    }));
+                }
+                Some(OpTile::Column(_)) => {}
+                None => {
+                    let buf = ctx.buf(&format!("op{}", o.input))?;
+                    operands[o.input] = Some(load_rc(
+                        ctx,
+                        self.rc,
+                        o,
+                        r0,
+                        p,
+                        c0,
+                        nc,
+                        inner,
+                        &buf,
+                        slot,
+                        self.bc.as_mut(),
+                    )?);
+                }
+            }
+        }
+        Ok(operands)
     }
 }
 

@@ -9,8 +9,7 @@
 //! Deviation: reducing everything of a tensor leaves a single row on one partition; we do
 //! not yet spread it over partitions and finish with a cross-partition matmul.
 
-use super::chain::{self, ChainTiles};
-use super::elementwise::selected;
+use super::chain::{self, ChainTiles, selected};
 use super::operands::{Class, RcOperand, classify, load_rc};
 use super::{LowerCtx, chain_operands, lowering_error, on_chip_dtype};
 use crate::backend::alloc::BufferReq;
@@ -153,7 +152,7 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<ReduceShape, CompileError
 
 /// Buffers of a reduce kernel.
 pub fn buffers(s: &ReduceShape, t: &RowTiling) -> Vec<BufferReq> {
-    let inner = s.rc.cols.iter().skip(1).product::<usize>() as u64;
+    let inner = s.rc.inner_cols() as u64;
     let mut v = vec![
         BufferReq::sbuf(
             "in",
@@ -177,8 +176,7 @@ pub fn buffers(s: &ReduceShape, t: &RowTiling) -> Vec<BufferReq> {
 pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> {
     let s = analyze(ctx.kg, ctx.kernel)?;
     let rc = &s.rc;
-    let outer = rc.cols.first().copied().unwrap_or(1);
-    let inner = rc.cols.iter().skip(1).product::<usize>();
+    let (outer, inner) = (rc.outer_cols(), rc.inner_cols());
     let (inb, accb, outb) = (ctx.buf("in")?, ctx.buf("acc")?, ctx.buf("out")?);
     let cast = ctx.bufs.get("cast").cloned();
     let mut in_slot = 0usize;

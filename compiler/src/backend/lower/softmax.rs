@@ -7,16 +7,17 @@
 //! the normalizing multiply is the first step of the epilogue chain (a per-row scalar
 //! operand, so it shares a `TensorScalar` with a following scalar op).
 
+use super::LowerCtx;
 use super::chain::{self, ChainTiles, OpTile};
-use super::elementwise::{rc_operand, selected};
-use super::operands::{RcOperand, load_rc, rc_broadcaster, rc_buffers};
-use super::{LowerCtx, chain_operands, lowering_error, on_chip_dtype};
+use super::operands::{RcOperand, RowOperands, rc_buffers};
+use super::rows::{RowInputs, row_inputs, split_space};
+use super::{lowering_error, on_chip_dtype};
 use crate::backend::alloc::BufferReq;
-use crate::backend::layout::{RowCols, broadcast_view, cols, parts};
+use crate::backend::layout::{RowCols, cols, parts};
 use crate::backend::tiling::RowTiling;
 use crate::error::CompileError;
-use crate::kernel::{BinaryFn, EwOp, Kernel, KernelGraph, KernelOp, View};
-use neuron_isa::{ActFunc, AluOp, Dtype, Engine, Op, Operand, TensorId};
+use crate::kernel::{BinaryFn, EwOp, Kernel, KernelGraph, KernelOp};
+use neuron_isa::{ActFunc, AluOp, Ap, Dtype, Engine, Op, Operand, TensorId};
 
 /// The shape facts of a softmax kernel.
 #[derive(Debug, Clone)]
@@ -35,46 +36,6 @@ pub struct SmShape {
     pub epilogue: Vec<EwOp>,
 }
 
-/// The row/column space of a kernel whose last `ncols` output axes are columns, over the
-/// output, then `inputs` broadcast to the output shape.
-pub fn split_space(k: &Kernel, inputs: &[usize], ncols: usize) -> Result<RowCols, CompileError> {
-    let shape = &k.output.shape;
-    let mut views: Vec<View> = vec![k.output.clone()];
-    for &i in inputs {
-        let v = k.inputs.get(i).ok_or_else(|| {
-            lowering_error(
-                k,
-                format!(
-                    "operand index {i} out of range: the kernel has {} inputs",
-                    k.inputs.len()
-                ),
-            )
-        })?;
-        views.push(broadcast_view(v, shape).ok_or_else(|| {
-            lowering_error(
-                k,
-                format!(
-                    "input {i} of shape {:?} does not broadcast to {:?}",
-                    v.shape, shape
-                ),
-            )
-        })?);
-    }
-    let refs: Vec<&View> = views.iter().collect();
-    let rc = RowCols::split_axes(shape, &refs, ncols);
-    if rc.cols.len() > neuron_isa::MAX_FREE_DIMS {
-        return Err(lowering_error(
-            k,
-            format!(
-                "the last {ncols} axes need {} free dimensions after merging, the hardware has {}",
-                rc.cols.len(),
-                neuron_isa::MAX_FREE_DIMS
-            ),
-        ));
-    }
-    Ok(rc)
-}
-
 /// Analyses a softmax kernel.
 pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<SmShape, CompileError> {
     let KernelOp::Softmax {
@@ -87,27 +48,64 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<SmShape, CompileError> {
     };
     let mut all = prologue.clone();
     all.extend(epilogue.iter().cloned());
-    let opnds = chain_operands(&all);
-    let mut inputs = vec![*x];
-    inputs.extend(&opnds);
-    let rc = split_space(k, &inputs, 1)?;
-    let xo = rc_operand(kg, k, &rc, *x, 1, true)?;
-    let mut operands = Vec::new();
-    for (j, &i) in opnds.iter().enumerate() {
-        operands.push(rc_operand(kg, k, &rc, i, 2 + j, selected(&all, i))?);
-    }
-    let out_d = kg
-        .tensor(k.output.tensor)
-        .map(|t| t.dtype)
-        .ok_or_else(|| lowering_error(k, "output names a missing tensor"))?;
+    let RowInputs {
+        rc,
+        out,
+        x,
+        operands,
+    } = row_inputs(kg, k, *x, &all, |inputs| split_space(k, inputs, 1))?;
     Ok(SmShape {
         rc,
-        out: (TensorId(k.output.tensor.0), out_d),
-        x: xo,
+        out,
+        x,
         operands,
         prologue: prologue.clone(),
         epilogue: epilogue.clone(),
     })
+}
+
+/// The unnormalized softmax of each row of `src` (`[p, n]`, fp32): writes `exp(x - max)`
+/// into `dst` and returns `1 / sum` per row. `stat` is a `[p, 4]` fp32 scratch tile whose
+/// first three columns hold `-max`, the sum and its reciprocal (the returned column).
+///
+/// One ScalarE `Activation(exp, bias = -max)` both exponentiates and, through its
+/// accumulator, sums each row; the caller multiplies by the reciprocal wherever it is
+/// cheapest (softmax kernels: the first epilogue step; attention: after P @ V).
+pub fn unnormalized(ctx: &mut LowerCtx<'_>, src: Ap, dst: Ap, stat: &Ap) -> Ap {
+    let (negmax, sum, recip) = (cols(stat, 0, 1), cols(stat, 1, 1), cols(stat, 2, 1));
+    ctx.push(
+        Engine::Vector,
+        Op::TensorReduce {
+            dst: negmax.clone(),
+            src: src.clone(),
+            op: AluOp::Max,
+            axes: 1,
+            negate: true,
+        },
+    );
+    ctx.push(
+        Engine::Scalar,
+        Op::Activation {
+            dst,
+            src,
+            func: ActFunc::Exp,
+            scale: Operand::Imm(1.0),
+            bias: Some(Operand::PerPartition(negmax)),
+            accum: Some(sum.clone()),
+        },
+    );
+    ctx.push(
+        Engine::Scalar,
+        Op::Activation {
+            dst: recip.clone(),
+            src: sum,
+            func: ActFunc::Reciprocal,
+            scale: Operand::Imm(1.0),
+            bias: None,
+            accum: None,
+        },
+    );
+    recip
 }
 
 /// Buffers of a softmax kernel.
@@ -132,10 +130,12 @@ pub fn buffers(s: &SmShape, t: &RowTiling) -> Vec<BufferReq> {
 pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> {
     let s = analyze(ctx.kg, ctx.kernel)?;
     let rc = &s.rc;
-    let outer = rc.cols.first().copied().unwrap_or(1);
-    let inner = rc.cols.iter().skip(1).product::<usize>();
+    let outer = rc.outer_cols();
     let c = rc.num_cols() as u32;
-    let mut bc = rc_broadcaster(ctx, &s.operands)?;
+    let recip_idx = ctx.kernel.inputs.len();
+    // `buffers` plans no resident operand (each has a slot per tile in flight), so all are
+    // loaded per tile; the extra entry is the reciprocal column.
+    let mut opnds = RowOperands::new(ctx, rc, &s.operands, recip_idx + 1, t.rows, |_| false)?;
     let (inb, work, outb, stat) = (
         ctx.buf("in")?,
         ctx.buf("work")?,
@@ -143,7 +143,6 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
         ctx.buf("stat")?,
     );
     let cast = ctx.bufs.get("cast").cloned();
-    let recip_idx = ctx.kernel.inputs.len();
     let mut epilogue = vec![EwOp::Tensor {
         op: BinaryFn::Mul,
         operand: recip_idx,
@@ -159,23 +158,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
                 rc.hbm_ap(1, s.x.tensor, s.x.dtype, &run, 0, outer),
             );
         }
-        let mut operands: Vec<Option<OpTile>> = vec![None; recip_idx + 1];
-        for o in &s.operands {
-            let buf = ctx.buf(&format!("op{}", o.input))?;
-            operands[o.input] = Some(load_rc(
-                ctx,
-                rc,
-                o,
-                r0,
-                p,
-                0,
-                outer,
-                inner,
-                &buf,
-                slot,
-                bc.as_mut(),
-            )?);
-        }
+        let mut operands = opnds.load(ctx, r0, p, 0, outer, slot)?;
         let w = work.tile(slot, Dtype::F32, pu, c);
         let cur = if s.prologue.is_empty() {
             x
@@ -190,39 +173,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
             chain::apply(ctx, &s.prologue, &tiles)?
         };
         let st = stat.tile(slot, Dtype::F32, pu, 4);
-        let (negmax, sum, recip) = (cols(&st, 0, 1), cols(&st, 1, 1), cols(&st, 2, 1));
-        ctx.push(
-            Engine::Vector,
-            Op::TensorReduce {
-                dst: negmax.clone(),
-                src: cur.clone(),
-                op: AluOp::Max,
-                axes: 1,
-                negate: true,
-            },
-        );
-        ctx.push(
-            Engine::Scalar,
-            Op::Activation {
-                dst: w.clone(),
-                src: cur,
-                func: ActFunc::Exp,
-                scale: Operand::Imm(1.0),
-                bias: Some(Operand::PerPartition(negmax)),
-                accum: Some(sum.clone()),
-            },
-        );
-        ctx.push(
-            Engine::Scalar,
-            Op::Activation {
-                dst: recip.clone(),
-                src: sum,
-                func: ActFunc::Reciprocal,
-                scale: Operand::Imm(1.0),
-                bias: None,
-                accum: None,
-            },
-        );
+        let recip = unnormalized(ctx, cur, w.clone(), &st);
         operands[recip_idx] = Some(OpTile::Column(recip));
         let tiles = ChainTiles {
             src: w.clone(),
