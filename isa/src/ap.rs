@@ -128,23 +128,27 @@ impl Ap {
     }
 
     /// Elements per partition (the product of the free sizes): the `N` of the cost model.
+    /// Saturates at `u64::MAX` for absurd, unverified patterns.
     pub fn free_elems(&self) -> u64 {
-        self.dims.iter().map(|d| u64::from(d.size)).product()
+        self.dims
+            .iter()
+            .fold(1u64, |acc, d| acc.saturating_mul(u64::from(d.size)))
     }
 
-    /// Total elements in the view.
+    /// Total elements in the view (saturating).
     pub fn elems(&self) -> u64 {
-        self.free_elems() * u64::from(self.partitions)
+        self.free_elems().saturating_mul(u64::from(self.partitions))
     }
 
-    /// Total bytes the view covers (elements times element size; broadcast elements count).
+    /// Total bytes the view covers (elements times element size; broadcast elements count;
+    /// saturating).
     pub fn bytes(&self) -> u64 {
-        self.elems() * self.dtype.size()
+        self.elems().saturating_mul(self.dtype.size())
     }
 
-    /// Bytes per partition (row) of the view.
+    /// Bytes per partition (row) of the view (saturating).
     pub fn bytes_per_partition(&self) -> u64 {
-        self.free_elems() * self.dtype.size()
+        self.free_elems().saturating_mul(self.dtype.size())
     }
 
     /// Whether the innermost free dimension is contiguous (stride 1) or there are no dims.
@@ -155,25 +159,27 @@ impl Ap {
     }
 
     /// The range of byte offsets `[lo, hi)` touched within one row, relative to the row's
-    /// base, or `None` for an empty view. Negative strides can make `lo` negative.
+    /// base, or `None` for an empty view (or an absurd, unverified one whose span does not
+    /// fit in 64 bits). Negative strides can make `lo` negative.
     pub fn row_byte_span(&self) -> Option<(i64, i64)> {
-        let esize = self.dtype.size() as i64;
-        let mut lo: i64 = 0;
-        let mut hi: i64 = 0;
+        let esize = i128::from(self.dtype.size());
+        let mut lo: i128 = 0;
+        let mut hi: i128 = 0;
         for d in &self.dims {
             if d.size == 0 {
                 return None;
             }
-            let reach = (i64::from(d.size) - 1) * d.stride;
+            let reach = (i128::from(d.size) - 1) * i128::from(d.stride);
             if reach < 0 {
                 lo += reach;
             } else {
                 hi += reach;
             }
         }
+        let offset = i128::from(self.offset);
         Some((
-            lo * esize + self.offset as i64,
-            (hi + 1) * esize + self.offset as i64,
+            i64::try_from(lo * esize + offset).ok()?,
+            i64::try_from((hi + 1) * esize + offset).ok()?,
         ))
     }
 }
@@ -209,5 +215,47 @@ impl fmt::Display for Ap {
             }
         }
         f.write_str("]")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (found by the program fuzzer): sizes and spans of absurd, unverified
+    /// patterns overflowed (a panic in debug builds) instead of saturating / giving `None`.
+    #[test]
+    fn absurd_patterns_saturate() {
+        let big = Dim {
+            size: u32::MAX,
+            stride: i64::MAX,
+        };
+        let ap = Ap {
+            mem: Memory::Sbuf,
+            dtype: Dtype::I64,
+            offset: u64::MAX,
+            start_partition: 0,
+            partitions: 128,
+            partition_stride: 1,
+            dims: vec![big; 4],
+        };
+        assert_eq!(ap.free_elems(), u64::MAX);
+        assert_eq!(ap.elems(), u64::MAX);
+        assert_eq!(ap.bytes(), u64::MAX);
+        assert_eq!(ap.bytes_per_partition(), u64::MAX);
+        assert_eq!(ap.row_byte_span(), None);
+        let small = Ap {
+            dims: vec![
+                Dim {
+                    size: 3,
+                    stride: -2,
+                },
+                Dim { size: 4, stride: 1 },
+            ],
+            offset: 40,
+            ..ap
+        };
+        assert_eq!(small.row_byte_span(), Some((40 - 32, 40 + 32)));
+        assert_eq!((small.free_elems(), small.bytes()), (12, 12 * 128 * 8));
     }
 }

@@ -247,9 +247,18 @@ impl Artifact {
         Ok(art)
     }
 
-    /// Checks every weight range against the blob and the tensor table.
+    /// Checks every weight range against the blob and the tensor table (at most one range
+    /// per tensor).
     pub fn check_weights(&self) -> Result<(), ArtifactError> {
+        let mut seen = std::collections::BTreeSet::new();
         for w in &self.meta.weights {
+            if !seen.insert(w.tensor) {
+                return Err(ArtifactError::BadWeight {
+                    tensor: w.tensor,
+                    message: "the tensor has more than one weight range (expected at most one)"
+                        .into(),
+                });
+            }
             let Some(t) = self.meta.program.tensors.get(w.tensor.0 as usize) else {
                 return Err(ArtifactError::BadWeight {
                     tensor: w.tensor,

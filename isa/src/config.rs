@@ -118,6 +118,13 @@ pub enum ConfigError {
 const KIB: u64 = 1024;
 const GIB: u64 = 1024 * 1024 * 1024;
 
+/// Largest `sbuf_bytes_per_partition` [`ChipConfig::validate`] accepts (4 MiB; 512 MiB in
+/// all): a full simulation allocates the whole SBUF up front.
+pub const MAX_SBUF_BYTES_PER_PARTITION: u64 = 4 * 1024 * KIB;
+/// Largest `hbm_bytes` [`ChipConfig::validate`] accepts (64 GiB): bounds the host memory
+/// the simulator may allocate for a program's HBM tensors.
+pub const MAX_HBM_BYTES: u64 = 64 * GIB;
+
 impl ChipConfig {
     /// NeuronCore-v2 as in a Trn1 chip (one of its two cores).
     pub fn trn1() -> ChipConfig {
@@ -295,12 +302,14 @@ impl ChipConfig {
                 Ok(())
             }
         };
-        // SBUF: at least 16 KiB, at most 64 MiB per partition (8 GiB total).
+        // SBUF: at least 16 KiB, at most 4 MiB per partition (512 MiB total, about 18x
+        // trn2): a full run allocates all of it up front, so an absurd but otherwise
+        // well-formed value must not make the simulator allocate gigabytes.
         check_range(
             "sbuf_bytes_per_partition",
             self.sbuf_bytes_per_partition,
             16 * KIB,
-            64 * 1024 * KIB,
+            MAX_SBUF_BYTES_PER_PARTITION,
         )?;
         check_range("psum_banks", u64::from(self.psum_banks), 1, 64)?;
         check_range(
@@ -317,7 +326,9 @@ impl ChipConfig {
                 self.psum_bytes_per_partition
             ),
         })?;
-        check_range("hbm_bytes", self.hbm_bytes, 1 << 20, 1 << 40)?;
+        // HBM: the simulator allocates every tensor of a program (up to this total), so the
+        // cap bounds host memory: 64 GiB, 4x trn1's 16 GiB per core.
+        check_range("hbm_bytes", self.hbm_bytes, 1 << 20, MAX_HBM_BYTES)?;
         check_range("dma_engines", u64::from(self.dma_engines), 1, 128)?;
         if self.partitions % self.dma_engines != 0 {
             return Err(ConfigError::Invalid {
@@ -395,5 +406,70 @@ impl ChipConfig {
             Dtype::I8 | Dtype::U8 => base * f64::from(self.matmul_int8_speedup),
             _ => base,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid(text: &str) -> String {
+        match ChipConfig::from_toml_str(text, "t.toml") {
+            Ok(cfg) => panic!("accepted {cfg:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn presets_validate() {
+        ChipConfig::trn1().validate().unwrap();
+        ChipConfig::trn2().validate().unwrap();
+    }
+
+    /// Regression (found by the simulator's config fuzzer): a 64 MiB-per-partition SBUF
+    /// (8 GiB in all) was accepted and a full simulation allocated all of it up front.
+    #[test]
+    fn sbuf_and_hbm_sizes_are_capped_to_bound_host_memory() {
+        assert_eq!(
+            invalid("sbuf_bytes_per_partition = 67108864"),
+            "invalid chip config field `sbuf_bytes_per_partition`: expected 16384..=4194304, \
+             found 67108864"
+        );
+        assert_eq!(
+            invalid("hbm_bytes = 1099511627776"),
+            "invalid chip config field `hbm_bytes`: expected 1048576..=68719476736, found \
+             1099511627776"
+        );
+        let cfg = ChipConfig::from_toml_str(
+            "sbuf_bytes_per_partition = 4194304\nhbm_bytes = 68719476736",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(cfg.sbuf_bytes_per_partition, MAX_SBUF_BYTES_PER_PARTITION);
+        assert_eq!(cfg.hbm_bytes, MAX_HBM_BYTES);
+    }
+
+    #[test]
+    fn bad_values_are_errors_naming_the_field() {
+        assert_eq!(
+            invalid("tensor_clock_ghz = nan"),
+            "invalid chip config field `tensor_clock_ghz`: expected a positive finite number, \
+             found NaN"
+        );
+        assert_eq!(
+            invalid("dma_fixed_latency_ns = -inf"),
+            "invalid chip config field `dma_fixed_latency_ns`: expected a non-negative finite \
+             number, found -inf"
+        );
+        assert!(invalid("psum_banks = -1").starts_with("invalid chip config t.toml: "));
+        assert!(invalid("generation = 4294967296").starts_with("invalid chip config t.toml: "));
+        assert_eq!(
+            invalid("dma_engines = 0"),
+            "invalid chip config field `dma_engines`: expected 1..=128, found 0"
+        );
+        assert_eq!(
+            invalid("base = 3"),
+            "invalid chip config t.toml: `base` must be a string naming a preset, found integer"
+        );
     }
 }

@@ -32,14 +32,16 @@ pub struct HbmTensor {
 }
 
 impl HbmTensor {
-    /// Number of elements.
+    /// Number of elements (saturating at `u64::MAX` for absurd, unverified shapes).
     pub fn elems(&self) -> u64 {
-        self.shape.iter().product()
+        self.shape
+            .iter()
+            .fold(1u64, |acc, &d| acc.saturating_mul(d))
     }
 
-    /// Size in bytes.
+    /// Size in bytes (saturating at `u64::MAX` for absurd, unverified shapes).
     pub fn bytes(&self) -> u64 {
-        self.elems() * self.dtype.size()
+        self.elems().saturating_mul(self.dtype.size())
     }
 }
 
@@ -91,5 +93,34 @@ impl Program {
     /// The stream of `engine`, if any.
     pub fn stream(&self, engine: Engine) -> Option<&Stream> {
         self.streams.iter().find(|s| s.engine == engine)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (found by the program fuzzer): `bytes()` of a tensor whose shape overflows
+    /// 64 bits panicked in the disassembler and in `Artifact::check_weights`.
+    #[test]
+    fn sizes_of_absurd_shapes_saturate() {
+        let t = HbmTensor {
+            name: "t".into(),
+            kind: TensorKind::Weight,
+            shape: vec![u64::MAX / 2, 3],
+            dtype: Dtype::F32,
+        };
+        assert_eq!(t.elems(), u64::MAX);
+        assert_eq!(t.bytes(), u64::MAX);
+        let t = HbmTensor {
+            shape: vec![1 << 40, 1 << 30],
+            ..t
+        };
+        assert_eq!(t.elems(), u64::MAX);
+        let t = HbmTensor {
+            shape: vec![3, 5],
+            ..t
+        };
+        assert_eq!((t.elems(), t.bytes()), (15, 60));
     }
 }

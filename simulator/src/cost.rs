@@ -61,7 +61,10 @@ fn is_int8(d: Dtype) -> bool {
 
 /// Matmul FLOPs: `2 * K * M * N` (one multiply-add is two FLOPs).
 pub fn matmul_flops(stationary: &Ap, moving: &Ap) -> u64 {
-    2 * u64::from(stationary.partitions) * stationary.free_elems() * moving.free_elems()
+    // Saturating: verified matmuls are tiny, but this is public and must never overflow.
+    2u64.saturating_mul(u64::from(stationary.partitions))
+        .saturating_mul(stationary.free_elems())
+        .saturating_mul(moving.free_elems())
 }
 
 /// TensorE cycles of a matmul, without the pipeline fill:
@@ -114,9 +117,12 @@ pub fn compute_cycles(cfg: &ChipConfig, engine: Engine, op: &Op) -> u64 {
                 Floor::None => elem_cycles,
             };
             match op {
-                Op::Activation { accum: Some(_), .. } => cycles += min_ii,
-                Op::Iota { .. } => cycles += cfg.gpsimd_start_cycles,
-                _ if engine == Engine::GpSimd => cycles += cfg.gpsimd_start_cycles,
+                // Saturating: the cycle constants accept any u64 (docs/chip-config.md).
+                Op::Activation { accum: Some(_), .. } => cycles = cycles.saturating_add(min_ii),
+                Op::Iota { .. } => cycles = cycles.saturating_add(cfg.gpsimd_start_cycles),
+                _ if engine == Engine::GpSimd => {
+                    cycles = cycles.saturating_add(cfg.gpsimd_start_cycles)
+                }
                 _ => {}
             }
             cycles.saturating_add(cfg.access_overhead_cycles)

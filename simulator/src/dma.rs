@@ -161,7 +161,8 @@ impl DmaModel {
         let (first_engine, fractions) = self.engine_fractions(plan.partitions);
         let bytes = plan.bytes as f64;
         let hbm = (plan.hbm_read + plan.hbm_write) as f64;
-        let data_start_ps = now + self.latency_ps;
+        // Saturating: an absurd (but finite) configured latency must not wrap.
+        let data_start_ps = now.saturating_add(self.latency_ps);
         self.active.push(Transfer {
             stream,
             start_ps: now,
@@ -350,7 +351,7 @@ impl DmaModel {
             }
         }
         for t in self.active.iter_mut().filter(|t| t.moving) {
-            let min_end = t.start_ps + 1;
+            let min_end = t.start_ps.saturating_add(1);
             t.finish_ps = if t.remaining <= 0.0 {
                 now.max(min_end)
             } else if t.rate > 0.0 {

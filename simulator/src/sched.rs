@@ -214,15 +214,16 @@ pub fn run(
                 } = &instr.op
                 {
                     rec.flops = cost::matmul_flops(stationary, moving);
-                    *flops
+                    let sum = flops
                         .entry(cost::matmul_input_dtype(stationary, moving))
-                        .or_insert(0) += rec.flops;
+                        .or_insert(0u64);
+                    *sum = sum.saturating_add(rec.flops);
                 }
                 let end = now.saturating_add(cost::cycles_to_ps(cycles, st.clock_ghz).max(1));
                 rec.end_ps = end;
                 compute_done.push(Reverse((end, si)));
             }
-            st.stats.wait_ps += now - st.free_at;
+            st.stats.wait_ps = st.stats.wait_ps.saturating_add(now - st.free_at);
             st.running = Some(Running {
                 record: records.len(),
                 cycles,
@@ -259,12 +260,13 @@ pub fn run(
             rec.end_ps = now;
             let dur = now - rec.start_ps;
             st.stats.instructions += 1;
-            st.stats.busy_ps += dur;
-            st.stats.busy_cycles += if st.engine.is_dma() {
+            // Saturating: absurd configured latencies or clocks give saturated times.
+            st.stats.busy_ps = st.stats.busy_ps.saturating_add(dur);
+            st.stats.busy_cycles = st.stats.busy_cycles.saturating_add(if st.engine.is_dma() {
                 cost::ps_to_cycles(dur, st.clock_ghz)
             } else {
                 run.cycles
-            };
+            });
             st.free_at = now;
             st.pc += 1;
             for s in &instr.signal {

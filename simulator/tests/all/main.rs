@@ -6,6 +6,8 @@ mod exec_dma;
 mod exec_helpers;
 mod exec_tensor;
 mod exec_vector;
+mod fuzz_artifacts;
+mod fuzz_programs;
 mod handwritten;
 mod numerics;
 mod prog_builder;
