@@ -43,6 +43,10 @@ pub struct BufferReq {
     pub bytes: u64,
     /// Number of slots (2 = double-buffered).
     pub slots: u32,
+    /// Written once and only read afterwards (a matmul's whole W): the allocator keeps it
+    /// apart from every other buffer of the program when SBUF allows, so its loads need not
+    /// wait for any earlier kernel.
+    pub pinned: bool,
 }
 
 impl BufferReq {
@@ -53,6 +57,15 @@ impl BufferReq {
             mem: OnChip::Sbuf,
             bytes,
             slots,
+            pinned: false,
+        }
+    }
+
+    /// The same request, marked [`BufferReq::pinned`].
+    pub fn pinned(self) -> BufferReq {
+        BufferReq {
+            pinned: true,
+            ..self
         }
     }
 
@@ -63,6 +76,7 @@ impl BufferReq {
             mem: OnChip::Psum,
             bytes,
             slots,
+            pinned: false,
         }
     }
 }
@@ -80,6 +94,8 @@ pub struct Buf {
     pub slot_bytes: u64,
     /// Number of slots.
     pub slots: u32,
+    /// Placed apart from every other buffer of the program (see [`BufferReq::pinned`]).
+    pub pinned: bool,
 }
 
 impl Buf {
@@ -135,6 +151,8 @@ pub struct Allocation {
     pub peak_sbuf: u64,
     /// Largest PSUM bytes per partition in use at once.
     pub peak_psum: u64,
+    /// SBUF bytes per partition of the pinned region (0: nothing pinned).
+    pub pinned_sbuf: u64,
 }
 
 /// Why a kernel's buffers cannot be placed.
@@ -152,12 +170,53 @@ fn align(x: u64, a: u64) -> u64 {
     x.div_ceil(a.max(1)) * a.max(1)
 }
 
-/// Slot size and footprint of a request list in one memory.
-fn footprint(reqs: &[BufferReq], mem: OnChip, granule: u64) -> u64 {
+/// Bytes per partition of one request (all slots).
+fn req_bytes(r: &BufferReq, granule: u64) -> u64 {
+    align(r.bytes.max(1), granule) * u64::from(r.slots.max(1))
+}
+
+/// Footprint of a request list in one memory, leaving out the requests placed in the
+/// pinned region (`pins[i]` is `Some(base)` for those).
+fn footprint(reqs: &[BufferReq], pins: &[Option<u64>], mem: OnChip, granule: u64) -> u64 {
     reqs.iter()
-        .filter(|r| r.mem == mem)
-        .map(|r| align(r.bytes.max(1), granule) * u64::from(r.slots.max(1)))
+        .zip(pins)
+        .filter(|(r, p)| r.mem == mem && p.is_none())
+        .map(|(r, _)| req_bytes(r, granule))
         .sum()
+}
+
+/// Places [`BufferReq::pinned`] SBUF requests at the top of SBUF, each apart from every
+/// other buffer of the program, in kernel order, as long as every kernel's other buffers
+/// still fit below them. Returns per kernel and request the pinned base, and the bytes
+/// per partition the pinned region takes.
+fn choose_pins(requests: &[Vec<BufferReq>], cap: u64) -> (Vec<Vec<Option<u64>>>, u64) {
+    let mut pins: Vec<Vec<Option<u64>>> =
+        requests.iter().map(|reqs| vec![None; reqs.len()]).collect();
+    let mut total = 0u64;
+    for k in 0..requests.len() {
+        for i in 0..requests[k].len() {
+            let r = &requests[k][i];
+            if !r.pinned || r.mem != OnChip::Sbuf {
+                continue;
+            }
+            let fp = req_bytes(r, SBUF_ALIGN);
+            if total + fp > cap {
+                continue;
+            }
+            let base = cap - total - fp;
+            pins[k][i] = Some(base);
+            let fits = requests
+                .iter()
+                .zip(&pins)
+                .all(|(reqs, p)| footprint(reqs, p, OnChip::Sbuf, SBUF_ALIGN) + total + fp <= cap);
+            if fits {
+                total += fp;
+            } else {
+                pins[k][i] = None;
+            }
+        }
+    }
+    (pins, total)
 }
 
 /// How many preceding kernels a kernel tries to stay clear of.
@@ -202,14 +261,23 @@ pub fn allocate(requests: &[Vec<BufferReq>], cfg: &ChipConfig) -> Result<Allocat
         (OnChip::Psum, cfg.psum_bytes_per_partition, bank),
     ];
     let mut out = Allocation::default();
+    let (pins, pinned_total) = choose_pins(requests, cfg.sbuf_bytes_per_partition);
+    out.pinned_sbuf = pinned_total;
     // Per memory: the ranges of the kernels placed so far, and how many predecessors each
     // coexists with.
     let mut placed: [Vec<(u64, u64)>; 2] = [Vec::new(), Vec::new()];
     for (k, reqs) in requests.iter().enumerate() {
         let mut ka = KernelAlloc::default();
         let mut bases = [0u64; 2];
+        let kpins = &pins[k];
         for (m, &(mem, cap, granule)) in mems.iter().enumerate() {
-            let fp = footprint(reqs, mem, granule);
+            let fp = footprint(reqs, kpins, mem, granule);
+            // The pinned region sits at the top of SBUF.
+            let cap = if mem == OnChip::Sbuf {
+                cap - pinned_total
+            } else {
+                cap
+            };
             if fp > cap {
                 return Err(AllocError {
                     kernel: k,
@@ -241,7 +309,7 @@ pub fn allocate(requests: &[Vec<BufferReq>], cfg: &ChipConfig) -> Result<Allocat
             match mem {
                 OnChip::Sbuf => {
                     ka.sbuf_bytes = fp;
-                    out.peak_sbuf = out.peak_sbuf.max(peak);
+                    out.peak_sbuf = out.peak_sbuf.max(peak + pinned_total);
                 }
                 OnChip::Psum => {
                     ka.psum_bytes = fp;
@@ -249,18 +317,29 @@ pub fn allocate(requests: &[Vec<BufferReq>], cfg: &ChipConfig) -> Result<Allocat
                 }
             }
         }
-        for r in reqs {
+        for (r, pin) in reqs.iter().zip(kpins) {
             let m = usize::from(r.mem == OnChip::Psum);
             let granule = mems[m].2;
             let slot_bytes = align(r.bytes.max(1), granule);
+            let base = match pin {
+                Some(b) => *b,
+                None => {
+                    let b = bases[m];
+                    bases[m] += slot_bytes * u64::from(r.slots.max(1));
+                    b
+                }
+            };
+            if pin.is_some() {
+                ka.sbuf_bytes += slot_bytes * u64::from(r.slots.max(1));
+            }
             ka.bufs.push(Buf {
                 name: r.name.clone(),
                 mem: r.mem,
-                base: bases[m],
+                base,
                 slot_bytes,
                 slots: r.slots.max(1),
+                pinned: pin.is_some(),
             });
-            bases[m] += slot_bytes * u64::from(r.slots.max(1));
         }
         out.kernels.push(ka);
     }
@@ -301,6 +380,43 @@ mod tests {
         // Kernel 4 stays clear of kernel 3.
         assert_eq!(a.kernels[4].get("e").unwrap().base, 190 * 1024);
         assert_eq!(a.peak_sbuf, 190 * 1024 + 1024);
+    }
+
+    #[test]
+    fn pinned_buffers_sit_apart_at_the_top_while_the_rest_fits() {
+        let cfg = ChipConfig::trn1();
+        let cap = cfg.sbuf_bytes_per_partition;
+        let reqs = vec![
+            vec![
+                BufferReq::sbuf("w", 1000, 1).pinned(),
+                BufferReq::sbuf("x", 4096, 2),
+            ],
+            vec![
+                BufferReq::sbuf("w", 2048, 1).pinned(),
+                BufferReq::sbuf("y", 8192, 1),
+            ],
+            // Pinning this one would leave too little room for kernel 3: not pinned.
+            vec![BufferReq::sbuf("w", cap - 18 * 1024, 1).pinned()],
+            vec![BufferReq::sbuf("z", 16 * 1024, 1)],
+        ];
+        let a = allocate(&reqs, &cfg).unwrap();
+        let w0 = a.kernels[0].get("w").unwrap();
+        let w1 = a.kernels[1].get("w").unwrap();
+        assert!(w0.pinned && w1.pinned);
+        assert_eq!(w0.base, cap - 1024);
+        assert_eq!(w1.base, cap - 1024 - 2048);
+        assert_eq!(a.pinned_sbuf, 3072);
+        assert!(!a.kernels[2].get("w").unwrap().pinned);
+        // Everything else stays below the pinned region.
+        for k in &a.kernels {
+            for b in k.bufs.iter().filter(|b| !b.pinned) {
+                assert!(
+                    b.base + b.slot_bytes * u64::from(b.slots) <= cap - 3072,
+                    "{b:?}"
+                );
+            }
+        }
+        assert_eq!(a.kernels[0].sbuf_bytes, 2 * 4096 + 1024);
     }
 
     #[test]

@@ -284,7 +284,15 @@ pub enum DmaClass {
     Load,
     /// SBUF -> HBM.
     Store,
+    /// A load into a buffer nothing else uses (a matmul's pinned W): it may run far ahead
+    /// of the kernel that needs it, so it gets a few queues of its own, where its
+    /// transfers neither hold up the other loads in queue order nor outnumber them in the
+    /// DMA engines' fair share.
+    Prefetch,
 }
+
+/// Queues reserved for [`DmaClass::Prefetch`] loads.
+const PREFETCH_QUEUES: usize = 3;
 
 /// Builds the streams of one program.
 #[derive(Debug, Clone)]
@@ -299,6 +307,7 @@ pub struct Builder {
     load_queues: Vec<StreamIdx>,
     dep_queues: Vec<StreamIdx>,
     store_queues: Vec<StreamIdx>,
+    prefetch_queues: Vec<StreamIdx>,
     queue_bytes: Vec<u64>,
     /// HBM bytes read plus written by the DMAs of each kernel.
     kernel_hbm: Vec<u64>,
@@ -319,8 +328,9 @@ fn stream_engines(cfg: &ChipConfig) -> Vec<Engine> {
 }
 
 impl Builder {
-    /// A builder for `cfg` over the HBM tensor table `tensors`.
-    pub fn new(cfg: &ChipConfig, tensors: &[HbmTensor]) -> Builder {
+    /// A builder for `cfg` over the HBM tensor table `tensors`; `prefetch`: reserve queues
+    /// for [`DmaClass::Prefetch`] loads (the program has pinned buffers).
+    pub fn new(cfg: &ChipConfig, tensors: &[HbmTensor], prefetch: bool) -> Builder {
         let engines = stream_engines(cfg);
         let n = engines.len();
         let dma: Vec<StreamIdx> = (4..n).collect();
@@ -328,7 +338,7 @@ impl Builder {
         // written by earlier kernels, the rest independent loads; with few queues the
         // classes share.
         let quarter = (dma.len() / 4).max(1);
-        let (load_queues, dep_queues, store_queues) = if dma.len() >= 3 {
+        let (mut load_queues, dep_queues, store_queues) = if dma.len() >= 3 {
             let n = dma.len();
             (
                 dma[..n - 2 * quarter].to_vec(),
@@ -337,6 +347,13 @@ impl Builder {
             )
         } else {
             (dma.clone(), dma.clone(), dma.clone())
+        };
+        // Prefetches take the first PREFETCH_QUEUES of the independent loads' queues when
+        // at least as many remain for those.
+        let prefetch_queues = if prefetch && load_queues.len() >= 2 * PREFETCH_QUEUES {
+            load_queues.drain(..PREFETCH_QUEUES).collect()
+        } else {
+            load_queues.clone()
         };
         let bank = cfg.psum_bytes_per_partition / u64::from(cfg.psum_banks.max(1));
         let mut spaces = vec![
@@ -353,6 +370,7 @@ impl Builder {
             load_queues,
             dep_queues,
             store_queues,
+            prefetch_queues,
             queue_bytes: vec![0; n],
             kernel_hbm: Vec::new(),
             need: vec![0; n],
@@ -514,9 +532,10 @@ impl Builder {
     /// Puts DMA `op` moving `bytes` on the least-loaded queue of `class`'s pool.
     fn push_dma(&mut self, class: DmaClass, op: Op, bytes: u64) -> InstrRef {
         let pool = match class {
-            DmaClass::Load if self.has_hazards(&op) => &self.dep_queues,
+            DmaClass::Load | DmaClass::Prefetch if self.has_hazards(&op) => &self.dep_queues,
             DmaClass::Load => &self.load_queues,
             DmaClass::Store => &self.store_queues,
+            DmaClass::Prefetch => &self.prefetch_queues,
         };
         let mut best = pool[0];
         for &q in pool {
@@ -604,7 +623,7 @@ mod tests {
     #[test]
     fn raw_war_and_waw_get_waits_and_implied_ones_are_dropped() {
         let cfg = ChipConfig::trn1();
-        let mut b = Builder::new(&cfg, &tensors());
+        let mut b = Builder::new(&cfg, &tensors(), false);
         let x = Ap::hbm_rows(TensorId(0), Dtype::F32, 0, 128, 64, 64);
         let l = b.load(sb(0), x.clone());
         assert!(
@@ -651,7 +670,7 @@ mod tests {
     #[test]
     fn disjoint_partitions_do_not_conflict() {
         let cfg = ChipConfig::trn1();
-        let mut b = Builder::new(&cfg, &tensors());
+        let mut b = Builder::new(&cfg, &tensors(), false);
         let lo = Ap::on_chip(Memory::Sbuf, Dtype::F32, 0, 64, 0, 64);
         let hi = Ap::on_chip(Memory::Sbuf, Dtype::F32, 64, 64, 0, 64);
         b.push(

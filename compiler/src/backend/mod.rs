@@ -84,7 +84,7 @@ pub fn lower_program(
 ) -> Result<Lowered, CompileError> {
     let _span = tracing::info_span!("lowering", kernels = kg.kernels.len()).entered();
     let mut tensors = emit::tensor_table(kg);
-    let mut b = Builder::new(cfg, &tensors);
+    let mut b = Builder::new(cfg, &tensors, alloc.pinned_sbuf > 0);
     let mut consts = Constants {
         first: tensors.len() as u32,
         tensors: Vec::new(),

@@ -50,6 +50,9 @@ struct Use {
     /// ... as `[K, N]` exactly: whole tensor, its own shape, no `transpose_b` — so the
     /// tensor's last axis is the matmul's output channel.
     plain_b: bool,
+    /// Read as data the kernel multiplies on TensorE (a matmul's `a` or `b`, attention's
+    /// `q`, `k` or `v`), which it rounds to its `mm_dtype` on load.
+    mm_operand: bool,
 }
 
 /// Every read of every tensor.
@@ -61,6 +64,11 @@ fn tensor_uses(kg: &KernelGraph) -> BTreeMap<KTensorId, Vec<Use>> {
                 KernelOp::MatMul { b, transpose_b, .. } => (b == i, transpose_b),
                 _ => (false, false),
             };
+            let mm_operand = match k.op {
+                KernelOp::MatMul { a, b, .. } => a == i || b == i,
+                KernelOp::Attention { q, k, v, .. } => q == i || k == i || v == i,
+                _ => false,
+            };
             let plain = kg
                 .tensor(v.tensor)
                 .is_some_and(|t| v.shape == t.shape && v.is_whole_contiguous(t.numel()));
@@ -68,6 +76,7 @@ fn tensor_uses(kg: &KernelGraph) -> BTreeMap<KTensorId, Vec<Use>> {
                 kernel: ki,
                 is_b,
                 plain_b: is_b && plain && !transpose_b,
+                mm_operand,
             });
         }
     }
@@ -145,6 +154,7 @@ pub fn assign(g: &Graph, kg: &mut KernelGraph, opts: &CompileOptions) -> Result<
         k.act_scale = None;
     }
     precast_weights(kg, &uses);
+    precast_scratch(kg, &uses);
     if mm == Dtype::I8 {
         let int8: Vec<usize> = (0..kg.kernels.len())
             .filter(|&i| kg.kernels[i].mm_dtype == Dtype::I8)
@@ -184,5 +194,56 @@ fn precast_weights(kg: &mut KernelGraph, uses: &BTreeMap<KTensorId, Vec<Use>>) {
             tensor.quant_scale = Some(q.scales);
         }
         tensor.dtype = target;
+    }
+}
+
+/// Stores a scratch tensor in the reduced matmul type when every read of it is a TensorE
+/// operand (matmul `a`/`b`, attention `q`/`k`/`v`) of kernels that all round it to that one
+/// type (bf16 or fp16) on load: rounding once when the producer writes it gives the same
+/// values as rounding at every load, and halves the tensor's HBM traffic. Only kernels
+/// that write their output through an on-chip tile in the output type (matmul,
+/// attention, elementwise, norm, softmax) produce such a tensor.
+fn precast_scratch(kg: &mut KernelGraph, uses: &BTreeMap<KTensorId, Vec<Use>>) {
+    let mut producers: BTreeMap<KTensorId, &KernelOp> = BTreeMap::new();
+    let mut written_twice = Vec::new();
+    for k in &kg.kernels {
+        if producers.insert(k.output.tensor, &k.op).is_some() {
+            written_twice.push(k.output.tensor);
+        }
+    }
+    let mut cast = Vec::new();
+    for (&t, u) in uses {
+        let Some(tensor) = kg.tensor(t) else { continue };
+        if tensor.kind != TensorKind::Scratch
+            || tensor.dtype != Dtype::F32
+            || written_twice.contains(&t)
+            || u.is_empty()
+            || !u.iter().all(|u| u.mm_operand)
+        {
+            continue;
+        }
+        let produced_on_chip = producers.get(&t).is_some_and(|op| {
+            matches!(
+                op,
+                KernelOp::MatMul { .. }
+                    | KernelOp::Attention { .. }
+                    | KernelOp::Elementwise { .. }
+                    | KernelOp::Norm { .. }
+                    | KernelOp::Softmax { .. }
+            )
+        });
+        let target = kg.kernels[u[0].kernel].mm_dtype;
+        if !produced_on_chip
+            || !matches!(target, Dtype::Bf16 | Dtype::F16)
+            || u.iter().any(|u| kg.kernels[u.kernel].mm_dtype != target)
+        {
+            continue;
+        }
+        cast.push((t, target));
+    }
+    for (t, target) in cast {
+        if let Some(tensor) = kg.tensors.get_mut(t.0 as usize) {
+            tensor.dtype = target;
+        }
     }
 }

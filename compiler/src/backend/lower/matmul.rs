@@ -264,6 +264,15 @@ fn stage_dtype(s: &MmShape) -> Dtype {
     }
 }
 
+/// Whether the W ring holds the whole of W, each chunk loaded exactly once: one batch, one
+/// group of row tiles, and at least as many slots as chunks. W is then laid out packed
+/// (chunk after chunk) instead of in fixed-size slots.
+fn w_resident(s: &MmShape, t: &MatmulTiling, p: usize) -> bool {
+    let k_tiles = s.k.div_ceil(p).max(1);
+    let chunks = k_tiles.div_ceil(t.w_kchunk.max(1)) * s.n.div_ceil(t.n_tile.max(1));
+    s.batches == 1 && s.m.div_ceil(p) <= t.m_group && t.w_slots as usize >= chunks
+}
+
 /// Buffers of a matmul with tiling `t`.
 pub fn buffers(s: &MmShape, t: &MatmulTiling, cfg: &ChipConfig) -> Vec<BufferReq> {
     let p = cfg.partitions as usize;
@@ -274,7 +283,14 @@ pub fn buffers(s: &MmShape, t: &MatmulTiling, cfg: &ChipConfig) -> Vec<BufferReq
     let bank = cfg.psum_bytes_per_partition / u64::from(cfg.psum_banks.max(1));
     let mut v = vec![
         BufferReq::sbuf("xt", k_tiles * t.m_group as u64 * mt * mm, 1),
-        BufferReq::sbuf("w", t.w_kchunk as u64 * nt * mm, t.w_slots),
+        if w_resident(s, t, p) {
+            // Every chunk of W packed back to back, loaded once and kept for the whole
+            // program when the allocator can afford it (no slot is ever reused, so the
+            // loads need not wait for anything and can run kernels ahead).
+            BufferReq::sbuf("w", k_tiles * s.n as u64 * mm, 1).pinned()
+        } else {
+            BufferReq::sbuf("w", t.w_kchunk as u64 * nt * mm, t.w_slots)
+        },
         BufferReq::psum("acc", nt * 4, (t.m_group as u32) * t.acc_sets),
         BufferReq::sbuf("work", nt * s.act_dtype.size(), 2),
         BufferReq::sbuf("out", nt * s.out_dtype.size(), 3),
@@ -343,7 +359,11 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &MatmulTiling) -> Result<(), CompileErro
         ws: ctx.bufs.get("ws").cloned(),
         cast: ctx.bufs.get("cast").cloned(),
     };
-    let mut st = MmState::default();
+    let mut st = MmState {
+        w_packed: w_resident(&s, t, p),
+        w_pinned: bufs.w.pinned,
+        ..MmState::default()
+    };
     let mt = s.m.min(p) as u32;
     // Row-broadcast operands (and the int8 dequantization row, the synthetic operand after
     // the kernel's inputs) stay resident for the whole kernel.
@@ -413,6 +433,11 @@ struct MmState {
     work: usize,
     out: usize,
     ops: usize,
+    /// W is packed (see [`w_resident`]): `w_off` is the next chunk's byte offset.
+    w_packed: bool,
+    w_off: u64,
+    /// The allocator pinned W: its loads are prefetches.
+    w_pinned: bool,
 }
 
 /// Byte offset of X^T tile `(kt, mi)` in the resident buffer.
@@ -596,9 +621,15 @@ fn load_w(
     nn: usize,
 ) -> Result<u64, CompileError> {
     let p = ctx.cfg.partitions as usize;
-    let base = b.w.slot(st.w);
-    st.w += 1;
     let mm = s.mm_dtype.size();
+    let base = if st.w_packed {
+        let off = b.w.base + st.w_off;
+        st.w_off += (nkt * nn) as u64 * mm;
+        off
+    } else {
+        b.w.slot(st.w)
+    };
+    st.w += 1;
     let full = (0..nkt).take_while(|&j| (kt0 + j + 1) * p <= s.k).count();
     if s.w_transposes {
         // W^T is row-major [N, K]: load [n, k] blocks and turn them around.
@@ -662,7 +693,11 @@ fn load_w(
             base,
             (full * nn) as u32,
         );
-        ctx.load(dst, src);
+        if st.w_pinned {
+            ctx.prefetch(dst, src);
+        } else {
+            ctx.load(dst, src);
+        }
     }
     if full < nkt {
         let k0 = (kt0 + full) * p;
@@ -675,7 +710,12 @@ fn load_w(
             base + (full * nn) as u64 * mm,
             nn as u32,
         );
-        ctx.load(dst, w.rows_ap(k0, kl, n0, nn));
+        let src = w.rows_ap(k0, kl, n0, nn);
+        if st.w_pinned {
+            ctx.prefetch(dst, src);
+        } else {
+            ctx.load(dst, src);
+        }
     }
     Ok(base)
 }

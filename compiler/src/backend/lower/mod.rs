@@ -123,6 +123,12 @@ impl LowerCtx<'_> {
         self.b.load(dst, src)
     }
 
+    /// Emits a load into a buffer no other instruction of the program touches (see
+    /// [`super::builder::DmaClass::Prefetch`]).
+    pub fn prefetch(&mut self, dst: Ap, src: Ap) -> InstrRef {
+        self.b.dma(super::builder::DmaClass::Prefetch, dst, src)
+    }
+
     /// Emits a store (SBUF -> HBM).
     pub fn store(&mut self, dst: Ap, src: Ap) -> InstrRef {
         self.b.store(dst, src)
