@@ -331,8 +331,9 @@ fn matmul(c: &mut Criterion) {
         sim.write_tensor(TensorId(1), &b_bytes).expect("bind b");
         sim
     };
-    // The run alone: loading (verification, allocating and poisoning 26 MiB of SBUF and
-    // PSUM, binding inputs) is set-up, as building the input matrices is for ndarray.
+    // The run alone: loading (verification, allocating and poisoning the SBUF and PSUM
+    // bytes the program reaches, binding inputs) is set-up, as building the input matrices
+    // is for ndarray.
     g.bench_function("simulated", |bch| {
         bch.iter_batched(
             load,

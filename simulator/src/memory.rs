@@ -135,10 +135,64 @@ fn poisoned_vec(len: usize, what: &str) -> Result<Vec<u8>, SimError> {
     Ok(v)
 }
 
+/// The bytes per partition of `mem` that `program` can touch: the end of the furthest
+/// row any of its access patterns reaches (0 if none touches `mem`). Patterns whose span
+/// does not fit in 64 bits count as reaching everything; the verifier refuses them anyway.
+fn footprint(program: &Program, mem: Memory) -> u64 {
+    let mut end: u64 = 0;
+    for stream in &program.streams {
+        for instr in &stream.instrs {
+            let op = &instr.op;
+            for ap in op.reads().into_iter().chain(op.writes()) {
+                if ap.mem != mem {
+                    continue;
+                }
+                let hi = match ap.row_byte_span() {
+                    Some((_, hi)) => u64::try_from(hi).unwrap_or(0),
+                    None if ap.free_elems() == 0 => 0,
+                    None => u64::MAX,
+                };
+                end = end.max(hi);
+            }
+        }
+    }
+    end
+}
+
 impl Memories {
-    /// Allocates poisoned SBUF, PSUM and one buffer per HBM tensor of `program`. Fails if
-    /// the tensors need more than `cfg.hbm_bytes` in total (checked before allocating).
+    /// Allocates poisoned SBUF, PSUM (the chip's full sizes) and one buffer per HBM tensor
+    /// of `program`. Fails if the tensors need more than `cfg.hbm_bytes` in total (checked
+    /// before allocating).
     pub fn new(cfg: &ChipConfig, program: &Program) -> Result<Memories, SimError> {
+        Memories::allocate(
+            cfg,
+            program,
+            (cfg.sbuf_bytes_per_partition, cfg.psum_bytes_per_partition),
+        )
+    }
+
+    /// Like [`Memories::new`], but SBUF and PSUM hold only the bytes per partition that the
+    /// program's own instructions can reach (see [`footprint`]). Executing those
+    /// instructions behaves exactly as with full-size memories (every access lies below
+    /// the footprint and unwritten bytes are still poisoned), and a small program does not
+    /// pay for poisoning the whole 24 MiB SBUF. Executing any other instruction may fail
+    /// with an out-of-bounds error.
+    pub fn for_program(cfg: &ChipConfig, program: &Program) -> Result<Memories, SimError> {
+        Memories::allocate(
+            cfg,
+            program,
+            (
+                footprint(program, Memory::Sbuf).min(cfg.sbuf_bytes_per_partition),
+                footprint(program, Memory::Psum).min(cfg.psum_bytes_per_partition),
+            ),
+        )
+    }
+
+    fn allocate(
+        cfg: &ChipConfig,
+        program: &Program,
+        on_chip: (u64, u64),
+    ) -> Result<Memories, SimError> {
         let mut sizes = Vec::with_capacity(program.tensors.len());
         let mut total: u64 = 0;
         for (i, t) in program.tensors.iter().enumerate() {
@@ -169,8 +223,8 @@ impl Memories {
             })
         };
         let partitions = cfg.partitions as usize;
-        let sbuf_pp = to_usize(cfg.sbuf_bytes_per_partition, "sbuf")?;
-        let psum_pp = to_usize(cfg.psum_bytes_per_partition, "psum")?;
+        let sbuf_pp = to_usize(on_chip.0, "sbuf")?;
+        let psum_pp = to_usize(on_chip.1, "psum")?;
         let sbuf_len = sbuf_pp.checked_mul(partitions).ok_or_else(|| {
             SimError::Limit("sbuf size overflows the host's address space".into())
         })?;
@@ -562,6 +616,37 @@ impl Memories {
 mod tests {
     use super::*;
     use neuron_isa::{Dim, HbmTensor, TensorKind};
+
+    #[test]
+    fn for_program_sizes_on_chip_memories_to_the_footprint() {
+        use neuron_isa::{Engine, Instruction, Op, Stream};
+        let cfg = ChipConfig::trn1();
+        let mut p = program(&[]);
+        // Reaches SBUF bytes 1024..1088 (16 f32), and a [2 x stride 4, 2 x stride 1] f32
+        // pattern at 4096 whose last element starts at 4096 + (1 * 4 + 1) * 4 = 4116, so
+        // the footprint ends at 4120.
+        let a = Ap::on_chip(Memory::Sbuf, Dtype::F32, 0, 128, 1024, 16);
+        let mut b = Ap::on_chip(Memory::Sbuf, Dtype::F32, 0, 128, 4096, 2);
+        b.dims = vec![Dim { size: 2, stride: 4 }, Dim { size: 2, stride: 1 }];
+        p.streams.push(Stream {
+            engine: Engine::Vector,
+            instrs: vec![
+                Instruction::new(Op::Memset { dst: a, value: 1.0 }),
+                Instruction::new(Op::TensorCopy {
+                    dst: b.clone(),
+                    src: b,
+                }),
+            ],
+        });
+        let m = Memories::for_program(&cfg, &p).unwrap();
+        assert_eq!(m.bytes_per_partition(Memory::Sbuf), 4096 + 6 * 4);
+        assert_eq!(m.sbuf().len(), 128 * (4096 + 6 * 4));
+        assert!(m.sbuf().iter().all(|&b| b == POISON_BYTE));
+        assert_eq!(m.bytes_per_partition(Memory::Psum), 0);
+        // Memories::new keeps the chip's sizes.
+        let full = Memories::new(&cfg, &p).unwrap();
+        assert_eq!(full.bytes_per_partition(Memory::Sbuf), 192 * 1024);
+    }
 
     fn program(shapes: &[(&str, Vec<u64>, Dtype)]) -> Program {
         Program {

@@ -74,7 +74,7 @@ impl<'p> Simulator<'p> {
             None
         } else {
             Some(Functional {
-                mem: Memories::new(cfg, program)?,
+                mem: Memories::for_program(cfg, program)?,
                 ctx: ExecContext::new(cfg.clone(), opts.rounding, opts.seed),
             })
         };
