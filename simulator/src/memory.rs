@@ -172,11 +172,11 @@ impl Memories {
     }
 
     /// Like [`Memories::new`], but SBUF and PSUM hold only the bytes per partition that the
-    /// program's own instructions can reach (see [`footprint`]). Executing those
-    /// instructions behaves exactly as with full-size memories (every access lies below
-    /// the footprint and unwritten bytes are still poisoned), and a small program does not
-    /// pay for poisoning the whole 24 MiB SBUF. Executing any other instruction may fail
-    /// with an out-of-bounds error.
+    /// program's own instructions can reach (the end of the furthest row any of its access
+    /// patterns touches). Executing those instructions behaves exactly as with full-size
+    /// memories (every access lies below that end and unwritten bytes are still poisoned),
+    /// and a small program does not pay for poisoning the whole 24 MiB SBUF. Executing any
+    /// other instruction may fail with an out-of-bounds error.
     pub fn for_program(cfg: &ChipConfig, program: &Program) -> Result<Memories, SimError> {
         Memories::allocate(
             cfg,

@@ -2,106 +2,14 @@
 //!
 //! Used for the weight blob of the artifact (weights are stored in HBM in their assigned
 //! dtype) and by tests that bind inputs the way the runtime does. Floats round to nearest,
-//! ties to even (the chip's default mode): bf16 and f16 through the `half` crate, fp8 by
-//! [`f32_to_fp8`]. fp8 e4m3 is the OCP `e4m3fn` format (finite only) and saturates to
+//! ties to even (the chip's default mode): bf16 and f16 through the `half` crate, fp8 through
+//! the ISA's shared conversions ([`neuron_isa::numerics`], the ones the simulator's engines
+//! write with), so weights are rounded exactly as a chip write would round them. fp8 e4m3 is the OCP `e4m3fn` format (finite only) and saturates to
 //! +-448 like ONNX `Cast(saturate=1)`; fp8 e5m2 is IEEE-like and overflows to infinity.
 //! Integers round to nearest even and saturate to the type's range (NaN gives 0).
 
 use half::{bf16, f16};
-use neuron_isa::Dtype;
-
-/// Layout of an 8-bit float.
-#[derive(Debug, Clone, Copy)]
-struct Fp8Format {
-    man_bits: u32,
-    bias: i32,
-    /// IEEE-like (top exponent = inf/NaN) instead of finite-only.
-    ieee: bool,
-}
-
-const E4M3FN: Fp8Format = Fp8Format {
-    man_bits: 3,
-    bias: 7,
-    ieee: false,
-};
-const E5M2: Fp8Format = Fp8Format {
-    man_bits: 2,
-    bias: 15,
-    ieee: true,
-};
-
-impl Fp8Format {
-    fn exp_bits(self) -> u32 {
-        7 - self.man_bits
-    }
-
-    /// The largest finite magnitude.
-    fn max(self) -> f64 {
-        let top_exp = (1i32 << self.exp_bits()) - 1 - i32::from(self.ieee);
-        // Finite-only formats reserve the all-ones mantissa of the top exponent for NaN.
-        let top_man = (1u32 << self.man_bits) - if self.ieee { 1 } else { 2 };
-        (1.0 + f64::from(top_man) / f64::from(1u32 << self.man_bits))
-            * 2f64.powi(top_exp - self.bias)
-    }
-
-    fn nan(self, sign: u8) -> u8 {
-        sign | if self.ieee {
-            (((1u32 << self.exp_bits()) - 1) << self.man_bits | 1 << (self.man_bits - 1)) as u8
-        } else {
-            0x7f
-        }
-    }
-
-    fn encode(self, x: f32) -> u8 {
-        let sign: u8 = if x.is_sign_negative() { 0x80 } else { 0 };
-        if x.is_nan() {
-            return self.nan(sign);
-        }
-        let a = f64::from(x.abs());
-        let max = self.max();
-        if a.is_infinite() || a > max {
-            // e4m3fn saturates (it has no infinity); e5m2 rounds past its largest value to
-            // infinity only beyond the halfway point to the next binade step.
-            if !self.ieee {
-                return sign | self.encode_magnitude(max);
-            }
-            let step = 2f64.powi(self.max_exp() - self.man_bits as i32);
-            if a.is_infinite() || a >= max + step / 2.0 {
-                return sign | ((((1u32 << self.exp_bits()) - 1) << self.man_bits) as u8);
-            }
-            return sign | self.encode_magnitude(max);
-        }
-        sign | self.encode_magnitude(a)
-    }
-
-    fn max_exp(self) -> i32 {
-        (1i32 << self.exp_bits()) - 1 - i32::from(self.ieee) - self.bias
-    }
-
-    /// Encodes a finite magnitude `a <= max` with round-to-nearest-even.
-    fn encode_magnitude(self, a: f64) -> u8 {
-        if a == 0.0 {
-            return 0;
-        }
-        let min_normal_exp = 1 - self.bias;
-        // The binary exponent of `a`, exact (from the f64 bits; `a` is a normal f64 since it
-        // came from an f32).
-        let e = ((((a.to_bits() >> 52) & 0x7ff) as i32) - 1023).max(min_normal_exp);
-        // Quantum at this binade (subnormals share the smallest normal binade's quantum).
-        let quantum = 2f64.powi(e - self.man_bits as i32);
-        let q = round_half_even(a / quantum);
-        // q counts quanta from 0; for normals q is in [2^m, 2^(m+1)], possibly carrying over.
-        let m = 1u64 << self.man_bits;
-        let (exp_field, man) = if e == min_normal_exp && q < m as f64 {
-            (0u32, q as u32)
-        } else if q >= (2 * m) as f64 {
-            ((e + 1 + self.bias) as u32, 0u32)
-        } else {
-            ((e + self.bias) as u32, (q as u64 - m) as u32)
-        };
-        ((exp_field << self.man_bits) | man) as u8
-    }
-}
+use neuron_isa::{Dtype, numerics};
 
 fn round_half_even(x: f64) -> f64 {
     let r = x.round();
@@ -116,8 +24,8 @@ fn round_half_even(x: f64) -> f64 {
 /// other dtypes give `None`.
 pub fn f32_to_fp8(dtype: Dtype, x: f32) -> Option<u8> {
     match dtype {
-        Dtype::Fp8E4m3 => Some(E4M3FN.encode(x)),
-        Dtype::Fp8E5m2 => Some(E5M2.encode(x)),
+        Dtype::Fp8E4m3 => Some(numerics::f32_to_e4m3fn_sat(x)),
+        Dtype::Fp8E5m2 => Some(numerics::f32_to_e5m2(x)),
         _ => None,
     }
 }
@@ -138,8 +46,8 @@ pub fn encode_into(dtype: Dtype, values: impl IntoIterator<Item = f64>, out: &mu
             Dtype::F32 => out.extend_from_slice(&(v as f32).to_le_bytes()),
             Dtype::Bf16 => out.extend_from_slice(&bf16::from_f64(v).to_le_bytes()),
             Dtype::F16 => out.extend_from_slice(&f16::from_f64(v).to_le_bytes()),
-            Dtype::Fp8E4m3 => out.push(E4M3FN.encode(v as f32)),
-            Dtype::Fp8E5m2 => out.push(E5M2.encode(v as f32)),
+            Dtype::Fp8E4m3 => out.push(numerics::f32_to_e4m3fn_sat(v as f32)),
+            Dtype::Fp8E5m2 => out.push(numerics::f32_to_e5m2(v as f32)),
             Dtype::I8 => out.push(to_int(v, -128.0, 127.0) as i8 as u8),
             Dtype::U8 => out.push(to_int(v, 0.0, 255.0) as u8),
             Dtype::I32 => out.extend_from_slice(
@@ -167,8 +75,8 @@ pub fn decode(dtype: Dtype, bytes: &[u8]) -> Vec<f64> {
             Dtype::F32 => f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
             Dtype::Bf16 => f64::from(bf16::from_le_bytes([c[0], c[1]])),
             Dtype::F16 => f64::from(f16::from_le_bytes([c[0], c[1]])),
-            Dtype::Fp8E4m3 => fp8_to_f64(E4M3FN, c[0]),
-            Dtype::Fp8E5m2 => fp8_to_f64(E5M2, c[0]),
+            Dtype::Fp8E4m3 => f64::from(numerics::e4m3fn_to_f32(c[0])),
+            Dtype::Fp8E5m2 => f64::from(numerics::e5m2_to_f32(c[0])),
             Dtype::I8 => f64::from(c[0] as i8),
             Dtype::U8 => f64::from(c[0]),
             Dtype::I32 => f64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])),
@@ -179,29 +87,6 @@ pub fn decode(dtype: Dtype, bytes: &[u8]) -> Vec<f64> {
             }
         })
         .collect()
-}
-
-fn fp8_to_f64(f: Fp8Format, b: u8) -> f64 {
-    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
-    let exp = (u32::from(b) >> f.man_bits) & ((1 << f.exp_bits()) - 1);
-    let man = u32::from(b) & ((1 << f.man_bits) - 1);
-    let top = (1 << f.exp_bits()) - 1;
-    if f.ieee && exp == top {
-        return if man == 0 {
-            sign * f64::INFINITY
-        } else {
-            f64::NAN
-        };
-    }
-    if !f.ieee && exp == top && man == (1 << f.man_bits) - 1 {
-        return f64::NAN;
-    }
-    let frac = f64::from(man) / f64::from(1u32 << f.man_bits);
-    if exp == 0 {
-        sign * frac * 2f64.powi(1 - f.bias)
-    } else {
-        sign * (1.0 + frac) * 2f64.powi(exp as i32 - f.bias)
-    }
 }
 
 #[cfg(test)]
