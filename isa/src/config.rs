@@ -48,8 +48,20 @@ pub struct ChipConfig {
     pub dma_queues: u32,
     /// Bandwidth of one DMA engine, bytes per ns.
     pub dma_engine_bytes_per_ns: f64,
-    /// Fixed latency of one DMA transfer (descriptor, sync, semaphore), ns.
+    /// Fixed latency of one DMA transfer (descriptor, sync, semaphore), ns. Paid before its
+    /// data moves; overlaps the data phase of earlier transfers of the same queue.
     pub dma_fixed_latency_ns: f64,
+    /// DMA instructions one queue keeps in flight (issued, not yet complete). The next
+    /// transfer's fixed latency overlaps the current one's data phase.
+    pub dma_queue_depth: u32,
+    /// Descriptor size (a contiguous run within one partition), bytes, from which a DMA
+    /// engine runs at its peak; a shorter descriptor takes as long as one of this size.
+    /// 0 disables the penalty.
+    pub dma_full_rate_descriptor_bytes: u64,
+    /// Fraction of DMA throughput a transposing DMA reaches when one side is HBM.
+    pub dma_transpose_hbm_efficiency: f64,
+    /// Fraction of DMA throughput a transposing SBUF -> SBUF DMA reaches.
+    pub dma_transpose_sbuf_efficiency: f64,
     /// Maximum stationary free size of a matmul (M).
     pub matmul_stationary_fmax: u32,
     /// Maximum moving free size of a matmul (N), one PSUM bank of FP32.
@@ -145,6 +157,10 @@ impl ChipConfig {
             dma_queues: 16,
             dma_engine_bytes_per_ns: 17.0,
             dma_fixed_latency_ns: 1300.0,
+            dma_queue_depth: 4,
+            dma_full_rate_descriptor_bytes: 2048,
+            dma_transpose_hbm_efficiency: 0.9,
+            dma_transpose_sbuf_efficiency: 0.5,
             matmul_stationary_fmax: 128,
             matmul_moving_fmax: 512,
             matmul_fp32_factor: 4,
@@ -340,6 +356,30 @@ impl ChipConfig {
             });
         }
         check_range("dma_queues", u64::from(self.dma_queues), 1, 64)?;
+        check_range("dma_queue_depth", u64::from(self.dma_queue_depth), 1, 64)?;
+        check_range(
+            "dma_full_rate_descriptor_bytes",
+            self.dma_full_rate_descriptor_bytes,
+            0,
+            1 << 20,
+        )?;
+        for (field, v) in [
+            (
+                "dma_transpose_hbm_efficiency",
+                self.dma_transpose_hbm_efficiency,
+            ),
+            (
+                "dma_transpose_sbuf_efficiency",
+                self.dma_transpose_sbuf_efficiency,
+            ),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 1.0) {
+                return Err(ConfigError::Invalid {
+                    field,
+                    message: format!("expected a fraction in (0, 1], found {v}"),
+                });
+            }
+        }
         check_range(
             "matmul_stationary_fmax",
             u64::from(self.matmul_stationary_fmax),

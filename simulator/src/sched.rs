@@ -24,7 +24,7 @@ use crate::races::RaceChecker;
 use crate::stats::{ByteCounters, EngineStats, InstrRecord, RunStats, Warning, WarningKind};
 use neuron_isa::{ChipConfig, Engine, Instruction, Memory, Op, Program};
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 /// Warnings of one kind kept in full; further ones are counted in a summary warning.
 pub const MAX_WARNINGS_PER_KIND: usize = 32;
@@ -43,11 +43,13 @@ pub struct SchedOptions {
     pub check_races: bool,
 }
 
-/// The instruction a stream is running.
+/// An instruction a stream has issued and not yet completed.
 #[derive(Debug, Clone, Copy)]
 struct Running {
     /// Index into `RunStats::records`.
     record: usize,
+    /// Index of the instruction in its stream.
+    index: usize,
     /// Engine cycles (compute engines only; DMA busy cycles are derived from time).
     cycles: u64,
 }
@@ -56,10 +58,18 @@ struct Running {
 struct StreamState {
     engine: Engine,
     clock_ghz: f64,
+    /// Next instruction to issue.
     pc: usize,
-    running: Option<Running>,
-    /// When the previous instruction ended (0 before the first).
+    /// Issued, not yet completed, in issue order (completions come in the same order).
+    running: VecDeque<Running>,
+    /// How many instructions may be in flight: 1 for compute engines, `dma_queue_depth`
+    /// for DMA queues.
+    depth: usize,
+    /// When the stream last became able to issue (0 before the first instruction): the
+    /// previous instruction's end for compute engines.
     free_at: u64,
+    /// End of the union of busy intervals counted so far.
+    busy_until: u64,
     stats: EngineStats,
 }
 
@@ -123,8 +133,14 @@ pub fn run(
             engine: s.engine,
             clock_ghz: cfg.clock_ghz(s.engine),
             pc: 0,
-            running: None,
+            running: VecDeque::new(),
+            depth: if s.engine.is_dma() {
+                cfg.dma_queue_depth.max(1) as usize
+            } else {
+                1
+            },
             free_at: 0,
+            busy_until: 0,
             stats: EngineStats {
                 engine: s.engine,
                 instructions: 0,
@@ -157,78 +173,84 @@ pub fn run(
     let mut completed: Vec<usize> = Vec::new();
     let mut done: u64 = 0;
     let mut now: u64 = 0;
+    let mut dma_engine_ps: u64 = 0;
 
     loop {
         // Start every instruction that can start at `now`, in stream order.
         for (si, st) in streams.iter_mut().enumerate() {
-            if st.running.is_some() {
-                continue;
-            }
-            let Some(instr) = program.streams[si].instrs.get(st.pc) else {
-                continue;
-            };
-            if !waits_satisfied(instr, &sems, si, st)? {
-                continue;
-            }
-            let index = st.pc;
-            let poisoned = exec(si, index, instr)?;
-            if poisoned {
-                warnings.push(
-                    WarningKind::PoisonedRead,
-                    format!(
-                        "{} instruction {} (stream {si}, {}) read memory that was never written",
-                        st.engine,
-                        index,
-                        instr.op.opcode()
-                    ),
-                );
-            }
-            if let Some(rc) = races.as_mut() {
-                for race in rc.on_start(si, index as u32, instr) {
-                    warnings.push(WarningKind::Race, race.message);
+            while st.running.len() < st.depth {
+                let Some(instr) = program.streams[si].instrs.get(st.pc) else {
+                    break;
+                };
+                if !waits_satisfied(instr, &sems, si, st)? {
+                    break;
                 }
-            }
-            count_bytes(&instr.op, &mut bytes);
-            let mut rec = InstrRecord {
-                stream: si as u16,
-                index: index as u32,
-                start_ps: now,
-                end_ps: now,
-                kernel: instr.kernel,
-                hbm_read_bytes: 0,
-                hbm_write_bytes: 0,
-                flops: 0,
-            };
-            let mut cycles = 0;
-            if let Some(plan) = DmaPlan::of(&instr.op) {
-                rec.hbm_read_bytes = plan.hbm_read;
-                rec.hbm_write_bytes = plan.hbm_write;
-                dma.start(now, si, &plan);
-            } else {
-                cycles = cost::compute_cycles(cfg, st.engine, &instr.op);
-                if st.engine == Engine::Tensor && (index == 0 || now > st.free_at) {
-                    cycles = cycles.saturating_add(cfg.matmul_init_latency_cycles);
+                let index = st.pc;
+                let poisoned = exec(si, index, instr)?;
+                if poisoned {
+                    warnings.push(
+                        WarningKind::PoisonedRead,
+                        format!(
+                            "{} instruction {} (stream {si}, {}) read memory that was never written",
+                            st.engine,
+                            index,
+                            instr.op.opcode()
+                        ),
+                    );
                 }
-                if let Op::Matmul {
-                    stationary, moving, ..
-                } = &instr.op
-                {
-                    rec.flops = cost::matmul_flops(stationary, moving);
-                    let sum = flops
-                        .entry(cost::matmul_input_dtype(stationary, moving))
-                        .or_insert(0u64);
-                    *sum = sum.saturating_add(rec.flops);
+                if let Some(rc) = races.as_mut() {
+                    for race in rc.on_start(si, index as u32, instr) {
+                        warnings.push(WarningKind::Race, race.message);
+                    }
                 }
-                let end = now.saturating_add(cost::cycles_to_ps(cycles, st.clock_ghz).max(1));
-                rec.end_ps = end;
-                compute_done.push(Reverse((end, si)));
+                count_bytes(&instr.op, &mut bytes);
+                let mut rec = InstrRecord {
+                    stream: si as u16,
+                    index: index as u32,
+                    start_ps: now,
+                    end_ps: now,
+                    kernel: instr.kernel,
+                    hbm_read_bytes: 0,
+                    hbm_write_bytes: 0,
+                    flops: 0,
+                    dma_engine_ps: 0,
+                };
+                let mut cycles = 0;
+                if let Some(plan) = DmaPlan::of(&instr.op) {
+                    rec.hbm_read_bytes = plan.hbm_read;
+                    rec.hbm_write_bytes = plan.hbm_write;
+                    rec.dma_engine_ps = dma.engine_ps(&plan);
+                    dma_engine_ps = dma_engine_ps.saturating_add(rec.dma_engine_ps);
+                    dma.start(now, si, &plan);
+                } else {
+                    cycles = cost::compute_cycles(cfg, st.engine, &instr.op);
+                    if st.engine == Engine::Tensor && (index == 0 || now > st.free_at) {
+                        cycles = cycles.saturating_add(cfg.matmul_init_latency_cycles);
+                    }
+                    if let Op::Matmul {
+                        stationary, moving, ..
+                    } = &instr.op
+                    {
+                        rec.flops = cost::matmul_flops(stationary, moving);
+                        let sum = flops
+                            .entry(cost::matmul_input_dtype(stationary, moving))
+                            .or_insert(0u64);
+                        *sum = sum.saturating_add(rec.flops);
+                    }
+                    let end = now.saturating_add(cost::cycles_to_ps(cycles, st.clock_ghz).max(1));
+                    rec.end_ps = end;
+                    compute_done.push(Reverse((end, si)));
+                }
+                st.stats.wait_ps = st.stats.wait_ps.saturating_add(now - st.free_at);
+                st.free_at = now;
+                st.running.push_back(Running {
+                    record: records.len(),
+                    index,
+                    cycles,
+                });
+                st.pc += 1;
+                records.push(rec);
             }
-            st.stats.wait_ps = st.stats.wait_ps.saturating_add(now - st.free_at);
-            st.running = Some(Running {
-                record: records.len(),
-                cycles,
-            });
-            records.push(rec);
         }
 
         // Jump to the next event.
@@ -252,13 +274,16 @@ pub fn run(
         completed.sort_unstable();
         for &si in &completed {
             let st = &mut streams[si];
-            let Some(run) = st.running.take() else {
+            let was_full = st.running.len() >= st.depth;
+            let Some(run) = st.running.pop_front() else {
                 continue;
             };
-            let instr = &program.streams[si].instrs[st.pc];
+            let instr = &program.streams[si].instrs[run.index];
             let rec = &mut records[run.record];
             rec.end_ps = now;
-            let dur = now - rec.start_ps;
+            // Busy time is the union of the in-flight intervals (completions are in order).
+            let dur = now - rec.start_ps.max(st.busy_until.min(now));
+            st.busy_until = now;
             st.stats.instructions += 1;
             // Saturating: absurd configured latencies or clocks give saturated times.
             st.stats.busy_ps = st.stats.busy_ps.saturating_add(dur);
@@ -267,8 +292,9 @@ pub fn run(
             } else {
                 run.cycles
             });
-            st.free_at = now;
-            st.pc += 1;
+            if was_full {
+                st.free_at = st.free_at.max(now);
+            }
             for s in &instr.signal {
                 if let Some(c) = sems.get_mut(s.0 as usize) {
                     *c += 1;
@@ -287,7 +313,7 @@ pub fn run(
     if streams
         .iter()
         .enumerate()
-        .any(|(si, st)| st.pc < program.streams[si].instrs.len())
+        .any(|(si, st)| st.pc < program.streams[si].instrs.len() || !st.running.is_empty())
     {
         return Err(SimError::Deadlock(deadlock_message(
             program, &streams, &sems,
@@ -303,6 +329,7 @@ pub fn run(
         bytes,
         flops,
         warnings: warnings.finish(),
+        dma_engine_ps,
     })
 }
 

@@ -3,7 +3,7 @@
 //! Times are integer picoseconds so that the same program gives the same numbers on every
 //! run and platform; helpers convert to nanoseconds for display.
 
-use neuron_isa::{Dtype, Engine};
+use neuron_isa::{ChipConfig, Dtype, Engine};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -27,6 +27,12 @@ pub struct InstrRecord {
     /// FLOPs performed (2 per multiply-add for matmul; 0 for data movement). The simulator
     /// counts TensorE matmul FLOPs only (`2 * K * M * N`); every other instruction records 0.
     pub flops: u64,
+    /// DMA only: DMA-engine time this transfer occupies, ps summed over engines, at the
+    /// engines' full rate (its bytes, times the descriptor-size and transpose penalties,
+    /// over one engine's bandwidth). Divided by `dma_engines x` a span it gives DMA-engine
+    /// utilization, which can bind below full HBM utilization.
+    #[serde(default)]
+    pub dma_engine_ps: u64,
 }
 
 impl InstrRecord {
@@ -103,6 +109,9 @@ pub struct RunStats {
     pub flops: BTreeMap<Dtype, u64>,
     /// Warnings raised (poisoned reads, races).
     pub warnings: Vec<Warning>,
+    /// Sum of [`InstrRecord::dma_engine_ps`] over the run.
+    #[serde(default)]
+    pub dma_engine_ps: u64,
 }
 
 impl RunStats {
@@ -115,4 +124,36 @@ impl RunStats {
     pub fn total_flops(&self) -> u64 {
         self.flops.values().sum()
     }
+
+    /// Fraction of `cfg`'s HBM bandwidth the run used: HBM bytes over
+    /// `hbm_bandwidth x total time` (0 for an empty run).
+    pub fn hbm_utilization(&self, cfg: &ChipConfig) -> f64 {
+        hbm_utilization(
+            self.bytes.hbm_read + self.bytes.hbm_write,
+            self.total_ps,
+            cfg,
+        )
+    }
+
+    /// Fraction of `cfg`'s DMA-engine time the run used: [`RunStats::dma_engine_ps`] over
+    /// `dma_engines x total time` (0 for an empty run).
+    pub fn dma_engine_utilization(&self, cfg: &ChipConfig) -> f64 {
+        dma_engine_utilization(self.dma_engine_ps, self.total_ps, cfg)
+    }
+}
+
+/// HBM utilization of `hbm_bytes` moved in `span_ps` on `cfg`.
+pub fn hbm_utilization(hbm_bytes: u64, span_ps: u64, cfg: &ChipConfig) -> f64 {
+    if span_ps == 0 {
+        return 0.0;
+    }
+    hbm_bytes as f64 / (cfg.hbm_bandwidth_bytes_per_ns * span_ps as f64 / 1000.0)
+}
+
+/// DMA-engine utilization of `engine_ps` (summed over engines) in `span_ps` on `cfg`.
+pub fn dma_engine_utilization(engine_ps: u64, span_ps: u64, cfg: &ChipConfig) -> f64 {
+    if span_ps == 0 {
+        return 0.0;
+    }
+    engine_ps as f64 / (f64::from(cfg.dma_engines.max(1)) * span_ps as f64)
 }

@@ -317,7 +317,7 @@ fn inconsistent_metadata_is_rejected() {
 }
 
 /// Every field of a chip configuration, with the TOML kind of its value.
-const FIELDS: [(&str, char); 31] = [
+const FIELDS: [(&str, char); 35] = [
     ("name", 's'),
     ("generation", 'i'),
     ("partitions", 'i'),
@@ -334,6 +334,10 @@ const FIELDS: [(&str, char); 31] = [
     ("dma_queues", 'i'),
     ("dma_engine_bytes_per_ns", 'f'),
     ("dma_fixed_latency_ns", 'f'),
+    ("dma_queue_depth", 'i'),
+    ("dma_full_rate_descriptor_bytes", 'i'),
+    ("dma_transpose_hbm_efficiency", 'f'),
+    ("dma_transpose_sbuf_efficiency", 'f'),
     ("matmul_stationary_fmax", 'i'),
     ("matmul_moving_fmax", 'i'),
     ("matmul_fp32_factor", 'i'),
