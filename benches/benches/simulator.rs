@@ -3,6 +3,11 @@
 //! - `sim_timing_only/pipeline_100k`: timing-only simulation of a 100,000-instruction
 //!   double-buffered load -> matmul -> evict -> store pipeline over 5 streams, reported in
 //!   instructions per second (target: >= 1 M instructions/s).
+//! - `sim_timing_only/bert_base_b16`: timing-only simulation of the compiled 12-layer
+//!   BERT-base, seq 128, batch 16 (trn1; `neuron_benches::bert_base_json`), in
+//!   instructions per second (issue 12's target: >= 1 M instructions/s). Its DMA traffic
+//!   exercises the DMA model's sharing (many queues, transfers in flight). Compiling is
+//!   set-up; `Simulator::new` and `run` are timed.
 //! - `sim_matmul_512/simulated` vs `sim_matmul_512/ndarray_f32`: a functional 512x512x512
 //!   matmul on the simulated core (bf16 inputs in 128x128x512 tiles, FP32 PSUM accumulation
 //!   over K, eviction and store included) against ndarray's f32 GEMM of the same shapes;
@@ -172,6 +177,30 @@ fn timing_only(c: &mut Criterion) {
     g.bench_function("pipeline_100k", |b| {
         b.iter(|| {
             let mut sim = Simulator::new(&program, &cfg, opts).expect("program loads");
+            black_box(sim.run().expect("program runs").total_ps)
+        })
+    });
+    g.finish();
+
+    let json = neuron_benches::bert_base_json(16, 12);
+    let graph = neuronc::frontend::parse_model(&json, std::path::Path::new("."))
+        .expect("BERT-base model.json parses");
+    let copts = neuronc::options::CompileOptions {
+        target: cfg.clone(),
+        auto_cast: neuronc::options::AutoCast::Matmult,
+        ..neuronc::options::CompileOptions::default()
+    };
+    let bert = neuronc::driver::compile(&graph, &copts)
+        .expect("BERT-base compiles")
+        .artifact
+        .meta
+        .program;
+    let mut g = c.benchmark_group("sim_timing_only");
+    g.throughput(Throughput::Elements(bert.instruction_count() as u64));
+    g.sample_size(10);
+    g.bench_function("bert_base_b16", |b| {
+        b.iter(|| {
+            let mut sim = Simulator::new(&bert, &cfg, opts).expect("program loads");
             black_box(sim.run().expect("program runs").total_ps)
         })
     });

@@ -54,10 +54,10 @@ pub struct ChipConfig {
     /// DMA instructions one queue keeps in flight (issued, not yet complete). The next
     /// transfer's fixed latency overlaps the current one's data phase.
     pub dma_queue_depth: u32,
-    /// Descriptor size (a contiguous run within one partition), bytes, from which a DMA
-    /// engine runs at its peak; a shorter descriptor takes as long as one of this size.
-    /// 0 disables the penalty.
-    pub dma_full_rate_descriptor_bytes: u64,
+    /// Per-descriptor setup cost of a DMA engine, in bytes of transfer time at the
+    /// engine's rate: a descriptor (a contiguous run within one partition) of `d` bytes
+    /// takes the engine as long as `d + this` bytes. 0 disables it.
+    pub dma_descriptor_overhead_bytes: u64,
     /// Fraction of DMA throughput a transposing DMA reaches when one side is HBM.
     pub dma_transpose_hbm_efficiency: f64,
     /// Fraction of DMA throughput a transposing SBUF -> SBUF DMA reaches.
@@ -158,7 +158,7 @@ impl ChipConfig {
             dma_engine_bytes_per_ns: 17.0,
             dma_fixed_latency_ns: 1300.0,
             dma_queue_depth: 4,
-            dma_full_rate_descriptor_bytes: 2048,
+            dma_descriptor_overhead_bytes: 256,
             dma_transpose_hbm_efficiency: 0.9,
             dma_transpose_sbuf_efficiency: 0.5,
             matmul_stationary_fmax: 128,
@@ -358,8 +358,8 @@ impl ChipConfig {
         check_range("dma_queues", u64::from(self.dma_queues), 1, 64)?;
         check_range("dma_queue_depth", u64::from(self.dma_queue_depth), 1, 64)?;
         check_range(
-            "dma_full_rate_descriptor_bytes",
-            self.dma_full_rate_descriptor_bytes,
+            "dma_descriptor_overhead_bytes",
+            self.dma_descriptor_overhead_bytes,
             0,
             1 << 20,
         )?;

@@ -88,6 +88,11 @@ impl fmt::Display for Report {
             "  mbu          {:.2} % of {:.0} GB/s",
             s.mbu_percent, s.hbm_bandwidth_bytes_per_ns
         )?;
+        writeln!(
+            f,
+            "  dma engines  {:.2} % busy at full rate",
+            s.dma_engine_utilization_percent
+        )?;
         let e = &s.engine_active_percent;
         writeln!(
             f,
@@ -109,8 +114,8 @@ impl fmt::Display for Report {
             )?;
             writeln!(
                 f,
-                "    {:>10} {:>6} {:>12} {:>12} {:>9}  {:<13}  kernel",
-                "time us", "%", "flops", "hbm bytes", "FLOP/B", "bound"
+                "    {:>10} {:>6} {:>12} {:>12} {:>9}  {:<13}  {:<11}  kernel",
+                "time us", "%", "flops", "hbm bytes", "FLOP/B", "bound", "limited by"
             )?;
             for k in s.kernels.iter().take(TOP_KERNELS) {
                 let share = if s.latency_ns > 0.0 {
@@ -123,13 +128,14 @@ impl fmt::Display for Report {
                     .map_or_else(|| "-".to_string(), |a| format!("{a:.1}"));
                 writeln!(
                     f,
-                    "    {:>10.3} {:>6.1} {:>12} {:>12} {:>9}  {:<13}  {}",
+                    "    {:>10.3} {:>6.1} {:>12} {:>12} {:>9}  {:<13}  {:<11}  {}",
                     k.time_ns / 1000.0,
                     share,
                     k.flops,
                     k.bytes,
                     ai,
                     k.bound.to_string(),
+                    k.limited_by,
                     k.name
                 )?;
             }

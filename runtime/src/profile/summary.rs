@@ -11,6 +11,10 @@
 //!   no matmul ran): fp32 matmuls are measured against the quarter-rate fp32 peak, fp8
 //!   and int8 against theirs.
 //! - `mbu_percent = (hbm_read_bytes + hbm_write_bytes) / latency / hbm_bandwidth`.
+//! - `dma_engine_utilization_percent = dma_engine_ps / (dma_engines x latency)`: the DMA
+//!   engines' time at full rate that the transfers took (descriptor-size and transpose
+//!   penalties included), separate from HBM: on trn1 the engines (272 B/ns) bind before
+//!   HBM (410 B/ns), so a program can be DMA-bound at 66% MBU.
 //! - `engine_active_percent`: busy time over latency per engine; for `dma`, the time at
 //!   least one DMA queue was busy.
 //! - Per kernel: `time_ns` is the union of its instructions' intervals over all engines
@@ -18,13 +22,17 @@
 //!   read + written) are summed from its instructions' records; `bound` compares the
 //!   arithmetic intensity `flops / bytes` with the ridge point `peak / hbm_bandwidth`:
 //!   below it the kernel is `memory-bound`, at or above it `compute-bound`.
+//!   `hbm_percent` and `dma_engine_percent` are its HBM and DMA-engine utilization over
+//!   its `time_ns`, `engine_percent` each compute engine's busy time over it, and
+//!   `limited_by` names the most utilized of `hbm`, `dma-engines`, `tensor`, `vector`,
+//!   `scalar` and `gpsimd`: the resource that bound the kernel.
 //! - `spill_*_bytes`: HBM bytes DMA'd out of (save) and back into (reload) SBUF by
 //!   kernels of kind `spill`, to scratch tensors; 0 when the compiler emitted none.
 
 use crate::error::RuntimeError;
 use crate::model::Model;
 use crate::profile::{Span, spans, union_length};
-use neuron_isa::{Dtype, Engine, Memory, Op, TensorKind};
+use neuron_isa::{ChipConfig, Dtype, Engine, Memory, Op, TensorKind};
 use neuron_sim::{RunStats, WarningKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -101,6 +109,20 @@ pub struct KernelSummary {
     pub arithmetic_intensity: Option<f64>,
     /// Roofline verdict.
     pub bound: Bound,
+    /// HBM bytes over `hbm_bandwidth x time`, percent.
+    #[serde(default)]
+    pub hbm_percent: f64,
+    /// DMA-engine time (at full rate, penalties included) over `dma_engines x time`,
+    /// percent.
+    #[serde(default)]
+    pub dma_engine_percent: f64,
+    /// Busy time of each compute engine over `time`, percent.
+    #[serde(default)]
+    pub engine_percent: EngineActive,
+    /// The most utilized resource: `hbm`, `dma-engines`, `tensor`, `vector`, `scalar` or
+    /// `gpsimd`.
+    #[serde(default)]
+    pub limited_by: String,
 }
 
 /// Warnings the run raised.
@@ -151,6 +173,9 @@ pub struct Summary {
     pub hbm_bandwidth_bytes_per_ns: f64,
     /// Memory bandwidth utilization, percent.
     pub mbu_percent: f64,
+    /// DMA-engine time at full rate over `dma_engines x latency`, percent.
+    #[serde(default)]
+    pub dma_engine_utilization_percent: f64,
     /// `peak_flops_per_s / hbm bandwidth`, FLOP per byte.
     pub ridge_point_flops_per_byte: f64,
     /// Busy percent per engine kind.
@@ -240,7 +265,7 @@ impl Summary {
             })
             .collect();
 
-        let kernels = kernel_summaries(&all, ridge);
+        let kernels = kernel_summaries(&all, ridge, cfg);
         let (spill_save_bytes, spill_reload_bytes) = spill_bytes(model, &all);
         let mut warnings = WarningSummary::default();
         for w in &stats.warnings {
@@ -275,6 +300,7 @@ impl Summary {
             hbm_write_bytes: stats.bytes.hbm_write,
             hbm_bandwidth_bytes_per_ns: hbm_bw,
             mbu_percent: percent(hbm_bytes as f64, hbm_bw * latency_ns),
+            dma_engine_utilization_percent: 100.0 * stats.dma_engine_utilization(cfg),
             ridge_point_flops_per_byte: ridge,
             engine_active_percent,
             engines,
@@ -289,12 +315,15 @@ impl Summary {
 }
 
 /// Per-kernel figures, longest first (ties by name).
-fn kernel_summaries(all: &[Span<'_>], ridge: f64) -> Vec<KernelSummary> {
+fn kernel_summaries(all: &[Span<'_>], ridge: f64, cfg: &ChipConfig) -> Vec<KernelSummary> {
     struct Acc<'a> {
         kind: &'a str,
         intervals: Vec<(u64, u64)>,
         flops: u64,
         bytes: u64,
+        dma_engine_ps: u64,
+        /// Busy ps of TensorE, VectorE, ScalarE, GpSimd.
+        busy: [u64; 4],
     }
     let mut acc: BTreeMap<&str, Acc<'_>> = BTreeMap::new();
     for s in all {
@@ -303,10 +332,23 @@ fn kernel_summaries(all: &[Span<'_>], ridge: f64) -> Vec<KernelSummary> {
             intervals: Vec::new(),
             flops: 0,
             bytes: 0,
+            dma_engine_ps: 0,
+            busy: [0; 4],
         });
         a.intervals.push((s.record.start_ps, s.record.end_ps));
         a.flops += s.record.flops;
         a.bytes += s.record.hbm_read_bytes + s.record.hbm_write_bytes;
+        a.dma_engine_ps = a.dma_engine_ps.saturating_add(s.record.dma_engine_ps);
+        let slot = match s.engine {
+            Engine::Tensor => Some(0),
+            Engine::Vector => Some(1),
+            Engine::Scalar => Some(2),
+            Engine::GpSimd => Some(3),
+            Engine::Dma(_) => None,
+        };
+        if let Some(i) = slot {
+            a.busy[i] = a.busy[i].saturating_add(s.record.duration_ps());
+        }
     }
     let mut out: Vec<KernelSummary> = acc
         .into_iter()
@@ -316,14 +358,42 @@ fn kernel_summaries(all: &[Span<'_>], ridge: f64) -> Vec<KernelSummary> {
                 Some(i) if i < ridge => Bound::Memory,
                 _ => Bound::Compute,
             };
+            let span_ps = union_length(a.intervals);
+            let hbm_percent = 100.0 * neuron_sim::stats::hbm_utilization(a.bytes, span_ps, cfg);
+            let dma_engine_percent =
+                100.0 * neuron_sim::stats::dma_engine_utilization(a.dma_engine_ps, span_ps, cfg);
+            let span = span_ps as f64;
+            let engine_percent = EngineActive {
+                tensor: percent(a.busy[0] as f64, span),
+                vector: percent(a.busy[1] as f64, span),
+                scalar: percent(a.busy[2] as f64, span),
+                gpsimd: percent(a.busy[3] as f64, span),
+                dma: dma_engine_percent,
+            };
+            let limited_by = [
+                ("hbm", hbm_percent),
+                ("dma-engines", dma_engine_percent),
+                ("tensor", engine_percent.tensor),
+                ("vector", engine_percent.vector),
+                ("scalar", engine_percent.scalar),
+                ("gpsimd", engine_percent.gpsimd),
+            ]
+            .into_iter()
+            .fold(("", -1.0), |best, c| if c.1 > best.1 { c } else { best })
+            .0
+            .to_string();
             KernelSummary {
                 name: name.to_string(),
                 kind: a.kind.to_string(),
-                time_ns: union_length(a.intervals) as f64 / 1000.0,
+                time_ns: span / 1000.0,
                 flops: a.flops,
                 bytes: a.bytes,
                 arithmetic_intensity: intensity,
                 bound,
+                hbm_percent,
+                dma_engine_percent,
+                engine_percent,
+                limited_by,
             }
         })
         .collect();

@@ -335,7 +335,7 @@ const FIELDS: [(&str, char); 35] = [
     ("dma_engine_bytes_per_ns", 'f'),
     ("dma_fixed_latency_ns", 'f'),
     ("dma_queue_depth", 'i'),
-    ("dma_full_rate_descriptor_bytes", 'i'),
+    ("dma_descriptor_overhead_bytes", 'i'),
     ("dma_transpose_hbm_efficiency", 'f'),
     ("dma_transpose_sbuf_efficiency", 'f'),
     ("matmul_stationary_fmax", 'i'),

@@ -586,7 +586,7 @@ fn chip(g: &mut Gen) -> ChipConfig {
         cfg.hbm_bandwidth_bytes_per_ns = g.pick(&[1e-300, 410.0, 1e300]);
         cfg.dma_fixed_latency_ns = g.pick(&[0.0, 1300.0, 1e300]);
         cfg.dma_queue_depth = g.pick(&[1, 4, 64]);
-        cfg.dma_full_rate_descriptor_bytes = g.pick(&[0, 1, 2048, 1 << 20]);
+        cfg.dma_descriptor_overhead_bytes = g.pick(&[0, 1, 256, 1 << 20]);
         cfg.dma_transpose_hbm_efficiency = g.pick(&[f64::MIN_POSITIVE, 0.9, 1.0]);
         cfg.dma_transpose_sbuf_efficiency = g.pick(&[f64::MIN_POSITIVE, 0.5, 1.0]);
     }

@@ -62,13 +62,13 @@ fn semaphores_order_engines() {
     assert_eq!(mm.start_ps, load.end_ps);
     assert_eq!(act.start_ps, mm.end_ps);
     assert_eq!(store.start_ps, act.end_ps);
-    // Closed forms: load 32 KiB of 256 B descriptors (8x the engine time: 34 B/ns);
-    // matmul max(64, 128) + 64 fill; activation max(64, 128) + 60; store 64 KiB of 512 B
-    // descriptors (4x: 68 B/ns).
-    assert!(load.duration_ps().abs_diff(LAT_PS + 963_765) <= 1);
+    // Closed forms: load 32 KiB of 256 B descriptors ((256 + 256) / 256 = 2x the engine
+    // time: 136 B/ns); matmul max(64, 128) + 64 fill; activation max(64, 128) + 60; store
+    // 64 KiB of 512 B descriptors (768 / 512 = 1.5x: 181.33 B/ns).
+    assert!(load.duration_ps().abs_diff(LAT_PS + 240_942) <= 1);
     assert_eq!(mm.duration_ps(), ps_of(128 + 64, T));
     assert_eq!(act.duration_ps(), ps_of(128 + 60, S));
-    assert!(store.duration_ps().abs_diff(LAT_PS + 963_765) <= 1);
+    assert!(store.duration_ps().abs_diff(LAT_PS + 361_412) <= 1);
     assert_eq!(s.total_ps, store.end_ps);
     // Engine statistics: the tensor engine waited for the load, then was busy.
     let tensor = &s.engines[1];
