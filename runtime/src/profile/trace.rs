@@ -7,7 +7,9 @@
 //! at picosecond precision, and args `kernel`, `operands` (its disassembly, as in
 //! `neuron_isa::disasm`), `bytes` (HBM bytes moved), `flops`, `index`, `wait` and
 //! `signal`. Streams are in-order, so slices on
-//! one thread never overlap.
+//! one thread never overlap: a DMA queue keeps several transfers in flight, so its slice
+//! starts when the previous transfer of the queue ended (or at its issue, if later), and
+//! the arg `issued_us` gives the issue time.
 //!
 //! Two counter tracks (`"ph": "C"`):
 //! - `HBM bandwidth (GB/s)`: each DMA's HBM bytes spread evenly over its duration, summed
@@ -57,8 +59,18 @@ pub fn chrome_trace(model: &Model, stats: &RunStats) -> Result<Value, RuntimeErr
             "args": { "sort_index": rank },
         }));
     }
+    let mut queue_end: Vec<u64> = vec![0; program.streams.len()];
     for s in &all {
         let r = s.record;
+        let shown_start = if s.engine.is_dma() {
+            let prev = queue_end.get(usize::from(r.stream)).copied().unwrap_or(0);
+            r.start_ps.max(prev.min(r.end_ps))
+        } else {
+            r.start_ps
+        };
+        if let Some(e) = queue_end.get_mut(usize::from(r.stream)) {
+            *e = (*e).max(r.end_ps);
+        }
         let wait: Vec<String> = s
             .instr
             .wait
@@ -72,8 +84,8 @@ pub fn chrome_trace(model: &Model, stats: &RunStats) -> Result<Value, RuntimeErr
             "ph": "X",
             "pid": PID,
             "tid": r.stream,
-            "ts": us(r.start_ps),
-            "dur": us(r.end_ps.saturating_sub(r.start_ps)),
+            "ts": us(shown_start),
+            "dur": us(r.end_ps.saturating_sub(shown_start)),
             "args": {
                 "kernel": s.kernel_name(),
                 "operands": instruction_text(program, s.instr),
@@ -82,6 +94,7 @@ pub fn chrome_trace(model: &Model, stats: &RunStats) -> Result<Value, RuntimeErr
                 "hbm_write_bytes": r.hbm_write_bytes,
                 "flops": r.flops,
                 "index": r.index,
+                "issued_us": us(r.start_ps),
                 "wait": wait.join(" "),
                 "signal": signal.join(" "),
             },
