@@ -351,9 +351,10 @@ impl Builder {
             (dma.clone(), dma.clone(), dma.clone())
         };
         // Prefetches take the first PREFETCH_QUEUES of the independent loads' queues when
-        // at least as many remain for those. (Measured: letting them share all eight
-        // independent-load queues instead slows bert_layer, 124.8 -> 129.5 us, because the
-        // weights then outnumber the activation loads in the engines' fair share.)
+        // at least as many remain for those. (Measured with partition-broadcast bias
+        // loads: letting them share all eight independent-load queues instead slowed
+        // bert_layer from 124.8 to 129.5 us; the weights then outnumber the activation
+        // loads in the engines' fair share.)
         let prefetch_queues = if prefetch && load_queues.len() >= 2 * PREFETCH_QUEUES {
             load_queues.drain(..PREFETCH_QUEUES).collect()
         } else {
