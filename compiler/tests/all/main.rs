@@ -1,6 +1,7 @@
 //! The one integration-test binary of `neuronc` (one link instead of many).
 
 mod backend_cli;
+mod backend_dma;
 mod backend_harness;
 mod backend_kinds;
 mod backend_perf;
