@@ -23,6 +23,7 @@
 
 use crate::error::RuntimeError;
 use crate::model::Model;
+use crate::profile::insights::{Insight, Limiter, kernel_uses};
 use crate::profile::{Span, spans, union_length};
 use neuron_isa::{Dtype, Engine, Memory, Op, TensorKind};
 use neuron_sim::{RunStats, WarningKind};
@@ -101,6 +102,14 @@ pub struct KernelSummary {
     pub arithmetic_intensity: Option<f64>,
     /// Roofline verdict.
     pub bound: Bound,
+    /// What limited it in this run: `hbm`, `dma`, `tensor`, `vector`, `scalar`,
+    /// `gpsimd` or `latency` (see [`super::insights::KernelUse::limiter`]).
+    #[serde(default = "latency_limiter")]
+    pub limiter: Limiter,
+}
+
+fn latency_limiter() -> Limiter {
+    Limiter::Latency
 }
 
 /// Warnings the run raised.
@@ -119,6 +128,15 @@ pub struct WarningSummary {
 /// The contents of `summary.json` (see the module documentation for definitions).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    /// The tool that wrote it (`neuron-sim`).
+    #[serde(default)]
+    pub tool: String,
+    /// Its version.
+    #[serde(default)]
+    pub tool_version: String,
+    /// Version of this file's layout ([`super::SCHEMA_VERSION`]).
+    #[serde(default)]
+    pub schema_version: u32,
     /// Model name.
     pub model: String,
     /// Target chip.
@@ -169,6 +187,9 @@ pub struct Summary {
     pub spill_reload_bytes: u64,
     /// Warnings.
     pub warnings: WarningSummary,
+    /// What to fix, largest estimated saving first (see [`super::insights`]).
+    #[serde(default)]
+    pub insights: Vec<Insight>,
 }
 
 fn percent(part: f64, whole: f64) -> f64 {
@@ -240,7 +261,13 @@ impl Summary {
             })
             .collect();
 
-        let kernels = kernel_summaries(&all, ridge);
+        let uses = kernel_uses(&all, cfg);
+        let mut kernels = kernel_summaries(&all, ridge);
+        for k in &mut kernels {
+            if let Some(u) = uses.get(k.name.as_str()) {
+                k.limiter = u.limiter();
+            }
+        }
         let (spill_save_bytes, spill_reload_bytes) = spill_bytes(model, &all);
         let mut warnings = WarningSummary::default();
         for w in &stats.warnings {
@@ -254,7 +281,10 @@ impl Summary {
             }
         }
         let base_clock_ghz = cfg.scalar_clock_ghz;
-        Ok(Summary {
+        let mut summary = Summary {
+            tool: super::TOOL.to_string(),
+            tool_version: super::TOOL_VERSION.to_string(),
+            schema_version: super::SCHEMA_VERSION,
             model: model.name().to_string(),
             target: cfg.name.clone(),
             batch_size: meta.batch_size,
@@ -284,7 +314,10 @@ impl Summary {
             spill_save_bytes,
             spill_reload_bytes,
             warnings,
-        })
+            insights: Vec::new(),
+        };
+        summary.insights = super::insights::find(model, &all, &summary);
+        Ok(summary)
     }
 }
 
@@ -324,6 +357,7 @@ fn kernel_summaries(all: &[Span<'_>], ridge: f64) -> Vec<KernelSummary> {
                 bytes: a.bytes,
                 arithmetic_intensity: intensity,
                 bound,
+                limiter: Limiter::Latency,
             }
         })
         .collect();

@@ -8,5 +8,7 @@ mod checks;
 mod cli;
 mod common;
 mod execute;
+mod insights;
 mod load;
 mod profile;
+mod sweep;
