@@ -74,6 +74,7 @@
 #![warn(missing_docs)]
 
 mod codec;
+pub mod compare;
 pub mod error;
 pub mod execute;
 pub mod host;

@@ -32,6 +32,50 @@ struct Cli {
 enum Command {
     /// Execute an artifact or model and print a performance summary.
     Run(RunArgs),
+    /// Compare two profiles (directories or summary.json files): headline figures and
+    /// per-kernel time deltas, largest first.
+    ///
+    /// Example: neuron-sim compare before/ after/summary.json --format csv
+    Compare(CompareArgs),
+}
+
+#[derive(Args, Debug)]
+struct CompareArgs {
+    /// Run A: a --profile directory or its summary.json.
+    a: PathBuf,
+    /// Run B: a --profile directory or its summary.json.
+    b: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = CompareFormat::Table)]
+    format: CompareFormat,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum CompareFormat {
+    /// An aligned text table.
+    Table,
+    /// section,name,a,b,delta,delta_percent rows.
+    Csv,
+    /// The comparison as JSON.
+    Json,
+}
+
+fn compare(args: &CompareArgs) -> anyhow::Result<()> {
+    use neuron_runtime::compare::{Comparison, load_summary};
+    let a = load_summary(&args.a)?;
+    let b = load_summary(&args.b)?;
+    let c = Comparison::new(
+        &a,
+        &args.a.display().to_string(),
+        &b,
+        &args.b.display().to_string(),
+    );
+    match args.format {
+        CompareFormat::Table => print!("{}", c.to_table()),
+        CompareFormat::Csv => print!("{}", c.to_csv()),
+        CompareFormat::Json => println!("{}", serde_json::to_string_pretty(&c)?),
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -402,6 +446,7 @@ fn main() -> ExitCode {
         .init();
     let result = match &cli.command {
         Command::Run(args) => run(args),
+        Command::Compare(args) => compare(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

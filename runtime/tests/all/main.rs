@@ -7,6 +7,7 @@
 mod checks;
 mod cli;
 mod common;
+mod compare;
 mod execute;
 mod insights;
 mod load;
