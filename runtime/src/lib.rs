@@ -78,6 +78,7 @@ pub mod compare;
 pub mod error;
 pub mod execute;
 pub mod host;
+pub mod html;
 pub mod inputs;
 pub mod model;
 pub mod npy;

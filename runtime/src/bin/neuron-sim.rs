@@ -37,6 +37,28 @@ enum Command {
     ///
     /// Example: neuron-sim compare before/ after/summary.json --format csv
     Compare(CompareArgs),
+    /// Render a --profile directory as one self-contained HTML page: summary, insights,
+    /// flame graph, roofline and engine utilization over time.
+    ///
+    /// Example: neuron-sim report profile/ -o report.html
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// The profile directory (summary.json, flame.svg, trace.json).
+    dir: PathBuf,
+    /// The HTML file to write.
+    #[arg(short, long, value_name = "FILE", default_value = "report.html")]
+    output: PathBuf,
+}
+
+fn report(args: &ReportArgs) -> anyhow::Result<()> {
+    let page = neuron_runtime::html::report_dir(&args.dir)?;
+    std::fs::write(&args.output, page)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    eprintln!("report written to {}", args.output.display());
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -447,6 +469,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run(args) => run(args),
         Command::Compare(args) => compare(args),
+        Command::Report(args) => report(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

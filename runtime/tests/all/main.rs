@@ -12,4 +12,5 @@ mod execute;
 mod insights;
 mod load;
 mod profile;
+mod report;
 mod sweep;
