@@ -356,6 +356,9 @@ impl Progress {
 }
 
 fn run(args: &RunArgs) -> anyhow::Result<()> {
+    if args.append.is_some() && args.format != Some(FormatArg::Csv) {
+        return Err(UsageError("--append needs --format csv".into()).into());
+    }
     let model = load(args)?;
     let seed = args.seed.unwrap_or(model.artifact().meta.seed);
     let mut inputs = model.bind();
@@ -434,9 +437,6 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot write {}", file.display()))?;
             eprintln!("row appended to {}", file.display());
         }
-        (_, Some(_)) => {
-            return Err(UsageError("--append needs --format csv".into()).into());
-        }
         (FormatArg::Csv, None) => {
             println!("{}", Report::csv_header());
             println!(
@@ -444,8 +444,8 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
                 report.csv_row(&args.model.display().to_string(), &settings.join(" "))
             );
         }
-        (FormatArg::Json, None) => println!("{}", report.to_json()?),
-        (FormatArg::Text, None) => print!("{report}"),
+        (FormatArg::Json, _) => println!("{}", report.to_json()?),
+        (FormatArg::Text, _) => print!("{report}"),
     }
     Ok(())
 }

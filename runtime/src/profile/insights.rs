@@ -244,7 +244,12 @@ fn on_chip_side<'a>(dst: &'a Ap, src: &'a Ap) -> Option<&'a Ap> {
 /// (bytes moved, on-chip partition range) of a DMA, as the simulator's DMA model
 /// counts them (`neuron_sim::dma`): the larger of the two sides; no range for HBM -> HBM.
 fn dma_shape(op: &Op) -> Option<(u64, Option<(u32, u32)>)> {
-    let range = |ap: &Ap| (ap.start_partition, ap.start_partition + ap.partitions);
+    let range = |ap: &Ap| {
+        (
+            ap.start_partition,
+            ap.start_partition.saturating_add(ap.partitions),
+        )
+    };
     match op {
         Op::Dma { dst, src } => Some((
             src.bytes().max(dst.bytes()),

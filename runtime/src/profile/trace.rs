@@ -158,7 +158,7 @@ fn dma_queue_names(model: &Model, all: &[Span<'_>]) -> BTreeMap<usize, String> {
                 match side {
                     Some(a) if a.partitions > 0 => (
                         a.start_partition / ppe,
-                        (a.start_partition + a.partitions - 1) / ppe,
+                        a.start_partition.saturating_add(a.partitions - 1) / ppe,
                     ),
                     // HBM -> HBM: spread over every engine.
                     _ => (0, cfg.dma_engines.saturating_sub(1)),
@@ -166,7 +166,7 @@ fn dma_queue_names(model: &Model, all: &[Span<'_>]) -> BTreeMap<usize, String> {
             }
             neuron_isa::Op::DmaGather { dst, .. } if dst.partitions > 0 => (
                 dst.start_partition / ppe,
-                (dst.start_partition + dst.partitions - 1) / ppe,
+                dst.start_partition.saturating_add(dst.partitions - 1) / ppe,
             ),
             _ => continue,
         };

@@ -526,3 +526,39 @@ fn insights_are_sorted_by_saving_and_serialized_by_kind_name() {
     assert_eq!(v["schema_version"], 2);
     assert_eq!(v["tool"], "neuron-sim");
 }
+
+#[test]
+fn the_cli_prints_the_insights_of_the_json_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let neff = write(dir.path(), "mlp.neff", &mlp_artifact(256, 3));
+    let run = |extra: &[&str]| {
+        let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_neuron-sim"))
+            .arg("run")
+            .arg(&neff)
+            .arg("--timing-only")
+            .args(extra)
+            .assert()
+            .success()
+            .get_output()
+            .clone();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json: serde_json::Value = serde_json::from_str(&run(&["--json"])).unwrap();
+    let insights = json["insights"].as_array().unwrap();
+    assert!(!insights.is_empty());
+    let text = run(&[]);
+    assert!(
+        text.contains("insights     (largest estimated saving first)"),
+        "{text}"
+    );
+    for (n, i) in insights.iter().take(6).enumerate() {
+        let line = format!(
+            "{}. [{}] {}",
+            n + 1,
+            i["kind"].as_str().unwrap(),
+            i["finding"].as_str().unwrap()
+        );
+        assert!(text.contains(&line), "{line} not in {text}");
+        assert!(text.contains(i["action"].as_str().unwrap()), "{text}");
+    }
+}
