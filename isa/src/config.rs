@@ -248,8 +248,57 @@ impl ChipConfig {
                 )));
             }
         };
-        let preset = ChipConfig::preset(&base)?;
-        let mut merged = toml::Table::try_from(&preset)
+        ChipConfig::preset(&base)?.merge(table, origin)
+    }
+
+    /// This configuration with `overrides` (`(field, value)` pairs, values in TOML syntax:
+    /// `820`, `820.0`, `"my-chip"`; a bare word is taken as a string) applied, parsed and
+    /// validated exactly as the same lines in a TOML file based on this configuration
+    /// would be, so `--set k=v` and a TOML file holding `k = v` give the same chip.
+    ///
+    /// ```
+    /// use neuron_isa::ChipConfig;
+    /// let cfg = ChipConfig::trn1()
+    ///     .with_overrides(&[("hbm_bandwidth_bytes_per_ns", "820")])
+    ///     .unwrap();
+    /// assert_eq!(cfg.hbm_bandwidth_bytes_per_ns, 820.0);
+    /// assert!(ChipConfig::trn1().with_overrides(&[("sbuf_kib", "1")]).is_err());
+    /// ```
+    pub fn with_overrides<K: AsRef<str>, V: AsRef<str>>(
+        &self,
+        overrides: &[(K, V)],
+    ) -> Result<ChipConfig, ConfigError> {
+        const ORIGIN: &str = "--set";
+        let mut table = toml::Table::new();
+        for (k, v) in overrides {
+            let (k, v) = (k.as_ref().trim(), v.as_ref().trim());
+            let parse_err = |message: String| ConfigError::Parse {
+                path: ORIGIN.to_string(),
+                message,
+            };
+            if k == "base" {
+                return Err(parse_err(
+                    "`base` cannot be set: choose the preset with --target".into(),
+                ));
+            }
+            // The value as TOML; a bare word (`--set name=my-chip`) is a string.
+            let value = match format!("v = {v}").parse::<toml::Table>() {
+                Ok(mut t) => t.remove("v"),
+                Err(_) => None,
+            }
+            .unwrap_or_else(|| toml::Value::String(v.to_string()));
+            table.insert(k.to_string(), value);
+        }
+        self.merge(table, ORIGIN)
+    }
+
+    /// Overrides fields of `self` with `table` and validates the result.
+    fn merge(&self, table: toml::Table, origin: &str) -> Result<ChipConfig, ConfigError> {
+        let parse_err = |message: String| ConfigError::Parse {
+            path: origin.to_string(),
+            message,
+        };
+        let mut merged = toml::Table::try_from(self)
             .map_err(|e| parse_err(format!("internal: cannot serialise preset: {e}")))?;
         for (k, v) in table {
             if !merged.contains_key(&k) {
@@ -487,6 +536,37 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.sbuf_bytes_per_partition, MAX_SBUF_BYTES_PER_PARTITION);
         assert_eq!(cfg.hbm_bytes, MAX_HBM_BYTES);
+    }
+
+    #[test]
+    fn overrides_equal_the_same_toml_file() {
+        let text = "base = \"trn2\"\nhbm_bandwidth_bytes_per_ns = 820\nsbuf_bytes_per_partition = 262144\nname = \"big\"";
+        let from_file = ChipConfig::from_toml_str(text, "t.toml").unwrap();
+        let from_set = ChipConfig::trn2()
+            .with_overrides(&[
+                ("hbm_bandwidth_bytes_per_ns", "820"),
+                ("sbuf_bytes_per_partition", " 262144"),
+                ("name", "big"),
+            ])
+            .unwrap();
+        assert_eq!(from_set, from_file);
+        assert_eq!(from_set.hbm_bandwidth_bytes_per_ns, 820.0);
+        let err = |k: &str, v: &str| {
+            ChipConfig::trn1()
+                .with_overrides(&[(k, v)])
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err("hbm_gbps", "1"),
+            "invalid chip config --set: unknown field `hbm_gbps`"
+        );
+        assert_eq!(
+            err("dma_engines", "0"),
+            "invalid chip config field `dma_engines`: expected 1..=128, found 0"
+        );
+        assert!(err("psum_banks", "lots").starts_with("invalid chip config --set: "));
+        assert!(err("base", "trn2").contains("--target"));
     }
 
     #[test]

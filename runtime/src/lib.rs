@@ -74,9 +74,11 @@
 #![warn(missing_docs)]
 
 mod codec;
+pub mod compare;
 pub mod error;
 pub mod execute;
 pub mod host;
+pub mod html;
 pub mod inputs;
 pub mod model;
 pub mod npy;

@@ -8,6 +8,9 @@ use std::fmt;
 /// How many kernels the text report lists.
 pub const TOP_KERNELS: usize = 10;
 
+/// How many insights the text report lists.
+pub const TOP_INSIGHTS: usize = 6;
+
 /// What one run reports: the profile [`Summary`] plus how the run was made.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -24,6 +27,55 @@ impl Report {
     /// The report as pretty-printed JSON.
     pub fn to_json(&self) -> Result<String, RuntimeError> {
         serde_json::to_string_pretty(self).map_err(|e| RuntimeError::Profile(format!("json: {e}")))
+    }
+}
+
+/// Quotes a CSV field when it holds a comma, a quote or a line break (RFC 4180).
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+impl Report {
+    /// The header of [`Report::csv_row`].
+    pub fn csv_header() -> &'static str {
+        "file,model,target,settings,latency_ns,cycles,throughput_per_s,flops,mfu_percent,\
+         hbm_read_bytes,hbm_write_bytes,mbu_percent,tensor_active_percent,\
+         vector_active_percent,scalar_active_percent,gpsimd_active_percent,\
+         dma_active_percent,spill_bytes,instructions,insights"
+    }
+
+    /// One CSV row of the headline figures: `file` is the model as named on the command
+    /// line, `settings` the chip overrides of the run (`k=v k=v`).
+    pub fn csv_row(&self, file: &str, settings: &str) -> String {
+        let s = &self.summary;
+        let e = &s.engine_active_percent;
+        let fields = [
+            csv_field(file),
+            csv_field(&s.model),
+            csv_field(&s.target),
+            csv_field(settings),
+            format!("{:.3}", s.latency_ns),
+            s.cycles.to_string(),
+            format!("{:.3}", s.throughput_per_s),
+            s.flops.to_string(),
+            format!("{:.3}", s.mfu_percent),
+            s.hbm_read_bytes.to_string(),
+            s.hbm_write_bytes.to_string(),
+            format!("{:.3}", s.mbu_percent),
+            format!("{:.3}", e.tensor),
+            format!("{:.3}", e.vector),
+            format!("{:.3}", e.scalar),
+            format!("{:.3}", e.gpsimd),
+            format!("{:.3}", e.dma),
+            s.spill_bytes.to_string(),
+            s.instructions.to_string(),
+            s.insights.len().to_string(),
+        ];
+        fields.join(",")
     }
 }
 
@@ -154,6 +206,21 @@ impl fmt::Display for Report {
             )?;
             for m in w.messages.iter().take(5) {
                 writeln!(f, "    {m}")?;
+            }
+        }
+        if s.insights.is_empty() {
+            writeln!(f, "  insights     none")?;
+        } else {
+            writeln!(f, "  insights     (largest estimated saving first)")?;
+            for (i, ins) in s.insights.iter().take(TOP_INSIGHTS).enumerate() {
+                writeln!(f, "    {}. {ins}", i + 1)?;
+            }
+            if s.insights.len() > TOP_INSIGHTS {
+                writeln!(
+                    f,
+                    "    ... {} more in summary.json (--profile DIR) or --json",
+                    s.insights.len() - TOP_INSIGHTS
+                )?;
             }
         }
         Ok(())

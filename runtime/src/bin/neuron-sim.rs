@@ -32,6 +32,72 @@ struct Cli {
 enum Command {
     /// Execute an artifact or model and print a performance summary.
     Run(RunArgs),
+    /// Compare two profiles (directories or summary.json files): headline figures and
+    /// per-kernel time deltas, largest first.
+    ///
+    /// Example: neuron-sim compare before/ after/summary.json --format csv
+    Compare(CompareArgs),
+    /// Render a --profile directory as one self-contained HTML page: summary, insights,
+    /// flame graph, roofline and engine utilization over time.
+    ///
+    /// Example: neuron-sim report profile/ -o report.html
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// The profile directory (summary.json, flame.svg, trace.json).
+    dir: PathBuf,
+    /// The HTML file to write.
+    #[arg(short, long, value_name = "FILE", default_value = "report.html")]
+    output: PathBuf,
+}
+
+fn report(args: &ReportArgs) -> anyhow::Result<()> {
+    let page = neuron_runtime::html::report_dir(&args.dir)?;
+    std::fs::write(&args.output, page)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    eprintln!("report written to {}", args.output.display());
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+struct CompareArgs {
+    /// Run A: a --profile directory or its summary.json.
+    a: PathBuf,
+    /// Run B: a --profile directory or its summary.json.
+    b: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = CompareFormat::Table)]
+    format: CompareFormat,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum CompareFormat {
+    /// An aligned text table.
+    Table,
+    /// section,name,a,b,delta,delta_percent rows.
+    Csv,
+    /// The comparison as JSON.
+    Json,
+}
+
+fn compare(args: &CompareArgs) -> anyhow::Result<()> {
+    use neuron_runtime::compare::{Comparison, load_summary};
+    let a = load_summary(&args.a)?;
+    let b = load_summary(&args.b)?;
+    let c = Comparison::new(
+        &a,
+        &args.a.display().to_string(),
+        &b,
+        &args.b.display().to_string(),
+    );
+    match args.format {
+        CompareFormat::Table => print!("{}", c.to_table()),
+        CompareFormat::Csv => print!("{}", c.to_csv()),
+        CompareFormat::Json => println!("{}", serde_json::to_string_pretty(&c)?),
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -63,8 +129,49 @@ struct RunArgs {
     /// Look for unsynchronized SBUF/PSUM accesses between engines (slower).
     #[arg(long)]
     check_races: bool,
+    /// Override a chip field as the same line of a --target TOML file would, for the
+    /// compile and the run (repeatable): --set hbm_bandwidth_bytes_per_ns=820.
+    #[arg(long = "set", value_name = "FIELD=VALUE", value_parser = parse_set)]
+    sets: Vec<(String, String)>,
+    /// How to print the summary: text, json (as --json) or csv (a header and one row).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    format: Option<FormatArg>,
+    /// With --format csv: append the row to FILE, writing the header only when FILE is
+    /// new or empty, so a shell loop over --set values builds one table.
+    #[arg(long, value_name = "FILE")]
+    append: Option<PathBuf>,
     #[command(flatten)]
     compile: CompileFlags,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum FormatArg {
+    /// One screen of text.
+    Text,
+    /// The summary as JSON.
+    Json,
+    /// Comma-separated values: a header line and one row.
+    Csv,
+}
+
+fn parse_set(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => {
+            Ok((k.trim().to_string(), v.trim().to_string()))
+        }
+        _ => Err(format!(
+            "expected FIELD=VALUE (a chip config field, e.g. hbm_bandwidth_bytes_per_ns=820), found '{s}'"
+        )),
+    }
+}
+
+/// `cfg` with the `--set` overrides applied (a bad override is a usage error).
+fn apply_sets(cfg: &ChipConfig, sets: &[(String, String)]) -> anyhow::Result<ChipConfig> {
+    if sets.is_empty() {
+        return Ok(cfg.clone());
+    }
+    cfg.with_overrides(sets)
+        .map_err(|e| UsageError(e.to_string()).into())
 }
 
 /// The compiler's flags, used only when the model is a model.json.
@@ -119,7 +226,11 @@ fn is_model_json(path: &Path) -> bool {
 }
 
 /// Compiles a model.json into an artifact, in memory.
-fn compile_in_memory(path: &Path, flags: &CompileFlags) -> anyhow::Result<Artifact> {
+fn compile_in_memory(
+    path: &Path,
+    flags: &CompileFlags,
+    sets: &[(String, String)],
+) -> anyhow::Result<Artifact> {
     use neuronc::options::{AutoCast, CastType, CompileOptions};
     let mut opts = CompileOptions::default();
     if let Some(t) = &flags.target {
@@ -139,6 +250,7 @@ fn compile_in_memory(path: &Path, flags: &CompileFlags) -> anyhow::Result<Artifa
             ))
         })?;
     }
+    opts.target = apply_sets(&opts.target, sets)?;
     opts.fuse = !flags.no_fuse;
     let graph = neuronc::frontend::load_model(path)
         .with_context(|| format!("invalid model {}", path.display()))?;
@@ -158,7 +270,7 @@ fn compile_in_memory(path: &Path, flags: &CompileFlags) -> anyhow::Result<Artifa
 /// Loads the model named on the command line: a .neff, or a model.json compiled first.
 fn load(args: &RunArgs) -> anyhow::Result<Model> {
     if is_model_json(&args.model) {
-        let artifact = compile_in_memory(&args.model, &args.compile)?;
+        let artifact = compile_in_memory(&args.model, &args.compile, &args.sets)?;
         return Ok(Model::from_artifact(artifact)?);
     }
     let c = &args.compile;
@@ -175,9 +287,18 @@ fn load(args: &RunArgs) -> anyhow::Result<Model> {
             .into());
         }
     }
-    let model = Model::load(&args.model)?;
+    let mut model = Model::load(&args.model)?;
+    if !args.sets.is_empty() {
+        // The program stays as compiled; the run uses the overridden chip (re-verified:
+        // a smaller SBUF may no longer hold it).
+        let mut artifact = model.artifact().clone();
+        artifact.meta.target = apply_sets(&artifact.meta.target, &args.sets)?;
+        model = Model::from_artifact(artifact)
+            .with_context(|| format!("{} with --set", args.model.display()))?;
+    }
     if let Some(t) = &c.target {
         let wanted = ChipConfig::from_target(t).with_context(|| format!("--target {t}"))?;
+        let wanted = apply_sets(&wanted, &args.sets)?;
         if &wanted != model.target() {
             bail!(
                 "{} was compiled for target '{}', but --target asks for '{}': recompile it for that target",
@@ -235,6 +356,9 @@ impl Progress {
 }
 
 fn run(args: &RunArgs) -> anyhow::Result<()> {
+    if args.append.is_some() && args.format != Some(FormatArg::Csv) {
+        return Err(UsageError("--append needs --format csv".into()).into());
+    }
     let model = load(args)?;
     let seed = args.seed.unwrap_or(model.artifact().meta.seed);
     let mut inputs = model.bind();
@@ -283,10 +407,45 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         timing_only: exec.timing_only,
         generated_inputs: generated,
     };
-    if args.json {
-        println!("{}", report.to_json()?);
-    } else {
-        print!("{report}");
+    let format = match (args.format, args.json) {
+        (Some(f), _) => f,
+        (None, true) => FormatArg::Json,
+        (None, false) => FormatArg::Text,
+    };
+    let settings: Vec<String> = args.sets.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    match (format, &args.append) {
+        (FormatArg::Csv, Some(file)) => {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file)
+                .with_context(|| format!("cannot open {} to append", file.display()))?;
+            let empty = f
+                .metadata()
+                .with_context(|| format!("cannot read {}", file.display()))?
+                .len()
+                == 0;
+            let mut text = String::new();
+            if empty {
+                text.push_str(Report::csv_header());
+                text.push('\n');
+            }
+            text.push_str(&report.csv_row(&args.model.display().to_string(), &settings.join(" ")));
+            text.push('\n');
+            use std::io::Write;
+            f.write_all(text.as_bytes())
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            eprintln!("row appended to {}", file.display());
+        }
+        (FormatArg::Csv, None) => {
+            println!("{}", Report::csv_header());
+            println!(
+                "{}",
+                report.csv_row(&args.model.display().to_string(), &settings.join(" "))
+            );
+        }
+        (FormatArg::Json, _) => println!("{}", report.to_json()?),
+        (FormatArg::Text, _) => print!("{report}"),
     }
     Ok(())
 }
@@ -309,6 +468,8 @@ fn main() -> ExitCode {
         .init();
     let result = match &cli.command {
         Command::Run(args) => run(args),
+        Command::Compare(args) => compare(args),
+        Command::Report(args) => report(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

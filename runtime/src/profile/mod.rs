@@ -7,10 +7,13 @@
 //! - [`folded`]: `flame.folded`, folded stacks `model;kernel;engine;opcode <ns>`.
 //! - [`svg`]: `flame.svg`, the same stacks rendered by inferno.
 //! - [`trace`]: `trace.json`, Chrome trace events for Perfetto / chrome://tracing.
-//! - [`summary`]: `summary.json`, latency, MFU, MBU, engine activity and per-kernel
-//!   roofline figures.
+//! - [`summary`]: `summary.json`, latency, MFU, MBU, engine activity, per-kernel
+//!   roofline figures and [`insights`] (what to fix).
+//! - [`deps`]: which signal released each semaphore wait, and the critical path.
 
+pub mod deps;
 pub mod folded;
+pub mod insights;
 pub mod summary;
 pub mod svg;
 pub mod trace;
@@ -20,6 +23,14 @@ use crate::model::Model;
 use neuron_isa::{Engine, Instruction, KernelInfo, NO_KERNEL, Program};
 use neuron_sim::{InstrRecord, RunStats};
 use std::path::{Path, PathBuf};
+
+/// The tool named in `trace.json` and `summary.json`.
+pub const TOOL: &str = "neuron-sim";
+/// The tool's version (the workspace version).
+pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Version of the layout of `summary.json` and `trace.json`: 2 added `insights`,
+/// `limiter`, the kernel track and the semaphore flow arrows.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Frame name of instructions that belong to no kernel.
 pub const NO_KERNEL_NAME: &str = "no_kernel";

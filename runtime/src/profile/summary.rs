@@ -31,6 +31,7 @@
 
 use crate::error::RuntimeError;
 use crate::model::Model;
+use crate::profile::insights::{Insight, Limiter, kernel_uses};
 use crate::profile::{Span, spans, union_length};
 use neuron_isa::{ChipConfig, Dtype, Engine, Memory, Op, TensorKind};
 use neuron_sim::{RunStats, WarningKind};
@@ -123,6 +124,14 @@ pub struct KernelSummary {
     /// `gpsimd`.
     #[serde(default)]
     pub limited_by: String,
+    /// What limited it in this run: `hbm`, `dma`, `tensor`, `vector`, `scalar`,
+    /// `gpsimd` or `latency` (see [`super::insights::KernelUse::limiter`]).
+    #[serde(default = "latency_limiter")]
+    pub limiter: Limiter,
+}
+
+fn latency_limiter() -> Limiter {
+    Limiter::Latency
 }
 
 /// Warnings the run raised.
@@ -141,6 +150,15 @@ pub struct WarningSummary {
 /// The contents of `summary.json` (see the module documentation for definitions).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    /// The tool that wrote it (`neuron-sim`).
+    #[serde(default)]
+    pub tool: String,
+    /// Its version.
+    #[serde(default)]
+    pub tool_version: String,
+    /// Version of this file's layout ([`super::SCHEMA_VERSION`]).
+    #[serde(default)]
+    pub schema_version: u32,
     /// Model name.
     pub model: String,
     /// Target chip.
@@ -194,6 +212,9 @@ pub struct Summary {
     pub spill_reload_bytes: u64,
     /// Warnings.
     pub warnings: WarningSummary,
+    /// What to fix, largest estimated saving first (see [`super::insights`]).
+    #[serde(default)]
+    pub insights: Vec<Insight>,
 }
 
 fn percent(part: f64, whole: f64) -> f64 {
@@ -265,7 +286,13 @@ impl Summary {
             })
             .collect();
 
-        let kernels = kernel_summaries(&all, ridge, cfg);
+        let uses = kernel_uses(&all, cfg);
+        let mut kernels = kernel_summaries(&all, ridge, cfg);
+        for k in &mut kernels {
+            if let Some(u) = uses.get(k.name.as_str()) {
+                k.limiter = u.limiter();
+            }
+        }
         let (spill_save_bytes, spill_reload_bytes) = spill_bytes(model, &all);
         let mut warnings = WarningSummary::default();
         for w in &stats.warnings {
@@ -279,7 +306,10 @@ impl Summary {
             }
         }
         let base_clock_ghz = cfg.scalar_clock_ghz;
-        Ok(Summary {
+        let mut summary = Summary {
+            tool: super::TOOL.to_string(),
+            tool_version: super::TOOL_VERSION.to_string(),
+            schema_version: super::SCHEMA_VERSION,
             model: model.name().to_string(),
             target: cfg.name.clone(),
             batch_size: meta.batch_size,
@@ -310,7 +340,10 @@ impl Summary {
             spill_save_bytes,
             spill_reload_bytes,
             warnings,
-        })
+            insights: Vec::new(),
+        };
+        summary.insights = super::insights::find(model, &all, &summary);
+        Ok(summary)
     }
 }
 
@@ -394,6 +427,7 @@ fn kernel_summaries(all: &[Span<'_>], ridge: f64, cfg: &ChipConfig) -> Vec<Kerne
                 dma_engine_percent,
                 engine_percent,
                 limited_by,
+                limiter: Limiter::Latency,
             }
         })
         .collect();

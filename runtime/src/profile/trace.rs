@@ -11,6 +11,15 @@
 //! starts when the previous transfer of the queue ended (or at its issue, if later), and
 //! the arg `issued_us` gives the issue time.
 //!
+//! DMA queue threads are named `dma<q> (queue q, DMA engines a-b)`: the queue and the
+//! DMA engines its transfers' partitions map to (`partitions_per_dma_engine` partitions
+//! each). After the streams come kernel tracks, `kernels`, `kernels 2`, ...: one slice
+//! (`"cat": "kernel"`) per kernel from its first instruction's start to its last one's
+//! end, on the first kernel track where it overlaps no other kernel. Flow arrows (`"ph":
+//! "s"` / `"f"`, `"cat": "semaphore"`, named `s3>=2`) go from each instruction whose
+//! signal released a semaphore wait to the instruction that waited (see [`super::deps`]).
+//! `otherData` holds the tool, its version and the schema version.
+//!
 //! Two counter tracks (`"ph": "C"`):
 //! - `HBM bandwidth (GB/s)`: each DMA's HBM bytes spread evenly over its duration, summed
 //!   over the DMAs in flight.
@@ -22,6 +31,7 @@
 
 use crate::error::RuntimeError;
 use crate::model::Model;
+use crate::profile::deps::releases;
 use crate::profile::{Span, spans};
 use neuron_isa::disasm::instruction_text;
 use neuron_isa::{Ap, Memory};
@@ -49,8 +59,10 @@ pub fn chrome_trace(model: &Model, stats: &RunStats) -> Result<Value, RuntimeErr
     // Compute engines first, then DMA queues in number order.
     let mut order: Vec<usize> = (0..program.streams.len()).collect();
     order.sort_by_key(|&i| program.streams[i].engine);
+    let dma_names = dma_queue_names(model, &all);
     for (rank, &i) in order.iter().enumerate() {
-        let name = program.streams[i].engine.name();
+        let engine = program.streams[i].engine;
+        let name = dma_names.get(&i).cloned().unwrap_or_else(|| engine.name());
         events.push(json!({
             "name": "thread_name", "ph": "M", "pid": PID, "tid": i, "args": { "name": name },
         }));
@@ -100,6 +112,21 @@ pub fn chrome_trace(model: &Model, stats: &RunStats) -> Result<Value, RuntimeErr
             },
         }));
     }
+    kernel_tracks(&all, program.streams.len(), &mut events);
+    for (n, r) in releases(&all).iter().enumerate() {
+        let (from, to) = (all[r.signaller].record, all[r.waiter].record);
+        let name = format!("s{}>={}", r.sem, r.count);
+        // The start binds to the signaller's slice: one picosecond before its end, inside it.
+        let start = from.end_ps.saturating_sub(1).max(from.start_ps);
+        events.push(json!({
+            "name": name, "cat": "semaphore", "ph": "s", "id": n, "pid": PID,
+            "tid": from.stream, "ts": us(start),
+        }));
+        events.push(json!({
+            "name": name, "cat": "semaphore", "ph": "f", "bp": "e", "id": n, "pid": PID,
+            "tid": to.stream, "ts": us(to.start_ps),
+        }));
+    }
     for (t, gbps) in hbm_bandwidth(&all) {
         events.push(json!({
             "name": "HBM bandwidth (GB/s)", "ph": "C", "pid": PID, "ts": us(t),
@@ -119,8 +146,121 @@ pub fn chrome_trace(model: &Model, stats: &RunStats) -> Result<Value, RuntimeErr
             "model": model.name(),
             "target": model.target().name,
             "latency_ns": stats.total_ps as f64 / 1000.0,
+            "tool": super::TOOL,
+            "tool_version": super::TOOL_VERSION,
+            "schema_version": super::SCHEMA_VERSION,
         },
     }))
+}
+
+/// Thread names of the DMA queues that ran transfers: `dma0 (queue 0, DMA engines 0-15)`.
+fn dma_queue_names(model: &Model, all: &[Span<'_>]) -> BTreeMap<usize, String> {
+    let cfg = model.target();
+    let ppe = cfg.partitions_per_dma_engine().max(1);
+    let mut range: BTreeMap<usize, (u32, u32)> = BTreeMap::new();
+    for s in all.iter().filter(|s| s.engine.is_dma()) {
+        let (lo, hi) = match &s.instr.op {
+            neuron_isa::Op::Dma { dst, src } => {
+                let side = if dst.mem.is_on_chip() {
+                    Some(dst)
+                } else if src.mem.is_on_chip() {
+                    Some(src)
+                } else {
+                    None
+                };
+                match side {
+                    Some(a) if a.partitions > 0 => (
+                        a.start_partition / ppe,
+                        a.start_partition.saturating_add(a.partitions - 1) / ppe,
+                    ),
+                    // HBM -> HBM: spread over every engine.
+                    _ => (0, cfg.dma_engines.saturating_sub(1)),
+                }
+            }
+            neuron_isa::Op::DmaGather { dst, .. } if dst.partitions > 0 => (
+                dst.start_partition / ppe,
+                dst.start_partition.saturating_add(dst.partitions - 1) / ppe,
+            ),
+            _ => continue,
+        };
+        let e = range
+            .entry(usize::from(s.record.stream))
+            .or_insert((lo, hi));
+        e.0 = e.0.min(lo);
+        e.1 = e.1.max(hi);
+    }
+    range
+        .into_iter()
+        .filter_map(|(i, (lo, hi))| {
+            let engine = all
+                .iter()
+                .find(|s| usize::from(s.record.stream) == i)?
+                .engine;
+            let neuron_isa::Engine::Dma(q) = engine else {
+                return None;
+            };
+            let engines = if lo == hi {
+                format!("DMA engine {lo}")
+            } else {
+                format!("DMA engines {lo}-{hi}")
+            };
+            Some((i, format!("{} (queue {q}, {engines})", engine.name())))
+        })
+        .collect()
+}
+
+/// One slice per kernel over its instructions' span, on the first `kernels` track
+/// (thread ids after the streams') where it overlaps no other kernel.
+fn kernel_tracks(all: &[Span<'_>], streams: usize, events: &mut Vec<Value>) {
+    let mut spans: BTreeMap<u32, (u64, u64, &str, &str)> = BTreeMap::new();
+    for s in all {
+        let Some(k) = s.kernel else { continue };
+        let e = spans.entry(s.record.kernel).or_insert((
+            s.record.start_ps,
+            s.record.end_ps,
+            k.name.as_str(),
+            k.kind.as_str(),
+        ));
+        e.0 = e.0.min(s.record.start_ps);
+        e.1 = e.1.max(s.record.end_ps);
+    }
+    let mut order: Vec<(u64, u64, u32, &str, &str)> = spans
+        .into_iter()
+        .map(|(k, (a, b, n, kind))| (a, b, k, n, kind))
+        .collect();
+    order.sort_unstable();
+    // End time of the last slice on each lane.
+    let mut lanes: Vec<u64> = Vec::new();
+    for (start, end, k, name, kind) in order {
+        let lane = match lanes.iter().position(|&e| e <= start) {
+            Some(l) => l,
+            None => {
+                lanes.push(0);
+                let l = lanes.len() - 1;
+                let tid = streams + l;
+                let label = if l == 0 {
+                    "kernels".to_string()
+                } else {
+                    format!("kernels {}", l + 1)
+                };
+                events.push(json!({
+                    "name": "thread_name", "ph": "M", "pid": PID, "tid": tid,
+                    "args": { "name": label },
+                }));
+                events.push(json!({
+                    "name": "thread_sort_index", "ph": "M", "pid": PID, "tid": tid,
+                    "args": { "sort_index": tid },
+                }));
+                l
+            }
+        };
+        lanes[lane] = end;
+        events.push(json!({
+            "name": name, "cat": "kernel", "ph": "X", "pid": PID, "tid": streams + lane,
+            "ts": us(start), "dur": us(end - start),
+            "args": { "kernel": name, "kind": kind, "index": k },
+        }));
+    }
 }
 
 /// Steps of the HBM bandwidth counter: (time ps, GB/s from then on).

@@ -55,7 +55,9 @@ pub fn check_trace(trace: &Value, records: usize) -> BTreeMap<String, u64> {
     for e in events {
         if e["ph"] == "M" && e["name"] == "thread_name" {
             let tid = e["tid"].as_u64().unwrap();
-            let name = e["args"]["name"].as_str().unwrap().to_string();
+            // DMA queues are `dma0 (queue 0, DMA engines 0-15)`: keyed by the engine name.
+            let full = e["args"]["name"].as_str().unwrap();
+            let name = full.split(' ').next().unwrap().to_string();
             assert!(
                 names.insert(tid, name).is_none(),
                 "thread {tid} named twice"
@@ -67,6 +69,11 @@ pub fn check_trace(trace: &Value, records: usize) -> BTreeMap<String, u64> {
     let mut counters: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for e in events {
         match e["ph"].as_str().unwrap() {
+            "X" if e["cat"] == "kernel" => {
+                let tid = e["tid"].as_u64().unwrap();
+                assert!(names[&tid].starts_with("kernels"), "{e}");
+            }
+            "s" | "f" => assert_eq!(e["cat"], "semaphore", "{e}"),
             "X" => {
                 x_count += 1;
                 let tid = e["tid"].as_u64().unwrap();

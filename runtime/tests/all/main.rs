@@ -7,6 +7,10 @@
 mod checks;
 mod cli;
 mod common;
+mod compare;
 mod execute;
+mod insights;
 mod load;
 mod profile;
+mod report;
+mod sweep;
