@@ -288,6 +288,11 @@ impl Entry {
         }
     }
 
+    /// Whether the model takes `--seq` (a text model).
+    pub fn takes_seq(&self) -> bool {
+        matches!(self.kind, Kind::Text { .. })
+    }
+
     /// Applies defaults and checks every size before anything is built.
     pub fn resolve(&self, o: &ZooOptions) -> Result<Resolved, ZooError> {
         let batch = o.batch.unwrap_or(1);
