@@ -151,11 +151,10 @@ impl Builder {
                 let k = types[0].shape.last().copied().unwrap_or(1) as u64;
                 k * out.shape.iter().product::<usize>() as u64
             }
-            Op::Conv2d { groups, .. } => {
+            // `w` is `[O, C / groups, KH, KW]`: each output sums C/groups x KH x KW products.
+            Op::Conv2d { .. } => {
                 let w = &types[1].shape;
-                let per_out = (w[1] * w[2] * w[3]) as u64;
-                let _ = groups;
-                per_out * out.shape.iter().product::<usize>() as u64
+                (w[1] * w[2] * w[3]) as u64 * out.shape.iter().product::<usize>() as u64
             }
             _ => 0,
         };
