@@ -522,7 +522,12 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
                         r.model,
                         r.target,
                         r.batch,
-                        r.seq,
+                        // Vision models and the mlp have no sequence length.
+                        if r.seq == 0 {
+                            "-".to_string()
+                        } else {
+                            r.seq.to_string()
+                        },
                         r.latency_us,
                         r.throughput_per_s,
                         r.mfu_percent,
