@@ -42,6 +42,44 @@ enum Command {
     ///
     /// Exit status: 0 on success, 1 if the file is not a valid artifact, 2 for usage errors.
     Disasm(DisasmArgs),
+    /// Standard architectures generated as model.json with seeded weights (no download).
+    ///
+    /// Exit status: 0 on success, 1 if the model cannot be generated or written, 2 for
+    /// usage errors (unknown model, size out of range).
+    #[command(subcommand)]
+    Zoo(ZooCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ZooCommand {
+    /// List the zoo's models with their parameter counts and FLOPs per inference.
+    List,
+    /// Write one zoo model as model.json.
+    Get(ZooGetArgs),
+}
+
+#[derive(Args, Debug)]
+struct ZooGetArgs {
+    /// The model (see `neuronc zoo list`).
+    name: String,
+    /// Batch size.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Sequence length (text models).
+    #[arg(long)]
+    seq: Option<usize>,
+    /// Image size HxW (vision models), e.g. 224x224.
+    #[arg(long, value_name = "HxW")]
+    image: Option<String>,
+    /// Layers (blocks per stage for resnet50), at most the architecture's own count.
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Vocabulary size (default: the published one).
+    #[arg(long)]
+    vocab: Option<usize>,
+    /// Output model.json.
+    #[arg(short, long, value_name = "MODEL.json")]
+    output: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -139,6 +177,8 @@ fn main() -> ExitCode {
         Command::Run(args) => cmd_run(args),
         Command::Compile(args) => cmd_compile(args),
         Command::Disasm(args) => cmd_disasm(args),
+        Command::Zoo(ZooCommand::List) => cmd_zoo_list(),
+        Command::Zoo(ZooCommand::Get(args)) => cmd_zoo_get(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -430,4 +470,71 @@ fn cmd_disasm(args: &DisasmArgs) -> Result<(), CliError> {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::invalid(e)),
         _ => Ok(()),
     }
+}
+
+/// Parses `HxW` (or a single side `N` for a square image).
+fn parse_image(s: &str) -> Result<(usize, usize), CliError> {
+    let bad = || CliError::usage(anyhow!("--image '{s}': expected HxW, e.g. 224x224"));
+    let (h, w) = s.split_once(['x', 'X']).unwrap_or((s, s));
+    let h = h.trim().parse().map_err(|_| bad())?;
+    let w = w.trim().parse().map_err(|_| bad())?;
+    Ok((h, w))
+}
+
+/// Zoo errors: an unknown name or a size out of range is a usage error (2).
+fn zoo_error(e: neuronc::zoo::ZooError) -> CliError {
+    use neuronc::zoo::ZooError;
+    match e {
+        ZooError::Unknown { .. } | ZooError::Option { .. } | ZooError::Size { .. } => {
+            CliError::usage(e)
+        }
+        ZooError::Internal(_) => CliError::invalid(e),
+    }
+}
+
+/// `neuronc zoo list`: every model at its default sizes.
+fn cmd_zoo_list() -> Result<(), CliError> {
+    println!(
+        "{:<12} {:>10} {:>10} {:>10}  description",
+        "name", "params", "GMACs", "GFLOPs"
+    );
+    for e in neuronc::zoo::entries() {
+        let m = e
+            .build(&neuronc::zoo::ZooOptions::default())
+            .map_err(zoo_error)?;
+        println!(
+            "{:<12} {:>9.1}M {:>10.2} {:>10.2}  {}",
+            e.name,
+            m.params as f64 / 1e6,
+            m.macs as f64 / 1e9,
+            m.flops() as f64 / 1e9,
+            e.summary
+        );
+    }
+    println!("(batch 1 at the default sequence length or 224x224; FLOPs = 2 x matmul/conv MACs)");
+    Ok(())
+}
+
+/// `neuronc zoo get NAME [--batch B] [--seq S] [--image HxW] [--layers L] -o model.json`.
+fn cmd_zoo_get(args: &ZooGetArgs) -> Result<(), CliError> {
+    let image = args.image.as_deref().map(parse_image).transpose()?;
+    let opts = neuronc::zoo::ZooOptions {
+        batch: args.batch,
+        seq: args.seq,
+        image,
+        layers: args.layers,
+        vocab: args.vocab,
+    };
+    let m = neuronc::zoo::build(&args.name, &opts).map_err(zoo_error)?;
+    std::fs::write(&args.output, m.to_json_string())
+        .with_context(|| format!("cannot write {}", args.output.display()))
+        .map_err(CliError::invalid)?;
+    println!(
+        "wrote {}: {} ({:.1}M params, {:.2} GFLOPs per inference)",
+        args.output.display(),
+        m.name,
+        m.params as f64 / 1e6,
+        m.flops() as f64 / 1e9
+    );
+    Ok(())
 }

@@ -82,6 +82,18 @@ pub struct AttentionTiling {
     pub q_tile: usize,
     /// Slots of streamed buffers.
     pub slots: u32,
+    /// Flash (online-softmax) form: keys per block, and query tiles kept resident while
+    /// the key blocks stream past. `None`: every key of a query tile at once.
+    pub flash: Option<FlashTiling>,
+}
+
+/// The key-blocked (flash-attention) form of an attention kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlashTiling {
+    /// Keys per block (one PSUM bank of scores).
+    pub k_block: usize,
+    /// Query tiles resident per pass over the keys (K and V are read once per pass).
+    pub q_tiles: usize,
 }
 
 /// A kernel's tiling.
@@ -123,6 +135,15 @@ impl fmt::Display for Tiling {
                 t.w_slots,
                 t.acc_sets,
                 t.est_ns / 1000.0
+            ),
+            Tiling::Attention(AttentionTiling {
+                q_tile,
+                flash: Some(fl),
+                ..
+            }) => write!(
+                f,
+                "flash: q tiles of {q_tile}, {} resident, key blocks of {}",
+                fl.q_tiles, fl.k_block
             ),
             Tiling::Attention(t) => write!(f, "q tiles of {}, {}-buffered", t.q_tile, t.slots),
         }
@@ -475,23 +496,52 @@ pub fn plan_kernel(
         }
         KernelOp::Attention { .. } => {
             let s = attention::analyze(kg, k)?;
-            let t = AttentionTiling {
-                q_tile: s.sq.min(cfg.partitions as usize),
+            let q_tile = s.sq.min(cfg.partitions as usize);
+            let whole = AttentionTiling {
+                q_tile,
                 slots: 2,
+                flash: None,
             };
-            let b = attention::buffers(&s, &t, cfg);
-            if sbuf_bytes(&b) > sbuf_budget(cfg) || psum_banks(&b, cfg) > u64::from(cfg.psum_banks)
-            {
-                return Err(err(format!(
-                    "attention with {} keys of dimension {} needs {} sbuf bytes per partition and {} psum banks; the target has {} and {}",
-                    s.sk,
-                    s.d,
-                    sbuf_bytes(&b),
-                    psum_banks(&b, cfg),
-                    sbuf_budget(cfg),
-                    cfg.psum_banks
-                )));
-            }
+            let b = attention::buffers(&s, &whole, cfg);
+            let fits = |b: &[BufferReq]| {
+                sbuf_bytes(b) <= sbuf_budget(cfg) && psum_banks(b, cfg) <= u64::from(cfg.psum_banks)
+            };
+            // Whole score rows when they fit and are short; past that, key blocks with an
+            // online softmax (flash attention), keeping as many query tiles resident per
+            // pass over K and V as SBUF allows.
+            let (t, b) = if s.sk < attention::FLASH_MIN_KEYS && fits(&b) {
+                (whole, b)
+            } else {
+                let qtiles = s.sq.div_ceil(q_tile.max(1));
+                let mut best = None;
+                let mut n = qtiles;
+                while n >= 1 {
+                    let t = AttentionTiling {
+                        q_tile,
+                        slots: 2,
+                        flash: Some(FlashTiling {
+                            k_block: attention::FLASH_K_BLOCK,
+                            q_tiles: n,
+                        }),
+                    };
+                    let b = attention::buffers(&s, &t, cfg);
+                    if fits(&b) {
+                        best = Some((t, b));
+                        break;
+                    }
+                    n /= 2;
+                }
+                best.ok_or_else(|| {
+                    err(format!(
+                        "attention with {} keys of dimension {} (values {}) does not fit even one query tile per key block: needs {} sbuf bytes per partition, the target has {}",
+                        s.sk,
+                        s.d,
+                        s.dv,
+                        sbuf_bytes(&b),
+                        sbuf_budget(cfg)
+                    ))
+                })?
+            };
             (Tiling::Attention(t), b, 0)
         }
     };

@@ -9,6 +9,7 @@ mod model_json;
 mod raw;
 mod weights;
 
+pub(crate) use attrs::parse_op;
 pub use error::ModelError;
 pub use init::{InitSpec, init_tensor};
 pub use literal::parse_literal;

@@ -42,6 +42,9 @@ enum Command {
     ///
     /// Example: neuron-sim report profile/ -o report.html
     Report(ReportArgs),
+    /// Run zoo models (`neuronc zoo list`) on each target, timing only, and print latency,
+    /// throughput, MFU, MBU and the bound engine.
+    Bench(BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -98,6 +101,46 @@ fn compare(args: &CompareArgs) -> anyhow::Result<()> {
         CompareFormat::Json => println!("{}", serde_json::to_string_pretty(&c)?),
     }
     Ok(())
+
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Zoo models, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "bert-large,gpt2,resnet50,t5-base"
+    )]
+    models: Vec<String>,
+    /// Targets (trn1, trn2 or .toml files), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "trn1,trn2")]
+    targets: Vec<String>,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    batch: Vec<usize>,
+    /// Sequence length of text models (vision models ignore it) [default: each model's own].
+    #[arg(long)]
+    seq: Option<usize>,
+    /// Layers [default: the full architecture].
+    #[arg(long)]
+    layers: Option<usize>,
+    /// What auto-cast casts matmuls to: bf16, fp16, fp8_e4m3 or int8.
+    #[arg(long, default_value = "bf16", value_name = "TYPE")]
+    auto_cast_type: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = BenchFormat::Table)]
+    format: BenchFormat,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum BenchFormat {
+    /// Aligned columns.
+    Table,
+    /// Comma-separated values with a header line.
+    Csv,
+    /// One JSON array.
+    Json,
 }
 
 #[derive(Args, Debug)]
@@ -450,6 +493,222 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One row of `neuron-sim bench`.
+#[derive(serde::Serialize)]
+struct BenchRow {
+    model: String,
+    target: String,
+    batch: usize,
+    seq: usize,
+    latency_us: f64,
+    throughput_per_s: f64,
+    mfu_percent: f64,
+    mbu_percent: f64,
+    bound: String,
+    gflops: f64,
+    error: Option<String>,
+}
+
+/// The engine kind busiest over the run: the one the latency is bound by.
+fn bound_engine(s: &Summary) -> String {
+    let e = &s.engine_active_percent;
+    [
+        ("tensor", e.tensor),
+        ("vector", e.vector),
+        ("scalar", e.scalar),
+        ("gpsimd", e.gpsimd),
+        ("dma", e.dma),
+    ]
+    .into_iter()
+    .fold(("-", -1.0), |a, b| if b.1 > a.1 { b } else { a })
+    .0
+    .to_string()
+}
+
+/// Builds, compiles and runs one zoo model on one target, timing only.
+fn bench_one(
+    name: &str,
+    target: &ChipConfig,
+    batch: usize,
+    args: &BenchArgs,
+    cast: neuronc::options::CastType,
+) -> anyhow::Result<(usize, Summary)> {
+    let e = neuronc::zoo::entry(name).map_err(|e| UsageError(e.to_string()))?;
+    let opts = neuronc::zoo::ZooOptions {
+        batch: Some(batch),
+        seq: args.seq.filter(|_| e.takes_seq()),
+        layers: args.layers,
+        ..Default::default()
+    };
+    let m = e.build(&opts).map_err(|e| UsageError(e.to_string()))?;
+    let graph = neuronc::frontend::parse_model(&m.to_json_string(), Path::new("."))
+        .with_context(|| format!("zoo model {name}"))?;
+    let copts = neuronc::options::CompileOptions {
+        target: target.clone(),
+        auto_cast_type: cast,
+        ..Default::default()
+    };
+    let compiled = neuronc::driver::compile(&graph, &copts)
+        .with_context(|| format!("cannot compile {name} for {}", target.name))?;
+    let model = Model::from_artifact(compiled.artifact)?;
+    let mut inputs = model.bind();
+    let seed = model.artifact().meta.seed;
+    inputs.generate_missing(seed)?;
+    let ropts = RunOptions {
+        timing_only: true,
+        rounding: Rounding::Rne,
+        seed,
+        check_races: false,
+    };
+    let exec = model.execute(&inputs, &ropts)?;
+    Ok((m.sizes.seq, Summary::new(&model, &exec.stats)?))
+}
+
+fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let cast = neuronc::options::CastType::parse(&args.auto_cast_type).ok_or_else(|| {
+        UsageError(format!(
+            "--auto-cast-type: expected bf16, fp16, fp8_e4m3 or int8, found '{}'",
+            args.auto_cast_type
+        ))
+    })?;
+    // Check every name, target and size before the first (slow) run.
+    let mut targets = Vec::new();
+    for t in &args.targets {
+        targets.push(ChipConfig::from_target(t).with_context(|| format!("--targets {t}"))?);
+    }
+    for m in &args.models {
+        let e = neuronc::zoo::entry(m).map_err(|e| UsageError(format!("--models: {e}")))?;
+        for &b in &args.batch {
+            let o = neuronc::zoo::ZooOptions {
+                batch: Some(b),
+                seq: args.seq.filter(|_| e.takes_seq()),
+                layers: args.layers,
+                ..Default::default()
+            };
+            e.resolve(&o).map_err(|e| UsageError(e.to_string()))?;
+        }
+    }
+    let jobs: Vec<(&String, &ChipConfig, usize)> = args
+        .models
+        .iter()
+        .flat_map(|m| {
+            targets
+                .iter()
+                .flat_map(move |t| args.batch.iter().map(move |&b| (m, t, b)))
+        })
+        .collect();
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::new(jobs.len() as u64);
+        if let Ok(style) =
+            ProgressStyle::with_template("{spinner} bench [{bar:30}] {pos}/{len} {msg}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
+    });
+    let mut rows = Vec::new();
+    for (m, t, b) in jobs {
+        if let Some(bar) = &bar {
+            bar.set_message(format!("{m} on {} batch {b}", t.name));
+        }
+        let row = match bench_one(m, t, b, args, cast) {
+            Ok((seq, s)) => BenchRow {
+                model: m.clone(),
+                target: t.name.clone(),
+                batch: b,
+                seq,
+                latency_us: s.latency_ns / 1e3,
+                throughput_per_s: s.throughput_per_s,
+                mfu_percent: s.mfu_percent,
+                mbu_percent: s.mbu_percent,
+                bound: bound_engine(&s),
+                gflops: s.flops as f64 / 1e9,
+                error: None,
+            },
+            Err(e) => BenchRow {
+                model: m.clone(),
+                target: t.name.clone(),
+                batch: b,
+                seq: 0,
+                latency_us: 0.0,
+                throughput_per_s: 0.0,
+                mfu_percent: 0.0,
+                mbu_percent: 0.0,
+                bound: "-".into(),
+                gflops: 0.0,
+                error: Some(format!("{e:#}")),
+            },
+        };
+        rows.push(row);
+        if let Some(bar) = &bar {
+            bar.inc(1);
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    match args.format {
+        BenchFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        BenchFormat::Csv => {
+            println!(
+                "model,target,batch,seq,latency_us,throughput_per_s,mfu_percent,mbu_percent,bound,gflops,error"
+            );
+            for r in &rows {
+                println!(
+                    "{},{},{},{},{:.3},{:.2},{:.2},{:.2},{},{:.3},{}",
+                    r.model,
+                    r.target,
+                    r.batch,
+                    r.seq,
+                    r.latency_us,
+                    r.throughput_per_s,
+                    r.mfu_percent,
+                    r.mbu_percent,
+                    r.bound,
+                    r.gflops,
+                    r.error.as_deref().unwrap_or("").replace([',', '\n'], ";")
+                );
+            }
+        }
+        BenchFormat::Table => {
+            println!(
+                "{:<12} {:<6} {:>5} {:>5} {:>12} {:>12} {:>7} {:>7}  {:<7}",
+                "model", "target", "batch", "seq", "latency us", "inf/s", "MFU %", "MBU %", "bound"
+            );
+            for r in &rows {
+                match &r.error {
+                    None => println!(
+                        "{:<12} {:<6} {:>5} {:>5} {:>12.1} {:>12.1} {:>7.1} {:>7.1}  {:<7}",
+                        r.model,
+                        r.target,
+                        r.batch,
+                        // Vision models and the mlp have no sequence length.
+                        if r.seq == 0 {
+                            "-".to_string()
+                        } else {
+                            r.seq.to_string()
+                        },
+                        r.latency_us,
+                        r.throughput_per_s,
+                        r.mfu_percent,
+                        r.mbu_percent,
+                        r.bound
+                    ),
+                    Some(e) => println!(
+                        "{:<12} {:<6} {:>5}  failed: {e}",
+                        r.model, r.target, r.batch
+                    ),
+                }
+            }
+        }
+    }
+    let failed = rows.iter().filter(|r| r.error.is_some()).count();
+    if failed > 0 {
+        bail!("{failed} of {} runs failed (see the table)", rows.len());
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     // clap exits 0 for --help/--version and 2 for usage errors.
     let cli = Cli::parse();
@@ -470,6 +729,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Compare(args) => compare(args),
         Command::Report(args) => report(args),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

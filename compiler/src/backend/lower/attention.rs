@@ -17,13 +17,21 @@ use super::softmax;
 use super::{LowerCtx, chain_operands, kernel_input, lowering_error};
 use crate::backend::alloc::{Buf, BufferReq};
 use crate::backend::layout::{Mat, broadcast_view, cols};
-use crate::backend::tiling::AttentionTiling;
+use crate::backend::tiling::{AttentionTiling, FlashTiling};
 use crate::error::CompileError;
 use crate::kernel::{EwOp, Kernel, KernelGraph, KernelOp, View};
-use neuron_isa::{ActFunc, Ap, ChipConfig, Dtype, Engine, Memory, Op, Operand};
+use neuron_isa::{ActFunc, AluOp, Ap, ChipConfig, Dtype, Engine, Memory, Op, Operand};
 
 /// Keys per PSUM bank of scores.
 const BANK_COLS: usize = 512;
+
+/// From this many keys on, attention is lowered in the flash form (key blocks with an
+/// online softmax) even when whole score rows would fit in SBUF: the rows of 2048 keys
+/// already take most of a partition's SBUF and leave no room to double-buffer.
+pub const FLASH_MIN_KEYS: usize = 2048;
+
+/// Keys per block in the flash form: one PSUM bank of fp32 scores.
+pub const FLASH_K_BLOCK: usize = BANK_COLS;
 
 /// The shape facts of an attention kernel.
 #[derive(Debug, Clone)]
@@ -150,6 +158,9 @@ pub fn analyze(_kg: &KernelGraph, k: &Kernel) -> Result<AttnShape, CompileError>
 
 /// Buffers of an attention kernel.
 pub fn buffers(s: &AttnShape, t: &AttentionTiling, cfg: &ChipConfig) -> Vec<BufferReq> {
+    if let Some(fl) = t.flash {
+        return flash_buffers(s, t, fl, cfg);
+    }
     let p = cfg.partitions as usize;
     let mm = s.mm_dtype.size();
     let (dch, skch) = (s.d.div_ceil(p) as u64, s.sk.div_ceil(p) as u64);
@@ -326,6 +337,9 @@ struct Pending {
 /// Lowers an attention kernel.
 pub fn lower(ctx: &mut LowerCtx<'_>, t: &AttentionTiling) -> Result<(), CompileError> {
     let s = analyze(ctx.kg, ctx.kernel)?;
+    if let Some(fl) = t.flash {
+        return lower_flash(ctx, &s, t, fl);
+    }
     let p = ctx.cfg.partitions as usize;
     let mm = s.mm_dtype;
     let b = |n: &str| ctx.buf(n);
@@ -563,4 +577,501 @@ fn finish_tile(
         },
     );
     ctx.store(pd.o.rows_ap(pd.q0, pd.qn, 0, s.dv), otile);
+}
+
+// ---------------------------------------------------------------------------------------
+// Flash form: key blocks with an online softmax.
+// ---------------------------------------------------------------------------------------
+//
+// Per (batch, head) and per pass of `q_tiles` resident query tiles: Q^T of every tile of
+// the pass (TensorE transposes), then for each block of up to 512 keys: K and V rows of
+// the block are loaded once for the whole pass and K^T made by transposes; for each query
+// tile the block's scores go to one PSUM bank, their eviction applies the prologue, and
+// the running statistics are updated (Dao et al. 2022, "FlashAttention", algorithm 1):
+//
+//   m' = max(m, rowmax(s))      alpha = exp(m - m')      p = exp(s - m')
+//   l' = l * alpha + rowsum(p)  O' = O * alpha + p @ V
+//
+// with `rowsum(p)` from the exponential's accumulator. After the last block O / l is
+// stored. SBUF holds O (fp32) and the statistics of each resident tile, so the score
+// matrix of any length never exists whole; K and V are read `sq / (128 q_tiles)` times.
+
+/// Columns of the per-tile statistics: running max, -new max, alpha, running sum, block
+/// sum, -block max, 1 / sum.
+const ST_M: u32 = 0;
+const ST_NEG_NEW: u32 = 1;
+const ST_ALPHA: u32 = 2;
+const ST_L: u32 = 3;
+const ST_BLOCK_SUM: u32 = 4;
+const ST_NEG_BLOCK_MAX: u32 = 5;
+const ST_RECIP: u32 = 6;
+const ST_COLS: u32 = 8;
+
+/// Buffers of the flash form.
+fn flash_buffers(
+    s: &AttnShape,
+    t: &AttentionTiling,
+    fl: FlashTiling,
+    cfg: &ChipConfig,
+) -> Vec<BufferReq> {
+    let p = cfg.partitions as u64;
+    let mm = s.mm_dtype.size();
+    let (dch, kb) = (s.d.div_ceil(p as usize) as u64, fl.k_block as u64);
+    let kch = kb.div_ceil(p);
+    let (qt, nq) = (t.q_tile as u64, fl.q_tiles as u64);
+    let bank = cfg.psum_bytes_per_partition / u64::from(cfg.psum_banks.max(1));
+    let mut v = vec![
+        BufferReq::sbuf("qrows", s.d as u64 * mm, 2),
+        BufferReq::sbuf("qt", dch * nq * qt * mm, 1),
+        BufferReq::sbuf("krows", kch * s.d as u64 * mm, 2),
+        BufferReq::sbuf("vrows", kch * s.dv as u64 * mm, 2),
+        BufferReq::sbuf("kt", dch * kb * mm, 2),
+        BufferReq::sbuf("s", kb * 4, 2),
+        BufferReq::sbuf("p", kb * mm, 3),
+        BufferReq::sbuf("pt", kch * qt * mm, 2),
+        BufferReq::sbuf("o", nq * s.dv as u64 * 4, 1),
+        BufferReq::sbuf("stat", nq * u64::from(ST_COLS) * 4, 1),
+        BufferReq::sbuf("out", s.dv as u64 * 4, 2),
+        BufferReq::sbuf("work", kb * 4, 2),
+        BufferReq::psum("sc", kb * 4, 2),
+        BufferReq::psum("tp", bank, 2),
+        BufferReq::psum("acc", s.dv as u64 * 4, 2),
+    ];
+    if chain::has_cast(&s.prologue) {
+        v.push(BufferReq::sbuf("cast", kb * chain::CAST_BYTES, 1));
+    }
+    for (i, _, _) in &s.operands {
+        v.push(BufferReq::sbuf(&format!("op{i}"), kb * 4, 2));
+    }
+    v
+}
+
+/// A query tile's block whose second half (P^T, P @ V, the O update) is emitted one tile
+/// later, so TensorE computes the next tile's scores while ScalarE exponentiates.
+struct FlashPending {
+    /// `exp(s - m')` in the matmul dtype, `[q, kn]`.
+    ptile: Ap,
+    /// Keys in the block.
+    kn: usize,
+    /// Query rows.
+    qn: usize,
+    /// Resident tile index within the pass.
+    ti: usize,
+    /// Slot of the block's K/V rows.
+    kv: usize,
+}
+
+fn flash_finish(
+    ctx: &mut LowerCtx<'_>,
+    s: &AttnShape,
+    t: &AttentionTiling,
+    b: &FlashBufs,
+    pd: &FlashPending,
+    sl: &mut Slots,
+) {
+    let p = ctx.cfg.partitions as usize;
+    let mm = s.mm_dtype;
+    let qu = pd.qn as u32;
+    let pt_base = b.pt.slot(sl.q);
+    transpose_from(ctx, &pd.ptile, pd.kn, pt_base, t.q_tile, 0, &b.tp, sl);
+    let acc = b.acc.tile(sl.q, Dtype::F32, qu, s.dv as u32);
+    sl.q += 1;
+    for c in 0..pd.kn.div_ceil(p) {
+        let kl = (pd.kn - c * p).min(p) as u32;
+        ctx.push(
+            Engine::Tensor,
+            Op::Matmul {
+                dst: acc.clone(),
+                stationary: Ap::on_chip(
+                    Memory::Sbuf,
+                    mm,
+                    0,
+                    kl,
+                    pt_base + ((c * t.q_tile) as u64) * mm.size(),
+                    qu,
+                ),
+                moving: b.vrows.head(pd.kv, c, 0, kl as usize),
+                accumulate: c > 0,
+            },
+        );
+    }
+    // O = O * alpha + P @ V.
+    let o =
+        b.o.tile_at(0, (pd.ti * s.dv * 4) as u64, Dtype::F32, qu, s.dv as u32);
+    let st = b.stat.tile_at(
+        0,
+        (pd.ti as u64) * u64::from(ST_COLS) * 4,
+        Dtype::F32,
+        qu,
+        ST_COLS,
+    );
+    ctx.push(
+        Engine::Vector,
+        Op::TensorScalar {
+            dst: o.clone(),
+            src: o.clone(),
+            op0: AluOp::Mul,
+            operand0: Operand::PerPartition(cols(&st, ST_ALPHA, 1)),
+            reverse0: false,
+            op1: AluOp::Bypass,
+            operand1: Operand::Imm(0.0),
+            reverse1: false,
+        },
+    );
+    ctx.push(
+        Engine::Vector,
+        Op::TensorTensor {
+            dst: o.clone(),
+            a: o,
+            b: acc,
+            op: AluOp::Add,
+        },
+    );
+}
+
+/// Buffers of the flash form, looked up once.
+struct FlashBufs {
+    pt: Buf,
+    tp: Buf,
+    acc: Buf,
+    o: Buf,
+    stat: Buf,
+    vrows: GroupRows,
+}
+
+/// Lowers an attention kernel in the flash form.
+fn lower_flash(
+    ctx: &mut LowerCtx<'_>,
+    s: &AttnShape,
+    t: &AttentionTiling,
+    fl: FlashTiling,
+) -> Result<(), CompileError> {
+    let p = ctx.cfg.partitions as usize;
+    let mm = s.mm_dtype;
+    let b = |n: &str| ctx.buf(n);
+    let (qrows, qtb, krows, vrows, ktb, sb, pb, outb, work) = (
+        b("qrows")?,
+        b("qt")?,
+        b("krows")?,
+        b("vrows")?,
+        b("kt")?,
+        b("s")?,
+        b("p")?,
+        b("out")?,
+        b("work")?,
+    );
+    let fb = FlashBufs {
+        pt: b("pt")?,
+        tp: b("tp")?,
+        acc: b("acc")?,
+        o: b("o")?,
+        stat: b("stat")?,
+        vrows: GroupRows {
+            buf: vrows,
+            heads: 1,
+            width: s.dv,
+            dtype: mm,
+        },
+    };
+    let scb = b("sc")?;
+    let krows = GroupRows {
+        buf: krows,
+        heads: 1,
+        width: s.d,
+        dtype: mm,
+    };
+    let qrows = GroupRows {
+        buf: qrows,
+        heads: 1,
+        width: s.d,
+        dtype: mm,
+    };
+    let cast = ctx.bufs.get("cast").cloned();
+    let (qt_id, qd) = ctx.tensor(&s.q)?;
+    let (kt_id, kd) = ctx.tensor(&s.k)?;
+    let (vt_id, vd) = ctx.tensor(&s.v)?;
+    let (ot_id, od) = ctx.tensor(&s.out)?;
+    let batches: usize = s.batch.iter().product();
+    let dch = s.d.div_ceil(p);
+    let n_in = ctx.kernel.inputs.len();
+    let qtiles = s.sq.div_ceil(t.q_tile);
+    let mut sl = Slots::default();
+    let mut kv_slot = 0usize;
+    for bi in 0..batches {
+        let q = Mat::of_batch(&s.q, &s.batch, bi, qt_id, qd);
+        let kmat = Mat::of_batch(&s.k, &s.batch, bi, kt_id, kd);
+        let vmat = Mat::of_batch(&s.v, &s.batch, bi, vt_id, vd);
+        let omat = Mat::of_batch(&s.out, &s.batch, bi, ot_id, od);
+        let ops = batch_operands(ctx, &s.operands, &s.batch, bi)?;
+        let mut pass0 = 0;
+        while pass0 < qtiles {
+            let npass = fl.q_tiles.min(qtiles - pass0);
+            let tile = |ti: usize| {
+                let q0 = (pass0 + ti) * t.q_tile;
+                (q0, t.q_tile.min(s.sq - q0))
+            };
+            // Q^T of every tile of the pass; fresh statistics and accumulators.
+            let qt_base = qtb.slot(0);
+            for ti in 0..npass {
+                let (q0, qn) = tile(ti);
+                let qs = sl.group;
+                sl.group += 1;
+                qrows.load(ctx, qs, 0, &q, q0, qn);
+                let st = qrows.head(qs, 0, 0, qn);
+                transpose_from(
+                    ctx,
+                    &st,
+                    s.d,
+                    qt_base,
+                    npass * t.q_tile,
+                    ti * t.q_tile,
+                    &fb.tp,
+                    &mut sl,
+                );
+                let stt = fb.stat.tile_at(
+                    0,
+                    (ti as u64) * u64::from(ST_COLS) * 4,
+                    Dtype::F32,
+                    qn as u32,
+                    ST_COLS,
+                );
+                ctx.push(
+                    Engine::Vector,
+                    Op::Memset {
+                        dst: cols(&stt, ST_M, 1),
+                        value: -3.0e38,
+                    },
+                );
+                ctx.push(
+                    Engine::Vector,
+                    Op::Memset {
+                        dst: cols(&stt, ST_L, 1),
+                        value: 0.0,
+                    },
+                );
+                let o = fb.o.tile_at(
+                    0,
+                    (ti * s.dv * 4) as u64,
+                    Dtype::F32,
+                    qn as u32,
+                    s.dv as u32,
+                );
+                ctx.push(Engine::Vector, Op::Memset { dst: o, value: 0.0 });
+            }
+            let mut pending: Option<FlashPending> = None;
+            let mut k0 = 0;
+            while k0 < s.sk {
+                let kn = fl.k_block.min(s.sk - k0);
+                let kch = kn.div_ceil(p);
+                let kv = kv_slot;
+                kv_slot += 1;
+                for c in 0..kch {
+                    let (r0, nr) = (k0 + c * p, (kn - c * p).min(p));
+                    krows.load(ctx, kv, c, &kmat, r0, nr);
+                    fb.vrows.load(ctx, kv, c, &vmat, r0, nr);
+                }
+                let kt_base = ktb.slot(kv);
+                for c in 0..kch {
+                    let st = krows.head(kv, c, 0, (kn - c * p).min(p));
+                    transpose_from(ctx, &st, s.d, kt_base, fl.k_block, c * p, &fb.tp, &mut sl);
+                }
+                for ti in 0..npass {
+                    let (q0, qn) = tile(ti);
+                    let qu = qn as u32;
+                    let bs = sl.batch;
+                    sl.batch += 1;
+                    let sc = scb.tile(bs, Dtype::F32, qu, kn as u32);
+                    for c in 0..dch {
+                        let dl = (s.d - c * p).min(p) as u32;
+                        let stationary = Ap::on_chip(
+                            Memory::Sbuf,
+                            mm,
+                            0,
+                            dl,
+                            qt_base + ((c * npass * t.q_tile + ti * t.q_tile) as u64) * mm.size(),
+                            qu,
+                        );
+                        let moving = Ap::on_chip(
+                            Memory::Sbuf,
+                            mm,
+                            0,
+                            dl,
+                            kt_base + ((c * fl.k_block) as u64) * mm.size(),
+                            kn as u32,
+                        );
+                        ctx.push(
+                            Engine::Tensor,
+                            Op::Matmul {
+                                dst: sc.clone(),
+                                stationary,
+                                moving,
+                                accumulate: c > 0,
+                            },
+                        );
+                    }
+                    // Evict through the prologue into the fp32 score tile.
+                    let mut operands: Vec<Option<OpTile>> = vec![None; n_in];
+                    for (i, mat, full) in &ops {
+                        let buf = ctx.buf(&format!("op{i}"))?;
+                        operands[*i] = Some(load_mat(ctx, mat, *full, q0, qn, k0, kn, &buf, sl.op));
+                    }
+                    sl.op += 1;
+                    let stile = sb.tile(bs, Dtype::F32, qu, kn as u32);
+                    let tiles = ChainTiles {
+                        src: sc.clone(),
+                        work: work.tile(sl.work, Dtype::F32, qu, kn as u32),
+                        cast: cast.as_ref().map(|c| c.tile(0, Dtype::F32, qu, kn as u32)),
+                        out: stile.clone(),
+                        operands: &operands,
+                    };
+                    sl.work += 1;
+                    let res = chain::apply(ctx, &s.prologue, &tiles)?;
+                    if res != tiles.out {
+                        let e = ctx.evict_engine();
+                        ctx.copy_on(e, tiles.out.clone(), res);
+                    }
+                    // Online softmax statistics.
+                    let st = fb.stat.tile_at(
+                        0,
+                        (ti as u64) * u64::from(ST_COLS) * 4,
+                        Dtype::F32,
+                        qu,
+                        ST_COLS,
+                    );
+                    let c = |k: u32| cols(&st, k, 1);
+                    ctx.push(
+                        Engine::Vector,
+                        Op::TensorReduce {
+                            dst: c(ST_NEG_BLOCK_MAX),
+                            src: stile.clone(),
+                            op: AluOp::Max,
+                            axes: 1,
+                            negate: true,
+                        },
+                    );
+                    // -m' = min(-m, -blockmax).
+                    ctx.push(
+                        Engine::Vector,
+                        Op::TensorScalar {
+                            dst: c(ST_NEG_NEW),
+                            src: c(ST_M),
+                            op0: AluOp::Mul,
+                            operand0: Operand::Imm(-1.0),
+                            reverse0: false,
+                            op1: AluOp::Min,
+                            operand1: Operand::PerPartition(c(ST_NEG_BLOCK_MAX)),
+                            reverse1: false,
+                        },
+                    );
+                    // alpha = exp(m - m').
+                    ctx.push(
+                        Engine::Scalar,
+                        Op::Activation {
+                            dst: c(ST_ALPHA),
+                            src: c(ST_M),
+                            func: ActFunc::Exp,
+                            scale: Operand::Imm(1.0),
+                            bias: Some(Operand::PerPartition(c(ST_NEG_NEW))),
+                            accum: None,
+                        },
+                    );
+                    // p = exp(s - m'), with the block's row sums.
+                    let ptile = pb.tile(bs, mm, qu, kn as u32);
+                    ctx.push(
+                        Engine::Scalar,
+                        Op::Activation {
+                            dst: ptile.clone(),
+                            src: stile,
+                            func: ActFunc::Exp,
+                            scale: Operand::Imm(1.0),
+                            bias: Some(Operand::PerPartition(c(ST_NEG_NEW))),
+                            accum: Some(c(ST_BLOCK_SUM)),
+                        },
+                    );
+                    // m = m'; l = l * alpha + block sum.
+                    ctx.push(
+                        Engine::Vector,
+                        Op::TensorScalar {
+                            dst: c(ST_M),
+                            src: c(ST_NEG_NEW),
+                            op0: AluOp::Mul,
+                            operand0: Operand::Imm(-1.0),
+                            reverse0: false,
+                            op1: AluOp::Bypass,
+                            operand1: Operand::Imm(0.0),
+                            reverse1: false,
+                        },
+                    );
+                    ctx.push(
+                        Engine::Vector,
+                        Op::TensorScalar {
+                            dst: c(ST_L),
+                            src: c(ST_L),
+                            op0: AluOp::Mul,
+                            operand0: Operand::PerPartition(c(ST_ALPHA)),
+                            reverse0: false,
+                            op1: AluOp::Add,
+                            operand1: Operand::PerPartition(c(ST_BLOCK_SUM)),
+                            reverse1: false,
+                        },
+                    );
+                    let next = FlashPending {
+                        ptile,
+                        kn,
+                        qn,
+                        ti,
+                        kv,
+                    };
+                    if let Some(prev) = pending.replace(next) {
+                        flash_finish(ctx, s, t, &fb, &prev, &mut sl);
+                    }
+                }
+                k0 += kn;
+            }
+            if let Some(prev) = pending.take() {
+                flash_finish(ctx, s, t, &fb, &prev, &mut sl);
+            }
+            // out = O / l.
+            for ti in 0..npass {
+                let (q0, qn) = tile(ti);
+                let qu = qn as u32;
+                let st = fb.stat.tile_at(
+                    0,
+                    (ti as u64) * u64::from(ST_COLS) * 4,
+                    Dtype::F32,
+                    qu,
+                    ST_COLS,
+                );
+                ctx.push(
+                    Engine::Scalar,
+                    Op::Activation {
+                        dst: cols(&st, ST_RECIP, 1),
+                        src: cols(&st, ST_L, 1),
+                        func: ActFunc::Reciprocal,
+                        scale: Operand::Imm(1.0),
+                        bias: None,
+                        accum: None,
+                    },
+                );
+                let o =
+                    fb.o.tile_at(0, (ti * s.dv * 4) as u64, Dtype::F32, qu, s.dv as u32);
+                let otile = outb.tile(sl.tp, od, qu, s.dv as u32);
+                sl.tp += 1;
+                ctx.push(
+                    Engine::Scalar,
+                    Op::Activation {
+                        dst: otile.clone(),
+                        src: o,
+                        func: ActFunc::Identity,
+                        scale: Operand::PerPartition(cols(&st, ST_RECIP, 1)),
+                        bias: None,
+                        accum: None,
+                    },
+                );
+                ctx.store(omat.rows_ap(q0, qn, 0, s.dv), otile);
+            }
+            pass0 += npass;
+        }
+    }
+    Ok(())
 }
