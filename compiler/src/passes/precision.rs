@@ -62,11 +62,15 @@ fn tensor_uses(kg: &KernelGraph) -> BTreeMap<KTensorId, Vec<Use>> {
         for (i, v) in k.inputs.iter().enumerate() {
             let (is_b, transpose_b) = match k.op {
                 KernelOp::MatMul { b, transpose_b, .. } => (b == i, transpose_b),
+                // A conv weight is TensorE's other operand too (stored pre-cast like a
+                // matmul `b`), but never quantized: it is not a plain `[K, N]`.
+                KernelOp::Conv2d { w, .. } => (w == i, true),
                 _ => (false, false),
             };
             let mm_operand = match k.op {
                 KernelOp::MatMul { a, b, .. } => a == i || b == i,
                 KernelOp::Attention { q, k, v, .. } => q == i || k == i || v == i,
+                KernelOp::Conv2d { x, w, .. } => x == i || w == i,
                 _ => false,
             };
             let plain = kg
@@ -88,6 +92,8 @@ fn main_operands(op: &KernelOp) -> Vec<usize> {
     match op {
         KernelOp::MatMul { a, b, .. } => vec![*a, *b],
         KernelOp::Attention { q, k, v, .. } => vec![*q, *k, *v],
+        KernelOp::Conv2d { x, w, .. } => vec![*x, *w],
+        KernelOp::Pool { x, .. } => vec![*x],
         // The indices only select rows, like a mask or a condition.
         KernelOp::Gather { table, .. } => vec![*table],
         KernelOp::Norm { x, .. }
@@ -143,7 +149,11 @@ pub fn assign(g: &Graph, kg: &mut KernelGraph, opts: &CompileOptions) -> Result<
                     (Dtype::Bf16, act)
                 }
             }
-            KernelOp::MatMul { .. } | KernelOp::Attention { .. } => (mm, act),
+            // No int8 convolution yet: bf16 on TensorE (docs/compiler.md).
+            KernelOp::Conv2d { .. } if mm == Dtype::I8 => (Dtype::Bf16, act),
+            KernelOp::MatMul { .. } | KernelOp::Attention { .. } | KernelOp::Conv2d { .. } => {
+                (mm, act)
+            }
             _ => (Dtype::F32, act),
         };
         plan.push((kmm, kact));
@@ -227,6 +237,7 @@ fn precast_scratch(kg: &mut KernelGraph, uses: &BTreeMap<KTensorId, Vec<Use>>) {
                 op,
                 KernelOp::MatMul { .. }
                     | KernelOp::Attention { .. }
+                    | KernelOp::Conv2d { .. }
                     | KernelOp::Elementwise { .. }
                     | KernelOp::Norm { .. }
                     | KernelOp::Softmax { .. }
