@@ -526,3 +526,39 @@ fn a_convolution_too_big_for_sbuf_is_a_compile_error_naming_the_kernel() {
         "{e}"
     );
 }
+
+/// The conv tilings of `g` on trn1: `(kernel rows per matmul, partitions per block)`.
+fn conv_packing(g: &Graph) -> Vec<(usize, usize)> {
+    use neuronc::backend::tiling::{Tiling, plan};
+    let kg =
+        neuronc::passes::run_middle_end(g, &Precision::Bf16.options(), &mut |_, _| {}).unwrap();
+    plan(&kg, &neuron_isa::ChipConfig::trn1())
+        .unwrap()
+        .into_iter()
+        .filter_map(|p| match p.tiling {
+            Tiling::Conv(t) => Some((t.pack, t.block)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn narrow_convolutions_stack_kernel_rows_on_partitions() {
+    // 64-channel 3x3 convs stack two kernel rows (blocks of 64 partitions); the 3-channel
+    // 7x7 stem four (blocks of 32); 1x1 convs and wide layers nothing.
+    let g = super::backend_harness::load_example("resnet_block.json");
+    assert_eq!(conv_packing(&g), [(2, 64), (2, 64)]);
+    let packs = conv_packing(&mini_resnet(1, 32));
+    assert_eq!(packs[0], (4, 32), "{packs:?}");
+    // The bottlenecks' 3x3 convs (8 or 16 channels) stack all three rows; 1x1 convs none.
+    assert_eq!(
+        packs.iter().filter(|&&p| p == (3, 32)).count(),
+        3,
+        "{packs:?}"
+    );
+    assert_eq!(
+        packs.iter().filter(|&&p| p == (1, 0)).count(),
+        8,
+        "{packs:?}"
+    );
+}

@@ -49,6 +49,12 @@ pub struct ConvTiling {
     pub cols: usize,
     /// Groups sharing one block-diagonal matmul.
     pub gpack: usize,
+    /// Kernel rows stacked on partitions per matmul (tap packing; 1 = none): partition
+    /// block `j` (at partition `j * block`) holds the input band shifted down by `j`
+    /// kernel rows, so one matmul covers `pack` taps.
+    pub pack: usize,
+    /// Partitions per stacked block (32 or 64: where the ISA lets a DMA start writing).
+    pub block: usize,
     /// Estimated TensorE time, ns.
     pub est_ns: f64,
 }
@@ -57,11 +63,12 @@ impl fmt::Display for ConvTiling {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "implicit gemm, tiles of {} image(s) x {} rows x {} cols, {} group(s) per matmul, est {:.1} us",
+            "implicit gemm, tiles of {} image(s) x {} rows x {} cols, {} group(s) per matmul, {} kernel row(s) per matmul, est {:.1} us",
             self.images,
             self.rows,
             self.cols,
             self.gpack,
+            self.pack,
             self.est_ns / 1000.0
         )
     }
@@ -245,6 +252,21 @@ pub fn choose(s: &ConvShape, cfg: &ChipConfig) -> ConvTiling {
         1
     };
     let gpack = group_pack(s, parts);
+    // Tap packing: a narrow layer (<= 64 channels, one group) stacks shifted copies of
+    // its band on partitions to fill K; each stacked copy costs one more band DMA per tile
+    // and the matmul count drops by the same factor (the matmul cost does not depend on K).
+    let (pack, block) =
+        if s.groups == 1 && s.c <= parts / 2 && s.win.kernel[0] > 1 && s.w_data.is_some() {
+            let block = if s.c <= parts / 4 {
+                parts / 4
+            } else {
+                parts / 2
+            };
+            ((parts / block).min(s.win.kernel[0]), block)
+        } else {
+            (1, 0)
+        };
+    let taps = s.win.kernel[1] * s.win.kernel[0].div_ceil(pack);
     // First-order TensorE time: one matmul per (tile, group block, channel tile, o tile,
     // tap), each `max(min(64, M), N)` cycles.
     let (cs, os) = (s.cg() * gpack, s.og() * gpack);
@@ -252,8 +274,8 @@ pub fn choose(s: &ConvShape, cfg: &ChipConfig) -> ConvTiling {
     let n = (images * rows * cols) as f64;
     let m = os.min(parts) as f64;
     let per = m.min(64.0).max(n);
-    let mut cyc = per
-        * (tiles * (s.groups / gpack) * cs.div_ceil(parts) * os.div_ceil(parts) * s.taps()) as f64;
+    let mut cyc =
+        per * (tiles * (s.groups / gpack) * cs.div_ceil(parts) * os.div_ceil(parts) * taps) as f64;
     if s.mm_dtype == Dtype::F32 {
         cyc *= 4.0;
     }
@@ -263,6 +285,8 @@ pub fn choose(s: &ConvShape, cfg: &ChipConfig) -> ConvTiling {
         rows,
         cols,
         gpack,
+        pack,
+        block,
         est_ns,
     }
 }
@@ -270,8 +294,17 @@ pub fn choose(s: &ConvShape, cfg: &ChipConfig) -> ConvTiling {
 /// Bytes per partition of the resident weights.
 fn weight_bytes(s: &ConvShape, t: &ConvTiling, parts: usize) -> u64 {
     let (cs, os) = (s.cg() * t.gpack, s.og() * t.gpack);
+    if t.pack > 1 {
+        return (tap_groups(s, t) * os) as u64 * s.mm_dtype.size();
+    }
     let blocks = (s.groups / t.gpack) * cs.div_ceil(parts);
     (blocks * s.taps() * os) as u64 * s.mm_dtype.size()
+}
+
+/// Matmuls per output tile and channel tile under tap packing: kernel columns times
+/// groups of `pack` kernel rows.
+fn tap_groups(s: &ConvShape, t: &ConvTiling) -> usize {
+    s.win.kernel[1] * s.win.kernel[0].div_ceil(t.pack)
 }
 
 /// Bytes per partition of one input band slot (every channel tile of one group block).
@@ -449,8 +482,57 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
             ctx.prefetch(dst, src);
         }
     }
+    // Tap packing: per tap group (kernel column q, kernel rows `g*pack..`) a stationary
+    // `[j * block + c, o] = w[o, c, g*pack + j, q]` (zero rows between the blocks), built
+    // at compile time, one DMA per tap group.
+    let ngr = kh.div_ceil(t.pack);
+    let prows = t.pack * t.block;
+    if t.pack > 1 {
+        let data = s
+            .w_data
+            .as_ref()
+            .ok_or_else(|| ctx.err("internal: tap packing without constant weights"))?;
+        let ntg = kw * ngr;
+        let mut packed = vec![0f32; ntg * prows * os];
+        for q in 0..kw {
+            for g in 0..ngr {
+                let tg = q * ngr + g;
+                for j in 0..t.pack.min(kh - g * t.pack) {
+                    let p = g * t.pack + j;
+                    for c in 0..cs {
+                        for o in 0..os {
+                            let src = ((o * cs + c) * kh + p) * kw + q;
+                            let dst = (tg * prows + j * t.block + c) * os + o;
+                            packed[dst] = data.get(src).copied().unwrap_or(0.0);
+                        }
+                    }
+                }
+            }
+        }
+        let cid = ctx.constant("tap_packed_w", packed);
+        for tg in 0..ntg {
+            let src = Ap {
+                mem: Memory::Hbm(cid),
+                dtype: Dtype::F32,
+                offset: (tg * prows * os * 4) as u64,
+                start_partition: 0,
+                partitions: prows as u32,
+                partition_stride: os as i64,
+                dims: dense(os),
+            };
+            let dst = sbuf(
+                Memory::Sbuf,
+                mm,
+                0,
+                prows,
+                wbuf.slot(0) + (tg * os) as u64 * esz,
+                dense(os),
+            );
+            ctx.prefetch(dst, src);
+        }
+    }
     // Resident weights `[c, tap, o]` per (group block, channel tile).
-    for blk in (0..blocks).filter(|_| gp == 1) {
+    for blk in (0..blocks).filter(|_| gp == 1 && t.pack == 1) {
         for ct in 0..n_ct {
             let c0 = ct * parts;
             let cp = (cs - c0).min(parts);
@@ -542,6 +624,26 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
 
     let (hb, wb) = (s.band_h(t.rows), s.band_w(t.cols));
     let img = hb * wb;
+    if t.pack > 1 {
+        // Partitions between the stacked blocks and rows no tile loads meet zero weights;
+        // they must still hold finite numbers (0 * NaN is NaN).
+        for i in 0..band.slots as usize {
+            ctx.push(
+                Engine::GpSimd,
+                Op::Memset {
+                    dst: sbuf(
+                        Memory::Sbuf,
+                        mm,
+                        0,
+                        prows,
+                        band.slot(i),
+                        dense(t.images * img),
+                    ),
+                    value: 0.0,
+                },
+            );
+        }
+    }
     let mut slot = 0usize;
     let mut oslot = 0usize;
     for n0 in (0..s.n).step_by(t.images) {
@@ -569,69 +671,76 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                         let cp = (cs - c0c).min(parts);
                         let tbase = bslot + (ct * t.images * img) as u64 * esz;
                         if padded {
+                            let np = if t.pack > 1 { prows } else { cp };
                             ctx.push(
                                 Engine::GpSimd,
                                 Op::Memset {
-                                    dst: sbuf(Memory::Sbuf, mm, 0, cp, tbase, dense(nb * img)),
+                                    dst: sbuf(Memory::Sbuf, mm, 0, np, tbase, dense(nb * img)),
                                     value: 0.0,
                                 },
                             );
                         }
-                        if vr1 <= vr0 || vc1 <= vc0 {
-                            continue;
+                        // Stacked block `j` holds the band shifted down by `j` kernel rows.
+                        for j in 0..t.pack {
+                            let irj = ir0 + (j * dh) as i64;
+                            let vr0 = irj.max(0);
+                            let vr1 = (irj + hbr as i64).min(s.h as i64);
+                            if vr1 <= vr0 || vc1 <= vc0 {
+                                continue;
+                            }
+                            let xs = &s.x.strides;
+                            let ch0 = blk * cs + c0c;
+                            let off = s.x.offset as i64
+                                + n0 as i64 * xs[0] as i64
+                                + ch0 as i64 * xs[1] as i64
+                                + vr0 * xs[2] as i64
+                                + vc0 * xs[3] as i64;
+                            let src = Ap {
+                                mem: Memory::Hbm(xt),
+                                dtype: xdt,
+                                offset: off.max(0) as u64 * xdt.size(),
+                                start_partition: 0,
+                                partitions: cp as u32,
+                                partition_stride: xs[1] as i64,
+                                dims: vec![
+                                    Dim {
+                                        size: nb as u32,
+                                        stride: xs[0] as i64,
+                                    },
+                                    Dim {
+                                        size: (vr1 - vr0) as u32,
+                                        stride: xs[2] as i64,
+                                    },
+                                    Dim {
+                                        size: (vc1 - vc0) as u32,
+                                        stride: xs[3] as i64,
+                                    },
+                                ],
+                            };
+                            let inner = ((vr0 - irj) as usize * wb + (vc0 - ic0) as usize) as u64;
+                            let dst = sbuf(
+                                Memory::Sbuf,
+                                mm,
+                                j * t.block,
+                                cp,
+                                tbase + inner * esz,
+                                vec![
+                                    Dim {
+                                        size: nb as u32,
+                                        stride: img as i64,
+                                    },
+                                    Dim {
+                                        size: (vr1 - vr0) as u32,
+                                        stride: wb as i64,
+                                    },
+                                    Dim {
+                                        size: (vc1 - vc0) as u32,
+                                        stride: 1,
+                                    },
+                                ],
+                            );
+                            ctx.load(dst, src);
                         }
-                        let xs = &s.x.strides;
-                        let ch0 = blk * cs + c0c;
-                        let off = s.x.offset as i64
-                            + n0 as i64 * xs[0] as i64
-                            + ch0 as i64 * xs[1] as i64
-                            + vr0 * xs[2] as i64
-                            + vc0 * xs[3] as i64;
-                        let src = Ap {
-                            mem: Memory::Hbm(xt),
-                            dtype: xdt,
-                            offset: off.max(0) as u64 * xdt.size(),
-                            start_partition: 0,
-                            partitions: cp as u32,
-                            partition_stride: xs[1] as i64,
-                            dims: vec![
-                                Dim {
-                                    size: nb as u32,
-                                    stride: xs[0] as i64,
-                                },
-                                Dim {
-                                    size: (vr1 - vr0) as u32,
-                                    stride: xs[2] as i64,
-                                },
-                                Dim {
-                                    size: (vc1 - vc0) as u32,
-                                    stride: xs[3] as i64,
-                                },
-                            ],
-                        };
-                        let inner = ((vr0 - ir0) as usize * wb + (vc0 - ic0) as usize) as u64;
-                        let dst = sbuf(
-                            Memory::Sbuf,
-                            mm,
-                            0,
-                            cp,
-                            tbase + inner * esz,
-                            vec![
-                                Dim {
-                                    size: nb as u32,
-                                    stride: img as i64,
-                                },
-                                Dim {
-                                    size: (vr1 - vr0) as u32,
-                                    stride: wb as i64,
-                                },
-                                Dim {
-                                    size: (vc1 - vc0) as u32,
-                                    stride: 1,
-                                },
-                            ],
-                        );
-                        ctx.load(dst, src);
                     }
                     for oi in 0..n_ot {
                         let ol0 = oi * parts;
@@ -644,23 +753,42 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                             let cp = (cs - c0c).min(parts);
                             let tbase = bslot + (ct * t.images * img) as u64 * esz;
                             let wbase = wbuf.slot(0) + ((blk * n_ct + ct) * taps * os) as u64 * esz;
-                            for p in 0..kh {
+                            // (weight column, band offset, K) of each matmul.
+                            let mut mms = Vec::new();
+                            if t.pack > 1 {
                                 for q in 0..kw {
-                                    let tap = p * kw + q;
+                                    for g in 0..ngr {
+                                        let nj = t.pack.min(kh - g * t.pack);
+                                        mms.push((
+                                            (q * ngr + g) * os,
+                                            g * t.pack * dh * wb + q * dw,
+                                            (nj - 1) * t.block + cp,
+                                        ));
+                                    }
+                                }
+                            } else {
+                                for p in 0..kh {
+                                    for q in 0..kw {
+                                        mms.push(((p * kw + q) * os, p * dh * wb + q * dw, cp));
+                                    }
+                                }
+                            }
+                            {
+                                for (wcol, boff, kk) in mms {
                                     let stationary = sbuf(
                                         Memory::Sbuf,
                                         mm,
                                         0,
-                                        cp,
-                                        wbase + (tap * os + ol0) as u64 * esz,
+                                        kk,
+                                        wbase + (wcol + ol0) as u64 * esz,
                                         dense(no),
                                     );
                                     let moving = sbuf(
                                         Memory::Sbuf,
                                         mm,
                                         0,
-                                        cp,
-                                        tbase + ((p * dh) * wb + q * dw) as u64 * esz,
+                                        kk,
+                                        tbase + boff as u64 * esz,
                                         vec![
                                             Dim {
                                                 size: nb as u32,
