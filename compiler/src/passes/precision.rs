@@ -228,8 +228,17 @@ fn precast_scratch(kg: &mut KernelGraph, uses: &BTreeMap<KTensorId, Vec<Use>>) {
             || tensor.dtype != Dtype::F32
             || written_twice.contains(&t)
             || u.is_empty()
-            || !u.iter().all(|u| u.mm_operand)
         {
+            continue;
+        }
+        // Under `--auto-cast all`, a convolution's or pooling's activation map (read by
+        // the next conv and by a residual epilogue, whose arithmetic is in that type
+        // anyway) is stored in the elementwise type: half the HBM traffic of a CNN.
+        if let Some(act) = conv_activation_type(kg, t, u, &producers) {
+            cast.push((t, act));
+            continue;
+        }
+        if !u.iter().all(|u| u.mm_operand) {
             continue;
         }
         let produced_on_chip = producers.get(&t).is_some_and(|op| {
@@ -257,4 +266,32 @@ fn precast_scratch(kg: &mut KernelGraph, uses: &BTreeMap<KTensorId, Vec<Use>>) {
             tensor.dtype = target;
         }
     }
+}
+
+/// The reduced type a conv or pooling result `t` may be stored in: when it is produced by
+/// such a kernel with a bf16/fp16 `act_dtype` and every reader computes in that type
+/// (its `act_dtype`, and its `mm_dtype` if it is a conv). `None` otherwise.
+fn conv_activation_type(
+    kg: &KernelGraph,
+    t: KTensorId,
+    uses: &[Use],
+    producers: &BTreeMap<KTensorId, &KernelOp>,
+) -> Option<Dtype> {
+    let producer = kg.kernels.iter().find(|k| k.output.tensor == t)?;
+    if !matches!(
+        producers.get(&t),
+        Some(KernelOp::Conv2d { .. } | KernelOp::Pool { .. })
+    ) {
+        return None;
+    }
+    let act = producer.act_dtype;
+    if !matches!(act, Dtype::Bf16 | Dtype::F16) {
+        return None;
+    }
+    uses.iter()
+        .all(|u| {
+            let k = &kg.kernels[u.kernel];
+            k.act_dtype == act && (!matches!(k.op, KernelOp::Conv2d { .. }) || k.mm_dtype == act)
+        })
+        .then_some(act)
 }

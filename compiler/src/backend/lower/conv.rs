@@ -47,6 +47,10 @@ pub struct ConvTiling {
     pub rows: usize,
     /// Output columns per tile.
     pub cols: usize,
+    /// PSUM tiles (of `rows` rows) per DMA: the band, the residual and the output of
+    /// `sub * rows` rows move in one transfer each, so that transfers are large enough
+    /// to hide the DMA fixed cost.
+    pub sub: usize,
     /// Groups sharing one block-diagonal matmul.
     pub gpack: usize,
     /// Kernel rows stacked on partitions per matmul (tap packing; 1 = none): partition
@@ -251,6 +255,13 @@ pub fn choose(s: &ConvShape, cfg: &ChipConfig) -> ConvTiling {
     } else {
         1
     };
+    // ~2048 output pixels per transfer (4 KiB per partition in bf16, past the 2 KiB
+    // where the DMA guide puts efficiency near peak) when whole-row tiles are small.
+    let sub = if images == 1 && cols == s.ow {
+        (2048 / (rows * cols)).clamp(1, s.oh.div_ceil(rows))
+    } else {
+        1
+    };
     let gpack = group_pack(s, parts);
     // Tap packing: a narrow layer (<= 64 channels, one group) stacks shifted copies of
     // its band on partitions to fill K; each stacked copy costs one more band DMA per tile
@@ -284,6 +295,7 @@ pub fn choose(s: &ConvShape, cfg: &ChipConfig) -> ConvTiling {
         images,
         rows,
         cols,
+        sub,
         gpack,
         pack,
         block,
@@ -310,13 +322,15 @@ fn tap_groups(s: &ConvShape, t: &ConvTiling) -> usize {
 /// Bytes per partition of one input band slot (every channel tile of one group block).
 fn band_bytes(s: &ConvShape, t: &ConvTiling, parts: usize) -> u64 {
     let cs = s.cg() * t.gpack;
-    (cs.div_ceil(parts) * t.images * s.band_h(t.rows) * s.band_w(t.cols)) as u64 * s.mm_dtype.size()
+    (cs.div_ceil(parts) * t.images * s.band_h(t.rows * t.sub) * s.band_w(t.cols)) as u64
+        * s.mm_dtype.size()
 }
 
 /// The buffers a tiling needs.
 pub fn buffers(s: &ConvShape, t: &ConvTiling, cfg: &ChipConfig) -> Vec<BufferReq> {
     let parts = cfg.partitions as usize;
     let npix = (t.images * t.rows * t.cols) as u64;
+    let spix = npix * t.sub as u64;
     let ncols = s.operands.iter().filter(|o| o.2).count();
     let otiles = s.o.div_ceil(parts).max(s.groups / t.gpack);
     let mut b = vec![
@@ -324,7 +338,7 @@ pub fn buffers(s: &ConvShape, t: &ConvTiling, cfg: &ChipConfig) -> Vec<BufferReq
         BufferReq::sbuf("band", band_bytes(s, t, parts), 2),
         BufferReq::psum("acc", npix * 4, 2),
         BufferReq::sbuf("work", npix * s.act_dtype.size(), 2),
-        BufferReq::sbuf("out", npix * 4, 2),
+        BufferReq::sbuf("out", spix * 4, 2),
     ];
     if ncols > 0 {
         b.push(BufferReq::sbuf("cols", (ncols * otiles) as u64 * 4, 1));
@@ -334,7 +348,7 @@ pub fn buffers(s: &ConvShape, t: &ConvTiling, cfg: &ChipConfig) -> Vec<BufferReq
     }
     for (i, _, per_channel) in &s.operands {
         if !per_channel {
-            b.push(BufferReq::sbuf(&format!("op{i}"), npix * 4, 2));
+            b.push(BufferReq::sbuf(&format!("op{i}"), spix * 4, 2));
         }
     }
     b
@@ -622,7 +636,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
         }
     }
 
-    let (hb, wb) = (s.band_h(t.rows), s.band_w(t.cols));
+    let (hb, wb) = (s.band_h(t.rows * t.sub), s.band_w(t.cols));
     let img = hb * wb;
     if t.pack > 1 {
         // Partitions between the stacked blocks and rows no tile loads meet zero weights;
@@ -646,13 +660,15 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
     }
     let mut slot = 0usize;
     let mut oslot = 0usize;
+    let mut aslot = 0usize;
     for n0 in (0..s.n).step_by(t.images) {
         let nb = t.images.min(s.n - n0);
-        for r0 in (0..s.oh).step_by(t.rows) {
-            let nr = t.rows.min(s.oh - r0);
+        for r0 in (0..s.oh).step_by(t.rows * t.sub) {
+            // `nr` rows in this transfer, computed in PSUM tiles of `t.rows` rows.
+            let nr = (t.rows * t.sub).min(s.oh - r0);
             for c0 in (0..s.ow).step_by(t.cols) {
                 let nc = t.cols.min(s.ow - c0);
-                let npix = nb * nr * nc;
+                let spix = nb * nr * nc;
                 // Input window of this tile, in input coordinates (may overhang).
                 let ir0 = (r0 * sh) as i64 - pt as i64;
                 let ic0 = (c0 * sw) as i64 - pl as i64;
@@ -746,85 +762,14 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                         let ol0 = oi * parts;
                         let no = (os - ol0).min(parts);
                         let o_glob = blk * os + ol0;
-                        let acc_t = acc.tile(oslot, Dtype::F32, no as u32, npix as u32);
-                        let mut first = true;
-                        for ct in 0..n_ct {
-                            let c0c = ct * parts;
-                            let cp = (cs - c0c).min(parts);
-                            let tbase = bslot + (ct * t.images * img) as u64 * esz;
-                            let wbase = wbuf.slot(0) + ((blk * n_ct + ct) * taps * os) as u64 * esz;
-                            // (weight column, band offset, K) of each matmul.
-                            let mut mms = Vec::new();
-                            if t.pack > 1 {
-                                for q in 0..kw {
-                                    for g in 0..ngr {
-                                        let nj = t.pack.min(kh - g * t.pack);
-                                        mms.push((
-                                            (q * ngr + g) * os,
-                                            g * t.pack * dh * wb + q * dw,
-                                            (nj - 1) * t.block + cp,
-                                        ));
-                                    }
-                                }
-                            } else {
-                                for p in 0..kh {
-                                    for q in 0..kw {
-                                        mms.push(((p * kw + q) * os, p * dh * wb + q * dw, cp));
-                                    }
-                                }
-                            }
-                            {
-                                for (wcol, boff, kk) in mms {
-                                    let stationary = sbuf(
-                                        Memory::Sbuf,
-                                        mm,
-                                        0,
-                                        kk,
-                                        wbase + (wcol + ol0) as u64 * esz,
-                                        dense(no),
-                                    );
-                                    let moving = sbuf(
-                                        Memory::Sbuf,
-                                        mm,
-                                        0,
-                                        kk,
-                                        tbase + boff as u64 * esz,
-                                        vec![
-                                            Dim {
-                                                size: nb as u32,
-                                                stride: img as i64,
-                                            },
-                                            Dim {
-                                                size: nr as u32,
-                                                stride: (sh * wb) as i64,
-                                            },
-                                            Dim {
-                                                size: nc as u32,
-                                                stride: sw as i64,
-                                            },
-                                        ],
-                                    );
-                                    ctx.push(
-                                        Engine::Tensor,
-                                        Op::Matmul {
-                                            dst: acc_t.clone(),
-                                            stationary,
-                                            moving,
-                                            accumulate: !first,
-                                        },
-                                    );
-                                    first = false;
-                                }
-                            }
-                        }
-                        // Epilogue operands for this tile.
-                        let mut ops: Vec<Option<OpTile>> =
+                        // Epilogue operands of the whole transfer.
+                        let mut sops: Vec<Option<OpTile>> =
                             vec![None; ctx.kernel.inputs.len().max(1)];
                         for (i, v, per_channel) in &s.operands {
                             if *per_channel {
                                 let ci = col_index.iter().position(|c| c == i).unwrap_or(0);
                                 if let Some(cb) = &cols_buf {
-                                    ops[*i] = Some(OpTile::Column(sbuf(
+                                    sops[*i] = Some(OpTile::Column(sbuf(
                                         Memory::Sbuf,
                                         Dtype::F32,
                                         0,
@@ -837,24 +782,120 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                             }
                             let (tid, dt) = ctx.tensor(v)?;
                             let ob = ctx.buf(&format!("op{i}"))?;
-                            let tile = ob.tile(oslot, Dtype::F32, no as u32, npix as u32);
+                            let tile = ob.tile(oslot, Dtype::F32, no as u32, spix as u32);
                             let src =
                                 nchw_ap(v, tid, dt, (n0, nb), (o_glob, no), (r0, nr), (c0, nc));
                             ctx.load(tile.clone(), src);
-                            ops[*i] = Some(OpTile::Full(tile));
+                            sops[*i] = Some(OpTile::Full(tile));
                         }
-                        let cast = ctx
-                            .bufs
-                            .get("cast")
-                            .map(|c| c.tile(0, Dtype::F32, no as u32, npix as u32));
-                        let tiles = ChainTiles {
-                            src: acc_t,
-                            work: work.tile(oslot, s.act_dtype, no as u32, npix as u32),
-                            cast,
-                            out: outb.tile(oslot, odt, no as u32, npix as u32),
-                            operands: &ops,
-                        };
-                        let res = chain::apply(ctx, &s.epilogue, &tiles)?;
+                        let out_all = outb.tile(oslot, odt, no as u32, spix as u32);
+                        for k0 in (0..nr).step_by(t.rows) {
+                            let nrk = t.rows.min(nr - k0);
+                            let npix = nb * nrk * nc;
+                            let pix0 = (k0 * nc) as u32;
+                            let sub_of = |ap: &Ap| {
+                                let mut a = crate::backend::layout::cols(ap, pix0, npix as u32);
+                                a.partitions = no as u32;
+                                a
+                            };
+                            let acc_t = acc.tile(aslot, Dtype::F32, no as u32, npix as u32);
+                            let mut first = true;
+                            for ct in 0..n_ct {
+                                let c0c = ct * parts;
+                                let cp = (cs - c0c).min(parts);
+                                let tbase = bslot + (ct * t.images * img) as u64 * esz;
+                                let wbase =
+                                    wbuf.slot(0) + ((blk * n_ct + ct) * taps * os) as u64 * esz;
+                                // (weight column, band offset, K) of each matmul.
+                                let mut mms = Vec::new();
+                                if t.pack > 1 {
+                                    for q in 0..kw {
+                                        for g in 0..ngr {
+                                            let nj = t.pack.min(kh - g * t.pack);
+                                            mms.push((
+                                                (q * ngr + g) * os,
+                                                g * t.pack * dh * wb + q * dw,
+                                                (nj - 1) * t.block + cp,
+                                            ));
+                                        }
+                                    }
+                                } else {
+                                    for p in 0..kh {
+                                        for q in 0..kw {
+                                            mms.push(((p * kw + q) * os, p * dh * wb + q * dw, cp));
+                                        }
+                                    }
+                                }
+                                {
+                                    for (wcol, boff, kk) in mms {
+                                        let stationary = sbuf(
+                                            Memory::Sbuf,
+                                            mm,
+                                            0,
+                                            kk,
+                                            wbase + (wcol + ol0) as u64 * esz,
+                                            dense(no),
+                                        );
+                                        let moving = sbuf(
+                                            Memory::Sbuf,
+                                            mm,
+                                            0,
+                                            kk,
+                                            tbase + (boff + k0 * sh * wb) as u64 * esz,
+                                            vec![
+                                                Dim {
+                                                    size: nb as u32,
+                                                    stride: img as i64,
+                                                },
+                                                Dim {
+                                                    size: nrk as u32,
+                                                    stride: (sh * wb) as i64,
+                                                },
+                                                Dim {
+                                                    size: nc as u32,
+                                                    stride: sw as i64,
+                                                },
+                                            ],
+                                        );
+                                        ctx.push(
+                                            Engine::Tensor,
+                                            Op::Matmul {
+                                                dst: acc_t.clone(),
+                                                stationary,
+                                                moving,
+                                                accumulate: !first,
+                                            },
+                                        );
+                                        first = false;
+                                    }
+                                }
+                            }
+                            let ops: Vec<Option<OpTile>> = sops
+                                .iter()
+                                .map(|o| match o {
+                                    Some(OpTile::Full(a)) => Some(OpTile::Full(sub_of(a))),
+                                    other => other.clone(),
+                                })
+                                .collect();
+                            let cast = ctx
+                                .bufs
+                                .get("cast")
+                                .map(|c| c.tile(0, Dtype::F32, no as u32, npix as u32));
+                            let out_k = sub_of(&out_all);
+                            let tiles = ChainTiles {
+                                src: acc_t,
+                                work: work.tile(aslot, s.act_dtype, no as u32, npix as u32),
+                                cast,
+                                out: out_k.clone(),
+                                operands: &ops,
+                            };
+                            aslot += 1;
+                            let res = chain::apply(ctx, &s.epilogue, &tiles)?;
+                            if res != out_k {
+                                let e = ctx.evict_engine();
+                                ctx.copy_on(e, out_k, res);
+                            }
+                        }
                         let dst = nchw_ap(
                             &out_view,
                             ot_id,
@@ -864,7 +905,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                             (r0, nr),
                             (c0, nc),
                         );
-                        ctx.store(dst, res);
+                        ctx.store(dst, out_all);
                         oslot += 1;
                     }
                 }
