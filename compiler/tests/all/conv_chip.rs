@@ -562,3 +562,19 @@ fn narrow_convolutions_stack_kernel_rows_on_partitions() {
         "{packs:?}"
     );
 }
+
+#[test]
+fn reduced_resnet_under_auto_cast_all_stores_bf16_activations_within_tolerance() {
+    use neuronc::options::AutoCast;
+    let g = mini_resnet(2, 32);
+    let mut opts = Precision::Bf16.options();
+    opts.auto_cast = AutoCast::All;
+    let kg = neuronc::passes::run_middle_end(&g, &opts, &mut |_, _| {}).unwrap();
+    let bf16_maps = kg
+        .tensors
+        .iter()
+        .filter(|t| t.kind == neuron_isa::TensorKind::Scratch && t.dtype == neuron_isa::Dtype::Bf16)
+        .count();
+    assert!(bf16_maps >= 10, "{kg}");
+    super::backend_harness::compile_and_check_with(&g, opts, Precision::Bf16);
+}
