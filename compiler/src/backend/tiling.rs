@@ -18,7 +18,7 @@
 
 use super::alloc::{BufferReq, OnChip};
 use super::lower::{
-    attention, copy, elementwise, gather, lowering_error, matmul, norm, reduce, softmax,
+    attention, conv, copy, elementwise, gather, lowering_error, matmul, norm, pool, reduce, softmax,
 };
 use crate::error::CompileError;
 use crate::kernel::{Kernel, KernelGraph, KernelOp};
@@ -107,6 +107,10 @@ pub enum Tiling {
     MatMul(MatmulTiling),
     /// Fused attention.
     Attention(AttentionTiling),
+    /// Implicit-GEMM convolution.
+    Conv(conv::ConvTiling),
+    /// Pooling bands.
+    Pool(pool::PoolTiling),
 }
 
 impl Tiling {
@@ -117,6 +121,8 @@ impl Tiling {
             Tiling::Copy(_) => "copy",
             Tiling::MatMul(_) => "matmul",
             Tiling::Attention(_) => "attention",
+            Tiling::Conv(_) => "conv",
+            Tiling::Pool(_) => "pool",
         }
     }
 }
@@ -146,6 +152,8 @@ impl fmt::Display for Tiling {
                 fl.q_tiles, fl.k_block
             ),
             Tiling::Attention(t) => write!(f, "q tiles of {}, {}-buffered", t.q_tile, t.slots),
+            Tiling::Conv(t) => write!(f, "{t}"),
+            Tiling::Pool(t) => write!(f, "{t}"),
         }
     }
 }
@@ -490,6 +498,20 @@ pub fn plan_kernel(
             })
             .map_err(err)?
         }
+        KernelOp::Conv2d { .. } => {
+            let s = conv::analyze(kg, k)?;
+            let t = conv::choose(&s, cfg);
+            let b = conv::buffers(&s, &t, cfg);
+            check_fits(k, &b, cfg, "conv2d")?;
+            (Tiling::Conv(t), b, 0)
+        }
+        KernelOp::Pool { .. } => {
+            let s = pool::analyze(kg, k)?;
+            let t = pool::choose(&s, cfg);
+            let b = pool::buffers(&s, &t);
+            check_fits(k, &b, cfg, "pooling")?;
+            (Tiling::Pool(t), b, 0)
+        }
         KernelOp::Copy { .. } => {
             let t = copy::choose(kg, k, cfg)?;
             (Tiling::Copy(t), Vec::new(), 0)
@@ -550,6 +572,28 @@ pub fn plan_kernel(
         buffers,
         restream_bytes,
     })
+}
+
+/// Refuses a kernel whose buffers exceed the target's SBUF or PSUM, naming the sizes.
+fn check_fits(
+    k: &Kernel,
+    b: &[BufferReq],
+    cfg: &ChipConfig,
+    what: &str,
+) -> Result<(), CompileError> {
+    if sbuf_bytes(b) > sbuf_budget(cfg) || psum_banks(b, cfg) > u64::from(cfg.psum_banks) {
+        return Err(lowering_error(
+            k,
+            format!(
+                "{what} needs {} sbuf bytes per partition and {} psum banks; the target has {} and {}",
+                sbuf_bytes(b),
+                psum_banks(b, cfg),
+                sbuf_budget(cfg),
+                cfg.psum_banks
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Plans every kernel of `kg`.

@@ -135,10 +135,43 @@ impl fmt::Display for KernelGraph {
                     "gather(in{table}, rows=in{indices}) then [{}]",
                     ew_list(epilogue)
                 ),
+                KernelOp::Conv2d {
+                    x,
+                    w,
+                    groups,
+                    window,
+                    epilogue,
+                } => format!(
+                    "conv2d(in{x}, in{w}, groups={groups}, {}) then [{}]",
+                    window_text(window),
+                    ew_list(epilogue)
+                ),
+                KernelOp::Pool {
+                    x,
+                    op,
+                    window,
+                    epilogue,
+                } => format!(
+                    "{}(in{x}, {}) then [{}]",
+                    match op {
+                        crate::kernel::PoolFn::Max => "max_pool".to_string(),
+                        crate::kernel::PoolFn::Avg { count_include_pad } =>
+                            format!("avg_pool(count_include_pad={count_include_pad})"),
+                    },
+                    window_text(window),
+                    ew_list(epilogue)
+                ),
                 KernelOp::Copy { x } => format!("copy(in{x})"),
             };
             writeln!(f, "    {body}  ; nodes {}", k.nodes.join(","))?;
         }
         Ok(())
     }
+}
+
+fn window_text(w: &crate::kernel::Window) -> String {
+    format!(
+        "kernel={:?} strides={:?} pads={:?} dilations={:?}",
+        w.kernel, w.strides, w.pads, w.dilations
+    )
 }

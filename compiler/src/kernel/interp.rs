@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use half::{bf16, f16};
 use ndarray::{Array2, ArrayD, Axis, Ix2, IxDyn, Zip};
 
-use super::{BinaryFn, EwOp, KTensor, Kernel, KernelGraph, KernelOp, ReduceFn, UnaryFn, View};
+use super::{
+    BinaryFn, EwOp, KTensor, Kernel, KernelGraph, KernelOp, PoolFn, ReduceFn, UnaryFn, View,
+};
 use crate::CompileError;
 use crate::ir::shape_infer::broadcast_shapes;
 use crate::ir::{DType, GeluApprox, Tensor};
@@ -411,6 +413,60 @@ fn run_kernel(kg: &KernelGraph, k: &Kernel, ins: &[ArrayD<f64>]) -> Result<Array
         } => {
             let acc = gather_rows(get(*table)?, get(*indices)?)?;
             apply_ops(acc, epilogue, ins, act)
+        }
+        KernelOp::Conv2d {
+            x,
+            w,
+            groups,
+            window,
+            epilogue,
+        } => {
+            let (xv, wv) = (get(*x)?, get(*w)?);
+            if xv.ndim() != 4 || wv.ndim() != 4 {
+                return Err(format!(
+                    "conv2d operands must be rank 4, found {:?} and {:?}",
+                    xv.shape(),
+                    wv.shape()
+                ));
+            }
+            if k.mm_dtype == Dtype::I8 {
+                return Err("conv2d has no int8 form (precision gives it bf16)".into());
+            }
+            let r = |a: &ArrayD<f64>| a.mapv(|v| round_to(v, k.mm_dtype));
+            let params = crate::reference::ops::conv::ConvParams {
+                strides: window.strides,
+                pads: window.pads,
+                dilations: window.dilations,
+                groups: *groups,
+            };
+            let acc =
+                crate::reference::ops::conv::conv2d(&r(xv), &r(wv), None, params, &k.output.shape)?;
+            apply_ops(acc, epilogue, ins, act)
+        }
+        KernelOp::Pool {
+            x,
+            op,
+            window,
+            epilogue,
+        } => {
+            let xv = get(*x)?;
+            if xv.ndim() != 4 {
+                return Err(format!(
+                    "pooling input must be rank 4, found {:?}",
+                    xv.shape()
+                ));
+            }
+            let params = crate::reference::ops::pool::PoolParams {
+                kernel: window.kernel,
+                strides: window.strides,
+                pads: window.pads,
+                avg_count_include_pad: match op {
+                    PoolFn::Max => None,
+                    PoolFn::Avg { count_include_pad } => Some(*count_include_pad),
+                },
+            };
+            let acc = crate::reference::ops::pool::pool2d(xv, params, &k.output.shape)?;
+            apply_ops(acc.mapv(|v| round_to(v, act)), epilogue, ins, act)
         }
         KernelOp::Copy { x } => Ok(get(*x)?.clone()),
     }

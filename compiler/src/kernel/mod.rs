@@ -202,6 +202,35 @@ pub enum ReduceFn {
     Max,
 }
 
+/// Window geometry of a convolution or pooling kernel over NCHW (see
+/// `docs/model-format.md`): output pixel `(i, j)` reads input rows
+/// `i * strides[0] + p * dilations[0] - pads[0]` and columns
+/// `j * strides[1] + q * dilations[1] - pads[1]`; positions outside the input are padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// `[h, w]` window (kernel) size.
+    pub kernel: [usize; 2],
+    /// `[h, w]` strides (>= 1).
+    pub strides: [usize; 2],
+    /// `[top, left, bottom, right]` padding.
+    pub pads: [usize; 4],
+    /// `[h, w]` dilations (>= 1; always 1 for pooling).
+    pub dilations: [usize; 2],
+}
+
+/// Pooling operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolFn {
+    /// Maximum over the window; padding never wins.
+    Max,
+    /// Mean over the window.
+    Avg {
+        /// Divide by the full window size even where it overlaps padding (else by the
+        /// number of real elements).
+        count_include_pad: bool,
+    },
+}
+
 /// What a kernel computes. Operands are indices into [`Kernel::inputs`]. Unless stated,
 /// the kernel's output has the output view's shape, and `epilogue` is applied elementwise
 /// to the result before it is stored.
@@ -292,6 +321,33 @@ pub enum KernelOp {
         /// Applied to each gathered element.
         epilogue: Vec<EwOp>,
     },
+    /// `out = epilogue(conv2d(x, w))` over NCHW `x` and OIHW `w` with `groups` channel
+    /// groups (ONNX semantics, zero padding); the output is `[N, O, OH, OW]`. `x` and `w`
+    /// are rounded to `Kernel::mm_dtype` for the multiply; accumulation is fp32. A bias
+    /// or a folded batch_norm is an `Add` of a `[O, 1, 1]` operand in the epilogue.
+    Conv2d {
+        /// Input `[N, C, H, W]`.
+        x: usize,
+        /// Weights `[O, C / groups, KH, KW]`.
+        w: usize,
+        /// Channel groups.
+        groups: usize,
+        /// Window geometry (`kernel` is `[KH, KW]`).
+        window: Window,
+        /// Applied to each output element.
+        epilogue: Vec<EwOp>,
+    },
+    /// `out = epilogue(pool(x))` over the spatial axes of NCHW `x`.
+    Pool {
+        /// Input `[N, C, H, W]`.
+        x: usize,
+        /// The pooling operator.
+        op: PoolFn,
+        /// Window geometry.
+        window: Window,
+        /// Applied to each output element.
+        epilogue: Vec<EwOp>,
+    },
     /// `out = inputs[x]`, a pure copy through strided views (transposes, slices and
     /// reshapes that could not be folded into a neighbour, concat pieces, casts).
     Copy {
@@ -312,6 +368,11 @@ impl KernelOp {
             KernelOp::Elementwise { .. } => "elementwise",
             KernelOp::Reduce { .. } => "reduce",
             KernelOp::Gather { .. } => "gather",
+            KernelOp::Conv2d { .. } => "conv2d",
+            KernelOp::Pool {
+                op: PoolFn::Max, ..
+            } => "max_pool2d",
+            KernelOp::Pool { .. } => "avg_pool2d",
             KernelOp::Copy { .. } => "copy",
         }
     }

@@ -113,6 +113,14 @@ fn operand_indices(op: &KernelOp) -> Vec<usize> {
             v.extend([*table, *indices]);
             ew(epilogue, &mut v);
         }
+        KernelOp::Conv2d { x, w, epilogue, .. } => {
+            v.extend([*x, *w]);
+            ew(epilogue, &mut v);
+        }
+        KernelOp::Pool { x, epilogue, .. } => {
+            v.push(*x);
+            ew(epilogue, &mut v);
+        }
         KernelOp::Copy { x } => v.push(*x),
     }
     v

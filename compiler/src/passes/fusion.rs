@@ -41,6 +41,11 @@ pub enum OpClass {
     Reduce,
     /// gather (embedding lookup): an anchor whose epilogue is applied to the gathered rows.
     Gather,
+    /// conv2d: an anchor whose epilogue (bias, folded batch_norm, residual, relu) is
+    /// applied on PSUM eviction, like a matmul's.
+    Conv,
+    /// max_pool2d / avg_pool2d: an anchor with an epilogue.
+    Pool,
     /// reshape / transpose / slice: a strided view, or a copy.
     Movement,
     /// concat: one copy per piece into a slice of the result.
@@ -56,7 +61,11 @@ pub fn op_class(op: &Op) -> OpClass {
         Op::MatMul { .. } => OpClass::MatMul,
         Op::LayerNorm { .. } | Op::RmsNorm { .. } => OpClass::Norm,
         Op::Softmax { .. } => OpClass::Softmax,
-        Op::ReduceSum { .. } | Op::ReduceMean { .. } | Op::ReduceMax { .. } => OpClass::Reduce,
+        Op::ReduceSum { .. } | Op::ReduceMean { .. } | Op::ReduceMax { .. } | Op::GlobalAvgPool => {
+            OpClass::Reduce
+        }
+        Op::Conv2d { .. } => OpClass::Conv,
+        Op::MaxPool2d { .. } | Op::AvgPool2d { .. } => OpClass::Pool,
         Op::Transpose { .. } | Op::Reshape { .. } | Op::Slice { .. } => OpClass::Movement,
         Op::Concat { .. } => OpClass::Concat,
         Op::Gather { .. } => OpClass::Gather,
@@ -220,8 +229,8 @@ fn check_supported(g: &Graph) -> Result<(), CompileError> {
                 &node.name,
                 i,
                 node.op.name(),
-                "convolution, pooling and batch_norm have no kernel lowering yet; they are \
-                 planned for a later issue",
+                "no kernel lowering for this op (a batch_norm is folded into constants \
+                 before fusion; one left here has non-constant statistics)",
             ));
         }
     }

@@ -18,7 +18,9 @@ use super::rewrite::out;
 use crate::CompileError;
 use crate::ir::shape_infer::{normalize_axis, reduce_axes, slice_plan};
 use crate::ir::{Graph, NodeId, Op, ValueId};
-use crate::kernel::{KTensor, KTensorId, Kernel, KernelGraph, KernelOp, ReduceFn, View};
+use crate::kernel::{
+    KTensor, KTensorId, Kernel, KernelGraph, KernelOp, PoolFn, ReduceFn, View, Window,
+};
 use neuron_isa::{Dtype, TensorKind};
 
 /// Builds the kernel graph for `g` partitioned as `p`; `fuse` enables view folding across
@@ -384,13 +386,16 @@ impl<'g> Builder<'g> {
                 (op, output, flops)
             }
             OpClass::Reduce => {
+                let rank = g.value(node.inputs[0]).shape.len();
+                // global_avg_pool is a mean over the spatial axes, keeping them.
+                let spatial: Vec<i64> = (2..rank as i64).collect();
                 let (rop, axes, keepdims) = match &node.op {
                     Op::ReduceSum { axes, keepdims } => (ReduceFn::Sum, axes, *keepdims),
                     Op::ReduceMean { axes, keepdims } => (ReduceFn::Mean, axes, *keepdims),
                     Op::ReduceMax { axes, keepdims } => (ReduceFn::Max, axes, *keepdims),
+                    Op::GlobalAvgPool => (ReduceFn::Mean, &spatial, true),
                     _ => return Err(CompileError::Internal("reduce class without reduce".into())),
                 };
-                let rank = g.value(node.inputs[0]).shape.len();
                 let axes = reduce_axes(axes, rank).map_err(|e| {
                     CompileError::Internal(format!("node '{}': {}", node.name, e.message))
                 })?;
@@ -407,6 +412,93 @@ impl<'g> Builder<'g> {
                     epilogue,
                 };
                 (op, output, numel(node.inputs[0]) + epi_flops)
+            }
+            OpClass::Conv => {
+                let Op::Conv2d {
+                    strides,
+                    pads,
+                    dilations,
+                    groups,
+                } = node.op
+                else {
+                    return Err(CompileError::Internal("conv class without conv2d".into()));
+                };
+                let ws = g.value(node.inputs[1]).shape.clone();
+                if ws.len() != 4 {
+                    return Err(CompileError::Internal(format!(
+                        "conv2d node '{}': weight of rank {}",
+                        node.name,
+                        ws.len()
+                    )));
+                }
+                let x = operands.add(self.view(node.inputs[0])?);
+                let w = operands.add(self.view(node.inputs[1])?);
+                // A bias `[O]` is the first step of the epilogue, seen as `[O, 1, 1]` so
+                // that it broadcasts along the output channels of `[N, O, OH, OW]`.
+                let mut epilogue = Vec::new();
+                if let Some(&bias) = node.inputs.get(2) {
+                    let bv = self.view(bias)?.reshaped(&[ws[0], 1, 1]).ok_or_else(|| {
+                        CompileError::Internal(format!(
+                            "conv2d node '{}': bias is not a [O] vector",
+                            node.name
+                        ))
+                    })?;
+                    epilogue.push(crate::kernel::EwOp::Tensor {
+                        op: crate::kernel::BinaryFn::Add,
+                        operand: operands.add(bv),
+                        reversed: false,
+                    });
+                }
+                epilogue.extend(self.chain_ops(&grp.epilogue, out(g, n), &mut operands)?);
+                let macs = (ws[1] * ws[2] * ws[3]) as u64;
+                let flops = 2 * macs * numel(out(g, n))
+                    + (epilogue.len() as u64).saturating_sub(grp.epilogue.len() as u64)
+                        * numel(out(g, n))
+                    + epi_flops;
+                let op = KernelOp::Conv2d {
+                    x,
+                    w,
+                    groups,
+                    window: Window {
+                        kernel: [ws[2], ws[3]],
+                        strides,
+                        pads,
+                        dilations,
+                    },
+                    epilogue,
+                };
+                (op, self.result_view(root), flops)
+            }
+            OpClass::Pool => {
+                let (pf, kernel, strides, pads) = match node.op {
+                    Op::MaxPool2d {
+                        kernel,
+                        strides,
+                        pads,
+                    } => (PoolFn::Max, kernel, strides, pads),
+                    Op::AvgPool2d {
+                        kernel,
+                        strides,
+                        pads,
+                        count_include_pad,
+                    } => (PoolFn::Avg { count_include_pad }, kernel, strides, pads),
+                    _ => return Err(CompileError::Internal("pool class without pool".into())),
+                };
+                let x = operands.add(self.view(node.inputs[0])?);
+                let epilogue = self.chain_ops(&grp.epilogue, out(g, n), &mut operands)?;
+                let flops = (kernel[0] * kernel[1]) as u64 * numel(out(g, n)) + epi_flops;
+                let op = KernelOp::Pool {
+                    x,
+                    op: pf,
+                    window: Window {
+                        kernel,
+                        strides,
+                        pads,
+                        dilations: [1, 1],
+                    },
+                    epilogue,
+                };
+                (op, self.result_view(root), flops)
             }
             OpClass::Gather => {
                 let rank = g.value(node.inputs[0]).shape.len();

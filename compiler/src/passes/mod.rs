@@ -13,6 +13,7 @@ pub mod constant_gather;
 pub mod cse;
 pub mod dce;
 pub mod epilogue;
+pub mod fold_batch_norm;
 pub mod fold_constants;
 pub mod fusion;
 pub mod gelu;
@@ -57,6 +58,7 @@ pub fn run_middle_end(
         &mut g,
         &[
             &fold_constants::FoldConstants,
+            &fold_batch_norm::FoldBatchNorm,
             &simplify_movement::SimplifyMovement,
             &constant_gather::ConstantGather,
             &gelu::RecognizeGelu,

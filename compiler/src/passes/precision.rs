@@ -62,11 +62,15 @@ fn tensor_uses(kg: &KernelGraph) -> BTreeMap<KTensorId, Vec<Use>> {
         for (i, v) in k.inputs.iter().enumerate() {
             let (is_b, transpose_b) = match k.op {
                 KernelOp::MatMul { b, transpose_b, .. } => (b == i, transpose_b),
+                // A conv weight is TensorE's other operand too (stored pre-cast like a
+                // matmul `b`), but never quantized: it is not a plain `[K, N]`.
+                KernelOp::Conv2d { w, .. } => (w == i, true),
                 _ => (false, false),
             };
             let mm_operand = match k.op {
                 KernelOp::MatMul { a, b, .. } => a == i || b == i,
                 KernelOp::Attention { q, k, v, .. } => q == i || k == i || v == i,
+                KernelOp::Conv2d { x, w, .. } => x == i || w == i,
                 _ => false,
             };
             let plain = kg
@@ -88,6 +92,8 @@ fn main_operands(op: &KernelOp) -> Vec<usize> {
     match op {
         KernelOp::MatMul { a, b, .. } => vec![*a, *b],
         KernelOp::Attention { q, k, v, .. } => vec![*q, *k, *v],
+        KernelOp::Conv2d { x, w, .. } => vec![*x, *w],
+        KernelOp::Pool { x, .. } => vec![*x],
         // The indices only select rows, like a mask or a condition.
         KernelOp::Gather { table, .. } => vec![*table],
         KernelOp::Norm { x, .. }
@@ -143,7 +149,11 @@ pub fn assign(g: &Graph, kg: &mut KernelGraph, opts: &CompileOptions) -> Result<
                     (Dtype::Bf16, act)
                 }
             }
-            KernelOp::MatMul { .. } | KernelOp::Attention { .. } => (mm, act),
+            // No int8 convolution yet: bf16 on TensorE (docs/compiler.md).
+            KernelOp::Conv2d { .. } if mm == Dtype::I8 => (Dtype::Bf16, act),
+            KernelOp::MatMul { .. } | KernelOp::Attention { .. } | KernelOp::Conv2d { .. } => {
+                (mm, act)
+            }
             _ => (Dtype::F32, act),
         };
         plan.push((kmm, kact));
@@ -218,8 +228,17 @@ fn precast_scratch(kg: &mut KernelGraph, uses: &BTreeMap<KTensorId, Vec<Use>>) {
             || tensor.dtype != Dtype::F32
             || written_twice.contains(&t)
             || u.is_empty()
-            || !u.iter().all(|u| u.mm_operand)
         {
+            continue;
+        }
+        // Under `--auto-cast all`, a convolution's or pooling's activation map (read by
+        // the next conv and by a residual epilogue, whose arithmetic is in that type
+        // anyway) is stored in the elementwise type: half the HBM traffic of a CNN.
+        if let Some(act) = conv_activation_type(kg, t, u, &producers) {
+            cast.push((t, act));
+            continue;
+        }
+        if !u.iter().all(|u| u.mm_operand) {
             continue;
         }
         let produced_on_chip = producers.get(&t).is_some_and(|op| {
@@ -227,6 +246,7 @@ fn precast_scratch(kg: &mut KernelGraph, uses: &BTreeMap<KTensorId, Vec<Use>>) {
                 op,
                 KernelOp::MatMul { .. }
                     | KernelOp::Attention { .. }
+                    | KernelOp::Conv2d { .. }
                     | KernelOp::Elementwise { .. }
                     | KernelOp::Norm { .. }
                     | KernelOp::Softmax { .. }
@@ -246,4 +266,32 @@ fn precast_scratch(kg: &mut KernelGraph, uses: &BTreeMap<KTensorId, Vec<Use>>) {
             tensor.dtype = target;
         }
     }
+}
+
+/// The reduced type a conv or pooling result `t` may be stored in: when it is produced by
+/// such a kernel with a bf16/fp16 `act_dtype` and every reader computes in that type
+/// (its `act_dtype`, and its `mm_dtype` if it is a conv). `None` otherwise.
+fn conv_activation_type(
+    kg: &KernelGraph,
+    t: KTensorId,
+    uses: &[Use],
+    producers: &BTreeMap<KTensorId, &KernelOp>,
+) -> Option<Dtype> {
+    let producer = kg.kernels.iter().find(|k| k.output.tensor == t)?;
+    if !matches!(
+        producers.get(&t),
+        Some(KernelOp::Conv2d { .. } | KernelOp::Pool { .. })
+    ) {
+        return None;
+    }
+    let act = producer.act_dtype;
+    if !matches!(act, Dtype::Bf16 | Dtype::F16) {
+        return None;
+    }
+    uses.iter()
+        .all(|u| {
+            let k = &kg.kernels[u.kernel];
+            k.act_dtype == act && (!matches!(k.op, KernelOp::Conv2d { .. }) || k.mm_dtype == act)
+        })
+        .then_some(act)
 }

@@ -5,7 +5,7 @@
 mod error;
 mod executor;
 mod inputs;
-mod ops;
+pub(crate) mod ops;
 mod real;
 mod value;
 

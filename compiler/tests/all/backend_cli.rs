@@ -95,11 +95,9 @@ fn compile_errors_name_the_target_or_the_node() {
     let (code, _, stderr) = run(neuronc()
         .current_dir(dir.path())
         .args(["compile", example("resnet_block.json").to_str().unwrap()]));
-    assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains("conv1") && stderr.contains("conv2d"),
-        "{stderr}"
-    );
+    // Convolutions lower now (the README's example); a node that cannot be lowered is
+    // named by the fusion tests.
+    assert_eq!(code, 0, "{stderr}");
 }
 
 #[test]

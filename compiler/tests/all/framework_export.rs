@@ -90,7 +90,9 @@ fn epilogue(k: &neuronc::kernel::Kernel) -> &[EwOp] {
         | KernelOp::Norm { epilogue, .. }
         | KernelOp::Softmax { epilogue, .. }
         | KernelOp::Reduce { epilogue, .. }
-        | KernelOp::Gather { epilogue, .. } => epilogue,
+        | KernelOp::Gather { epilogue, .. }
+        | KernelOp::Conv2d { epilogue, .. }
+        | KernelOp::Pool { epilogue, .. } => epilogue,
         KernelOp::Elementwise { ops, .. } => ops,
         KernelOp::Attention { prologue, .. } => prologue,
         KernelOp::Copy { .. } => &[],

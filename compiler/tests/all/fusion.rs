@@ -9,7 +9,6 @@ use std::path::PathBuf;
 
 use ndarray::{ArrayD, IxDyn};
 use neuron_isa::TensorKind;
-use neuronc::CompileError;
 use neuronc::ir::{DType, GeluApprox, Graph, Op, Tensor, ValueId};
 use neuronc::kernel::interp::interpret;
 use neuronc::kernel::{KernelGraph, KernelOp};
@@ -274,18 +273,20 @@ fn interpreter_matches_reference_on_examples() {
 }
 
 #[test]
-fn convolutions_are_unsupported_naming_the_node() {
+fn resnet_block_fuses_batch_norm_residual_and_relu_into_two_conv_kernels() {
     let g = example("resnet_block");
-    let err = run_middle_end(&g, &CompileOptions::default(), &mut |_, _| {}).unwrap_err();
-    assert!(
-        matches!(err, CompileError::Unsupported { index: 0, .. }),
-        "{err:?}"
-    );
-    let msg = err.to_string();
-    assert!(
-        msg.starts_with("unsupported op `conv2d` in node 'conv1' (node 0): "),
-        "{msg}"
-    );
+    let kg = run_middle_end(&g, &CompileOptions::default(), &mut |_, _| {}).unwrap();
+    let kinds: Vec<&str> = kg.kernels.iter().map(|k| k.op.kind()).collect();
+    assert_eq!(kinds, ["conv2d", "conv2d"], "{kg}");
+    // conv2 carries the folded batch_norm bias, the residual add and the relu.
+    let KernelOp::Conv2d { epilogue, .. } = &kg.kernels[1].op else {
+        panic!("{kg}");
+    };
+    assert_eq!(epilogue.len(), 3, "{kg}");
+    let inputs = random_inputs(&g);
+    let want = run_reference(&g, &inputs, RefOptions::default()).unwrap();
+    let got = interpret(&kg, &inputs).unwrap();
+    assert_close("resnet_block kernels", &want, &got, 2e-2);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ mod backend_program;
 mod cli;
 mod compile_e2e;
 mod flash_attention;
+mod conv_chip;
 mod framework_export;
 mod fused_vs_unfused;
 mod fusion;

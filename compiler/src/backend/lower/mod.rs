@@ -31,12 +31,14 @@
 
 pub mod attention;
 pub mod chain;
+pub mod conv;
 pub mod copy;
 pub mod elementwise;
 pub mod gather;
 pub mod matmul;
 pub mod norm;
 pub mod operands;
+pub mod pool;
 pub mod reduce;
 pub mod rows;
 pub mod softmax;
@@ -259,6 +261,8 @@ pub fn lower_kernel(ctx: &mut LowerCtx<'_>) -> Result<(), CompileError> {
         (KernelOp::Reduce { .. }, Tiling::Rows(t)) => reduce::lower(ctx, &t.clone()),
         (KernelOp::Attention { .. }, Tiling::Attention(t)) => attention::lower(ctx, &t.clone()),
         (KernelOp::Gather { .. }, Tiling::Rows(t)) => gather::lower(ctx, &t.clone()),
+        (KernelOp::Conv2d { .. }, Tiling::Conv(t)) => conv::lower(ctx, &t.clone()),
+        (KernelOp::Pool { .. }, Tiling::Pool(t)) => pool::lower(ctx, &t.clone()),
         (op, t) => Err(ctx.err(format!(
             "internal: a {} kernel got a {} tiling",
             op.kind(),

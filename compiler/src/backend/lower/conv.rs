@@ -1,0 +1,916 @@
+//! Convolution kernels: `Y = epilogue(conv2d(X, W))` over NCHW, as an implicit GEMM.
+//!
+//! The ISA matmul contracts over partitions: `dst[M, N] = stationary[K, M]^T @
+//! moving[K, N]`. A convolution is a sum over kernel taps `(kh, kw)` of such products:
+//!
+//! - **K = input channels** (a tile of <= 128 of one group) on partitions;
+//! - **stationary = the tap's weights** `[c, o]` (<= 128 output channels): all weights of
+//!   the kernel are loaded once, laid out `[c, tap, o]`, and stay resident;
+//! - **moving = the input band**, read through a strided access pattern: output pixel
+//!   `(i, j)` of tap `(kh, kw)` is band element `(i * sh + kh * dh, j * sw + kw * dw)`, so
+//!   the pattern is `[rows: sh * band_width, cols: sw]` at offset `kh * dh * band_width +
+//!   kw * dw`. No im2col copy is made: the taps are different views of one band;
+//! - **PSUM accumulates** every tap of every channel tile (`accumulate` from the second
+//!   matmul), and the eviction applies the epilogue (bias / folded batch_norm as a
+//!   per-partition column, residual as a full tile, relu) on ScalarE/VectorE.
+//!
+//! The output tile is `[o, pixels]`: output channels on partitions, exactly NCHW's channel
+//! planes, so the stores (and residual loads) are contiguous rows. The input band of each
+//! output tile (its rows plus the kernel's halo, zero outside the image: padding is a
+//! memset, then one DMA of the valid region) is double-buffered so the next band loads
+//! while TensorE works. Small images are packed: when a whole output image has fewer than
+//! 512 pixels, several images share one moving pattern (one more free dimension).
+//!
+//! Groups: when a group's channels are few (depthwise: one), `gpack` groups share one
+//! matmul through a block-diagonal stationary (zeros off the diagonal blocks), so a
+//! depthwise layer uses up to 128 partitions instead of one.
+//!
+//! Cost: the model (trainium.md 2.3) charges `max(min(64, M), N)` cycles per matmul,
+//! independent of K, so the array is used in proportion to `K/128 * M/128`: layers with 64
+//! channels use a quarter of it (see docs/compiler.md on tap packing).
+
+use super::chain::{self, ChainTiles, OpTile, selected};
+use super::{LowerCtx, kernel_input, lowering_error, on_chip_dtype, view_storage};
+use crate::backend::alloc::BufferReq;
+use crate::backend::layout::broadcast_view;
+use crate::error::CompileError;
+use crate::kernel::{EwOp, Kernel, KernelGraph, KernelOp, View, Window};
+use neuron_isa::{Ap, ChipConfig, Dim, Dtype, Engine, Memory, Op, TensorId};
+use std::fmt;
+
+/// Blocking of a convolution kernel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvTiling {
+    /// Images per output tile (packed along the moving free axis).
+    pub images: usize,
+    /// Output rows per tile.
+    pub rows: usize,
+    /// Output columns per tile.
+    pub cols: usize,
+    /// PSUM tiles (of `rows` rows) per DMA: the band, the residual and the output of
+    /// `sub * rows` rows move in one transfer each, so that transfers are large enough
+    /// to hide the DMA fixed cost.
+    pub sub: usize,
+    /// Groups sharing one block-diagonal matmul.
+    pub gpack: usize,
+    /// Kernel rows stacked on partitions per matmul (tap packing; 1 = none): partition
+    /// block `j` (at partition `j * block`) holds the input band shifted down by `j`
+    /// kernel rows, so one matmul covers `pack` taps.
+    pub pack: usize,
+    /// Partitions per stacked block (32 or 64: where the ISA lets a DMA start writing).
+    pub block: usize,
+    /// Estimated TensorE time, ns.
+    pub est_ns: f64,
+}
+
+impl fmt::Display for ConvTiling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "implicit gemm, tiles of {} image(s) x {} rows x {} cols, {} group(s) per matmul, {} kernel row(s) per matmul, est {:.1} us",
+            self.images,
+            self.rows,
+            self.cols,
+            self.gpack,
+            self.pack,
+            self.est_ns / 1000.0
+        )
+    }
+}
+
+/// The shape facts of a convolution kernel.
+#[derive(Debug, Clone)]
+pub struct ConvShape {
+    /// Batch, input channels, input height and width.
+    pub n: usize,
+    /// Input channels.
+    pub c: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output channels.
+    pub o: usize,
+    /// Output height.
+    pub oh: usize,
+    /// Output width.
+    pub ow: usize,
+    /// Groups.
+    pub groups: usize,
+    /// Window.
+    pub win: Window,
+    /// Operand dtype on chip.
+    pub mm_dtype: Dtype,
+    /// Epilogue intermediate dtype.
+    pub act_dtype: Dtype,
+    /// Input view `[N, C, H, W]`.
+    pub x: View,
+    /// Weight view `[O, C/G, KH, KW]`.
+    pub wv: View,
+    /// Epilogue operands: kernel input index, view broadcast to the output shape, and
+    /// whether it is one value per output channel (a per-partition column).
+    pub operands: Vec<(usize, View, bool)>,
+    /// The epilogue.
+    pub epilogue: Vec<EwOp>,
+    /// The weight values, when they are compile-time constants read whole (needed to
+    /// build block-diagonal weights for packed groups).
+    pub w_data: Option<Vec<f32>>,
+}
+
+impl ConvShape {
+    /// Input channels per group.
+    pub fn cg(&self) -> usize {
+        self.c / self.groups
+    }
+    /// Output channels per group.
+    pub fn og(&self) -> usize {
+        self.o / self.groups
+    }
+    /// Kernel taps.
+    pub fn taps(&self) -> usize {
+        self.win.kernel[0] * self.win.kernel[1]
+    }
+    /// Input band height for `rows` output rows.
+    pub fn band_h(&self, rows: usize) -> usize {
+        (rows - 1) * self.win.strides[0] + (self.win.kernel[0] - 1) * self.win.dilations[0] + 1
+    }
+    /// Input band width for `cols` output columns.
+    pub fn band_w(&self, cols: usize) -> usize {
+        (cols - 1) * self.win.strides[1] + (self.win.kernel[1] - 1) * self.win.dilations[1] + 1
+    }
+}
+
+/// Analyses a convolution kernel.
+pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<ConvShape, CompileError> {
+    let err = |m: String| lowering_error(k, m);
+    let KernelOp::Conv2d {
+        x,
+        w,
+        groups,
+        window,
+        epilogue,
+    } = &k.op
+    else {
+        return Err(err("internal: not a conv2d".into()));
+    };
+    let xv = kernel_input(k, *x)?.clone();
+    let wv = kernel_input(k, *w)?.clone();
+    let out = &k.output;
+    let [n, c, h, wd] = xv.shape[..] else {
+        return Err(err(format!(
+            "input must be [N, C, H, W], found {:?}",
+            xv.shape
+        )));
+    };
+    let [o, cg, kh, kw] = wv.shape[..] else {
+        return Err(err(format!(
+            "weight must be [O, C/G, KH, KW], found {:?}",
+            wv.shape
+        )));
+    };
+    let [on, oo, oh, ow] = out.shape[..] else {
+        return Err(err(format!("output must be rank 4, found {:?}", out.shape)));
+    };
+    let g = *groups;
+    if g == 0 || c % g != 0 || o % g != 0 || cg != c / g || on != n || oo != o {
+        return Err(err(format!(
+            "shapes do not agree: x {:?}, w {:?}, groups {g}, out {:?}",
+            xv.shape, wv.shape, out.shape
+        )));
+    }
+    if [kh, kw] != window.kernel
+        || window.strides.contains(&0)
+        || window.dilations.contains(&0)
+        || oh == 0
+        || ow == 0
+    {
+        return Err(err(format!(
+            "bad window {window:?} for weight {:?}",
+            wv.shape
+        )));
+    }
+    let mut operands = Vec::new();
+    for i in super::chain_operands(epilogue) {
+        let v = kernel_input(k, i)?;
+        let b = broadcast_view(v, &out.shape).ok_or_else(|| {
+            err(format!(
+                "epilogue operand {i} {:?} does not broadcast to {:?}",
+                v.shape, out.shape
+            ))
+        })?;
+        let per_channel = (b.strides[0] == 0 || n == 1)
+            && (b.strides[2] == 0 || oh == 1)
+            && (b.strides[3] == 0 || ow == 1)
+            && !selected(epilogue, i);
+        operands.push((i, b, per_channel));
+    }
+    let w_data = kg.tensor(wv.tensor).and_then(|t| {
+        let whole = wv.shape == t.shape && wv.is_whole_contiguous(t.numel());
+        let data = t
+            .data
+            .as_ref()
+            .filter(|_| whole && t.quant_scale.is_none())?;
+        Some(data.to_f32().iter().copied().collect())
+    });
+    Ok(ConvShape {
+        n,
+        c,
+        h,
+        w: wd,
+        o,
+        oh,
+        ow,
+        groups: g,
+        win: *window,
+        mm_dtype: on_chip_dtype(k.mm_dtype),
+        act_dtype: k.act_dtype,
+        x: xv,
+        wv,
+        operands,
+        epilogue: epilogue.clone(),
+        w_data,
+    })
+}
+
+/// Groups per block-diagonal matmul: the largest divisor of `groups` whose channels fit
+/// the array on both sides.
+fn group_pack(s: &ConvShape, parts: usize) -> usize {
+    let (cg, og) = (s.cg(), s.og());
+    if s.groups == 1 || cg * 2 > parts || og * 2 > parts || s.w_data.is_none() {
+        return 1;
+    }
+    let max = (parts / cg).min(parts / og).min(s.groups);
+    (1..=max).rev().find(|d| s.groups % d == 0).unwrap_or(1)
+}
+
+/// Chooses the blocking: output tiles as large as one PSUM bank's moving free size
+/// allows (whole rows, then whole images packed), groups packed block-diagonally.
+pub fn choose(s: &ConvShape, cfg: &ChipConfig) -> ConvTiling {
+    let nmax = (cfg.matmul_moving_fmax as usize).max(1);
+    let parts = cfg.partitions as usize;
+    let cols = s.ow.min(nmax);
+    let rows = s.oh.min((nmax / cols).max(1));
+    let images = if rows == s.oh && cols == s.ow {
+        s.n.min((nmax / (rows * cols)).max(1))
+    } else {
+        1
+    };
+    // ~2048 output pixels per transfer (4 KiB per partition in bf16, past the 2 KiB
+    // where the DMA guide puts efficiency near peak) when whole-row tiles are small.
+    let sub = if images == 1 && cols == s.ow {
+        (2048 / (rows * cols)).clamp(1, s.oh.div_ceil(rows))
+    } else {
+        1
+    };
+    let gpack = group_pack(s, parts);
+    // Tap packing: a narrow layer (<= 64 channels, one group) stacks shifted copies of
+    // its band on partitions to fill K; each stacked copy costs one more band DMA per tile
+    // and the matmul count drops by the same factor (the matmul cost does not depend on K).
+    let (pack, block) =
+        if s.groups == 1 && s.c <= parts / 2 && s.win.kernel[0] > 1 && s.w_data.is_some() {
+            let block = if s.c <= parts / 4 {
+                parts / 4
+            } else {
+                parts / 2
+            };
+            ((parts / block).min(s.win.kernel[0]), block)
+        } else {
+            (1, 0)
+        };
+    let taps = s.win.kernel[1] * s.win.kernel[0].div_ceil(pack);
+    // First-order TensorE time: one matmul per (tile, group block, channel tile, o tile,
+    // tap), each `max(min(64, M), N)` cycles.
+    let (cs, os) = (s.cg() * gpack, s.og() * gpack);
+    let tiles = s.n.div_ceil(images) * s.oh.div_ceil(rows) * s.ow.div_ceil(cols);
+    let n = (images * rows * cols) as f64;
+    let m = os.min(parts) as f64;
+    let per = m.min(64.0).max(n);
+    let mut cyc =
+        per * (tiles * (s.groups / gpack) * cs.div_ceil(parts) * os.div_ceil(parts) * taps) as f64;
+    if s.mm_dtype == Dtype::F32 {
+        cyc *= 4.0;
+    }
+    let est_ns = cyc / cfg.tensor_clock_ghz.max(1e-9);
+    ConvTiling {
+        images,
+        rows,
+        cols,
+        sub,
+        gpack,
+        pack,
+        block,
+        est_ns,
+    }
+}
+
+/// Bytes per partition of the resident weights.
+fn weight_bytes(s: &ConvShape, t: &ConvTiling, parts: usize) -> u64 {
+    let (cs, os) = (s.cg() * t.gpack, s.og() * t.gpack);
+    if t.pack > 1 {
+        return (tap_groups(s, t) * os) as u64 * s.mm_dtype.size();
+    }
+    let blocks = (s.groups / t.gpack) * cs.div_ceil(parts);
+    (blocks * s.taps() * os) as u64 * s.mm_dtype.size()
+}
+
+/// Matmuls per output tile and channel tile under tap packing: kernel columns times
+/// groups of `pack` kernel rows.
+fn tap_groups(s: &ConvShape, t: &ConvTiling) -> usize {
+    s.win.kernel[1] * s.win.kernel[0].div_ceil(t.pack)
+}
+
+/// Bytes per partition of one input band slot (every channel tile of one group block).
+fn band_bytes(s: &ConvShape, t: &ConvTiling, parts: usize) -> u64 {
+    let cs = s.cg() * t.gpack;
+    (cs.div_ceil(parts) * t.images * s.band_h(t.rows * t.sub) * s.band_w(t.cols)) as u64
+        * s.mm_dtype.size()
+}
+
+/// The buffers a tiling needs.
+pub fn buffers(s: &ConvShape, t: &ConvTiling, cfg: &ChipConfig) -> Vec<BufferReq> {
+    let parts = cfg.partitions as usize;
+    let npix = (t.images * t.rows * t.cols) as u64;
+    let spix = npix * t.sub as u64;
+    let ncols = s.operands.iter().filter(|o| o.2).count();
+    let otiles = s.o.div_ceil(parts).max(s.groups / t.gpack);
+    let mut b = vec![
+        BufferReq::sbuf("w", weight_bytes(s, t, parts), 1),
+        BufferReq::sbuf("band", band_bytes(s, t, parts), 2),
+        BufferReq::psum("acc", npix * 4, 2),
+        BufferReq::sbuf("work", npix * s.act_dtype.size(), 2),
+        BufferReq::sbuf("out", spix * 4, 2),
+    ];
+    if ncols > 0 {
+        b.push(BufferReq::sbuf("cols", (ncols * otiles) as u64 * 4, 1));
+    }
+    if chain::has_cast(&s.epilogue) {
+        b.push(BufferReq::sbuf("cast", npix * chain::CAST_BYTES, 1));
+    }
+    for (i, _, per_channel) in &s.operands {
+        if !per_channel {
+            b.push(BufferReq::sbuf(&format!("op{i}"), spix * 4, 2));
+        }
+    }
+    b
+}
+
+/// HBM access pattern of `[N, O, OH, OW]`-shaped view `v` over images `n0..n0+nb`,
+/// channels `o0..o0+no` (partitions), rows `r0..r0+nr`, columns `c0..c0+nc`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn nchw_ap(
+    v: &View,
+    tensor: TensorId,
+    dtype: Dtype,
+    (n0, nb): (usize, usize),
+    (o0, no): (usize, usize),
+    (r0, nr): (usize, usize),
+    (c0, nc): (usize, usize),
+) -> Ap {
+    let s = &v.strides;
+    let off = v.offset as i64
+        + n0 as i64 * s[0] as i64
+        + o0 as i64 * s[1] as i64
+        + r0 as i64 * s[2] as i64
+        + c0 as i64 * s[3] as i64;
+    Ap {
+        mem: Memory::Hbm(tensor),
+        dtype,
+        offset: off.max(0) as u64 * dtype.size(),
+        start_partition: 0,
+        partitions: no as u32,
+        partition_stride: s[1] as i64,
+        dims: vec![
+            Dim {
+                size: nb as u32,
+                stride: s[0] as i64,
+            },
+            Dim {
+                size: nr as u32,
+                stride: s[2] as i64,
+            },
+            Dim {
+                size: nc as u32,
+                stride: s[3] as i64,
+            },
+        ],
+    }
+}
+
+/// An on-chip pattern at `offset` bytes over partitions `p0..p0+np` with `dims`.
+pub(crate) fn sbuf(
+    mem: Memory,
+    dtype: Dtype,
+    p0: usize,
+    np: usize,
+    offset: u64,
+    dims: Vec<Dim>,
+) -> Ap {
+    Ap {
+        mem,
+        dtype,
+        offset,
+        start_partition: p0 as u32,
+        partitions: np as u32,
+        partition_stride: 1,
+        dims,
+    }
+}
+
+pub(crate) fn dense(size: usize) -> Vec<Dim> {
+    vec![Dim {
+        size: size as u32,
+        stride: 1,
+    }]
+}
+
+/// Lowers a convolution kernel.
+pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError> {
+    let s = analyze(ctx.kg, ctx.kernel)?;
+    let parts = ctx.cfg.partitions as usize;
+    let (xt, xdt) = view_storage(ctx.kg, ctx.kernel, &s.x, "x")?;
+    let (wt, wdt) = view_storage(ctx.kg, ctx.kernel, &s.wv, "w")?;
+    let out_view = ctx.kernel.output.clone();
+    let (ot_id, odt) = ctx.tensor(&out_view)?;
+    let odt = on_chip_dtype(odt);
+    let mm = s.mm_dtype;
+    let esz = mm.size();
+    let (kh, kw) = (s.win.kernel[0], s.win.kernel[1]);
+    let taps = s.taps();
+    let (sh, sw) = (s.win.strides[0], s.win.strides[1]);
+    let (dh, dw) = (s.win.dilations[0], s.win.dilations[1]);
+    let (pt, pl) = (s.win.pads[0], s.win.pads[1]);
+    let gp = t.gpack;
+    let (cg, og) = (s.cg(), s.og());
+    let (cs, os) = (cg * gp, og * gp);
+    let blocks = s.groups / gp;
+    let n_ct = cs.div_ceil(parts);
+    let n_ot = os.div_ceil(parts);
+    let wbuf = ctx.buf("w")?;
+    let band = ctx.buf("band")?;
+    let acc = ctx.buf("acc")?;
+    let work = ctx.buf("work")?;
+    let outb = ctx.buf("out")?;
+    let wv = &s.wv;
+    let ws = &wv.strides;
+
+    // Packed groups: block-diagonal weights `[block][c][tap][o]` (zeros between the
+    // groups), built at compile time and loaded with one DMA per block (the partition
+    // start rules forbid writing a group's few channels at an arbitrary partition).
+    if gp > 1 {
+        let data = s
+            .w_data
+            .as_ref()
+            .ok_or_else(|| ctx.err("internal: packed groups without constant weights"))?;
+        let mut bd = vec![0f32; blocks * cs * taps * os];
+        for grp in 0..s.groups {
+            let (blk, j) = (grp / gp, grp % gp);
+            for ol in 0..og {
+                for cl in 0..cg {
+                    for tap in 0..taps {
+                        let src = ((grp * og + ol) * cg + cl) * taps + tap;
+                        let dst = ((blk * cs + j * cg + cl) * taps + tap) * os + j * og + ol;
+                        bd[dst] = data.get(src).copied().unwrap_or(0.0);
+                    }
+                }
+            }
+        }
+        let cid = ctx.constant("block_diag_w", bd);
+        for blk in 0..blocks {
+            let src = Ap {
+                mem: Memory::Hbm(cid),
+                dtype: Dtype::F32,
+                offset: (blk * cs * taps * os * 4) as u64,
+                start_partition: 0,
+                partitions: cs as u32,
+                partition_stride: (taps * os) as i64,
+                dims: dense(taps * os),
+            };
+            let dst = sbuf(
+                Memory::Sbuf,
+                mm,
+                0,
+                cs,
+                wbuf.slot(0) + (blk * taps * os) as u64 * esz,
+                dense(taps * os),
+            );
+            ctx.prefetch(dst, src);
+        }
+    }
+    // Tap packing: per tap group (kernel column q, kernel rows `g*pack..`) a stationary
+    // `[j * block + c, o] = w[o, c, g*pack + j, q]` (zero rows between the blocks), built
+    // at compile time, one DMA per tap group.
+    let ngr = kh.div_ceil(t.pack);
+    let prows = t.pack * t.block;
+    if t.pack > 1 {
+        let data = s
+            .w_data
+            .as_ref()
+            .ok_or_else(|| ctx.err("internal: tap packing without constant weights"))?;
+        let ntg = kw * ngr;
+        let mut packed = vec![0f32; ntg * prows * os];
+        for q in 0..kw {
+            for g in 0..ngr {
+                let tg = q * ngr + g;
+                for j in 0..t.pack.min(kh - g * t.pack) {
+                    let p = g * t.pack + j;
+                    for c in 0..cs {
+                        for o in 0..os {
+                            let src = ((o * cs + c) * kh + p) * kw + q;
+                            let dst = (tg * prows + j * t.block + c) * os + o;
+                            packed[dst] = data.get(src).copied().unwrap_or(0.0);
+                        }
+                    }
+                }
+            }
+        }
+        let cid = ctx.constant("tap_packed_w", packed);
+        for tg in 0..ntg {
+            let src = Ap {
+                mem: Memory::Hbm(cid),
+                dtype: Dtype::F32,
+                offset: (tg * prows * os * 4) as u64,
+                start_partition: 0,
+                partitions: prows as u32,
+                partition_stride: os as i64,
+                dims: dense(os),
+            };
+            let dst = sbuf(
+                Memory::Sbuf,
+                mm,
+                0,
+                prows,
+                wbuf.slot(0) + (tg * os) as u64 * esz,
+                dense(os),
+            );
+            ctx.prefetch(dst, src);
+        }
+    }
+    // Resident weights `[c, tap, o]` per (group block, channel tile).
+    for blk in (0..blocks).filter(|_| gp == 1 && t.pack == 1) {
+        for ct in 0..n_ct {
+            let c0 = ct * parts;
+            let cp = (cs - c0).min(parts);
+            let base = wbuf.slot(0) + ((blk * n_ct + ct) * taps * os) as u64 * esz;
+            {
+                let grp = blk;
+                let (p0, np, cl0) = (0, cp, c0);
+                let src = Ap {
+                    mem: Memory::Hbm(wt),
+                    dtype: wdt,
+                    offset: (wv.offset as i64
+                        + (grp * og) as i64 * ws[0] as i64
+                        + cl0 as i64 * ws[1] as i64)
+                        .max(0) as u64
+                        * wdt.size(),
+                    start_partition: 0,
+                    partitions: np as u32,
+                    partition_stride: ws[1] as i64,
+                    dims: vec![
+                        Dim {
+                            size: kh as u32,
+                            stride: ws[2] as i64,
+                        },
+                        Dim {
+                            size: kw as u32,
+                            stride: ws[3] as i64,
+                        },
+                        Dim {
+                            size: og as u32,
+                            stride: ws[0] as i64,
+                        },
+                    ],
+                };
+                let dst = sbuf(
+                    Memory::Sbuf,
+                    mm,
+                    p0,
+                    np,
+                    base,
+                    vec![
+                        Dim {
+                            size: taps as u32,
+                            stride: os as i64,
+                        },
+                        Dim {
+                            size: og as u32,
+                            stride: 1,
+                        },
+                    ],
+                );
+                ctx.prefetch(dst, src);
+            }
+        }
+    }
+
+    // Per-channel epilogue columns, loaded once: column `ci * otiles + tile`.
+    let otiles = blocks * n_ot;
+    let cols_buf = if s.operands.iter().any(|o| o.2) {
+        Some(ctx.buf("cols")?)
+    } else {
+        None
+    };
+    let mut col_index = Vec::new();
+    for (i, v, per_channel) in &s.operands {
+        if !per_channel {
+            continue;
+        }
+        let ci = col_index.len();
+        col_index.push(*i);
+        let (tid, dt) = ctx.tensor(v)?;
+        let Some(cb) = &cols_buf else { continue };
+        for blk in 0..blocks {
+            for oi in 0..n_ot {
+                let o0 = blk * os + oi * parts;
+                let no = (os - oi * parts).min(parts);
+                let src = nchw_ap(v, tid, dt, (0, 1), (o0, no), (0, 1), (0, 1));
+                let dst = sbuf(
+                    Memory::Sbuf,
+                    Dtype::F32,
+                    0,
+                    no,
+                    cb.slot(0) + ((ci * otiles + blk * n_ot + oi) * 4) as u64,
+                    dense(1),
+                );
+                ctx.load(dst, src);
+            }
+        }
+    }
+
+    let (hb, wb) = (s.band_h(t.rows * t.sub), s.band_w(t.cols));
+    let img = hb * wb;
+    if t.pack > 1 {
+        // Partitions between the stacked blocks and rows no tile loads meet zero weights;
+        // they must still hold finite numbers (0 * NaN is NaN).
+        for i in 0..band.slots as usize {
+            ctx.push(
+                Engine::GpSimd,
+                Op::Memset {
+                    dst: sbuf(
+                        Memory::Sbuf,
+                        mm,
+                        0,
+                        prows,
+                        band.slot(i),
+                        dense(t.images * img),
+                    ),
+                    value: 0.0,
+                },
+            );
+        }
+    }
+    let mut slot = 0usize;
+    let mut oslot = 0usize;
+    let mut aslot = 0usize;
+    for n0 in (0..s.n).step_by(t.images) {
+        let nb = t.images.min(s.n - n0);
+        for r0 in (0..s.oh).step_by(t.rows * t.sub) {
+            // `nr` rows in this transfer, computed in PSUM tiles of `t.rows` rows.
+            let nr = (t.rows * t.sub).min(s.oh - r0);
+            for c0 in (0..s.ow).step_by(t.cols) {
+                let nc = t.cols.min(s.ow - c0);
+                let spix = nb * nr * nc;
+                // Input window of this tile, in input coordinates (may overhang).
+                let ir0 = (r0 * sh) as i64 - pt as i64;
+                let ic0 = (c0 * sw) as i64 - pl as i64;
+                let (hbr, wbr) = (s.band_h(nr), s.band_w(nc));
+                let vr0 = ir0.max(0);
+                let vr1 = (ir0 + hbr as i64).min(s.h as i64);
+                let vc0 = ic0.max(0);
+                let vc1 = (ic0 + wbr as i64).min(s.w as i64);
+                let padded =
+                    vr0 != ir0 || vc0 != ic0 || vr1 != ir0 + hbr as i64 || vc1 != ic0 + wbr as i64;
+                for blk in 0..blocks {
+                    let bslot = band.slot(slot);
+                    slot += 1;
+                    for ct in 0..n_ct {
+                        let c0c = ct * parts;
+                        let cp = (cs - c0c).min(parts);
+                        let tbase = bslot + (ct * t.images * img) as u64 * esz;
+                        if padded {
+                            let np = if t.pack > 1 { prows } else { cp };
+                            ctx.push(
+                                Engine::GpSimd,
+                                Op::Memset {
+                                    dst: sbuf(Memory::Sbuf, mm, 0, np, tbase, dense(nb * img)),
+                                    value: 0.0,
+                                },
+                            );
+                        }
+                        // Stacked block `j` holds the band shifted down by `j` kernel rows.
+                        for j in 0..t.pack {
+                            let irj = ir0 + (j * dh) as i64;
+                            let vr0 = irj.max(0);
+                            let vr1 = (irj + hbr as i64).min(s.h as i64);
+                            if vr1 <= vr0 || vc1 <= vc0 {
+                                continue;
+                            }
+                            let xs = &s.x.strides;
+                            let ch0 = blk * cs + c0c;
+                            let off = s.x.offset as i64
+                                + n0 as i64 * xs[0] as i64
+                                + ch0 as i64 * xs[1] as i64
+                                + vr0 * xs[2] as i64
+                                + vc0 * xs[3] as i64;
+                            let src = Ap {
+                                mem: Memory::Hbm(xt),
+                                dtype: xdt,
+                                offset: off.max(0) as u64 * xdt.size(),
+                                start_partition: 0,
+                                partitions: cp as u32,
+                                partition_stride: xs[1] as i64,
+                                dims: vec![
+                                    Dim {
+                                        size: nb as u32,
+                                        stride: xs[0] as i64,
+                                    },
+                                    Dim {
+                                        size: (vr1 - vr0) as u32,
+                                        stride: xs[2] as i64,
+                                    },
+                                    Dim {
+                                        size: (vc1 - vc0) as u32,
+                                        stride: xs[3] as i64,
+                                    },
+                                ],
+                            };
+                            let inner = ((vr0 - irj) as usize * wb + (vc0 - ic0) as usize) as u64;
+                            let dst = sbuf(
+                                Memory::Sbuf,
+                                mm,
+                                j * t.block,
+                                cp,
+                                tbase + inner * esz,
+                                vec![
+                                    Dim {
+                                        size: nb as u32,
+                                        stride: img as i64,
+                                    },
+                                    Dim {
+                                        size: (vr1 - vr0) as u32,
+                                        stride: wb as i64,
+                                    },
+                                    Dim {
+                                        size: (vc1 - vc0) as u32,
+                                        stride: 1,
+                                    },
+                                ],
+                            );
+                            ctx.load(dst, src);
+                        }
+                    }
+                    for oi in 0..n_ot {
+                        let ol0 = oi * parts;
+                        let no = (os - ol0).min(parts);
+                        let o_glob = blk * os + ol0;
+                        // Epilogue operands of the whole transfer.
+                        let mut sops: Vec<Option<OpTile>> =
+                            vec![None; ctx.kernel.inputs.len().max(1)];
+                        for (i, v, per_channel) in &s.operands {
+                            if *per_channel {
+                                let ci = col_index.iter().position(|c| c == i).unwrap_or(0);
+                                if let Some(cb) = &cols_buf {
+                                    sops[*i] = Some(OpTile::Column(sbuf(
+                                        Memory::Sbuf,
+                                        Dtype::F32,
+                                        0,
+                                        no,
+                                        cb.slot(0) + ((ci * otiles + blk * n_ot + oi) * 4) as u64,
+                                        dense(1),
+                                    )));
+                                }
+                                continue;
+                            }
+                            let (tid, dt) = ctx.tensor(v)?;
+                            let ob = ctx.buf(&format!("op{i}"))?;
+                            let tile = ob.tile(oslot, Dtype::F32, no as u32, spix as u32);
+                            let src =
+                                nchw_ap(v, tid, dt, (n0, nb), (o_glob, no), (r0, nr), (c0, nc));
+                            ctx.load(tile.clone(), src);
+                            sops[*i] = Some(OpTile::Full(tile));
+                        }
+                        let out_all = outb.tile(oslot, odt, no as u32, spix as u32);
+                        for k0 in (0..nr).step_by(t.rows) {
+                            let nrk = t.rows.min(nr - k0);
+                            let npix = nb * nrk * nc;
+                            let pix0 = (k0 * nc) as u32;
+                            let sub_of = |ap: &Ap| {
+                                let mut a = crate::backend::layout::cols(ap, pix0, npix as u32);
+                                a.partitions = no as u32;
+                                a
+                            };
+                            let acc_t = acc.tile(aslot, Dtype::F32, no as u32, npix as u32);
+                            let mut first = true;
+                            for ct in 0..n_ct {
+                                let c0c = ct * parts;
+                                let cp = (cs - c0c).min(parts);
+                                let tbase = bslot + (ct * t.images * img) as u64 * esz;
+                                let wbase =
+                                    wbuf.slot(0) + ((blk * n_ct + ct) * taps * os) as u64 * esz;
+                                // (weight column, band offset, K) of each matmul.
+                                let mut mms = Vec::new();
+                                if t.pack > 1 {
+                                    for q in 0..kw {
+                                        for g in 0..ngr {
+                                            let nj = t.pack.min(kh - g * t.pack);
+                                            mms.push((
+                                                (q * ngr + g) * os,
+                                                g * t.pack * dh * wb + q * dw,
+                                                (nj - 1) * t.block + cp,
+                                            ));
+                                        }
+                                    }
+                                } else {
+                                    for p in 0..kh {
+                                        for q in 0..kw {
+                                            mms.push(((p * kw + q) * os, p * dh * wb + q * dw, cp));
+                                        }
+                                    }
+                                }
+                                {
+                                    for (wcol, boff, kk) in mms {
+                                        let stationary = sbuf(
+                                            Memory::Sbuf,
+                                            mm,
+                                            0,
+                                            kk,
+                                            wbase + (wcol + ol0) as u64 * esz,
+                                            dense(no),
+                                        );
+                                        let moving = sbuf(
+                                            Memory::Sbuf,
+                                            mm,
+                                            0,
+                                            kk,
+                                            tbase + (boff + k0 * sh * wb) as u64 * esz,
+                                            vec![
+                                                Dim {
+                                                    size: nb as u32,
+                                                    stride: img as i64,
+                                                },
+                                                Dim {
+                                                    size: nrk as u32,
+                                                    stride: (sh * wb) as i64,
+                                                },
+                                                Dim {
+                                                    size: nc as u32,
+                                                    stride: sw as i64,
+                                                },
+                                            ],
+                                        );
+                                        ctx.push(
+                                            Engine::Tensor,
+                                            Op::Matmul {
+                                                dst: acc_t.clone(),
+                                                stationary,
+                                                moving,
+                                                accumulate: !first,
+                                            },
+                                        );
+                                        first = false;
+                                    }
+                                }
+                            }
+                            let ops: Vec<Option<OpTile>> = sops
+                                .iter()
+                                .map(|o| match o {
+                                    Some(OpTile::Full(a)) => Some(OpTile::Full(sub_of(a))),
+                                    other => other.clone(),
+                                })
+                                .collect();
+                            let cast = ctx
+                                .bufs
+                                .get("cast")
+                                .map(|c| c.tile(0, Dtype::F32, no as u32, npix as u32));
+                            let out_k = sub_of(&out_all);
+                            let tiles = ChainTiles {
+                                src: acc_t,
+                                work: work.tile(aslot, s.act_dtype, no as u32, npix as u32),
+                                cast,
+                                out: out_k.clone(),
+                                operands: &ops,
+                            };
+                            aslot += 1;
+                            let res = chain::apply(ctx, &s.epilogue, &tiles)?;
+                            if res != out_k {
+                                let e = ctx.evict_engine();
+                                ctx.copy_on(e, out_k, res);
+                            }
+                        }
+                        let dst = nchw_ap(
+                            &out_view,
+                            ot_id,
+                            odt,
+                            (n0, nb),
+                            (o_glob, no),
+                            (r0, nr),
+                            (c0, nc),
+                        );
+                        ctx.store(dst, out_all);
+                        oslot += 1;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
