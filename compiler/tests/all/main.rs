@@ -1,5 +1,6 @@
 //! The one integration-test binary of `neuronc` (one link instead of many).
 
+mod autodiff;
 mod backend_cli;
 mod backend_harness;
 mod backend_kinds;
@@ -16,3 +17,4 @@ mod model_errors;
 mod passes;
 mod precision;
 mod reference_ops;
+mod training;

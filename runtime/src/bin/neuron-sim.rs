@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+#[path = "../cli/train.rs"]
+mod train;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "neuron-sim",
@@ -32,6 +35,8 @@ struct Cli {
 enum Command {
     /// Execute an artifact or model and print a performance summary.
     Run(RunArgs),
+    /// Train a model.json with a `training` section, every step on the simulated chip.
+    Train(train::TrainArgs),
 }
 
 #[derive(Args, Debug)]
@@ -309,6 +314,7 @@ fn main() -> ExitCode {
         .init();
     let result = match &cli.command {
         Command::Run(args) => run(args),
+        Command::Train(args) => train::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,3 +10,4 @@ mod common;
 mod execute;
 mod load;
 mod profile;
+mod train;
