@@ -331,11 +331,13 @@ fn cmd_compile(args: &CompileArgs) -> Result<(), CliError> {
     let g = if args.train {
         let (_, step) = neuronc::train::load_training(&args.model).map_err(CliError::invalid)?;
         eprintln!(
-            "note: compiling the training step of {} ({} trainable values, {}, {} precision)",
+            "note: compiling the training step of {} ({} trainable values, {}, {} precision; \
+             {} bytes of forward activations kept for the backward pass, none recomputed)",
             args.model.display(),
             step.trainable_elements,
             step.spec.optimizer.name(),
-            step.spec.precision.name()
+            step.spec.precision.name(),
+            step.saved_activation_bytes
         );
         policy = Some(step.spec.precision);
         step.graph

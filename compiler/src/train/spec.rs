@@ -164,9 +164,13 @@ pub struct TrainingSpec {
     pub loss: LossSpec,
     /// The labels input.
     pub labels: LabelsSpec,
-    /// Trainable params by name (default: every float param).
+    /// Trainable params by name; a name ending in `*` matches every param with that
+    /// prefix (default: every float param).
     #[serde(default)]
     pub trainable: Option<Vec<String>>,
+    /// Params to keep constant, by name or `prefix*`, removed from the trainable set.
+    #[serde(default)]
+    pub frozen: Vec<String>,
     /// The optimizer.
     pub optimizer: OptimizerSpec,
     /// Clip gradients to this global L2 norm (default: no clipping).
@@ -192,6 +196,22 @@ fn err(path: &str, message: impl Into<String>) -> SpecError {
         path: path.to_string(),
         message: message.into(),
     }
+}
+
+/// The params named `pattern`, or starting with its prefix when it ends in `*`.
+fn matching_params(graph: &Graph, pattern: &str) -> Vec<ValueId> {
+    graph
+        .params
+        .iter()
+        .copied()
+        .filter(|&p| {
+            let name = &graph.value(p).name;
+            match pattern.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => name == pattern,
+            }
+        })
+        .collect()
 }
 
 /// The spec resolved against a graph.
@@ -322,23 +342,41 @@ impl TrainingSpec {
                 let mut ids = Vec::new();
                 for (i, n) in names.iter().enumerate() {
                     let path = format!("training.trainable[{i}]");
-                    let Some(&p) = graph.params.iter().find(|&&p| graph.value(p).name == *n) else {
-                        return Err(err(&path, format!("'{n}' is not a param of the model")));
-                    };
-                    if !graph.value(p).dtype.is_float() {
-                        return Err(err(
-                            &path,
-                            format!("'{n}' is {}, not a float param", graph.value(p).dtype),
-                        ));
+                    let matched = matching_params(graph, n);
+                    if matched.is_empty() {
+                        return Err(err(&path, format!("'{n}' matches no param of the model")));
                     }
-                    if !seen.insert(n.clone()) {
-                        return Err(err(&path, format!("'{n}' is listed twice")));
+                    for p in matched {
+                        let v = graph.value(p);
+                        if !v.dtype.is_float() {
+                            if n.ends_with('*') {
+                                continue;
+                            }
+                            return Err(err(
+                                &path,
+                                format!("'{n}' is {}, not a float param", v.dtype),
+                            ));
+                        }
+                        if !seen.insert(p) {
+                            return Err(err(&path, format!("'{}' is listed twice", v.name)));
+                        }
+                        ids.push(p);
                     }
-                    ids.push(p);
                 }
                 ids
             }
         };
+        let mut trainable = trainable;
+        for (i, n) in self.frozen.iter().enumerate() {
+            let matched = matching_params(graph, n);
+            if matched.is_empty() {
+                return Err(err(
+                    &format!("training.frozen[{i}]"),
+                    format!("'{n}' matches no param of the model"),
+                ));
+            }
+            trainable.retain(|p| !matched.contains(p));
+        }
         if trainable.is_empty() {
             return Err(err("training.trainable", "no float param to train"));
         }

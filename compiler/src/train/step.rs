@@ -84,6 +84,9 @@ pub struct TrainingStep {
     pub adam: bool,
     /// Number of trainable scalars.
     pub trainable_elements: usize,
+    /// Bytes of forward activations the backward pass reads (kept in device memory from
+    /// the forward pass to the backward pass; nothing is recomputed).
+    pub saved_activation_bytes: u64,
 }
 
 impl TrainingStep {
@@ -162,6 +165,7 @@ pub fn build_step(model: &Graph, spec: &TrainingSpec) -> Result<TrainingStep, St
         OptimizerSpec::Sgd { .. } => (None, None),
     };
 
+    let forward_nodes = g.nodes.len();
     let mut b = Builder::new(&mut g, "train/");
     let out = resolved.output;
     let (loss, seed) = match spec.loss.kind {
@@ -332,6 +336,25 @@ pub fn build_step(model: &Graph, spec: &TrainingSpec) -> Result<TrainingStep, St
         g.add_output(o)?;
     }
     g.verify()?;
+    // Forward activations (outputs of the model's own nodes) that backward nodes read.
+    let mut saved = std::collections::BTreeSet::new();
+    for n in &g.nodes[forward_nodes..] {
+        for &i in &n.inputs {
+            if g.value(i)
+                .producer
+                .is_some_and(|p| p.index() < forward_nodes)
+            {
+                saved.insert(i);
+            }
+        }
+    }
+    let saved_activation_bytes = saved
+        .iter()
+        .map(|&v| {
+            let v = g.value(v);
+            (v.shape.iter().product::<usize>() * v.dtype.size_bytes()) as u64
+        })
+        .sum();
     Ok(TrainingStep {
         graph: g,
         spec: spec.clone(),
@@ -341,6 +364,7 @@ pub fn build_step(model: &Graph, spec: &TrainingSpec) -> Result<TrainingStep, St
         carried,
         adam: step_size.is_some(),
         trainable_elements,
+        saved_activation_bytes,
     })
 }
 

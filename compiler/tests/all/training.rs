@@ -264,6 +264,24 @@ fn the_step_graph_carries_params_and_adam_state() {
     // The forward graph is untouched; the step has no param left for the trained weights.
     assert!(graph.value_by_name("w1").is_some_and(|w| graph.is_param(w)));
     assert!(!g.params.iter().any(|&p| g.value(p).name == "w1"));
+    // Prefix patterns and frozen params.
+    let mut spec = step.spec.clone();
+    spec.trainable = Some(vec!["w*".into(), "b1".into()]);
+    spec.frozen = vec!["w2".into()];
+    let names: Vec<String> = spec
+        .resolve(&graph)
+        .unwrap()
+        .trainable
+        .iter()
+        .map(|&p| graph.value(p).name.clone())
+        .collect();
+    assert_eq!(names, ["w1", "b1"]);
+    spec.frozen = vec!["nothing*".into()];
+    let e = spec.resolve(&graph).unwrap_err().to_string();
+    assert!(
+        e.contains("training.frozen[0]") && e.contains("matches no param"),
+        "{e}"
+    );
     // The spec round-trips through serde.
     let doc: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(repo().join("examples/mlp_train.json")).unwrap(),
@@ -272,4 +290,52 @@ fn the_step_graph_carries_params_and_adam_state() {
     let spec = TrainingSpec::from_json(&doc["training"]).unwrap();
     assert_eq!(spec, step.spec);
     assert!(build_step(&graph, &spec).is_ok());
+}
+
+#[test]
+fn neuronc_compiles_a_training_step_to_an_artifact() {
+    use assert_cmd::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("step.neff");
+    let run = Command::cargo_bin("neuronc")
+        .unwrap()
+        .args(["compile", "--train"])
+        .arg(repo().join("examples/mlp_train.json"))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("training step"), "{stderr}");
+    assert!(stderr.contains("fp32 precision"), "{stderr}");
+    let art = neuron_isa::Artifact::from_bytes(&std::fs::read(&out).unwrap()).unwrap();
+    let names: Vec<&str> = art
+        .meta
+        .program
+        .tensors
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    for want in [
+        "w1",
+        "w1/next",
+        "w1/adam_m",
+        "train/loss",
+        "train/step_size",
+        "labels",
+    ] {
+        assert!(names.contains(&want), "{want} not among {names:?}");
+    }
+    // Without a training section, --train says what is missing.
+    let run = Command::cargo_bin("neuronc")
+        .unwrap()
+        .args(["compile", "--train"])
+        .arg(repo().join("examples/mlp.json"))
+        .arg("-o")
+        .arg(dir.path().join("x.neff"))
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("no `training` section"));
 }

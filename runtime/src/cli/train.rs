@@ -207,10 +207,12 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             )
         })?;
         eprintln!(
-            "compiled the training step for {} ({} kernels, {} instructions)",
+            "compiled the training step for {} ({} kernels, {} instructions; {} bytes of \
+             activations kept for the backward pass)",
             compiled.artifact.meta.target.name,
             compiled.summary.total_kernels(),
-            compiled.summary.total_instructions()
+            compiled.summary.total_instructions(),
+            step.saved_activation_bytes
         );
         let model = Model::from_artifact(compiled.artifact)?;
         let rounding = match args.rounding.as_deref() {
