@@ -16,6 +16,7 @@
 
 #![warn(missing_docs)]
 
+pub mod autodiff;
 pub mod backend;
 pub mod driver;
 pub mod error;
@@ -28,6 +29,7 @@ pub mod passes;
 pub mod quant;
 pub mod reference;
 pub mod zoo;
+pub mod train;
 /// The platform-independent seeded generator (shared with the runtime through `neuron-isa`).
 pub use neuron_isa::rng;
 

@@ -130,6 +130,11 @@ struct CompileArgs {
     /// One kernel per op (no fusion).
     #[arg(long)]
     no_fuse: bool,
+    /// Compile one training step (forward, loss, backward, optimizer update) from the
+    /// model's `training` section instead of inference; its precision policy sets the
+    /// auto-cast (see docs/training.md).
+    #[arg(long)]
+    train: bool,
     /// Write the text form of every compiler stage into DIR (`NN-stage.txt`).
     #[arg(long, value_name = "DIR")]
     dump: Option<PathBuf>,
@@ -362,7 +367,23 @@ fn cmd_run(args: &RunArgs) -> Result<(), CliError> {
 /// [--auto-cast-type ..] [--no-fuse] [--dump DIR] [--calibrate NAME=FILE.npy]...`.
 fn cmd_compile(args: &CompileArgs) -> Result<(), CliError> {
     use neuronc::options::{AutoCast, CastType, CompileOptions};
-    let g = load(&args.model)?;
+    let mut policy = None;
+    let g = if args.train {
+        let (_, step) = neuronc::train::load_training(&args.model).map_err(CliError::invalid)?;
+        eprintln!(
+            "note: compiling the training step of {} ({} trainable values, {}, {} precision; \
+             {} bytes of forward activations kept for the backward pass, none recomputed)",
+            args.model.display(),
+            step.trainable_elements,
+            step.spec.optimizer.name(),
+            step.spec.precision.name(),
+            step.saved_activation_bytes
+        );
+        policy = Some(step.spec.precision);
+        step.graph
+    } else {
+        load(&args.model)?
+    };
     let target = neuron_isa::ChipConfig::from_target(&args.target).map_err(CliError::usage)?;
     let auto_cast = AutoCast::parse(&args.auto_cast).ok_or_else(|| {
         CliError::usage(anyhow!(
@@ -376,6 +397,14 @@ fn cmd_compile(args: &CompileArgs) -> Result<(), CliError> {
             args.auto_cast_type
         ))
     })?;
+    let (auto_cast, auto_cast_type) = match policy {
+        None => (auto_cast, auto_cast_type),
+        Some(neuronc::train::PrecisionPolicy::Fp32) => (AutoCast::None, auto_cast_type),
+        Some(neuronc::train::PrecisionPolicy::Fp16LossScaling) => {
+            (AutoCast::Matmult, CastType::Fp16)
+        }
+        Some(_) => (AutoCast::Matmult, CastType::Bf16),
+    };
     let mut calibration = BTreeMap::new();
     for spec in &args.calibrate {
         let Some((name, file)) = spec.split_once('=') else {

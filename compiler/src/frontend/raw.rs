@@ -18,6 +18,10 @@ pub(crate) struct RawModel {
     pub weights: Option<String>,
     pub nodes: Vec<RawNode>,
     pub outputs: Vec<String>,
+    /// The optional `training` section, parsed by [`crate::train::TrainingSpec::from_json`].
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub training: Option<serde_json::Value>,
 }
 
 /// One entry of `inputs`.

@@ -1,5 +1,6 @@
 //! The one integration-test binary of `neuronc` (one link instead of many).
 
+mod autodiff;
 mod backend_cli;
 mod backend_dma;
 mod backend_harness;
@@ -20,3 +21,4 @@ mod passes;
 mod precision;
 mod reference_ops;
 mod zoo;
+mod training;

@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+#[path = "../cli/train.rs"]
+mod train;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "neuron-sim",
@@ -45,6 +48,8 @@ enum Command {
     /// Run zoo models (`neuronc zoo list`) on each target, timing only, and print latency,
     /// throughput, MFU, MBU and the bound engine.
     Bench(BenchArgs),
+    /// Train a model.json with a `training` section, every step on the simulated chip.
+    Train(train::TrainArgs),
 }
 
 #[derive(Args, Debug)]
@@ -730,6 +735,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => compare(args),
         Command::Report(args) => report(args),
         Command::Bench(args) => bench(args),
+        Command::Train(args) => train::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,3 +15,4 @@ mod load;
 mod profile;
 mod report;
 mod sweep;
+mod train;

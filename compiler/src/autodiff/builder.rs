@@ -1,0 +1,174 @@
+//! A small construction helper over [`Graph`]: fresh names under a prefix, constants, and
+//! the broadcasting helpers that gradient rules need (sum a gradient back to an operand's
+//! shape, broadcast a reduced gradient back to the input's shape).
+
+use ndarray::ArrayD;
+
+use crate::ir::{DType, Graph, GraphError, Op, Tensor, ValueId};
+
+/// Appends nodes to a graph under unique names `{prefix}{counter}`.
+pub struct Builder<'g> {
+    /// The graph being extended.
+    pub graph: &'g mut Graph,
+    prefix: String,
+    counter: usize,
+}
+
+impl<'g> Builder<'g> {
+    /// A builder naming new nodes and values `{prefix}{n}`.
+    pub fn new(graph: &'g mut Graph, prefix: impl Into<String>) -> Builder<'g> {
+        Builder {
+            graph,
+            prefix: prefix.into(),
+            counter: 0,
+        }
+    }
+
+    /// A fresh name that no value or node of the graph uses.
+    pub fn fresh(&mut self, hint: &str) -> String {
+        loop {
+            let name = format!("{}{}_{}", self.prefix, hint, self.counter);
+            self.counter += 1;
+            if self.graph.value_by_name(&name).is_none() && self.graph.node_by_name(&name).is_none()
+            {
+                return name;
+            }
+        }
+    }
+
+    /// Appends `op` on `inputs`; the node and its output share a fresh name.
+    pub fn op(&mut self, op: Op, inputs: &[ValueId]) -> Result<ValueId, GraphError> {
+        let name = self.fresh(op.name());
+        self.graph.add_node(name.clone(), op, inputs, name)
+    }
+
+    /// A constant param holding `data`.
+    pub fn constant(&mut self, hint: &str, data: Tensor) -> Result<ValueId, GraphError> {
+        let name = self.fresh(hint);
+        self.graph.add_param(name, data)
+    }
+
+    /// An f32 scalar constant of shape `[1]` (broadcasts against anything).
+    pub fn scalar(&mut self, value: f32) -> Result<ValueId, GraphError> {
+        self.constant(
+            "const",
+            Tensor::F32(ArrayD::from_elem(ndarray::IxDyn(&[1]), value)),
+        )
+    }
+
+    /// An f32 zero tensor of `shape`.
+    pub fn zeros(&mut self, shape: &[usize]) -> Result<ValueId, GraphError> {
+        self.constant("zeros", Tensor::zeros(DType::F32, shape))
+    }
+
+    /// `a + b`.
+    pub fn add(&mut self, a: ValueId, b: ValueId) -> Result<ValueId, GraphError> {
+        self.op(Op::Add, &[a, b])
+    }
+
+    /// `a - b`.
+    pub fn sub(&mut self, a: ValueId, b: ValueId) -> Result<ValueId, GraphError> {
+        self.op(Op::Sub, &[a, b])
+    }
+
+    /// `a * b`.
+    pub fn mul(&mut self, a: ValueId, b: ValueId) -> Result<ValueId, GraphError> {
+        self.op(Op::Mul, &[a, b])
+    }
+
+    /// `a / b`.
+    pub fn div(&mut self, a: ValueId, b: ValueId) -> Result<ValueId, GraphError> {
+        self.op(Op::Div, &[a, b])
+    }
+
+    /// `a * c` for a constant `c`.
+    pub fn scale(&mut self, a: ValueId, c: f32) -> Result<ValueId, GraphError> {
+        let k = self.scalar(c)?;
+        self.mul(a, k)
+    }
+
+    /// `a + c` for a constant `c`.
+    pub fn offset(&mut self, a: ValueId, c: f32) -> Result<ValueId, GraphError> {
+        let k = self.scalar(c)?;
+        self.add(a, k)
+    }
+
+    /// `c - a` for a constant `c`.
+    pub fn rsub(&mut self, c: f32, a: ValueId) -> Result<ValueId, GraphError> {
+        let k = self.scalar(c)?;
+        self.sub(k, a)
+    }
+
+    /// Reshapes `a` to `shape`.
+    pub fn reshape(&mut self, a: ValueId, shape: &[usize]) -> Result<ValueId, GraphError> {
+        if self.graph.value(a).shape == shape {
+            return Ok(a);
+        }
+        let shape = shape.iter().map(|&d| d as i64).collect();
+        self.op(Op::Reshape { shape }, &[a])
+    }
+
+    /// Sums `a` over `axes`, keeping them as size 1 when `keepdims`.
+    pub fn reduce_sum(
+        &mut self,
+        a: ValueId,
+        axes: Vec<i64>,
+        keepdims: bool,
+    ) -> Result<ValueId, GraphError> {
+        if axes.is_empty() {
+            return Ok(a);
+        }
+        self.op(Op::ReduceSum { axes, keepdims }, &[a])
+    }
+
+    /// Sums a gradient `g` (of a broadcast result) back to the shape `target` of the operand
+    /// that was broadcast: leading extra axes are summed away, size-1 axes summed with
+    /// keepdims.
+    pub fn unbroadcast(&mut self, g: ValueId, target: &[usize]) -> Result<ValueId, GraphError> {
+        let shape = self.graph.value(g).shape.clone();
+        if shape == target {
+            return Ok(g);
+        }
+        let extra = shape.len().saturating_sub(target.len());
+        let mut axes: Vec<i64> = (0..extra as i64).collect();
+        for (i, &t) in target.iter().enumerate() {
+            let s = shape.get(extra + i).copied().unwrap_or(1);
+            if t == 1 && s != 1 {
+                axes.push((extra + i) as i64);
+            }
+        }
+        let summed = self.reduce_sum(g, axes, true)?;
+        self.reshape(summed, target)
+    }
+
+    /// Broadcasts `g` (whose shape broadcasts to `shape`) to exactly `shape`, by adding a
+    /// zero tensor of that shape.
+    pub fn broadcast_to(&mut self, g: ValueId, shape: &[usize]) -> Result<ValueId, GraphError> {
+        if self.graph.value(g).shape == shape {
+            return Ok(g);
+        }
+        let z = self.zeros(shape)?;
+        self.add(g, z)
+    }
+
+    /// Swaps the last two axes of `a`.
+    pub fn transpose_last2(&mut self, a: ValueId) -> Result<ValueId, GraphError> {
+        let r = self.graph.value(a).shape.len();
+        let mut perm: Vec<usize> = (0..r).collect();
+        perm.swap(r - 2, r - 1);
+        self.op(Op::Transpose { perm }, &[a])
+    }
+
+    /// A 0/1 f32 mask of `a > 0` (as `cast(cast(relu(a), bool), f32)`: relu keeps exactly
+    /// the positive values, and a cast to bool is `x != 0`).
+    pub fn positive_mask(&mut self, a: ValueId) -> Result<ValueId, GraphError> {
+        let r = self.op(Op::Relu, &[a])?;
+        self.nonzero_mask(r)
+    }
+
+    /// A 0/1 f32 mask of `a != 0`.
+    pub fn nonzero_mask(&mut self, a: ValueId) -> Result<ValueId, GraphError> {
+        let b = self.op(Op::Cast { dtype: DType::Bool }, &[a])?;
+        self.op(Op::Cast { dtype: DType::F32 }, &[b])
+    }
+}

@@ -1,0 +1,341 @@
+//! Training: the bundled synthetic data set, the product's MLP example trained on the
+//! reference executor, the `training` section's errors, and the step graph's shape.
+
+#![allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a test failure.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array1, Array2};
+use neuronc::ir::Tensor;
+use neuronc::npy::read_npy;
+use neuronc::reference::RefOptions;
+use neuronc::rng::SeededRng;
+use neuronc::train::{
+    LoopConfig, ReferenceRunner, TrainLoadError, TrainState, TrainingSpec, build_step,
+    load_training, train,
+};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The synthetic 10-class data set bundled in `examples/train/`: 28x28 "images" with
+/// values 0..=127 (i8), each class a random blob pattern, every example its class's pattern
+/// under heavy per-pixel noise and a random brightness. Seeded with the platform-independent
+/// generator, so the files are reproducible bit for bit.
+pub fn synthetic_digits(n: usize, seed: u64) -> (Array2<i8>, Array1<i64>) {
+    let mut rng = SeededRng::for_tensor(seed, "synthetic_digits");
+    let protos: Vec<Vec<f64>> = (0..10)
+        .map(|_| {
+            // A few Gaussian blobs per class.
+            let blobs: Vec<(f64, f64, f64)> = (0..4)
+                .map(|_| {
+                    (
+                        rng.uniform(4.0, 24.0),
+                        rng.uniform(4.0, 24.0),
+                        rng.uniform(2.0, 5.0),
+                    )
+                })
+                .collect();
+            (0..784)
+                .map(|i| {
+                    let (r, c) = ((i / 28) as f64, (i % 28) as f64);
+                    blobs
+                        .iter()
+                        .map(|&(br, bc, s)| {
+                            (-((r - br).powi(2) + (c - bc).powi(2)) / (2.0 * s * s)).exp()
+                        })
+                        .sum::<f64>()
+                        .min(1.0)
+                })
+                .collect()
+        })
+        .collect();
+    let mut x = Array2::<i8>::zeros((n, 784));
+    let mut y = Array1::<i64>::zeros(n);
+    for i in 0..n {
+        let class = rng.below(10) as usize;
+        y[i] = class as i64;
+        let brightness = rng.uniform(0.6, 1.0);
+        for j in 0..784 {
+            let v = 127.0 * protos[class][j] * brightness + rng.normal(0.0, 30.0);
+            x[[i, j]] = v.round().clamp(0.0, 127.0) as i8;
+        }
+    }
+    (x, y)
+}
+
+#[test]
+fn bundled_training_data_is_reproducible() {
+    let (x, y) = synthetic_digits(1024, 2026);
+    let dir = repo().join("examples/train");
+    if std::env::var_os("NEURON_REGENERATE").is_some() {
+        use ndarray_npy::WriteNpyExt;
+        std::fs::create_dir_all(&dir).unwrap();
+        x.write_npy(std::fs::File::create(dir.join("x.npy")).unwrap())
+            .unwrap();
+        y.write_npy(std::fs::File::create(dir.join("y.npy")).unwrap())
+            .unwrap();
+    }
+    let bx = read_npy(&dir.join("x.npy")).unwrap();
+    let by = read_npy(&dir.join("y.npy")).unwrap();
+    assert_eq!(
+        bx,
+        Tensor::I8(x.into_dyn()),
+        "examples/train/x.npy drifted from its generator"
+    );
+    assert_eq!(by, Tensor::I64(y.clone().into_dyn()));
+    // Every class is present.
+    for c in 0..10 {
+        assert!(y.iter().any(|&l| l == c), "class {c} missing");
+    }
+}
+
+#[test]
+fn the_mlp_example_trains_to_95_percent_on_the_reference() {
+    let (_, step) = load_training(&repo().join("examples/mlp_train.json")).unwrap();
+    let x = read_npy(&repo().join("examples/train/x.npy")).unwrap();
+    let y = read_npy(&repo().join("examples/train/y.npy")).unwrap();
+    let mut state = TrainState::new(&step);
+    let mut runner = ReferenceRunner {
+        step: &step,
+        opts: RefOptions::default(),
+    };
+    let mut losses = Vec::new();
+    let cfg = LoopConfig {
+        epochs: 3,
+        shuffle: true,
+        seed: 1,
+    };
+    let epochs = train(&step, &mut runner, &mut state, &x, &y, cfg, &mut |r| {
+        losses.push(r.loss)
+    })
+    .unwrap();
+    assert_eq!(losses.len(), 3 * 16);
+    // Ten classes: the first loss is near ln 10.
+    assert!((losses[0] - 10f64.ln()).abs() < 0.5, "{losses:?}");
+    let last = epochs.last().unwrap();
+    assert!(last.accuracy.unwrap() >= 0.95, "{epochs:?}");
+    assert!(last.loss < 0.3 * losses[0], "{epochs:?}");
+}
+
+fn model_with(training: &str) -> String {
+    format!(
+        r#"{{"name": "t", "inputs": [{{"name": "x", "shape": [4, 3]}}],
+        "params": [{{"name": "w", "shape": [3, 5], "init": {{"normal": {{"std": 0.1}}}}}},
+                   {{"name": "table", "shape": [5, 5], "init": "ones"}},
+                   {{"name": "ids", "shape": [4], "dtype": "i64", "value": [0, 1, 2, 3]}}],
+        "nodes": [{{"name": "fc", "op": "matmul", "inputs": ["x", "w"], "outputs": ["z"]}},
+                  {{"name": "emb", "op": "gather", "inputs": ["table", "ids"], "outputs": ["e"]}},
+                  {{"name": "mix", "op": "add", "inputs": ["z", "e"], "outputs": ["logits"]}}],
+        "outputs": ["logits"], "training": {training}}}"#
+    )
+}
+
+fn load_err(training: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.json");
+    std::fs::write(&p, model_with(training)).unwrap();
+    match load_training(&p) {
+        Ok(_) => panic!("accepted {training}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn training_section_errors_name_the_field() {
+    let ok_labels = r#""labels": {"name": "y", "shape": [4], "dtype": "i64"}"#;
+    let cases = [
+        (
+            format!(r#"{{"loss": {{"kind": "cross_entropy", "output": "nope"}}, {ok_labels}, "optimizer": {{"kind": "sgd", "lr": 0.1}}}}"#),
+            vec!["training.loss.output", "'nope' is not a graph output", "logits"],
+        ),
+        (
+            format!(r#"{{"loss": {{"kind": "cross_entropy", "output": "logits"}}, {ok_labels}, "optimizer": {{"kind": "sgd", "lr": 0}}, "trainable": ["w"]}}"#),
+            vec!["training.optimizer.lr", "positive", "found 0"],
+        ),
+        (
+            format!(r#"{{"loss": {{"kind": "cross_entropy", "output": "logits"}}, {ok_labels}, "optimizer": {{"kind": "adam", "lr": -1}}, "trainable": ["w"]}}"#),
+            vec!["training.optimizer.lr", "found -1"],
+        ),
+        (
+            r#"{"loss": {"kind": "cross_entropy", "output": "logits"}, "labels": {"name": "y", "shape": [4, 5], "dtype": "i64"}, "optimizer": {"kind": "sgd", "lr": 0.1}, "trainable": ["w"]}"#.to_string(),
+            vec!["training.labels.shape", "expected [4]", "found [4, 5]"],
+        ),
+        (
+            format!(r#"{{"loss": {{"kind": "mse", "output": "logits"}}, {ok_labels}, "optimizer": {{"kind": "sgd", "lr": 0.1}}, "trainable": ["w"]}}"#),
+            vec!["training.labels.dtype", "mse needs f32 targets"],
+        ),
+        (
+            format!(r#"{{"loss": {{"kind": "cross_entropy", "output": "logits"}}, {ok_labels}, "optimizer": {{"kind": "sgd", "lr": 0.1}}, "trainable": ["w", "table"]}}"#),
+            vec!["node 'emb' (op gather)", "param 'table'", "scatter-add"],
+        ),
+        (
+            format!(r#"{{"loss": {{"kind": "cross_entropy", "output": "logits"}}, {ok_labels}, "optimizer": {{"kind": "sgd", "lr": 0.1}}, "trainable": ["ids"]}}"#),
+            vec!["training.trainable[0]", "'ids' is i64, not a float param"],
+        ),
+        (
+            format!(r#"{{"loss": {{"kind": "cross_entropy", "output": "logits"}}, {ok_labels}, "optimizer": {{"kind": "lamb", "lr": 0.1}}}}"#),
+            vec!["training.optimizer", "lamb"],
+        ),
+        (
+            format!(r#"{{"loss": {{"kind": "cross_entropy", "output": "logits"}}, {ok_labels}, "optimizer": {{"kind": "adam", "betas": [0.9, 1.5]}}, "trainable": ["w"]}}"#),
+            vec!["training.optimizer.betas[1]", "[0, 1)", "1.5"],
+        ),
+        (
+            format!(r#"{{"loss": {{"kind": "cross_entropy", "output": "logits"}}, {ok_labels}, "optimizer": {{"kind": "sgd", "lr": 0.1}}, "trainable": ["w"], "clip_grad_norm": -1}}"#),
+            vec!["training.clip_grad_norm", "found -1"],
+        ),
+    ];
+    for (training, wants) in cases {
+        let msg = load_err(&training);
+        for w in wants {
+            assert!(msg.contains(w), "{training}\n -> {msg}\n missing '{w}'");
+        }
+        assert!(msg.contains("m.json"), "{msg}");
+    }
+}
+
+#[test]
+fn labels_out_of_range_or_misshapen_are_refused_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.json");
+    std::fs::write(
+        &p,
+        model_with(
+            r#"{"loss": {"kind": "cross_entropy", "output": "logits"}, "labels": {"name": "y", "shape": [4]}, "optimizer": {"kind": "sgd", "lr": 0.1}, "trainable": ["w"]}"#,
+        ),
+    )
+    .unwrap();
+    let (_, step) = load_training(&p).unwrap();
+    let x = Tensor::F32(ndarray::ArrayD::zeros(ndarray::IxDyn(&[8, 3])));
+    let bad = Tensor::I64(ndarray::arr1(&[0i64, 1, 2, 3, 4, 5, 9, 1]).into_dyn());
+    let e = neuronc::train::check_data(&step, &x, &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("element 5 is 5, outside the 5 classes"), "{e}");
+    let short = Tensor::I64(ndarray::arr1(&[0i64, 1]).into_dyn());
+    let e = neuronc::train::check_data(&step, &x, &short)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("labels: expected shape [8]"), "{e}");
+    let wide = Tensor::F32(ndarray::ArrayD::zeros(ndarray::IxDyn(&[8, 4])));
+    let e = neuronc::train::check_data(&step, &wide, &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("data: expected shape [N, 3]"), "{e}");
+}
+
+#[test]
+fn a_model_without_training_section_says_so() {
+    let e = load_training(&repo().join("examples/mlp.json")).unwrap_err();
+    assert!(matches!(e, TrainLoadError::NoTraining { .. }), "{e}");
+    assert!(e.to_string().contains("no `training` section"), "{e}");
+}
+
+#[test]
+fn the_step_graph_carries_params_and_adam_state() {
+    let (graph, step) = load_training(&repo().join("examples/mlp_train.json")).unwrap();
+    let names: Vec<&str> = step.carried.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "w1",
+            "b1",
+            "w2",
+            "b2",
+            "w1/adam_m",
+            "w1/adam_v",
+            "b1/adam_m",
+            "b1/adam_v",
+            "w2/adam_m",
+            "w2/adam_v",
+            "b2/adam_m",
+            "b2/adam_v"
+        ]
+    );
+    let g = &step.graph;
+    for c in &step.carried {
+        let i = g.value_by_name(&c.name).unwrap();
+        let o = g.value_by_name(&c.next).unwrap();
+        assert!(g.is_input(i) && g.is_output(o), "{}", c.name);
+        assert_eq!(g.value(i).shape, g.value(o).shape);
+    }
+    // The forward graph is untouched; the step has no param left for the trained weights.
+    assert!(graph.value_by_name("w1").is_some_and(|w| graph.is_param(w)));
+    assert!(!g.params.iter().any(|&p| g.value(p).name == "w1"));
+    // Prefix patterns and frozen params.
+    let mut spec = step.spec.clone();
+    spec.trainable = Some(vec!["w*".into(), "b1".into()]);
+    spec.frozen = vec!["w2".into()];
+    let names: Vec<String> = spec
+        .resolve(&graph)
+        .unwrap()
+        .trainable
+        .iter()
+        .map(|&p| graph.value(p).name.clone())
+        .collect();
+    assert_eq!(names, ["w1", "b1"]);
+    spec.frozen = vec!["nothing*".into()];
+    let e = spec.resolve(&graph).unwrap_err().to_string();
+    assert!(
+        e.contains("training.frozen[0]") && e.contains("matches no param"),
+        "{e}"
+    );
+    // The spec round-trips through serde.
+    let doc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("examples/mlp_train.json")).unwrap(),
+    )
+    .unwrap();
+    let spec = TrainingSpec::from_json(&doc["training"]).unwrap();
+    assert_eq!(spec, step.spec);
+    assert!(build_step(&graph, &spec).is_ok());
+}
+
+#[test]
+fn neuronc_compiles_a_training_step_to_an_artifact() {
+    use assert_cmd::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("step.neff");
+    let run = Command::cargo_bin("neuronc")
+        .unwrap()
+        .args(["compile", "--train"])
+        .arg(repo().join("examples/mlp_train.json"))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("training step"), "{stderr}");
+    assert!(stderr.contains("fp32 precision"), "{stderr}");
+    let art = neuron_isa::Artifact::from_bytes(&std::fs::read(&out).unwrap()).unwrap();
+    let names: Vec<&str> = art
+        .meta
+        .program
+        .tensors
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    for want in [
+        "w1",
+        "w1/next",
+        "w1/adam_m",
+        "train/loss",
+        "train/step_size",
+        "labels",
+    ] {
+        assert!(names.contains(&want), "{want} not among {names:?}");
+    }
+    // Without a training section, --train says what is missing.
+    let run = Command::cargo_bin("neuronc")
+        .unwrap()
+        .args(["compile", "--train"])
+        .arg(repo().join("examples/mlp.json"))
+        .arg("-o")
+        .arg(dir.path().join("x.neff"))
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("no `training` section"));
+}

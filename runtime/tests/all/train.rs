@@ -1,0 +1,211 @@
+//! `neuron-sim train`: the training loop with every step on the simulated chip, checked
+//! step for step against the same loop on the reference executor, plus its errors.
+
+use std::path::Path;
+use std::process::Command;
+
+use ndarray::{Array1, Array2};
+use ndarray_npy::WriteNpyExt;
+
+fn neuron_sim() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_neuron-sim"))
+}
+
+/// A 12-16-4 MLP (tanh, then gelu) with a batch of 8, its `training` section given.
+fn model(training: &str) -> String {
+    format!(
+        r#"{{"name": "tiny", "seed": 3,
+        "inputs": [{{"name": "x", "shape": [8, 12]}}],
+        "params": [{{"name": "w1", "shape": [12, 16], "init": {{"normal": {{"std": 0.3}}}}}},
+                   {{"name": "b1", "shape": [16], "init": "zeros"}},
+                   {{"name": "w2", "shape": [16, 4], "init": {{"normal": {{"std": 0.3}}}}}},
+                   {{"name": "b2", "shape": [4], "init": "zeros"}}],
+        "nodes": [{{"name": "fc1", "op": "matmul", "inputs": ["x", "w1"], "outputs": ["h"]}},
+                  {{"name": "bias1", "op": "add", "inputs": ["h", "b1"], "outputs": ["hb"]}},
+                  {{"name": "act", "op": "relu", "inputs": ["hb"], "outputs": ["a"]}},
+                  {{"name": "fc2", "op": "matmul", "inputs": ["a", "w2"], "outputs": ["l"]}},
+                  {{"name": "bias2", "op": "add", "inputs": ["l", "b2"], "outputs": ["logits"]}}],
+        "outputs": ["logits"], "training": {training}}}"#
+    )
+}
+
+const ADAM_FP32: &str = r#"{"loss": {"kind": "cross_entropy", "output": "logits"},
+    "labels": {"name": "y", "shape": [8], "dtype": "i64"},
+    "optimizer": {"kind": "adam", "lr": 0.01}, "clip_grad_norm": 5.0, "precision": "fp32"}"#;
+
+/// Writes the model and a 32-example data set (labels from a fixed linear rule) into `dir`.
+fn setup(dir: &Path, training: &str) {
+    std::fs::write(dir.join("m.json"), model(training)).unwrap();
+    let x = Array2::from_shape_fn((32, 12), |(i, j)| ((i * 7 + j * 3) % 11) as f32 / 5.0 - 1.0);
+    let y = Array1::from_shape_fn(32, |i| {
+        let s: f32 = (0..12).map(|j| x[[i, j]] * (j as f32 - 5.5)).sum();
+        (s.abs() as i64) % 4
+    });
+    x.write_npy(std::fs::File::create(dir.join("x.npy")).unwrap())
+        .unwrap();
+    y.write_npy(std::fs::File::create(dir.join("y.npy")).unwrap())
+        .unwrap();
+}
+
+/// Runs `neuron-sim train` and returns (per-step losses, stdout).
+fn train(dir: &Path, extra: &[&str]) -> (Vec<f64>, String) {
+    let out = neuron_sim()
+        .current_dir(dir)
+        .args([
+            "train", "m.json", "--data", "x.npy", "--labels", "y.npy", "--epochs", "2",
+        ])
+        .args(["--log-steps"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stderr}\n{stdout}");
+    let losses = stderr
+        .lines()
+        .filter_map(|l| l.split(" loss ").nth(1))
+        .map(|v| v.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    (losses, stdout)
+}
+
+#[test]
+fn simulated_fp32_training_matches_the_reference_step_for_step() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), ADAM_FP32);
+    let (chip, stdout) = train(dir.path(), &["--save", "w.safetensors"]);
+    let (reference, _) = train(dir.path(), &["--reference"]);
+    assert_eq!(chip.len(), 8, "2 epochs of 4 steps");
+    assert_eq!(chip.len(), reference.len());
+    for (i, (c, r)) in chip.iter().zip(&reference).enumerate() {
+        assert!(
+            (c - r).abs() <= 1e-4 * r.abs().max(1e-3),
+            "step {}: chip loss {c} vs reference {r}",
+            i + 1
+        );
+    }
+    assert!(chip[7] < chip[0], "the loss must fall: {chip:?}");
+    assert!(stdout.contains("us per step"), "{stdout}");
+    assert!(stdout.contains("samples/s"), "{stdout}");
+    assert!(stdout.contains("accuracy"), "{stdout}");
+    // The saved weights load as the model's weights file.
+    let bytes = std::fs::read(dir.path().join("w.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    assert_eq!(names, ["b1", "b2", "w1", "w2"]);
+}
+
+#[test]
+fn bf16_stochastic_rounding_beats_round_to_nearest_on_weights() {
+    // A tiny learning rate: most bf16 round-to-nearest updates are lost (|lr * step| below
+    // half an ulp of the weight), stochastic rounding keeps them in expectation.
+    let run = |rounding: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let training = format!(
+            r#"{{"loss": {{"kind": "cross_entropy", "output": "logits"}},
+            "labels": {{"name": "y", "shape": [8], "dtype": "i64"}},
+            "optimizer": {{"kind": "sgd", "lr": 0.002}}, "precision": "{rounding}"}}"#
+        );
+        setup(dir.path(), &training);
+        let out = neuron_sim()
+            .current_dir(dir.path())
+            .args(["train", "m.json", "--data", "x.npy", "--labels", "y.npy"])
+            .args(["--epochs", "6", "--seed", "5", "--log-steps"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let last = stdout
+            .lines()
+            .rfind(|l| l.starts_with("epoch"))
+            .unwrap()
+            .to_string();
+        last.split("loss ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    };
+    let (sr, fp32) = (run("bf16_sr"), run("fp32"));
+    // Round-to-nearest bf16 weights: the same run with weights rounded RNE (bf16_mixed
+    // keeps fp32 masters, so it is the fp32 curve; RNE bf16 weights barely move).
+    let rne = {
+        let dir = tempfile::tempdir().unwrap();
+        let training = r#"{"loss": {"kind": "cross_entropy", "output": "logits"},
+            "labels": {"name": "y", "shape": [8], "dtype": "i64"},
+            "optimizer": {"kind": "sgd", "lr": 0.002}, "precision": "bf16_sr"}"#;
+        setup(dir.path(), training);
+        let out = neuron_sim()
+            .current_dir(dir.path())
+            .args(["train", "m.json", "--data", "x.npy", "--labels", "y.npy"])
+            .args([
+                "--epochs",
+                "6",
+                "--seed",
+                "5",
+                "--log-steps",
+                "--rounding",
+                "rne",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let last = stdout
+            .lines()
+            .rfind(|l| l.starts_with("epoch"))
+            .unwrap()
+            .to_string();
+        last.split("loss ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert!(
+        (sr - fp32).abs() < (rne - fp32).abs(),
+        "stochastic rounding {sr} should track fp32 {fp32} better than round-to-nearest {rne}"
+    );
+}
+
+#[test]
+fn train_errors_name_the_file_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), ADAM_FP32);
+    let bad = Array1::from_shape_fn(32, |i| (i % 7) as i64);
+    bad.write_npy(std::fs::File::create(dir.path().join("bad.npy")).unwrap())
+        .unwrap();
+    let out = neuron_sim()
+        .current_dir(dir.path())
+        .args(["train", "m.json", "--data", "x.npy", "--labels", "bad.npy"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("outside the 4 classes"), "{e}");
+    let out = neuron_sim()
+        .current_dir(dir.path())
+        .args([
+            "train", "m.json", "--data", "x.npy", "--labels", "y.npy", "--batch", "16",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("compiled for batch 8"), "{e}");
+}
