@@ -13,6 +13,7 @@ mod fusion;
 mod gather;
 mod goldens;
 mod model_errors;
+mod onnx;
 mod onnx_conformance;
 mod passes;
 mod precision;

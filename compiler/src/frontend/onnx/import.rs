@@ -185,7 +185,51 @@ pub(crate) fn import_model(
         imp.node(i, &g.node[i])?;
     }
     imp.outputs(g)?;
-    Ok(imp.graph)
+    canonical_order(imp.graph)
+}
+
+/// The same graph with its values numbered as the model.json loader numbers
+/// them (inputs, then params, then node outputs), so that importing an ONNX
+/// model and loading its `neuronc convert` output give equal graphs. Param
+/// data is moved, not copied.
+fn canonical_order(mut g: Graph) -> Result<Graph, OnnxError> {
+    let mut out = Graph::new(g.name.clone());
+    out.seed = g.seed;
+    let mut map = vec![None; g.values.len()];
+    let err = |e: crate::ir::GraphError| OnnxError::Graph(e.to_string());
+    for &id in &g.inputs {
+        let v = g.value(id);
+        map[id.index()] = Some(
+            out.add_input(v.name.clone(), v.shape.clone(), v.dtype)
+                .map_err(err)?,
+        );
+    }
+    for &id in &g.params.clone() {
+        let v = g.value_mut(id);
+        let data = v.data.take();
+        let (name, shape, dtype) = (v.name.clone(), v.shape.clone(), v.dtype);
+        map[id.index()] = Some(out.add_param_decl(name, shape, dtype, data).map_err(err)?);
+    }
+    for n in &g.nodes {
+        let mut ins = Vec::with_capacity(n.inputs.len());
+        for i in &n.inputs {
+            ins.push(map[i.index()].ok_or_else(|| {
+                OnnxError::Graph("internal: value used before definition".into())
+            })?);
+        }
+        let o = n.outputs[0];
+        let name = g.value(o).name.clone();
+        map[o.index()] = Some(
+            out.add_node(n.name.clone(), n.op.clone(), &ins, name)
+                .map_err(err)?,
+        );
+    }
+    for &o in &g.outputs {
+        let id =
+            map[o.index()].ok_or_else(|| OnnxError::Graph("internal: output not mapped".into()))?;
+        out.add_output(id).map_err(err)?;
+    }
+    Ok(out)
 }
 
 /// One error listing every node whose op (or domain) is not supported.
