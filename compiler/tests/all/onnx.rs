@@ -624,3 +624,97 @@ fn input_shape_flag_errors() {
     );
     let _ = DType::F32;
 }
+
+fn neuronc(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    let out = assert_cmd::Command::cargo_bin("neuronc")
+        .unwrap()
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `check`, `run --reference`, `compile` and `convert` take .onnx models; bad
+/// `--input-shape` values are usage errors (2), unbound dimensions invalid models (1).
+#[test]
+fn cli_accepts_onnx_models() {
+    use std::ffi::OsStr;
+    let dir = tempfile::tempdir().unwrap();
+    let m = fixture("gpt2_block").join("model.onnx");
+    let ids = fixture("gpt2_block").join("inputs/input_ids.npy");
+    let (code, out, err) = neuronc(&[OsStr::new("check"), m.as_os_str()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("ok: model 'gpt2_block' is valid: 42 nodes"),
+        "{out}"
+    );
+    let json = dir.path().join("gpt2.json");
+    let (code, _, err) = neuronc(&[
+        OsStr::new("convert"),
+        m.as_os_str(),
+        OsStr::new("-o"),
+        json.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(dir.path().join("gpt2.safetensors").exists());
+    let input = format!("--input=input_ids={}", ids.display());
+    for (model, out) in [(&m, "a"), (&json, "b")] {
+        let d = dir.path().join(out);
+        let (code, _, err) = neuronc(&[
+            OsStr::new("run"),
+            OsStr::new("--reference"),
+            model.as_os_str(),
+            OsStr::new(&input),
+            OsStr::new("--output-dir"),
+            d.as_os_str(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let a = std::fs::read(dir.path().join("a/logits.npy")).unwrap();
+    let b = std::fs::read(dir.path().join("b/logits.npy")).unwrap();
+    assert_eq!(a, b, "converted model gives different bits");
+    let neff = dir.path().join("g.neff");
+    let (code, _, err) = neuronc(&[
+        OsStr::new("compile"),
+        m.as_os_str(),
+        OsStr::new("-o"),
+        neff.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+
+    // Symbolic dimensions.
+    let sym = model(
+        17,
+        vec![node("Relu", "r", &["x"], &["y"], vec![])],
+        vec![vi("x", 1, &["batch", "sequence"])],
+        &["y"],
+        vec![],
+    );
+    let p = dir.path().join("sym.onnx");
+    std::fs::write(&p, sym.encode_to_vec()).unwrap();
+    let (code, _, err) = neuronc(&[OsStr::new("check"), p.as_os_str()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("unbound symbolic dimension(s): x: [batch, sequence]; bind each input's shape with --input-shape"),
+        "{err}"
+    );
+    let (code, out, err) = neuronc(&[
+        OsStr::new("check"),
+        p.as_os_str(),
+        OsStr::new("--input-shape"),
+        OsStr::new("x=2x3"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("[2,3]"), "{out}");
+    let (code, _, err) = neuronc(&[
+        OsStr::new("check"),
+        p.as_os_str(),
+        OsStr::new("--input-shape"),
+        OsStr::new("x=2xq"),
+    ]);
+    assert_eq!(code, 2, "{err}");
+}
