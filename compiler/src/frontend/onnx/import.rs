@@ -104,6 +104,10 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Where",
 ];
 
+/// Initializers with at least this many elements become graph params when
+/// read instead of being folded like small constants.
+const LARGE_INITIALIZER: usize = 1 << 16;
+
 /// Import options.
 #[derive(Clone, Debug, Default)]
 pub struct OnnxOptions {
@@ -455,21 +459,38 @@ impl Importer<'_> {
                 s.dims
             )));
         }
+        let used: HashSet<&str> = g
+            .node
+            .iter()
+            .flat_map(|n| n.input.iter().map(String::as_str))
+            .chain(g.output.iter().filter_map(|o| o.name.as_deref()))
+            .collect();
         for t in &g.initializer {
             let name = t.name.clone().unwrap_or_default();
             if name.is_empty() {
                 return Err(OnnxError::Graph("an initializer has no name".into()));
             }
-            let tensor = read_tensor(t, self.base_dir)?;
-            if self
-                .vals
-                .insert(name.clone(), Val::Const(Rc::new(tensor)))
-                .is_some()
-            {
+            if self.vals.contains_key(&name) {
                 return Err(OnnxError::Graph(format!(
                     "initializer '{name}' is defined twice"
                 )));
             }
+            let tensor = read_tensor(t, self.base_dir)?;
+            // Large initializers are weights, never shape operands: they become
+            // params at once, moving the decoded data (the one copy of the
+            // weights, from the file buffer) into the graph.
+            let val = if tensor.num_elements() >= LARGE_INITIALIZER && used.contains(name.as_str())
+            {
+                let pname = self.fresh_value(&name);
+                Val::Ir(
+                    self.graph
+                        .add_param(pname, tensor)
+                        .map_err(|e| OnnxError::tensor(&name, e.to_string()))?,
+                )
+            } else {
+                Val::Const(Rc::new(tensor))
+            };
+            self.vals.insert(name, val);
         }
         Ok(())
     }
