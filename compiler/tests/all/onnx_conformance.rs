@@ -229,7 +229,10 @@ fn rejections(by_op: &BTreeMap<String, Vec<(String, Outcome)>>) -> String {
     for tests in by_op.values() {
         for (dir, o) in tests {
             if let Outcome::Rejected(m) = o {
-                let m = m.split(": ").skip(1).collect::<Vec<_>>().join(": ");
+                let m = match m.split_once(" in the model: ") {
+                    Some((_, ops)) => ops,
+                    None => m.as_str(),
+                };
                 s += &format!("- `{dir}`: {}\n", m.replace('|', "/"));
             }
         }
