@@ -2,9 +2,17 @@
 """Generates the reference-executor golden fixtures in compiler/tests/fixtures/.
 
 Each case is a small model built as an ONNX graph with onnx.helper (the
-"framework export"), converted to model.json + weights.safetensors by
-scripts/onnx_to_model_json.py, given seeded inputs, and run through
+"framework export"), saved as model.onnx, given seeded inputs, and run through
 onnxruntime (CPU, graph optimizations off) for the expected outputs:
+
+    compiler/tests/fixtures/<case>/model.onnx
+    compiler/tests/fixtures/<case>/inputs/<input>.npy
+    compiler/tests/fixtures/<case>/expected/<output>.npy
+
+The Rust tests import model.onnx directly (compiler/tests/all/onnx.rs). The
+model.json + weights.safetensors beside it were written by the former Python
+converter; `neuronc convert model.onnx -o model.json` is its Rust replacement
+(it writes model.json + model.safetensors):
 
     compiler/tests/fixtures/<case>/model.json
     compiler/tests/fixtures/<case>/weights.safetensors   (if any param is large)
@@ -20,15 +28,11 @@ Run from anywhere: python3 scripts/gen_reference_goldens.py
 import math
 import os
 import shutil
-import sys
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from onnx_to_model_json import convert  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 FIXTURES = os.path.join(ROOT, "compiler", "tests", "fixtures")
@@ -298,10 +302,10 @@ def main():
         b = case()
         model = b.model()
         out = os.path.join(FIXTURES, b.name)
-        shutil.rmtree(out, ignore_errors=True)
-        os.makedirs(os.path.join(out, "inputs"))
-        os.makedirs(os.path.join(out, "expected"))
-        convert(model, out, b.name, seed=0)
+        for sub in ("inputs", "expected"):
+            shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
+            os.makedirs(os.path.join(out, sub))
+        onnx.save(model, os.path.join(out, "model.onnx"))
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
 use clap::{Args, Parser, Subcommand};
-use neuronc::frontend::load_model;
+use neuronc::frontend::onnx::options_from_input_shapes;
+use neuronc::frontend::{load_graph, write_model_json};
 use neuronc::ir::{DType, Graph, Tensor, fmt_shape};
 use neuronc::npy::{read_npy, sanitize_file_name, write_npy};
 use neuronc::reference::{RefOptions, random_input, run_reference};
@@ -48,6 +49,12 @@ enum Command {
     /// usage errors (unknown model, size out of range).
     #[command(subcommand)]
     Zoo(ZooCommand),
+    /// Import a model (e.g. an .onnx file) and write it as model.json plus a .safetensors
+    /// weights file beside it.
+    ///
+    /// Exit status: 0 on success, 1 if the model is invalid or cannot be written, 2 for
+    /// usage errors.
+    Convert(ConvertArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -80,12 +87,35 @@ struct ZooGetArgs {
     /// Output model.json.
     #[arg(short, long, value_name = "MODEL.json")]
     output: PathBuf,
+
+}
+
+/// Shape bindings for ONNX models with symbolic dimensions.
+#[derive(Args, Debug, Default)]
+struct ShapeArgs {
+    /// Shape of an ONNX graph input, binding its symbolic dimensions, as NAME=1x128
+    /// (repeatable; .onnx models only).
+    #[arg(long = "input-shape", value_name = "NAME=DxD...")]
+    input_shapes: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct ConvertArgs {
+    /// The model (.onnx).
+    model: PathBuf,
+    /// The model.json to write; the weights go to the same stem with `.safetensors`.
+    #[arg(short, long, value_name = "OUT.json")]
+    output: PathBuf,
+    #[command(flatten)]
+    shapes: ShapeArgs,
 }
 
 #[derive(Args, Debug)]
 struct CheckArgs {
-    /// The model.json file.
+    /// The model.json (or .onnx) file.
     model: PathBuf,
+    #[command(flatten)]
+    shapes: ShapeArgs,
     /// Also print the graph dump (one line per node).
     #[arg(long)]
     dump: bool,
@@ -96,8 +126,10 @@ struct RunArgs {
     /// Evaluate with the reference executor (plain ndarray; the numerical oracle).
     #[arg(long)]
     reference: bool,
-    /// The model.json file.
+    /// The model.json (or .onnx) file.
     model: PathBuf,
+    #[command(flatten)]
+    shapes: ShapeArgs,
     /// An input as NAME=FILE.npy (repeatable). Inputs not given are drawn
     /// from the model's seeded generator.
     #[arg(long = "input", value_name = "NAME=FILE.npy")]
@@ -112,8 +144,10 @@ struct RunArgs {
 
 #[derive(Args, Debug)]
 struct CompileArgs {
-    /// The model.json file.
+    /// The model.json (or .onnx) file.
     model: PathBuf,
+    #[command(flatten)]
+    shapes: ShapeArgs,
     /// Output artifact (default: the model file's stem with `.neff`, in the current
     /// directory).
     #[arg(short, long, value_name = "OUT.neff")]
@@ -184,6 +218,7 @@ fn main() -> ExitCode {
         Command::Disasm(args) => cmd_disasm(args),
         Command::Zoo(ZooCommand::List) => cmd_zoo_list(),
         Command::Zoo(ZooCommand::Get(args)) => cmd_zoo_get(args),
+        Command::Convert(args) => cmd_convert(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -209,15 +244,32 @@ fn init_tracing(verbose: u8) {
         .try_init();
 }
 
-fn load(path: &Path) -> Result<Graph, CliError> {
-    load_model(path).map_err(|e| {
+fn load(path: &Path, shapes: &ShapeArgs) -> Result<Graph, CliError> {
+    let opts =
+        options_from_input_shapes(&shapes.input_shapes).map_err(|e| CliError::usage(anyhow!(e)))?;
+    load_graph(path, &opts).map_err(|e| {
         CliError::invalid(anyhow!(e).context(format!("invalid model {}", path.display())))
     })
 }
 
+/// `neuronc convert MODEL.onnx -o OUT.json [--input-shape NAME=DxD]...`.
+fn cmd_convert(args: &ConvertArgs) -> Result<(), CliError> {
+    let g = load(&args.model, &args.shapes)?;
+    write_model_json(&g, &args.output).map_err(CliError::invalid)?;
+    println!(
+        "wrote {} ({} nodes, {} inputs, {} params, {} outputs)",
+        args.output.display(),
+        g.nodes.len(),
+        g.inputs.len(),
+        g.params.len(),
+        g.outputs.len()
+    );
+    Ok(())
+}
+
 /// `neuronc check MODEL.json [--dump]`.
 fn cmd_check(args: &CheckArgs) -> Result<(), CliError> {
-    let g = load(&args.model)?;
+    let g = load(&args.model, &args.shapes)?;
     let width = g.values.iter().map(|v| v.name.len()).max().unwrap_or(0);
     for id in g.value_ids() {
         let v = g.value(id);
@@ -294,7 +346,7 @@ fn cmd_run(args: &RunArgs) -> Result<(), CliError> {
             "only the reference executor is available: pass --reference"
         )));
     }
-    let g = load(&args.model)?;
+    let g = load(&args.model, &args.shapes)?;
     let mut inputs = BTreeMap::new();
     for spec in &args.inputs {
         let Some((name, file)) = spec.split_once('=') else {
@@ -382,7 +434,7 @@ fn cmd_compile(args: &CompileArgs) -> Result<(), CliError> {
         policy = Some(step.spec.precision);
         step.graph
     } else {
-        load(&args.model)?
+        load(&args.model, &args.shapes)?
     };
     let target = neuron_isa::ChipConfig::from_target(&args.target).map_err(CliError::usage)?;
     let auto_cast = AutoCast::parse(&args.auto_cast).ok_or_else(|| {

@@ -1,9 +1,10 @@
 //! The reference executor against goldens from an independent runtime.
 //!
 //! Fixtures in `compiler/tests/fixtures/<case>/` are made by
-//! `scripts/gen_reference_goldens.py`: small models built as ONNX graphs,
-//! converted to model.json + safetensors by `scripts/onnx_to_model_json.py`,
-//! with expected outputs from onnxruntime. This test needs no Python.
+//! `scripts/gen_reference_goldens.py`: small models built as ONNX graphs
+//! (`model.onnx`, imported directly by `onnx.rs`), with model.json + safetensors
+//! conversions of them (what `neuronc convert` writes) and expected outputs from
+//! onnxruntime. This test needs no Python.
 
 // Test helpers unwrap freely: a failure is a test failure.
 #![allow(clippy::unwrap_used)]

@@ -17,6 +17,8 @@ mod fusion;
 mod gather;
 mod goldens;
 mod model_errors;
+mod onnx;
+mod onnx_conformance;
 mod passes;
 mod precision;
 mod reference_ops;

@@ -150,7 +150,7 @@ enum BenchFormat {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// A compiled ARTIFACT.neff, or a MODEL.json to compile in memory first.
+    /// A compiled ARTIFACT.neff, or a MODEL.json or MODEL.onnx to compile in memory first.
     model: PathBuf,
     /// Bind input NAME to the array in FILE.npy (repeatable); inputs not given are drawn
     /// from the seeded generator.
@@ -237,6 +237,10 @@ struct CompileFlags {
     /// One kernel per op, no fusion (model.json only).
     #[arg(long)]
     no_fuse: bool,
+    /// Shape of an ONNX graph input, binding its symbolic dimensions, as NAME=1x128
+    /// (repeatable; .onnx only).
+    #[arg(long = "input-shape", value_name = "NAME=DxD...")]
+    input_shapes: Vec<String>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -271,6 +275,7 @@ impl std::error::Error for UsageError {}
 fn is_model_json(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+        || neuronc::frontend::onnx::is_onnx_path(path)
 }
 
 /// Compiles a model.json into an artifact, in memory.
@@ -300,7 +305,9 @@ fn compile_in_memory(
     }
     opts.target = apply_sets(&opts.target, sets)?;
     opts.fuse = !flags.no_fuse;
-    let graph = neuronc::frontend::load_model(path)
+    let onnx_opts = neuronc::frontend::onnx::options_from_input_shapes(&flags.input_shapes)
+        .map_err(UsageError)?;
+    let graph = neuronc::frontend::load_graph(path, &onnx_opts)
         .with_context(|| format!("invalid model {}", path.display()))?;
     let compiled = neuronc::driver::compile(&graph, &opts)
         .with_context(|| format!("cannot compile {}", path.display()))?;
@@ -326,6 +333,7 @@ fn load(args: &RunArgs) -> anyhow::Result<Model> {
         (c.auto_cast.is_some(), "--auto-cast"),
         (c.auto_cast_type.is_some(), "--auto-cast-type"),
         (c.no_fuse, "--no-fuse"),
+        (!c.input_shapes.is_empty(), "--input-shape"),
     ] {
         if given {
             return Err(UsageError(format!(
