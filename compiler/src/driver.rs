@@ -217,6 +217,24 @@ fn verify(program: &Program, opts: &CompileOptions) -> Result<(), CompileError> 
 
 /// Compiles `graph` for `opts.target`.
 pub fn compile(graph: &Graph, opts: &CompileOptions) -> Result<Compiled, CompileError> {
+    compile_with(graph, opts, true)
+}
+
+/// Compiles `graph` but leaves the artifact's weight blob empty (the weight ranges are
+/// laid out as usual): for a timing-only run, which reads no weight byte, so no seeded
+/// weight is drawn and none is encoded.
+pub fn compile_without_weights(
+    graph: &Graph,
+    opts: &CompileOptions,
+) -> Result<Compiled, CompileError> {
+    compile_with(graph, opts, false)
+}
+
+fn compile_with(
+    graph: &Graph,
+    opts: &CompileOptions,
+    weights: bool,
+) -> Result<Compiled, CompileError> {
     let _span =
         tracing::info_span!("compile", model = %graph.name, target = %opts.target.name).entered();
     let start = Instant::now();
@@ -239,7 +257,14 @@ pub fn compile(graph: &Graph, opts: &CompileOptions) -> Result<Compiled, Compile
     // Bounds come from the graph as given (before canonicalization), exactly as
     // `reference::random_inputs` computes them, so generated inputs agree.
     let bounds = crate::reference::index_bounds(graph);
-    let artifact = backend::emit::artifact(&kg, lowered.program, &lowered.constants, opts, bounds)?;
+    let artifact = backend::emit::artifact_with(
+        &kg,
+        lowered.program,
+        &lowered.constants,
+        opts,
+        bounds,
+        weights,
+    )?;
     let summary = summarize(&artifact, &alloc, spill_bytes, start.elapsed());
     dumper.dump("summary", &summary.to_string());
     dumper.check()?;

@@ -381,7 +381,7 @@ fn cmd_compile(args: &CompileArgs) -> Result<(), CliError> {
 
 /// `neuronc disasm FILE.neff`: header fields, weights and the program's text form.
 fn cmd_disasm(args: &DisasmArgs) -> Result<(), CliError> {
-    use neuron_isa::artifact::{FORMAT_VERSION, HEADER_SIZE};
+    use neuron_isa::artifact::HEADER_SIZE;
     let bytes = std::fs::read(&args.artifact)
         .with_context(|| format!("cannot read {}", args.artifact.display()))
         .map_err(CliError::invalid)?;
@@ -390,12 +390,24 @@ fn cmd_disasm(args: &DisasmArgs) -> Result<(), CliError> {
             anyhow!(e).context(format!("invalid artifact {}", args.artifact.display())),
         )
     })?;
-    let crc = bytes
-        .get(32..36)
-        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let version = word(8);
+    let crc = if version == 1 {
+        format!("crc32 {:#010x}", word(32))
+    } else {
+        format!(
+            "crc32 metadata {:#010x}, weights {:#010x}",
+            word(32),
+            word(36)
+        )
+    };
     let m = &art.meta;
     println!(
-        "; neff format v{FORMAT_VERSION}: {} bytes (header {HEADER_SIZE}, metadata {}, weights {}), crc32 {crc:#010x}",
+        "; neff format v{version}: {} bytes (header {HEADER_SIZE}, metadata {}, weights {}), {crc}",
         bytes.len(),
         bytes.len() - HEADER_SIZE - art.blob.len(),
         art.blob.len()

@@ -10,7 +10,7 @@ mod raw;
 mod weights;
 
 pub use error::ModelError;
-pub use init::{InitSpec, init_tensor};
+pub use init::{InitSpec, init_param, init_tensor};
 pub use literal::parse_literal;
 pub use model_json::{load_model, parse_model};
 pub use weights::WeightsFile;

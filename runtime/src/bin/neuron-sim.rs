@@ -119,7 +119,8 @@ fn is_model_json(path: &Path) -> bool {
 }
 
 /// Compiles a model.json into an artifact, in memory.
-fn compile_in_memory(path: &Path, flags: &CompileFlags) -> anyhow::Result<Artifact> {
+/// Without `weights` (a timing-only run) no weight is drawn or encoded.
+fn compile_in_memory(path: &Path, flags: &CompileFlags, weights: bool) -> anyhow::Result<Artifact> {
     use neuronc::options::{AutoCast, CastType, CompileOptions};
     let mut opts = CompileOptions::default();
     if let Some(t) = &flags.target {
@@ -142,8 +143,12 @@ fn compile_in_memory(path: &Path, flags: &CompileFlags) -> anyhow::Result<Artifa
     opts.fuse = !flags.no_fuse;
     let graph = neuronc::frontend::load_model(path)
         .with_context(|| format!("invalid model {}", path.display()))?;
-    let compiled = neuronc::driver::compile(&graph, &opts)
-        .with_context(|| format!("cannot compile {}", path.display()))?;
+    let compiled = if weights {
+        neuronc::driver::compile(&graph, &opts)
+    } else {
+        neuronc::driver::compile_without_weights(&graph, &opts)
+    }
+    .with_context(|| format!("cannot compile {}", path.display()))?;
     tracing::info!(summary = %compiled.summary, "compiled in memory");
     eprintln!(
         "note: compiled {} in memory for {} ({} kernels, {} instructions)",
@@ -158,8 +163,13 @@ fn compile_in_memory(path: &Path, flags: &CompileFlags) -> anyhow::Result<Artifa
 /// Loads the model named on the command line: a .neff, or a model.json compiled first.
 fn load(args: &RunArgs) -> anyhow::Result<Model> {
     if is_model_json(&args.model) {
-        let artifact = compile_in_memory(&args.model, &args.compile)?;
-        return Ok(Model::from_artifact(artifact)?);
+        // A timing-only run reads no weight byte: none is drawn, encoded or loaded.
+        let artifact = compile_in_memory(&args.model, &args.compile, !args.timing_only)?;
+        return Ok(if args.timing_only {
+            Model::from_program(artifact)?
+        } else {
+            Model::from_artifact(artifact)?
+        });
     }
     let c = &args.compile;
     for (given, flag) in [
@@ -175,7 +185,11 @@ fn load(args: &RunArgs) -> anyhow::Result<Model> {
             .into());
         }
     }
-    let model = Model::load(&args.model)?;
+    let model = if args.timing_only {
+        Model::load_without_weights(&args.model)?
+    } else {
+        Model::load(&args.model)?
+    };
     if let Some(t) = &c.target {
         let wanted = ChipConfig::from_target(t).with_context(|| format!("--target {t}"))?;
         if &wanted != model.target() {
