@@ -240,13 +240,27 @@ fn compile_with(
     let start = Instant::now();
     let cfg = &opts.target;
     let mut dumper = Dumper::new(opts.dump_dir.as_deref())?;
-    let kg = passes::run_middle_end(graph, opts, &mut |stage, text| dumper.dump(stage, text))?;
+    // One span per stage: `-v` prints each one's wall time when it closes.
+    let stage = |name: &'static str| tracing::info_span!("stage", name).entered();
+    let kg = {
+        let _s = stage("middle_end");
+        passes::run_middle_end(graph, opts, &mut |stage, text| dumper.dump(stage, text))?
+    };
     dumper.check()?;
-    let plans = tiling::plan(&kg, cfg)?;
+    let plans = {
+        let _s = stage("tiling");
+        tiling::plan(&kg, cfg)?
+    };
     dumper.dump("tiling", &tiling::display(&kg, &plans));
-    let alloc = backend::allocate(&kg, &plans, cfg)?;
+    let alloc = {
+        let _s = stage("allocation");
+        backend::allocate(&kg, &plans, cfg)?
+    };
     dumper.dump("allocation", &backend::display_allocation(&kg, &alloc));
-    let lowered = backend::lower_program(&kg, &plans, &alloc, cfg)?;
+    let lowered = {
+        let _s = stage("lowering");
+        backend::lower_program(&kg, &plans, &alloc, cfg)?
+    };
     dumper.dump(
         "program",
         &neuron_isa::disasm::disassemble(&lowered.program),
@@ -257,6 +271,7 @@ fn compile_with(
     // Bounds come from the graph as given (before canonicalization), exactly as
     // `reference::random_inputs` computes them, so generated inputs agree.
     let bounds = crate::reference::index_bounds(graph);
+    let _s = stage("emit");
     let artifact = backend::emit::artifact_with(
         &kg,
         lowered.program,
@@ -265,6 +280,7 @@ fn compile_with(
         bounds,
         weights,
     )?;
+    drop(_s);
     let summary = summarize(&artifact, &alloc, spill_bytes, start.elapsed());
     dumper.dump("summary", &summary.to_string());
     dumper.check()?;

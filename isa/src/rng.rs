@@ -117,14 +117,14 @@ pub struct CounterRng {
 #[inline]
 fn ln01(x: f32) -> f32 {
     let bits = x.to_bits();
-    let mut e = ((bits >> 23) & 0xff) as i32 - 127;
-    let mut m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
-    if m > std::f32::consts::SQRT_2 {
-        m *= 0.5;
-        e += 1;
-    }
+    let m1 = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    // Branch-free (random data would mispredict every other branch).
+    let big = m1 > std::f32::consts::SQRT_2;
+    let e = ((bits >> 23) & 0xff) as i32 - 127 + i32::from(big);
+    let m = if big { m1 * 0.5 } else { m1 };
     let t = (m - 1.0) / (m + 1.0);
     let t2 = t * t;
+    // The coefficients are f32 constants (1/3 etc. rounded once, at compile time).
     let p = 1.0 + t2 * (1.0 / 3.0 + t2 * (1.0 / 5.0 + t2 * (1.0 / 7.0 + t2 * (1.0 / 9.0))));
     e as f32 * std::f32::consts::LN_2 + 2.0 * t * p
 }
@@ -134,25 +134,38 @@ fn ln01(x: f32) -> f32 {
 #[inline]
 fn cos_sin_turns(u: f32) -> (f32, f32) {
     let v = u * 4.0;
-    let q = v as u32; // floor, v >= 0
+    let q = v as i32; // floor: 0 <= v < 4
     let a = (v - q as f32) * std::f32::consts::FRAC_PI_2;
     let a2 = a * a;
-    let s = a
-        * (1.0
-            - a2 / 6.0
-                * (1.0 - a2 / 20.0 * (1.0 - a2 / 42.0 * (1.0 - a2 / 72.0 * (1.0 - a2 / 110.0)))));
-    let c = 1.0
-        - a2 / 2.0
-            * (1.0
-                - a2 / 12.0
-                    * (1.0
-                        - a2 / 30.0 * (1.0 - a2 / 56.0 * (1.0 - a2 / 90.0 * (1.0 - a2 / 132.0)))));
-    match q & 3 {
-        0 => (c, s),
-        1 => (-s, c),
-        2 => (-c, -s),
-        _ => (s, -c),
-    }
+    // Taylor coefficients as f32 constants (1/3! .. 1/11! and 1/2! .. 1/12!): multiplies
+    // only, no division.
+    const S: [f32; 5] = [
+        -1.0 / 6.0,
+        1.0 / 120.0,
+        -1.0 / 5040.0,
+        1.0 / 362_880.0,
+        -1.0 / 39_916_800.0,
+    ];
+    const C: [f32; 6] = [
+        -1.0 / 2.0,
+        1.0 / 24.0,
+        -1.0 / 720.0,
+        1.0 / 40_320.0,
+        -1.0 / 3_628_800.0,
+        1.0 / 479_001_600.0,
+    ];
+    let s = a * (1.0 + a2 * (S[0] + a2 * (S[1] + a2 * (S[2] + a2 * (S[3] + a2 * S[4])))));
+    let c = 1.0 + a2 * (C[0] + a2 * (C[1] + a2 * (C[2] + a2 * (C[3] + a2 * (C[4] + a2 * C[5])))));
+    // Quadrant q: (c, s), (-s, c), (-c, -s), (s, -c), without branches.
+    let q = q as u32;
+    let odd = q & 1 == 1;
+    let (x, y) = if odd { (s, c) } else { (c, s) };
+    let neg_x = ((q + 1) & 2) << 30;
+    let neg_y = (q & 2) << 30;
+    (
+        f32::from_bits(x.to_bits() ^ neg_x),
+        f32::from_bits(y.to_bits() ^ neg_y),
+    )
 }
 
 impl CounterRng {
@@ -182,8 +195,9 @@ impl CounterRng {
     #[inline]
     pub fn normal_pair(&self, j: u64) -> (f32, f32) {
         let h = self.bits(j);
-        let u1 = ((h >> 40) + 1) as f32 * (1.0 / (1u32 << 24) as f32);
-        let u2 = ((h >> 16) & 0x00ff_ffff) as f32 * (1.0 / (1u32 << 24) as f32);
+        // Both below 2^25: exact through i32 (a single conversion instruction).
+        let u1 = ((h >> 40) + 1) as i32 as f32 * (1.0 / (1u32 << 24) as f32);
+        let u2 = ((h >> 16) & 0x00ff_ffff) as i32 as f32 * (1.0 / (1u32 << 24) as f32);
         let r = (-2.0 * ln01(u1)).sqrt();
         let (c, s) = cos_sin_turns(u2);
         (r * c, r * s)

@@ -16,3 +16,4 @@ mod model_errors;
 mod passes;
 mod precision;
 mod reference_ops;
+mod scale;
