@@ -40,7 +40,7 @@ impl Transformer {
         }
     }
 
-    /// A 7 B-parameter decoder: 32 layers, hidden 4096, ffn 17408 (6.97 B weights).
+    /// A 7 B-parameter decoder: 32 layers, hidden 4096, ffn 17408 (6.71 B weights).
     pub fn decoder_7b() -> Transformer {
         Transformer {
             layers: 32,
