@@ -66,14 +66,7 @@ pub fn encode_slice(dtype: Dtype, values: &[f64], out: &mut [u8]) {
     match dtype {
         Dtype::Bf16 => {
             for (o, &v) in out.chunks_exact_mut(2).zip(values) {
-                // Rounding an f32-valued f64 through f32 is the same single rounding, and
-                // much cheaper than the f64 path.
-                let f = v as f32;
-                let b = if f64::from(f) == v {
-                    bf16::from_f32(f)
-                } else {
-                    bf16::from_f64(v)
-                };
+                let b = bf16::from_f64(v);
                 o.copy_from_slice(&b.to_le_bytes());
             }
         }
