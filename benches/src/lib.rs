@@ -1,5 +1,232 @@
 //! Shared helpers of the benchmarks (`benches/`) and the `fidelity` harness
 //! (`src/bin/fidelity.rs`, which regenerates `docs/fidelity.md`).
+//!
+//! Shared helpers of the benchmarks: generators of large model.json files (BERT-style
+//! encoders and GPT-style decoders with seeded weights), so the benches and the
+//! measurements in the closing notes need no checked-in multi-gigabyte models.
+
+use std::fmt::Write;
+
+/// Appends one node: name, op, inputs, output, attrs JSON suffix.
+type NodeFn<'a> = dyn FnMut(&str, &str, &[&str], &str, &str) + 'a;
+
+/// The shape of a generated transformer.
+#[derive(Debug, Clone, Copy)]
+pub struct Transformer {
+    /// Layers.
+    pub layers: usize,
+    /// Hidden size.
+    pub hidden: usize,
+    /// Attention heads (`hidden` must be a multiple).
+    pub heads: usize,
+    /// Feed-forward size.
+    pub ffn: usize,
+    /// Sequence length.
+    pub seq: usize,
+    /// Batch size.
+    pub batch: usize,
+    /// Causal (decoder) mask and pre-norm instead of post-norm.
+    pub decoder: bool,
+}
+
+impl Transformer {
+    /// BERT-large: 24 layers, hidden 1024, 16 heads, seq 128.
+    pub fn bert_large() -> Transformer {
+        Transformer {
+            layers: 24,
+            hidden: 1024,
+            heads: 16,
+            ffn: 4096,
+            seq: 128,
+            batch: 1,
+            decoder: false,
+        }
+    }
+
+    /// A 7 B-parameter decoder: 32 layers, hidden 4096, ffn 17408 (6.71 B weights).
+    pub fn decoder_7b() -> Transformer {
+        Transformer {
+            layers: 32,
+            hidden: 4096,
+            heads: 32,
+            ffn: 17408,
+            seq: 128,
+            batch: 1,
+            decoder: true,
+        }
+    }
+
+    /// Weight parameters (matrices, biases and norms).
+    pub fn params(&self) -> u64 {
+        let (h, f) = (self.hidden as u64, self.ffn as u64);
+        self.layers as u64 * (4 * h * h + 2 * h * f + 4 * h + f + h + 4 * h)
+    }
+
+    /// The model.json text (seeded weights, `normal(std 0.02)` matrices).
+    pub fn model_json(&self, name: &str) -> String {
+        let (b, s, h, nh, f) = (self.batch, self.seq, self.hidden, self.heads, self.ffn);
+        let d = h / nh;
+        let mut p = String::new();
+        let mut n = String::new();
+        let mut param = |name: String, shape: &[usize], init: &str| {
+            let _ = write!(
+                p,
+                "{{\"name\":\"{name}\",\"shape\":{shape:?},\"init\":{init}}},"
+            );
+        };
+        let normal = "{\"normal\":{\"std\":0.02}}";
+        let mut node = |name: &str, op: &str, ins: &[&str], out: &str, attrs: &str| {
+            let ins: Vec<String> = ins.iter().map(|i| format!("\"{i}\"")).collect();
+            let _ = write!(
+                n,
+                "{{\"name\":\"{name}\",\"op\":\"{op}\",\"inputs\":[{}],\"outputs\":[\"{out}\"]{attrs}}},",
+                ins.join(",")
+            );
+        };
+        param("attn_scale".into(), &[], "\"ones\"");
+        let mut x = "hidden".to_string();
+        for l in 0..self.layers {
+            let q = |s: &str| format!("l{l}_{s}");
+            for w in ["q", "k", "v", "o"] {
+                param(q(&format!("{w}_w")), &[h, h], normal);
+                param(q(&format!("{w}_b")), &[h], "\"zeros\"");
+            }
+            param(q("f1_w"), &[h, f], normal);
+            param(q("f1_b"), &[f], "\"zeros\"");
+            param(q("f2_w"), &[f, h], normal);
+            param(q("f2_b"), &[h], "\"zeros\"");
+            for g in ["ln1", "ln2"] {
+                param(q(&format!("{g}_g")), &[h], "\"ones\"");
+                param(q(&format!("{g}_b")), &[h], "\"zeros\"");
+            }
+            let ln = |node: &mut NodeFn<'_>, g: &str, input: &str, out: &str| {
+                node(
+                    &q(g),
+                    "layer_norm",
+                    &[input, &q(&format!("{g}_g")), &q(&format!("{g}_b"))],
+                    out,
+                    ",\"attrs\":{\"axis\":-1,\"epsilon\":1e-12}",
+                );
+            };
+            let attn_in = if self.decoder {
+                ln(&mut node, "ln1", &x, &q("ln1_out"));
+                q("ln1_out")
+            } else {
+                x.clone()
+            };
+            let split = format!(",\"attrs\":{{\"shape\":[{b},{s},{nh},{d}]}}");
+            let perm = ",\"attrs\":{\"perm\":[0,2,1,3]}";
+            for w in ["q", "k", "v"] {
+                node(
+                    &q(&format!("{w}_mm")),
+                    "matmul",
+                    &[&attn_in, &q(&format!("{w}_w"))],
+                    &q(&format!("{w}_mmo")),
+                    "",
+                );
+                node(
+                    &q(&format!("{w}_add")),
+                    "add",
+                    &[&q(&format!("{w}_mmo")), &q(&format!("{w}_b"))],
+                    &q(&format!("{w}_lin")),
+                    "",
+                );
+                node(
+                    &q(&format!("{w}_split")),
+                    "reshape",
+                    &[&q(&format!("{w}_lin"))],
+                    &q(&format!("{w}_4d")),
+                    &split,
+                );
+                node(
+                    &q(&format!("{w}_heads")),
+                    "transpose",
+                    &[&q(&format!("{w}_4d"))],
+                    &q(&format!("{w}_h")),
+                    perm,
+                );
+            }
+            node(
+                &q("scores"),
+                "matmul",
+                &[&q("q_h"), &q("k_h")],
+                &q("sc"),
+                ",\"attrs\":{\"transpose_b\":true}",
+            );
+            node(&q("scale"), "mul", &[&q("sc"), "attn_scale"], &q("scs"), "");
+            node(
+                &q("mask"),
+                "add",
+                &[&q("scs"), "attention_mask"],
+                &q("scm"),
+                "",
+            );
+            node(
+                &q("probs"),
+                "softmax",
+                &[&q("scm")],
+                &q("pr"),
+                ",\"attrs\":{\"axis\":-1}",
+            );
+            node(&q("ctx"), "matmul", &[&q("pr"), &q("v_h")], &q("ch"), "");
+            node(&q("ctx_t"), "transpose", &[&q("ch")], &q("c4"), perm);
+            node(
+                &q("merge"),
+                "reshape",
+                &[&q("c4")],
+                &q("c"),
+                &format!(",\"attrs\":{{\"shape\":[{b},{s},{h}]}}"),
+            );
+            node(&q("o_mm"), "matmul", &[&q("c"), &q("o_w")], &q("o_mmo"), "");
+            node(
+                &q("o_add"),
+                "add",
+                &[&q("o_mmo"), &q("o_b")],
+                &q("o_lin"),
+                "",
+            );
+            node(&q("res1"), "add", &[&q("o_lin"), &x], &q("r1"), "");
+            let ffn_in = if self.decoder {
+                ln(&mut node, "ln2", &q("r1"), &q("ln2_out"));
+                q("ln2_out")
+            } else {
+                ln(&mut node, "ln1", &q("r1"), &q("ln1_out"));
+                q("ln1_out")
+            };
+            node(&q("f1_mm"), "matmul", &[&ffn_in, &q("f1_w")], &q("f1o"), "");
+            node(&q("f1_add"), "add", &[&q("f1o"), &q("f1_b")], &q("f1l"), "");
+            node(
+                &q("gelu"),
+                "gelu",
+                &[&q("f1l")],
+                &q("f1a"),
+                ",\"attrs\":{\"approximate\":\"tanh\"}",
+            );
+            node(
+                &q("f2_mm"),
+                "matmul",
+                &[&q("f1a"), &q("f2_w")],
+                &q("f2o"),
+                "",
+            );
+            node(&q("f2_add"), "add", &[&q("f2o"), &q("f2_b")], &q("f2l"), "");
+            let res_base = if self.decoder { q("r1") } else { q("ln1_out") };
+            node(&q("res2"), "add", &[&q("f2l"), &res_base], &q("r2"), "");
+            if self.decoder {
+                x = q("r2");
+            } else {
+                ln(&mut node, "ln2", &q("r2"), &q("out"));
+                x = q("out");
+            }
+        }
+        p.pop();
+        n.pop();
+        format!(
+            "{{\"name\":\"{name}\",\"seed\":1,\"inputs\":[{{\"name\":\"hidden\",\"shape\":[{b},{s},{h}],\"dtype\":\"f32\"}},{{\"name\":\"attention_mask\",\"shape\":[{b},1,{s},{s}],\"dtype\":\"f32\"}}],\"params\":[{p}],\"nodes\":[{n}],\"outputs\":[\"{x}\"]}}\n"
+        )
+    }
+}
+
 
 /// BERT-base encoder: `layers` layers of `examples/bert_layer.json`'s structure (hidden
 /// 768, 12 heads of 64, ffn 3072, exact gelu, post-LN), seq 128, `batch` sequences.

@@ -217,18 +217,50 @@ fn verify(program: &Program, opts: &CompileOptions) -> Result<(), CompileError> 
 
 /// Compiles `graph` for `opts.target`.
 pub fn compile(graph: &Graph, opts: &CompileOptions) -> Result<Compiled, CompileError> {
+    compile_with(graph, opts, true)
+}
+
+/// Compiles `graph` but leaves the artifact's weight blob empty (the weight ranges are
+/// laid out as usual): for a timing-only run, which reads no weight byte, so no seeded
+/// weight is drawn and none is encoded.
+pub fn compile_without_weights(
+    graph: &Graph,
+    opts: &CompileOptions,
+) -> Result<Compiled, CompileError> {
+    compile_with(graph, opts, false)
+}
+
+fn compile_with(
+    graph: &Graph,
+    opts: &CompileOptions,
+    weights: bool,
+) -> Result<Compiled, CompileError> {
     let _span =
         tracing::info_span!("compile", model = %graph.name, target = %opts.target.name).entered();
     let start = Instant::now();
     let cfg = &opts.target;
     let mut dumper = Dumper::new(opts.dump_dir.as_deref())?;
-    let kg = passes::run_middle_end(graph, opts, &mut |stage, text| dumper.dump(stage, text))?;
+    // One span per stage: `-v` prints each one's wall time when it closes.
+    let stage = |name: &'static str| tracing::info_span!("stage", name).entered();
+    let kg = {
+        let _s = stage("middle_end");
+        passes::run_middle_end(graph, opts, &mut |stage, text| dumper.dump(stage, text))?
+    };
     dumper.check()?;
-    let plans = tiling::plan(&kg, cfg)?;
+    let plans = {
+        let _s = stage("tiling");
+        tiling::plan(&kg, cfg)?
+    };
     dumper.dump("tiling", &tiling::display(&kg, &plans));
-    let alloc = backend::allocate(&kg, &plans, cfg)?;
+    let alloc = {
+        let _s = stage("allocation");
+        backend::allocate(&kg, &plans, cfg)?
+    };
     dumper.dump("allocation", &backend::display_allocation(&kg, &alloc));
-    let lowered = backend::lower_program(&kg, &plans, &alloc, cfg)?;
+    let lowered = {
+        let _s = stage("lowering");
+        backend::lower_program(&kg, &plans, &alloc, cfg)?
+    };
     dumper.dump(
         "program",
         &neuron_isa::disasm::disassemble(&lowered.program),
@@ -239,7 +271,16 @@ pub fn compile(graph: &Graph, opts: &CompileOptions) -> Result<Compiled, Compile
     // Bounds come from the graph as given (before canonicalization), exactly as
     // `reference::random_inputs` computes them, so generated inputs agree.
     let bounds = crate::reference::index_bounds(graph);
-    let artifact = backend::emit::artifact(&kg, lowered.program, &lowered.constants, opts, bounds)?;
+    let _s = stage("emit");
+    let artifact = backend::emit::artifact_with(
+        &kg,
+        lowered.program,
+        &lowered.constants,
+        opts,
+        bounds,
+        weights,
+    )?;
+    drop(_s);
     let summary = summarize(&artifact, &alloc, spill_bytes, start.elapsed());
     dumper.dump("summary", &summary.to_string());
     dumper.check()?;

@@ -48,6 +48,9 @@ pub enum CompileError {
     /// Evaluating the graph for calibration or checking failed.
     #[error("evaluation failed: {0}")]
     Eval(String),
+    /// The model's data cannot fit in host memory (refused before allocating).
+    #[error(transparent)]
+    HostMemory(#[from] crate::ir::limits::HostMemoryError),
     /// An internal invariant does not hold (always a compiler bug).
     #[error("internal compiler error: {0}")]
     Internal(String),

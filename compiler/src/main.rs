@@ -238,7 +238,10 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // With -v, every span's close event prints its wall time (compile stages, weight
+    // encoding, writing).
     let _ = tracing_subscriber::fmt()
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
@@ -483,7 +486,12 @@ fn cmd_compile(args: &CompileArgs) -> Result<(), CliError> {
         dump_dir: args.dump.clone(),
         calibration,
     };
-    let compiled = neuronc::driver::compile(&g, &opts).map_err(|e| {
+    let spinner = progress_spinner(&format!("compiling {}", args.model.display()));
+    let compiled = neuronc::driver::compile(&g, &opts);
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    let compiled = compiled.map_err(|e| {
         CliError::invalid(anyhow!(e).context(format!("cannot compile {}", args.model.display())))
     })?;
     let out = args.output.clone().unwrap_or_else(|| {
@@ -493,16 +501,35 @@ fn cmd_compile(args: &CompileArgs) -> Result<(), CliError> {
             .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
         PathBuf::from(format!("{stem}.neff"))
     });
-    compiled.artifact.write(&out).map_err(CliError::invalid)?;
+    {
+        let _s = tracing::info_span!("write", path = %out.display()).entered();
+        compiled.artifact.write(&out).map_err(CliError::invalid)?;
+    }
     println!("{}", compiled.summary);
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     println!("wrote {} ({size} bytes)", out.display());
     Ok(())
 }
 
+/// A spinner with the elapsed time on stderr while long work runs, only when stderr is a
+/// terminal (never in pipes, logs or tests).
+fn progress_spinner(message: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+        bar.set_style(style);
+    }
+    bar.set_message(message.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(100));
+    Some(bar)
+}
+
 /// `neuronc disasm FILE.neff`: header fields, weights and the program's text form.
 fn cmd_disasm(args: &DisasmArgs) -> Result<(), CliError> {
-    use neuron_isa::artifact::{FORMAT_VERSION, HEADER_SIZE};
+    use neuron_isa::artifact::HEADER_SIZE;
     let bytes = std::fs::read(&args.artifact)
         .with_context(|| format!("cannot read {}", args.artifact.display()))
         .map_err(CliError::invalid)?;
@@ -511,12 +538,24 @@ fn cmd_disasm(args: &DisasmArgs) -> Result<(), CliError> {
             anyhow!(e).context(format!("invalid artifact {}", args.artifact.display())),
         )
     })?;
-    let crc = bytes
-        .get(32..36)
-        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let version = word(8);
+    let crc = if version == 1 {
+        format!("crc32 {:#010x}", word(32))
+    } else {
+        format!(
+            "crc32 metadata {:#010x}, weights {:#010x}",
+            word(32),
+            word(36)
+        )
+    };
     let m = &art.meta;
     println!(
-        "; neff format v{FORMAT_VERSION}: {} bytes (header {HEADER_SIZE}, metadata {}, weights {}), crc32 {crc:#010x}",
+        "; neff format v{version}: {} bytes (header {HEADER_SIZE}, metadata {}, weights {}), {crc}",
         bytes.len(),
         bytes.len() - HEADER_SIZE - art.blob.len(),
         art.blob.len()

@@ -1,6 +1,6 @@
 //! The `.neff` artifact: a compiled program with its target, options, weights and metadata.
 //!
-//! Layout (all integers little-endian; see `docs/artifact-format.md`):
+//! Layout of format version 2 (all integers little-endian; see `docs/artifact-format.md`):
 //!
 //! | bytes | field |
 //! |---|---|
@@ -9,10 +9,16 @@
 //! | 12..16 | header size (u32, 64) |
 //! | 16..24 | metadata length M (u64) |
 //! | 24..32 | weight blob length W (u64) |
-//! | 32..36 | CRC-32 (IEEE) of the M + W bytes after the header |
-//! | 36..64 | reserved, zero |
+//! | 32..36 | CRC-32 (IEEE) of the M metadata bytes |
+//! | 36..40 | CRC-32 (IEEE) of the W weight bytes |
+//! | 40..64 | reserved, zero |
 //! | 64..64+M | metadata: [`ArtifactMeta`] encoded with postcard |
 //! | 64+M..64+M+W | weight blob: raw little-endian tensor data, see [`WeightRange`] |
+//!
+//! Version 1 (one CRC-32 over the M + W bytes at 32..36, 36..64 reserved) is still read.
+//! Separate checksums let a reader that needs no weight bytes (a timing-only run) read
+//! and verify the header and metadata alone ([`Artifact::read_meta`]). Offsets and
+//! lengths are 64-bit: artifacts are not capped at 4 GiB.
 
 use crate::ap::TensorId;
 use crate::config::ChipConfig;
@@ -24,11 +30,14 @@ use std::path::Path;
 /// The first 8 bytes of every artifact.
 pub const MAGIC: [u8; 8] = *b"NEFFSIM\0";
 /// The format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Size of the fixed header in bytes.
 pub const HEADER_SIZE: usize = 64;
-/// Largest artifact this build will read (4 GiB): refused before allocating.
-pub const MAX_ARTIFACT_BYTES: u64 = 4 << 30;
+/// Largest artifact this build will read (1 TiB): a header claiming more is refused
+/// before anything is allocated. (Version 1 readers capped artifacts at 4 GiB.)
+pub const MAX_ARTIFACT_BYTES: u64 = 1 << 40;
+/// Largest metadata section this build will read (1 GiB).
+pub const MAX_META_BYTES: u64 = 1 << 30;
 
 /// Where one weight tensor's bytes sit in the weight blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,30 +159,34 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-impl Artifact {
-    /// Encodes the artifact into bytes.
-    pub fn to_bytes(&self) -> Result<Vec<u8>, ArtifactError> {
-        let meta =
-            postcard::to_allocvec(&self.meta).map_err(|e| ArtifactError::Encode(e.to_string()))?;
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&meta);
-        hasher.update(&self.blob);
-        let crc = hasher.finalize();
-        let mut out = Vec::with_capacity(HEADER_SIZE + meta.len() + self.blob.len());
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
-        out.extend_from_slice(&(meta.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(self.blob.len() as u64).to_le_bytes());
-        out.extend_from_slice(&crc.to_le_bytes());
-        out.resize(HEADER_SIZE, 0);
-        out.extend_from_slice(&meta);
-        out.extend_from_slice(&self.blob);
-        Ok(out)
+/// The fields of a checked header.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    version: u32,
+    meta_len: u64,
+    blob_len: u64,
+    /// v1: CRC of metadata and blob together; v2: CRC of the metadata.
+    crc_a: u32,
+    /// v2: CRC of the blob.
+    crc_b: u32,
+}
+
+impl Header {
+    fn encode(meta_len: u64, blob_len: u64, meta_crc: u32, blob_crc: u32) -> [u8; HEADER_SIZE] {
+        let mut h = [0u8; HEADER_SIZE];
+        h[..8].copy_from_slice(&MAGIC);
+        h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        h[12..16].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
+        h[16..24].copy_from_slice(&meta_len.to_le_bytes());
+        h[24..32].copy_from_slice(&blob_len.to_le_bytes());
+        h[32..36].copy_from_slice(&meta_crc.to_le_bytes());
+        h[36..40].copy_from_slice(&blob_crc.to_le_bytes());
+        h
     }
 
-    /// Decodes and verifies an artifact (magic, version, sizes, checksum, weight ranges).
-    pub fn from_bytes(bytes: &[u8]) -> Result<Artifact, ArtifactError> {
+    /// Checks the header of a file of `file_len` bytes whose first bytes are `bytes`
+    /// (at least the header, unless the file is shorter).
+    fn parse(bytes: &[u8], file_len: u64) -> Result<Header, ArtifactError> {
         if bytes.len() < HEADER_SIZE {
             if bytes.len() >= 8 && bytes[..8] != MAGIC {
                 return Err(ArtifactError::BadMagic {
@@ -200,47 +213,104 @@ impl Artifact {
                 "header size expected {HEADER_SIZE}, found {header_size}"
             )));
         }
-        if let Some(pos) = bytes[36..HEADER_SIZE].iter().position(|&b| b != 0) {
+        let reserved = if version == 1 { 36 } else { 40 };
+        if let Some(pos) = bytes[reserved..HEADER_SIZE].iter().position(|&b| b != 0) {
             return Err(ArtifactError::BadHeader(format!(
                 "reserved header byte {} is {:#04x}, expected 0",
-                36 + pos,
-                bytes[36 + pos]
+                reserved + pos,
+                bytes[reserved + pos]
             )));
         }
         let meta_len = u64_at(bytes, 16);
         let blob_len = u64_at(bytes, 24);
+        let (limit, what) = if version == 1 {
+            (4u64 << 30, "the version 1 limit of 4 GiB")
+        } else {
+            (MAX_ARTIFACT_BYTES, "the 1 TiB limit")
+        };
         let total = (HEADER_SIZE as u64)
             .checked_add(meta_len)
             .and_then(|t| t.checked_add(blob_len))
-            .filter(|t| *t <= MAX_ARTIFACT_BYTES)
+            .filter(|t| *t <= limit)
             .ok_or_else(|| {
                 ArtifactError::BadHeader(format!(
-                    "metadata length {meta_len} + weight length {blob_len} exceeds the {MAX_ARTIFACT_BYTES}-byte limit"
+                    "metadata length {meta_len} + weight length {blob_len} exceeds {what} ({limit} bytes)"
                 ))
             })?;
-        if (bytes.len() as u64) < total {
-            return Err(ArtifactError::Truncated {
-                expected: total,
-                found: bytes.len() as u64,
-            });
-        }
-        if (bytes.len() as u64) > total {
+        if meta_len > MAX_META_BYTES {
             return Err(ArtifactError::BadHeader(format!(
-                "file has {} bytes after the payload (expected {total} bytes in all)",
-                bytes.len() as u64 - total
+                "metadata length {meta_len} exceeds the {MAX_META_BYTES}-byte limit"
             )));
         }
-        let payload = &bytes[HEADER_SIZE..];
-        let expected = u32_at(bytes, 32);
-        let found = crc32fast::hash(payload);
-        if expected != found {
-            return Err(ArtifactError::Checksum { expected, found });
+        if file_len < total {
+            return Err(ArtifactError::Truncated {
+                expected: total,
+                found: file_len,
+            });
         }
-        let (meta_bytes, blob) = payload.split_at(meta_len as usize);
-        let meta: ArtifactMeta =
-            postcard::from_bytes(meta_bytes).map_err(|e| ArtifactError::Decode(e.to_string()))?;
+        if file_len > total {
+            return Err(ArtifactError::BadHeader(format!(
+                "file has {} bytes after the payload (expected {total} bytes in all)",
+                file_len - total
+            )));
+        }
+        Ok(Header {
+            version,
+            meta_len,
+            blob_len,
+            crc_a: u32_at(bytes, 32),
+            crc_b: u32_at(bytes, 36),
+        })
+    }
+}
+
+fn check_crc(expected: u32, found: u32) -> Result<(), ArtifactError> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(ArtifactError::Checksum { expected, found })
+    }
+}
+
+fn decode_meta(bytes: &[u8]) -> Result<ArtifactMeta, ArtifactError> {
+    postcard::from_bytes(bytes).map_err(|e| ArtifactError::Decode(e.to_string()))
+}
+
+impl Artifact {
+    fn encoded_meta(&self) -> Result<Vec<u8>, ArtifactError> {
+        postcard::to_allocvec(&self.meta).map_err(|e| ArtifactError::Encode(e.to_string()))
+    }
+
+    /// Encodes the artifact into bytes (format version [`FORMAT_VERSION`]).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, ArtifactError> {
+        let meta = self.encoded_meta()?;
+        let header = Header::encode(
+            meta.len() as u64,
+            self.blob.len() as u64,
+            crc32fast::hash(&meta),
+            crc32fast::hash(&self.blob),
+        );
+        let mut out = Vec::with_capacity(HEADER_SIZE + meta.len() + self.blob.len());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&meta);
+        out.extend_from_slice(&self.blob);
+        Ok(out)
+    }
+
+    /// Decodes and verifies an artifact of version 1 or 2 (magic, version, sizes,
+    /// checksums, weight ranges).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Artifact, ArtifactError> {
+        let h = Header::parse(bytes, bytes.len() as u64)?;
+        let payload = &bytes[HEADER_SIZE..];
+        let (meta_bytes, blob) = payload.split_at(h.meta_len as usize);
+        if h.version == 1 {
+            check_crc(h.crc_a, crc32fast::hash(payload))?;
+        } else {
+            check_crc(h.crc_a, crc32fast::hash(meta_bytes))?;
+            check_crc(h.crc_b, crc32fast::hash(blob))?;
+        }
         let art = Artifact {
-            meta,
+            meta: decode_meta(meta_bytes)?,
             blob: blob.to_vec(),
         };
         art.check_weights()?;
@@ -302,30 +372,235 @@ impl Artifact {
             .get(w.offset as usize..(w.offset + w.len) as usize)
     }
 
-    /// Writes the artifact to a file.
+    /// Writes the artifact to a file, streaming: header, metadata and blob go to the file
+    /// as they are, without assembling the whole artifact in memory.
     pub fn write(&self, path: &Path) -> Result<(), ArtifactError> {
-        let bytes = self.to_bytes()?;
-        std::fs::write(path, bytes).map_err(|cause| ArtifactError::Io {
+        use std::io::Write;
+        let io = |cause| ArtifactError::Io {
             action: "write",
             path: path.display().to_string(),
             cause,
-        })
+        };
+        let meta = self.encoded_meta()?;
+        let header = Header::encode(
+            meta.len() as u64,
+            self.blob.len() as u64,
+            crc32fast::hash(&meta),
+            crc32fast::hash(&self.blob),
+        );
+        let mut f = std::fs::File::create(path).map_err(io)?;
+        f.write_all(&header).map_err(io)?;
+        f.write_all(&meta).map_err(io)?;
+        f.write_all(&self.blob).map_err(io)?;
+        f.flush().map_err(io)
     }
 
-    /// Reads and verifies an artifact file.
+    /// Reads and verifies an artifact file (version 1 or 2), streaming it into memory:
+    /// the sizes are checked against the file before anything is allocated.
     pub fn read(path: &Path) -> Result<Artifact, ArtifactError> {
+        let (meta, h, mut f) = match Self::open_meta(path)? {
+            Opened::Whole(art) => return Ok(art),
+            Opened::Meta(meta, h, f) => (meta, h, f),
+        };
         let io = |cause| ArtifactError::Io {
             action: "read",
             path: path.display().to_string(),
             cause,
         };
-        let len = std::fs::metadata(path).map_err(io)?.len();
-        if len > MAX_ARTIFACT_BYTES {
-            return Err(ArtifactError::BadHeader(format!(
-                "file is {len} bytes, above the {MAX_ARTIFACT_BYTES}-byte limit"
-            )));
+        let mut blob = Vec::new();
+        blob.try_reserve_exact(h.blob_len as usize).map_err(|_| {
+            ArtifactError::BadHeader(format!(
+                "cannot allocate {} bytes for the weights of {}",
+                h.blob_len,
+                path.display()
+            ))
+        })?;
+        std::io::Read::read_to_end(&mut f, &mut blob).map_err(io)?;
+        if blob.len() as u64 != h.blob_len {
+            return Err(ArtifactError::Truncated {
+                expected: HEADER_SIZE as u64 + h.meta_len + h.blob_len,
+                found: HEADER_SIZE as u64 + h.meta_len + blob.len() as u64,
+            });
         }
-        let bytes = std::fs::read(path).map_err(io)?;
-        Artifact::from_bytes(&bytes)
+        check_crc(h.crc_b, crc32fast::hash(&blob))?;
+        let art = Artifact { meta, blob };
+        art.check_weights()?;
+        Ok(art)
+    }
+
+    /// Reads and verifies only the header and metadata of an artifact file: the program
+    /// without the weight bytes (what a timing-only run needs). Returns the metadata and
+    /// the weight blob's length. A version 1 file has one checksum over everything, so it
+    /// is read whole.
+    pub fn read_meta(path: &Path) -> Result<(ArtifactMeta, u64), ArtifactError> {
+        let (meta, h) = match Self::open_meta(path)? {
+            Opened::Whole(art) => {
+                let n = art.blob.len() as u64;
+                return Ok((art.meta, n));
+            }
+            Opened::Meta(meta, h, _) => (meta, h),
+        };
+        for w in &meta.weights {
+            let end = w.offset.checked_add(w.len);
+            if end.is_none_or(|e| e > h.blob_len) {
+                return Err(ArtifactError::BadWeight {
+                    tensor: w.tensor,
+                    message: format!(
+                        "bytes {}..{} fall outside the {}-byte blob",
+                        w.offset,
+                        w.offset.saturating_add(w.len),
+                        h.blob_len
+                    ),
+                });
+            }
+        }
+        Ok((meta, h.blob_len))
+    }
+
+    /// Opens `path` and checks its header against the file size. A version 2 file's
+    /// metadata is read and verified, and the file is left positioned at the blob; a
+    /// version 1 file is read and verified whole.
+    fn open_meta(path: &Path) -> Result<Opened, ArtifactError> {
+        use std::io::Read;
+        let io = |cause| ArtifactError::Io {
+            action: "read",
+            path: path.display().to_string(),
+            cause,
+        };
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        let len = f.metadata().map_err(io)?.len();
+        let mut head = Vec::with_capacity(HEADER_SIZE);
+        (&mut f)
+            .take(HEADER_SIZE as u64)
+            .read_to_end(&mut head)
+            .map_err(io)?;
+        let h = Header::parse(&head, len)?;
+        if h.version == 1 {
+            // Bounded by the version 1 limit of 4 GiB, checked by `parse`.
+            let mut all = head;
+            f.read_to_end(&mut all).map_err(io)?;
+            return Artifact::from_bytes(&all).map(Opened::Whole);
+        }
+        let mut meta_bytes = vec![0u8; h.meta_len as usize];
+        f.read_exact(&mut meta_bytes).map_err(io)?;
+        check_crc(h.crc_a, crc32fast::hash(&meta_bytes))?;
+        Ok(Opened::Meta(decode_meta(&meta_bytes)?, h, f))
+    }
+}
+
+/// What [`Artifact::open_meta`] found.
+enum Opened {
+    /// A version 1 artifact, read whole.
+    Whole(Artifact),
+    /// A version 2 artifact's metadata, its header, and the file positioned at the blob.
+    Meta(ArtifactMeta, Header, std::fs::File),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Dtype, HbmTensor, TensorKind};
+
+    fn sample() -> Artifact {
+        let program = Program {
+            tensors: vec![HbmTensor {
+                name: "w".into(),
+                kind: TensorKind::Weight,
+                shape: vec![4],
+                dtype: Dtype::Bf16,
+            }],
+            ..Program::default()
+        };
+        Artifact {
+            meta: ArtifactMeta {
+                model_name: "m".into(),
+                target: ChipConfig::trn1(),
+                options: BTreeMap::new(),
+                batch_size: 1,
+                model_flops: 0,
+                seed: 0,
+                index_bounds: BTreeMap::new(),
+                program,
+                weights: vec![WeightRange {
+                    tensor: TensorId(0),
+                    offset: 0,
+                    len: 8,
+                }],
+            },
+            blob: (1..=8).collect(),
+        }
+    }
+
+    /// The version 1 encoding (one CRC over metadata and blob), as older builds wrote it.
+    fn v1_bytes(a: &Artifact) -> Vec<u8> {
+        let meta = postcard::to_allocvec(&a.meta).unwrap();
+        let mut h = crc32fast::Hasher::new();
+        h.update(&meta);
+        h.update(&a.blob);
+        let mut out = Vec::new();
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
+        out.extend_from_slice(&(meta.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(a.blob.len() as u64).to_le_bytes());
+        out.extend_from_slice(&h.finalize().to_le_bytes());
+        out.resize(HEADER_SIZE, 0);
+        out.extend_from_slice(&meta);
+        out.extend_from_slice(&a.blob);
+        out
+    }
+
+    #[test]
+    fn v2_round_trips_and_v1_still_reads() {
+        let a = sample();
+        let dir = std::env::temp_dir().join(format!("neff-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p2 = dir.join("a2.neff");
+        a.write(&p2).unwrap();
+        let bytes = std::fs::read(&p2).unwrap();
+        assert_eq!(bytes, a.to_bytes().unwrap(), "streaming write = to_bytes");
+        assert_eq!(u32_at(&bytes, 8), 2);
+        assert_eq!(Artifact::read(&p2).unwrap(), a);
+        assert_eq!(Artifact::from_bytes(&bytes).unwrap(), a);
+        let p1 = dir.join("a1.neff");
+        std::fs::write(&p1, v1_bytes(&a)).unwrap();
+        assert_eq!(Artifact::read(&p1).unwrap(), a);
+        assert_eq!(Artifact::read_meta(&p1).unwrap(), (a.meta.clone(), 8));
+
+        // A corrupt weight byte: the metadata alone still reads, the whole file does not.
+        let mut bad = bytes.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        std::fs::write(&p2, &bad).unwrap();
+        assert_eq!(Artifact::read_meta(&p2).unwrap(), (a.meta.clone(), 8));
+        assert!(matches!(
+            Artifact::read(&p2),
+            Err(ArtifactError::Checksum { .. })
+        ));
+        // A corrupt metadata byte fails both.
+        let mut bad = bytes;
+        bad[HEADER_SIZE] ^= 1;
+        std::fs::write(&p2, &bad).unwrap();
+        assert!(Artifact::read_meta(&p2).is_err());
+        // Version 3 is refused by name.
+        bad[8] = 3;
+        let e = Artifact::from_bytes(&bad).unwrap_err().to_string();
+        assert!(e.contains("version 3"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn v1_keeps_its_4_gib_limit_v2_does_not() {
+        let a = sample();
+        let mut b = a.to_bytes().unwrap();
+        b[24..32].copy_from_slice(&(5u64 << 30).to_le_bytes());
+        // A v2 header may claim 5 GiB: refused only because the file is shorter.
+        assert!(matches!(
+            Artifact::from_bytes(&b),
+            Err(ArtifactError::Truncated { .. })
+        ));
+        let mut v1 = v1_bytes(&a);
+        v1[24..32].copy_from_slice(&(5u64 << 30).to_le_bytes());
+        let e = Artifact::from_bytes(&v1).unwrap_err().to_string();
+        assert!(e.contains("4 GiB"), "{e}");
     }
 }

@@ -86,9 +86,151 @@ impl SeededRng {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// The counter-based generator of param `init` (format version 2 of seeded weights).
+
+/// The golden-ratio increment of SplitMix64.
+const PHI: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// SplitMix64's output function: a bijective 64-bit mixer.
+#[inline]
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The counter-based stream of one named tensor: element (or pair) `i` draws
+/// `mix64(key + (i + 1) * PHI)`, so any slice of a tensor is computed independently of
+/// the others and the values do not depend on how the work is split across threads.
+///
+/// `key = mix64(seed * PHI ^ fnv1a64(name))`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterRng {
+    key: u64,
+}
+
+/// `ln x` for `x` in `(0, 1]` in f32, from its exponent and an odd `atanh` series of the
+/// mantissa reduced to `[sqrt(1/2), sqrt(2))` (max relative error about 1e-7). Only
+/// IEEE `+ - * /`, each rounded on its own (Rust never contracts to FMA), so the result
+/// is the same on every host.
+#[inline]
+fn ln01(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let m1 = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    // Branch-free (random data would mispredict every other branch).
+    let big = m1 > std::f32::consts::SQRT_2;
+    let e = ((bits >> 23) & 0xff) as i32 - 127 + i32::from(big);
+    let m = if big { m1 * 0.5 } else { m1 };
+    let t = (m - 1.0) / (m + 1.0);
+    let t2 = t * t;
+    // The coefficients are f32 constants (1/3 etc. rounded once, at compile time).
+    let p = 1.0 + t2 * (1.0 / 3.0 + t2 * (1.0 / 5.0 + t2 * (1.0 / 7.0 + t2 * (1.0 / 9.0))));
+    e as f32 * std::f32::consts::LN_2 + 2.0 * t * p
+}
+
+/// `(cos 2 pi u, sin 2 pi u)` for `u` in `[0, 1)` in f32: the quadrant from `4u`, Taylor
+/// polynomials on `[0, pi/2)` (max absolute error about 1e-7); same on every host.
+#[inline]
+fn cos_sin_turns(u: f32) -> (f32, f32) {
+    let v = u * 4.0;
+    let q = v as i32; // floor: 0 <= v < 4
+    let a = (v - q as f32) * std::f32::consts::FRAC_PI_2;
+    let a2 = a * a;
+    // Taylor coefficients as f32 constants (1/3! .. 1/11! and 1/2! .. 1/12!): multiplies
+    // only, no division.
+    const S: [f32; 5] = [
+        -1.0 / 6.0,
+        1.0 / 120.0,
+        -1.0 / 5040.0,
+        1.0 / 362_880.0,
+        -1.0 / 39_916_800.0,
+    ];
+    const C: [f32; 6] = [
+        -1.0 / 2.0,
+        1.0 / 24.0,
+        -1.0 / 720.0,
+        1.0 / 40_320.0,
+        -1.0 / 3_628_800.0,
+        1.0 / 479_001_600.0,
+    ];
+    let s = a * (1.0 + a2 * (S[0] + a2 * (S[1] + a2 * (S[2] + a2 * (S[3] + a2 * S[4])))));
+    let c = 1.0 + a2 * (C[0] + a2 * (C[1] + a2 * (C[2] + a2 * (C[3] + a2 * (C[4] + a2 * C[5])))));
+    // Quadrant q: (c, s), (-s, c), (-c, -s), (s, -c), without branches.
+    let q = q as u32;
+    let odd = q & 1 == 1;
+    let (x, y) = if odd { (s, c) } else { (c, s) };
+    let neg_x = ((q + 1) & 2) << 30;
+    let neg_y = (q & 2) << 30;
+    (
+        f32::from_bits(x.to_bits() ^ neg_x),
+        f32::from_bits(y.to_bits() ^ neg_y),
+    )
+}
+
+impl CounterRng {
+    /// The stream of tensor `name` under model seed `seed`.
+    pub fn for_tensor(seed: u64, name: &str) -> CounterRng {
+        CounterRng {
+            key: mix64(seed.wrapping_mul(PHI) ^ fnv1a64(name.as_bytes())),
+        }
+    }
+
+    /// The 64 bits of counter `i`.
+    #[inline]
+    pub fn bits(&self, i: u64) -> u64 {
+        mix64(self.key.wrapping_add(i.wrapping_add(1).wrapping_mul(PHI)))
+    }
+
+    /// Element `i` uniform in `[0, 1)`: the top 53 bits of counter `i`.
+    #[inline]
+    pub fn uniform01(&self, i: u64) -> f64 {
+        (self.bits(i) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// The standard normal pair of counter `j` (elements `2j` and `2j + 1`), by
+    /// Box–Muller in f32: `u1 = (bits[63:40] + 1) 2^-24` in `(0, 1]`,
+    /// `u2 = bits[39:16] 2^-24` in `[0, 1)`, `r = sqrt(-2 ln u1)`,
+    /// `(r cos 2 pi u2, r sin 2 pi u2)` (|z| <= 5.77).
+    #[inline]
+    pub fn normal_pair(&self, j: u64) -> (f32, f32) {
+        let h = self.bits(j);
+        // Both below 2^25: exact through i32 (a single conversion instruction).
+        let u1 = ((h >> 40) + 1) as i32 as f32 * (1.0 / (1u32 << 24) as f32);
+        let u2 = ((h >> 16) & 0x00ff_ffff) as i32 as f32 * (1.0 / (1u32 << 24) as f32);
+        let r = (-2.0 * ln01(u1)).sqrt();
+        let (c, s) = cos_sin_turns(u2);
+        (r * c, r * s)
+    }
+
+    /// Standard normals of elements `start .. start + out.len()` (element `i` is the
+    /// cosine half of pair `i / 2` when `i` is even, the sine half when odd).
+    pub fn fill_standard_normal(&self, start: u64, out: &mut [f32]) {
+        let mut i = start;
+        let mut k = 0;
+        if i % 2 == 1 && k < out.len() {
+            out[k] = self.normal_pair(i / 2).1;
+            k += 1;
+            i += 1;
+        }
+        while k + 1 < out.len() {
+            let (a, b) = self.normal_pair(i / 2);
+            out[k] = a;
+            out[k + 1] = b;
+            k += 2;
+            i += 2;
+        }
+        if k < out.len() {
+            out[k] = self.normal_pair(i / 2).0;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PINNED: [u32; 4] = [1_052_934_920, 3_205_890_766, 3_200_236_949, 1_070_562_870];
 
     #[test]
     fn pinned_values() {
@@ -117,5 +259,61 @@ mod tests {
             assert!((-2.0..3.0).contains(&u));
             assert!(r.below(10) < 10);
         }
+    }
+    #[test]
+    fn counter_rng_is_split_invariant_and_normal() {
+        let r = CounterRng::for_tensor(42, "w");
+        let mut whole = vec![0f32; 1001];
+        r.fill_standard_normal(0, &mut whole);
+        // Any split gives the same values (what makes threads irrelevant).
+        for cut in [0usize, 1, 2, 7, 500, 1000, 1001] {
+            let mut a = vec![0f32; cut];
+            let mut b = vec![0f32; 1001 - cut];
+            r.fill_standard_normal(0, &mut a);
+            r.fill_standard_normal(cut as u64, &mut b);
+            a.extend(b);
+            assert_eq!(
+                a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                whole.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+        }
+        assert_ne!(CounterRng::for_tensor(43, "w"), r);
+        assert_ne!(CounterRng::for_tensor(42, "v"), r);
+        let n = 200_000;
+        let mut xs = vec![0f32; n];
+        r.fill_standard_normal(0, &mut xs);
+        let mean = xs.iter().map(|&x| f64::from(x)).sum::<f64>() / n as f64;
+        let var = xs.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / n as f64;
+        let kurt = xs.iter().map(|&x| f64::from(x).powi(4)).sum::<f64>() / n as f64;
+        assert!(mean.abs() < 0.01, "{mean}");
+        assert!((var - 1.0).abs() < 0.01, "{var}");
+        assert!((kurt - 3.0).abs() < 0.1, "{kurt}");
+    }
+
+    #[test]
+    fn polynomial_kernels_match_libm() {
+        for i in 1..=4096u32 {
+            let x = i as f32 / 4096.0;
+            let want = libm::log(f64::from(x));
+            assert!(
+                (f64::from(ln01(x)) - want).abs() <= 2e-7 * want.abs().max(1.0),
+                "{x}"
+            );
+            let (c, s) = cos_sin_turns(x - 1.0 / 4096.0);
+            let t = 2.0 * std::f64::consts::PI * f64::from(x - 1.0 / 4096.0);
+            assert!((f64::from(c) - libm::cos(t)).abs() < 3e-7, "{x}");
+            assert!((f64::from(s) - libm::sin(t)).abs() < 3e-7, "{x}");
+        }
+        assert!((f64::from(ln01(2f32.powi(-24))) + 24.0 * std::f64::consts::LN_2).abs() < 1e-5);
+    }
+
+    #[test]
+    fn pinned_counter_values() {
+        // Pins the algorithm (docs/model-format.md): these bits must never change.
+        let r = CounterRng::for_tensor(7, "w1");
+        let mut v = [0f32; 4];
+        r.fill_standard_normal(0, &mut v);
+        let bits: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
+        assert_eq!(bits, PINNED);
     }
 }

@@ -73,11 +73,18 @@ impl Model {
             let names: Vec<String> = missing.iter().map(|n| format!("'{n}'")).collect();
             return Err(RuntimeError::MissingInputs(names.join(", ")));
         }
+        if !opts.timing_only && !self.has_weights() {
+            return Err(RuntimeError::Program(format!(
+                "model '{}' was loaded without its weights: it can run timing-only only",
+                self.name()
+            )));
+        }
         let artifact = self.artifact();
         let program = &artifact.meta.program;
         let _span = tracing::info_span!("execute", model = %self.name()).entered();
         let mut sim = Simulator::new(program, self.target(), opts.sim_options())?;
-        for w in &artifact.meta.weights {
+        // A timing-only run never reads a weight byte: don't even copy them in.
+        for w in artifact.meta.weights.iter().filter(|_| !opts.timing_only) {
             if let Some(bytes) = artifact.weight_bytes(w.tensor) {
                 sim.write_tensor(w.tensor, bytes)?;
             }

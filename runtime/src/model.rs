@@ -26,6 +26,8 @@ pub struct TensorDesc {
 #[derive(Debug, Clone)]
 pub struct Model {
     artifact: Artifact,
+    /// False for a model loaded by [`Model::load_without_weights`]: it runs timing-only.
+    weights_loaded: bool,
 }
 
 impl Model {
@@ -39,8 +41,45 @@ impl Model {
         Model::from_artifact(artifact)
     }
 
+    /// Reads and verifies a `.neff` file's header and program but not one weight byte
+    /// ([`Artifact::read_meta`]): the model can run timing-only (which never reads a
+    /// weight), nothing else.
+    pub fn load_without_weights(path: &Path) -> Result<Model, RuntimeError> {
+        let (meta, _) = Artifact::read_meta(path).map_err(|source| RuntimeError::Artifact {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Model::from_program(Artifact {
+            meta,
+            blob: Vec::new(),
+        })
+    }
+
+    /// Verifies the program of an artifact whose weight bytes are absent (compiled
+    /// without them, or loaded by [`Model::load_without_weights`]): it runs timing-only.
+    pub fn from_program(artifact: Artifact) -> Result<Model, RuntimeError> {
+        Model::verify(&artifact, false)?;
+        Ok(Model {
+            artifact,
+            weights_loaded: false,
+        })
+    }
+
+    /// Whether the weight bytes are loaded (false: the model runs timing-only).
+    pub fn has_weights(&self) -> bool {
+        self.weights_loaded
+    }
+
     /// Verifies an artifact already in memory (e.g. compiled in this process).
     pub fn from_artifact(artifact: Artifact) -> Result<Model, RuntimeError> {
+        Model::verify(&artifact, true)?;
+        Ok(Model {
+            artifact,
+            weights_loaded: true,
+        })
+    }
+
+    fn verify(artifact: &Artifact, weights: bool) -> Result<(), RuntimeError> {
         let meta = &artifact.meta;
         meta.target
             .validate()
@@ -48,9 +87,11 @@ impl Model {
                 target: meta.target.name.clone(),
                 source,
             })?;
-        artifact
-            .check_weights()
-            .map_err(|e| RuntimeError::Program(e.to_string()))?;
+        if weights {
+            artifact
+                .check_weights()
+                .map_err(|e| RuntimeError::Program(e.to_string()))?;
+        }
         let program = &meta.program;
         neuron_isa::verify_program(program, &meta.target)?;
         let mut names = BTreeSet::new();
@@ -68,14 +109,17 @@ impl Model {
             }
         }
         for (i, t) in program.tensors.iter().enumerate() {
-            if t.kind == TensorKind::Weight && artifact.weight_bytes(TensorId(i as u32)).is_none() {
+            if weights
+                && t.kind == TensorKind::Weight
+                && artifact.weight_bytes(TensorId(i as u32)).is_none()
+            {
                 return Err(RuntimeError::Program(format!(
                     "weight tensor '{}' (t{i}) has no bytes in the artifact",
                     t.name
                 )));
             }
         }
-        Ok(Model { artifact })
+        Ok(())
     }
 
     /// The artifact (program, metadata, weights).

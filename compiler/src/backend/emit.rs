@@ -53,23 +53,36 @@ pub fn kernel_infos(
         .collect()
 }
 
+/// One weight's bytes to produce: where, in which dtype, from what.
+enum Source<'a> {
+    Param(&'a crate::ir::ParamData),
+    Const(&'a [f32]),
+}
+
 /// The weight blob and its ranges: every weight tensor of the graph, then the constants.
+///
+/// The layout (64-byte aligned offsets, in tensor order) is computed first; then every
+/// [`crate::ir::PARAM_CHUNK`]-element chunk of every weight is encoded into its own slice
+/// of the blob in parallel. Seeded weights are drawn chunk by chunk and never kept, so
+/// the peak is the blob plus a chunk per thread; the bytes do not depend on the thread
+/// count.
 pub fn weight_blob(
     kg: &KernelGraph,
     consts: &Constants,
 ) -> Result<(Vec<u8>, Vec<WeightRange>), CompileError> {
-    let mut blob = Vec::new();
-    let mut ranges = Vec::new();
-    let mut place = |blob: &mut Vec<u8>, id: u32, bytes: &mut dyn FnMut(&mut Vec<u8>)| {
-        blob.resize(blob.len().div_ceil(WEIGHT_ALIGN) * WEIGHT_ALIGN, 0);
-        let start = blob.len();
-        bytes(blob);
-        ranges.push(WeightRange {
-            tensor: TensorId(id),
-            offset: start as u64,
-            len: (blob.len() - start) as u64,
-        });
-    };
+    weight_blob_with(kg, consts, true)
+}
+
+/// [`weight_blob`], or with `encode` false only the ranges (and an empty blob): what a
+/// timing-only run needs, without drawing or encoding one weight.
+pub fn weight_blob_with(
+    kg: &KernelGraph,
+    consts: &Constants,
+    encode: bool,
+) -> Result<(Vec<u8>, Vec<WeightRange>), CompileError> {
+    use rayon::prelude::*;
+    let _span = tracing::info_span!("encode_weights").entered();
+    let mut jobs: Vec<(u32, neuron_isa::Dtype, usize, Source<'_>)> = Vec::new();
     for (i, t) in kg.tensors.iter().enumerate() {
         if t.kind != TensorKind::Weight {
             continue;
@@ -85,16 +98,68 @@ pub fn weight_blob(
                 data.num_elements()
             )));
         }
-        let values = data.to_f64();
-        place(&mut blob, i as u32, &mut |b| {
-            encode::encode_into(t.dtype, values.iter().copied(), b)
-        });
+        jobs.push((i as u32, t.dtype, t.numel(), Source::Param(data)));
     }
     for (j, (t, values)) in consts.tensors.iter().enumerate() {
-        place(&mut blob, consts.first + j as u32, &mut |b| {
-            encode::encode_into(t.dtype, values.iter().map(|&v| f64::from(v)), b)
-        });
+        jobs.push((
+            consts.first + j as u32,
+            t.dtype,
+            values.len(),
+            Source::Const(values),
+        ));
     }
+    // Layout.
+    let mut ranges = Vec::with_capacity(jobs.len());
+    let mut end = 0usize;
+    for &(id, dtype, n, _) in &jobs {
+        let start = end.div_ceil(WEIGHT_ALIGN) * WEIGHT_ALIGN;
+        let len = n * dtype.size() as usize;
+        ranges.push(WeightRange {
+            tensor: TensorId(id),
+            offset: start as u64,
+            len: len as u64,
+        });
+        end = start + len;
+    }
+    if !encode {
+        return Ok((Vec::new(), ranges));
+    }
+    crate::ir::limits::check_host_memory(end as u64, "the encoded weights")?;
+    let mut blob = vec![0u8; end];
+    // Cut the blob into one slice per chunk of every weight.
+    let mut work: Vec<(&Source<'_>, neuron_isa::Dtype, usize, &mut [u8])> = Vec::new();
+    let mut rest: &mut [u8] = &mut blob;
+    let mut at = 0usize;
+    for (job, r) in jobs.iter().zip(&ranges) {
+        let (_, dtype, n, src) = job;
+        let size = dtype.size() as usize;
+        let (_, tail) = rest.split_at_mut(r.offset as usize - at);
+        let (mut mine, tail) = tail.split_at_mut(r.len as usize);
+        rest = tail;
+        at = (r.offset + r.len) as usize;
+        let mut first = 0;
+        while first < *n {
+            let count = crate::ir::PARAM_CHUNK.min(n - first);
+            let (c, more) = mine.split_at_mut(count * size);
+            work.push((src, *dtype, first, c));
+            mine = more;
+            first += count;
+        }
+    }
+    work.into_par_iter()
+        .for_each_init(Vec::new, |values, (src, dtype, first, out)| {
+            let count = out.len() / dtype.size() as usize;
+            values.resize(count, 0.0);
+            match src {
+                Source::Param(p) => p.values_f64(first, values),
+                Source::Const(c) => {
+                    for (v, &x) in values.iter_mut().zip(&c[first..first + count]) {
+                        *v = f64::from(x);
+                    }
+                }
+            }
+            encode::encode_slice(dtype, values, out);
+        });
     Ok((blob, ranges))
 }
 
@@ -108,7 +173,20 @@ pub fn artifact(
     opts: &CompileOptions,
     index_bounds: BTreeMap<String, u64>,
 ) -> Result<Artifact, CompileError> {
-    let (blob, weights) = weight_blob(kg, consts)?;
+    artifact_with(kg, program, consts, opts, index_bounds, true)
+}
+
+/// [`artifact`]; with `encode_weights` false the blob is left empty (the ranges are
+/// still laid out), for a run that reads no weight byte.
+pub fn artifact_with(
+    kg: &KernelGraph,
+    program: Program,
+    consts: &Constants,
+    opts: &CompileOptions,
+    index_bounds: BTreeMap<String, u64>,
+    encode_weights: bool,
+) -> Result<Artifact, CompileError> {
+    let (blob, weights) = weight_blob_with(kg, consts, encode_weights)?;
     let batch_size = kg
         .inputs
         .first()
@@ -127,6 +205,9 @@ pub fn artifact(
         weights,
     };
     let art = Artifact { meta, blob };
+    if !encode_weights {
+        return Ok(art);
+    }
     art.check_weights()
         .map_err(|e| CompileError::Internal(format!("emitted artifact is inconsistent: {e}")))?;
     Ok(art)

@@ -58,6 +58,31 @@ pub fn encode_into(dtype: Dtype, values: impl IntoIterator<Item = f64>, out: &mu
     }
 }
 
+/// Encodes `values` in `dtype` into `out`, which must hold exactly
+/// `values.len() * dtype.size()` bytes (the same bytes as [`encode_into`]).
+pub fn encode_slice(dtype: Dtype, values: &[f64], out: &mut [u8]) {
+    let n = dtype.size() as usize;
+    debug_assert_eq!(out.len(), values.len() * n);
+    match dtype {
+        Dtype::Bf16 => {
+            for (o, &v) in out.chunks_exact_mut(2).zip(values) {
+                let b = bf16::from_f64(v);
+                o.copy_from_slice(&b.to_le_bytes());
+            }
+        }
+        Dtype::F32 => {
+            for (o, &v) in out.chunks_exact_mut(4).zip(values) {
+                o.copy_from_slice(&(v as f32).to_le_bytes());
+            }
+        }
+        _ => {
+            let mut tmp = Vec::with_capacity(out.len());
+            encode_into(dtype, values.iter().copied(), &mut tmp);
+            out.copy_from_slice(&tmp);
+        }
+    }
+}
+
 /// The encoding of `values` in `dtype`.
 pub fn encode(dtype: Dtype, values: impl IntoIterator<Item = f64>) -> Vec<u8> {
     let mut out = Vec::new();

@@ -1,38 +1,27 @@
 //! Param initialisers drawn from the seeded generator.
 
-use ndarray::{ArrayD, IxDyn};
-
 use crate::ir::limits::check_shape;
-use crate::ir::{DType, Tensor};
-use crate::rng::SeededRng;
+use crate::ir::{DType, ParamData, Tensor};
 
-/// How to fill a param that has no weights and no literal value.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum InitSpec {
-    /// All zeros.
-    Zeros,
-    /// All ones.
-    Ones,
-    /// Normal(mean, std) by Box–Muller (see [`crate::rng`]).
-    Normal {
-        /// Mean (default 0).
-        mean: f64,
-        /// Standard deviation.
-        std: f64,
-    },
-    /// Uniform in `[low, high)`.
-    Uniform {
-        /// Inclusive lower bound.
-        low: f64,
-        /// Exclusive upper bound.
-        high: f64,
-    },
+pub use crate::ir::InitSpec;
+
+/// The seeded param `name` of the given type: checks the shape limits and the spec now,
+/// draws the values only when they are read (see [`ParamData`]). Elements are drawn from
+/// [`neuron_isa::rng::CounterRng::for_tensor`]`(seed, name)` by element index and
+/// rounded to `dtype`. Returns an error message if the shape breaks the size limits or
+/// the spec does not suit the dtype.
+pub fn init_param(
+    spec: InitSpec,
+    seed: u64,
+    name: &str,
+    shape: &[usize],
+    dtype: DType,
+) -> Result<ParamData, String> {
+    check_shape(shape).map_err(|e| e.to_string())?;
+    ParamData::seeded(spec, seed, name, shape, dtype)
 }
 
-/// Fills a tensor for param `name` of the given type, drawing elements in
-/// row-major order from [`SeededRng::for_tensor`]`(seed, name)` in f64 and
-/// rounding to `dtype`. Returns an error message if the shape breaks the
-/// size limits or the spec does not suit the dtype.
+/// [`init_param`], materialized.
 pub fn init_tensor(
     spec: InitSpec,
     seed: u64,
@@ -40,34 +29,7 @@ pub fn init_tensor(
     shape: &[usize],
     dtype: DType,
 ) -> Result<Tensor, String> {
-    let n = check_shape(shape).map_err(|e| e.to_string())?;
-    let random = matches!(spec, InitSpec::Normal { .. } | InitSpec::Uniform { .. });
-    if random && !dtype.is_float() {
-        return Err(format!("random init needs a float dtype, found {dtype}"));
-    }
-    let mut rng = SeededRng::for_tensor(seed, name);
-    let values: Vec<f64> = match spec {
-        InitSpec::Zeros => vec![0.0; n],
-        InitSpec::Ones => vec![1.0; n],
-        InitSpec::Normal { mean, std } => {
-            if !(std.is_finite() && std >= 0.0 && mean.is_finite()) {
-                return Err(format!(
-                    "normal init needs finite mean and std >= 0, found mean {mean}, std {std}"
-                ));
-            }
-            (0..n).map(|_| rng.normal(mean, std)).collect()
-        }
-        InitSpec::Uniform { low, high } => {
-            if !(low.is_finite() && high.is_finite() && low < high) {
-                return Err(format!(
-                    "uniform init needs finite low < high, found low {low}, high {high}"
-                ));
-            }
-            (0..n).map(|_| rng.uniform(low, high)).collect()
-        }
-    };
-    let a = ArrayD::from_shape_vec(IxDyn(shape), values).map_err(|e| e.to_string())?;
-    Ok(Tensor::from_f64(dtype, a))
+    Ok(init_param(spec, seed, name, shape, dtype)?.tensor().clone())
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ mod weights;
 pub(crate) use attrs::parse_op;
 pub use error::ModelError;
 pub use export::{ExportError, op_attrs, write_model_json};
-pub use init::{InitSpec, init_tensor};
+pub use init::{InitSpec, init_param, init_tensor};
 pub use literal::parse_literal;
 pub use model_json::{load_model, parse_model};
 pub use weights::WeightsFile;

@@ -5,12 +5,12 @@ use std::path::Path;
 
 use super::ModelError;
 use super::attrs::parse_op;
-use super::init::{InitSpec, init_tensor};
+use super::init::{InitSpec, init_param};
 use super::literal::parse_literal;
 use super::raw::{RawInit, RawModel, RawNode};
 use super::weights::WeightsFile;
 use crate::ir::limits::check_shape;
-use crate::ir::{DType, Graph, GraphError, Op, Site, Tensor, ValueId, fmt_shape};
+use crate::ir::{DType, Graph, GraphError, Op, ParamData, Site, ValueId, fmt_shape};
 
 /// Reads and checks the model at `path`; a `weights` file is resolved
 /// relative to the model file's directory.
@@ -201,13 +201,14 @@ impl<'a> Converter<'a> {
         i: usize,
         dtype: DType,
         weights: Option<&WeightsFile>,
-    ) -> Result<Tensor, ModelError> {
+    ) -> Result<ParamData, ModelError> {
         let path = format!("params[{i}]");
         if let Some(w) = weights
             && w.contains(&p.name)
         {
             return w
                 .tensor(&p.name, &p.shape, dtype)
+                .map(ParamData::from)
                 .map_err(|message| ModelError::Weights {
                     path,
                     file: w.path().to_path_buf(),
@@ -215,7 +216,8 @@ impl<'a> Converter<'a> {
                 });
         }
         if let Some(v) = &p.value {
-            return parse_literal(v, &p.shape, dtype, &format!("{path}.value"));
+            return parse_literal(v, &p.shape, dtype, &format!("{path}.value"))
+                .map(ParamData::from);
         }
         if let Some(init) = p.init {
             let spec = match init {
@@ -224,7 +226,7 @@ impl<'a> Converter<'a> {
                 RawInit::Normal { std, mean } => InitSpec::Normal { mean, std },
                 RawInit::Uniform { low, high } => InitSpec::Uniform { low, high },
             };
-            return init_tensor(spec, raw.seed, &p.name, &p.shape, dtype).map_err(|m| {
+            return init_param(spec, raw.seed, &p.name, &p.shape, dtype).map_err(|m| {
                 ModelError::invalid(format!("{path}.init"), format!("param '{}': {m}", p.name))
             });
         }

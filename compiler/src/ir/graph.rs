@@ -2,7 +2,7 @@
 
 use super::limits::check_shape;
 use super::shape_infer::{Site, TensorType, fmt_shape};
-use super::{DType, GraphError, NodeId, Op, Tensor, ValueId};
+use super::{DType, GraphError, NodeId, Op, ParamData, Tensor, ValueId};
 
 /// A tensor-valued edge: a graph input, a param, or a node output.
 #[derive(Clone, Debug, PartialEq)]
@@ -16,8 +16,8 @@ pub struct Value {
     /// The node computing this value (`None` for inputs and params).
     pub producer: Option<NodeId>,
     /// Param or constant data (`None` for inputs, node outputs and
-    /// params declared without data).
-    pub data: Option<Tensor>,
+    /// params declared without data). A shared handle: cloning never copies weights.
+    pub data: Option<ParamData>,
 }
 
 impl Value {
@@ -216,7 +216,7 @@ impl Graph {
     ) -> Result<ValueId, GraphError> {
         let shape = data.shape().to_vec();
         let dtype = data.dtype();
-        self.add_param_decl(name, shape, dtype, Some(data))
+        self.add_param_decl(name, shape, dtype, Some(data.into()))
     }
 
     /// Declares a param by type, with optional data (which must match the type).
@@ -225,18 +225,28 @@ impl Graph {
         name: impl Into<String>,
         shape: impl Into<Vec<usize>>,
         dtype: DType,
-        data: Option<Tensor>,
+        data: Option<ParamData>,
     ) -> Result<ValueId, GraphError> {
         let (name, shape) = (name.into(), shape.into());
         self.check_new_value_name(&name)?;
         Self::check_limits("param".into(), &name, &shape)?;
         if let Some(t) = &data
-            && (t.shape() != shape.as_slice() || t.dtype() != dtype || matches!(t, Tensor::F64(_)))
+            && (t.shape() != shape.as_slice()
+                || t.dtype() != dtype
+                || (t.is_materialized() && matches!(t.tensor(), Tensor::F64(_))))
         {
             return Err(GraphError::ParamData {
                 name,
                 expected: TensorType::new(shape, dtype).to_string(),
-                found: format!("{} {}", fmt_shape(t.shape()), t.elem_name()),
+                found: format!(
+                    "{} {}",
+                    fmt_shape(t.shape()),
+                    if t.is_materialized() {
+                        t.tensor().elem_name()
+                    } else {
+                        t.dtype().name()
+                    }
+                ),
             });
         }
         let id = self.push_value(Value {

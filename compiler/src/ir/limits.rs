@@ -79,3 +79,41 @@ mod tests {
         assert_eq!(check_shape(&[1; 9]), Err(ShapeLimitError::Rank(9)));
     }
 }
+
+/// The host memory available to this process in bytes (`MemAvailable` of
+/// `/proc/meminfo`), or `None` where that is unknown (then nothing is refused).
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// A buffer that cannot fit in the host's memory.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{what} need {needed} bytes ({:.2} GiB) but only {available} bytes ({:.2} GiB) of host memory are available",
+    *needed as f64 / (1u64 << 30) as f64,
+    *available as f64 / (1u64 << 30) as f64
+)]
+pub struct HostMemoryError {
+    /// What would be allocated (e.g. `the encoded weights`).
+    pub what: String,
+    /// Bytes needed.
+    pub needed: u64,
+    /// Bytes available.
+    pub available: u64,
+}
+
+/// Refuses, before allocating, `needed` bytes for `what` when they exceed the memory the
+/// host has available (see [`available_memory`]).
+pub fn check_host_memory(needed: u64, what: &str) -> Result<(), HostMemoryError> {
+    match available_memory() {
+        Some(available) if needed > available => Err(HostMemoryError {
+            what: what.to_string(),
+            needed,
+            available,
+        }),
+        _ => Ok(()),
+    }
+}

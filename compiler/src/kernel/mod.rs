@@ -23,7 +23,7 @@ mod verify;
 
 pub use verify::KernelVerifyError;
 
-use crate::ir::{GeluApprox, Tensor};
+use crate::ir::{GeluApprox, ParamData};
 use neuron_isa::{Dtype, TensorKind};
 use std::fmt;
 
@@ -50,7 +50,7 @@ pub struct KTensor {
     /// Role in the program.
     pub kind: TensorKind,
     /// Data for weights (already in `dtype`'s value set, held as f32 or int data).
-    pub data: Option<Tensor>,
+    pub data: Option<ParamData>,
     /// For int8 weights: dequantization scale per output channel (last axis), so that
     /// `real = stored * scale[n]`.
     pub quant_scale: Option<Vec<f32>>,

@@ -200,7 +200,7 @@ fn precast_weights(kg: &mut KernelGraph, uses: &BTreeMap<KTensorId, Vec<Use>>) {
             // Only kernels whose weight has data and plain uses were given int8.
             let Some(data) = data else { continue };
             let q = quantize_symmetric(&data, true);
-            tensor.data = Some(q.data);
+            tensor.data = Some(q.data.into());
             tensor.quant_scale = Some(q.scales);
         }
         tensor.dtype = target;

@@ -3,6 +3,9 @@
 /// Why the reference executor could not evaluate a graph.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum RefError {
+    /// The params cannot fit in host memory (refused before allocating).
+    #[error(transparent)]
+    HostMemory(#[from] crate::ir::limits::HostMemoryError),
     /// A graph input was not supplied.
     #[error("missing input '{name}' (declared {expected})")]
     MissingInput {

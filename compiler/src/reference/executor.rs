@@ -52,6 +52,14 @@ pub fn run_reference_all(
     opts: RefOptions,
 ) -> Result<Vec<Tensor>, RefError> {
     graph.verify()?;
+    // Each param is held once as stored and once as the executor's working copy.
+    let work = if opts.f64 { 8 } else { 4 };
+    let needed = graph.params.iter().fold(0u64, |acc, &id| {
+        let v = graph.value(id);
+        let n = v.shape.iter().product::<usize>() as u64;
+        acc.saturating_add(n.saturating_mul(v.dtype.size_bytes() as u64 + work))
+    });
+    crate::ir::limits::check_host_memory(needed, "the params of the reference executor")?;
     check_inputs(graph, inputs)?;
     if opts.f64 {
         evaluate::<f64>(graph, inputs)

@@ -134,8 +134,9 @@ pub fn build_step(model: &Graph, spec: &TrainingSpec) -> Result<TrainingStep, St
             return Err(StepError::NoData(v.name.clone()));
         };
         trainable_elements += data.num_elements();
+        let data = data.tensor();
         let initial = if data.dtype() == DType::F32 {
-            data
+            data.clone()
         } else {
             data.cast(DType::F32)
         };

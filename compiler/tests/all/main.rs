@@ -24,3 +24,4 @@ mod precision;
 mod reference_ops;
 mod zoo;
 mod training;
+mod scale;

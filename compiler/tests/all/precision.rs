@@ -151,7 +151,7 @@ fn int8_quantizes_weights_per_channel_and_calibrates_activations() {
         // Weight: int8 data, one scale per output channel = max|w[:, n]| / 127.
         let w = kg.tensor(k.inputs[b].tensor).unwrap();
         assert_eq!(w.dtype, Dtype::I8);
-        let Some(Tensor::I8(q)) = &w.data else {
+        let Some(Tensor::I8(q)) = w.data.as_deref() else {
             panic!("{} is not int8", w.name)
         };
         let scales = w.quant_scale.as_ref().unwrap();

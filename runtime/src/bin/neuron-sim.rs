@@ -279,10 +279,12 @@ fn is_model_json(path: &Path) -> bool {
 }
 
 /// Compiles a model.json into an artifact, in memory.
+/// Without `weights` (a timing-only run) no weight is drawn or encoded.
 fn compile_in_memory(
     path: &Path,
     flags: &CompileFlags,
     sets: &[(String, String)],
+    weights: bool,
 ) -> anyhow::Result<Artifact> {
     use neuronc::options::{AutoCast, CastType, CompileOptions};
     let mut opts = CompileOptions::default();
@@ -309,8 +311,12 @@ fn compile_in_memory(
         .map_err(UsageError)?;
     let graph = neuronc::frontend::load_graph(path, &onnx_opts)
         .with_context(|| format!("invalid model {}", path.display()))?;
-    let compiled = neuronc::driver::compile(&graph, &opts)
-        .with_context(|| format!("cannot compile {}", path.display()))?;
+    let compiled = if weights {
+        neuronc::driver::compile(&graph, &opts)
+    } else {
+        neuronc::driver::compile_without_weights(&graph, &opts)
+    }
+    .with_context(|| format!("cannot compile {}", path.display()))?;
     tracing::info!(summary = %compiled.summary, "compiled in memory");
     eprintln!(
         "note: compiled {} in memory for {} ({} kernels, {} instructions)",
@@ -325,8 +331,14 @@ fn compile_in_memory(
 /// Loads the model named on the command line: a .neff, or a model.json compiled first.
 fn load(args: &RunArgs) -> anyhow::Result<Model> {
     if is_model_json(&args.model) {
-        let artifact = compile_in_memory(&args.model, &args.compile, &args.sets)?;
-        return Ok(Model::from_artifact(artifact)?);
+        // A timing-only run reads no weight byte: none is drawn, encoded or loaded.
+        let artifact =
+            compile_in_memory(&args.model, &args.compile, &args.sets, !args.timing_only)?;
+        return Ok(if args.timing_only {
+            Model::from_program(artifact)?
+        } else {
+            Model::from_artifact(artifact)?
+        });
     }
     let c = &args.compile;
     for (given, flag) in [
@@ -343,7 +355,11 @@ fn load(args: &RunArgs) -> anyhow::Result<Model> {
             .into());
         }
     }
-    let mut model = Model::load(&args.model)?;
+    let mut model = if args.timing_only {
+        Model::load_without_weights(&args.model)?
+    } else {
+        Model::load(&args.model)?
+    };
     if !args.sets.is_empty() {
         // The program stays as compiled; the run uses the overridden chip (re-verified:
         // a smaller SBUF may no longer hold it).

@@ -79,10 +79,40 @@ fn every_single_bit_flip_fails() {
 #[test]
 fn newer_format_version_is_refused() {
     let mut bytes = relu_artifact().to_bytes().unwrap();
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
     let msg = load_err(&bytes);
-    assert!(msg.contains("format version 2 is not supported"), "{msg}");
-    assert!(msg.contains("versions 1 to 1"), "{msg}");
+    assert!(msg.contains("format version 3 is not supported"), "{msg}");
+    assert!(msg.contains("versions 1 to 2"), "{msg}");
+}
+
+#[test]
+fn timing_only_load_reads_no_weight_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let art = mlp_artifact(64, 2);
+    assert!(!art.blob.is_empty());
+    let p = write(dir.path(), "mlp.neff", &art);
+    // Corrupt the last weight byte: a full load refuses it, a load without weights never
+    // reads it, and the program runs timing-only with the same cycles.
+    let mut bytes = std::fs::read(&p).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x5a;
+    let bad = dir.path().join("bad.neff");
+    std::fs::write(&bad, &bytes).unwrap();
+    assert!(Model::load(&bad).is_err());
+    let light = Model::load_without_weights(&bad).unwrap();
+    assert!(!light.has_weights() && light.artifact().blob.is_empty());
+    let full = Model::load(&p).unwrap();
+    let timing = neuron_runtime::RunOptions {
+        timing_only: true,
+        ..Default::default()
+    };
+    let run = |m: &Model, opts: &neuron_runtime::RunOptions| {
+        let mut b = m.bind();
+        b.generate_missing(1).unwrap();
+        m.execute(&b, opts).map(|e| e.stats.total_ps)
+    };
+    assert_eq!(run(&light, &timing).unwrap(), run(&full, &timing).unwrap());
+    let e = run(&light, &neuron_runtime::RunOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("without its weights"), "{e}");
 }
 
 #[test]

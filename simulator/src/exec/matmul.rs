@@ -1,21 +1,31 @@
 //! `matmul`: `dst[M, N] (+)= stationary[K, M]^T @ moving[K, N]` on TensorE.
 //!
-//! Float inputs: every product of two bf16/fp16/fp8 values is exact in FP32 (at most
-//! 11 + 11 significand bits), and the K products are summed in FP32, then added to (or
-//! written over) the FP32 PSUM value. The GEMM is ndarray's `general_mat_mul` (the
-//! `matrixmultiply` kernels), which sums each output's K <= 128 products in order in one
-//! block. Deviation: for FP32 inputs products are not exact and may be fused (FMA)
-//! depending on the host CPU, so FP32 matmul bits can differ between hosts; the chip's
-//! own FP32 path (multi-pass) is not modelled bit for bit.
+//! The arithmetic rule, the same bits on every host (docs/numerics.md, "Matmul"): each
+//! output element is `acc = +0; for k in 0..K { acc = acc + s[k, m] * v[k, n] }` in FP32,
+//! every product and every sum rounded on its own (no fused multiply-add), `k` in
+//! increasing order; then `dst = acc` (a fresh accumulation: `+0 + acc`) or
+//! `dst = dst + acc`.
 //!
-//! INT8 inputs (i8/u8) accumulate in INT32: each sum over K <= 128 is at most
-//! 128 * 255 * 255 < 2^24 in magnitude, so the FP32 GEMM computes it exactly; it is then
-//! added to the INT32 PSUM value with saturation.
+//! - bf16 / fp16 / fp8 inputs: every product is exact in FP32 (at most 11 + 11
+//!   significand bits), so fusing or not cannot change a bit and the rule is computed by
+//!   ndarray's `general_mat_mul` (the `matrixmultiply` kernels: one block for K <= 128,
+//!   each output summed over `k` in order, `alpha = beta = 1` exact), the fast path.
+//! - FP32 inputs: products are not exact, and `matrixmultiply` fuses them on hosts with
+//!   FMA, so the rule is computed by [`gemm_f32_unfused`], a portable kernel of
+//!   separate multiplies and adds (Rust never contracts them). Deviation: the chip's own
+//!   FP32 path (multi-pass) is not modelled bit for bit.
+//! - INT8 inputs (i8/u8) accumulate in INT32: each sum over K <= 128 is at most
+//!   128 * 255 * 255 < 2^24 in magnitude, so the FP32 GEMM computes it exactly; it is
+//!   then added to the INT32 PSUM value with saturation.
+//!
+//! Large matmuls are split over output columns across the rayon pool; every element is
+//! computed by the same operations whatever the split, so the bits do not depend on the
+//! thread count.
 
 use super::{ExecContext, ExecError, shape};
 use crate::memory::Memories;
 use ndarray::linalg::general_mat_mul;
-use ndarray::{ArrayView2, ArrayViewMut2};
+use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 use neuron_isa::{Ap, Dtype};
 
 fn is_int8(d: Dtype) -> bool {
@@ -63,14 +73,8 @@ pub(super) fn matmul(
         c.clear();
         c.resize(m * n, 0.0);
     }
-    {
-        let shape_err = |e: ndarray::ShapeError| ExecError::new(format!("matmul buffers: {e}"));
-        let sv = ArrayView2::from_shape((k, m), &s[..]).map_err(shape_err)?;
-        let mvv = ArrayView2::from_shape((k, n), &mv[..]).map_err(shape_err)?;
-        let mut cv = ArrayViewMut2::from_shape((m, n), &mut c[..]).map_err(shape_err)?;
-        let beta = if float_acc { 1.0 } else { 0.0 };
-        general_mat_mul(1.0, &sv.t(), &mvv, beta, &mut cv);
-    }
+    let exact_products = stationary.dtype != Dtype::F32 && moving.dtype != Dtype::F32;
+    gemm(k, m, n, &s, &mv, &mut c, float_acc, exact_products)?;
     if int8 {
         // Exact: |sum| < 2^24, so the f32 holds an integer.
         let mut acc = Vec::new();
@@ -88,4 +92,164 @@ pub(super) fn matmul(
     }
     ctx.give([s, mv, c]);
     Ok(poisoned)
+}
+
+/// Multiply-adds below which a matmul is not split across threads.
+const PARALLEL_MACS: usize = 1 << 20;
+
+/// `c[M, N] = (accumulate ? c : 0) + s[K, M]^T @ v[K, N]` by the module's rule, split over
+/// column blocks of `c` across threads when large.
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    k: usize,
+    m: usize,
+    n: usize,
+    s: &[f32],
+    v: &[f32],
+    c: &mut [f32],
+    accumulate: bool,
+    exact_products: bool,
+) -> Result<(), ExecError> {
+    use rayon::prelude::*;
+    let shape_err = |e: ndarray::ShapeError| ExecError::new(format!("matmul buffers: {e}"));
+    let sv = ArrayView2::from_shape((k, m), s).map_err(shape_err)?;
+    let vv = ArrayView2::from_shape((k, n), v).map_err(shape_err)?;
+    let mut cv = ArrayViewMut2::from_shape((m, n), c).map_err(shape_err)?;
+    let beta = if accumulate { 1.0 } else { 0.0 };
+    let threads = rayon::current_num_threads();
+    let blocks = if k * m * n >= PARALLEL_MACS && threads > 1 {
+        threads.min(n.div_ceil(64))
+    } else {
+        1
+    };
+    let width = n.div_ceil(blocks.max(1)).max(1);
+    let run = |vb: ArrayView2<'_, f32>, mut cb: ArrayViewMut2<'_, f32>| {
+        if exact_products {
+            general_mat_mul(1.0, &sv.t(), &vb, beta, &mut cb);
+        } else {
+            gemm_f32_unfused(&sv, &vb, &mut cb, accumulate);
+        }
+    };
+    if blocks <= 1 {
+        run(vv, cv);
+        return Ok(());
+    }
+    let vcols: Vec<_> = vv.axis_chunks_iter(Axis(1), width).collect();
+    let ccols: Vec<_> = cv.axis_chunks_iter_mut(Axis(1), width).collect();
+    vcols
+        .into_par_iter()
+        .zip(ccols)
+        .for_each(|(vb, cb)| run(vb, cb));
+    Ok(())
+}
+
+/// The module's rule for FP32 inputs, with separate multiplies and adds: for each output
+/// row, `acc[n] = acc[n] + s[k, m] * v[k, n]` over `k` in order (vectorizes over `n`
+/// without changing any element's order of operations), then `c = (accumulate ? c : +0)
+/// + acc`.
+pub(crate) fn gemm_f32_unfused(
+    s: &ArrayView2<'_, f32>,
+    v: &ArrayView2<'_, f32>,
+    c: &mut ArrayViewMut2<'_, f32>,
+    accumulate: bool,
+) {
+    let (k, m) = s.dim();
+    let n = v.ncols();
+    let mut acc = vec![0f32; n];
+    for mi in 0..m {
+        acc.fill(0.0);
+        for ki in 0..k {
+            let a = s[[ki, mi]];
+            let row = v.row(ki);
+            match row.as_slice() {
+                Some(r) => {
+                    for (o, &x) in acc.iter_mut().zip(r) {
+                        *o += a * x;
+                    }
+                }
+                None => {
+                    for (o, &x) in acc.iter_mut().zip(row.iter()) {
+                        *o += a * x;
+                    }
+                }
+            }
+        }
+        for (o, &x) in c.row_mut(mi).iter_mut().zip(&acc) {
+            let base = if accumulate { *o } else { 0.0 };
+            *o = base + x;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+
+    /// The rule, one element at a time.
+    fn rule(s: &Array2<f32>, v: &Array2<f32>, c: &Array2<f32>, accumulate: bool) -> Array2<f32> {
+        let (k, m) = s.dim();
+        let n = v.ncols();
+        Array2::from_shape_fn((m, n), |(i, j)| {
+            let mut acc = 0f32;
+            for kk in 0..k {
+                let p = s[[kk, i]] * v[[kk, j]];
+                acc += p;
+            }
+            (if accumulate { c[[i, j]] } else { 0.0 }) + acc
+        })
+    }
+
+    fn data(k: usize, m: usize, n: usize, bf16: bool) -> (Array2<f32>, Array2<f32>, Array2<f32>) {
+        let r = neuron_isa::rng::CounterRng::for_tensor(1, "mm");
+        let mut x = vec![0f32; k * m + k * n + m * n];
+        r.fill_standard_normal(0, &mut x);
+        if bf16 {
+            for v in &mut x {
+                *v = half::bf16::from_f32(*v).to_f32();
+            }
+        }
+        let s = Array2::from_shape_vec((k, m), x[..k * m].to_vec()).unwrap();
+        let v = Array2::from_shape_vec((k, n), x[k * m..k * m + k * n].to_vec()).unwrap();
+        let c = Array2::from_shape_vec((m, n), x[k * m + k * n..].to_vec()).unwrap();
+        (s, v, c)
+    }
+
+    fn bits(a: &Array2<f32>) -> Vec<u32> {
+        a.iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn both_paths_follow_the_rule_for_any_thread_count() {
+        for (exact, acc) in [(true, false), (true, true), (false, false), (false, true)] {
+            let (k, m, n) = (128, 96, 500);
+            let (s, v, c0) = data(k, m, n, exact);
+            let want = rule(&s, &v, &c0, acc);
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut c = c0.clone();
+                pool.install(|| {
+                    gemm(
+                        k,
+                        m,
+                        n,
+                        s.as_slice().unwrap(),
+                        v.as_slice().unwrap(),
+                        c.as_slice_mut().unwrap(),
+                        acc,
+                        exact,
+                    )
+                })
+                .unwrap();
+                assert_eq!(
+                    bits(&c),
+                    bits(&want),
+                    "exact {exact} acc {acc} threads {threads}"
+                );
+            }
+        }
+    }
 }
