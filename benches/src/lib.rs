@@ -227,7 +227,6 @@ impl Transformer {
     }
 }
 
-
 /// BERT-base encoder: `layers` layers of `examples/bert_layer.json`'s structure (hidden
 /// 768, 12 heads of 64, ffn 3072, exact gelu, post-LN), seq 128, `batch` sequences.
 pub fn bert_base_json(batch: usize, layers: usize) -> String {

@@ -28,8 +28,8 @@ pub mod options;
 pub mod passes;
 pub mod quant;
 pub mod reference;
-pub mod zoo;
 pub mod train;
+pub mod zoo;
 /// The platform-independent seeded generator (shared with the runtime through `neuron-isa`).
 pub use neuron_isa::rng;
 

@@ -87,7 +87,6 @@ struct ZooGetArgs {
     /// Output model.json.
     #[arg(short, long, value_name = "MODEL.json")]
     output: PathBuf,
-
 }
 
 /// Shape bindings for ONNX models with symbolic dimensions.

@@ -106,7 +106,6 @@ fn compare(args: &CompareArgs) -> anyhow::Result<()> {
         CompareFormat::Json => println!("{}", serde_json::to_string_pretty(&c)?),
     }
     Ok(())
-
 }
 
 #[derive(Args, Debug)]

@@ -541,7 +541,9 @@ fn small_dmas(all: &[Span<'_>], cfg: &ChipConfig, latency: f64, out: &mut Vec<In
     let merged = bytes_pp.div_ceil(DMA_KNEE_BYTES_PER_PARTITION).max(1) as f64;
     let n = small.len() as f64;
     let fixed = cfg.dma_fixed_latency_ns * 1000.0;
-    let saving = ((n - merged) * fixed / queues.len().max(1) as f64).clamp(0.0, wall);
+    // A queue keeps `dma_queue_depth` transfers in flight, so their fixed costs overlap.
+    let in_flight = (queues.len().max(1) as f64) * f64::from(cfg.dma_queue_depth.max(1));
+    let saving = ((n - merged) * fixed / in_flight).clamp(0.0, wall.min(latency));
     out.push(Insight {
         kind: InsightKind::SmallDma,
         kernel: None,
