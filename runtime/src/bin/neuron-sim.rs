@@ -364,8 +364,12 @@ fn load(args: &RunArgs) -> anyhow::Result<Model> {
         // a smaller SBUF may no longer hold it).
         let mut artifact = model.artifact().clone();
         artifact.meta.target = apply_sets(&artifact.meta.target, &args.sets)?;
-        model = Model::from_artifact(artifact)
-            .with_context(|| format!("{} with --set", args.model.display()))?;
+        model = if args.timing_only {
+            Model::from_program(artifact)
+        } else {
+            Model::from_artifact(artifact)
+        }
+        .with_context(|| format!("{} with --set", args.model.display()))?;
     }
     if let Some(t) = &c.target {
         let wanted = ChipConfig::from_target(t).with_context(|| format!("--target {t}"))?;
