@@ -96,87 +96,51 @@ fn simulated_fp32_training_matches_the_reference_step_for_step() {
     assert_eq!(names, ["b1", "b2", "w1", "w2"]);
 }
 
+/// Trains 6 epochs of SGD with a tiny learning rate under `precision` (plus `extra` flags)
+/// and returns the last epoch's mean loss.
+fn last_epoch_loss(precision: &str, extra: &[&str]) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let training = format!(
+        r#"{{"loss": {{"kind": "cross_entropy", "output": "logits"}},
+        "labels": {{"name": "y", "shape": [8], "dtype": "i64"}},
+        "optimizer": {{"kind": "sgd", "lr": 0.002}}, "precision": "{precision}"}}"#
+    );
+    setup(dir.path(), &training);
+    let out = neuron_sim()
+        .current_dir(dir.path())
+        .args(["train", "m.json", "--data", "x.npy", "--labels", "y.npy"])
+        .args(["--epochs", "6", "--seed", "5", "--log-steps"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let last = stdout
+        .lines()
+        .rfind(|l| l.starts_with("epoch"))
+        .unwrap()
+        .to_string();
+    last.split("loss ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 #[test]
 fn bf16_stochastic_rounding_beats_round_to_nearest_on_weights() {
     // A tiny learning rate: most bf16 round-to-nearest updates are lost (|lr * step| below
     // half an ulp of the weight), stochastic rounding keeps them in expectation.
-    let run = |rounding: &str| {
-        let dir = tempfile::tempdir().unwrap();
-        let training = format!(
-            r#"{{"loss": {{"kind": "cross_entropy", "output": "logits"}},
-            "labels": {{"name": "y", "shape": [8], "dtype": "i64"}},
-            "optimizer": {{"kind": "sgd", "lr": 0.002}}, "precision": "{rounding}"}}"#
-        );
-        setup(dir.path(), &training);
-        let out = neuron_sim()
-            .current_dir(dir.path())
-            .args(["train", "m.json", "--data", "x.npy", "--labels", "y.npy"])
-            .args(["--epochs", "6", "--seed", "5", "--log-steps"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        let last = stdout
-            .lines()
-            .rfind(|l| l.starts_with("epoch"))
-            .unwrap()
-            .to_string();
-        last.split("loss ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse::<f64>()
-            .unwrap()
-    };
-    let (sr, fp32) = (run("bf16_sr"), run("fp32"));
-    // Round-to-nearest bf16 weights: the same run with weights rounded RNE (bf16_mixed
-    // keeps fp32 masters, so it is the fp32 curve; RNE bf16 weights barely move).
-    let rne = {
-        let dir = tempfile::tempdir().unwrap();
-        let training = r#"{"loss": {"kind": "cross_entropy", "output": "logits"},
-            "labels": {"name": "y", "shape": [8], "dtype": "i64"},
-            "optimizer": {"kind": "sgd", "lr": 0.002}, "precision": "bf16_sr"}"#;
-        setup(dir.path(), training);
-        let out = neuron_sim()
-            .current_dir(dir.path())
-            .args(["train", "m.json", "--data", "x.npy", "--labels", "y.npy"])
-            .args([
-                "--epochs",
-                "6",
-                "--seed",
-                "5",
-                "--log-steps",
-                "--rounding",
-                "rne",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        let last = stdout
-            .lines()
-            .rfind(|l| l.starts_with("epoch"))
-            .unwrap()
-            .to_string();
-        last.split("loss ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse::<f64>()
-            .unwrap()
-    };
+    let fp32 = last_epoch_loss("fp32", &[]);
+    let sr = last_epoch_loss("bf16_sr", &[]);
+    let rne = last_epoch_loss("bf16_sr", &["--rounding", "rne"]);
     assert!(
         (sr - fp32).abs() < (rne - fp32).abs(),
         "stochastic rounding {sr} should track fp32 {fp32} better than round-to-nearest {rne}"
