@@ -12,5 +12,5 @@ mod weights;
 pub use error::ModelError;
 pub use init::{InitSpec, init_tensor};
 pub use literal::parse_literal;
-pub use model_json::{load_model, parse_model};
+pub use model_json::{load_model, model_files, parse_model};
 pub use weights::WeightsFile;

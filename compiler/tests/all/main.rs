@@ -7,6 +7,7 @@ mod backend_perf;
 mod backend_program;
 mod cli;
 mod compile_e2e;
+mod diff_fuzz;
 mod framework_export;
 mod fused_vs_unfused;
 mod fusion;

@@ -7,23 +7,33 @@
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use neuron_isa::{Artifact, ChipConfig};
+use neuron_isa::Artifact;
 use neuron_runtime::{Model, Report, Rounding, RunOptions, Summary, write_outputs, write_profile};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+#[path = "../../../compiler/src/cli_common.rs"]
+mod cli_common;
+use cli_common::{
+    CompileFlags, EXIT_STATUS, LogArgs, UsageError, print_out, refuse_clobber, refuse_duplicates,
+    report_failure,
+};
+
 #[derive(Parser, Debug)]
 #[command(
     name = "neuron-sim",
     version,
-    about = "Run programs on a simulated NeuronCore"
+    about = "Run programs on a simulated NeuronCore",
+    after_help = concat!(
+        "Exit status:\n  0 success, 1 bad input or failed run, 2 usage error\n\n",
+        "Example:\n  neuron-sim run examples/bert_layer.json --profile profile/"
+    )
 )]
 struct Cli {
-    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,6 +41,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Execute an artifact or model and print a performance summary.
+    #[command(after_help = format!("{EXIT_STATUS}\n\nOutputs are written to DIR/<output name>.npy (the name's characters outside\n[A-Za-z0-9._-] become _, names that collide get -2, -3, ...); an output or profile\nfile that would replace the model or an --input file is refused.\n\nExamples:\n  neuron-sim run bert.neff --output-dir out/ --profile profile/\n  neuron-sim run examples/mlp.json -O1 --target trn2 --timing-only --json"))]
     Run(RunArgs),
 }
 
@@ -40,8 +51,8 @@ struct RunArgs {
     model: PathBuf,
     /// Bind input NAME to the array in FILE.npy (repeatable); inputs not given are drawn
     /// from the seeded generator.
-    #[arg(long = "input", value_name = "NAME=FILE.npy", value_parser = parse_input)]
-    inputs: Vec<(String, PathBuf)>,
+    #[arg(long = "input", value_name = "NAME=FILE.npy")]
+    inputs: Vec<String>,
     /// Write each output to `DIR/<output name>.npy`.
     #[arg(long, value_name = "DIR")]
     output_dir: Option<PathBuf>,
@@ -63,25 +74,10 @@ struct RunArgs {
     /// Look for unsynchronized SBUF/PSUM accesses between engines (slower).
     #[arg(long)]
     check_races: bool,
+    /// The compiler's flags: used when MODEL is a model.json (for a .neff, only --target,
+    /// which must match the artifact's target).
     #[command(flatten)]
     compile: CompileFlags,
-}
-
-/// The compiler's flags, used only when the model is a model.json.
-#[derive(Args, Debug, Default)]
-struct CompileFlags {
-    /// Chip to compile for: trn1, trn2 or a .toml file (for a .neff: must match its target).
-    #[arg(long, value_name = "TARGET")]
-    target: Option<String>,
-    /// Which fp32 ops to cast: none, matmult or all (model.json only).
-    #[arg(long, value_name = "MODE")]
-    auto_cast: Option<String>,
-    /// What auto-cast casts to: bf16, fp16, fp8_e4m3 or int8 (model.json only).
-    #[arg(long, value_name = "TYPE")]
-    auto_cast_type: Option<String>,
-    /// One kernel per op, no fusion (model.json only).
-    #[arg(long)]
-    no_fuse: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -92,27 +88,6 @@ enum RoundingArg {
     Stochastic,
 }
 
-fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
-    match s.split_once('=') {
-        Some((name, file)) if !name.is_empty() && !file.is_empty() => {
-            Ok((name.to_string(), PathBuf::from(file)))
-        }
-        _ => Err(format!("expected NAME=FILE.npy, found '{s}'")),
-    }
-}
-
-/// A mistake in how the command was called (exit code 2).
-#[derive(Debug)]
-struct UsageError(String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
 fn is_model_json(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"))
@@ -120,28 +95,9 @@ fn is_model_json(path: &Path) -> bool {
 
 /// Compiles a model.json into an artifact, in memory.
 fn compile_in_memory(path: &Path, flags: &CompileFlags) -> anyhow::Result<Artifact> {
-    use neuronc::options::{AutoCast, CastType, CompileOptions};
-    let mut opts = CompileOptions::default();
-    if let Some(t) = &flags.target {
-        opts.target = ChipConfig::from_target(t).with_context(|| format!("--target {t}"))?;
-    }
-    if let Some(m) = &flags.auto_cast {
-        opts.auto_cast = AutoCast::parse(m).ok_or_else(|| {
-            UsageError(format!(
-                "--auto-cast: expected none, matmult or all, found '{m}'"
-            ))
-        })?;
-    }
-    if let Some(t) = &flags.auto_cast_type {
-        opts.auto_cast_type = CastType::parse(t).ok_or_else(|| {
-            UsageError(format!(
-                "--auto-cast-type: expected bf16, fp16, fp8_e4m3 or int8, found '{t}'"
-            ))
-        })?;
-    }
-    opts.fuse = !flags.no_fuse;
     let graph = neuronc::frontend::load_model(path)
         .with_context(|| format!("invalid model {}", path.display()))?;
+    let opts = flags.options(&graph)?;
     let compiled = neuronc::driver::compile(&graph, &opts)
         .with_context(|| format!("cannot compile {}", path.display()))?;
     tracing::info!(summary = %compiled.summary, "compiled in memory");
@@ -162,22 +118,16 @@ fn load(args: &RunArgs) -> anyhow::Result<Model> {
         return Ok(Model::from_artifact(artifact)?);
     }
     let c = &args.compile;
-    for (given, flag) in [
-        (c.auto_cast.is_some(), "--auto-cast"),
-        (c.auto_cast_type.is_some(), "--auto-cast-type"),
-        (c.no_fuse, "--no-fuse"),
-    ] {
-        if given {
-            return Err(UsageError(format!(
-                "{flag} applies only when compiling a model.json; {} is already compiled",
-                args.model.display()
-            ))
-            .into());
-        }
+    if let Some(flag) = c.given().first() {
+        return Err(UsageError(format!(
+            "{flag} applies only when compiling a model.json; {} is already compiled",
+            args.model.display()
+        ))
+        .into());
     }
     let model = Model::load(&args.model)?;
     if let Some(t) = &c.target {
-        let wanted = ChipConfig::from_target(t).with_context(|| format!("--target {t}"))?;
+        let wanted = cli_common::resolve_target(t)?;
         if &wanted != model.target() {
             bail!(
                 "{} was compiled for target '{}', but --target asks for '{}': recompile it for that target",
@@ -235,10 +185,40 @@ impl Progress {
 }
 
 fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let mut specs = Vec::new();
+    for spec in &args.inputs {
+        let (name, file) = cli_common::split_input(spec, "--input")?;
+        specs.push((name, PathBuf::from(file)));
+    }
+    refuse_duplicates(specs.iter().map(|(n, _)| *n), "--input")?;
+    let mut read = if is_model_json(&args.model) {
+        neuronc::frontend::model_files(&args.model)
+    } else {
+        vec![args.model.clone()]
+    };
+    read.extend(specs.iter().map(|(_, f)| f.clone()));
+    read.extend(args.compile.files());
+    // Nothing lost: no profile file may replace a file this run reads (output files are
+    // checked below, once their names are known).
+    if let Some(dir) = &args.profile {
+        let profile: Vec<PathBuf> = ["flame.folded", "flame.svg", "trace.json", "summary.json"]
+            .iter()
+            .map(|f| dir.join(f))
+            .collect();
+        refuse_clobber(&profile, &read)?;
+    }
     let model = load(args)?;
     let seed = args.seed.unwrap_or(model.artifact().meta.seed);
+    if let Some(dir) = &args.output_dir {
+        let names: Vec<String> = model.outputs().into_iter().map(|d| d.name).collect();
+        let files: Vec<PathBuf> = neuron_isa::host::output_file_names(&names)
+            .into_iter()
+            .map(|f| dir.join(f))
+            .collect();
+        refuse_clobber(&files, &read)?;
+    }
     let mut inputs = model.bind();
-    for (name, file) in &args.inputs {
+    for (name, file) in &specs {
         inputs.set_input_npy(name, file)?;
     }
     let generated = inputs.generate_missing(seed)?;
@@ -284,41 +264,23 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         generated_inputs: generated,
     };
     if args.json {
-        println!("{}", report.to_json()?);
+        print_out(&format!("{}\n", report.to_json()?))
     } else {
-        print!("{report}");
+        print_out(&report.to_string())
     }
-    Ok(())
 }
 
 fn main() -> ExitCode {
     // clap exits 0 for --help/--version and 2 for usage errors.
     let cli = Cli::parse();
-    let level = match cli.verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .init();
+    if let Err(e) = cli.log.init() {
+        return ExitCode::from(report_failure(&e, false));
+    }
     let result = match &cli.command {
         Command::Run(args) => run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            if e.downcast_ref::<UsageError>().is_some() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
+        Err(e) => ExitCode::from(report_failure(&e, false)),
     }
 }
