@@ -220,8 +220,10 @@ fn check_supported(g: &Graph) -> Result<(), CompileError> {
                 &node.name,
                 i,
                 node.op.name(),
-                "convolution, pooling and batch_norm have no kernel lowering yet; they are \
-                 planned for a later issue",
+                "the chip back end does not lower convolution, pooling or batch_norm; it \
+                 lowers elementwise ops, matmul, softmax, layer_norm, rms_norm, reductions, \
+                 transpose, reshape, concat, slice, gather, where and cast (run this model \
+                 with `neuronc run --reference`)",
             ));
         }
     }
