@@ -361,7 +361,8 @@ fn compiler_flags_reach_the_compiler() {
         .clone();
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(
-        e.contains("--auto-cast: expected none, matmult or all, found 'some'"),
+        e.contains("invalid value 'some' for '--auto-cast <MODE>'")
+            && e.contains("[possible values: none, matmult, all]"),
         "{e}"
     );
 }
