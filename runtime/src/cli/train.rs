@@ -49,6 +49,10 @@ pub struct TrainArgs {
     /// Write the trained weights here (`.safetensors`, loadable as `weights` in model.json).
     #[arg(long)]
     pub save: Option<PathBuf>,
+    /// Write the profile of the last simulated step (flame graph, trace, summary with
+    /// insights) to DIR.
+    #[arg(long, value_name = "DIR", conflicts_with = "reference")]
+    pub profile: Option<PathBuf>,
     /// Target chip: `trn1`, `trn2` or a TOML file.
     #[arg(long)]
     pub target: Option<String>,
@@ -76,6 +80,8 @@ struct ChipRunner {
     /// Simulated time and FLOPs of the last step.
     last_ps: u64,
     last_flops: u64,
+    /// The last step's records (for `--profile`).
+    last_stats: Option<neuron_sim::RunStats>,
 }
 
 fn to_host(t: &Tensor) -> HostTensor {
@@ -119,11 +125,13 @@ impl StepRunner for ChipRunner {
         let exec = self.model.execute(&b, &opts).map_err(|e| e.to_string())?;
         self.last_ps = exec.stats.total_ps;
         self.last_flops = exec.stats.total_flops();
-        Ok(exec
+        let outputs = exec
             .outputs
             .iter()
             .map(|(k, v)| (k.clone(), from_host(v)))
-            .collect())
+            .collect();
+        self.last_stats = Some(exec.stats);
+        Ok(outputs)
     }
 }
 
@@ -228,6 +236,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             steps: 0,
             last_ps: 0,
             last_flops: 0,
+            last_stats: None,
         })
     };
     let total = steps_per_epoch * args.epochs as u64;
@@ -301,6 +310,12 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             batch as f64 / (us * 1e-6),
             mfu
         );
+    }
+    if let (Some(dir), Some(c)) = (&args.profile, &chip)
+        && let Some(stats) = &c.last_stats
+    {
+        neuron_runtime::write_profile(dir, &c.model, stats)?;
+        println!("profile of the last step written to {}", dir.display());
     }
     if let Some(path) = &args.save {
         save_weights(path, &step, &state)?;

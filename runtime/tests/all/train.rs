@@ -73,7 +73,10 @@ fn train(dir: &Path, extra: &[&str]) -> (Vec<f64>, String) {
 fn simulated_fp32_training_matches_the_reference_step_for_step() {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path(), ADAM_FP32);
-    let (chip, stdout) = train(dir.path(), &["--save", "w.safetensors"]);
+    let (chip, stdout) = train(
+        dir.path(),
+        &["--save", "w.safetensors", "--profile", "prof"],
+    );
     let (reference, _) = train(dir.path(), &["--reference"]);
     assert_eq!(chip.len(), 8, "2 epochs of 4 steps");
     assert_eq!(chip.len(), reference.len());
@@ -88,6 +91,14 @@ fn simulated_fp32_training_matches_the_reference_step_for_step() {
     assert!(stdout.contains("us per step"), "{stdout}");
     assert!(stdout.contains("samples/s"), "{stdout}");
     assert!(stdout.contains("accuracy"), "{stdout}");
+    // The last step's profile, with the training step's kernels in it.
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("prof/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(summary["latency_ns"].as_f64().unwrap() > 0.0, "{summary}");
+    assert!(dir.path().join("prof/flame.svg").is_file());
+    assert!(dir.path().join("prof/trace.json").is_file());
     // The saved weights load as the model's weights file.
     let bytes = std::fs::read(dir.path().join("w.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
