@@ -4,7 +4,11 @@
 //! - `compile/bert_layer_fused` and `compile/bert_layer_unfused`: `examples/bert_layer.json`
 //!   in bf16 (target: under 1 s in a release build);
 //! - `compile/mlp`;
-//! - `compile/matmul_4096x8192x8192`: the big bf16 matmul (about 39k instructions).
+//! - `compile/matmul_4096x8192x8192`: the big bf16 matmul (about 39k instructions);
+//! - `scale/check/N` and `scale/compile/N` for N = 10k, 50k, 100k: a chain of N relu/neg
+//!   nodes as model.json text, loaded and checked (`neuronc check`'s work) and compiled
+//!   unfused (one kernel per node). Linear scaling means the 100k time is about 10x the
+//!   10k time.
 //!
 //! Reported once before the timings (simulated time from timing-only runs of
 //! `neuron_sim`, printed to stderr): the big matmul's TensorE utilisation on trn1 (target:
@@ -150,7 +154,51 @@ fn bench_compile(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_compile);
+/// model.json text of a chain of `n` elementwise nodes on a [4, 8] input.
+fn chain_json(n: usize) -> String {
+    let mut nodes = Vec::with_capacity(n);
+    for i in 0..n {
+        let op = if i % 2 == 0 { "relu" } else { "neg" };
+        let src = if i == 0 {
+            "x".to_string()
+        } else {
+            format!("v{}", i - 1)
+        };
+        nodes.push(format!(
+            r#"{{"name":"n{i}","op":"{op}","inputs":["{src}"],"outputs":["v{i}"]}}"#
+        ));
+    }
+    format!(
+        r#"{{"name":"chain","inputs":[{{"name":"x","shape":[4,8]}}],"nodes":[{}],"outputs":["v{}"]}}"#,
+        nodes.join(","),
+        n - 1
+    )
+}
+
+fn bench_scale(c: &mut Criterion) {
+    let mut group = c.benchmark_group("scale");
+    group.sample_size(10);
+    let unfused = CompileOptions {
+        fuse: false,
+        ..CompileOptions::default()
+    };
+    for n in [10_000, 50_000, 100_000] {
+        let text = chain_json(n);
+        let dir = std::path::Path::new(".");
+        group.bench_function(format!("check/{n}"), |b| {
+            b.iter(|| black_box(neuronc::frontend::parse_model(black_box(&text), dir).is_ok()))
+        });
+        let Ok(g) = neuronc::frontend::parse_model(&text, dir) else {
+            panic!("the {n}-node chain does not load");
+        };
+        group.bench_function(format!("compile/{n}"), |b| {
+            b.iter(|| black_box(compile(black_box(&g), &unfused).is_ok()))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_compile, bench_scale);
 
 fn main() {
     report_simulated();

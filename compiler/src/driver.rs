@@ -2,7 +2,8 @@
 //!
 //! `graph -> middle end -> tiling -> allocation -> lowering/scheduling -> artifact`, with the
 //! text form of every stage handed to a dump callback (files `DIR/NN-stage.txt` under
-//! `--dump DIR`), the ISA verifier run on the program in debug builds and tests, and a
+//! `--dump DIR`), the ISA verifier run on every program (release builds too), the program's HBM footprint
+//! checked against the target, and a
 //! one-screen [`CompileSummary`].
 
 use crate::backend::{self, tiling};
@@ -185,9 +186,16 @@ impl Dumper {
     }
 
     fn dump(&mut self, stage: &str, text: &str) {
+        self.dump_with(stage, || text.to_string());
+    }
+
+    /// Like [`Dumper::dump`], but builds the text only when dumping is on: text forms of
+    /// large programs are never built for nothing.
+    fn dump_with(&mut self, stage: &str, text: impl FnOnce() -> String) {
         let Some(dir) = &self.dir else {
             return;
         };
+        let text = text();
         // Stages may arrive numbered ("03-fused"); the driver owns the numbering.
         let name = match stage.split_once('-') {
             Some((n, rest)) if n.chars().all(|c| c.is_ascii_digit()) => rest,
@@ -205,12 +213,68 @@ impl Dumper {
     }
 }
 
-/// Runs the ISA verifier in debug builds and tests; release builds trust the back end
-/// (the runtime verifies every artifact it loads anyway).
+/// Runs the ISA verifier (the same one the runtime runs on every artifact it loads) on
+/// every program the compiler emits, in release builds too: the compiler never writes a
+/// program the runtime would refuse.
 fn verify(program: &Program, opts: &CompileOptions) -> Result<(), CompileError> {
-    if cfg!(debug_assertions) {
-        neuron_isa::verify_program(program, &opts.target)
-            .map_err(|e| CompileError::Verify(format!("program: {e}")))?;
+    neuron_isa::verify_program(program, &opts.target)
+        .map_err(|e| CompileError::Verify(format!("program: {e}")))
+}
+
+/// Refuses a kernel result stored as i64: the chip's DMA reads 64-bit integers (converting
+/// them) but never writes them, so such a program would fail the verifier. Names the node.
+fn refuse_i64_results(graph: &Graph, kg: &crate::kernel::KernelGraph) -> Result<(), CompileError> {
+    for t in &kg.tensors {
+        if t.dtype != neuron_isa::Dtype::I64
+            || matches!(t.kind, TensorKind::Input | TensorKind::Weight)
+        {
+            continue;
+        }
+        let producer = graph
+            .value_by_name(&t.name)
+            .and_then(|v| graph.value(v).producer);
+        let (node, index, op) = match producer {
+            Some(n) => (
+                graph.node(n).name.clone(),
+                n.0 as usize,
+                graph.node(n).op.name().to_string(),
+            ),
+            None => (t.name.clone(), 0, "?".to_string()),
+        };
+        return Err(CompileError::unsupported(
+            node,
+            index,
+            op,
+            format!(
+                "its result '{}' is i64, which the chip cannot store (DMA reads 64-bit integers but never writes them); cast the result to i32 (a `cast` node with dtype \"i32\") or compute in f32",
+                t.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a program whose HBM tensors (inputs, weights, outputs, scratch) do not fit the
+/// target's HBM, with the sizes.
+fn check_hbm(program: &Program, opts: &CompileOptions) -> Result<(), CompileError> {
+    let need: u64 = program
+        .tensors
+        .iter()
+        .fold(0u64, |acc, t| acc.saturating_add(t.bytes()));
+    let have = opts.target.hbm_bytes;
+    if need > have {
+        let biggest = program.tensors.iter().max_by_key(|t| t.bytes());
+        return Err(CompileError::Verify(format!(
+            "the model needs {need} bytes of HBM ({}), target '{}' has {have} ({}){}",
+            human(need),
+            opts.target.name,
+            human(have),
+            biggest.map_or(String::new(), |t| format!(
+                "; the largest tensor is '{}' ({})",
+                t.name,
+                human(t.bytes())
+            ))
+        )));
     }
     Ok(())
 }
@@ -244,28 +308,31 @@ fn compile_with(
     let stage = |name: &'static str| tracing::info_span!("stage", name).entered();
     let kg = {
         let _s = stage("middle_end");
-        passes::run_middle_end(graph, opts, &mut |stage, text| dumper.dump(stage, text))?
+        passes::run_middle_end_with(graph, opts, opts.dump_dir.is_some(), &mut |stage, text| {
+            dumper.dump(stage, text)
+        })?
     };
     dumper.check()?;
+    refuse_i64_results(graph, &kg)?;
     let plans = {
         let _s = stage("tiling");
         tiling::plan(&kg, cfg)?
     };
-    dumper.dump("tiling", &tiling::display(&kg, &plans));
+    dumper.dump_with("tiling", || tiling::display(&kg, &plans));
     let alloc = {
         let _s = stage("allocation");
         backend::allocate(&kg, &plans, cfg)?
     };
-    dumper.dump("allocation", &backend::display_allocation(&kg, &alloc));
+    dumper.dump_with("allocation", || backend::display_allocation(&kg, &alloc));
     let lowered = {
         let _s = stage("lowering");
         backend::lower_program(&kg, &plans, &alloc, cfg)?
     };
-    dumper.dump(
-        "program",
-        &neuron_isa::disasm::disassemble(&lowered.program),
-    );
+    dumper.dump_with("program", || {
+        neuron_isa::disasm::disassemble(&lowered.program)
+    });
     dumper.check()?;
+    check_hbm(&lowered.program, opts)?;
     verify(&lowered.program, opts)?;
     let spill_bytes = plans.iter().map(|p| p.restream_bytes).sum();
     // Bounds come from the graph as given (before canonicalization), exactly as

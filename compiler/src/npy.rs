@@ -1,104 +1,70 @@
-//! Reading and writing [`Tensor`]s as `.npy` files.
+//! `.npy` files as [`Tensor`]s: conversions around the toolchain's one `.npy` reader and
+//! writer, [`neuron_isa::npy`] (which checks every header claim before allocating).
 //!
-//! Readable element types: f32, f64, i8, i32, i64, bool (little-endian, C or
-//! Fortran order). bf16 and f16 tensors are written as f32 (npy has no bf16).
-//! The header's shape is checked against
-//! [`MAX_TENSOR_ELEMENTS`](crate::ir::limits::MAX_TENSOR_ELEMENTS) before any
-//! data is read.
+//! uint8 files read as i32; bf16 and f16 tensors are written as f32 (npy has no bf16).
+//! Shapes are also checked against the compiler's limits
+//! ([`check_shape`](crate::ir::limits::check_shape): no empty tensors).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use ndarray::ArrayD;
-use ndarray_npy::npy::header::Header;
-use ndarray_npy::{ReadNpyExt, WriteNpyExt};
+use ndarray::{ArrayD, IxDyn};
+pub use neuron_isa::npy::NpyError;
+use neuron_isa::npy::{NpyArray, NpyData};
 
 use crate::ir::limits::check_shape;
 use crate::ir::{Tensor, fmt_shape};
 
-/// Why an `.npy` file could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum NpyError {
-    /// The file could not be opened, read or created.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The file is not a supported `.npy` array.
-    #[error("{}: {message}", path.display())]
-    Format {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-}
-
 /// Reads an `.npy` file into a tensor of the file's element type.
 pub fn read_npy(path: &Path) -> Result<Tensor, NpyError> {
-    let bytes = std::fs::read(path).map_err(|source| NpyError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let a = neuron_isa::npy::read_npy(path)?;
     let format = |message: String| NpyError::Format {
         path: path.to_path_buf(),
         message,
     };
-    let header = Header::from_reader(&mut &bytes[..])
-        .map_err(|e| format(format!("not a valid .npy file: {e}").to_lowercase()))?;
-    check_shape(&header.shape).map_err(|e| {
+    check_shape(&a.shape).map_err(|e| {
         format(format!(
             "array of shape {} refused: {e}",
-            fmt_shape(&header.shape)
+            fmt_shape(&a.shape)
         ))
     })?;
-    let descr = header.type_descriptor.to_string();
-    macro_rules! try_read {
-        ($t:ty, $variant:ident) => {
-            if let Ok(a) = ArrayD::<$t>::read_npy(&bytes[..]) {
-                return Ok(Tensor::$variant(a));
-            }
-        };
-    }
-    try_read!(f32, F32);
-    try_read!(f64, F64);
-    try_read!(i64, I64);
-    try_read!(i32, I32);
-    try_read!(i8, I8);
-    try_read!(bool, Bool);
-    Err(format(format!(
-        "unsupported or truncated array (dtype {descr}, shape {}); expected little-endian f32, f64, i8, i32, i64 or bool data",
-        fmt_shape(&header.shape)
-    )))
-}
-
-/// Writes a tensor as `.npy` (bf16 and f16 are widened to f32).
-pub fn write_npy(path: &Path, t: &Tensor) -> Result<(), NpyError> {
-    let file = std::fs::File::create(path).map_err(|source| NpyError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let w = std::io::BufWriter::new(file);
-    let res = match t {
-        Tensor::F32(a) => a.write_npy(w),
-        Tensor::F64(a) => a.write_npy(w),
-        Tensor::Bf16(_) | Tensor::F16(_) => t.to_f32().write_npy(w),
-        Tensor::I8(a) => a.write_npy(w),
-        Tensor::I32(a) => a.write_npy(w),
-        Tensor::I64(a) => a.write_npy(w),
-        Tensor::Bool(a) => a.write_npy(w),
-    };
-    res.map_err(|e| NpyError::Format {
-        path: path.to_path_buf(),
-        message: format!("cannot write: {e}"),
+    let shape = IxDyn(&a.shape);
+    let shaped = |e: ndarray::ShapeError| format(e.to_string());
+    Ok(match a.data {
+        NpyData::F32(v) => Tensor::F32(ArrayD::from_shape_vec(shape, v).map_err(shaped)?),
+        NpyData::F64(v) => Tensor::F64(ArrayD::from_shape_vec(shape, v).map_err(shaped)?),
+        NpyData::I8(v) => Tensor::I8(ArrayD::from_shape_vec(shape, v).map_err(shaped)?),
+        NpyData::U8(v) => Tensor::I32(
+            ArrayD::from_shape_vec(shape, v.into_iter().map(i32::from).collect())
+                .map_err(shaped)?,
+        ),
+        NpyData::I32(v) => Tensor::I32(ArrayD::from_shape_vec(shape, v).map_err(shaped)?),
+        NpyData::I64(v) => Tensor::I64(ArrayD::from_shape_vec(shape, v).map_err(shaped)?),
+        NpyData::Bool(v) => Tensor::Bool(ArrayD::from_shape_vec(shape, v).map_err(shaped)?),
     })
 }
 
-/// Replaces every character outside `[A-Za-z0-9._-]` with `_` (for file names); shared with
-/// the runtime so both tools write the same files.
-pub use neuron_isa::host::sanitize_file_name;
+/// Writes a tensor as `.npy`, C order (bf16 and f16 are widened to f32).
+pub fn write_npy(path: &Path, t: &Tensor) -> Result<(), NpyError> {
+    let data = match t {
+        Tensor::F32(a) => NpyData::F32(a.iter().copied().collect()),
+        Tensor::F64(a) => NpyData::F64(a.iter().copied().collect()),
+        Tensor::Bf16(_) | Tensor::F16(_) => NpyData::F32(t.to_f32().iter().copied().collect()),
+        Tensor::I8(a) => NpyData::I8(a.iter().copied().collect()),
+        Tensor::I32(a) => NpyData::I32(a.iter().copied().collect()),
+        Tensor::I64(a) => NpyData::I64(a.iter().copied().collect()),
+        Tensor::Bool(a) => NpyData::Bool(a.iter().copied().collect()),
+    };
+    neuron_isa::npy::write_npy(
+        path,
+        &NpyArray {
+            shape: t.shape().to_vec(),
+            data,
+        },
+    )
+}
+
+/// The file-name rule both tools share (see [`neuron_isa::host::output_file_names`]).
+pub use neuron_isa::host::{output_file_names, sanitize_file_name};
 
 #[cfg(test)]
 mod tests {
@@ -115,6 +81,12 @@ mod tests {
             Tensor::I32(arr2(&[[7i32, -1]]).into_dyn()),
             Tensor::I8(arr2(&[[7i8, -1]]).into_dyn()),
             Tensor::Bool(arr2(&[[true, false]]).into_dyn()),
+            // A transposed view is written in row-major (C) order, never Fortran order.
+            Tensor::F32(
+                arr2(&[[1.0f32, 2.0], [3.0, 4.0]])
+                    .reversed_axes()
+                    .into_dyn(),
+            ),
         ] {
             let p = dir.path().join("t.npy");
             write_npy(&p, &t).unwrap();
@@ -126,12 +98,7 @@ mod tests {
             read_npy(&p)
                 .unwrap_err()
                 .to_string()
-                .contains("not a valid .npy file")
+                .contains("not a .npy file")
         );
-    }
-
-    #[test]
-    fn sanitize() {
-        assert_eq!(sanitize_file_name("a/b:c d.x-1"), "a_b_c_d.x-1");
     }
 }

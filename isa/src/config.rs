@@ -99,8 +99,16 @@ pub struct ChipConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The preset name is not known.
-    #[error("unknown target '{0}': expected trn1, trn2 or a path to a .toml file")]
+    #[error(
+        "unknown target '{0}': expected a preset (trn1, trn2) or a chip file given by path (a .toml suffix, or a path such as ./{0})"
+    )]
     UnknownPreset(String),
+    /// A bare name that is not a preset but names a file or folder in the current
+    /// directory: presets are taken by name and files only by path, so this is refused.
+    #[error(
+        "target '{0}' is ambiguous: it is not a preset (trn1, trn2) but a file or folder of that name exists; write ./{0} to use the file"
+    )]
+    Ambiguous(String),
     /// The file could not be read.
     #[error("cannot read chip config {path}: {cause}")]
     Io {
@@ -211,12 +219,23 @@ impl ChipConfig {
         }
     }
 
-    /// Resolves a `--target` argument: a preset name, or a path to a TOML file.
+    /// Resolves a `--target` argument. Presets are taken by name and files by path: an
+    /// argument with a `.toml` suffix or a path separator (`./trn1`, `chips/a`) is a
+    /// TOML file; any other is a preset name, so a file or folder named `trn1` in the
+    /// current directory never replaces or breaks the `trn1` preset. A bare name that is
+    /// neither a preset nor has a `.toml` suffix but exists as a file is refused as
+    /// ambiguous ([`ConfigError::Ambiguous`]).
     pub fn from_target(target: &str) -> Result<ChipConfig, ConfigError> {
-        if target.ends_with(".toml") || Path::new(target).exists() {
-            ChipConfig::from_toml_file(Path::new(target))
-        } else {
-            ChipConfig::preset(target)
+        let is_path = target.ends_with(".toml")
+            || target.contains('/')
+            || target.contains(std::path::MAIN_SEPARATOR);
+        if is_path {
+            return ChipConfig::from_toml_file(Path::new(target));
+        }
+        match ChipConfig::preset(target) {
+            Ok(cfg) => Ok(cfg),
+            Err(_) if Path::new(target).exists() => Err(ConfigError::Ambiguous(target.to_string())),
+            Err(e) => Err(e),
         }
     }
 
@@ -248,7 +267,12 @@ impl ChipConfig {
                 )));
             }
         };
-        ChipConfig::preset(&base)?.merge(table, origin)
+        let preset = ChipConfig::preset(&base).map_err(|_| {
+            parse_err(format!(
+                "`base` names an unknown preset '{base}': expected \"trn1\" or \"trn2\""
+            ))
+        })?;
+        preset.merge(table, origin)
     }
 
     /// This configuration with `overrides` (`(field, value)` pairs, values in TOML syntax:
@@ -314,7 +338,12 @@ impl ChipConfig {
         let cfg: ChipConfig = merged
             .try_into()
             .map_err(|e: toml::de::Error| parse_err(e.to_string().trim_end().to_string()))?;
-        cfg.validate()?;
+        cfg.validate().map_err(|e| match e {
+            ConfigError::Invalid { field, message } => {
+                parse_err(format!("field `{field}`: {message}"))
+            }
+            other => other,
+        })?;
         Ok(cfg)
     }
 
@@ -521,12 +550,12 @@ mod tests {
     fn sbuf_and_hbm_sizes_are_capped_to_bound_host_memory() {
         assert_eq!(
             invalid("sbuf_bytes_per_partition = 67108864"),
-            "invalid chip config field `sbuf_bytes_per_partition`: expected 16384..=4194304, \
+            "invalid chip config t.toml: field `sbuf_bytes_per_partition`: expected 16384..=4194304, \
              found 67108864"
         );
         assert_eq!(
             invalid("hbm_bytes = 1099511627776"),
-            "invalid chip config field `hbm_bytes`: expected 1048576..=68719476736, found \
+            "invalid chip config t.toml: field `hbm_bytes`: expected 1048576..=68719476736, found \
              1099511627776"
         );
         let cfg = ChipConfig::from_toml_str(
@@ -563,29 +592,47 @@ mod tests {
         );
         assert_eq!(
             err("dma_engines", "0"),
-            "invalid chip config field `dma_engines`: expected 1..=128, found 0"
+            "invalid chip config --set: field `dma_engines`: expected 1..=128, found 0"
         );
         assert!(err("psum_banks", "lots").starts_with("invalid chip config --set: "));
         assert!(err("base", "trn2").contains("--target"));
     }
 
     #[test]
+    fn presets_by_name_files_by_path() {
+        let dir = std::env::temp_dir().join(format!("neuron-isa-target-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("mychip");
+        std::fs::write(&file, "base = \"trn2\"\n").unwrap();
+        assert_eq!(ChipConfig::from_target("trn2").unwrap(), ChipConfig::trn2());
+        assert_eq!(
+            ChipConfig::from_target(file.to_str().unwrap()).unwrap(),
+            ChipConfig::trn2()
+        );
+        let e = ChipConfig::from_target("nosuchchip")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown target 'nosuchchip'"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn bad_values_are_errors_naming_the_field() {
         assert_eq!(
             invalid("tensor_clock_ghz = nan"),
-            "invalid chip config field `tensor_clock_ghz`: expected a positive finite number, \
+            "invalid chip config t.toml: field `tensor_clock_ghz`: expected a positive finite number, \
              found NaN"
         );
         assert_eq!(
             invalid("dma_fixed_latency_ns = -inf"),
-            "invalid chip config field `dma_fixed_latency_ns`: expected a non-negative finite \
+            "invalid chip config t.toml: field `dma_fixed_latency_ns`: expected a non-negative finite \
              number, found -inf"
         );
         assert!(invalid("psum_banks = -1").starts_with("invalid chip config t.toml: "));
         assert!(invalid("generation = 4294967296").starts_with("invalid chip config t.toml: "));
         assert_eq!(
             invalid("dma_engines = 0"),
-            "invalid chip config field `dma_engines`: expected 1..=128, found 0"
+            "invalid chip config t.toml: field `dma_engines`: expected 1..=128, found 0"
         );
         assert_eq!(
             invalid("base = 3"),

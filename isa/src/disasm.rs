@@ -4,11 +4,11 @@
 //! stream with one line per instruction:
 //!
 //! ```text
-//!   12: matmul ps:f32@p0+128:0[512] <- sb:bf16@p0+128:0[128], sb:bf16@p0+128:256[512] acc wait(s3>=2) signal(s4) ; kernel fc1+gelu
+//!   12: matmul ps:f32@p0+128:0[512] <- sb:bf16@p0+128:0[128], sb:bf16@p0+128:256[512] acc wait(s3>=2) signal(s4) ; k0
 //! ```
 //!
 //! that is: index, opcode, destination, `<-`, sources, op attributes (`acc`, `func=`,
-//! `op=`, scalar operands, ...), waits, signals and the kernel name. Access patterns use their `Display` form ([`crate::Ap`]). The format is
+//! `op=`, scalar operands, ...), waits, signals and the kernel id (`k0`, named in the kernel table). Access patterns use their `Display` form ([`crate::Ap`]). The format is
 //! stable: changing it breaks golden tests on purpose.
 
 use crate::instr::{Instruction, NO_KERNEL, Op, Operand};
@@ -206,8 +206,10 @@ fn write_instruction(out: &mut String, p: &Program, instr: &Instruction) -> std:
     }
     if instr.kernel != NO_KERNEL {
         match p.kernels.get(instr.kernel as usize) {
-            Some(k) => write!(out, " ; kernel {}", k.name)?,
-            None => write!(out, " ; kernel k{} (unknown)", instr.kernel)?,
+            // The id only: the kernel table above names it once (a fused kernel's name joins
+            // all its nodes' names; repeating it per line made listings quadratic).
+            Some(_) => write!(out, " ; k{}", instr.kernel)?,
+            None => write!(out, " ; k{} (unknown)", instr.kernel)?,
         }
     }
     Ok(())

@@ -216,7 +216,11 @@ pub enum Op {
     /// Indirect DMA (embedding lookup): for each partition `p` of `dst`, reads row
     /// `indices[p]` of the HBM `table` (row `r` starts at `table.offset + r *
     /// table.partition_stride` elements) into `dst[p, :]`. `indices` is an on-chip `[P, 1]`
-    /// I32 pattern; `table.partitions` is the number of rows, used for bounds checks.
+    /// I32 pattern; `table.partitions` is the number of rows, used for bounds checks. A
+    /// negative index in `-rows..0` reads row `index + rows` (numpy `take`, the semantics of
+    /// model.json's gather; a deviation from the hardware's indirect DMA, which the real
+    /// compiler would serve with an extra index fix-up); any other index outside `0..rows`
+    /// stops the run with an error.
     DmaGather {
         /// Destination rows (SBUF).
         dst: Ap,

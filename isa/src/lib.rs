@@ -23,6 +23,7 @@ pub mod disasm;
 pub mod dtype;
 pub mod host;
 pub mod instr;
+pub mod npy;
 pub mod numerics;
 pub mod program;
 pub mod rng;

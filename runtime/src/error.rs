@@ -95,6 +95,19 @@ pub enum RuntimeError {
     /// The simulator refused the program or failed while running it.
     #[error("simulation failed: {0}")]
     Sim(#[from] SimError),
+    /// An instruction failed while running: names the kernel, its graph nodes and the
+    /// tensors the instruction reads.
+    #[error("simulation failed in kernel '{kernel}' (graph nodes: {nodes}{tensors}): {source}")]
+    InKernel {
+        /// The kernel's name.
+        kernel: String,
+        /// Its graph nodes, comma-separated.
+        nodes: String,
+        /// `; tensors 'a', 'b'` (the HBM tensors the kernel reads), or empty.
+        tensors: String,
+        /// The simulator's error (boxed: it is large).
+        source: Box<SimError>,
+    },
     /// A profile file could not be rendered.
     #[error("cannot render profile: {0}")]
     Profile(String),

@@ -92,7 +92,9 @@ impl Model {
         for (&id, bytes) in inputs.bytes() {
             sim.write_tensor(id, bytes)?;
         }
-        let stats = sim.run_with_progress(progress)?;
+        let stats = sim
+            .run_with_progress(progress)
+            .map_err(|e| in_kernel(program, e))?;
         let mut outputs = BTreeMap::new();
         if !opts.timing_only {
             for (i, t) in program.tensors.iter().enumerate() {
@@ -107,5 +109,48 @@ impl Model {
             stats,
             timing_only: opts.timing_only,
         })
+    }
+}
+
+/// Names the kernel, graph nodes and HBM tensors of the instruction a run-time error
+/// comes from (a gather index out of range names the gather's node, table and indices).
+fn in_kernel(program: &neuron_isa::Program, e: neuron_sim::SimError) -> RuntimeError {
+    let neuron_sim::SimError::Exec { stream, index, .. } = &e else {
+        return RuntimeError::Sim(e);
+    };
+    let Some(instr) = program
+        .streams
+        .get(*stream)
+        .and_then(|s| s.instrs.get(*index))
+    else {
+        return RuntimeError::Sim(e);
+    };
+    let Some(k) = program.kernels.get(instr.kernel as usize) else {
+        return RuntimeError::Sim(e);
+    };
+    let mut tensors = std::collections::BTreeSet::new();
+    for s in &program.streams {
+        for i in s.instrs.iter().filter(|i| i.kernel == instr.kernel) {
+            for ap in i.op.reads() {
+                if let neuron_isa::Memory::Hbm(t) = ap.mem {
+                    if let Some(t) = program.tensors.get(t.0 as usize) {
+                        tensors.insert(format!("'{}'", t.name));
+                    }
+                }
+            }
+        }
+    }
+    RuntimeError::InKernel {
+        kernel: k.name.clone(),
+        nodes: k.nodes.join(", "),
+        tensors: if tensors.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; reads {}",
+                tensors.into_iter().collect::<Vec<_>>().join(", ")
+            )
+        },
+        source: Box::new(e),
     }
 }

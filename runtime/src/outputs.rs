@@ -3,7 +3,6 @@
 use crate::error::RuntimeError;
 use crate::execute::Execution;
 use crate::npy;
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// The file stem for output `name`: characters outside `[A-Za-z0-9._-]` become `_`
@@ -14,24 +13,26 @@ pub fn sanitize_name(name: &str) -> String {
     if s.is_empty() { "_".into() } else { s }
 }
 
+/// The files [`write_outputs`] writes for `exec` in `dir`, in output order: the shared
+/// naming rule [`neuron_isa::host::output_file_names`].
+pub fn output_paths(dir: &Path, exec: &Execution) -> Vec<(String, PathBuf)> {
+    let names: Vec<&str> = exec.outputs.keys().map(String::as_str).collect();
+    let files = neuron_isa::host::output_file_names(&names);
+    names
+        .iter()
+        .zip(files)
+        .map(|(n, f)| (n.to_string(), dir.join(f)))
+        .collect()
+}
+
 /// Writes every output to `dir/<sanitized name>.npy` (creating `dir`) and returns the
 /// (output name, file) pairs. Two names that sanitize alike get `-2`, `-3`, ... suffixes
-/// in output-name order, so no file is overwritten.
+/// in output-name order, so no output overwrites another.
 pub fn write_outputs(dir: &Path, exec: &Execution) -> Result<Vec<(String, PathBuf)>, RuntimeError> {
     std::fs::create_dir_all(dir).map_err(|e| RuntimeError::io("create directory", dir, e))?;
-    let mut used = BTreeSet::new();
-    let mut written = Vec::new();
-    for (name, value) in &exec.outputs {
-        let stem = sanitize_name(name);
-        let mut candidate = stem.clone();
-        let mut n = 2;
-        while !used.insert(candidate.clone()) {
-            candidate = format!("{stem}-{n}");
-            n += 1;
-        }
-        let path = dir.join(format!("{candidate}.npy"));
-        npy::write_npy(&path, value)?;
-        written.push((name.clone(), path));
+    let written = output_paths(dir, exec);
+    for (name, path) in &written {
+        npy::write_npy(path, &exec.outputs[name])?;
     }
     Ok(written)
 }

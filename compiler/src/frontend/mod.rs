@@ -16,7 +16,7 @@ pub use error::ModelError;
 pub use export::{ExportError, op_attrs, write_model_json};
 pub use init::{InitSpec, init_param, init_tensor};
 pub use literal::parse_literal;
-pub use model_json::{load_model, parse_model};
+pub use model_json::{load_model, model_files, parse_model};
 pub use weights::WeightsFile;
 
 /// Why [`load_graph`] failed: the model.json or the ONNX loader's error.

@@ -23,6 +23,25 @@ pub fn load_model(path: &Path) -> Result<Graph, ModelError> {
     parse_model(&text, base)
 }
 
+/// The files reading the model at `path` reads: the model itself and its `weights` file,
+/// if it names one (the tools refuse to write an output over any of them). Best effort: a
+/// model that does not parse yields just `path`.
+pub fn model_files(path: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = vec![path.to_path_buf()];
+    let weights = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| {
+            v.get("weights")
+                .and_then(|w| w.as_str())
+                .map(str::to_string)
+        });
+    if let Some(w) = weights {
+        files.push(path.parent().unwrap_or(Path::new(".")).join(w));
+    }
+    files
+}
+
 /// Parses and checks model.json text; `base_dir` resolves the `weights` path.
 pub fn parse_model(json: &str, base_dir: &Path) -> Result<Graph, ModelError> {
     // Syntax first, so malformed JSON is reported with its position alone.

@@ -63,9 +63,61 @@ pub struct Graph {
     pub params: Vec<ValueId>,
     /// Graph outputs, in declaration order.
     pub outputs: Vec<ValueId>,
+    /// Name -> id indexes of values and nodes, so building a graph checks each new name
+    /// in constant time (a 100k-node chain loads in linear time). A cache: the arenas are
+    /// public, so a hit is checked against the arena and a stale index is rebuilt.
+    names: NameIndex,
+}
+
+/// See [`Graph::names`]. Never part of a graph's identity (always equal).
+#[derive(Clone, Debug, Default)]
+struct NameIndex {
+    values: std::collections::HashMap<String, ValueId>,
+    nodes: std::collections::HashMap<String, NodeId>,
+}
+
+impl PartialEq for NameIndex {
+    fn eq(&self, _: &NameIndex) -> bool {
+        true
+    }
 }
 
 impl Graph {
+    /// Brings the name indexes up to date with the arenas (rebuilding them when the arenas
+    /// were edited directly) and returns the value and node with `name`, if any.
+    fn lookup_names(&mut self, name: &str) -> (Option<ValueId>, Option<NodeId>) {
+        let stale = self.names.values.len() != self.values.len()
+            || self.names.nodes.len() != self.nodes.len()
+            || self.names.values.get(name).is_some_and(|id| {
+                self.values
+                    .get(id.0 as usize)
+                    .is_none_or(|v| v.name != name)
+            })
+            || self
+                .names
+                .nodes
+                .get(name)
+                .is_some_and(|id| self.nodes.get(id.0 as usize).is_none_or(|n| n.name != name));
+        if stale {
+            self.names.values = self
+                .values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (v.name.clone(), ValueId(i as u32)))
+                .collect();
+            self.names.nodes = self
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.name.clone(), NodeId(i as u32)))
+                .collect();
+        }
+        (
+            self.names.values.get(name).copied(),
+            self.names.nodes.get(name).copied(),
+        )
+    }
+
     /// An empty graph.
     pub fn new(name: impl Into<String>) -> Graph {
         Graph {
@@ -159,8 +211,8 @@ impl Graph {
         }
     }
 
-    fn check_new_value_name(&self, name: &str) -> Result<(), GraphError> {
-        match self.value_by_name(name) {
+    fn check_new_value_name(&mut self, name: &str) -> Result<(), GraphError> {
+        match self.lookup_names(name).0 {
             Some(id) => Err(GraphError::Duplicate {
                 kind: "value",
                 name: name.to_string(),
@@ -172,6 +224,9 @@ impl Graph {
 
     fn push_value(&mut self, value: Value) -> ValueId {
         let id = ValueId(self.values.len() as u32);
+        if self.names.values.len() == self.values.len() {
+            self.names.values.insert(value.name.clone(), id);
+        }
         self.values.push(value);
         id
     }
@@ -271,7 +326,7 @@ impl Graph {
     ) -> Result<ValueId, GraphError> {
         let (name, output) = (name.into(), output.into());
         let index = self.nodes.len();
-        if let Some(first) = self.node_by_name(&name) {
+        if let Some(first) = self.lookup_names(&name).1 {
             return Err(GraphError::Duplicate {
                 kind: "node",
                 name,
@@ -316,6 +371,9 @@ impl Graph {
             producer: Some(NodeId(index as u32)),
             data: None,
         });
+        if self.names.nodes.len() == self.nodes.len() {
+            self.names.nodes.insert(name.clone(), NodeId(index as u32));
+        }
         self.nodes.push(Node {
             name,
             op,

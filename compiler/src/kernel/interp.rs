@@ -483,6 +483,12 @@ fn gather_rows(table: &ArrayD<f64>, indices: &ArrayD<f64>) -> Result<ArrayD<f64>
     let flat: Vec<f64> = table.iter().copied().collect();
     let mut out = Vec::with_capacity(indices.len() * row_len);
     for &i in indices {
+        // Negative indices count from the end, as on the chip (numpy `take`).
+        let i = if i < 0.0 && i >= -(rows as f64) {
+            i + rows as f64
+        } else {
+            i
+        };
         if !(i >= 0.0 && i < rows as f64) {
             return Err(format!(
                 "gather index {i} out of range: the table has {rows} rows"

@@ -232,7 +232,20 @@ impl<'g> Builder<'g> {
         flops: u64,
     ) {
         let names: Vec<String> = nodes.iter().map(|&n| self.g.node(n).name.clone()).collect();
-        let name = self.unique_name(names.join("+"));
+        // A kernel fusing many nodes is named by its first and last ones (the full list is
+        // in `nodes`): names appear in every report and listing, so they stay bounded.
+        let joined = if names.len() > 8 {
+            format!(
+                "{}+{}+...+{} ({} nodes)",
+                names[0],
+                names[1],
+                names[names.len() - 1],
+                names.len()
+            )
+        } else {
+            names.join("+")
+        };
+        let name = self.unique_name(joined);
         self.kg.kernels.push(Kernel {
             name,
             nodes: names,

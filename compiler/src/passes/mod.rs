@@ -48,12 +48,28 @@ pub fn run_middle_end(
     opts: &CompileOptions,
     dump: &mut dyn FnMut(&str, &str),
 ) -> Result<KernelGraph, CompileError> {
+    run_middle_end_with(graph, opts, true, dump)
+}
+
+/// [`run_middle_end`], building the text forms for `dump` only when `dumps` is true (text
+/// forms of large graphs are not built for nothing).
+pub fn run_middle_end_with(
+    graph: &Graph,
+    opts: &CompileOptions,
+    dumps: bool,
+    dump: &mut dyn FnMut(&str, &str),
+) -> Result<KernelGraph, CompileError> {
+    let mut dump = |stage: &str, text: &dyn Fn() -> String| {
+        if dumps {
+            dump(stage, &text());
+        }
+    };
     let _span = tracing::info_span!("middle_end", model = %graph.name).entered();
     graph
         .verify()
         .map_err(|e| CompileError::Verify(format!("input graph: {e}")))?;
     let mut g = graph.clone();
-    dump("00-graph", &g.to_string());
+    dump("00-graph", &|| g.to_string());
     run_to_fixpoint(
         &mut g,
         &[
@@ -65,7 +81,7 @@ pub fn run_middle_end(
             &dce::DeadCode,
         ],
     )?;
-    dump("01-canonical", &g.to_string());
+    dump("01-canonical", &|| g.to_string());
     run_to_fixpoint(
         &mut g,
         &[
@@ -74,15 +90,15 @@ pub fn run_middle_end(
             &cse::CommonSubexpressions,
         ],
     )?;
-    dump("02-optimized", &g.to_string());
+    dump("02-optimized", &|| g.to_string());
     let partition = fusion::partition(&g, opts.fuse)?;
-    dump("03-fused", &partition.display(&g));
+    dump("03-fused", &|| partition.display(&g));
     let mut kg = kernelize::kernelize(&g, &partition, opts.fuse)?;
     verify_kernels(&kg, "kernelize")?;
-    dump("04-kernels", &kg.to_string());
+    dump("04-kernels", &|| kg.to_string());
     precision::assign(&g, &mut kg, opts)?;
     verify_kernels(&kg, "precision")?;
-    dump("05-precision", &kg.to_string());
+    dump("05-precision", &|| kg.to_string());
     Ok(kg)
 }
 

@@ -75,7 +75,7 @@ fn compile_writes_an_artifact_and_prints_the_summary_then_disasm_reads_it() {
         "weight t1 'w1'",
         "stream 0 tensor",
         "matmul",
-        "kernel fc1",
+        "k0 fc1",
     ] {
         assert!(text.contains(want), "missing {want:?} in disasm");
     }

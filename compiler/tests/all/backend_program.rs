@@ -188,7 +188,7 @@ fn dump_writes_every_stage_including_the_instruction_streams() {
     let program = names.iter().find(|n| n.ends_with("-program.txt")).unwrap();
     let text = std::fs::read_to_string(dir.path().join(program)).unwrap();
     assert!(
-        text.contains("matmul") && text.contains("wait(") && text.contains("kernel fc1"),
+        text.contains("matmul") && text.contains("wait(") && text.contains("k0 fc1"),
         "{text}"
     );
 }

@@ -162,20 +162,23 @@ fn an_out_of_range_index_stops_the_run_naming_it() {
             && msg.contains("gather index 30 at partition 2 out of range: the table has 30 rows"),
         "{msg}"
     );
-    // Negative ids are out of range on the chip too (the reference wraps them).
-    inputs.insert("ids".to_string(), ids_tensor(&[1, 4], vec![0, -2, 1, 2]));
+    // Ids below -rows are out of range on the chip, in the kernel interpreter and in the
+    // reference alike; -rows..0 count from the end (see `negative ids` below).
+    inputs.insert("ids".to_string(), ids_tensor(&[1, 4], vec![0, -31, 1, 2]));
     let msg = try_simulate(&c.artifact, &inputs, SimOptions::default())
         .unwrap_err()
         .to_string();
-    assert!(msg.contains("gather index -2 at partition 1"), "{msg}");
-    // The kernel interpreter models the chip: the same error.
+    assert!(msg.contains("gather index -31 at partition 1"), "{msg}");
     let msg = interpret(&middle_end(&g, true), &inputs)
         .unwrap_err()
         .to_string();
     assert!(
-        msg.contains("gather index -2 out of range: the table has 30 rows"),
+        msg.contains("gather index -31 out of range: the table has 30 rows"),
         "{msg}"
     );
+    // Negative ids count from the end on the chip, as in the reference.
+    inputs.insert("ids".to_string(), ids_tensor(&[1, 4], vec![0, -2, 1, -30]));
+    compile_and_check_on(&g, Precision::Fp32.options(), Precision::Fp32, &inputs);
     // Valid ids at the edges of the table run.
     inputs.insert("ids".to_string(), ids_tensor(&[1, 4], vec![29, 0, 29, 0]));
     compile_and_check_on(&g, Precision::Fp32.options(), Precision::Fp32, &inputs);

@@ -10,6 +10,7 @@ mod backend_program;
 mod cli;
 mod compile_e2e;
 mod conv_chip;
+mod diff_fuzz;
 mod flash_attention;
 mod framework_export;
 mod fused_vs_unfused;

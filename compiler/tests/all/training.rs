@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{Array1, Array2};
 use neuronc::ir::Tensor;
-use neuronc::npy::read_npy;
+use neuronc::npy::{read_npy, write_npy};
 use neuronc::reference::RefOptions;
 use neuronc::rng::SeededRng;
 use neuronc::train::{
@@ -70,12 +70,9 @@ fn bundled_training_data_is_reproducible() {
     let (x, y) = synthetic_digits(1024, 2026);
     let dir = repo().join("examples/train");
     if std::env::var_os("NEURON_REGENERATE").is_some() {
-        use ndarray_npy::WriteNpyExt;
         std::fs::create_dir_all(&dir).unwrap();
-        x.write_npy(std::fs::File::create(dir.join("x.npy")).unwrap())
-            .unwrap();
-        y.write_npy(std::fs::File::create(dir.join("y.npy")).unwrap())
-            .unwrap();
+        write_npy(&dir.join("x.npy"), &Tensor::I8(x.clone().into_dyn())).unwrap();
+        write_npy(&dir.join("y.npy"), &Tensor::I64(y.clone().into_dyn())).unwrap();
     }
     let bx = read_npy(&dir.join("x.npy")).unwrap();
     let by = read_npy(&dir.join("y.npy")).unwrap();

@@ -14,19 +14,28 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+#[path = "../../../compiler/src/cli_common.rs"]
+mod cli_common;
 #[path = "../cli/train.rs"]
 mod train;
+use cli_common::{
+    CompileFlags, EXIT_STATUS, LogArgs, UsageError, print_out, refuse_clobber, refuse_duplicates,
+    report_failure,
+};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "neuron-sim",
     version,
-    about = "Run programs on a simulated NeuronCore"
+    about = "Run programs on a simulated NeuronCore",
+    after_help = concat!(
+        "Exit status:\n  0 success, 1 bad input or failed run, 2 usage error\n\n",
+        "Example:\n  neuron-sim run examples/bert_layer.json --profile profile/"
+    )
 )]
 struct Cli {
-    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,6 +43,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Execute an artifact or model and print a performance summary.
+    #[command(after_help = format!("{EXIT_STATUS}\n\nOutputs are written to DIR/<output name>.npy (the name's characters outside\n[A-Za-z0-9._-] become _, names that collide get -2, -3, ...); an output or profile\nfile that would replace the model or an --input file is refused.\n\nExamples:\n  neuron-sim run bert.neff --output-dir out/ --profile profile/\n  neuron-sim run examples/mlp.json -O1 --target trn2 --timing-only --json"))]
     Run(RunArgs),
     /// Compare two profiles (directories or summary.json files): headline figures and
     /// per-kernel time deltas, largest first.
@@ -221,27 +231,6 @@ fn apply_sets(cfg: &ChipConfig, sets: &[(String, String)]) -> anyhow::Result<Chi
         .map_err(|e| UsageError(e.to_string()).into())
 }
 
-/// The compiler's flags, used only when the model is a model.json.
-#[derive(Args, Debug, Default)]
-struct CompileFlags {
-    /// Chip to compile for: trn1, trn2 or a .toml file (for a .neff: must match its target).
-    #[arg(long, value_name = "TARGET")]
-    target: Option<String>,
-    /// Which fp32 ops to cast: none, matmult or all (model.json only).
-    #[arg(long, value_name = "MODE")]
-    auto_cast: Option<String>,
-    /// What auto-cast casts to: bf16, fp16, fp8_e4m3 or int8 (model.json only).
-    #[arg(long, value_name = "TYPE")]
-    auto_cast_type: Option<String>,
-    /// One kernel per op, no fusion (model.json only).
-    #[arg(long)]
-    no_fuse: bool,
-    /// Shape of an ONNX graph input, binding its symbolic dimensions, as NAME=1x128
-    /// (repeatable; .onnx only).
-    #[arg(long = "input-shape", value_name = "NAME=DxD...")]
-    input_shapes: Vec<String>,
-}
-
 #[derive(ValueEnum, Clone, Copy, Debug)]
 enum RoundingArg {
     /// Round to nearest, ties to even.
@@ -259,18 +248,6 @@ fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
     }
 }
 
-/// A mistake in how the command was called (exit code 2).
-#[derive(Debug)]
-struct UsageError(String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
 fn is_model_json(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"))
@@ -285,31 +262,12 @@ fn compile_in_memory(
     sets: &[(String, String)],
     weights: bool,
 ) -> anyhow::Result<Artifact> {
-    use neuronc::options::{AutoCast, CastType, CompileOptions};
-    let mut opts = CompileOptions::default();
-    if let Some(t) = &flags.target {
-        opts.target = ChipConfig::from_target(t).with_context(|| format!("--target {t}"))?;
-    }
-    if let Some(m) = &flags.auto_cast {
-        opts.auto_cast = AutoCast::parse(m).ok_or_else(|| {
-            UsageError(format!(
-                "--auto-cast: expected none, matmult or all, found '{m}'"
-            ))
-        })?;
-    }
-    if let Some(t) = &flags.auto_cast_type {
-        opts.auto_cast_type = CastType::parse(t).ok_or_else(|| {
-            UsageError(format!(
-                "--auto-cast-type: expected bf16, fp16, fp8_e4m3 or int8, found '{t}'"
-            ))
-        })?;
-    }
-    opts.target = apply_sets(&opts.target, sets)?;
-    opts.fuse = !flags.no_fuse;
     let onnx_opts = neuronc::frontend::onnx::options_from_input_shapes(&flags.input_shapes)
         .map_err(UsageError)?;
     let graph = neuronc::frontend::load_graph(path, &onnx_opts)
         .with_context(|| format!("invalid model {}", path.display()))?;
+    let mut opts = flags.options(&graph)?;
+    opts.target = apply_sets(&opts.target, sets)?;
     let compiled = if weights {
         neuronc::driver::compile(&graph, &opts)
     } else {
@@ -340,19 +298,12 @@ fn load(args: &RunArgs) -> anyhow::Result<Model> {
         });
     }
     let c = &args.compile;
-    for (given, flag) in [
-        (c.auto_cast.is_some(), "--auto-cast"),
-        (c.auto_cast_type.is_some(), "--auto-cast-type"),
-        (c.no_fuse, "--no-fuse"),
-        (!c.input_shapes.is_empty(), "--input-shape"),
-    ] {
-        if given {
-            return Err(UsageError(format!(
-                "{flag} applies only when compiling a model.json; {} is already compiled",
-                args.model.display()
-            ))
-            .into());
-        }
+    if let Some(flag) = c.given().first() {
+        return Err(UsageError(format!(
+            "{flag} applies only when compiling a model.json; {} is already compiled",
+            args.model.display()
+        ))
+        .into());
     }
     let mut model = if args.timing_only {
         Model::load_without_weights(&args.model)?
@@ -372,7 +323,7 @@ fn load(args: &RunArgs) -> anyhow::Result<Model> {
         .with_context(|| format!("{} with --set", args.model.display()))?;
     }
     if let Some(t) = &c.target {
-        let wanted = ChipConfig::from_target(t).with_context(|| format!("--target {t}"))?;
+        let wanted = cli_common::resolve_target(t)?;
         let wanted = apply_sets(&wanted, &args.sets)?;
         if &wanted != model.target() {
             bail!(
@@ -434,8 +385,33 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     if args.append.is_some() && args.format != Some(FormatArg::Csv) {
         return Err(UsageError("--append needs --format csv".into()).into());
     }
+    refuse_duplicates(args.inputs.iter().map(|(n, _)| n.as_str()), "--input")?;
+    let mut read = if is_model_json(&args.model) {
+        neuronc::frontend::model_files(&args.model)
+    } else {
+        vec![args.model.clone()]
+    };
+    read.extend(args.inputs.iter().map(|(_, f)| f.clone()));
+    read.extend(args.compile.files());
+    // Nothing lost: no profile file may replace a file this run reads (output files are
+    // checked below, once their names are known).
+    if let Some(dir) = &args.profile {
+        let profile: Vec<PathBuf> = ["flame.folded", "flame.svg", "trace.json", "summary.json"]
+            .iter()
+            .map(|f| dir.join(f))
+            .collect();
+        refuse_clobber(&profile, &read)?;
+    }
     let model = load(args)?;
     let seed = args.seed.unwrap_or(model.artifact().meta.seed);
+    if let Some(dir) = &args.output_dir {
+        let names: Vec<String> = model.outputs().into_iter().map(|d| d.name).collect();
+        let files: Vec<PathBuf> = neuron_isa::host::output_file_names(&names)
+            .into_iter()
+            .map(|f| dir.join(f))
+            .collect();
+        refuse_clobber(&files, &read)?;
+    }
     let mut inputs = model.bind();
     for (name, file) in &args.inputs {
         inputs.set_input_npy(name, file)?;
@@ -519,8 +495,8 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
                 report.csv_row(&args.model.display().to_string(), &settings.join(" "))
             );
         }
-        (FormatArg::Json, _) => println!("{}", report.to_json()?),
-        (FormatArg::Text, _) => print!("{report}"),
+        (FormatArg::Json, _) => print_out(&format!("{}\n", report.to_json()?))?,
+        (FormatArg::Text, _) => print_out(&report.to_string())?,
     }
     Ok(())
 }
@@ -744,19 +720,9 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     // clap exits 0 for --help/--version and 2 for usage errors.
     let cli = Cli::parse();
-    let level = match cli.verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .init();
+    if let Err(e) = cli.log.init() {
+        return ExitCode::from(report_failure(&e, false));
+    }
     let result = match &cli.command {
         Command::Run(args) => run(args),
         Command::Compare(args) => compare(args),
@@ -766,13 +732,6 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            if e.downcast_ref::<UsageError>().is_some() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
+        Err(e) => ExitCode::from(report_failure(&e, false)),
     }
 }

@@ -234,8 +234,7 @@ fn bad_inputs_and_targets_fail_with_exit_code_1() {
         e.contains("compiled for target 'trn1', but --target asks for 'trn2'"),
         "{e}"
     );
-    let e = run(&["--target", "trn9"]);
-    assert!(e.contains("unknown target 'trn9'"), "{e}");
+    // An unknown target name is a usage error (exit 2; the bad-input catalog covers it).
     let e = run(&["--output-dir", "/proc/no/such/dir"]);
     assert!(e.contains("/proc/no/such/dir"), "{e}");
 }
@@ -362,7 +361,8 @@ fn compiler_flags_reach_the_compiler() {
         .clone();
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(
-        e.contains("--auto-cast: expected none, matmult or all, found 'some'"),
+        e.contains("invalid value 'some' for '--auto-cast <MODE>'")
+            && e.contains("[possible values: none, matmult, all]"),
         "{e}"
     );
 }

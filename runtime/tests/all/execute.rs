@@ -174,7 +174,7 @@ fn npy_inputs_are_read_and_checked() {
     std::fs::write(&junk, b"not numpy at all").unwrap();
     let msg = b.set_input_npy("x", &junk).unwrap_err().to_string();
     assert!(
-        msg.contains("junk.npy") && msg.contains("not a valid .npy"),
+        msg.contains("junk.npy") && msg.contains("not a .npy file"),
         "{msg}"
     );
 

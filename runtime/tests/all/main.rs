@@ -4,6 +4,7 @@
 // of this test binary are test code too.
 #![allow(clippy::unwrap_used)]
 
+mod bad_inputs;
 mod bench_cli;
 mod checks;
 mod cli;

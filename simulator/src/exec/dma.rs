@@ -43,7 +43,8 @@ pub(super) fn dma(
 
 /// For each destination partition `p`, copies row `indices[p]` of the HBM `table` (row `r`
 /// at `table.offset + r * table.partition_stride` elements, `table.partitions` rows) into
-/// `dst[p, :]`. An index outside `0..rows` is an error naming it.
+/// `dst[p, :]`. A negative index `-rows..0` counts from the end (numpy `take`); any other
+/// index outside `0..rows` is an error naming it.
 pub(super) fn gather(
     mem: &mut Memories,
     dst: &Ap,
@@ -79,14 +80,18 @@ pub(super) fn gather(
     let mut row_bytes = Vec::new();
     let mut poisoned = false;
     for (p, &i) in idx.iter().enumerate() {
+        // numpy `take` semantics, as model.json's gather: -rows..0 counts from the end.
+        let i = if i < 0 && i64::from(i) >= -rows {
+            (i64::from(i) + rows) as i32
+        } else {
+            i
+        };
         if i < 0 || i64::from(i) >= rows {
-            let hint = if i == -1 {
-                " (-1 is the poison pattern: were the indices written?)"
-            } else {
-                ""
-            };
             return Err(ExecError::new(format!(
-                "gather index {i} at partition {p} out of range: the table has {rows} rows{hint}"
+                "gather index {} at partition {p} out of range: the table has {rows} rows (expected {} to {})",
+                idx[p],
+                -rows,
+                rows - 1
             )));
         }
         let offset =

@@ -143,13 +143,13 @@ tensors:
 kernels:
   k0 fc1+gelu kind=matmul nodes=[fc1, gelu] flops=16777216 hbm_bytes=458752 tiling=\"m128 n512 k128\"
 stream 0 dma0 (3 instructions):
-   0: dma sb:bf16@p0+128:0[128] <- t0:bf16@0[128x256][128] signal(s0) ; kernel fc1+gelu
-   1: dma sb:bf16@p0+128:256[512] <- t1:bf16@0[128x512][512] signal(s0) ; kernel fc1+gelu
-   2: dma t2:f32@0[128x512][512] <- sb:f32@p0+128:2048[512] wait(s2>=1) ; kernel fc1+gelu
+   0: dma sb:bf16@p0+128:0[128] <- t0:bf16@0[128x256][128] signal(s0) ; k0
+   1: dma sb:bf16@p0+128:256[512] <- t1:bf16@0[128x512][512] signal(s0) ; k0
+   2: dma t2:f32@0[128x512][512] <- sb:f32@p0+128:2048[512] wait(s2>=1) ; k0
 stream 1 tensor (1 instructions):
-   0: matmul ps:f32@p0+128:0[512] <- sb:bf16@p0+128:0[128], sb:bf16@p0+128:256[512] acc wait(s0>=2) signal(s1) ; kernel fc1+gelu
+   0: matmul ps:f32@p0+128:0[512] <- sb:bf16@p0+128:0[128], sb:bf16@p0+128:256[512] acc wait(s0>=2) signal(s1) ; k0
 stream 2 scalar (1 instructions):
-   0: activation sb:f32@p0+128:2048[512] <- ps:f32@p0+128:0[512] func=gelu scale=1.0 bias=sb:f32@p0+128:4096[1] wait(s1>=1) signal(s2) ; kernel fc1+gelu
+   0: activation sb:f32@p0+128:2048[512] <- ps:f32@p0+128:0[512] func=gelu scale=1.0 bias=sb:f32@p0+128:4096[1] wait(s1>=1) signal(s2) ; k0
 stream 3 vector (2 instructions):
    0: tensor_scalar sb:f32@p0+128:8192[4/2] <- sb:f32@p0+128:8192[4/2] op0=sub(rev 1.0) op1=bypass(0.0)
    1: memset sb:bf16@p64+32:0[2/16,16] value=0.5 wait(s1>=1,s2>=1) signal(s0,s1)

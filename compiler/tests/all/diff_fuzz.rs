@@ -1,0 +1,484 @@
+//! End-to-end differential fuzzing: random valid model.json graphs over the ops that lower
+//! to the chip (elementwise unary and binary, matmul, softmax, layer/RMS norm, reductions,
+//! transpose, reshape, concat, slice, gather, where; a conv2d / pool / batch norm branch is
+//! ready for when those lower to the chip), with random
+//! shapes and fusion on or off. Each graph is parsed by the frontend, then compiled twice
+//! (fp32, and bf16 or fp16 auto-cast; the driver runs the program verifier), simulated with
+//! the race checker on, and every output compared with the reference executor
+//! ([`fuzz_check`]: fp32 within 1e-4 of the output's scale; the reduced precision for
+//! structure only, finite where the reference is and cosine >= 0.95).
+//!
+//! CI runs a bounded, seeded slice ([`differential_fuzz_corpus`], 24 graphs). Longer runs:
+//! `NEURON_FUZZ_GRAPHS=100000 NEURON_FUZZ_SEED=1 cargo test --release -p neuronc --test all
+//! diff_fuzz -- --nocapture` (a failing graph's model.json is printed; `NEURON_FUZZ_SEED`
+//! selects the first graph, so a failure reproduces with its seed and
+//! `NEURON_FUZZ_GRAPHS=1`).
+
+#![allow(clippy::unwrap_used)] // Test code: a panic is a test failure.
+
+use super::backend_harness::{Precision, cosine, reference, try_simulate};
+use neuron_isa::rng::SeededRng;
+use neuron_sim::SimOptions;
+use neuronc::driver::compile;
+use neuronc::reference::random_inputs;
+use serde_json::{Value, json};
+
+/// A value the generator can use: its name and shape.
+#[derive(Clone)]
+struct Val {
+    name: String,
+    shape: Vec<usize>,
+}
+
+struct Gen {
+    rng: SeededRng,
+    inputs: Vec<Value>,
+    params: Vec<Value>,
+    nodes: Vec<Value>,
+    vals: Vec<Val>,
+    n: usize,
+}
+
+impl Gen {
+    fn below(&mut self, n: usize) -> usize {
+        self.rng.below(n as u64) as usize
+    }
+
+    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len())]
+    }
+
+    fn fresh(&mut self, p: &str) -> String {
+        self.n += 1;
+        format!("{p}{}", self.n)
+    }
+
+    fn input(&mut self, shape: Vec<usize>, dtype: &str) -> Val {
+        let name = self.fresh("in");
+        self.inputs
+            .push(json!({"name": name, "shape": shape, "dtype": dtype}));
+        Val { name, shape }
+    }
+
+    fn param(&mut self, shape: Vec<usize>, std: f64) -> Val {
+        let name = self.fresh("p");
+        self.params
+            .push(json!({"name": name, "shape": shape, "init": {"normal": {"std": std}}}));
+        Val { name, shape }
+    }
+
+    fn node(&mut self, op: &str, ins: &[&Val], attrs: Value, shape: Vec<usize>) -> Val {
+        let name = self.fresh("v");
+        let node = self.fresh(&format!("{op}_"));
+        let ins: Vec<&str> = ins.iter().map(|v| v.name.as_str()).collect();
+        self.nodes.push(
+            json!({"name": node, "op": op, "inputs": ins, "outputs": [name], "attrs": attrs}),
+        );
+        let v = Val { name, shape };
+        self.vals.push(v.clone());
+        v
+    }
+
+    /// A recent 2-D value (the chain's tail most of the time).
+    fn operand(&mut self) -> Val {
+        let n = self.vals.len();
+        let back = self.below(n.min(3));
+        self.vals[n - 1 - back].clone()
+    }
+
+    /// Appends one random op on 2-D values.
+    fn step(&mut self) {
+        let x = self.operand();
+        let (m, n) = (x.shape[0], x.shape[1]);
+        match self.below(16) {
+            0 => {
+                let op = self.pick(&[
+                    "neg", "abs", "relu", "sigmoid", "tanh", "erf", "silu", "exp",
+                ]);
+                let y = if op == "exp" {
+                    self.node("tanh", &[&x], json!({}), x.shape.clone())
+                } else {
+                    x
+                };
+                self.node(op, &[&y], json!({}), y.shape.clone());
+            }
+            1 => {
+                // Ops with a restricted domain get a positive operand: sigmoid(x) + 0.5.
+                let op = self.pick(&["log", "sqrt", "rsqrt", "reciprocal"]);
+                let s = self.node("sigmoid", &[&x], json!({}), x.shape.clone());
+                let half = self.param(vec![n], 0.0);
+                self.params.last_mut().unwrap()["init"] = json!("ones");
+                let pos = self.node("add", &[&s, &half], json!({}), x.shape.clone());
+                self.node(op, &[&pos], json!({}), x.shape.clone());
+            }
+            2 => {
+                let approx = self.pick(&["none", "tanh"]);
+                self.node(
+                    "gelu",
+                    &[&x],
+                    json!({ "approximate": approx }),
+                    x.shape.clone(),
+                );
+            }
+            3 | 4 => {
+                let op = self.pick(&["add", "sub", "mul", "max", "min"]);
+                let other = if self.below(2) == 0 {
+                    self.param(vec![n], 1.0)
+                } else {
+                    self.input(vec![m, n], "f32")
+                };
+                self.node(op, &[&x, &other], json!({}), x.shape.clone());
+            }
+            5 | 6 => {
+                let k = self.pick(&[8, 16, 64, 96, 130]);
+                let t = self.below(2) == 0;
+                let wshape = if t { vec![k, n] } else { vec![n, k] };
+                let w = self.param(wshape, 1.0 / (n as f64).sqrt());
+                self.node("matmul", &[&x, &w], json!({ "transpose_b": t }), vec![m, k]);
+            }
+            7 => {
+                self.node("softmax", &[&x], json!({"axis": -1}), x.shape.clone());
+            }
+            8 => {
+                let g = self.param(vec![n], 1.0);
+                if self.below(2) == 0 {
+                    let b = self.param(vec![n], 1.0);
+                    self.node("layer_norm", &[&x, &g, &b], json!({}), x.shape.clone());
+                } else {
+                    self.node("rms_norm", &[&x, &g], json!({}), x.shape.clone());
+                }
+            }
+            9 => {
+                let op = self.pick(&["reduce_sum", "reduce_mean", "reduce_max"]);
+                let r = self.node(
+                    op,
+                    &[&x],
+                    json!({"axes": [-1], "keepdims": true}),
+                    vec![m, 1],
+                );
+                // Broadcast back so the chain keeps its width. A sum is scaled to a mean
+                // first: `x - sum(x)` over 256 columns is an offset so large that fp32
+                // cancellation alone breaks the comparison (ill-conditioned, not wrong).
+                let r = if op == "reduce_sum" {
+                    let name = self.fresh("p");
+                    self.params
+                        .push(json!({"name": name, "shape": [], "value": 1.0 / n as f64}));
+                    let k = Val {
+                        name,
+                        shape: vec![],
+                    };
+                    self.node("mul", &[&r, &k], json!({}), vec![m, 1])
+                } else {
+                    r
+                };
+                self.node("sub", &[&x, &r], json!({}), x.shape.clone());
+            }
+            10 => {
+                self.node("transpose", &[&x], json!({"perm": [1, 0]}), vec![n, m]);
+            }
+            11 if n % 2 == 0 => {
+                self.node(
+                    "reshape",
+                    &[&x],
+                    json!({"shape": [m * 2, n / 2]}),
+                    vec![m * 2, n / 2],
+                );
+            }
+            12 => {
+                let w2 = 1 + self.below(40);
+                let y = self.input(vec![m, w2], "f32");
+                let w = n + y.shape[1];
+                self.node("concat", &[&x, &y], json!({"axis": 1}), vec![m, w]);
+            }
+            13 if n >= 2 => {
+                let s = self.below(n / 2);
+                self.node(
+                    "slice",
+                    &[&x],
+                    json!({"starts": [s], "ends": [n], "axes": [1]}),
+                    vec![m, n - s],
+                );
+            }
+            14 => {
+                let c = self.input(vec![m, n], "bool");
+                let y = self.input(vec![m, n], "f32");
+                self.node("where", &[&c, &x, &y], json!({}), x.shape.clone());
+            }
+            _ => {
+                // An embedding lookup whose rows join the chain.
+                let rows = self.pick(&[3, 50, 200]);
+                let table = self.param(vec![rows, n], 1.0);
+                let ids = self.input(vec![m], "i64");
+                let e = self.node("gather", &[&table, &ids], json!({"axis": 0}), vec![m, n]);
+                self.node("add", &[&x, &e], json!({}), x.shape.clone());
+            }
+        }
+    }
+
+    /// A small conv branch: NCHW input -> conv2d (+bias) -> batch_norm or relu -> pool ->
+    /// flattened to 2-D.
+    fn conv_branch(&mut self) -> Val {
+        let c = self.pick(&[1, 3, 8]);
+        let hw = self.pick(&[6, 8, 11]);
+        let o = self.pick(&[4, 8]);
+        let x = self.input(vec![1, c, hw, hw], "f32");
+        let k = self.pick(&[1, 3]);
+        let w = self.param(vec![o, c, k, k], 1.0 / ((c * k * k) as f64).sqrt());
+        let b = self.param(vec![o], 0.1);
+        let h = hw - k + 1;
+        let y = self.node("conv2d", &[&x, &w, &b], json!({}), vec![1, o, h, h]);
+        let y = if self.below(2) == 0 {
+            let s = self.param(vec![o], 1.0);
+            let bb = self.param(vec![o], 1.0);
+            let mean = self.param(vec![o], 1.0);
+            let var = self.param(vec![o], 0.0);
+            self.params.last_mut().unwrap()["init"] = json!("ones");
+            self.node(
+                "batch_norm",
+                &[&y, &s, &bb, &mean, &var],
+                json!({}),
+                y.shape.clone(),
+            )
+        } else {
+            self.node("relu", &[&y], json!({}), y.shape.clone())
+        };
+        let y = match self.below(3) {
+            0 => self.node("global_avg_pool", &[&y], json!({}), vec![1, o, 1, 1]),
+            1 => {
+                let p = (h - 2) / 2 + 1;
+                self.node(
+                    "max_pool2d",
+                    &[&y],
+                    json!({"kernel": [2, 2], "strides": [2, 2]}),
+                    vec![1, o, p, p],
+                )
+            }
+            _ => {
+                let p = h - 1;
+                self.node(
+                    "avg_pool2d",
+                    &[&y],
+                    json!({"kernel": [2, 2]}),
+                    vec![1, o, p, p],
+                )
+            }
+        };
+        let cols: usize = y.shape.iter().product::<usize>() / y.shape[0];
+        self.node("reshape", &[&y], json!({"shape": [1, cols]}), vec![1, cols])
+    }
+}
+
+/// Whether conv2d, pooling and batch_norm lower to the chip (they do not yet: the compiler
+/// refuses them with the list of ops it lowers).
+const CONV_LOWERS: bool = false;
+
+/// The model.json of random graph `seed`.
+fn random_model(seed: u64) -> Value {
+    let mut g = Gen {
+        rng: SeededRng::for_tensor(seed, "diff-fuzz"),
+        inputs: Vec::new(),
+        params: Vec::new(),
+        nodes: Vec::new(),
+        vals: Vec::new(),
+        n: 0,
+    };
+    // The conv branch stays out until conv2d, pooling and batch_norm lower to the chip.
+    let start = if CONV_LOWERS && g.below(6) == 0 {
+        g.conv_branch()
+    } else {
+        let m = g.pick(&[1, 4, 8, 33, 128, 130]);
+        let n = g.pick(&[4, 16, 64, 100, 256]);
+        g.input(vec![m, n], "f32")
+    };
+    g.vals.push(start);
+    let len = 1 + g.below(6);
+    for _ in 0..len {
+        g.step();
+    }
+    let last = g.vals.last().unwrap().name.clone();
+    let mut outputs = vec![last.clone()];
+    if g.vals.len() > 3 && g.below(3) == 0 {
+        let i = g.below(g.vals.len() - 1);
+        if g.vals[i].name != last
+            && g.nodes
+                .iter()
+                .any(|n| n["outputs"][0] == g.vals[i].name.as_str())
+        {
+            outputs.push(g.vals[i].name.clone());
+        }
+    }
+    json!({
+        "name": format!("fuzz{seed}"),
+        "seed": seed,
+        "inputs": g.inputs,
+        "params": g.params,
+        "nodes": g.nodes,
+        "outputs": outputs,
+    })
+}
+
+/// Compares an output with the reference, scaled by the output's largest magnitude: random
+/// graphs cancel (`x - reduce_sum(x)`), so a per-element relative bound would flag fp32
+/// summation-order differences. A wrong index, op or tile gives errors of the order of the
+/// output itself.
+fn fuzz_check(prec: Precision, got: &[f64], want: &[f64]) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!("{} elements, want {}", got.len(), want.len()));
+    }
+    if let Some(i) = (0..got.len()).find(|&i| got[i].is_finite() != want[i].is_finite()) {
+        return Err(format!("element {i}: got {}, want {}", got[i], want[i]));
+    }
+    let maxabs = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let (i, maxdiff) = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .enumerate()
+        .fold((0, 0.0f64), |m, (i, d)| if d > m.1 { (i, d) } else { m });
+    // fp32: within 1e-4 of the output's scale. Reduced precisions: random graphs are
+    // often ill-conditioned (a bf16-rounded operand near 1.5 loses the small differences a
+    // later normalization amplifies), so only the structure is checked: finite where the
+    // reference is, and the same direction (cosine); a wrong index, tile or op breaks both.
+    let (rel, floor, min_cos) = match prec {
+        Precision::Fp32 => (1e-4, 1e-6, 0.99999),
+        Precision::Bf16 | Precision::Fp16 | Precision::Int8 => (f64::INFINITY, 0.0, 0.95),
+    };
+    if maxdiff > rel * maxabs + floor {
+        return Err(format!(
+            "element {i}: got {}, want {} (max diff {maxdiff:e} > {rel} * max |want| {maxabs:e})",
+            got[i], want[i]
+        ));
+    }
+    let cos = cosine(got, want);
+    if maxabs > 1e-3 && cos < min_cos {
+        return Err(format!("cosine {cos} < {min_cos}"));
+    }
+    Ok(())
+}
+
+/// Runs graph `seed` end to end; `Err` describes a mismatch or a failure.
+fn run_one(seed: u64) -> Result<(), String> {
+    let model = random_model(seed);
+    let text = model.to_string();
+    let g = neuronc::frontend::parse_model(&text, std::path::Path::new("."))
+        .map_err(|e| format!("generator made an invalid model: {e}"))?;
+    let mut rng = SeededRng::for_tensor(seed, "diff-fuzz-options");
+    let reduced = [Precision::Bf16, Precision::Fp16][rng.below(2) as usize];
+    let fuse = rng.below(4) != 0;
+    let inputs = random_inputs(&g);
+    let want = reference(&g, &inputs);
+    // Every graph runs in fp32 (checked closely) and in one reduced precision (checked
+    // for structure: see `fuzz_check`).
+    for prec in [Precision::Fp32, reduced] {
+        let mut opts = prec.options();
+        opts.fuse = fuse;
+        let c = compile(&g, &opts).map_err(|e| format!("compile ({prec:?}, fuse {fuse}): {e}"))?;
+        let sim_opts = SimOptions {
+            check_races: true,
+            ..SimOptions::default()
+        };
+        let (outs, stats) = try_simulate(&c.artifact, &inputs, sim_opts)
+            .map_err(|e| format!("simulate ({prec:?}, fuse {fuse}): {e}"))?;
+        if let Some(w) = stats
+            .warnings
+            .iter()
+            .find(|w| w.kind == neuron_sim::WarningKind::Race)
+        {
+            return Err(format!("race ({prec:?}, fuse {fuse}): {w:?}"));
+        }
+        for (name, w) in &want {
+            let got = outs.get(name).ok_or_else(|| format!("no output {name}"))?;
+            fuzz_check(prec, got, w)
+                .map_err(|m| format!("mismatch in {name} ({prec:?}, fuse {fuse}): {m}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `count` graphs from `first`; returns (graphs run, failures).
+fn fuzz(first: u64, count: u64) -> (u64, Vec<String>) {
+    let mut failures = Vec::new();
+    for seed in first..first + count {
+        let r = std::panic::catch_unwind(|| run_one(seed))
+            .unwrap_or_else(|_| Err("panic (crash)".to_string()));
+        if let Err(e) = r {
+            eprintln!("diff_fuzz: seed {seed} failed: {e}");
+            failures.push(format!("seed {seed}: {e}\n  model: {}", random_model(seed)));
+        }
+        if (seed - first + 1) % 1000 == 0 {
+            eprintln!(
+                "diff_fuzz: {} graphs, {} failures",
+                seed - first + 1,
+                failures.len()
+            );
+        }
+    }
+    (count, failures)
+}
+
+#[test]
+fn differential_fuzz_corpus() {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (n, failures) = fuzz(env("NEURON_FUZZ_SEED", 0), env("NEURON_FUZZ_GRAPHS", 24));
+    eprintln!("diff_fuzz: {n} graphs run, {} failures", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {n} random graphs failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn the_generator_covers_every_op_family() {
+    let mut ops = std::collections::BTreeSet::new();
+    for seed in 0..400 {
+        for n in random_model(seed)["nodes"].as_array().unwrap() {
+            ops.insert(n["op"].as_str().unwrap().to_string());
+        }
+    }
+    let mut want = vec![
+        "matmul",
+        "softmax",
+        "layer_norm",
+        "rms_norm",
+        "gelu",
+        "gather",
+        "where",
+        "concat",
+        "slice",
+        "transpose",
+        "reshape",
+        "reduce_max",
+        "reduce_sum",
+        "reduce_mean",
+        "log",
+        "exp",
+        "sqrt",
+        "rsqrt",
+        "reciprocal",
+        "erf",
+        "silu",
+        "max",
+        "min",
+        "sub",
+        "mul",
+    ];
+    if CONV_LOWERS {
+        want.extend([
+            "conv2d",
+            "max_pool2d",
+            "avg_pool2d",
+            "global_avg_pool",
+            "batch_norm",
+        ]);
+    }
+    for op in want {
+        assert!(ops.contains(op), "the generator never emits {op}: {ops:?}");
+    }
+}
