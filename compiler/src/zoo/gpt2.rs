@@ -6,7 +6,7 @@
 use serde_json::json;
 
 use super::builder::{Builder, Init};
-use super::layers::{Attn, attention, causal_mask, mlp, positions};
+use super::layers::{Attn, attention, causal_mask, last_token, mlp, positions, tied_logits};
 use super::{Resolved, ZooError};
 use crate::ir::DType;
 
@@ -67,18 +67,7 @@ pub fn build(name: &str, s: &Gpt2Shape, r: &Resolved) -> Result<Builder, ZooErro
         x = b.op(&format!("{p}.mlp_residual"), "add", &[&x, &f])?;
     }
     let x = b.layer_norm("ln_f", &x, h, 1e-5)?;
-    let last = b.node(
-        "last_token",
-        "slice",
-        &[&x],
-        json!({"starts": [seq - 1], "ends": [seq], "axes": [1]}),
-    )?;
-    let logits = b.node(
-        "logits",
-        "matmul",
-        &[&last, &wte],
-        json!({"transpose_b": true}),
-    )?;
-    b.output(&logits);
+    let last = last_token(&mut b, &x, seq)?;
+    tied_logits(&mut b, &last, &wte)?;
     Ok(b)
 }

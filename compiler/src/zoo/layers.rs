@@ -186,3 +186,27 @@ pub fn mlp(
     };
     b.linear(&format!("{p}.fc2"), &a, ffn, hidden, bias)
 }
+
+/// The last position of `x` `[B, S, H]` (prefill: the next token is predicted from it),
+/// as node `last_token`.
+pub fn last_token(b: &mut Builder, x: &str, seq: usize) -> Result<String, ZooError> {
+    b.node(
+        "last_token",
+        "slice",
+        &[x],
+        json!({"starts": [seq - 1], "ends": [seq], "axes": [1]}),
+    )
+}
+
+/// Logits against a tied embedding table `[vocab, H]` (`x @ table^T`), as node `logits`,
+/// marked as the model's output.
+pub fn tied_logits(b: &mut Builder, x: &str, table: &str) -> Result<(), ZooError> {
+    let logits = b.node(
+        "logits",
+        "matmul",
+        &[x, table],
+        json!({"transpose_b": true}),
+    )?;
+    b.output(&logits);
+    Ok(())
+}

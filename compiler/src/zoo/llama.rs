@@ -9,7 +9,7 @@
 use serde_json::json;
 
 use super::builder::{Builder, Init};
-use super::layers::{Attn, attention, causal_mask, positions};
+use super::layers::{Attn, attention, causal_mask, last_token, positions, tied_logits};
 use super::{Resolved, ZooError};
 use crate::ir::DType;
 
@@ -76,18 +76,7 @@ pub fn build(name: &str, r: &Resolved) -> Result<Builder, ZooError> {
         x = b.op(&format!("{p}.mlp_residual"), "add", &[&x, &d])?;
     }
     let x = b.rms_norm("norm", &x, h, 1e-5)?;
-    let last = b.node(
-        "last_token",
-        "slice",
-        &[&x],
-        json!({"starts": [seq - 1], "ends": [seq], "axes": [1]}),
-    )?;
-    let logits = b.node(
-        "logits",
-        "matmul",
-        &[&last, &emb],
-        json!({"transpose_b": true}),
-    )?;
-    b.output(&logits);
+    let last = last_token(&mut b, &x, seq)?;
+    tied_logits(&mut b, &last, &emb)?;
     Ok(b)
 }

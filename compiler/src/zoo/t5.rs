@@ -9,7 +9,9 @@
 use serde_json::json;
 
 use super::builder::{Builder, Init};
-use super::layers::{Attn, attention, causal_mask, mlp, positions, query_minus_key};
+use super::layers::{
+    Attn, attention, causal_mask, last_token, mlp, positions, query_minus_key, tied_logits,
+};
 use super::{Resolved, ZooError};
 use crate::ir::DType;
 
@@ -193,20 +195,9 @@ pub fn build(name: &str, s: &T5Shape, r: &Resolved) -> Result<Builder, ZooError>
         x = b.op(&format!("{p}.ffn_residual"), "add", &[&x, &f])?;
     }
     let x = b.rms_norm("decoder.final_ln", &x, h, 1e-6)?;
-    let last = b.node(
-        "last_token",
-        "slice",
-        &[&x],
-        json!({"starts": [seq - 1], "ends": [seq], "axes": [1]}),
-    )?;
+    let last = last_token(&mut b, &x, seq)?;
     let sc = b.scalar("lm_scale", 1.0 / (h as f64).sqrt())?;
     let last = b.op("last_token_scaled", "mul", &[&last, &sc])?;
-    let logits = b.node(
-        "logits",
-        "matmul",
-        &[&last, &shared],
-        json!({"transpose_b": true}),
-    )?;
-    b.output(&logits);
+    tied_logits(&mut b, &last, &shared)?;
     Ok(b)
 }
