@@ -165,7 +165,8 @@ pub struct KernelUse {
     pub dma_queue_ps: u64,
     /// Time its HBM bytes take at the full HBM bandwidth.
     pub hbm_ps: f64,
-    /// Time the most loaded DMA engine needs for its share of the bytes at full rate.
+    /// Time the most loaded DMA engine needs for its share of the transfers, at the
+    /// simulator's size/efficiency curve (`InstrRecord::dma_engine_ps`).
     pub dma_engine_ps: f64,
     /// Busy time per compute engine (tensor, vector, scalar, gpsimd).
     pub engine_ps: [u64; 4],
@@ -241,9 +242,9 @@ fn on_chip_side<'a>(dst: &'a Ap, src: &'a Ap) -> Option<&'a Ap> {
     }
 }
 
-/// (bytes moved, on-chip partition range) of a DMA, as the simulator's DMA model
-/// counts them (`neuron_sim::dma`): the larger of the two sides; no range for HBM -> HBM.
-fn dma_shape(op: &Op) -> Option<(u64, Option<(u32, u32)>)> {
+/// On-chip partition range of a DMA (`None` for HBM -> HBM or a non-DMA op): the
+/// partitions whose DMA engines serve it, as in `neuron_sim::dma`.
+fn dma_partitions(op: &Op) -> Option<(u32, u32)> {
     let range = |ap: &Ap| {
         (
             ap.start_partition,
@@ -251,14 +252,8 @@ fn dma_shape(op: &Op) -> Option<(u64, Option<(u32, u32)>)> {
         )
     };
     match op {
-        Op::Dma { dst, src } => Some((
-            src.bytes().max(dst.bytes()),
-            on_chip_side(dst, src).map(range),
-        )),
-        Op::DmaGather { dst, table, .. } => {
-            let read = u64::from(dst.partitions) * table.bytes_per_partition();
-            Some((read.max(dst.bytes()), Some(range(dst))))
-        }
+        Op::Dma { dst, src } => on_chip_side(dst, src).map(range),
+        Op::DmaGather { dst, .. } => Some(range(dst)),
         _ => None,
     }
 }
@@ -279,7 +274,8 @@ pub fn kernel_uses<'a>(all: &[Span<'a>], cfg: &ChipConfig) -> BTreeMap<&'a str, 
         dma: Vec<(u64, u64)>,
         engines: [Vec<(u64, u64)>; 4],
         hbm_bytes: u64,
-        engine_bytes: Vec<f64>,
+        /// Engine time (ps) per DMA engine.
+        engine_time: Vec<f64>,
         flops: u64,
     }
     let engines = cfg.dma_engines.max(1) as usize;
@@ -295,7 +291,7 @@ pub fn kernel_uses<'a>(all: &[Span<'a>], cfg: &ChipConfig) -> BTreeMap<&'a str, 
             dma: Vec::new(),
             engines: Default::default(),
             hbm_bytes: 0,
-            engine_bytes: vec![0.0; engines],
+            engine_time: vec![0.0; engines],
             flops: 0,
         });
         let iv = (s.record.start_ps, s.record.end_ps);
@@ -304,16 +300,18 @@ pub fn kernel_uses<'a>(all: &[Span<'a>], cfg: &ChipConfig) -> BTreeMap<&'a str, 
         a.hbm_bytes += s.record.hbm_read_bytes + s.record.hbm_write_bytes;
         if s.engine.is_dma() {
             a.dma.push(iv);
-            if let Some((bytes, range)) = dma_shape(&s.instr.op) {
-                // Spread over the engines serving the partitions (all for HBM -> HBM).
-                let (lo, hi) = match range {
+            {
+                // The simulator's own engine time for this transfer (its bytes at the
+                // size/efficiency curve, `InstrRecord::dma_engine_ps`), spread over the
+                // engines serving the partitions (all for HBM -> HBM).
+                let (lo, hi) = match dma_partitions(&s.instr.op) {
                     Some((p0, p1)) if p1 > p0 => ((p0 / ppe) as usize, (p1.div_ceil(ppe)) as usize),
                     _ => (0, engines),
                 };
                 let hi = hi.min(engines).max(lo + 1).min(engines);
                 let lo = lo.min(hi.saturating_sub(1));
-                let share = bytes as f64 / (hi - lo) as f64;
-                for e in &mut a.engine_bytes[lo..hi] {
+                let share = s.record.dma_engine_ps as f64 / (hi - lo) as f64;
+                for e in &mut a.engine_time[lo..hi] {
                     *e += share;
                 }
             }
@@ -323,7 +321,7 @@ pub fn kernel_uses<'a>(all: &[Span<'a>], cfg: &ChipConfig) -> BTreeMap<&'a str, 
     }
     acc.into_iter()
         .map(|(name, a)| {
-            let max_engine = a.engine_bytes.iter().copied().fold(0.0, f64::max);
+            let max_engine = a.engine_time.iter().copied().fold(0.0, f64::max);
             let [t, v, sc, g] = a.engines;
             (
                 name,
@@ -331,7 +329,7 @@ pub fn kernel_uses<'a>(all: &[Span<'a>], cfg: &ChipConfig) -> BTreeMap<&'a str, 
                     time_ps: union_length(a.all),
                     dma_queue_ps: union_length(a.dma),
                     hbm_ps: a.hbm_bytes as f64 / cfg.hbm_bandwidth_bytes_per_ns * 1000.0,
-                    dma_engine_ps: max_engine / cfg.dma_engine_bytes_per_ns * 1000.0,
+                    dma_engine_ps: max_engine,
                     engine_ps: [
                         union_length(t),
                         union_length(v),

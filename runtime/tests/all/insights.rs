@@ -261,6 +261,25 @@ fn small_dmas_below_the_knee() {
 }
 
 #[test]
+fn dma_engine_time_counts_the_per_descriptor_overhead() {
+    // 256 loads of 64 B per partition on all 16 queues: each descriptor costs 256 B of
+    // engine time on top of its 64 B (chip-config.md), so the engines, not the bytes,
+    // set the pace. Counting bytes at full rate alone would put the busiest engine near
+    // a fifth of the kernel's time; the simulator's own engine time puts it near all of it.
+    let s = summary(&loads(256, 16, 16));
+    let i = find(&s, InsightKind::DmaBound);
+    assert_eq!(i.len(), 1, "{:?}", kinds(&s));
+    let e = &i[0].evidence;
+    let pct: f64 = e
+        .split("the busiest DMA engine needs ")
+        .nth(1)
+        .and_then(|r| r.split('%').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no engine share in {e}"));
+    assert!((75.0..=101.0).contains(&pct), "{e}");
+}
+
+#[test]
 fn serialized_queue_versus_spread_queues() {
     let s = summary(&loads(8, 512, 1));
     let i = find(&s, InsightKind::SerializedQueue);
