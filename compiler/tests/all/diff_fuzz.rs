@@ -21,7 +21,7 @@
 //! `|x| / std`, here ~10^4). The bound scales with exactly that condition number and with
 //! the reduction lengths, and stays ~1e-7 of the output for well-conditioned graphs.
 //!
-//! CI runs a bounded, seeded slice ([`differential_fuzz_corpus`], 24 graphs). Longer runs:
+//! CI runs a bounded, seeded slice ([`differential_fuzz_corpus`], 300 graphs, ~3 s). Longer runs:
 //! `NEURON_FUZZ_GRAPHS=100000 NEURON_FUZZ_SEED=1 cargo test --release -p neuronc --test all
 //! diff_fuzz -- --nocapture` (a failing graph's model.json is printed; `NEURON_FUZZ_SEED`
 //! selects the first graph, so a failure reproduces with its seed and
@@ -474,7 +474,7 @@ fn differential_fuzz_corpus() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(d)
     };
-    let (n, failures) = fuzz(env("NEURON_FUZZ_SEED", 0), env("NEURON_FUZZ_GRAPHS", 24));
+    let (n, failures) = fuzz(env("NEURON_FUZZ_SEED", 0), env("NEURON_FUZZ_GRAPHS", 300));
     eprintln!("diff_fuzz: {n} graphs run, {} failures", failures.len());
     assert!(
         failures.is_empty(),
@@ -531,4 +531,45 @@ fn the_generator_covers_every_op_family() {
     for op in want {
         assert!(ops.contains(op), "the generator never emits {op}: {ops:?}");
     }
+}
+
+#[test]
+fn the_fp32_check_flags_a_wrong_index() {
+    // A program reading one element from the wrong place (two output elements swapped) is
+    // flagged on the random graphs: the bounds are far below the output's own scale.
+    let (mut flagged, mut tried) = (0, 0);
+    for seed in 0..40 {
+        let g = neuronc::frontend::parse_model(
+            &random_model(seed).to_string(),
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let inputs = random_inputs(&g);
+        let all: Vec<_> = run_reference_all(&g, &inputs, RefOptions { f64: true })
+            .unwrap()
+            .iter()
+            .map(|t| t.to_f64())
+            .collect();
+        let bounds = error_bounds(&g, &all);
+        let id = g.outputs[0].index();
+        let want: Vec<f64> = all[id].iter().copied().collect();
+        let bound: Vec<f64> = bounds[id].iter().copied().collect();
+        // The first two elements that differ by more than 1e-3 of the output's scale.
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let Some(j) = (1..want.len()).find(|&j| (want[j] - want[0]).abs() > 1e-3 * scale) else {
+            continue;
+        };
+        tried += 1;
+        let mut got = want.clone();
+        got.swap(0, j);
+        assert!(fuzz_check(Precision::Fp32, &want, &want, &bound).is_ok());
+        if fuzz_check(Precision::Fp32, &got, &want, &bound).is_err() {
+            flagged += 1;
+        }
+    }
+    assert!(tried >= 30, "only {tried} graphs had distinct outputs");
+    assert!(
+        flagged >= tried * 9 / 10,
+        "{flagged} of {tried} swaps flagged"
+    );
 }

@@ -359,3 +359,54 @@ pub fn error_bounds(g: &Graph, vals: &[ArrayD<f64>]) -> Vec<ArrayD<f64>> {
     }
     err
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use neuronc::ir::Tensor;
+    use neuronc::reference::{RefOptions, run_reference_all};
+    use std::collections::BTreeMap;
+
+    /// The bound of the output of a `[4, 256]` layer norm whose rows are `offset + spread *
+    /// r` (`r` a fixed pseudo-random row in [-1, 1]), relative to the output's scale.
+    fn layer_norm_bound(offset: f32, spread: f32) -> f64 {
+        let text = r#"{"name": "ln", "inputs": [{"name": "x", "shape": [4, 256]}],
+            "params": [{"name": "g", "shape": [256], "init": "ones"},
+                       {"name": "b", "shape": [256], "init": "zeros"}],
+            "nodes": [{"name": "n", "op": "layer_norm", "inputs": ["x", "g", "b"],
+                       "outputs": ["y"]}], "outputs": ["y"]}"#;
+        let g = neuronc::frontend::parse_model(text, std::path::Path::new(".")).unwrap();
+        let x = ndarray::Array2::from_shape_fn((4, 256), |(i, j)| {
+            let r = ((i * 256 + j) * 2_654_435_761 % 1000) as f32 / 500.0 - 1.0;
+            offset + spread * r
+        })
+        .into_dyn();
+        let inputs = BTreeMap::from([("x".to_string(), Tensor::F32(x))]);
+        let vals: Vec<_> = run_reference_all(&g, &inputs, RefOptions { f64: true })
+            .unwrap()
+            .iter()
+            .map(|t| t.to_f64())
+            .collect();
+        let b = error_bounds(&g, &vals);
+        let y = g.outputs[0].index();
+        let scale = vals[y].iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        b[y].iter().fold(0.0f64, |m, v| m.max(*v)) / scale
+    }
+
+    #[test]
+    fn a_well_conditioned_layer_norm_gets_a_tight_bound() {
+        // Centred rows: the bound is a few hundred ulps of the output (gamma_256 worst
+        // case), far below what a wrong index or op gives.
+        let r = layer_norm_bound(0.0, 1.0);
+        assert!(r > 0.0 && r < 1e-4, "relative bound {r:e}");
+    }
+
+    #[test]
+    fn the_layer_norm_bound_grows_with_the_condition_number() {
+        // Rows 1.5 +- 1e-4 (the fuzzer's flagged graphs): |x| / std ~ 2.6e4.
+        let well = layer_norm_bound(0.0, 1.0);
+        let ill = layer_norm_bound(1.5, 1e-4);
+        assert!(ill > 1e-3, "relative bound {ill:e}");
+        assert!(ill > 1000.0 * well, "{ill:e} vs {well:e}");
+    }
+}
