@@ -272,7 +272,15 @@ impl ChipConfig {
                 "`base` names an unknown preset '{base}': expected \"trn1\" or \"trn2\""
             ))
         })?;
-        preset.merge(table, origin)
+        // A file that changes fields without naming its chip is not the preset it starts
+        // from: name it after both, so messages ("target 'trn1 (small.toml)' has 1048576
+        // bytes of HBM") never attribute the file's figures to the preset.
+        let named = table.contains_key("name") || table.is_empty();
+        let mut cfg = preset.merge(table, origin)?;
+        if !named {
+            cfg.name = format!("{base} ({origin})");
+        }
+        Ok(cfg)
     }
 
     /// This configuration with `overrides` (`(field, value)` pairs, values in TOML syntax:
@@ -565,6 +573,19 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.sbuf_bytes_per_partition, MAX_SBUF_BYTES_PER_PARTITION);
         assert_eq!(cfg.hbm_bytes, MAX_HBM_BYTES);
+    }
+
+    #[test]
+    fn a_file_without_a_name_is_named_after_its_base_and_path() {
+        let cfg = ChipConfig::from_toml_str("hbm_bytes = 1048576", "small.toml").unwrap();
+        assert_eq!(cfg.name, "trn1 (small.toml)");
+        let cfg = ChipConfig::from_toml_str("base = \"trn2\"\nhbm_bytes = 1048576", "./c").unwrap();
+        assert_eq!(cfg.name, "trn2 (./c)");
+        // Only a base: that preset itself.
+        let cfg = ChipConfig::from_toml_str("base = \"trn2\"", "./mychip").unwrap();
+        assert_eq!(cfg, ChipConfig::trn2());
+        let cfg = ChipConfig::from_toml_str("name = \"big\"", "t.toml").unwrap();
+        assert_eq!(cfg.name, "big");
     }
 
     #[test]

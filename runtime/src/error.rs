@@ -92,6 +92,10 @@ pub enum RuntimeError {
         /// What went wrong.
         message: String,
     },
+    /// A full simulation would need more host memory than is available (refused before
+    /// allocating; the message gives both sizes).
+    #[error(transparent)]
+    HostMemory(#[from] neuronc::ir::limits::HostMemoryError),
     /// The simulator refused the program or failed while running it.
     #[error("simulation failed: {0}")]
     Sim(#[from] SimError),

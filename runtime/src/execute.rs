@@ -6,6 +6,7 @@ use crate::inputs::Bindings;
 use crate::model::Model;
 use neuron_isa::{TensorId, TensorKind};
 use neuron_sim::{Rounding, RunStats, SimOptions, Simulator};
+use neuronc::ir::limits::{available_memory, check_memory};
 use std::collections::BTreeMap;
 
 /// How to run a model.
@@ -82,6 +83,9 @@ impl Model {
         let artifact = self.artifact();
         let program = &artifact.meta.program;
         let _span = tracing::info_span!("execute", model = %self.name()).entered();
+        if !opts.timing_only {
+            check_simulation_memory(program, self.target(), self.name(), available_memory())?;
+        }
         let mut sim = Simulator::new(program, self.target(), opts.sim_options())?;
         // A timing-only run never reads a weight byte: don't even copy them in.
         for w in artifact.meta.weights.iter().filter(|_| !opts.timing_only) {
@@ -110,6 +114,46 @@ impl Model {
             timing_only: opts.timing_only,
         })
     }
+}
+
+/// Host bytes a full (not timing-only) simulation of `program` allocates: a buffer per HBM
+/// tensor plus, at most, the chip's SBUF and PSUM (saturating).
+fn simulation_bytes(program: &neuron_isa::Program, cfg: &neuron_isa::ChipConfig) -> u64 {
+    let on_chip = u64::from(cfg.partitions).saturating_mul(
+        cfg.sbuf_bytes_per_partition
+            .saturating_add(cfg.psum_bytes_per_partition),
+    );
+    program.tensors.iter().fold(on_chip, |acc, t| {
+        let bytes = t
+            .shape
+            .iter()
+            .fold(t.dtype.size(), |b, &d| b.saturating_mul(d));
+        acc.saturating_add(bytes)
+    })
+}
+
+/// Refuses, before the simulator allocates anything, a full simulation whose memories
+/// exceed the host's `available` bytes, with both sizes in the message. A program whose
+/// HBM tensors exceed the chip's own HBM is left to the simulator, which names that limit.
+fn check_simulation_memory(
+    program: &neuron_isa::Program,
+    cfg: &neuron_isa::ChipConfig,
+    model: &str,
+    available: Option<u64>,
+) -> Result<(), RuntimeError> {
+    let needed = simulation_bytes(program, cfg);
+    let hbm: u64 = needed.saturating_sub(
+        u64::from(cfg.partitions)
+            .saturating_mul(cfg.sbuf_bytes_per_partition + cfg.psum_bytes_per_partition),
+    );
+    if hbm > cfg.hbm_bytes {
+        return Ok(());
+    }
+    let what = format!(
+        "a full simulation of model '{model}' (its HBM tensors, weights included, and the \
+         on-chip memories; a --timing-only run needs none of it)"
+    );
+    Ok(check_memory(needed, available, &what)?)
 }
 
 /// Names the kernel, graph nodes and HBM tensors of the instruction a run-time error
@@ -152,5 +196,58 @@ fn in_kernel(program: &neuron_isa::Program, e: neuron_sim::SimError) -> RuntimeE
             )
         },
         source: Box::new(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use neuron_isa::{ChipConfig, Dtype, HbmTensor, Program};
+
+    fn program(shapes: &[&[u64]]) -> Program {
+        Program {
+            streams: Vec::new(),
+            semaphores: 0,
+            tensors: shapes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| HbmTensor {
+                    name: format!("w{i}"),
+                    kind: TensorKind::Weight,
+                    shape: s.to_vec(),
+                    dtype: Dtype::F32,
+                })
+                .collect(),
+            kernels: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_simulation_larger_than_host_memory_is_refused_with_both_sizes() {
+        let cfg = ChipConfig::trn1();
+        // Four 1 GiB f32 weights.
+        let p = program(&[&[16384u64, 16384][..]; 4]);
+        let needed = simulation_bytes(&p, &cfg);
+        let on_chip = 128 * (cfg.sbuf_bytes_per_partition + cfg.psum_bytes_per_partition);
+        assert_eq!(needed, 4 * (1 << 30) + on_chip);
+        let e = check_simulation_memory(&p, &cfg, "huge", Some(1 << 30)).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("model 'huge'"), "{msg}");
+        assert!(msg.contains(&needed.to_string()), "{msg}");
+        assert!(msg.contains(&(1u64 << 30).to_string()), "{msg}");
+        assert!(msg.contains("4.0"), "{msg}");
+        // Enough memory, or an unknown amount: accepted.
+        check_simulation_memory(&p, &cfg, "huge", Some(needed)).unwrap();
+        check_simulation_memory(&p, &cfg, "huge", None).unwrap();
+    }
+
+    #[test]
+    fn a_program_beyond_the_chip_hbm_is_left_to_the_simulator() {
+        let mut cfg = ChipConfig::trn1();
+        cfg.hbm_bytes = 1 << 20;
+        let p = program(&[&[1024, 1024]]);
+        // 4 MiB of tensors on a 1 MiB chip: the simulator reports the chip's limit.
+        check_simulation_memory(&p, &cfg, "m", Some(1)).unwrap();
     }
 }

@@ -108,7 +108,17 @@ pub struct HostMemoryError {
 /// Refuses, before allocating, `needed` bytes for `what` when they exceed the memory the
 /// host has available (see [`available_memory`]).
 pub fn check_host_memory(needed: u64, what: &str) -> Result<(), HostMemoryError> {
-    match available_memory() {
+    check_memory(needed, available_memory(), what)
+}
+
+/// [`check_host_memory`] against a given `available` byte count (`None`: unknown, nothing
+/// is refused).
+pub fn check_memory(
+    needed: u64,
+    available: Option<u64>,
+    what: &str,
+) -> Result<(), HostMemoryError> {
+    match available {
         Some(available) if needed > available => Err(HostMemoryError {
             what: what.to_string(),
             needed,

@@ -10,7 +10,7 @@
 //! node named after it (`<name>.rows`).
 
 use super::Pass;
-use super::rewrite::{insert_node_before, is_const, out, use_count};
+use super::rewrite::{insert_node_before, is_const, out, use_counts};
 use crate::CompileError;
 use crate::ir::shape_infer::normalize_axis;
 use crate::ir::{Graph, NodeId, Op};
@@ -25,9 +25,10 @@ impl Pass for ConstantGather {
     }
 
     fn run(&self, g: &mut Graph) -> Result<bool, CompileError> {
+        let uses = use_counts(g);
         let todo: Vec<(NodeId, Rows)> = (0..g.nodes.len())
             .map(|i| NodeId(i as u32))
-            .filter(|&n| use_count(g, out(g, n)) > 0)
+            .filter(|&n| uses[out(g, n).index()] > 0)
             .filter_map(|n| even_rows(g, n).map(|r| (n, r)))
             .collect();
         // From the last, so that inserting a slice does not move a gather still to do.

@@ -14,7 +14,7 @@
 
 use super::Pass;
 use super::rewrite::{
-    add_const, out, replace_uses, replace_value, scalar_const, scalar_tensor, use_count,
+    add_const, out, replace_uses, replace_value, scalar_const, scalar_tensor, use_count, use_counts,
 };
 use crate::CompileError;
 use crate::ir::{GeluApprox, Graph, NodeId, Op, ValueId};
@@ -30,12 +30,21 @@ impl Pass for FoldConstants {
 
     fn run(&self, g: &mut Graph) -> Result<bool, CompileError> {
         let mut changed = false;
+        // Counted once: a rewrite at node `n` only changes the readers of `n`'s own
+        // output and `n`'s operands (produced earlier), so a later node's count is still
+        // exact when the loop reaches it.
+        let uses = use_counts(g);
         for i in 0..g.nodes.len() {
             let n = NodeId(i as u32);
             let o = out(g, n);
             // A node nobody reads any more (replaced earlier) is left for DCE; folding it
             // again would report a change forever.
-            if use_count(g, o) == 0 {
+            if uses
+                .get(o.index())
+                .copied()
+                .unwrap_or_else(|| use_count(g, o))
+                == 0
+            {
                 continue;
             }
             changed |= fold_node(g, n)?;

@@ -13,7 +13,7 @@
 //! dead-code elimination removes them.
 
 use super::Pass;
-use super::rewrite::{approx, out, scalar_const, use_count};
+use super::rewrite::{approx, out, scalar_const, use_counts};
 use crate::CompileError;
 use crate::ir::{GeluApprox, Graph, NodeId, Op, ValueId};
 
@@ -31,9 +31,11 @@ impl Pass for RecognizeGelu {
 
     fn run(&self, g: &mut Graph) -> Result<bool, CompileError> {
         let mut changed = false;
+        // Counted once: a rewrite only changes the rewritten node's own operands.
+        let uses = use_counts(g);
         for i in 0..g.nodes.len() {
             let n = NodeId(i as u32);
-            if g.node(n).op != Op::Mul || use_count(g, out(g, n)) == 0 {
+            if g.node(n).op != Op::Mul || uses[out(g, n).index()] == 0 {
                 continue;
             }
             if let Some((x, approximate)) = match_gelu(g, out(g, n)) {

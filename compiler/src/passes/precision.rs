@@ -277,13 +277,14 @@ fn conv_activation_type(
     uses: &[Use],
     producers: &BTreeMap<KTensorId, &KernelOp>,
 ) -> Option<Dtype> {
-    let producer = kg.kernels.iter().find(|k| k.output.tensor == t)?;
+    // The cheap test first: searching the kernels for every scratch tensor is quadratic.
     if !matches!(
         producers.get(&t),
         Some(KernelOp::Conv2d { .. } | KernelOp::Pool { .. })
     ) {
         return None;
     }
+    let producer = kg.kernels.iter().find(|k| k.output.tensor == t)?;
     let act = producer.act_dtype;
     if !matches!(act, Dtype::Bf16 | Dtype::F16) {
         return None;

@@ -143,6 +143,26 @@ pub fn use_count(g: &Graph, v: ValueId) -> usize {
     uses + usize::from(g.is_output(v))
 }
 
+/// [`use_count`] of every value at once, indexed by value id: one pass over the graph
+/// instead of one per query, for passes that ask about every node (asking
+/// [`use_count`] per node is quadratic in the graph's size).
+pub fn use_counts(g: &Graph) -> Vec<usize> {
+    let mut counts = vec![0usize; g.values.len()];
+    for n in &g.nodes {
+        for &i in &n.inputs {
+            if let Some(c) = counts.get_mut(i.index()) {
+                *c += 1;
+            }
+        }
+    }
+    for &o in &g.outputs {
+        if let Some(c) = counts.get_mut(o.index()) {
+            *c += 1;
+        }
+    }
+    counts
+}
+
 /// The single output of node `n`.
 pub fn out(g: &Graph, n: NodeId) -> ValueId {
     g.node(n).outputs[0]

@@ -4,7 +4,7 @@
 //! fewer copies).
 
 use super::Pass;
-use super::rewrite::{out, replace_value, use_count};
+use super::rewrite::{out, replace_value, use_count, use_counts};
 use crate::CompileError;
 use crate::ir::shape_infer::slice_plan;
 use crate::ir::{Graph, NodeId, Op};
@@ -20,9 +20,17 @@ impl Pass for SimplifyMovement {
 
     fn run(&self, g: &mut Graph) -> Result<bool, CompileError> {
         let mut changed = false;
+        // Counted once (a rewrite only changes the readers of the node's own output).
+        let uses = use_counts(g);
         for i in 0..g.nodes.len() {
             let n = NodeId(i as u32);
-            if use_count(g, out(g, n)) == 0 {
+            let o = out(g, n);
+            if uses
+                .get(o.index())
+                .copied()
+                .unwrap_or_else(|| use_count(g, o))
+                == 0
+            {
                 continue;
             }
             changed |= simplify(g, n);

@@ -12,6 +12,7 @@ mod compile_e2e;
 mod conv_chip;
 mod diff_fuzz;
 mod flash_attention;
+mod fp32_bound;
 mod framework_export;
 mod fused_vs_unfused;
 mod fusion;

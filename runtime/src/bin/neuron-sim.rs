@@ -414,7 +414,15 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
     let mut inputs = model.bind();
     for (name, file) in &args.inputs {
-        inputs.set_input_npy(name, file)?;
+        // Name the input as `neuronc run` does ("input 'x': x.npy: ..."), once.
+        inputs.set_input_npy(name, file).map_err(|e| {
+            let tag = format!("input '{name}'");
+            if e.to_string().contains(&tag) {
+                anyhow::Error::new(e)
+            } else {
+                anyhow::Error::new(e).context(tag)
+            }
+        })?;
     }
     let generated = inputs.generate_missing(seed)?;
     for name in &generated {
