@@ -333,11 +333,17 @@ fn markdown(rows: &[Row]) -> String {
          NeuronCores each running batch 16; the simulator runs one core.\n\n\
          The DMA parameters are chosen from the documentation, not from these rows\n\
          (`chip-config.md`, \"DMA engine bandwidth\"). Where a row is outside 25%, its\n\
-         notes say what bound it: compiled BERT-base is DMA-engine-bound (weights and\n\
-         activations move in 0.5-2 KiB-per-partition descriptors on few queues, and\n\
-         kernels run one after another), which is the compiler's data movement (issue\n\
-         11), not a chip parameter. The harness prints a descriptor-size histogram per\n\
-         model to stderr.\n",
+         notes say what bound it: compiled BERT-base is DMA-engine-bound, which is the\n\
+         compiler's data movement (issue 11), not a chip parameter. At batch 1 the\n\
+         weights (170 MB of bf16) stream through an SBUF ring on three queues ahead of\n\
+         the kernels that need them, in 1.5 KiB (768-column W) and 6 KiB (3072-column\n\
+         W) descriptors, and the fp32 activations round-trip HBM between kernels\n\
+         (~95 MB): together ~1.1 ms of DMA-engine time at the engines' 272 GB/s, so\n\
+         the 25% bound (1.179 ms) needs activations kept in SBUF between kernels and\n\
+         weights laid out for longer descriptors (not done). At batch 16 the\n\
+         attention kernels (a serial per-head chain, VectorE-bound) and the\n\
+         activation traffic of the matmuls dominate. The harness prints a\n\
+         descriptor-size histogram per model to stderr.\n",
     );
     out
 }
