@@ -444,3 +444,99 @@ pub fn bert_base_json(batch: usize, layers: usize) -> String {
         nodes.join(",\n    ")
     )
 }
+
+/// A matmul `[m, k] @ [k, n]` with both operands as inputs of `dtype` (`"bf16"` or
+/// `"f32"`; f32 operands are auto-cast to bf16 by the default compile options).
+pub fn gemm_json(m: usize, k: usize, n: usize, dtype: &str) -> String {
+    format!(
+        r#"{{"name": "gemm", "seed": 1,
+  "inputs": [{{"name": "a", "shape": [{m}, {k}], "dtype": "{dtype}"}},
+             {{"name": "b", "shape": [{k}, {n}], "dtype": "{dtype}"}}],
+  "params": [],
+  "nodes": [{{"name": "mm", "op": "matmul", "inputs": ["a", "b"], "outputs": ["y"]}}],
+  "outputs": ["y"]}}"#
+    )
+}
+
+/// One compiled-code quality case of issue 11: a model compiled for trn1 with the default
+/// options (matmuls auto-cast to bf16), whose simulated MFU is compared with a target.
+pub struct QualityCase {
+    /// Short name (also the criterion benchmark id).
+    pub name: &'static str,
+    /// What it is, for tables.
+    pub what: &'static str,
+    /// The model.json.
+    pub json: String,
+    /// Target MFU, percent of TensorE's bf16 peak.
+    pub target_percent: f64,
+}
+
+/// The cases: 4096x8192x8192 GEMM with bf16 inputs (>= 88%) and fp32 inputs auto-cast
+/// (>= 85%), 2048^3 bf16 (>= 80%), BERT-base seq 128 batch 16 (>= 50%).
+pub fn quality_cases() -> Vec<QualityCase> {
+    vec![
+        QualityCase {
+            name: "gemm_4096x8192x8192_bf16",
+            what: "GEMM 4096×8192 @ 8192×8192, bf16 inputs",
+            json: gemm_json(4096, 8192, 8192, "bf16"),
+            target_percent: 88.0,
+        },
+        QualityCase {
+            name: "gemm_4096x8192x8192_f32_autocast",
+            what: "GEMM 4096×8192 @ 8192×8192, fp32 inputs auto-cast to bf16",
+            json: gemm_json(4096, 8192, 8192, "f32"),
+            target_percent: 85.0,
+        },
+        QualityCase {
+            name: "gemm_2048_bf16",
+            what: "GEMM 2048×2048 @ 2048×2048, bf16 inputs",
+            json: gemm_json(2048, 2048, 2048, "bf16"),
+            target_percent: 80.0,
+        },
+        QualityCase {
+            name: "bert_base_seq128_b16",
+            what: "BERT-base seq 128 batch 16 (12 layers)",
+            json: bert_base_json(16, 12),
+            target_percent: 50.0,
+        },
+    ]
+}
+
+/// A compiled model's simulated figures.
+#[derive(Debug, Clone, Copy)]
+pub struct Quality {
+    /// Simulated latency, ms.
+    pub latency_ms: f64,
+    /// Model FLOPs over (bf16 TensorE peak x latency), percent.
+    pub mfu_percent: f64,
+    /// Instructions in the program.
+    pub instructions: usize,
+}
+
+/// Compiles model.json text for `cfg` (default options: matmuls auto-cast to bf16) and
+/// simulates it timing-only; the MFU is against `cfg`'s bf16 TensorE peak.
+pub fn simulated_quality(json: &str, cfg: &neuron_isa::ChipConfig) -> Result<Quality, String> {
+    let graph = neuronc::frontend::parse_model(json, std::path::Path::new("."))
+        .map_err(|e| e.to_string())?;
+    let opts = neuronc::options::CompileOptions {
+        target: cfg.clone(),
+        auto_cast: neuronc::options::AutoCast::Matmult,
+        ..neuronc::options::CompileOptions::default()
+    };
+    let compiled = neuronc::driver::compile(&graph, &opts).map_err(|e| e.to_string())?;
+    let meta = &compiled.artifact.meta;
+    let sim_opts = neuron_sim::SimOptions {
+        timing_only: true,
+        ..neuron_sim::SimOptions::default()
+    };
+    let mut sim =
+        neuron_sim::Simulator::new(&meta.program, cfg, sim_opts).map_err(|e| e.to_string())?;
+    let stats = sim.run().map_err(|e| e.to_string())?;
+    let secs = stats.total_ps.max(1) as f64 * 1e-12;
+    Ok(Quality {
+        latency_ms: secs * 1e3,
+        mfu_percent: 100.0 * meta.model_flops as f64
+            / (cfg.peak_flops(neuron_isa::Dtype::Bf16) * secs),
+        instructions: meta.program.instruction_count(),
+    })
+}

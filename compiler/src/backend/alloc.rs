@@ -45,7 +45,8 @@ pub struct BufferReq {
     pub slots: u32,
     /// Written once and only read afterwards (a matmul's whole W): the allocator keeps it
     /// apart from every other buffer of the program when SBUF allows, so its loads need not
-    /// wait for any earlier kernel.
+    /// wait for any earlier kernel; when not all of them fit, they stream through a ring
+    /// at the top of SBUF (see [`allocate`]), apart from every non-pinned buffer.
     pub pinned: bool,
 }
 
@@ -153,6 +154,9 @@ pub struct Allocation {
     pub peak_psum: u64,
     /// SBUF bytes per partition of the pinned region (0: nothing pinned).
     pub pinned_sbuf: u64,
+    /// The pinned region is a ring the pinned buffers stream through (see [`ring_pins`]):
+    /// a pinned buffer's loads may wait for an earlier kernel that used the same bytes.
+    pub weight_ring: bool,
 }
 
 /// Why a kernel's buffers cannot be placed.
@@ -219,6 +223,70 @@ fn choose_pins(requests: &[Vec<BufferReq>], cap: u64) -> (Vec<Vec<Option<u64>>>,
     (pins, total)
 }
 
+/// When not every pinned request fits for the whole program, the pinned requests stream
+/// through a ring at the top of SBUF instead: each takes the next `fp` bytes of the ring
+/// (wrapping to its start when the rest does not fit), so the weights of the next kernels
+/// load while earlier kernels compute, and a load waits only for the kernel that last used
+/// its bytes (the builder's hazard tracking orders that reuse). The ring takes all that the
+/// largest kernel's other buffers leave (measured on BERT-base batch 1: 1.433 ms, against
+/// 1.460 ms when it leaves room for two kernels' other buffers, which then stay clear of
+/// each other but prefetch weights less far ahead); requests larger than half the ring
+/// stay out of it (a ring holding one buffer at a time prefetches nothing).
+/// Returns the pins and the ring's bytes per partition, or `None` when no ring holds two
+/// of the smallest pinned requests or the requests left out do not fit below it.
+fn ring_pins(requests: &[Vec<BufferReq>], cap: u64) -> Option<(Vec<Vec<Option<u64>>>, u64)> {
+    let is_pin = |r: &BufferReq| r.pinned && r.mem == OnChip::Sbuf;
+    // Footprint of a kernel's buffers that stay out of the ring.
+    let rest_of = |reqs: &[BufferReq], in_ring: &dyn Fn(&BufferReq) -> bool| -> u64 {
+        reqs.iter()
+            .filter(|r| r.mem == OnChip::Sbuf && !in_ring(r))
+            .map(|r| req_bytes(r, SBUF_ALIGN))
+            .sum()
+    };
+    let rest = requests
+        .iter()
+        .map(|reqs| rest_of(reqs, &is_pin))
+        .max()
+        .unwrap_or(0);
+    let smallest = requests
+        .iter()
+        .flatten()
+        .filter(|r| is_pin(r))
+        .map(|r| req_bytes(r, SBUF_ALIGN))
+        .min()?;
+    // A ring that holds fewer than two buffers at a time prefetches nothing.
+    let ring = cap.saturating_sub(rest);
+    if ring < 2 * smallest {
+        return None;
+    }
+    let ring = ring / SBUF_ALIGN * SBUF_ALIGN;
+    let in_ring = |r: &BufferReq| is_pin(r) && 2 * req_bytes(r, SBUF_ALIGN) <= ring;
+    if requests
+        .iter()
+        .any(|reqs| rest_of(reqs, &in_ring) > cap - ring)
+    {
+        return None;
+    }
+    let base = cap - ring;
+    let mut pins: Vec<Vec<Option<u64>>> =
+        requests.iter().map(|reqs| vec![None; reqs.len()]).collect();
+    let mut off = 0u64;
+    for (k, reqs) in requests.iter().enumerate() {
+        for (i, r) in reqs.iter().enumerate() {
+            if !in_ring(r) {
+                continue;
+            }
+            let fp = req_bytes(r, SBUF_ALIGN);
+            if off + fp > ring {
+                off = 0;
+            }
+            pins[k][i] = Some(base + off);
+            off += fp;
+        }
+    }
+    Some((pins, ring))
+}
+
 /// How many preceding kernels a kernel tries to stay clear of.
 pub const WINDOW: usize = 3;
 
@@ -253,7 +321,9 @@ fn union_len(ranges: &[(u64, u64)]) -> u64 {
 /// Each kernel goes to the lowest addresses that overlap none of the previous
 /// [`WINDOW`] kernels' buffers, or of fewer of them if that does not fit (down to none):
 /// the later a kernel's buffers are reused, the more its successors can prefetch (weights
-/// of the next matmul load while this kernel computes).
+/// of the next matmul load while this kernel computes). [`BufferReq::pinned`] requests go
+/// to the top of SBUF: each apart from all others while they all fit, else through a ring
+/// ([`ring_pins`]).
 pub fn allocate(requests: &[Vec<BufferReq>], cfg: &ChipConfig) -> Result<Allocation, AllocError> {
     let bank = cfg.psum_bytes_per_partition / u64::from(cfg.psum_banks.max(1));
     let mems = [
@@ -261,7 +331,23 @@ pub fn allocate(requests: &[Vec<BufferReq>], cfg: &ChipConfig) -> Result<Allocat
         (OnChip::Psum, cfg.psum_bytes_per_partition, bank),
     ];
     let mut out = Allocation::default();
-    let (pins, pinned_total) = choose_pins(requests, cfg.sbuf_bytes_per_partition);
+    let (mut pins, mut pinned_total) = choose_pins(requests, cfg.sbuf_bytes_per_partition);
+    let all_pinned = requests.iter().zip(&pins).all(|(reqs, p)| {
+        reqs.iter()
+            .zip(p)
+            .all(|(r, p)| !r.pinned || r.mem != OnChip::Sbuf || p.is_some())
+    });
+    if !all_pinned {
+        let count = |p: &[Vec<Option<u64>>]| p.iter().flatten().filter(|x| x.is_some()).count();
+        // The ring when it keeps more of them on their way than pinning for good does.
+        if let Some((ring, bytes)) = ring_pins(requests, cfg.sbuf_bytes_per_partition) {
+            if count(&ring) > count(&pins) {
+                pins = ring;
+                pinned_total = bytes;
+                out.weight_ring = true;
+            }
+        }
+    }
     out.pinned_sbuf = pinned_total;
     // Per memory: the ranges of the kernels placed so far, and how many predecessors each
     // coexists with.
@@ -417,6 +503,45 @@ mod tests {
             }
         }
         assert_eq!(a.kernels[0].sbuf_bytes, 2 * 4096 + 1024);
+    }
+
+    #[test]
+    fn pinned_buffers_that_do_not_all_fit_stream_through_a_ring() {
+        let cfg = ChipConfig::trn1();
+        let cap = cfg.sbuf_bytes_per_partition;
+        // Five 40 KiB weights (200 KiB in all: more than SBUF) and 16 KiB of other buffers
+        // per kernel: the ring takes cap - 16 KiB, room for four weights at a time.
+        let reqs: Vec<Vec<BufferReq>> = (0..5)
+            .map(|_| {
+                vec![
+                    BufferReq::sbuf("w", 40 * 1024, 1).pinned(),
+                    BufferReq::sbuf("x", 16 * 1024, 1),
+                ]
+            })
+            .collect();
+        let a = allocate(&reqs, &cfg).unwrap();
+        assert!(a.weight_ring);
+        let ring = cap - 16 * 1024;
+        assert_eq!(a.pinned_sbuf, ring);
+        let w: Vec<u64> = a.kernels.iter().map(|k| k.get("w").unwrap().base).collect();
+        let base = cap - ring;
+        let kib = 40 * 1024;
+        assert_eq!(
+            w,
+            vec![base, base + kib, base + 2 * kib, base + 3 * kib, base]
+        );
+        for k in &a.kernels {
+            assert!(k.get("w").unwrap().pinned);
+            let x = k.get("x").unwrap();
+            assert!(!x.pinned && x.base + x.slot_bytes <= base, "{x:?}");
+        }
+        // When they all fit, nothing streams: every weight keeps its own bytes.
+        let a = allocate(&reqs[..2], &cfg).unwrap();
+        assert!(!a.weight_ring);
+        assert_ne!(
+            a.kernels[0].get("w").unwrap().base,
+            a.kernels[1].get("w").unwrap().base
+        );
     }
 
     #[test]

@@ -289,6 +289,11 @@ pub enum DmaClass {
     /// transfers neither hold up the other loads in queue order nor outnumber them in the
     /// DMA engines' fair share.
     Prefetch,
+    /// A load into a pinned buffer (a matmul's whole W, see
+    /// [`super::alloc::BufferReq::pinned`]): always on the prefetch queues, even when it
+    /// must wait for an earlier kernel that used the same bytes of the weight ring. Those
+    /// waits only hold up later weight loads, which need the ring in the same order.
+    Weights,
 }
 
 /// Queues reserved for [`DmaClass::Prefetch`] loads.
@@ -544,7 +549,7 @@ impl Builder {
             DmaClass::Load | DmaClass::Prefetch if self.has_hazards(&op) => &self.dep_queues,
             DmaClass::Load => &self.load_queues,
             DmaClass::Store => &self.store_queues,
-            DmaClass::Prefetch => &self.prefetch_queues,
+            DmaClass::Prefetch | DmaClass::Weights => &self.prefetch_queues,
         };
         // Least loaded by this kernel's bytes first (so a kernel's transfers, e.g. a layer
         // norm's row tile and its gamma and beta rows, do not stack on one queue in order),

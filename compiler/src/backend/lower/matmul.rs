@@ -711,7 +711,7 @@ fn emit_w_rows(
     let full = (0..nkt).take_while(|&j| (kt0 + j + 1) * p <= s.k).count();
     let emit = |ctx: &mut LowerCtx<'_>, dst: Ap, src: Ap| {
         if st.w_pinned {
-            ctx.prefetch(dst, src);
+            ctx.weight_load(dst, src);
         } else {
             ctx.load(dst, src);
         }

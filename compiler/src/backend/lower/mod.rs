@@ -131,6 +131,11 @@ impl LowerCtx<'_> {
         self.b.dma(super::builder::DmaClass::Prefetch, dst, src)
     }
 
+    /// Emits a load into a pinned buffer (see [`super::builder::DmaClass::Weights`]).
+    pub fn weight_load(&mut self, dst: Ap, src: Ap) -> InstrRef {
+        self.b.dma(super::builder::DmaClass::Weights, dst, src)
+    }
+
     /// Emits a store (SBUF -> HBM).
     pub fn store(&mut self, dst: Ap, src: Ap) -> InstrRef {
         self.b.store(dst, src)

@@ -4,7 +4,7 @@
 //! uses the VectorE statistics path of the NKI layernorm tutorial: `BnStats` per chunk of
 //! at most 512 elements, `BnAggr` to (mean, variance), `rstd = rsqrt(var + eps)` on
 //! ScalarE (the epsilon is the activation's bias), and one `TensorScalar` computing
-//! `(x - mean) * rstd`. RMS norm sums squares through the accumulator of a ScalarE
+//! `(x - mean) * rstd` (on ScalarE, which is otherwise idle here). RMS norm sums squares through the accumulator of a ScalarE
 //! `Square` activation and folds `1/D` and `eps` into the `rsqrt` activation's scale and
 //! bias. Gamma and beta (the same row for every row) are loaded once per kernel with a
 //! partition-broadcast DMA and applied, with the epilogue, by the chain.
@@ -219,6 +219,15 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
                 accum: None,
             },
         );
+        // Layer norm's VectorE already computes the statistics and (in the chain) gamma
+        // and beta, while ScalarE only takes the rsqrt: the normalizing `TensorScalar`
+        // (allowed on both, same arithmetic) goes to ScalarE, so the two engines overlap
+        // across row tiles. RMS norm keeps it on VectorE (its ScalarE squares the row).
+        let norm_engine = if mean.is_some() {
+            Engine::Scalar
+        } else {
+            Engine::Vector
+        };
         let (op0, operand0, op1, operand1) = match mean {
             Some(mean) => (
                 AluOp::Sub,
@@ -234,7 +243,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
             ),
         };
         ctx.push(
-            Engine::Vector,
+            norm_engine,
             Op::TensorScalar {
                 dst: w.clone(),
                 src: x,
