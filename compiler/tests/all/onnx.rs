@@ -88,11 +88,17 @@ fn golden_fixtures_import_from_onnx_and_match_onnxruntime() {
     }
 }
 
-/// The BERT and GPT-2 models compile straight from .onnx and the simulator matches
+/// The golden models compile straight from .onnx and the simulator matches
 /// onnxruntime's outputs (and the reference, at the fp32 tolerance).
 #[test]
-fn bert_and_gpt2_onnx_compile_and_simulate_matching_onnxruntime() {
-    for case in ["bert_encoder", "gpt2_block"] {
+fn golden_onnx_models_compile_and_simulate_matching_onnxruntime() {
+    for case in [
+        "bert_encoder",
+        "gpt2_block",
+        "resnet_block",
+        "conv_pool",
+        "misc_ops",
+    ] {
         let g = load_onnx(&fixture(case).join("model.onnx"), &OnnxOptions::default()).unwrap();
         let inputs = fixture_inputs(case, &g);
         let (_, outs) =
