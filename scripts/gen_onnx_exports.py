@@ -14,6 +14,9 @@ exporters, exactly as a user would, and records onnxruntime's outputs on seeded 
   * resnet_bottleneck: torchvision `torchvision.models.resnet.Bottleneck`, an identity
                  block (64 -> 16 -> 64) followed by a stride-2 downsampling block
                  (64 -> 32 -> 128, 1x1 conv + BatchNorm shortcut), in eval mode.
+  * t5_block:    Hugging Face `T5Block` (encoder, d_model 64, 4 heads, relative position
+                 bias computed from the sequence length: Range, Log, Less, Where, Min).
+  * vit_layer:   Hugging Face `ViTLayer` (hidden 64, 4 heads, `sdpa`) on a token sequence.
 
 Each is exported twice: with the default exporter of torch >= 2.9 (`dynamo=True`,
 torch.export + onnxscript, opset 18) and with the TorchScript exporter (`dynamo=False`,
@@ -32,7 +35,7 @@ run the reference executor and compile + simulate at fp32 against these goldens.
 Requirements (a venv outside the repository):
     python3 -m venv /work/venv-onnx
     /work/venv-onnx/bin/pip install torch torchvision transformers onnx onnxruntime onnxscript
-Run from the repository root:
+Run from the repository root (an optional argument overrides the output directory):
     /work/venv-onnx/bin/python scripts/gen_onnx_exports.py
 The versions used are written to compiler/tests/fixtures/onnx_export/VERSIONS.txt.
 """
@@ -49,11 +52,13 @@ import torchvision
 import transformers
 from torch import nn
 from torchvision.models.resnet import Bottleneck
-from transformers import BertConfig, GPT2Config
+from transformers import BertConfig, GPT2Config, T5Config, ViTConfig
 from transformers.models.bert.modeling_bert import BertLayer
 from transformers.models.gpt2.modeling_gpt2 import GPT2Block
+from transformers.models.t5.modeling_t5 import T5Block
+from transformers.models.vit.modeling_vit import ViTLayer
 
-OUT = os.path.join("compiler", "tests", "fixtures", "onnx_export")
+OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join("compiler", "tests", "fixtures", "onnx_export")
 
 
 class BertLayerModel(nn.Module):
@@ -85,6 +90,34 @@ class Gpt2BlockModel(nn.Module):
         mask = torch.full((s, s), torch.finfo(hidden_states.dtype).min, dtype=hidden_states.dtype)
         mask = torch.triu(mask, diagonal=1)[None, None]
         out = self.block(hidden_states, attention_mask=mask)
+        return out[0] if isinstance(out, tuple) else out
+
+
+class T5BlockModel(nn.Module):
+    """One Hugging Face T5Block (encoder, with the relative position bias)."""
+
+    def __init__(self):
+        super().__init__()
+        cfg = T5Config(d_model=64, d_kv=16, num_heads=4, d_ff=128, is_decoder=False)
+        cfg._attn_implementation = "eager"  # the only one T5 implements
+        self.block = T5Block(cfg, has_relative_attention_bias=True, layer_idx=0)
+
+    def forward(self, hidden_states):
+        out = self.block(hidden_states)
+        return out[0] if isinstance(out, tuple) else out
+
+
+class VitLayerModel(nn.Module):
+    """One Hugging Face ViTLayer (pre-norm encoder layer) on patch embeddings."""
+
+    def __init__(self):
+        super().__init__()
+        cfg = ViTConfig(hidden_size=64, num_attention_heads=4, intermediate_size=128)
+        cfg._attn_implementation = "sdpa"  # what ViTModel picks by default
+        self.layer = ViTLayer(cfg)
+
+    def forward(self, hidden_states):
+        out = self.layer(hidden_states)
         return out[0] if isinstance(out, tuple) else out
 
 
@@ -131,6 +164,8 @@ MODELS = [
     # name, module, input builder, dynamic dims per input
     ("bert_layer", BertLayerModel, bert_inputs, {0: "batch", 1: "sequence"}),
     ("gpt2_block", Gpt2BlockModel, gpt2_inputs, {0: "batch", 1: "sequence"}),
+    ("t5_block", T5BlockModel, gpt2_inputs, {0: "batch", 1: "sequence"}),
+    ("vit_layer", VitLayerModel, gpt2_inputs, {0: "batch", 1: "sequence"}),
     ("resnet_bottleneck", ResnetBottlenecks, resnet_inputs, {0: "batch"}),
 ]
 SIZES = [(2, 8), (1, 5)]  # (batch, sequence) of the two input sets

@@ -1,5 +1,5 @@
-//! Real exporter output: a Hugging Face BertLayer, a GPT2Block and torchvision
-//! Bottlenecks exported by PyTorch's two ONNX exporters (`dynamo=True`, opset 18, and the
+//! Real exporter output: a Hugging Face BertLayer, GPT2Block, T5Block and ViTLayer and
+//! torchvision Bottlenecks exported by PyTorch's two ONNX exporters (`dynamo=True`, opset 18, and the
 //! TorchScript one, opset 17) with symbolic `batch`/`sequence` dimensions, by the offline
 //! generator `scripts/gen_onnx_exports.py`. Each model is imported straight from its
 //! `.onnx` with the dimensions bound per input set, run on the reference executor and
@@ -19,7 +19,13 @@ use neuronc::reference::{RefOptions, run_reference};
 
 use super::backend_harness::{Precision, compile_and_check_on};
 
-const MODELS: [&str; 3] = ["bert_layer", "gpt2_block", "resnet_bottleneck"];
+const MODELS: [&str; 5] = [
+    "bert_layer",
+    "gpt2_block",
+    "t5_block",
+    "vit_layer",
+    "resnet_bottleneck",
+];
 const EXPORTERS: [&str; 2] = ["dynamo", "torchscript"];
 /// Input sets per model, at different (batch, sequence) sizes.
 const SETS: [&str; 2] = ["set0", "set1"];
