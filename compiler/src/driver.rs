@@ -221,37 +221,20 @@ fn verify(program: &Program, opts: &CompileOptions) -> Result<(), CompileError> 
         .map_err(|e| CompileError::Verify(format!("program: {e}")))
 }
 
-/// Refuses a kernel result stored as i64: the chip's DMA reads 64-bit integers (converting
-/// them) but never writes them, so such a program would fail the verifier. Names the node.
-fn refuse_i64_results(graph: &Graph, kg: &crate::kernel::KernelGraph) -> Result<(), CompileError> {
-    for t in &kg.tensors {
-        if t.dtype != neuron_isa::Dtype::I64
-            || matches!(t.kind, TensorKind::Input | TensorKind::Weight)
+/// Demotes every kernel result stored as i64 to i32, as `neuronx-cc` does by default on
+/// trn1 (`--native-int64=disabled`: "int64 ops are downcast to int32", SDK compiler release
+/// notes, Neuron 2.32.0). The chip's DMA reads 64-bit integers (an exact, saturating
+/// integer cast) but never writes them, so an i64 result, graph outputs included, is
+/// stored as i32: exact for values in the i32 range, saturated beyond it. Graph inputs and
+/// weights keep i64 in HBM (read-only DMA sources).
+fn demote_i64_results(kg: &mut crate::kernel::KernelGraph) {
+    for t in &mut kg.tensors {
+        if t.dtype == neuron_isa::Dtype::I64
+            && !matches!(t.kind, TensorKind::Input | TensorKind::Weight)
         {
-            continue;
+            t.dtype = neuron_isa::Dtype::I32;
         }
-        let producer = graph
-            .value_by_name(&t.name)
-            .and_then(|v| graph.value(v).producer);
-        let (node, index, op) = match producer {
-            Some(n) => (
-                graph.node(n).name.clone(),
-                n.0 as usize,
-                graph.node(n).op.name().to_string(),
-            ),
-            None => (t.name.clone(), 0, "?".to_string()),
-        };
-        return Err(CompileError::unsupported(
-            node,
-            index,
-            op,
-            format!(
-                "its result '{}' is i64, which the chip cannot store (DMA reads 64-bit integers but never writes them); cast the result to i32 (a `cast` node with dtype \"i32\") or compute in f32",
-                t.name
-            ),
-        ));
     }
-    Ok(())
 }
 
 /// Refuses a program whose HBM tensors (inputs, weights, outputs, scratch) do not fit the
@@ -306,14 +289,14 @@ fn compile_with(
     let mut dumper = Dumper::new(opts.dump_dir.as_deref())?;
     // One span per stage: `-v` prints each one's wall time when it closes.
     let stage = |name: &'static str| tracing::info_span!("stage", name).entered();
-    let kg = {
+    let mut kg = {
         let _s = stage("middle_end");
         passes::run_middle_end_with(graph, opts, opts.dump_dir.is_some(), &mut |stage, text| {
             dumper.dump(stage, text)
         })?
     };
     dumper.check()?;
-    refuse_i64_results(graph, &kg)?;
+    demote_i64_results(&mut kg);
     let plans = {
         let _s = stage("tiling");
         tiling::plan(&kg, cfg)?

@@ -218,3 +218,38 @@ fn artifacts_record_index_bounds_of_gathered_inputs() {
             .all(|&i| (0.0..7.0).contains(&i))
     );
 }
+
+/// An i64 result (here a `where` on int64 operands, as ONNX's `test_where_long_example`)
+/// is stored as i32, as neuronx-cc downcasts int64 on trn1: the chip's DMA never writes
+/// 64-bit integers. The values come back exact; the inputs stay i64 in HBM.
+#[test]
+fn i64_results_are_stored_as_i32() {
+    let mut g = Graph::new("where_i64");
+    let c = g.add_input("c", [2, 3], DType::Bool).unwrap();
+    let x = g.add_input("x", [2, 3], DType::I64).unwrap();
+    let y = g.add_input("y", [2, 3], DType::I64).unwrap();
+    let z = g.add_node("w", Op::Where, &[c, x, y], "z").unwrap();
+    g.add_output(z).unwrap();
+    let c = compile(&g, &Precision::Fp32.options()).unwrap();
+    let p = &c.artifact.meta.program;
+    let dtype = |n: &str| p.tensors.iter().find(|t| t.name == n).unwrap().dtype;
+    assert_eq!(dtype("z"), neuron_isa::Dtype::I32);
+    assert_eq!(dtype("x"), neuron_isa::Dtype::I64);
+    let cond = Tensor::Bool(
+        ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![true, false, true, false, false, true])
+            .unwrap(),
+    );
+    let inputs = BTreeMap::from([
+        ("c".to_string(), cond),
+        (
+            "x".to_string(),
+            ids_tensor(&[2, 3], vec![1, -2, 3, 4, 5, 1 << 20]),
+        ),
+        (
+            "y".to_string(),
+            ids_tensor(&[2, 3], vec![9, -8, 7, -(1 << 22), 5, 0]),
+        ),
+    ]);
+    let (got, _) = try_simulate(&c.artifact, &inputs, SimOptions::default()).unwrap();
+    assert_eq!(got["z"], vec![1.0, -8.0, 3.0, -4194304.0, 5.0, 1048576.0]);
+}

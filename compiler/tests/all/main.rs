@@ -21,6 +21,7 @@ mod goldens;
 mod model_errors;
 mod onnx;
 mod onnx_conformance;
+mod onnx_export;
 mod passes;
 mod precision;
 mod reference_ops;

@@ -21,7 +21,7 @@ use neuronc::npy::{read_npy, sanitize_file_name};
 use neuronc::reference::{RefOptions, run_reference};
 use prost::Message;
 
-use super::backend_harness::{Precision, compile_and_check_on};
+use super::backend_harness::{Precision, compile_and_check_on, try_simulate};
 
 fn fixture(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -88,11 +88,17 @@ fn golden_fixtures_import_from_onnx_and_match_onnxruntime() {
     }
 }
 
-/// The BERT and GPT-2 models compile straight from .onnx and the simulator matches
+/// The golden models compile straight from .onnx and the simulator matches
 /// onnxruntime's outputs (and the reference, at the fp32 tolerance).
 #[test]
-fn bert_and_gpt2_onnx_compile_and_simulate_matching_onnxruntime() {
-    for case in ["bert_encoder", "gpt2_block"] {
+fn golden_onnx_models_compile_and_simulate_matching_onnxruntime() {
+    for case in [
+        "bert_encoder",
+        "gpt2_block",
+        "resnet_block",
+        "conv_pool",
+        "misc_ops",
+    ] {
         let g = load_onnx(&fixture(case).join("model.onnx"), &OnnxOptions::default()).unwrap();
         let inputs = fixture_inputs(case, &g);
         let (_, outs) =
@@ -717,4 +723,144 @@ fn cli_accepts_onnx_models() {
         OsStr::new("x=2xq"),
     ]);
     assert_eq!(code, 2, "{err}");
+}
+
+fn i64s(shape: &[i64], v: &[i64]) -> TensorProto {
+    TensorProto {
+        dims: shape.to_vec(),
+        ..i64_init("", v)
+    }
+}
+
+fn constant(out: &str, t: TensorProto) -> NodeProto {
+    NodeProto {
+        attribute: vec![AttributeProto {
+            name: Some("value".into()),
+            r#type: Some(attr_type::TENSOR),
+            t: Some(t),
+            ..Default::default()
+        }],
+        ..node("Constant", out, &[], &[out], vec![])
+    }
+}
+
+/// The ops transformers' mask and position code exports to (GatherElements, GatherND,
+/// CumSum), on constants and on runtime data with constant indices, runtime And/Or/Not on
+/// bools, and an empty shape constant (TorchScript's scalar ConstantOfShape); expected
+/// values worked out by hand from the ONNX operator definitions.
+#[test]
+fn gather_elements_gather_nd_cumsum_and_runtime_logic() {
+    let x = f32s(&[2, 3], vec![0., 1., 2., 10., 11., 12.]);
+    let nodes = vec![
+        // GatherElements axis 1 (negative index wraps) on a runtime value.
+        constant("ge_i", i64s(&[2, 2], &[2, 0, -1, 1])),
+        node(
+            "GatherElements",
+            "ge",
+            &["x", "ge_i"],
+            &["ge_out"],
+            vec![attr_i("axis", 1)],
+        ),
+        // GatherND (batch_dims 0, K 2): picks x[1, 0] and x[0, 2].
+        constant("nd_i", i64s(&[2, 2], &[1, 0, 0, 2])),
+        node("GatherND", "nd", &["x", "nd_i"], &["nd_out"], vec![]),
+        // GatherND with batch_dims 1 (K 1): x[0, 1] and x[1, 2].
+        constant("ndb_i", i64s(&[2, 1], &[1, 2])),
+        node(
+            "GatherND",
+            "ndb",
+            &["x", "ndb_i"],
+            &["ndb_out"],
+            vec![attr_i("batch_dims", 1)],
+        ),
+        // CumSum on a constant, exclusive and reversed, folded at import.
+        constant("cs_x", i64s(&[4], &[1, 2, 3, 4])),
+        constant("cs_ax", i64s(&[], &[0])),
+        node(
+            "CumSum",
+            "cs",
+            &["cs_x", "cs_ax"],
+            &["cs_out"],
+            vec![attr_i("exclusive", 1), attr_i("reverse", 1)],
+        ),
+        node("Cast", "csf", &["cs_out"], &["cs_f"], vec![attr_i("to", 1)]),
+        // Runtime logic on bools: (m and c) or not m, with c constant.
+        constant("c", {
+            let mut t = i64s(&[3], &[]);
+            t.data_type = Some(9);
+            t.int32_data = vec![1, 0, 1];
+            t.int64_data = vec![];
+            t
+        }),
+        node("And", "and", &["m", "c"], &["and_out"], vec![]),
+        node("Not", "not", &["m"], &["not_out"], vec![]),
+        node("Or", "or", &["and_out", "not_out"], &["or_out"], vec![]),
+        node("Cast", "orf", &["or_out"], &["or_f"], vec![attr_i("to", 1)]),
+        // An empty shape constant: ConstantOfShape([]) is a scalar.
+        constant("empty", i64s(&[0], &[])),
+        node("ConstantOfShape", "cos", &["empty"], &["scalar"], vec![]),
+        node("Add", "plus", &["or_f", "scalar"], &["or_f0"], vec![]),
+    ];
+    let m = model(
+        17,
+        nodes,
+        vec![vi("x", 1, &["2", "3"]), vi("m", 9, &["2", "3"])],
+        &["ge_out", "nd_out", "ndb_out", "cs_f", "or_f0"],
+        vec![],
+    );
+    let g = import(&m, &OnnxOptions::default()).unwrap();
+    let mask = Tensor::Bool(
+        ndarray::ArrayD::from_shape_vec(vec![2, 3], vec![true, true, false, false, true, true])
+            .unwrap(),
+    );
+    let o = run1(&g, &[("x", x.clone()), ("m", mask.clone())]);
+    // The compositions (flat gathers, where on bools) run on the chip too (the folded
+    // constant output `cs_f` is not part of the program).
+    let inputs = BTreeMap::from([("x".to_string(), x), ("m".to_string(), mask)]);
+    let c = neuronc::driver::compile(&g, &Precision::Fp32.options()).unwrap();
+    let (sim, _) = try_simulate(&c.artifact, &inputs, neuron_sim::SimOptions::default()).unwrap();
+    for name in ["ge_out", "nd_out", "ndb_out", "or_f0"] {
+        let want: Vec<f64> = o[name].to_f64().iter().copied().collect();
+        assert_eq!(sim[name], want, "{name} on the chip");
+    }
+    let v = |n: &str| o[n].to_f64().iter().copied().collect::<Vec<_>>();
+    assert_eq!(v("ge_out"), vec![2., 0., 12., 11.]);
+    assert_eq!(o["ge_out"].shape(), &[2, 2]);
+    assert_eq!(v("nd_out"), vec![10., 2.]);
+    assert_eq!(v("ndb_out"), vec![1., 12.]);
+    assert_eq!(v("cs_f"), vec![9., 7., 4., 0.]);
+    // m = [[t, t, f], [f, t, t]], c = [t, f, t]: (m and c) or not m.
+    assert_eq!(v("or_f0"), vec![1., 0., 1., 1., 0., 1.]);
+    // CumSum on a runtime value and out-of-range indices are clear errors.
+    let bad = model(
+        17,
+        vec![
+            constant("ax", i64s(&[], &[0])),
+            node("CumSum", "cs_rt", &["x", "ax"], &["y"], vec![]),
+        ],
+        vec![vi("x", 1, &["3"])],
+        &["y"],
+        vec![],
+    );
+    let e = import(&bad, &OnnxOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("'cs_rt'") && e.contains("runtime value"), "{e}");
+    let bad = model(
+        17,
+        vec![
+            constant("i", i64s(&[1, 2], &[0, 5])),
+            node("GatherND", "nd_oob", &["x", "i"], &["y"], vec![]),
+        ],
+        vec![vi("x", 1, &["2", "3"])],
+        &["y"],
+        vec![],
+    );
+    let e = import(&bad, &OnnxOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("'nd_oob'") && e.contains("index 5 is out of range"),
+        "{e}"
+    );
 }

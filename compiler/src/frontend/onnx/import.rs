@@ -49,6 +49,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Constant",
     "ConstantOfShape",
     "Conv",
+    "CumSum",
     "Div",
     "Dropout",
     "Equal",
@@ -57,6 +58,8 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Expand",
     "Flatten",
     "Gather",
+    "GatherElements",
+    "GatherND",
     "Gelu",
     "Gemm",
     "GlobalAveragePool",
@@ -64,6 +67,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Greater",
     "GreaterOrEqual",
     "Identity",
+    "IsNaN",
     "LayerNormalization",
     "LeakyRelu",
     "Less",
@@ -806,7 +810,13 @@ impl Importer<'_> {
             }
             "Constant" => {
                 let t = if let Some(t) = a.tensor("value")? {
-                    read_tensor(t, self.base_dir).map_err(|e| e.to_string())?
+                    // An empty 1-D integer constant is a shape operand (e.g. the scalar
+                    // shape TorchScript exports give ConstantOfShape); it stays a constant.
+                    if t.dims == [0] && matches!(t.data_type, Some(dt::INT64 | dt::INT32)) {
+                        i64_tensor(Vec::new())
+                    } else {
+                        read_tensor(t, self.base_dir).map_err(|e| e.to_string())?
+                    }
                 } else if a.get("value_float").is_some() {
                     scalar(DType::F32, a.float("value_float", 0.0)? as f64)
                 } else if a.get("value_int").is_some() {
@@ -819,7 +829,7 @@ impl Importer<'_> {
                 } else {
                     return Err("expected one of the attributes value, value_float(s), value_int(s) (sparse and string constants are not supported)".into());
                 };
-                if t.num_elements() == 0 {
+                if t.num_elements() == 0 && !(t.dtype() == DType::I64 && t.shape() == [0]) {
                     return Err("empty constants are not supported".into());
                 }
                 one(Val::Const(Rc::new(t)))
@@ -918,6 +928,11 @@ impl Importer<'_> {
             }
             "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" => {
                 let (x, y) = (req(0)?, req(1)?);
+                if matches!(op, "And" | "Or")
+                    && (matches!(x.0, Val::Ir(_)) || matches!(y.0, Val::Ir(_)))
+                {
+                    return one(self.logical(op, &[x, y], &out0)?);
+                }
                 let (Val::Const(tx), Val::Const(ty)) = (&x.0, &y.0) else {
                     return Err(format!(
                         "{op} is supported only on constants (shape computations folded at import); an input is a runtime value"
@@ -952,7 +967,7 @@ impl Importer<'_> {
             "Not" => {
                 let x = req(0)?;
                 let Val::Const(t) = &x.0 else {
-                    return Err("Not is supported only on constants".into());
+                    return one(self.logical(op, &[x], &out0)?);
                 };
                 one(Val::Const(Rc::new(Tensor::Bool(
                     t.to_f64().mapv(|v| v == 0.0),
@@ -1382,6 +1397,55 @@ impl Importer<'_> {
                 let (x, i) = (req(0)?, req(1)?);
                 let axis = a.int("axis", 0)?;
                 one(self.apply(Op::Gather { axis }, &[x, i], &out0)?)
+            }
+            "GatherElements" => {
+                let (x, i) = (req(0)?, req(1)?);
+                self.gather_elements(x, &i, a.int("axis", 0)?, &out0)
+                    .map(|v| vec![v])
+            }
+            "GatherND" => {
+                let (x, i) = (req(0)?, req(1)?);
+                self.gather_nd(x, &i, a.int("batch_dims", 0)?, &out0)
+                    .map(|v| vec![v])
+            }
+            "CumSum" => {
+                let (x, ax) = (req(0)?, req(1)?);
+                let Val::Const(t) = &x.0 else {
+                    return Err(
+                        "CumSum is supported only on constants (shape and position computations folded at import); its input is a runtime value"
+                            .into(),
+                    );
+                };
+                let axes = self.const_ints(&ax, "axis")?;
+                let [axis] = axes[..] else {
+                    return Err(format!("axis must hold one value, found {}", axes.len()));
+                };
+                let axis = norm_axis(axis, t.shape().len())?;
+                let (exclusive, reverse) = (a.int("exclusive", 0)? != 0, a.int("reverse", 0)? != 0);
+                let mut arr = t.to_f64();
+                for mut lane in arr.lanes_mut(ndarray::Axis(axis)) {
+                    let n = lane.len();
+                    let mut acc = 0.0;
+                    for j in 0..n {
+                        let k = if reverse { n - 1 - j } else { j };
+                        let v = lane[k];
+                        lane[k] = if exclusive { acc } else { acc + v };
+                        acc += v;
+                    }
+                }
+                one(Val::Const(Rc::new(Tensor::from_f64(t.dtype(), arr))))
+            }
+            "IsNaN" => {
+                let x = req(0)?;
+                let Val::Const(t) = &x.0 else {
+                    return Err(
+                        "IsNaN is supported only on constants (the graph IR has no comparison op); its input is a runtime value"
+                            .into(),
+                    );
+                };
+                one(Val::Const(Rc::new(Tensor::Bool(
+                    t.to_f64().mapv(f64::is_nan),
+                ))))
             }
             "Where" => {
                 let (c, x, y) = (req(0)?, req(1)?, req(2)?);
@@ -1843,6 +1907,182 @@ impl Importer<'_> {
         let k3 = self.konst(scalar(d, beta as f64));
         let denom = (self.apply(Op::Pow, &[biased, k3], &n)?, n);
         self.apply(Op::Div, &[x, denom], out)
+    }
+}
+
+/// A constant index tensor (GatherElements / GatherND indices).
+fn const_indices(v: &(Val, String), what: &str) -> R<ArrayD<i64>> {
+    match &v.0 {
+        Val::Const(t) => match t.dtype() {
+            DType::I64 | DType::I32 | DType::I8 => Ok(t.to_i64()),
+            d => Err(format!(
+                "{what} ('{}') must be an integer tensor, found {d}",
+                v.1
+            )),
+        },
+        Val::Ir(_) => Err(format!(
+            "{what} ('{}') must be a constant once input shapes are known, but it depends on runtime values",
+            v.1
+        )),
+    }
+}
+
+/// Row-major strides of `shape`.
+fn strides_of(shape: &[usize]) -> Vec<usize> {
+    let mut st = vec![1usize; shape.len()];
+    for k in (0..shape.len().saturating_sub(1)).rev() {
+        st[k] = st[k + 1] * shape[k + 1];
+    }
+    st
+}
+
+/// An index into an axis of size `n`, negative values counted from the end.
+fn wrap_index(i: i64, n: usize, what: &str) -> R<usize> {
+    let j = if i < 0 { i + n as i64 } else { i };
+    if j < 0 || j >= n as i64 {
+        return Err(format!(
+            "{what} {i} is out of range for an axis of size {n} (expected {} to {})",
+            -(n as i64),
+            n as i64 - 1
+        ));
+    }
+    Ok(j as usize)
+}
+
+impl Importer<'_> {
+    /// Runtime `And`/`Or`/`Not` on bools as `where`: `a and b = where(a, b, false)`,
+    /// `a or b = where(a, true, b)`, `not a = where(a, false, true)`.
+    fn logical(&mut self, op: &str, xs: &[(Val, String)], out: &str) -> R<Val> {
+        for x in xs {
+            if self.dtype(&x.0) != DType::Bool {
+                return Err(format!(
+                    "{op} on runtime values needs bool operands, '{}' is {}",
+                    x.1,
+                    self.dtype(&x.0)
+                ));
+            }
+        }
+        let b = |v: bool| Tensor::Bool(ArrayD::from_elem(IxDyn(&[]), v));
+        let args = match (op, xs) {
+            ("And", [x, y]) => [x.clone(), y.clone(), self.konst(b(false))],
+            ("Or", [x, y]) => [x.clone(), self.konst(b(true)), y.clone()],
+            ("Not", [x]) => [x.clone(), self.konst(b(false)), self.konst(b(true))],
+            _ => return Err(format!("internal: {op} with {} operands", xs.len())),
+        };
+        self.apply(Op::Where, &args, out)
+    }
+
+    /// `gather` on axis 0 of `x` with its first `lead` axes merged into one, at the
+    /// constant flat indices `flat`: the result has shape `flat.shape + x.shape[lead..]`.
+    fn gather_flat(
+        &mut self,
+        x: (Val, String),
+        lead: usize,
+        flat: ArrayD<i64>,
+        out: &str,
+    ) -> R<Val> {
+        let xs = self.shape(&x.0);
+        let mut merged = vec![numel(&xs[..lead])];
+        merged.extend_from_slice(&xs[lead..]);
+        let n = format!("{out}__flat");
+        let data = (self.reshape(x, &merged, &n)?, n);
+        let idx = self.konst(Tensor::I64(flat));
+        self.apply(Op::Gather { axis: 0 }, &[data, idx], out)
+    }
+
+    /// `GatherElements` with constant indices (data constant or not): element `p` of the
+    /// result is `x[p with p[axis] = indices[p]]`, one flat `gather`.
+    fn gather_elements(
+        &mut self,
+        x: (Val, String),
+        i: &(Val, String),
+        axis: i64,
+        out: &str,
+    ) -> R<Val> {
+        let xs = self.shape(&x.0);
+        let idx = const_indices(i, "indices")?;
+        let r = xs.len();
+        if r == 0 || idx.ndim() != r {
+            return Err(format!(
+                "indices must have the data's rank {r} (>= 1), found shape {}",
+                fmt_shape(idx.shape())
+            ));
+        }
+        let axis = norm_axis(axis, r)?;
+        if let Some(k) = (0..r).find(|&k| k != axis && idx.shape()[k] > xs[k]) {
+            return Err(format!(
+                "indices shape {} exceeds data shape {} on axis {k}",
+                fmt_shape(idx.shape()),
+                fmt_shape(&xs)
+            ));
+        }
+        let st = strides_of(&xs);
+        let mut flat = ArrayD::<i64>::zeros(idx.raw_dim());
+        for (p, &v) in idx.indexed_iter() {
+            let mut f = 0usize;
+            for k in 0..r {
+                let c = if k == axis {
+                    wrap_index(v, xs[k], "index")?
+                } else {
+                    p[k]
+                };
+                f += c * st[k];
+            }
+            flat[&p] = f as i64;
+        }
+        self.gather_flat(x, r, flat, out)
+    }
+
+    /// `GatherND` with constant indices (data constant or not): the last axis of `indices`
+    /// (size K) addresses the K data axes after `batch_dims`; one flat `gather`.
+    fn gather_nd(
+        &mut self,
+        x: (Val, String),
+        i: &(Val, String),
+        batch_dims: i64,
+        out: &str,
+    ) -> R<Val> {
+        let xs = self.shape(&x.0);
+        let idx = const_indices(i, "indices")?;
+        let is = idx.shape().to_vec();
+        let (q, r) = (is.len(), xs.len());
+        let b = usize_of(batch_dims, "batch_dims")?;
+        if q == 0 || b >= q.min(r) {
+            return Err(format!(
+                "batch_dims {b} must be less than the ranks of data ({r}) and indices ({q})"
+            ));
+        }
+        let k = is[q - 1];
+        if b + k > r || is[..b] != xs[..b] {
+            return Err(format!(
+                "indices shape {} does not address data shape {} with batch_dims {b}",
+                fmt_shape(&is),
+                fmt_shape(&xs)
+            ));
+        }
+        let lead = b + k;
+        let st = strides_of(&xs[..lead]);
+        let pos: Vec<usize> = is[..q - 1].to_vec();
+        let rows = idx
+            .to_shape((numel(&pos), k))
+            .map_err(|e| format!("indices: {e}"))?;
+        let pst = strides_of(&pos);
+        let mut flat = Vec::with_capacity(numel(&pos));
+        for (n, row) in rows.outer_iter().enumerate() {
+            // The batch coordinates of position n (row-major over `pos`).
+            let mut f = 0usize;
+            let mut rem = n;
+            for j in 0..b {
+                f += (rem / pst[j]) * st[j];
+                rem %= pst[j];
+            }
+            for (kk, &v) in row.iter().enumerate() {
+                f += wrap_index(v, xs[b + kk], "index")? * st[b + kk];
+            }
+            flat.push(f as i64);
+        }
+        let flat = ArrayD::from_shape_vec(IxDyn(&pos), flat).map_err(|e| e.to_string())?;
+        self.gather_flat(x, lead, flat, out)
     }
 }
 
