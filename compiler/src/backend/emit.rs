@@ -213,7 +213,10 @@ pub fn artifact_with(
         program,
         weights,
     };
-    let art = Artifact { meta, blob };
+    let art = Artifact {
+        meta,
+        blob: blob.into(),
+    };
     if !encode_weights {
         return Ok(art);
     }
