@@ -74,13 +74,90 @@ pub struct ArtifactMeta {
     pub weights: Vec<WeightRange>,
 }
 
+/// The weight bytes of an artifact: owned (what the compiler produces), or a range of
+/// a read-only file map (what [`Artifact::read`] gives: the bytes are read from the page
+/// cache on first touch, never copied). Dereferences to `[u8]`; clones share a map.
+#[derive(Clone)]
+pub struct Blob(BlobRepr);
+
+#[derive(Clone)]
+enum BlobRepr {
+    Owned(Vec<u8>),
+    Mapped {
+        map: std::sync::Arc<crate::mmap::Mmap>,
+        start: usize,
+        len: usize,
+    },
+}
+
+impl Blob {
+    /// Whether the bytes are a file map (as opposed to owned memory).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.0, BlobRepr::Mapped { .. })
+    }
+
+    /// Bytes `start .. start + len` of `map`, or `None` if they are not all inside it.
+    fn mapped(map: crate::mmap::Mmap, start: usize, len: usize) -> Option<Blob> {
+        let end = start.checked_add(len)?;
+        (end <= map.len()).then(|| {
+            Blob(BlobRepr::Mapped {
+                map: std::sync::Arc::new(map),
+                start,
+                len,
+            })
+        })
+    }
+}
+
+impl Default for Blob {
+    fn default() -> Blob {
+        Blob(BlobRepr::Owned(Vec::new()))
+    }
+}
+
+impl std::ops::Deref for Blob {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            BlobRepr::Owned(v) => v,
+            // In range: checked by `Blob::mapped`.
+            BlobRepr::Mapped { map, start, len } => &map[*start..*start + *len],
+        }
+    }
+}
+
+impl From<Vec<u8>> for Blob {
+    fn from(v: Vec<u8>) -> Blob {
+        Blob(BlobRepr::Owned(v))
+    }
+}
+
+impl FromIterator<u8> for Blob {
+    fn from_iter<I: IntoIterator<Item = u8>>(it: I) -> Blob {
+        Blob(BlobRepr::Owned(it.into_iter().collect()))
+    }
+}
+
+impl PartialEq for Blob {
+    fn eq(&self, other: &Blob) -> bool {
+        **self == **other
+    }
+}
+
+impl std::fmt::Debug for Blob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = if self.is_mapped() { "mapped" } else { "owned" };
+        write!(f, "Blob({} bytes, {how})", self.len())
+    }
+}
+
 /// A loaded or to-be-written artifact.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Artifact {
     /// Program and metadata.
     pub meta: ArtifactMeta,
     /// Weight bytes, addressed by [`ArtifactMeta::weights`].
-    pub blob: Vec<u8>,
+    pub blob: Blob,
 }
 
 /// Why an artifact could not be read or written.
@@ -311,7 +388,7 @@ impl Artifact {
         }
         let art = Artifact {
             meta: decode_meta(meta_bytes)?,
-            blob: blob.to_vec(),
+            blob: blob.to_vec().into(),
         };
         art.check_weights()?;
         Ok(art)
@@ -398,7 +475,7 @@ impl Artifact {
     /// Reads and verifies an artifact file (version 1 or 2), streaming it into memory:
     /// the sizes are checked against the file before anything is allocated.
     pub fn read(path: &Path) -> Result<Artifact, ArtifactError> {
-        let (meta, h, mut f) = match Self::open_meta(path)? {
+        let (meta, h, f) = match Self::open_meta(path)? {
             Opened::Whole(art) => return Ok(art),
             Opened::Meta(meta, h, f) => (meta, h, f),
         };
@@ -407,21 +484,24 @@ impl Artifact {
             path: path.display().to_string(),
             cause,
         };
-        let mut blob = Vec::new();
-        blob.try_reserve_exact(h.blob_len as usize).map_err(|_| {
-            ArtifactError::BadHeader(format!(
-                "cannot allocate {} bytes for the weights of {}",
-                h.blob_len,
-                path.display()
-            ))
-        })?;
-        std::io::Read::read_to_end(&mut f, &mut blob).map_err(io)?;
-        if blob.len() as u64 != h.blob_len {
-            return Err(ArtifactError::Truncated {
-                expected: HEADER_SIZE as u64 + h.meta_len + h.blob_len,
-                found: HEADER_SIZE as u64 + h.meta_len + blob.len() as u64,
-            });
-        }
+        // The blob is mapped, not read: its pages come from the page cache when touched
+        // (the checksum below reads them once; nothing is copied or allocated).
+        let map = crate::mmap::map_file(&f).map_err(io)?;
+        let expected = HEADER_SIZE as u64 + h.meta_len + h.blob_len;
+        let truncated = ArtifactError::Truncated {
+            expected,
+            found: map.len() as u64,
+        };
+        let start = usize::try_from(HEADER_SIZE as u64 + h.meta_len).ok();
+        let len = usize::try_from(h.blob_len).ok();
+        // The header was checked against the file's size; a file cut since is refused.
+        let blob = match (start, len) {
+            (Some(start), Some(len)) if map.len() as u64 >= expected => {
+                Blob::mapped(map, start, len).ok_or(truncated)?
+            }
+            _ => return Err(truncated),
+        };
+        drop(f);
         check_crc(h.crc_b, crc32fast::hash(&blob))?;
         let art = Artifact { meta, blob };
         art.check_weights()?;
@@ -560,8 +640,25 @@ mod tests {
         let bytes = std::fs::read(&p2).unwrap();
         assert_eq!(bytes, a.to_bytes().unwrap(), "streaming write = to_bytes");
         assert_eq!(u32_at(&bytes, 8), 2);
-        assert_eq!(Artifact::read(&p2).unwrap(), a);
+        let mapped = Artifact::read(&p2).unwrap();
+        assert_eq!(mapped, a);
+        assert!(
+            mapped.blob.is_mapped(),
+            "a v2 file's weights are mapped, not copied"
+        );
+        assert_eq!(
+            mapped.weight_bytes(TensorId(0)),
+            Some(&[1u8, 2, 3, 4, 5, 6, 7, 8][..])
+        );
         assert_eq!(Artifact::from_bytes(&bytes).unwrap(), a);
+        // Truncated files are refused with the sizes, never mapped past their end.
+        for cut in [1, 4, 8] {
+            std::fs::write(&p2, &bytes[..bytes.len() - cut]).unwrap();
+            let e = Artifact::read(&p2).unwrap_err();
+            assert!(matches!(e, ArtifactError::Truncated { .. }), "{e}");
+            assert!(e.to_string().contains(&bytes.len().to_string()), "{e}");
+        }
+        std::fs::write(&p2, &bytes).unwrap();
         let p1 = dir.join("a1.neff");
         std::fs::write(&p1, v1_bytes(&a)).unwrap();
         assert_eq!(Artifact::read(&p1).unwrap(), a);

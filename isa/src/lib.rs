@@ -23,6 +23,7 @@ pub mod disasm;
 pub mod dtype;
 pub mod host;
 pub mod instr;
+pub mod mmap;
 pub mod npy;
 pub mod numerics;
 pub mod program;
@@ -30,7 +31,7 @@ pub mod rng;
 pub mod verify;
 
 pub use ap::{Ap, Dim, MAX_FREE_DIMS, Memory, TensorId};
-pub use artifact::{Artifact, ArtifactError, ArtifactMeta, WeightRange};
+pub use artifact::{Artifact, ArtifactError, ArtifactMeta, Blob, WeightRange};
 pub use config::{ChipConfig, ConfigError};
 pub use dtype::Dtype;
 pub use instr::{ActFunc, AluOp, Engine, Instruction, NO_KERNEL, Op, Operand, SemId, SemWait};

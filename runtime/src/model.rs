@@ -51,7 +51,7 @@ impl Model {
         })?;
         Model::from_program(Artifact {
             meta,
-            blob: Vec::new(),
+            blob: Default::default(),
         })
     }
 

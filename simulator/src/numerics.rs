@@ -266,16 +266,27 @@ pub fn is_poisoned(dtype: Dtype, bytes: &[u8]) -> bool {
     if !dtype.is_float() {
         return false;
     }
-    // `fold` with `|` (not `any`) keeps the loop free of early exits so it vectorises.
-    match dtype.size() {
-        1 => bytes.iter().fold(false, |acc, &b| acc | (b == 0xff)),
-        2 => bytes
-            .chunks_exact(2)
-            .fold(false, |acc, c| acc | (c[0] & c[1] == 0xff)),
-        _ => bytes.chunks_exact(4).fold(false, |acc, c| {
-            acc | (u32::from_le_bytes(le4(c)) == u32::MAX)
-        }),
+    let size = dtype.size() as usize;
+    // Eight bytes at a time: lanes of `size` bytes (elements start at byte 0, so every
+    // lane is one element); an all-ones element is a zero lane of the complement, found
+    // by the exact "has a zero lane" test `(y - lo) & !y & hi != 0`. No early exit, so
+    // the loop stays branch-free (this check runs on every simulated read).
+    let (lo, hi) = match size {
+        1 => (0x0101_0101_0101_0101u64, 0x8080_8080_8080_8080u64),
+        2 => (0x0001_0001_0001_0001, 0x8000_8000_8000_8000),
+        _ => (0x0000_0001_0000_0001, 0x8000_0000_8000_0000),
+    };
+    let mut words = bytes.chunks_exact(8);
+    let mut acc = 0u64;
+    for c in &mut words {
+        let y = !u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        acc |= y.wrapping_sub(lo) & !y & hi;
     }
+    acc != 0
+        || words
+            .remainder()
+            .chunks_exact(size)
+            .any(|c| c.iter().all(|&b| b == 0xff))
 }
 
 /// Converts `bytes` of `src_dtype` to `dst_dtype` element by element through FP32, the

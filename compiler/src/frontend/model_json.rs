@@ -226,8 +226,7 @@ impl<'a> Converter<'a> {
             && w.contains(&p.name)
         {
             return w
-                .tensor(&p.name, &p.shape, dtype)
-                .map(ParamData::from)
+                .param(&p.name, &p.shape, dtype)
                 .map_err(|message| ModelError::Weights {
                     path,
                     file: w.path().to_path_buf(),

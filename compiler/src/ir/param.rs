@@ -73,6 +73,45 @@ impl Seeded {
     }
 }
 
+impl Seeded {
+    /// [`Seeded::fill`] in f32, for the dtypes whose every value is an f32 (f32, bf16,
+    /// f16): the same values, without the f64 buffer. Returns false (and leaves `out`
+    /// alone) for other dtypes.
+    fn fill_f32(&self, start: usize, out: &mut [f32]) -> bool {
+        if !matches!(self.dtype, DType::F32 | DType::Bf16 | DType::F16) {
+            return false;
+        }
+        match self.spec {
+            InitSpec::Zeros => out.fill(0.0),
+            InitSpec::Ones => out.fill(1.0),
+            InitSpec::Normal { mean, std } => {
+                self.rng.fill_standard_normal(start as u64, out);
+                for o in out.iter_mut() {
+                    *o = round_to_f32(self.dtype, mean + std * f64::from(*o));
+                }
+            }
+            InitSpec::Uniform { low, high } => {
+                for (k, o) in out.iter_mut().enumerate() {
+                    let u = self.rng.uniform01((start + k) as u64);
+                    *o = round_to_f32(self.dtype, low + (high - low) * u);
+                }
+            }
+        }
+        true
+    }
+}
+
+/// [`round_to`] for the float dtypes whose values are all f32s, as an f32 (exactly
+/// `round_to(dtype, x) as f32`).
+#[inline]
+fn round_to_f32(dtype: DType, x: f64) -> f32 {
+    match dtype {
+        DType::Bf16 => half::bf16::from_f64(x).to_f32(),
+        DType::F16 => half::f16::from_f64(x).to_f32(),
+        _ => x as f32,
+    }
+}
+
 /// Rounds `x` to the value set of `dtype`, as [`Tensor::from_f64`] does.
 fn round_to(dtype: DType, x: f64) -> f64 {
     match dtype {
@@ -89,9 +128,75 @@ fn round_to(dtype: DType, x: f64) -> f64 {
 /// Elements generated per parallel task when a seeded param is materialized or streamed.
 pub const CHUNK: usize = 1 << 16;
 
+/// Little-endian elements of a float dtype, shared with the buffer they were read from
+/// (an ONNX file's bytes): decoded only when read.
+#[derive(Debug, Clone)]
+struct Raw {
+    bytes: bytes::Bytes,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl Raw {
+    /// Elements `start .. start + out.len()` decoded to f32 (exact for f32, bf16, f16).
+    fn fill_f32(&self, start: usize, out: &mut [f32]) {
+        let w = self.dtype.size_bytes();
+        let src = self
+            .bytes
+            .get(start * w..(start + out.len()) * w)
+            .unwrap_or(&[]);
+        match self.dtype {
+            DType::Bf16 => {
+                for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
+                    *o = half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+                }
+            }
+            DType::F16 => {
+                for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
+                    *o = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+                }
+            }
+            _ => {
+                for (o, c) in out.iter_mut().zip(src.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+        }
+    }
+
+    /// The whole tensor.
+    fn decode(&self) -> Tensor {
+        let n: usize = self.shape.iter().product();
+        let sh = IxDyn(&self.shape);
+        let w = self.dtype.size_bytes();
+        let bits16 = || {
+            self.bytes
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        };
+        let t = match self.dtype {
+            DType::Bf16 => {
+                ArrayD::from_shape_vec(sh, bits16().map(half::bf16::from_bits).collect())
+                    .map(Tensor::Bf16)
+            }
+            DType::F16 => ArrayD::from_shape_vec(sh, bits16().map(half::f16::from_bits).collect())
+                .map(Tensor::F16),
+            _ => {
+                let mut v = vec![0f32; n];
+                self.fill_f32(0, &mut v);
+                ArrayD::from_shape_vec(sh, v).map(Tensor::F32)
+            }
+        };
+        // The length was checked against the shape when the handle was made.
+        debug_assert_eq!(self.bytes.len(), n * w);
+        t.unwrap_or_else(|_| Tensor::zeros(self.dtype, &self.shape))
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     seeded: Option<Seeded>,
+    raw: Option<Raw>,
     tensor: OnceLock<Tensor>,
 }
 
@@ -104,6 +209,7 @@ impl ParamData {
     pub fn new(t: Tensor) -> ParamData {
         ParamData(Arc::new(Inner {
             seeded: None,
+            raw: None,
             tensor: OnceLock::from(t),
         }))
     }
@@ -145,16 +251,51 @@ impl ParamData {
                 shape: shape.to_vec(),
                 dtype,
             }),
+            raw: None,
+            tensor: OnceLock::new(),
+        })))
+    }
+
+    /// Little-endian f32, bf16 or f16 elements held by reference (e.g. a slice of an
+    /// ONNX file's buffer: no copy); decoded when read. Returns an error message if the
+    /// dtype is not one of those or the length does not match the shape.
+    pub fn from_le_bytes(
+        bytes: bytes::Bytes,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<ParamData, String> {
+        if !matches!(dtype, DType::F32 | DType::Bf16 | DType::F16) {
+            return Err(format!(
+                "raw weights must be f32, bf16 or f16, found {dtype}"
+            ));
+        }
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let need = n.and_then(|n| n.checked_mul(dtype.size_bytes()));
+        if need != Some(bytes.len()) {
+            return Err(format!(
+                "shape {shape:?} of {dtype} needs {} bytes, found {}",
+                need.map_or_else(|| "too many".to_string(), |b| b.to_string()),
+                bytes.len()
+            ));
+        }
+        Ok(ParamData(Arc::new(Inner {
+            seeded: None,
+            raw: Some(Raw {
+                bytes,
+                shape: shape.to_vec(),
+                dtype,
+            }),
             tensor: OnceLock::new(),
         })))
     }
 
     /// The shape.
     pub fn shape(&self) -> &[usize] {
-        match (&self.0.seeded, self.0.tensor.get()) {
-            (Some(s), _) => &s.shape,
-            (None, Some(t)) => t.shape(),
-            (None, None) => &[],
+        match (&self.0.seeded, &self.0.raw, self.0.tensor.get()) {
+            (Some(s), _, _) => &s.shape,
+            (None, Some(r), _) => &r.shape,
+            (None, None, Some(t)) => t.shape(),
+            (None, None, None) => &[],
         }
     }
 
@@ -165,10 +306,11 @@ impl ParamData {
 
     /// The dtype (an f64 tensor reports f32, as [`Tensor::dtype`]).
     pub fn dtype(&self) -> DType {
-        match (&self.0.seeded, self.0.tensor.get()) {
-            (Some(s), _) => s.dtype,
-            (_, Some(t)) => t.dtype(),
-            (None, None) => DType::F32,
+        match (&self.0.seeded, &self.0.raw, self.0.tensor.get()) {
+            (Some(s), _, _) => s.dtype,
+            (None, Some(r), _) => r.dtype,
+            (_, _, Some(t)) => t.dtype(),
+            (None, None, None) => DType::F32,
         }
     }
 
@@ -186,6 +328,9 @@ impl ParamData {
     /// count) and kept on first use.
     pub fn tensor(&self) -> &Tensor {
         self.0.tensor.get_or_init(|| {
+            if let Some(r) = &self.0.raw {
+                return r.decode();
+            }
             let Some(s) = &self.0.seeded else {
                 // `new` always sets the tensor; unreachable, but harmless.
                 return Tensor::zeros(DType::F32, &[]);
@@ -203,6 +348,14 @@ impl ParamData {
     pub fn values_f64(&self, start: usize, out: &mut [f64]) {
         if let (Some(s), None) = (&self.0.seeded, self.0.tensor.get()) {
             s.fill(start, out);
+            return;
+        }
+        if let (Some(r), None) = (&self.0.raw, self.0.tensor.get()) {
+            let mut v = vec![0f32; out.len()];
+            r.fill_f32(start, &mut v);
+            for (o, x) in out.iter_mut().zip(v) {
+                *o = f64::from(x);
+            }
             return;
         }
         let t = self.tensor();
@@ -231,6 +384,46 @@ impl ParamData {
             Tensor::I32(a) => copy!(a, f64::from),
             Tensor::I64(a) => copy!(a, |x: i64| x as f64),
             Tensor::Bool(a) => copy!(a, |x: bool| f64::from(u8::from(x))),
+        }
+    }
+}
+
+impl ParamData {
+    /// Element values `start .. start + out.len()` as f32 when every value of the param
+    /// is an f32 (dtype f32, bf16 or f16; seeded or stored): the same values as
+    /// [`ParamData::values_f64`] at half the memory traffic, and without materializing a
+    /// seeded param. Returns false (leaving `out` alone) when the values need f64 (an
+    /// f64 literal tensor, integers); use [`ParamData::values_f64`] then.
+    pub fn values_f32(&self, start: usize, out: &mut [f32]) -> bool {
+        if let (Some(s), None) = (&self.0.seeded, self.0.tensor.get()) {
+            return s.fill_f32(start, out);
+        }
+        if let (Some(r), None) = (&self.0.raw, self.0.tensor.get()) {
+            r.fill_f32(start, out);
+            return true;
+        }
+        macro_rules! copy {
+            ($a:expr, $f:expr) => {{
+                match $a.as_slice() {
+                    Some(sl) => {
+                        for (o, x) in out.iter_mut().zip(&sl[start..]) {
+                            *o = $f(*x);
+                        }
+                    }
+                    None => {
+                        for (o, x) in out.iter_mut().zip($a.iter().skip(start)) {
+                            *o = $f(*x);
+                        }
+                    }
+                }
+                true
+            }};
+        }
+        match self.tensor() {
+            Tensor::F32(a) => copy!(a, |x: f32| x),
+            Tensor::Bf16(a) => copy!(a, half::bf16::to_f32),
+            Tensor::F16(a) => copy!(a, half::f16::to_f32),
+            _ => false,
         }
     }
 }
@@ -276,7 +469,12 @@ impl fmt::Debug for ParamData {
                 "ParamData(seeded {:?} {:?} {})",
                 s.spec, s.shape, s.dtype
             ),
-            None => write!(f, "ParamData({:?})", self.tensor()),
+            None => match (&self.0.raw, self.0.tensor.get()) {
+                (Some(r), None) => {
+                    write!(f, "ParamData(raw {:?} {} bytes)", r.shape, r.bytes.len())
+                }
+                _ => write!(f, "ParamData({:?})", self.tensor()),
+            },
         }
     }
 }
@@ -284,6 +482,40 @@ impl fmt::Debug for ParamData {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_bytes_decode_on_read_and_match_their_tensor() {
+        let xs = [1.5f32, -2.0, 3.25e-3, f32::MIN_POSITIVE, 7.0, -0.0];
+        for dtype in [DType::F32, DType::Bf16, DType::F16] {
+            let bytes: Vec<u8> = match dtype {
+                DType::F32 => xs.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                DType::Bf16 => xs
+                    .iter()
+                    .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                    .collect(),
+                _ => xs
+                    .iter()
+                    .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                    .collect(),
+            };
+            let p = ParamData::from_le_bytes(bytes::Bytes::from(bytes), dtype, &[2, 3]).unwrap();
+            assert_eq!((p.shape(), p.dtype()), (&[2usize, 3][..], dtype));
+            let (mut a, mut b) = (vec![0f32; 4], vec![0f64; 4]);
+            assert!(p.values_f32(2, &mut a));
+            p.values_f64(2, &mut b);
+            assert!(
+                !p.is_materialized(),
+                "reading a slice must not decode the whole"
+            );
+            let t: Vec<f64> = p.tensor().to_f64().iter().copied().collect();
+            assert_eq!(t[2..], b[..], "{dtype}");
+            assert_eq!(a.iter().map(|&x| f64::from(x)).collect::<Vec<_>>(), b);
+            assert_eq!(p.tensor().dtype(), dtype);
+        }
+        let bad = ParamData::from_le_bytes(bytes::Bytes::from(vec![0u8; 7]), DType::F32, &[2]);
+        assert!(bad.unwrap_err().contains("needs 8 bytes, found 7"));
+        assert!(ParamData::from_le_bytes(bytes::Bytes::new(), DType::I32, &[0]).is_err());
+    }
 
     #[test]
     fn lazy_streamed_and_materialized_agree() {
@@ -298,10 +530,23 @@ mod tests {
         let mut part = vec![0.0; 1000];
         p.values_f64(123_457, &mut part);
         assert!(!p.is_materialized(), "streaming must not materialize");
+        let mut lazy32 = vec![0f32; 1000];
+        assert!(p.values_f32(123_457, &mut lazy32));
+        assert!(!p.is_materialized(), "streaming must not materialize");
+        assert_eq!(
+            lazy32.iter().map(|&x| f64::from(x)).collect::<Vec<_>>(),
+            part
+        );
         let t = q.tensor().to_f64();
         assert!(p.is_materialized() && p.ptr_eq(&q));
         let all: Vec<f64> = t.iter().copied().collect();
         assert_eq!(&all[123_457..124_457], &part[..]);
+        let mut narrow = vec![0f32; 1000];
+        assert!(p.values_f32(123_457, &mut narrow));
+        assert_eq!(
+            narrow.iter().map(|&x| f64::from(x)).collect::<Vec<_>>(),
+            part
+        );
         let mut again = vec![0.0; 1000];
         p.values_f64(123_457, &mut again);
         assert_eq!(part, again);
@@ -317,6 +562,10 @@ mod tests {
             DType::Bf16,
         )
         .unwrap();
+        let (mut a, mut b) = (vec![0f32; 100], vec![0f64; 100]);
+        assert!(u.values_f32(0, &mut a));
+        u.values_f64(0, &mut b);
+        assert_eq!(a.iter().map(|&x| f64::from(x)).collect::<Vec<_>>(), b);
         assert!(u.to_f64().iter().all(|&x| (2.0..=3.0).contains(&x)));
     }
 }

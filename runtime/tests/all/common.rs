@@ -68,7 +68,7 @@ pub fn artifact(
             program,
             weights: ranges,
         },
-        blob,
+        blob: blob.into(),
     }
 }
 

@@ -332,3 +332,36 @@ fn compiled_embedding_lookups_draw_the_reference_inputs_and_reject_bad_ids() {
         "{e}"
     );
 }
+
+#[test]
+fn functional_bf16_layer_is_bit_identical_across_thread_counts() {
+    // The BERT-base layer at bf16 has matmuls large enough to be split across threads:
+    // outputs and cycles must be the same bits with 1 and 3 threads.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/bert_layer.json");
+    let g = neuronc::frontend::load_model(&path).unwrap();
+    let opts = neuronc::options::CompileOptions {
+        auto_cast: neuronc::options::AutoCast::Matmult,
+        auto_cast_type: neuronc::options::CastType::Bf16,
+        ..Default::default()
+    };
+    let m = Model::from_artifact(neuronc::driver::compile(&g, &opts).unwrap().artifact).unwrap();
+    let mut inputs = m.bind();
+    inputs.generate_missing(1).unwrap();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| m.execute(&inputs, &RunOptions::default()).unwrap())
+    };
+    let (one, three) = (run(1), run(3));
+    assert_eq!(one.stats.total_ps, three.stats.total_ps);
+    assert!(!one.outputs.is_empty());
+    for (name, a) in &one.outputs {
+        let (HostTensor::F32(a), Some(HostTensor::F32(b))) = (a, three.outputs.get(name)) else {
+            panic!("output {name} is not f32 in both runs");
+        };
+        let bits = |x: &ArrayD<f32>| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(a), bits(b), "output {name}");
+    }
+}

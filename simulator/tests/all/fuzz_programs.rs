@@ -751,7 +751,7 @@ fn check_program(p: &Program, cfg: &ChipConfig, seed: u64) -> Result<(bool, bool
             program: p.clone(),
             weights: Vec::new(),
         },
-        blob: Vec::new(),
+        blob: Default::default(),
     };
     let bytes = art.to_bytes().map_err(|e| format!("to_bytes: {e}"))?;
     let back = Artifact::from_bytes(&bytes).map_err(|e| format!("from_bytes: {e}\n{text}"))?;

@@ -512,3 +512,30 @@ fn sr_overflow_rules() {
         assert_eq!(out[0], 2);
     }
 }
+
+#[test]
+fn poison_detection_matches_the_per_element_rule_at_every_position() {
+    // The word-at-a-time check against the definition, for every length up to 40 bytes
+    // and one all-ones element at every position, and ones straddling two elements
+    // (never poison).
+    for dt in [Dtype::F32, Dtype::Bf16, Dtype::Fp8E5m2] {
+        let e = dt.size() as usize;
+        for n in 1..=40 / e {
+            let mut b = vec![0x7fu8; n * e];
+            assert!(!is_poisoned(dt, &b), "{dt} clean {n}");
+            for i in 0..n {
+                b[i * e..(i + 1) * e].fill(0xff);
+                assert!(is_poisoned(dt, &b), "{dt} element {i} of {n}");
+                b[i * e..(i + 1) * e].fill(0x7f);
+            }
+            if e > 1 && n > 1 {
+                for i in 0..n - 1 {
+                    // The last byte of element i and the first bytes of element i + 1.
+                    b[i * e + 1..(i + 1) * e + e - 1].fill(0xff);
+                    assert!(!is_poisoned(dt, &b), "{dt} straddle {i} of {n}");
+                    b[i * e + 1..(i + 1) * e + e - 1].fill(0x7f);
+                }
+            }
+        }
+    }
+}

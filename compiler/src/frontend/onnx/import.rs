@@ -479,20 +479,23 @@ impl Importer<'_> {
                     "initializer '{name}' is defined twice"
                 )));
             }
-            let tensor = read_tensor(t, self.base_dir)?;
+            let numel = super::tensor::tensor_shape(&name, &t.dims)?
+                .iter()
+                .product::<usize>();
             // Large initializers are weights, never shape operands: they become
-            // params at once, moving the decoded data (the one copy of the
-            // weights, from the file buffer) into the graph.
-            let val = if tensor.num_elements() >= LARGE_INITIALIZER && used.contains(name.as_str())
-            {
+            // params at once, sharing the file buffer's bytes (no copy; see
+            // `tensor::read_param`).
+            let val = if numel >= LARGE_INITIALIZER && used.contains(name.as_str()) {
+                let data = super::tensor::read_param(t, self.base_dir)?;
                 let pname = self.fresh_value(&name);
+                let (shape, dtype) = (data.shape().to_vec(), data.dtype());
                 Val::Ir(
                     self.graph
-                        .add_param(pname, tensor)
+                        .add_param_decl(pname, shape, dtype, Some(data))
                         .map_err(|e| OnnxError::tensor(&name, e.to_string()))?,
                 )
             } else {
-                Val::Const(Rc::new(tensor))
+                Val::Const(Rc::new(read_tensor(t, self.base_dir)?))
             };
             self.vals.insert(name, val);
         }

@@ -19,13 +19,23 @@ use crate::ir::{Graph, Tensor};
 
 /// Reads and imports the ONNX model at `path`; external data files are
 /// resolved relative to its directory.
+///
+/// The file is memory-mapped, not read: initializers' `raw_data` become params that
+/// share the map (see `tensor::read_param`), so the weights are never copied at import.
 pub fn load_onnx(path: &Path, opts: &OnnxOptions) -> Result<Graph, OnnxError> {
-    let bytes = std::fs::read(path).map_err(|cause| OnnxError::Io {
+    let io = |cause| OnnxError::Io {
         file: path.to_path_buf(),
         cause,
-    })?;
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    // An empty file is not mapped (nothing to map); decoding refuses it.
+    let bytes = if file.metadata().map_err(io)?.len() == 0 {
+        Bytes::new()
+    } else {
+        Bytes::from_owner(neuron_isa::mmap::map_file(&file).map_err(io)?)
+    };
     let base = path.parent().unwrap_or(Path::new("."));
-    parse_onnx(Bytes::from(bytes), base, opts, &path.display().to_string())
+    parse_onnx(bytes, base, opts, &path.display().to_string())
 }
 
 /// Imports an ONNX model from its serialized bytes. `what` names the source

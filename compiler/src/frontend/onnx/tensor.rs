@@ -10,7 +10,7 @@ use ndarray::{ArrayD, IxDyn};
 use super::OnnxError;
 use super::proto::{TensorProto, data_type as dt};
 use crate::ir::limits::check_shape;
-use crate::ir::{DType, Tensor, fmt_shape};
+use crate::ir::{DType, ParamData, Tensor, fmt_shape};
 
 /// The graph dtype an ONNX element type is imported as. DOUBLE becomes f32
 /// (the graph IR has no f64; a deviation documented in `docs/onnx.md`).
@@ -142,6 +142,31 @@ pub(crate) fn read_tensor(t: &TensorProto, base_dir: &Path) -> Result<Tensor, On
             }
         }
     })
+}
+
+/// An initializer as param data. FLOAT, FLOAT16 and BFLOAT16 `raw_data` in the model
+/// file is not copied: the handle shares the file buffer's bytes (a slice of the
+/// `Bytes` the protobuf was decoded from) and decodes elements when they are read, so
+/// importing a large model copies no weight. Anything else is decoded by
+/// [`read_tensor`] (the one copy).
+pub(crate) fn read_param(t: &TensorProto, base_dir: &Path) -> Result<ParamData, OnnxError> {
+    let ty = t.data_type.unwrap_or(0);
+    let dtype = match ty {
+        dt::FLOAT => Some(DType::F32),
+        dt::FLOAT16 => Some(DType::F16),
+        dt::BFLOAT16 => Some(DType::Bf16),
+        _ => None,
+    };
+    if let (Some(dtype), Some(raw), false) = (dtype, &t.raw_data, t.data_location == Some(1)) {
+        let name = t.name.as_deref().unwrap_or("");
+        let shape = tensor_shape(name, &t.dims)?;
+        // A length that does not match falls through to `read_tensor`'s error.
+        if raw.len() == shape.iter().product::<usize>() * dtype.size_bytes() {
+            return ParamData::from_le_bytes(raw.clone(), dtype, &shape)
+                .map_err(|e| OnnxError::tensor(name, format!("raw_data: {e}")));
+        }
+    }
+    read_tensor(t, base_dir).map(ParamData::new)
 }
 
 /// Little-endian packed elements (length already checked) to a tensor.
