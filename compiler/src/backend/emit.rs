@@ -203,6 +203,7 @@ pub fn artifact_with(
         index_bounds,
         program,
         weights,
+        training: None,
     };
     let art = Artifact { meta, blob };
     if !encode_weights {

@@ -93,7 +93,7 @@ fn the_mlp_example_trains_to_95_percent_on_the_reference() {
     let (_, step) = load_training(&repo().join("examples/mlp_train.json")).unwrap();
     let x = read_npy(&repo().join("examples/train/x.npy")).unwrap();
     let y = read_npy(&repo().join("examples/train/y.npy")).unwrap();
-    let mut state = TrainState::new(&step);
+    let mut state = TrainState::new(&step.iface);
     let mut runner = ReferenceRunner {
         step: &step,
         opts: RefOptions::default(),
@@ -104,9 +104,15 @@ fn the_mlp_example_trains_to_95_percent_on_the_reference() {
         shuffle: true,
         seed: 1,
     };
-    let epochs = train(&step, &mut runner, &mut state, &x, &y, cfg, &mut |r| {
-        losses.push(r.loss)
-    })
+    let epochs = train(
+        &step.iface,
+        &mut runner,
+        &mut state,
+        &x,
+        &y,
+        cfg,
+        &mut |r| losses.push(r.loss),
+    )
     .unwrap();
     assert_eq!(losses.len(), 3 * 16);
     // Ten classes: the first loss is near ln 10.
@@ -207,17 +213,17 @@ fn labels_out_of_range_or_misshapen_are_refused_before_training() {
     let (_, step) = load_training(&p).unwrap();
     let x = Tensor::F32(ndarray::ArrayD::zeros(ndarray::IxDyn(&[8, 3])));
     let bad = Tensor::I64(ndarray::arr1(&[0i64, 1, 2, 3, 4, 5, 9, 1]).into_dyn());
-    let e = neuronc::train::check_data(&step, &x, &bad)
+    let e = neuronc::train::check_data(&step.iface, &x, &bad)
         .unwrap_err()
         .to_string();
     assert!(e.contains("element 5 is 5, outside the 5 classes"), "{e}");
     let short = Tensor::I64(ndarray::arr1(&[0i64, 1]).into_dyn());
-    let e = neuronc::train::check_data(&step, &x, &short)
+    let e = neuronc::train::check_data(&step.iface, &x, &short)
         .unwrap_err()
         .to_string();
     assert!(e.contains("labels: expected shape [8]"), "{e}");
     let wide = Tensor::F32(ndarray::ArrayD::zeros(ndarray::IxDyn(&[8, 4])));
-    let e = neuronc::train::check_data(&step, &wide, &bad)
+    let e = neuronc::train::check_data(&step.iface, &wide, &bad)
         .unwrap_err()
         .to_string();
     assert!(e.contains("data: expected shape [N, 3]"), "{e}");
@@ -233,7 +239,7 @@ fn a_model_without_training_section_says_so() {
 #[test]
 fn the_step_graph_carries_params_and_adam_state() {
     let (graph, step) = load_training(&repo().join("examples/mlp_train.json")).unwrap();
-    let names: Vec<&str> = step.carried.iter().map(|c| c.name.as_str()).collect();
+    let names: Vec<&str> = step.iface.carried.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(
         names,
         [
@@ -252,7 +258,7 @@ fn the_step_graph_carries_params_and_adam_state() {
         ]
     );
     let g = &step.graph;
-    for c in &step.carried {
+    for c in &step.iface.carried {
         let i = g.value_by_name(&c.name).unwrap();
         let o = g.value_by_name(&c.next).unwrap();
         assert!(g.is_input(i) && g.is_output(o), "{}", c.name);
@@ -262,7 +268,7 @@ fn the_step_graph_carries_params_and_adam_state() {
     assert!(graph.value_by_name("w1").is_some_and(|w| graph.is_param(w)));
     assert!(!g.params.iter().any(|&p| g.value(p).name == "w1"));
     // Prefix patterns and frozen params.
-    let mut spec = step.spec.clone();
+    let mut spec = step.iface.spec.clone();
     spec.trainable = Some(vec!["w*".into(), "b1".into()]);
     spec.frozen = vec!["w2".into()];
     let names: Vec<String> = spec
@@ -285,7 +291,7 @@ fn the_step_graph_carries_params_and_adam_state() {
     )
     .unwrap();
     let spec = TrainingSpec::from_json(&doc["training"]).unwrap();
-    assert_eq!(spec, step.spec);
+    assert_eq!(spec, step.iface.spec);
     assert!(build_step(&graph, &spec).is_ok());
 }
 
@@ -323,6 +329,23 @@ fn neuronc_compiles_a_training_step_to_an_artifact() {
         "labels",
     ] {
         assert!(names.contains(&want), "{want} not among {names:?}");
+    }
+    // The artifact carries the loop's interface: the same one the model.json builds,
+    // initial weights included, bit for bit.
+    let iface = neuronc::train::interface_from_artifact(&art).unwrap();
+    let (_, step) = neuronc::train::load_training(&repo().join("examples/mlp_train.json")).unwrap();
+    assert_eq!(iface.spec, step.iface.spec);
+    assert_eq!(iface.data_inputs, step.iface.data_inputs);
+    assert_eq!(iface.labels, step.iface.labels);
+    assert_eq!(iface.output, step.iface.output);
+    assert_eq!(iface.carried.len(), step.iface.carried.len());
+    for (a, b) in iface.carried.iter().zip(&step.iface.carried) {
+        assert_eq!(
+            (&a.name, &a.next, a.is_param),
+            (&b.name, &b.next, b.is_param)
+        );
+        let bits = |t: &neuronc::ir::Tensor| t.to_f32().mapv(f32::to_bits);
+        assert_eq!(bits(&a.initial), bits(&b.initial), "{}", a.name);
     }
     // Without a training section, --train says what is missing.
     let run = Command::cargo_bin("neuronc")

@@ -47,12 +47,18 @@ fn setup(dir: &Path, training: &str) {
         .unwrap();
 }
 
-/// Runs `neuron-sim train` and returns (per-step losses, stdout).
+/// Runs `neuron-sim train` on m.json and returns (per-step losses, stdout).
 fn train(dir: &Path, extra: &[&str]) -> (Vec<f64>, String) {
+    let (losses, stdout, _) = train_file(dir, "m.json", extra);
+    (losses, stdout)
+}
+
+/// Runs `neuron-sim train FILE` and returns (per-step losses, stdout, the per-step log).
+fn train_file(dir: &Path, file: &str, extra: &[&str]) -> (Vec<f64>, String, Vec<String>) {
     let out = neuron_sim()
         .current_dir(dir)
         .args([
-            "train", "m.json", "--data", "x.npy", "--labels", "y.npy", "--epochs", "2",
+            "train", file, "--data", "x.npy", "--labels", "y.npy", "--epochs", "2",
         ])
         .args(["--log-steps"])
         .args(extra)
@@ -61,12 +67,106 @@ fn train(dir: &Path, extra: &[&str]) -> (Vec<f64>, String) {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{stderr}\n{stdout}");
-    let losses = stderr
+    let log: Vec<String> = stderr
         .lines()
+        .filter(|l| l.starts_with("epoch ") && l.contains(" step "))
+        .map(String::from)
+        .collect();
+    let losses = log
+        .iter()
         .filter_map(|l| l.split(" loss ").nth(1))
         .map(|v| v.split_whitespace().next().unwrap().parse().unwrap())
         .collect();
-    (losses, stdout)
+    (losses, stdout, log)
+}
+
+/// Compiles m.json's training step into `step.neff` with the library (what
+/// `neuronc compile --train m.json -o step.neff` does).
+fn compile_neff(dir: &Path) {
+    let (_, step) = neuronc::train::load_training(&dir.join("m.json")).unwrap();
+    let opts = neuronc::options::CompileOptions::default();
+    let compiled = neuronc::train::compile_step(&step, &opts).unwrap();
+    compiled.artifact.write(&dir.join("step.neff")).unwrap();
+}
+
+#[test]
+fn a_compiled_step_neff_trains_bit_identically_to_its_model_json() {
+    for training in [ADAM_FP32, &ADAM_FP32.replace("fp32", "bf16_sr")] {
+        let dir = tempfile::tempdir().unwrap();
+        setup(dir.path(), training);
+        compile_neff(dir.path());
+        let flags = ["--shuffle", "--seed", "9", "--save"];
+        let (_, json_out, json_log) = train_file(
+            dir.path(),
+            "m.json",
+            &[&flags[..], &["a.safetensors"]].concat(),
+        );
+        let (_, neff_out, neff_log) = train_file(
+            dir.path(),
+            "step.neff",
+            &[&flags[..], &["b.safetensors"]].concat(),
+        );
+        assert_eq!(json_log.len(), 8, "{json_log:?}");
+        // The per-step log prints each loss exactly (shortest round-trip f32).
+        assert_eq!(json_log, neff_log, "{training}");
+        let epochs = |s: &str| -> Vec<String> {
+            s.lines()
+                .filter(|l| l.starts_with("epoch"))
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(epochs(&json_out), epochs(&neff_out));
+        let a = std::fs::read(dir.path().join("a.safetensors")).unwrap();
+        let b = std::fs::read(dir.path().join("b.safetensors")).unwrap();
+        assert!(a == b, "{training}: the trained weights differ");
+    }
+}
+
+#[test]
+fn train_refuses_inference_artifacts_and_flags_a_neff_cannot_honour() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), ADAM_FP32);
+    compile_neff(dir.path());
+    // The same step without its training metadata (an inference artifact, or one written
+    // before format version 3).
+    let mut art = neuron_isa::Artifact::read(&dir.path().join("step.neff")).unwrap();
+    art.meta.training = None;
+    art.write(&dir.path().join("plain.neff")).unwrap();
+    let run = |args: &[&str]| {
+        let out = neuron_sim()
+            .current_dir(dir.path())
+            .args(["train"])
+            .args(args)
+            .args(["--data", "x.npy", "--labels", "y.npy"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, e) = run(&["plain.neff"]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(
+        e.contains("plain.neff") && e.contains("not a compiled training step"),
+        "{e}"
+    );
+    assert!(e.contains("neuronc compile --train"), "{e}");
+    let (code, e) = run(&["step.neff", "--reference"]);
+    assert_eq!(code, Some(2), "{e}");
+    assert!(e.contains("--reference") && e.contains("model.json"), "{e}");
+    let (code, e) = run(&["step.neff", "--target", "trn2"]);
+    assert_eq!(code, Some(2), "{e}");
+    assert!(
+        e.contains("--target trn2") && e.contains("already compiled"),
+        "{e}"
+    );
+    // A truncated artifact is refused as such.
+    let bytes = std::fs::read(dir.path().join("step.neff")).unwrap();
+    std::fs::write(dir.path().join("cut.neff"), &bytes[..bytes.len() - 1]).unwrap();
+    let (code, e) = run(&["cut.neff"]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(e.contains("cut.neff") && e.contains("truncated"), "{e}");
 }
 
 #[test]
