@@ -14,8 +14,8 @@ use std::path::Path;
 
 pub use compiled::{CompiledStepError, attach_interface, compile_step, interface_from_artifact};
 pub use run::{
-    EpochReport, LoopConfig, LoopError, ReferenceRunner, StepReport, StepRunner, TrainState,
-    check_data, train,
+    EpochReport, INITIAL_LOSS_SCALE, LOSS_SCALE_GROWTH_INTERVAL, LoopConfig, LoopError,
+    ReferenceRunner, StepReport, StepRunner, TrainState, check_data, train,
 };
 pub use spec::{
     LabelsSpec, LossKind, LossSpec, OptimizerSpec, PrecisionPolicy, ResolvedSpec, SpecError,

@@ -15,6 +15,13 @@ use crate::rng::SeededRng;
 use super::spec::{LossKind, PrecisionPolicy};
 use super::step::{GRAD_SQ, LOSS, StepInterface, TrainingStep};
 
+/// Dynamic loss scaling (`fp16_loss_scaling`), as `torch.cuda.amp.GradScaler`'s defaults:
+/// the first step's loss scale.
+pub const INITIAL_LOSS_SCALE: f32 = 65536.0;
+/// Dynamic loss scaling: the scale doubles after this many consecutive steps with finite
+/// gradients (a step with a non-finite gradient is skipped and halves it, down to 1).
+pub const LOSS_SCALE_GROWTH_INTERVAL: u32 = 2000;
+
 /// Runs one training step: inputs by name in, outputs by name out.
 pub trait StepRunner {
     /// Runs the step graph on `inputs`.
@@ -113,6 +120,9 @@ pub struct TrainState {
     pub values: BTreeMap<String, Tensor>,
     /// Steps taken (updates applied or skipped).
     pub step: u64,
+    /// Updates applied (steps not skipped): Adam's bias corrections count these, as a
+    /// skipped `GradScaler` step does not call `optimizer.step()`.
+    pub updates: u64,
     /// Current loss scale.
     pub loss_scale: f32,
     good_steps: u32,
@@ -122,7 +132,7 @@ impl TrainState {
     /// The state before the first step.
     pub fn new(step: &StepInterface) -> TrainState {
         let loss_scale = if step.spec.precision == PrecisionPolicy::Fp16LossScaling {
-            65536.0
+            INITIAL_LOSS_SCALE
         } else {
             1.0
         };
@@ -133,6 +143,7 @@ impl TrainState {
                 .map(|c| (c.name.clone(), c.initial.clone()))
                 .collect(),
             step: 0,
+            updates: 0,
             loss_scale,
             good_steps: 0,
         }
@@ -273,7 +284,7 @@ pub fn train(
             inputs.insert(input.clone(), take_rows(data, chunk, in_dtype));
             let y = take_rows(labels, chunk, label_dtype);
             inputs.insert(step.labels.name.clone(), y.clone());
-            inputs.extend(step.scalars(state.step, state.loss_scale));
+            inputs.extend(step.scalars(state.updates + 1, state.loss_scale));
             let out = runner
                 .run_step(&inputs)
                 .map_err(|message| LoopError::Step {
@@ -305,6 +316,7 @@ pub fn train(
                 state.loss_scale = (state.loss_scale / 2.0).max(1.0);
                 state.good_steps = 0;
             } else {
+                state.updates += 1;
                 for c in &step.carried {
                     let v = get(&c.next)?;
                     state
@@ -313,7 +325,7 @@ pub fn train(
                 }
                 if scaling {
                     state.good_steps += 1;
-                    if state.good_steps >= 2000 {
+                    if state.good_steps >= LOSS_SCALE_GROWTH_INTERVAL {
                         state.loss_scale *= 2.0;
                         state.good_steps = 0;
                     }

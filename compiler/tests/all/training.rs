@@ -359,3 +359,139 @@ fn neuronc_compiles_a_training_step_to_an_artifact() {
     assert_eq!(run.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&run.stderr).contains("no `training` section"));
 }
+
+/// A step that does no arithmetic: it records the loss scale it is given, reports a
+/// non-finite gradient on the chosen steps, and returns `w + 1` as `w/next`, so the carried
+/// `w` counts the updates the loop applied.
+struct ScriptedRunner {
+    overflow_at: std::collections::BTreeSet<u64>,
+    scales: Vec<f32>,
+}
+
+impl neuronc::train::StepRunner for ScriptedRunner {
+    fn run_step(
+        &mut self,
+        inputs: &std::collections::BTreeMap<String, Tensor>,
+    ) -> Result<std::collections::BTreeMap<String, Tensor>, String> {
+        use neuronc::train::{GRAD_SQ, LOSS, LOSS_SCALE};
+        let one = |v: f32| Tensor::F32(ndarray::ArrayD::from_elem(vec![1], v));
+        self.scales
+            .push(inputs[LOSS_SCALE].to_f32().iter().next().copied().unwrap());
+        let step = self.scales.len() as u64;
+        let grad_sq = if self.overflow_at.contains(&step) {
+            f32::INFINITY
+        } else {
+            1.0
+        };
+        let w = inputs["w"].to_f32().mapv(|v| v + 1.0);
+        Ok([
+            (LOSS.to_string(), one(0.5)),
+            (GRAD_SQ.to_string(), one(grad_sq)),
+            (
+                "z".to_string(),
+                Tensor::zeros(neuronc::ir::DType::F32, &[2, 1]),
+            ),
+            ("w/next".to_string(), Tensor::F32(w)),
+        ]
+        .into())
+    }
+}
+
+#[test]
+fn dynamic_loss_scaling_skips_overflow_steps_halves_and_grows_the_scale() {
+    use neuronc::ir::DType;
+    use neuronc::train::{
+        Carried, INITIAL_LOSS_SCALE, IoValue, LOSS_SCALE_GROWTH_INTERVAL, StepInterface,
+    };
+    let io = |name: &str| IoValue {
+        name: name.into(),
+        shape: vec![2, 1],
+        dtype: DType::F32,
+    };
+    let spec = |precision: &str| {
+        TrainingSpec::from_json(&serde_json::json!({
+            "loss": {"kind": "mse", "output": "z"},
+            "labels": {"name": "t", "shape": [2, 1], "dtype": "f32"},
+            "optimizer": {"kind": "sgd", "lr": 0.1}, "precision": precision}))
+        .unwrap()
+    };
+    let iface = |precision: &str| StepInterface {
+        spec: spec(precision),
+        data_inputs: vec![io("x")],
+        labels: io("t"),
+        output: io("z"),
+        carried: vec![Carried {
+            name: "w".into(),
+            next: "w/next".into(),
+            initial: Tensor::zeros(DType::F32, &[1]),
+            is_param: true,
+        }],
+        trainable_elements: 1,
+        saved_activation_bytes: 0,
+    };
+    let x = Tensor::zeros(DType::F32, &[2, 1]);
+    let run = |iface: &StepInterface, steps: usize, overflow_at: &[u64]| {
+        let mut runner = ScriptedRunner {
+            overflow_at: overflow_at.iter().copied().collect(),
+            scales: vec![],
+        };
+        let mut state = TrainState::new(iface);
+        let mut skipped = vec![];
+        // One batch per epoch: `steps` epochs are `steps` steps.
+        let cfg = LoopConfig {
+            epochs: steps,
+            shuffle: false,
+            seed: 0,
+        };
+        train(iface, &mut runner, &mut state, &x, &x, cfg, &mut |r| {
+            if r.skipped {
+                skipped.push(r.step);
+            }
+        })
+        .unwrap();
+        let w = state.values["w"].to_f32().iter().next().copied().unwrap();
+        (runner.scales, skipped, w, state.loss_scale)
+    };
+
+    let n = LOSS_SCALE_GROWTH_INTERVAL as usize;
+    let fp16 = iface("fp16_loss_scaling");
+    // Overflows at steps 1 and 2, then at step 500 (which resets the clean-step count).
+    let steps = 500 + n + 2;
+    let (scales, skipped, w, last) = run(&fp16, steps, &[1, 2, 500]);
+    assert_eq!(
+        skipped,
+        [1, 2, 500],
+        "exactly the overflow steps are skipped"
+    );
+    assert_eq!(
+        w,
+        (steps - 3) as f32,
+        "a skipped step leaves the weights alone"
+    );
+    let s0 = INITIAL_LOSS_SCALE;
+    assert_eq!(s0, 65536.0);
+    assert_eq!(scales[0], s0);
+    assert_eq!(scales[1], s0 / 2.0, "halved after the overflow at step 1");
+    assert_eq!(scales[2], s0 / 4.0, "halved again after step 2");
+    assert!(scales[2..500].iter().all(|&s| s == s0 / 4.0), "steady");
+    // Steps 501..=500+n are the first n clean steps since the last overflow.
+    assert_eq!(
+        scales[500],
+        s0 / 8.0,
+        "halved after the overflow at step 500"
+    );
+    assert_eq!(
+        scales[500 + n - 1],
+        s0 / 8.0,
+        "not grown before {n} clean steps (the 1,500 clean steps before step 500 do not count)"
+    );
+    assert_eq!(scales[500 + n], s0 / 4.0, "doubled after {n} clean steps");
+    assert_eq!(scales[500 + n + 1], s0 / 4.0);
+    assert_eq!(last, s0 / 4.0);
+
+    // Without loss scaling the scale is 1 and a non-finite gradient is not skipped.
+    let (scales, skipped, w, _) = run(&iface("fp32"), 3, &[2]);
+    assert_eq!(scales, [1.0, 1.0, 1.0]);
+    assert!(skipped.is_empty());
+    assert_eq!(w, 3.0);
+}
