@@ -334,7 +334,7 @@ fn cmd_compile(args: &CompileArgs) -> anyhow::Result<()> {
         let (_, step) = neuronc::train::load_training(&args.model)?;
         eprintln!(
             "note: compiling the training step of {} ({} trainable values, {}, {} precision; \
-             {} bytes of forward activations kept for the backward pass, none recomputed)",
+             {} bytes of forward activations read by the backward pass)",
             args.model.display(),
             step.iface.trainable_elements,
             step.iface.spec.optimizer.name(),

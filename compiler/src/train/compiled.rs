@@ -12,6 +12,7 @@ use crate::error::CompileError;
 use crate::ir::{DType, Tensor};
 use crate::options::{AutoCast, CastType, CompileOptions};
 
+use super::recompute::{apply_plan, plan_activations};
 use super::spec::{PrecisionPolicy, TrainingSpec};
 use super::step::{Carried, IoValue, StepInterface, TrainingStep};
 
@@ -33,11 +34,22 @@ impl PrecisionPolicy {
 }
 
 /// Compiles `step` with `opts` (whose auto-cast the precision policy sets) and records its
-/// interface and initial state in the artifact.
+/// interface and initial state in the artifact. Activations that do not fit the target's
+/// HBM are recomputed in the backward pass ([`plan_activations`]); the plan is a note of
+/// the compile summary.
 pub fn compile_step(step: &TrainingStep, opts: &CompileOptions) -> Result<Compiled, CompileError> {
     let mut opts = opts.clone();
     step.iface.spec.precision.set_auto_cast(&mut opts);
-    let mut compiled = compile(&step.graph, &opts)?;
+    let plan = plan_activations(step, opts.target.hbm_bytes);
+    let recomputing;
+    let graph = if plan.recomputed.is_empty() {
+        &step.graph
+    } else {
+        recomputing = apply_plan(step, &plan)?;
+        &recomputing
+    };
+    let mut compiled = compile(graph, &opts)?;
+    compiled.summary.notes.push(plan.to_string());
     attach_interface(&mut compiled.artifact, &step.iface)?;
     Ok(compiled)
 }

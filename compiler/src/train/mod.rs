@@ -6,6 +6,7 @@
 //! the loop's [`StepInterface`], so the loop also runs from a `.neff` alone.
 
 mod compiled;
+mod recompute;
 mod run;
 mod spec;
 mod step;
@@ -13,6 +14,7 @@ mod step;
 use std::path::Path;
 
 pub use compiled::{CompiledStepError, attach_interface, compile_step, interface_from_artifact};
+pub use recompute::{ActivationPlan, apply_plan, plan_activations};
 pub use run::{
     EpochReport, INITIAL_LOSS_SCALE, LOSS_SCALE_GROWTH_INTERVAL, LoopConfig, LoopError,
     ReferenceRunner, StepReport, StepRunner, TrainState, check_data, train,

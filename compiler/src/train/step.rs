@@ -115,6 +115,9 @@ pub struct StepInterface {
 pub struct TrainingStep {
     /// The step graph.
     pub graph: Graph,
+    /// Its first nodes are the model's forward pass, the rest the loss, backward pass and
+    /// optimizer.
+    pub forward_nodes: usize,
     /// What the loop needs.
     pub iface: StepInterface,
 }
@@ -368,17 +371,7 @@ pub fn build_step(model: &Graph, spec: &TrainingSpec) -> Result<TrainingStep, St
     }
     g.verify()?;
     // Forward activations (outputs of the model's own nodes) that backward nodes read.
-    let mut saved = std::collections::BTreeSet::new();
-    for n in &g.nodes[forward_nodes..] {
-        for &i in &n.inputs {
-            if g.value(i)
-                .producer
-                .is_some_and(|p| p.index() < forward_nodes)
-            {
-                saved.insert(i);
-            }
-        }
-    }
+    let saved = super::recompute::saved(&g, forward_nodes);
     let saved_activation_bytes = saved
         .iter()
         .map(|&v| {
@@ -389,6 +382,7 @@ pub fn build_step(model: &Graph, spec: &TrainingSpec) -> Result<TrainingStep, St
     let labels = IoValue::of(&g, labels);
     Ok(TrainingStep {
         graph: g,
+        forward_nodes,
         iface: StepInterface {
             spec: spec.clone(),
             data_inputs,

@@ -495,3 +495,77 @@ fn dynamic_loss_scaling_skips_overflow_steps_halves_and_grows_the_scale() {
     assert!(skipped.is_empty());
     assert_eq!(w, 3.0);
 }
+
+#[test]
+fn a_small_hbm_recomputes_cheap_activations_with_the_same_results() {
+    use neuronc::train::{apply_plan, compile_step, plan_activations};
+    let dir = tempfile::tempdir().unwrap();
+    let m = r#"{"name": "gelu_mlp", "seed": 3,
+        "inputs": [{"name": "x", "shape": [8, 12]}],
+        "params": [{"name": "w1", "shape": [12, 16], "init": {"normal": {"std": 0.3}}},
+                   {"name": "b1", "shape": [16], "init": {"normal": {"std": 0.1}}},
+                   {"name": "w2", "shape": [16, 4], "init": {"normal": {"std": 0.3}}}],
+        "nodes": [{"name": "fc1", "op": "matmul", "inputs": ["x", "w1"], "outputs": ["h"]},
+                  {"name": "bias1", "op": "add", "inputs": ["h", "b1"], "outputs": ["hb"]},
+                  {"name": "act", "op": "gelu", "inputs": ["hb"], "outputs": ["a"]},
+                  {"name": "fc2", "op": "matmul", "inputs": ["a", "w2"], "outputs": ["logits"]}],
+        "outputs": ["logits"],
+        "training": {"loss": {"kind": "cross_entropy", "output": "logits"},
+                     "labels": {"name": "y", "shape": [8], "dtype": "i64"},
+                     "optimizer": {"kind": "adam", "lr": 0.01}, "precision": "fp32"}}"#;
+    let path = dir.path().join("m.json");
+    std::fs::write(&path, m).unwrap();
+    let (_, step) = load_training(&path).unwrap();
+    // trn1's 16 GiB holds everything: nothing is recomputed, and the summary says so.
+    let trn1 = neuron_isa::ChipConfig::trn1();
+    let keep = plan_activations(&step, trn1.hbm_bytes);
+    assert!(keep.recomputed.is_empty(), "{keep}");
+    assert_eq!(keep.kept_bytes, step.iface.saved_activation_bytes);
+    let compiled = compile_step(&step, &Default::default()).unwrap();
+    let summary = compiled.summary.to_string();
+    assert!(summary.contains("none recomputed"), "{summary}");
+
+    // An HBM one byte short of holding the state and every saved activation: the gelu
+    // output `a` (its input `hb` is kept for gelu's own backward) is recomputed instead.
+    let fixed = keep.budget_bytes.abs_diff(trn1.hbm_bytes);
+    let small = fixed + keep.kept_bytes - 1;
+    let plan = plan_activations(&step, small);
+    assert_eq!(plan.recomputed, ["a"], "{plan}");
+    assert_eq!(plan.recomputed_bytes, 8 * 16 * 4);
+    assert_eq!(plan.kept_bytes, keep.kept_bytes - plan.recomputed_bytes);
+    assert!(plan.kept_bytes <= plan.budget_bytes, "{plan}");
+    let g = apply_plan(&step, &plan).unwrap();
+    let copy = g.value_by_name("a/recompute").unwrap();
+    let producer = g.value(copy).producer.unwrap();
+    assert!(
+        producer.index() >= step.forward_nodes,
+        "recomputed in the backward pass"
+    );
+    // No backward node reads the forward `a` any more.
+    let a = g.value_by_name("a").unwrap();
+    for n in &g.nodes[step.forward_nodes..] {
+        assert!(!n.inputs.contains(&a), "{} still reads a", n.name);
+    }
+    // Recomputation is exact: the same outputs, bit for bit.
+    let mut inputs: std::collections::BTreeMap<String, Tensor> = step
+        .iface
+        .carried
+        .iter()
+        .map(|c| (c.name.clone(), c.initial.clone()))
+        .collect();
+    inputs.extend(step.iface.scalars(1, 1.0));
+    let x = ndarray::Array2::from_shape_fn((8, 12), |(i, j)| ((i * 5 + j) % 7) as f32 / 3.0 - 1.0);
+    inputs.insert("x".into(), Tensor::F32(x.into_dyn()));
+    let y = ndarray::Array1::from_shape_fn(8, |i| (i % 4) as i64);
+    inputs.insert("y".into(), Tensor::I64(y.into_dyn()));
+    let opts = RefOptions { f64: false };
+    let want = neuronc::reference::run_reference(&step.graph, &inputs, opts).unwrap();
+    let got = neuronc::reference::run_reference(&g, &inputs, opts).unwrap();
+    assert_eq!(want.len(), got.len());
+    for (name, w) in &want {
+        let bits = |t: &Tensor| t.to_f32().mapv(f32::to_bits);
+        assert_eq!(bits(w), bits(&got[name]), "{name}");
+    }
+    // The rewritten step compiles like any other.
+    assert!(neuronc::driver::compile(&g, &Default::default()).is_ok());
+}

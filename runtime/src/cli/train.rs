@@ -209,6 +209,9 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
                 compiled.summary.total_kernels(),
                 compiled.summary.total_instructions(),
             );
+            for n in &compiled.summary.notes {
+                eprintln!("{n}");
+            }
             artifact = Some(compiled.artifact);
         }
         json_step = Some(step);
