@@ -60,6 +60,9 @@ pub struct CompileSummary {
     pub semaphores: u32,
     /// Wall-clock compile time.
     pub compile_time: Duration,
+    /// Decisions a caller adds, one line each (e.g. a training step's keep-or-recompute
+    /// plan for its activations, `neuronc::train::compile_step`).
+    pub notes: Vec<String>,
 }
 
 impl CompileSummary {
@@ -157,6 +160,9 @@ impl fmt::Display for CompileSummary {
             self.model_flops as f64 / 1e9,
             self.semaphores
         )?;
+        for n in &self.notes {
+            writeln!(f, "note       {n}")?;
+        }
         write!(
             f,
             "compiled   in {:.1} ms",
@@ -376,5 +382,6 @@ fn summarize(
         model_flops: art.meta.model_flops,
         semaphores: p.semaphores,
         compile_time: time,
+        notes: Vec::new(),
     }
 }

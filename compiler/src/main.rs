@@ -330,42 +330,41 @@ fn cmd_compile(args: &CompileArgs) -> anyhow::Result<()> {
     let mut read = model_files(&args.model);
     read.extend(args.compile.files());
     refuse_clobber(std::slice::from_ref(&out), &read)?;
-    let mut policy = None;
-    let g = if args.train {
+    let train_step = if args.train {
         let (_, step) = neuronc::train::load_training(&args.model)?;
         eprintln!(
             "note: compiling the training step of {} ({} trainable values, {}, {} precision; \
-             {} bytes of forward activations kept for the backward pass, none recomputed)",
+             {} bytes of forward activations read by the backward pass)",
             args.model.display(),
-            step.trainable_elements,
-            step.spec.optimizer.name(),
-            step.spec.precision.name(),
-            step.saved_activation_bytes
+            step.iface.trainable_elements,
+            step.iface.spec.optimizer.name(),
+            step.iface.spec.precision.name(),
+            step.iface.saved_activation_bytes
         );
-        policy = Some(step.spec.precision);
-        step.graph
+        Some(step)
     } else {
-        let shapes = ShapeArgs {
-            input_shapes: args.compile.input_shapes.clone(),
-        };
-        load(&args.model, &shapes)?
+        None
     };
-    let mut opts = args.compile.options(&g)?;
-    opts.dump_dir = args.dump.clone();
-    {
-        use neuronc::options::{AutoCast, CastType};
-        use neuronc::train::PrecisionPolicy;
-        match policy {
-            None => {}
-            Some(PrecisionPolicy::Fp32) => opts.auto_cast = AutoCast::None,
-            Some(PrecisionPolicy::Fp16LossScaling) => {
-                (opts.auto_cast, opts.auto_cast_type) = (AutoCast::Matmult, CastType::Fp16)
-            }
-            Some(_) => (opts.auto_cast, opts.auto_cast_type) = (AutoCast::Matmult, CastType::Bf16),
+    let loaded;
+    let g = match &train_step {
+        Some(step) => &step.graph,
+        None => {
+            let shapes = ShapeArgs {
+                input_shapes: args.compile.input_shapes.clone(),
+            };
+            loaded = load(&args.model, &shapes)?;
+            &loaded
         }
-    }
+    };
+    let mut opts = args.compile.options(g)?;
+    opts.dump_dir = args.dump.clone();
     let spinner = progress_spinner(&format!("compiling {}", args.model.display()));
-    let compiled = neuronc::driver::compile(&g, &opts);
+    // A training step's artifact also carries the loop's interface and initial state, and
+    // its precision policy sets the auto-cast.
+    let compiled = match &train_step {
+        Some(step) => neuronc::train::compile_step(step, &opts),
+        None => neuronc::driver::compile(g, &opts),
+    };
     if let Some(s) = spinner {
         s.finish_and_clear();
     }
@@ -400,7 +399,7 @@ fn cmd_disasm(args: &DisasmArgs) -> anyhow::Result<()> {
             .get(at..at + 4)
             .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     };
-    // The file's own format version: v1 has one checksum, v2 one for metadata and one for
+    // The file's own format version: v1 has one checksum, v2 and v3 one for metadata and one for
     // weights.
     let version = word(8);
     let crc = if version == 1 {

@@ -1,6 +1,6 @@
 //! The `.neff` artifact: a compiled program with its target, options, weights and metadata.
 //!
-//! Layout of format version 2 (all integers little-endian; see `docs/artifact-format.md`):
+//! Layout of format version 3 (all integers little-endian; see `docs/artifact-format.md`):
 //!
 //! | bytes | field |
 //! |---|---|
@@ -15,7 +15,9 @@
 //! | 64..64+M | metadata: [`ArtifactMeta`] encoded with postcard |
 //! | 64+M..64+M+W | weight blob: raw little-endian tensor data, see [`WeightRange`] |
 //!
-//! Version 1 (one CRC-32 over the M + W bytes at 32..36, 36..64 reserved) is still read.
+//! Version 3 added [`ArtifactMeta::training`] (a compiled training step's interface) at the
+//! end of the metadata; version 2 (the same header, metadata without that field) and
+//! version 1 (one CRC-32 over the M + W bytes at 32..36, 36..64 reserved) are still read.
 //! Separate checksums let a reader that needs no weight bytes (a timing-only run) read
 //! and verify the header and metadata alone ([`Artifact::read_meta`]). Offsets and
 //! lengths are 64-bit: artifacts are not capped at 4 GiB.
@@ -30,7 +32,7 @@ use std::path::Path;
 /// The first 8 bytes of every artifact.
 pub const MAGIC: [u8; 8] = *b"NEFFSIM\0";
 /// The format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Size of the fixed header in bytes.
 pub const HEADER_SIZE: usize = 64;
 /// Largest artifact this build will read (1 TiB): a header claiming more is refused
@@ -72,6 +74,97 @@ pub struct ArtifactMeta {
     pub program: Program,
     /// Weight tensor locations in the blob.
     pub weights: Vec<WeightRange>,
+    /// For a compiled training step (`neuronc compile --train`): what a training loop needs
+    /// to run it from the artifact alone (format version 3; `None` in older files).
+    pub training: Option<TrainingMeta>,
+}
+
+/// The metadata of format versions 1 and 2: [`ArtifactMeta`] without `training`.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct ArtifactMetaV2 {
+    model_name: String,
+    target: ChipConfig,
+    options: BTreeMap<String, String>,
+    batch_size: u64,
+    model_flops: u64,
+    seed: u64,
+    index_bounds: BTreeMap<String, u64>,
+    program: Program,
+    weights: Vec<WeightRange>,
+}
+
+impl From<ArtifactMetaV2> for ArtifactMeta {
+    fn from(m: ArtifactMetaV2) -> ArtifactMeta {
+        ArtifactMeta {
+            model_name: m.model_name,
+            target: m.target,
+            options: m.options,
+            batch_size: m.batch_size,
+            model_flops: m.model_flops,
+            seed: m.seed,
+            index_bounds: m.index_bounds,
+            program: m.program,
+            weights: m.weights,
+            training: None,
+        }
+    }
+}
+
+/// A byte range of the weight blob that no HBM tensor owns (a training step's initial
+/// state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRange {
+    /// Byte offset in the blob.
+    pub offset: u64,
+    /// Byte length.
+    pub len: u64,
+}
+
+/// A named program input or output as the training loop sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoSignature {
+    /// The graph value's name.
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<u64>,
+    /// Its graph dtype, as model.json spells it (`f32`, `i64`, ...).
+    pub dtype: String,
+}
+
+/// State a training loop carries from one step to the next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedState {
+    /// The input that reads it.
+    pub name: String,
+    /// The output that writes its next value.
+    pub next: String,
+    /// A trainable param (else optimizer state).
+    pub is_param: bool,
+    /// Its shape (the values are f32).
+    pub shape: Vec<u64>,
+    /// Its value before the first step, little-endian f32 in the blob; `None`: zeros.
+    pub initial: Option<BlobRange>,
+}
+
+/// A compiled training step's interface: the `training` section, the data, labels and loss
+/// output, and the carried state with its initial values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingMeta {
+    /// The model.json `training` section, as JSON (the compiler parses it).
+    pub spec_json: String,
+    /// The inputs the data feeds, in declaration order.
+    pub data_inputs: Vec<IoSignature>,
+    /// The labels input.
+    pub labels: IoSignature,
+    /// The output the loss applies to (logits for cross entropy).
+    pub output: IoSignature,
+    /// Trainable params, then optimizer state.
+    pub carried: Vec<CarriedState>,
+    /// Number of trainable scalars.
+    pub trainable_elements: u64,
+    /// Bytes of forward activations kept for the backward pass.
+    pub saved_activation_bytes: u64,
 }
 
 /// The weight bytes of an artifact: owned (what the compiler produces), or a range of
@@ -94,6 +187,18 @@ impl Blob {
     /// Whether the bytes are a file map (as opposed to owned memory).
     pub fn is_mapped(&self) -> bool {
         matches!(self.0, BlobRepr::Mapped { .. })
+    }
+
+    /// The bytes as an owned, growable vector: a mapped blob is copied out of its map
+    /// first (copy on write); an owned one is returned as it is.
+    pub fn to_mut(&mut self) -> &mut Vec<u8> {
+        if let BlobRepr::Mapped { .. } = self.0 {
+            self.0 = BlobRepr::Owned(self.to_vec());
+        }
+        match &mut self.0 {
+            BlobRepr::Owned(v) => v,
+            BlobRepr::Mapped { .. } => unreachable!("made owned above"),
+        }
     }
 
     /// Bytes `start .. start + len` of `map`, or `None` if they are not all inside it.
@@ -214,6 +319,14 @@ pub enum ArtifactError {
     /// The metadata could not be encoded.
     #[error("cannot encode artifact metadata: {0}")]
     Encode(String),
+    /// A training step's initial-state range is inconsistent.
+    #[error("initial value of training state '{state}' is invalid: {message}")]
+    BadTraining {
+        /// The carried input.
+        state: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A weight range falls outside the blob or disagrees with its tensor.
     #[error("weight range for tensor {tensor} is invalid: {message}")]
     BadWeight {
@@ -349,8 +462,57 @@ fn check_crc(expected: u32, found: u32) -> Result<(), ArtifactError> {
     }
 }
 
-fn decode_meta(bytes: &[u8]) -> Result<ArtifactMeta, ArtifactError> {
-    postcard::from_bytes(bytes).map_err(|e| ArtifactError::Decode(e.to_string()))
+/// Decodes the metadata of a file of format `version`; every byte must be used (so a
+/// version field flipped between 2 and 3 cannot go unnoticed).
+fn decode_meta(version: u32, bytes: &[u8]) -> Result<ArtifactMeta, ArtifactError> {
+    let err = |e: postcard::Error| ArtifactError::Decode(e.to_string());
+    let (meta, rest) = if version < 3 {
+        let (m, rest) = postcard::take_from_bytes::<ArtifactMetaV2>(bytes).map_err(err)?;
+        (ArtifactMeta::from(m), rest)
+    } else {
+        postcard::take_from_bytes::<ArtifactMeta>(bytes).map_err(err)?
+    };
+    if !rest.is_empty() {
+        return Err(ArtifactError::Decode(format!(
+            "{} bytes after the end of the version {version} metadata (of {})",
+            rest.len(),
+            bytes.len()
+        )));
+    }
+    Ok(meta)
+}
+
+/// Checks the training state ranges against a blob of `blob_len` bytes.
+fn check_training(meta: &ArtifactMeta, blob_len: u64) -> Result<(), ArtifactError> {
+    let Some(t) = &meta.training else {
+        return Ok(());
+    };
+    for c in &t.carried {
+        let Some(r) = c.initial else { continue };
+        let bad = |message: String| ArtifactError::BadTraining {
+            state: c.name.clone(),
+            message,
+        };
+        let want = c
+            .shape
+            .iter()
+            .try_fold(4u64, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| bad(format!("shape {:?} overflows", c.shape)))?;
+        if r.len != want {
+            return Err(bad(format!(
+                "shape {:?} needs {want} bytes of f32, range has {}",
+                c.shape, r.len
+            )));
+        }
+        if r.offset.checked_add(r.len).is_none_or(|e| e > blob_len) {
+            return Err(bad(format!(
+                "bytes {}..{} fall outside the {blob_len}-byte blob",
+                r.offset,
+                r.offset.saturating_add(r.len)
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl Artifact {
@@ -387,7 +549,7 @@ impl Artifact {
             check_crc(h.crc_b, crc32fast::hash(blob))?;
         }
         let art = Artifact {
-            meta: decode_meta(meta_bytes)?,
+            meta: decode_meta(h.version, meta_bytes)?,
             blob: blob.to_vec().into(),
         };
         art.check_weights()?;
@@ -395,8 +557,9 @@ impl Artifact {
     }
 
     /// Checks every weight range against the blob and the tensor table (at most one range
-    /// per tensor).
+    /// per tensor), and a training step's initial-state ranges against the blob.
     pub fn check_weights(&self) -> Result<(), ArtifactError> {
+        check_training(&self.meta, self.blob.len() as u64)?;
         let mut seen = std::collections::BTreeSet::new();
         for w in &self.meta.weights {
             if !seen.insert(w.tensor) {
@@ -440,6 +603,13 @@ impl Artifact {
             }
         }
         Ok(())
+    }
+
+    /// The bytes of a blob range, if the artifact holds them.
+    pub fn range_bytes(&self, r: BlobRange) -> Option<&[u8]> {
+        let end = r.offset.checked_add(r.len)?;
+        self.blob
+            .get(usize::try_from(r.offset).ok()?..usize::try_from(end).ok()?)
     }
 
     /// The bytes of weight tensor `t`, if the artifact holds them.
@@ -534,10 +704,11 @@ impl Artifact {
                 });
             }
         }
+        check_training(&meta, h.blob_len)?;
         Ok((meta, h.blob_len))
     }
 
-    /// Opens `path` and checks its header against the file size. A version 2 file's
+    /// Opens `path` and checks its header against the file size. A version 2 or 3 file's
     /// metadata is read and verified, and the file is left positioned at the blob; a
     /// version 1 file is read and verified whole.
     fn open_meta(path: &Path) -> Result<Opened, ArtifactError> {
@@ -564,7 +735,7 @@ impl Artifact {
         let mut meta_bytes = vec![0u8; h.meta_len as usize];
         f.read_exact(&mut meta_bytes).map_err(io)?;
         check_crc(h.crc_a, crc32fast::hash(&meta_bytes))?;
-        Ok(Opened::Meta(decode_meta(&meta_bytes)?, h, f))
+        Ok(Opened::Meta(decode_meta(h.version, &meta_bytes)?, h, f))
     }
 }
 
@@ -572,7 +743,7 @@ impl Artifact {
 enum Opened {
     /// A version 1 artifact, read whole.
     Whole(Artifact),
-    /// A version 2 artifact's metadata, its header, and the file positioned at the blob.
+    /// A version 2 or 3 artifact's metadata, its header, and the file positioned at the blob.
     Meta(ArtifactMeta, Header, std::fs::File),
 }
 
@@ -606,14 +777,48 @@ mod tests {
                     offset: 0,
                     len: 8,
                 }],
+                training: None,
             },
             blob: (1..=8).collect(),
         }
     }
 
+    /// The metadata as versions 1 and 2 encoded it (no `training` field).
+    fn legacy_meta(m: &ArtifactMeta) -> Vec<u8> {
+        assert!(m.training.is_none());
+        postcard::to_allocvec(&ArtifactMetaV2 {
+            model_name: m.model_name.clone(),
+            target: m.target.clone(),
+            options: m.options.clone(),
+            batch_size: m.batch_size,
+            model_flops: m.model_flops,
+            seed: m.seed,
+            index_bounds: m.index_bounds.clone(),
+            program: m.program.clone(),
+            weights: m.weights.clone(),
+        })
+        .unwrap()
+    }
+
+    /// The version 2 encoding, as the previous build wrote it.
+    fn v2_bytes(a: &Artifact) -> Vec<u8> {
+        let meta = legacy_meta(&a.meta);
+        let mut out = Header::encode(
+            meta.len() as u64,
+            a.blob.len() as u64,
+            crc32fast::hash(&meta),
+            crc32fast::hash(&a.blob),
+        )
+        .to_vec();
+        out[8..12].copy_from_slice(&2u32.to_le_bytes());
+        out.extend_from_slice(&meta);
+        out.extend_from_slice(&a.blob);
+        out
+    }
+
     /// The version 1 encoding (one CRC over metadata and blob), as older builds wrote it.
     fn v1_bytes(a: &Artifact) -> Vec<u8> {
-        let meta = postcard::to_allocvec(&a.meta).unwrap();
+        let meta = legacy_meta(&a.meta);
         let mut h = crc32fast::Hasher::new();
         h.update(&meta);
         h.update(&a.blob);
@@ -630,8 +835,58 @@ mod tests {
         out
     }
 
+    fn training_sample() -> Artifact {
+        let mut a = sample();
+        a.blob.to_mut().extend_from_slice(&[0; 8]);
+        let sig = |name: &str| IoSignature {
+            name: name.into(),
+            shape: vec![2],
+            dtype: "f32".into(),
+        };
+        a.meta.training = Some(TrainingMeta {
+            spec_json: "{}".into(),
+            data_inputs: vec![sig("x")],
+            labels: sig("y"),
+            output: sig("z"),
+            carried: vec![CarriedState {
+                name: "w".into(),
+                next: "w/next".into(),
+                is_param: true,
+                shape: vec![2],
+                initial: Some(BlobRange { offset: 8, len: 8 }),
+            }],
+            trainable_elements: 2,
+            saved_activation_bytes: 0,
+        });
+        a
+    }
+
     #[test]
-    fn v2_round_trips_and_v1_still_reads() {
+    fn v3_carries_the_training_interface_and_checks_its_ranges() {
+        let a = training_sample();
+        let bytes = a.to_bytes().unwrap();
+        assert_eq!(u32_at(&bytes, 8), 3);
+        let back = Artifact::from_bytes(&bytes).unwrap();
+        assert_eq!(back, a);
+        assert_eq!(
+            back.range_bytes(BlobRange { offset: 8, len: 8 }),
+            Some(&[0u8; 8][..])
+        );
+        // A range past the blob, or of the wrong size, is refused by name.
+        for (offset, len, want) in [(12, 8, "outside the 16-byte blob"), (8, 4, "needs 8 bytes")] {
+            let mut bad = a.clone();
+            if let Some(t) = &mut bad.meta.training {
+                t.carried[0].initial = Some(BlobRange { offset, len });
+            }
+            let e = Artifact::from_bytes(&bad.to_bytes().unwrap())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("training state 'w'") && e.contains(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn v3_round_trips_and_v2_and_v1_still_read() {
         let a = sample();
         let dir = std::env::temp_dir().join(format!("neff-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -639,12 +894,12 @@ mod tests {
         a.write(&p2).unwrap();
         let bytes = std::fs::read(&p2).unwrap();
         assert_eq!(bytes, a.to_bytes().unwrap(), "streaming write = to_bytes");
-        assert_eq!(u32_at(&bytes, 8), 2);
+        assert_eq!(u32_at(&bytes, 8), 3);
         let mapped = Artifact::read(&p2).unwrap();
         assert_eq!(mapped, a);
         assert!(
             mapped.blob.is_mapped(),
-            "a v2 file's weights are mapped, not copied"
+            "a v3 file's weights are mapped, not copied"
         );
         assert_eq!(
             mapped.weight_bytes(TensorId(0)),
@@ -659,6 +914,14 @@ mod tests {
             assert!(e.to_string().contains(&bytes.len().to_string()), "{e}");
         }
         std::fs::write(&p2, &bytes).unwrap();
+        // The previous build's version 2 files (metadata without `training`) still read.
+        let old = v2_bytes(&a);
+        assert_ne!(old, bytes);
+        assert_eq!(Artifact::from_bytes(&old).unwrap(), a);
+        let pv2 = dir.join("v2.neff");
+        std::fs::write(&pv2, &old).unwrap();
+        assert_eq!(Artifact::read(&pv2).unwrap(), a);
+        assert_eq!(Artifact::read_meta(&pv2).unwrap(), (a.meta.clone(), 8));
         let p1 = dir.join("a1.neff");
         std::fs::write(&p1, v1_bytes(&a)).unwrap();
         assert_eq!(Artifact::read(&p1).unwrap(), a);
@@ -678,10 +941,13 @@ mod tests {
         bad[HEADER_SIZE] ^= 1;
         std::fs::write(&p2, &bad).unwrap();
         assert!(Artifact::read_meta(&p2).is_err());
-        // Version 3 is refused by name.
-        bad[8] = 3;
+        // Version 4 is refused by name.
+        bad[8] = 4;
         let e = Artifact::from_bytes(&bad).unwrap_err().to_string();
-        assert!(e.contains("version 3"), "{e}");
+        assert!(
+            e.contains("version 4") && e.contains("versions 1 to 3"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -31,7 +31,10 @@ pub mod rng;
 pub mod verify;
 
 pub use ap::{Ap, Dim, MAX_FREE_DIMS, Memory, TensorId};
-pub use artifact::{Artifact, ArtifactError, ArtifactMeta, Blob, WeightRange};
+pub use artifact::{
+    Artifact, ArtifactError, ArtifactMeta, Blob, BlobRange, CarriedState, IoSignature,
+    TrainingMeta, WeightRange,
+};
 pub use config::{ChipConfig, ConfigError};
 pub use dtype::Dtype;
 pub use instr::{ActFunc, AluOp, Engine, Instruction, NO_KERNEL, Op, Operand, SemId, SemWait};

@@ -212,6 +212,7 @@ pub fn artifact_with(
         index_bounds,
         program,
         weights,
+        training: None,
     };
     let art = Artifact {
         meta,

@@ -2,25 +2,30 @@
 //! one training step built as an ordinary graph ([`build_step`]: forward, loss, backward by
 //! [`crate::autodiff`], gradient clipping, optimizer update), and the loop that runs steps
 //! over a data set ([`train`]) with any [`StepRunner`] (the reference executor here, the
-//! simulator in the runtime).
+//! simulator in the runtime). [`compile_step`] compiles a step into an artifact that carries
+//! the loop's [`StepInterface`], so the loop also runs from a `.neff` alone.
 
+mod compiled;
+mod recompute;
 mod run;
 mod spec;
 mod step;
 
 use std::path::Path;
 
+pub use compiled::{CompiledStepError, attach_interface, compile_step, interface_from_artifact};
+pub use recompute::{ActivationPlan, apply_plan, plan_activations};
 pub use run::{
-    EpochReport, LoopConfig, LoopError, ReferenceRunner, StepReport, StepRunner, TrainState,
-    check_data, train,
+    EpochReport, INITIAL_LOSS_SCALE, LOSS_SCALE_GROWTH_INTERVAL, LoopConfig, LoopError,
+    ReferenceRunner, StepReport, StepRunner, TrainState, check_data, train,
 };
 pub use spec::{
     LabelsSpec, LossKind, LossSpec, OptimizerSpec, PrecisionPolicy, ResolvedSpec, SpecError,
     TrainingSpec,
 };
 pub use step::{
-    BC2_RSQRT, Carried, GRAD_SQ, LOSS, LOSS_SCALE, STEP_SIZE, StepError, TrainingStep, build_step,
-    next_name,
+    BC2_RSQRT, Carried, GRAD_SQ, IoValue, LOSS, LOSS_SCALE, STEP_SIZE, StepError, StepInterface,
+    TrainingStep, build_step, next_name,
 };
 
 use crate::frontend::{ModelError, load_model};

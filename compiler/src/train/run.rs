@@ -13,7 +13,14 @@ use crate::reference::{RefOptions, run_reference};
 use crate::rng::SeededRng;
 
 use super::spec::{LossKind, PrecisionPolicy};
-use super::step::{GRAD_SQ, LOSS, TrainingStep};
+use super::step::{GRAD_SQ, LOSS, StepInterface, TrainingStep};
+
+/// Dynamic loss scaling (`fp16_loss_scaling`), as `torch.cuda.amp.GradScaler`'s defaults:
+/// the first step's loss scale.
+pub const INITIAL_LOSS_SCALE: f32 = 65536.0;
+/// Dynamic loss scaling: the scale doubles after this many consecutive steps with finite
+/// gradients (a step with a non-finite gradient is skipped and halves it, down to 1).
+pub const LOSS_SCALE_GROWTH_INTERVAL: u32 = 2000;
 
 /// Runs one training step: inputs by name in, outputs by name out.
 pub trait StepRunner {
@@ -113,6 +120,9 @@ pub struct TrainState {
     pub values: BTreeMap<String, Tensor>,
     /// Steps taken (updates applied or skipped).
     pub step: u64,
+    /// Updates applied (steps not skipped): Adam's bias corrections count these, as a
+    /// skipped `GradScaler` step does not call `optimizer.step()`.
+    pub updates: u64,
     /// Current loss scale.
     pub loss_scale: f32,
     good_steps: u32,
@@ -120,9 +130,9 @@ pub struct TrainState {
 
 impl TrainState {
     /// The state before the first step.
-    pub fn new(step: &TrainingStep) -> TrainState {
+    pub fn new(step: &StepInterface) -> TrainState {
         let loss_scale = if step.spec.precision == PrecisionPolicy::Fp16LossScaling {
-            65536.0
+            INITIAL_LOSS_SCALE
         } else {
             1.0
         };
@@ -133,6 +143,7 @@ impl TrainState {
                 .map(|c| (c.name.clone(), c.initial.clone()))
                 .collect(),
             step: 0,
+            updates: 0,
             loss_scale,
             good_steps: 0,
         }
@@ -140,24 +151,31 @@ impl TrainState {
 }
 
 /// Checks that `data` and `labels` fit the step and returns the number of examples.
-pub fn check_data(step: &TrainingStep, data: &Tensor, labels: &Tensor) -> Result<usize, LoopError> {
-    let [input] = step.data_inputs.as_slice() else {
+pub fn check_data(
+    step: &StepInterface,
+    data: &Tensor,
+    labels: &Tensor,
+) -> Result<usize, LoopError> {
+    let [iv] = step.data_inputs.as_slice() else {
         return Err(LoopError::Data(format!(
             "training from a data file needs a model with exactly one input, found {} ({})",
             step.data_inputs.len(),
-            step.data_inputs.join(", ")
+            step.data_inputs
+                .iter()
+                .map(|v| v.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     };
-    let g = &step.graph;
-    let iv = g.value(
-        g.value_by_name(input)
-            .ok_or_else(|| LoopError::Data(format!("no input '{input}'")))?,
-    );
-    let lv = g.value(
-        g.value_by_name(&step.labels)
-            .ok_or_else(|| LoopError::Data(format!("no input '{}'", step.labels)))?,
-    );
-    let batch = iv.shape[0];
+    let input = &iv.name;
+    let lv = &step.labels;
+    let batch = iv.shape.first().copied().unwrap_or(0);
+    if batch == 0 {
+        return Err(LoopError::Data(format!(
+            "input '{input}' of shape {:?} has no batch dimension (expected [batch, ...] with batch >= 1)",
+            iv.shape
+        )));
+    }
     let n = data.shape().first().copied().unwrap_or(0);
     if data.shape().len() != iv.shape.len() || data.shape()[1..] != iv.shape[1..] {
         return Err(LoopError::Data(format!(
@@ -198,13 +216,7 @@ pub fn check_data(step: &TrainingStep, data: &Tensor, labels: &Tensor) -> Result
         )));
     }
     if lv.dtype.is_int() {
-        let classes = &g
-            .value(
-                g.value_by_name(&step.output)
-                    .ok_or_else(|| LoopError::Data("no output".into()))?,
-            )
-            .shape;
-        let c = *classes.last().unwrap_or(&0) as i64;
+        let c = *step.output.shape.last().unwrap_or(&0) as i64;
         if let Some((i, &bad)) = labels
             .to_i64()
             .iter()
@@ -213,7 +225,7 @@ pub fn check_data(step: &TrainingStep, data: &Tensor, labels: &Tensor) -> Result
         {
             return Err(LoopError::Data(format!(
                 "labels: element {i} is {bad}, outside the {c} classes 0..{c} of output '{}'",
-                step.output
+                step.output.name
             )));
         }
     }
@@ -239,7 +251,7 @@ fn take_rows(t: &Tensor, rows: &[usize], dtype: crate::ir::DType) -> Tensor {
 ///
 /// The last partial batch of an epoch is dropped (the step graph has a static batch).
 pub fn train(
-    step: &TrainingStep,
+    step: &StepInterface,
     runner: &mut dyn StepRunner,
     state: &mut TrainState,
     data: &Tensor,
@@ -248,18 +260,11 @@ pub fn train(
     on_step: &mut dyn FnMut(&StepReport),
 ) -> Result<Vec<EpochReport>, LoopError> {
     let n = check_data(step, data, labels)?;
-    let g = &step.graph;
-    let input = step.data_inputs[0].clone();
-    let iv = g.value(
-        g.value_by_name(&input)
-            .ok_or_else(|| LoopError::Data("no input".into()))?,
-    );
-    let (batch, in_dtype) = (iv.shape[0], iv.dtype);
-    let lv = g.value(
-        g.value_by_name(&step.labels)
-            .ok_or_else(|| LoopError::Data("no labels".into()))?,
-    );
-    let label_dtype = lv.dtype;
+    // `check_data` found exactly one data input.
+    let iv = &step.data_inputs[0];
+    let input = iv.name.clone();
+    let (batch, in_dtype) = (iv.shape.first().copied().unwrap_or(1), iv.dtype);
+    let label_dtype = step.labels.dtype;
     let indices = step.spec.loss.kind == LossKind::CrossEntropy && label_dtype.is_int();
     let mut order: Vec<usize> = (0..n).collect();
     let mut rng = SeededRng::for_tensor(cfg.seed, "train/shuffle");
@@ -278,8 +283,8 @@ pub fn train(
             let mut inputs = state.values.clone();
             inputs.insert(input.clone(), take_rows(data, chunk, in_dtype));
             let y = take_rows(labels, chunk, label_dtype);
-            inputs.insert(step.labels.clone(), y.clone());
-            inputs.extend(step.scalars(state.step, state.loss_scale));
+            inputs.insert(step.labels.name.clone(), y.clone());
+            inputs.extend(step.scalars(state.updates + 1, state.loss_scale));
             let out = runner
                 .run_step(&inputs)
                 .map_err(|message| LoopError::Step {
@@ -311,6 +316,7 @@ pub fn train(
                 state.loss_scale = (state.loss_scale / 2.0).max(1.0);
                 state.good_steps = 0;
             } else {
+                state.updates += 1;
                 for c in &step.carried {
                     let v = get(&c.next)?;
                     state
@@ -319,7 +325,7 @@ pub fn train(
                 }
                 if scaling {
                     state.good_steps += 1;
-                    if state.good_steps >= 2000 {
+                    if state.good_steps >= LOSS_SCALE_GROWTH_INTERVAL {
                         state.loss_scale *= 2.0;
                         state.good_steps = 0;
                     }
@@ -327,7 +333,7 @@ pub fn train(
             }
             let mut batch_correct = 0;
             if indices {
-                let logits = get(&step.output)?.to_f64();
+                let logits = get(&step.output.name)?.to_f64();
                 let c = logits.shape()[logits.ndim() - 1];
                 let flat = logits
                     .as_standard_layout()

@@ -4,12 +4,12 @@
 
 use std::collections::BTreeSet;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ir::{DType, Graph, ValueId};
 
 /// Which loss, on which output, against which labels.
-#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LossSpec {
     /// `cross_entropy` or `mse`.
@@ -19,7 +19,7 @@ pub struct LossSpec {
 }
 
 /// The loss functions.
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LossKind {
     /// Softmax cross entropy over the last axis, mean over the other axes. Labels are class
@@ -31,7 +31,7 @@ pub enum LossKind {
 }
 
 /// The labels input the training step adds to the graph.
-#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LabelsSpec {
     /// Input name (must not clash with the model's values).
@@ -48,7 +48,7 @@ fn default_label_dtype() -> String {
 }
 
 /// The optimizers.
-#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum OptimizerSpec {
     /// SGD with optional momentum and (L2) weight decay, as `torch.optim.SGD`.
@@ -128,7 +128,7 @@ impl OptimizerSpec {
 }
 
 /// The precision policy of a training step.
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum PrecisionPolicy {
     /// FP32 master weights and optimizer state, BF16 matmuls (the default).
@@ -157,7 +157,7 @@ impl PrecisionPolicy {
 }
 
 /// The `training` section.
-#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TrainingSpec {
     /// The loss.

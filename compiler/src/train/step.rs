@@ -65,23 +65,44 @@ pub struct Carried {
     pub is_param: bool,
 }
 
-/// A built training step.
+/// A graph value the training loop binds or reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IoValue {
+    /// Its name.
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its dtype.
+    pub dtype: DType,
+}
+
+impl IoValue {
+    fn of(g: &Graph, v: ValueId) -> IoValue {
+        let v = g.value(v);
+        IoValue {
+            name: v.name.clone(),
+            shape: v.shape.clone(),
+            dtype: v.dtype,
+        }
+    }
+}
+
+/// What the training loop needs to know about a step, without its graph: the `training`
+/// section, the data, labels and loss output, and the state carried from step to step. A
+/// compiled step's artifact carries it (`neuronc::train::compile_step`), so the loop runs
+/// from a `.neff` alone.
 #[derive(Debug, Clone)]
-pub struct TrainingStep {
-    /// The step graph.
-    pub graph: Graph,
-    /// The spec it was built from.
+pub struct StepInterface {
+    /// The spec the step was built from.
     pub spec: TrainingSpec,
     /// The model inputs the data feeds (all of them, in declaration order).
-    pub data_inputs: Vec<String>,
+    pub data_inputs: Vec<IoValue>,
     /// The labels input.
-    pub labels: String,
-    /// The loss output's name (logits for cross entropy).
-    pub output: String,
+    pub labels: IoValue,
+    /// The loss output (logits for cross entropy).
+    pub output: IoValue,
     /// Trainable params, then optimizer state.
     pub carried: Vec<Carried>,
-    /// Whether the step reads [`STEP_SIZE`] and [`BC2_RSQRT`].
-    pub adam: bool,
     /// Number of trainable scalars.
     pub trainable_elements: usize,
     /// Bytes of forward activations the backward pass reads (kept in device memory from
@@ -89,7 +110,19 @@ pub struct TrainingStep {
     pub saved_activation_bytes: u64,
 }
 
-impl TrainingStep {
+/// A built training step: its graph and its interface.
+#[derive(Debug, Clone)]
+pub struct TrainingStep {
+    /// The step graph.
+    pub graph: Graph,
+    /// Its first nodes are the model's forward pass, the rest the loss, backward pass and
+    /// optimizer.
+    pub forward_nodes: usize,
+    /// What the loop needs.
+    pub iface: StepInterface,
+}
+
+impl StepInterface {
     /// The per-step scalar inputs for step `t` (1-based) and loss scale.
     pub fn scalars(&self, t: u64, loss_scale: f32) -> BTreeMap<String, Tensor> {
         let one = |v: f64| Tensor::F32(ArrayD::from_elem(IxDyn(&[1]), v as f32));
@@ -112,8 +145,8 @@ impl TrainingStep {
 pub fn build_step(model: &Graph, spec: &TrainingSpec) -> Result<TrainingStep, StepError> {
     let resolved: ResolvedSpec = spec.resolve(model)?;
     let mut g = model.clone();
-    let data_inputs: Vec<String> = g.inputs.iter().map(|&i| g.value(i).name.clone()).collect();
-    let output_name = g.value(resolved.output).name.clone();
+    let data_inputs: Vec<IoValue> = g.inputs.iter().map(|&i| IoValue::of(&g, i)).collect();
+    let output = IoValue::of(&g, resolved.output);
     for name in [LOSS, GRAD_SQ, STEP_SIZE, BC2_RSQRT, LOSS_SCALE] {
         if g.value_by_name(name).is_some() {
             return Err(SpecError {
@@ -338,17 +371,7 @@ pub fn build_step(model: &Graph, spec: &TrainingSpec) -> Result<TrainingStep, St
     }
     g.verify()?;
     // Forward activations (outputs of the model's own nodes) that backward nodes read.
-    let mut saved = std::collections::BTreeSet::new();
-    for n in &g.nodes[forward_nodes..] {
-        for &i in &n.inputs {
-            if g.value(i)
-                .producer
-                .is_some_and(|p| p.index() < forward_nodes)
-            {
-                saved.insert(i);
-            }
-        }
-    }
+    let saved = super::recompute::saved(&g, forward_nodes);
     let saved_activation_bytes = saved
         .iter()
         .map(|&v| {
@@ -356,16 +379,19 @@ pub fn build_step(model: &Graph, spec: &TrainingSpec) -> Result<TrainingStep, St
             (v.shape.iter().product::<usize>() * v.dtype.size_bytes()) as u64
         })
         .sum();
+    let labels = IoValue::of(&g, labels);
     Ok(TrainingStep {
         graph: g,
-        spec: spec.clone(),
-        data_inputs,
-        labels: spec.labels.name.clone(),
-        output: output_name,
-        carried,
-        adam: step_size.is_some(),
-        trainable_elements,
-        saved_activation_bytes,
+        forward_nodes,
+        iface: StepInterface {
+            spec: spec.clone(),
+            data_inputs,
+            labels,
+            output,
+            carried,
+            trainable_elements,
+            saved_activation_bytes,
+        },
     })
 }
 

@@ -70,7 +70,7 @@ fn compile_writes_an_artifact_and_prints_the_summary_then_disasm_reads_it() {
     let (code, text, stderr) = run(neuronc().args(["disasm", out.to_str().unwrap()]));
     assert_eq!(code, 0, "{stderr}");
     for want in [
-        "; neff format v2",
+        "; neff format v3",
         "model 'mlp'",
         "weight t1 'w1'",
         "stream 0 tensor",

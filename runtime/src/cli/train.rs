@@ -2,8 +2,10 @@
 //!
 //! The model.json's `training` section becomes one step graph (`neuronc::train`), compiled
 //! once; every step binds the batch, the carried weights and optimizer state, runs the
-//! program on the simulator and carries the `/next` outputs into the next step. With
-//! `--reference` the same loop runs on the reference executor instead (the oracle).
+//! program on the simulator and carries the `/next` outputs into the next step. A `.neff`
+//! from `neuronc compile --train` runs the same loop: its metadata carries the step's
+//! interface and initial state. With `--reference` the same loop runs on the reference
+//! executor instead (the oracle; model.json only).
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -11,22 +13,25 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use neuron_isa::{ChipConfig, Dtype};
+use neuron_isa::{Artifact, ChipConfig, Dtype};
 use neuron_runtime::npy::read_npy;
 use neuron_runtime::{Bindings, HostTensor, Model, RunOptions};
 use neuron_sim::Rounding;
 use neuronc::ir::Tensor;
-use neuronc::options::{AutoCast, CastType, CompileOptions};
+use neuronc::options::CompileOptions;
 use neuronc::reference::RefOptions;
 use neuronc::train::{
-    LoopConfig, PrecisionPolicy, ReferenceRunner, StepReport, StepRunner, TrainState, TrainingStep,
-    load_training, train,
+    LoopConfig, PrecisionPolicy, ReferenceRunner, StepInterface, StepReport, StepRunner,
+    TrainState, TrainingStep, compile_step, interface_from_artifact, load_training, train,
 };
+
+use crate::cli_common::UsageError;
 
 /// `neuron-sim train` arguments.
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// A model.json with a `training` section.
+    /// A model.json with a `training` section, or a training step compiled from one
+    /// (`neuronc compile --train model.json -o step.neff`).
     pub model: PathBuf,
     /// Training examples, one per row (a `.npy` of shape [N, ...input shape without batch]).
     #[arg(long)]
@@ -53,7 +58,8 @@ pub struct TrainArgs {
     /// insights) to DIR.
     #[arg(long, value_name = "DIR", conflicts_with = "reference")]
     pub profile: Option<PathBuf>,
-    /// Target chip: `trn1`, `trn2` or a TOML file.
+    /// Target chip: `trn1`, `trn2` or a TOML file (model.json only: a `.neff` is compiled
+    /// for its target).
     #[arg(long)]
     pub target: Option<String>,
     /// Run the steps on the reference executor instead of the simulator.
@@ -135,19 +141,21 @@ impl StepRunner for ChipRunner {
     }
 }
 
-fn compile_options(step: &TrainingStep, target: Option<&str>) -> anyhow::Result<CompileOptions> {
+fn compile_options(target: Option<&str>) -> anyhow::Result<CompileOptions> {
     let mut opts = CompileOptions::default();
     if let Some(t) = target {
         opts.target = ChipConfig::from_target(t).with_context(|| format!("--target {t}"))?;
     }
-    let (auto_cast, cast) = match step.spec.precision {
-        PrecisionPolicy::Fp32 => (AutoCast::None, CastType::Bf16),
-        PrecisionPolicy::Bf16Mixed | PrecisionPolicy::Bf16Sr => (AutoCast::Matmult, CastType::Bf16),
-        PrecisionPolicy::Fp16LossScaling => (AutoCast::Matmult, CastType::Fp16),
-    };
-    opts.auto_cast = auto_cast;
-    opts.auto_cast_type = cast;
     Ok(opts)
+}
+
+/// Whether `path` starts with the artifact magic (else it is read as a model.json).
+fn is_artifact(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| head == neuron_isa::artifact::MAGIC)
 }
 
 fn read_tensor(path: &Path) -> anyhow::Result<Tensor> {
@@ -157,12 +165,71 @@ fn read_tensor(path: &Path) -> anyhow::Result<Tensor> {
 
 /// Runs `neuron-sim train`.
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
-    let (_, step) = load_training(&args.model)?;
-    let input = step.data_inputs.first().cloned().unwrap_or_default();
-    let batch = step
-        .graph
-        .value_by_name(&input)
-        .map(|v| step.graph.value(v).shape[0])
+    let neff = is_artifact(&args.model);
+    if neff && args.reference {
+        return Err(UsageError(format!(
+            "--reference runs the step graph of a model.json on the reference executor; {} is a \
+             compiled step (give its model.json)",
+            args.model.display()
+        ))
+        .into());
+    }
+    if neff && let Some(t) = &args.target {
+        return Err(UsageError(format!(
+            "--target {t}: {} is already compiled for its target (recompile the model.json with \
+             `neuronc compile --train --target {t}`)",
+            args.model.display()
+        ))
+        .into());
+    }
+    // The step graph (model.json only), the loop's interface, and the compiled program
+    // (unless the reference executor runs the steps).
+    let mut json_step: Option<TrainingStep> = None;
+    let mut neff_iface: Option<StepInterface> = None;
+    let mut artifact: Option<Artifact> = None;
+    if neff {
+        let art = Artifact::read(&args.model)
+            .with_context(|| format!("invalid artifact {}", args.model.display()))?;
+        neff_iface =
+            Some(interface_from_artifact(&art).with_context(|| args.model.display().to_string())?);
+        artifact = Some(art);
+    } else {
+        let (_, step) = load_training(&args.model)?;
+        if !args.reference {
+            let opts = compile_options(args.target.as_deref())?;
+            let compiled = compile_step(&step, &opts).with_context(|| {
+                format!(
+                    "cannot compile the training step of {}",
+                    args.model.display()
+                )
+            })?;
+            eprintln!(
+                "compiled the training step for {} ({} kernels, {} instructions)",
+                compiled.artifact.meta.target.name,
+                compiled.summary.total_kernels(),
+                compiled.summary.total_instructions(),
+            );
+            for n in &compiled.summary.notes {
+                eprintln!("{n}");
+            }
+            artifact = Some(compiled.artifact);
+        }
+        json_step = Some(step);
+    }
+    let iface: &StepInterface = match (&json_step, &neff_iface) {
+        (Some(s), _) => &s.iface,
+        (None, Some(i)) => i,
+        (None, None) => bail!("internal error: no training step was loaded"),
+    };
+    let input = iface
+        .data_inputs
+        .first()
+        .map(|v| v.name.clone())
+        .unwrap_or_default();
+    let batch = iface
+        .data_inputs
+        .first()
+        .and_then(|v| v.shape.first().copied())
         .unwrap_or(0);
     if let Some(b) = args.batch
         && b != batch
@@ -177,16 +244,17 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         read_tensor(&args.data).with_context(|| format!("--data {}", args.data.display()))?;
     let labels =
         read_tensor(&args.labels).with_context(|| format!("--labels {}", args.labels.display()))?;
-    let n = neuronc::train::check_data(&step, &data, &labels)?;
+    let n = neuronc::train::check_data(iface, &data, &labels)?;
     let steps_per_epoch = (n / batch) as u64;
     eprintln!(
-        "training {} ({} trainable values, {} with lr {}, {}) on {} examples, batch {batch}, \
-         {} steps per epoch{}",
+        "training {} ({} trainable values, {} with lr {}, {}; {} bytes of activations kept for \
+         the backward pass) on {} examples, batch {batch}, {} steps per epoch{}",
         args.model.display(),
-        step.trainable_elements,
-        step.spec.optimizer.name(),
-        step.spec.optimizer.lr(),
-        step.spec.precision.name(),
+        iface.trainable_elements,
+        iface.spec.optimizer.name(),
+        iface.spec.optimizer.lr(),
+        iface.spec.precision.name(),
+        iface.saved_activation_bytes,
         n,
         steps_per_epoch,
         if n % batch != 0 {
@@ -200,44 +268,33 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     );
     let mut chip = None;
     let mut reference;
-    let runner: &mut dyn StepRunner = if args.reference {
-        reference = ReferenceRunner {
-            step: &step,
-            opts: RefOptions { f64: args.f64 },
-        };
-        &mut reference
-    } else {
-        let opts = compile_options(&step, args.target.as_deref())?;
-        let compiled = neuronc::driver::compile(&step.graph, &opts).with_context(|| {
-            format!(
-                "cannot compile the training step of {}",
-                args.model.display()
-            )
-        })?;
-        eprintln!(
-            "compiled the training step for {} ({} kernels, {} instructions; {} bytes of \
-             activations kept for the backward pass)",
-            compiled.artifact.meta.target.name,
-            compiled.summary.total_kernels(),
-            compiled.summary.total_instructions(),
-            step.saved_activation_bytes
-        );
-        let model = Model::from_artifact(compiled.artifact)?;
-        let rounding = match args.rounding.as_deref() {
-            Some("rne") => Rounding::Rne,
-            Some(_) => Rounding::Stochastic,
-            None if step.spec.precision == PrecisionPolicy::Bf16Sr => Rounding::Stochastic,
-            None => Rounding::Rne,
-        };
-        chip.insert(ChipRunner {
-            model,
-            rounding,
-            seed: args.seed,
-            steps: 0,
-            last_ps: 0,
-            last_flops: 0,
-            last_stats: None,
-        })
+    let runner: &mut dyn StepRunner = match (artifact, &json_step) {
+        (Some(art), _) => {
+            let model = Model::from_artifact(art)?;
+            let rounding = match args.rounding.as_deref() {
+                Some("rne") => Rounding::Rne,
+                Some(_) => Rounding::Stochastic,
+                None if iface.spec.precision == PrecisionPolicy::Bf16Sr => Rounding::Stochastic,
+                None => Rounding::Rne,
+            };
+            chip.insert(ChipRunner {
+                model,
+                rounding,
+                seed: args.seed,
+                steps: 0,
+                last_ps: 0,
+                last_flops: 0,
+                last_stats: None,
+            })
+        }
+        (None, Some(step)) => {
+            reference = ReferenceRunner {
+                step,
+                opts: RefOptions { f64: args.f64 },
+            };
+            &mut reference
+        }
+        (None, None) => bail!("internal error: nothing to run the steps on"),
     };
     let total = steps_per_epoch * args.epochs as u64;
     let bar = (std::io::stderr().is_terminal() && !args.log_steps).then(|| {
@@ -249,7 +306,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         }
         bar
     });
-    let mut state = TrainState::new(&step);
+    let mut state = TrainState::new(iface);
     let mut running = None::<f64>;
     let log = args.log_steps;
     let mut on_step = |r: &StepReport| {
@@ -261,11 +318,12 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             bar.set_position(r.step);
             bar.set_message(format!("loss {:.4}", running.unwrap_or(r.loss)));
         } else if log {
+            // The loss exactly (the shortest decimal that reads back as the same f32).
             eprintln!(
-                "epoch {} step {} loss {:.6}{}",
+                "epoch {} step {} loss {}{}",
                 r.epoch + 1,
                 r.step,
-                r.loss,
+                r.loss as f32,
                 if r.skipped {
                     " (skipped: non-finite gradients)"
                 } else {
@@ -279,7 +337,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         shuffle: args.shuffle,
         seed: args.seed,
     };
-    let epochs = train(&step, runner, &mut state, &data, &labels, cfg, &mut on_step)?;
+    let epochs = train(iface, runner, &mut state, &data, &labels, cfg, &mut on_step)?;
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
@@ -318,14 +376,14 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         println!("profile of the last step written to {}", dir.display());
     }
     if let Some(path) = &args.save {
-        save_weights(path, &step, &state)?;
+        save_weights(path, iface, &state)?;
         println!("wrote trained weights to {}", path.display());
     }
     Ok(())
 }
 
 /// Writes the trained params (f32) as safetensors, named as in the model.
-fn save_weights(path: &Path, step: &TrainingStep, state: &TrainState) -> anyhow::Result<()> {
+fn save_weights(path: &Path, step: &StepInterface, state: &TrainState) -> anyhow::Result<()> {
     let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for c in &step.carried {
         if !c.is_param {

@@ -67,6 +67,7 @@ pub fn artifact(
             index_bounds: BTreeMap::new(),
             program,
             weights: ranges,
+            training: None,
         },
         blob: blob.into(),
     }

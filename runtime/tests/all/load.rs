@@ -79,10 +79,10 @@ fn every_single_bit_flip_fails() {
 #[test]
 fn newer_format_version_is_refused() {
     let mut bytes = relu_artifact().to_bytes().unwrap();
-    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+    bytes[8..12].copy_from_slice(&4u32.to_le_bytes());
     let msg = load_err(&bytes);
-    assert!(msg.contains("format version 3 is not supported"), "{msg}");
-    assert!(msg.contains("versions 1 to 2"), "{msg}");
+    assert!(msg.contains("format version 4 is not supported"), "{msg}");
+    assert!(msg.contains("versions 1 to 3"), "{msg}");
 }
 
 #[test]

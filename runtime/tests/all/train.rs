@@ -47,13 +47,17 @@ fn setup(dir: &Path, training: &str) {
         .unwrap();
 }
 
-/// Runs `neuron-sim train` and returns (per-step losses, stdout).
+/// Runs `neuron-sim train` on m.json and returns (per-step losses, stdout).
 fn train(dir: &Path, extra: &[&str]) -> (Vec<f64>, String) {
+    let (losses, stdout, _) = train_file(dir, "m.json", &[&["--epochs", "2"], extra].concat());
+    (losses, stdout)
+}
+
+/// Runs `neuron-sim train FILE` and returns (per-step losses, stdout, the per-step log).
+fn train_file(dir: &Path, file: &str, extra: &[&str]) -> (Vec<f64>, String, Vec<String>) {
     let out = neuron_sim()
         .current_dir(dir)
-        .args([
-            "train", "m.json", "--data", "x.npy", "--labels", "y.npy", "--epochs", "2",
-        ])
+        .args(["train", file, "--data", "x.npy", "--labels", "y.npy"])
         .args(["--log-steps"])
         .args(extra)
         .output()
@@ -61,12 +65,106 @@ fn train(dir: &Path, extra: &[&str]) -> (Vec<f64>, String) {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{stderr}\n{stdout}");
-    let losses = stderr
+    let log: Vec<String> = stderr
         .lines()
+        .filter(|l| l.starts_with("epoch ") && l.contains(" step "))
+        .map(String::from)
+        .collect();
+    let losses = log
+        .iter()
         .filter_map(|l| l.split(" loss ").nth(1))
         .map(|v| v.split_whitespace().next().unwrap().parse().unwrap())
         .collect();
-    (losses, stdout)
+    (losses, stdout, log)
+}
+
+/// Compiles m.json's training step into `step.neff` with the library (what
+/// `neuronc compile --train m.json -o step.neff` does).
+fn compile_neff(dir: &Path) {
+    let (_, step) = neuronc::train::load_training(&dir.join("m.json")).unwrap();
+    let opts = neuronc::options::CompileOptions::default();
+    let compiled = neuronc::train::compile_step(&step, &opts).unwrap();
+    compiled.artifact.write(&dir.join("step.neff")).unwrap();
+}
+
+#[test]
+fn a_compiled_step_neff_trains_bit_identically_to_its_model_json() {
+    for training in [ADAM_FP32, &ADAM_FP32.replace("fp32", "bf16_sr")] {
+        let dir = tempfile::tempdir().unwrap();
+        setup(dir.path(), training);
+        compile_neff(dir.path());
+        let flags = ["--epochs", "2", "--shuffle", "--seed", "9", "--save"];
+        let (_, json_out, json_log) = train_file(
+            dir.path(),
+            "m.json",
+            &[&flags[..], &["a.safetensors"]].concat(),
+        );
+        let (_, neff_out, neff_log) = train_file(
+            dir.path(),
+            "step.neff",
+            &[&flags[..], &["b.safetensors"]].concat(),
+        );
+        assert_eq!(json_log.len(), 8, "{json_log:?}");
+        // The per-step log prints each loss exactly (shortest round-trip f32).
+        assert_eq!(json_log, neff_log, "{training}");
+        let epochs = |s: &str| -> Vec<String> {
+            s.lines()
+                .filter(|l| l.starts_with("epoch"))
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(epochs(&json_out), epochs(&neff_out));
+        let a = std::fs::read(dir.path().join("a.safetensors")).unwrap();
+        let b = std::fs::read(dir.path().join("b.safetensors")).unwrap();
+        assert!(a == b, "{training}: the trained weights differ");
+    }
+}
+
+#[test]
+fn train_refuses_inference_artifacts_and_flags_a_neff_cannot_honour() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), ADAM_FP32);
+    compile_neff(dir.path());
+    // The same step without its training metadata (an inference artifact, or one written
+    // before format version 3).
+    let mut art = neuron_isa::Artifact::read(&dir.path().join("step.neff")).unwrap();
+    art.meta.training = None;
+    art.write(&dir.path().join("plain.neff")).unwrap();
+    let run = |args: &[&str]| {
+        let out = neuron_sim()
+            .current_dir(dir.path())
+            .args(["train"])
+            .args(args)
+            .args(["--data", "x.npy", "--labels", "y.npy"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, e) = run(&["plain.neff"]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(
+        e.contains("plain.neff") && e.contains("not a compiled training step"),
+        "{e}"
+    );
+    assert!(e.contains("neuronc compile --train"), "{e}");
+    let (code, e) = run(&["step.neff", "--reference"]);
+    assert_eq!(code, Some(2), "{e}");
+    assert!(e.contains("--reference") && e.contains("model.json"), "{e}");
+    let (code, e) = run(&["step.neff", "--target", "trn2"]);
+    assert_eq!(code, Some(2), "{e}");
+    assert!(
+        e.contains("--target trn2") && e.contains("already compiled"),
+        "{e}"
+    );
+    // A truncated artifact is refused as such.
+    let bytes = std::fs::read(dir.path().join("step.neff")).unwrap();
+    std::fs::write(dir.path().join("cut.neff"), &bytes[..bytes.len() - 1]).unwrap();
+    let (code, e) = run(&["cut.neff"]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(e.contains("cut.neff") && e.contains("truncated"), "{e}");
 }
 
 #[test]
@@ -183,4 +281,143 @@ fn train_errors_name_the_file_and_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("compiled for batch 8"), "{e}");
+}
+
+#[test]
+fn fp16_loss_scaling_on_the_chip_skips_overflowing_steps_until_the_scale_fits() {
+    // Targets of 1000 make d(loss)/d(logits) about 62.5; times the initial scale 65,536 the
+    // fp16 matmul operands of the backward pass overflow to inf, so the first steps must be
+    // skipped (weights untouched) with the scale halved each time, until it fits fp16.
+    let dir = tempfile::tempdir().unwrap();
+    let training = r#"{"loss": {"kind": "mse", "output": "logits"},
+        "labels": {"name": "t", "shape": [8, 4], "dtype": "f32"},
+        "optimizer": {"kind": "adam", "lr": 0.01}, "precision": "fp16_loss_scaling"}"#;
+    std::fs::write(dir.path().join("m.json"), model(training)).unwrap();
+    let x = Array2::from_shape_fn((8, 12), |(i, j)| ((i * 7 + j * 3) % 11) as f32 / 5.0 - 1.0);
+    x.write_npy(std::fs::File::create(dir.path().join("x.npy")).unwrap())
+        .unwrap();
+    Array2::from_elem((8, 4), 1000.0f32)
+        .write_npy(std::fs::File::create(dir.path().join("y.npy")).unwrap())
+        .unwrap();
+    // One batch of 8: every step sees the same examples.
+    let (losses, _, log) = train_file(dir.path(), "m.json", &["--epochs", "14"]);
+    assert_eq!(losses.len(), 14, "{log:?}");
+    let skipped: Vec<bool> = log.iter().map(|l| l.contains("skipped")).collect();
+    let k = skipped.iter().take_while(|&&s| s).count();
+    assert!(
+        k >= 6,
+        "65,536 / 2^k * 62.5 fits fp16 only from k = 6: {log:#?}"
+    );
+    assert!(
+        k < 12,
+        "the scale must come down to a usable value: {log:#?}"
+    );
+    assert!(
+        skipped[k..].iter().all(|&s| !s),
+        "no overflow after: {log:#?}"
+    );
+    assert!(losses.iter().all(|l| l.is_finite()), "{log:#?}");
+    // Skipped steps leave the weights alone: the same forward pass, the same loss bits.
+    assert!(
+        losses[..=k].iter().all(|&l| l == losses[0]),
+        "weights changed during skipped steps: {log:#?}"
+    );
+    assert!(
+        losses[13] < losses[k],
+        "the loss must fall once steps apply: {log:#?}"
+    );
+}
+
+#[test]
+fn bf16_gradients_match_the_f64_reference_within_the_documented_bound() {
+    use ndarray::{Array, Ix2};
+    use neuron_runtime::{Bindings, HostTensor, Model, RunOptions};
+    use neuronc::rng::SeededRng;
+    // z = x @ w, MSE against t, SGD with lr 1: w - w/next is the gradient the chip
+    // computed (docs/training.md, "Precision policies": the bound below).
+    let (b, k, n) = (256usize, 96usize, 24usize);
+    let training = format!(
+        r#"{{"loss": {{"kind": "mse", "output": "z"}},
+        "labels": {{"name": "t", "shape": [{b}, {n}], "dtype": "f32"}},
+        "optimizer": {{"kind": "sgd", "lr": 1.0}}, "precision": "bf16_mixed"}}"#
+    );
+    let m = format!(
+        r#"{{"name": "linear", "seed": 11,
+        "inputs": [{{"name": "x", "shape": [{b}, {k}]}}],
+        "params": [{{"name": "w", "shape": [{k}, {n}], "init": {{"normal": {{"std": 0.3}}}}}}],
+        "nodes": [{{"name": "fc", "op": "matmul", "inputs": ["x", "w"], "outputs": ["z"]}}],
+        "outputs": ["z"], "training": {training}}}"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.json"), m).unwrap();
+    let (_, step) = neuronc::train::load_training(&dir.path().join("m.json")).unwrap();
+    let compiled = neuronc::train::compile_step(&step, &Default::default()).unwrap();
+    let model = Model::from_artifact(compiled.artifact).unwrap();
+    let mut rng = SeededRng::for_tensor(5, "bf16-grad");
+    let mut draw = |r: usize, c: usize| {
+        Array::from_shape_fn((r, c), |_| rng.uniform(-1.0, 1.0) as f32).into_dimensionality::<Ix2>()
+    };
+    let x = draw(b, k).unwrap();
+    let t = draw(b, n).unwrap();
+    let w = step.iface.carried[0]
+        .initial
+        .to_f32()
+        .into_dimensionality::<Ix2>()
+        .unwrap();
+    let mut bind = Bindings::new(&model);
+    bind.set_input("x", HostTensor::F32(x.clone().into_dyn()))
+        .unwrap();
+    bind.set_input("t", HostTensor::F32(t.clone().into_dyn()))
+        .unwrap();
+    bind.set_input("w", HostTensor::F32(w.clone().into_dyn()))
+        .unwrap();
+    for (name, v) in step.iface.scalars(1, 1.0) {
+        bind.set_input(&name, HostTensor::F32(v.to_f32())).unwrap();
+    }
+    let run = model.execute(&bind, &RunOptions::default()).unwrap();
+    let next = run.outputs["w/next"].as_f32().unwrap().clone();
+    let next = next.into_dimensionality::<Ix2>().unwrap();
+
+    // The f64 reference gradient, and the magnitudes the bound is made of.
+    let f = |a: &ndarray::Array2<f32>| a.mapv(f64::from);
+    let (x, t, w) = (f(&x), f(&t), f(&w));
+    let scale = 2.0 / (b * n) as f64;
+    let dz = (x.dot(&w) - &t) * scale;
+    let g = x.t().dot(&dz);
+    let g_chip = &w - &f(&next);
+    // bf16 unit roundoff u; fp32's; a product of two rounded operands is off by at most
+    // 2u + u^2 relative, an fp32 sum of K terms by (K - 1) u32 of the sum of magnitudes.
+    let u = 2f64.powi(-8);
+    let u32_ = 2f64.powi(-24);
+    let gamma = |len: usize| 2.0 * u + u * u + len as f64 * u32_;
+    let e_z = x.mapv(f64::abs).dot(&w.mapv(f64::abs)) * gamma(k);
+    // z - t and the scale by 2/(BN) in fp32 (each one more u32), then the error carried.
+    let e_dz = &e_z * scale + dz.mapv(|v| 2.0 * u32_ * v.abs());
+    let ax = x.mapv(f64::abs).reversed_axes();
+    let bound = ax.dot(&(dz.mapv(f64::abs) + &e_dz)) * gamma(b)
+        + ax.dot(&e_dz)
+        // w - g in fp32 and its recovery as w - w/next.
+        + (w.mapv(f64::abs) + g.mapv(f64::abs)) * (2.0 * u32_);
+    let mut worst = 0.0f64;
+    for ((i, &gc), &gr) in g_chip.indexed_iter().zip(g.iter()) {
+        let (err, lim) = ((gc - gr).abs(), bound[i]);
+        assert!(
+            err <= lim,
+            "grad w{i:?}: chip {gc} vs f64 {gr}: error {err:.3e} exceeds the bound {lim:.3e}"
+        );
+        worst = worst.max(err / lim);
+    }
+    let gmax = g.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let emax = g_chip
+        .iter()
+        .zip(g.iter())
+        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!(
+        "bf16 gradient: max error {emax:.3e} of max |g| {gmax:.3e}; worst error/bound {worst:.3}"
+    );
+    // The step really computed in bf16: fp32 matmuls would be ~1000x closer.
+    assert!(
+        emax > 1e-4 * gmax,
+        "max error {emax:.3e} is fp32-like: no bf16 cast?"
+    );
 }

@@ -39,6 +39,7 @@ fn artifact(seed: u64) -> Artifact {
                 offset: 4,
                 len: 60,
             }],
+            training: None,
         },
         blob: (0..70).collect(),
     }

@@ -750,6 +750,7 @@ fn check_program(p: &Program, cfg: &ChipConfig, seed: u64) -> Result<(bool, bool
             index_bounds: BTreeMap::new(),
             program: p.clone(),
             weights: Vec::new(),
+            training: None,
         },
         blob: Default::default(),
     };
