@@ -59,6 +59,18 @@ pub struct ConvTiling {
     pub pack: usize,
     /// Partitions per stacked block (32 or 64: where the ISA lets a DMA start writing).
     pub block: usize,
+    /// Full-width bands: the band holds whole input rows (no column halo), so its loads
+    /// are contiguous runs of whole rows; column padding is done by restricting each
+    /// tap's matmul to the output columns whose input column is inside the image.
+    pub full_w: bool,
+    /// Bands without halo rows either: the band holds only the input rows inside the
+    /// image, and each tap's matmul is restricted to the output rows (and columns) it
+    /// reaches, so whole images are one contiguous run in SBUF (no memset, one long
+    /// descriptor per partition when the activation's images are adjacent in HBM).
+    pub full_h: bool,
+    /// Images per transfer (a multiple of `images`): small images are loaded and stored
+    /// several PSUM tiles at a time so that each descriptor is large.
+    pub timg: usize,
     /// Estimated TensorE time, ns.
     pub est_ns: f64,
 }
@@ -67,10 +79,15 @@ impl fmt::Display for ConvTiling {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "implicit gemm, tiles of {} image(s) x {} rows x {} cols, {} group(s) per matmul, {} kernel row(s) per matmul, est {:.1} us",
+            "implicit gemm, tiles of {} image(s) x {} rows x {} cols{}, {} group(s) per matmul, {} kernel row(s) per matmul, est {:.1} us",
             self.images,
             self.rows,
             self.cols,
+            if self.full_w {
+                " (full-width bands)"
+            } else {
+                ""
+            },
             self.gpack,
             self.pack,
             self.est_ns / 1000.0
@@ -134,10 +151,60 @@ impl ConvShape {
     pub fn band_h(&self, rows: usize) -> usize {
         (rows - 1) * self.win.strides[0] + (self.win.kernel[0] - 1) * self.win.dilations[0] + 1
     }
+    /// The output rows `[lo, hi)` of `r0..r0 + nr` (relative to `r0`) whose input row
+    /// under kernel row `p` is inside the image.
+    pub fn valid_rows(&self, p: usize, r0: usize, nr: usize) -> (usize, usize) {
+        valid_range(
+            self.h,
+            self.win.strides[0],
+            self.win.dilations[0],
+            self.win.pads[0],
+            p,
+            r0,
+            nr,
+        )
+    }
     /// Input band width for `cols` output columns.
     pub fn band_w(&self, cols: usize) -> usize {
         (cols - 1) * self.win.strides[1] + (self.win.kernel[1] - 1) * self.win.dilations[1] + 1
     }
+    /// The output columns `[lo, hi)` of `c0..c0 + nc` (relative to `c0`) whose input column
+    /// under kernel column `q` is inside the image (the others read padding: zero).
+    pub fn valid_cols(&self, q: usize, c0: usize, nc: usize) -> (usize, usize) {
+        valid_range(
+            self.w,
+            self.win.strides[1],
+            self.win.dilations[1],
+            self.win.pads[1],
+            q,
+            c0,
+            nc,
+        )
+    }
+}
+
+/// The outputs `[lo, hi)` of `o0..o0 + n` (relative to `o0`) whose input coordinate
+/// `o * stride + tap * dilation - pad` is inside `0..size`.
+fn valid_range(
+    size: usize,
+    stride: usize,
+    dilation: usize,
+    pad: usize,
+    tap: usize,
+    o0: usize,
+    n: usize,
+) -> (usize, usize) {
+    let (st, shift) = (stride.max(1) as i64, (tap * dilation) as i64 - pad as i64);
+    let need = (-shift).max(0);
+    let lo = need / st + i64::from(need % st != 0);
+    let hi = if size as i64 - 1 - shift < 0 {
+        0
+    } else {
+        (size as i64 - 1 - shift) / st + 1
+    };
+    let lo = (lo - o0 as i64).clamp(0, n as i64) as usize;
+    let hi = (hi - o0 as i64).clamp(0, n as i64) as usize;
+    (lo, hi.max(lo))
 }
 
 /// Analyses a convolution kernel.
@@ -277,6 +344,19 @@ pub fn choose(s: &ConvShape, cfg: &ChipConfig) -> ConvTiling {
         } else {
             (1, 0)
         };
+    // Full-width bands when a tile spans whole output rows and some kernel column reads
+    // inside the image for every output column (its matmul comes first and initializes
+    // the whole PSUM tile; the others accumulate into the columns they reach).
+    let full_w =
+        cols == s.ow && (0..s.win.kernel[1]).any(|q| s.valid_cols(q, 0, s.ow) == (0, s.ow));
+    let full_h =
+        full_w && pack == 1 && (0..s.win.kernel[0]).any(|p| s.valid_rows(p, 0, s.oh) == (0, s.oh));
+    // Whole-image tiles: ~2048 output pixels per transfer, as `sub` does for rows.
+    let timg = if rows == s.oh && cols == s.ow {
+        (images * (2048 / (images * rows * cols)).max(1)).min(s.n.next_multiple_of(images))
+    } else {
+        images
+    };
     let taps = s.win.kernel[1] * s.win.kernel[0].div_ceil(pack);
     // First-order TensorE time: one matmul per (tile, group block, channel tile, o tile,
     // tap), each `max(min(64, M), N)` cycles.
@@ -291,7 +371,7 @@ pub fn choose(s: &ConvShape, cfg: &ChipConfig) -> ConvTiling {
         cyc *= 4.0;
     }
     let est_ns = cyc / cfg.tensor_clock_ghz.max(1e-9);
-    ConvTiling {
+    let mut t = ConvTiling {
         images,
         rows,
         cols,
@@ -299,8 +379,35 @@ pub fn choose(s: &ConvShape, cfg: &ChipConfig) -> ConvTiling {
         gpack,
         pack,
         block,
+        full_w,
+        full_h,
+        timg,
         est_ns,
+    };
+    // Batching images per transfer must not make a kernel that fits without it fail: it
+    // stays within 3/4 of SBUF (the tiler's budget is 7/8).
+    fit(s, &mut t, cfg, cfg.sbuf_bytes_per_partition * 3 / 4);
+    t
+}
+
+/// Shrinks the images per transfer until the buffers fit in `budget` bytes per partition.
+pub fn fit(s: &ConvShape, t: &mut ConvTiling, cfg: &ChipConfig, budget: u64) {
+    while t.timg > t.images {
+        let bytes: u64 = buffers(s, t, cfg)
+            .iter()
+            .filter(|b| b.mem == crate::backend::alloc::OnChip::Sbuf)
+            .map(|b| b.bytes * u64::from(b.slots))
+            .sum();
+        if bytes <= budget {
+            return;
+        }
+        t.timg -= t.images;
     }
+}
+
+/// Width (row pitch) of the input band of a tile of `cols` output columns.
+fn band_width(s: &ConvShape, t: &ConvTiling, cols: usize) -> usize {
+    if t.full_w { s.w } else { s.band_w(cols) }
 }
 
 /// Bytes per partition of the resident weights.
@@ -322,7 +429,7 @@ fn tap_groups(s: &ConvShape, t: &ConvTiling) -> usize {
 /// Bytes per partition of one input band slot (every channel tile of one group block).
 fn band_bytes(s: &ConvShape, t: &ConvTiling, parts: usize) -> u64 {
     let cs = s.cg() * t.gpack;
-    (cs.div_ceil(parts) * t.images * s.band_h(t.rows * t.sub) * s.band_w(t.cols)) as u64
+    (cs.div_ceil(parts) * t.timg * s.band_h(t.rows * t.sub) * band_width(s, t, t.cols)) as u64
         * s.mm_dtype.size()
 }
 
@@ -330,7 +437,7 @@ fn band_bytes(s: &ConvShape, t: &ConvTiling, parts: usize) -> u64 {
 pub fn buffers(s: &ConvShape, t: &ConvTiling, cfg: &ChipConfig) -> Vec<BufferReq> {
     let parts = cfg.partitions as usize;
     let npix = (t.images * t.rows * t.cols) as u64;
-    let spix = npix * t.sub as u64;
+    let spix = (t.timg * t.rows * t.cols * t.sub) as u64;
     let ncols = s.operands.iter().filter(|o| o.2).count();
     let otiles = s.o.div_ceil(parts).max(s.groups / t.gpack);
     let mut b = vec![
@@ -636,7 +743,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
         }
     }
 
-    let (hb, wb) = (s.band_h(t.rows * t.sub), s.band_w(t.cols));
+    let (hb, wb) = (s.band_h(t.rows * t.sub), band_width(&s, t, t.cols));
     let img = hb * wb;
     if t.pack > 1 {
         // Partitions between the stacked blocks and rows no tile loads meet zero weights;
@@ -651,7 +758,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                         0,
                         prows,
                         band.slot(i),
-                        dense(t.images * img),
+                        dense(t.timg * img),
                     ),
                     value: 0.0,
                 },
@@ -661,8 +768,8 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
     let mut slot = 0usize;
     let mut oslot = 0usize;
     let mut aslot = 0usize;
-    for n0 in (0..s.n).step_by(t.images) {
-        let nb = t.images.min(s.n - n0);
+    for n0 in (0..s.n).step_by(t.timg) {
+        let nb = t.timg.min(s.n - n0);
         for r0 in (0..s.oh).step_by(t.rows * t.sub) {
             // `nr` rows in this transfer, computed in PSUM tiles of `t.rows` rows.
             let nr = (t.rows * t.sub).min(s.oh - r0);
@@ -671,21 +778,35 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                 let spix = nb * nr * nc;
                 // Input window of this tile, in input coordinates (may overhang).
                 let ir0 = (r0 * sh) as i64 - pt as i64;
-                let ic0 = (c0 * sw) as i64 - pl as i64;
-                let (hbr, wbr) = (s.band_h(nr), s.band_w(nc));
+                let ic0 = if t.full_w {
+                    0
+                } else {
+                    (c0 * sw) as i64 - pl as i64
+                };
+                let (hbr, wbr) = (s.band_h(nr), band_width(&s, t, nc));
                 let vr0 = ir0.max(0);
                 let vr1 = (ir0 + hbr as i64).min(s.h as i64);
                 let vc0 = ic0.max(0);
                 let vc1 = (ic0 + wbr as i64).min(s.w as i64);
-                let padded =
-                    vr0 != ir0 || vc0 != ic0 || vr1 != ir0 + hbr as i64 || vc1 != ic0 + wbr as i64;
+                let padded = !t.full_h
+                    && (vr0 != ir0
+                        || vc0 != ic0
+                        || vr1 != ir0 + hbr as i64
+                        || vc1 != ic0 + wbr as i64);
+                // Band row 0 is input row `br0` (`+ j * dh` in stacked block `j`); images
+                // are `img_t` apart.
+                let (br0, img_t) = if t.full_h {
+                    (vr0, (vr1 - vr0).max(0) as usize * wb)
+                } else {
+                    (ir0, img)
+                };
                 for blk in 0..blocks {
                     let bslot = band.slot(slot);
                     slot += 1;
                     for ct in 0..n_ct {
                         let c0c = ct * parts;
                         let cp = (cs - c0c).min(parts);
-                        let tbase = bslot + (ct * t.images * img) as u64 * esz;
+                        let tbase = bslot + (ct * t.timg * img) as u64 * esz;
                         if padded {
                             let np = if t.pack > 1 { prows } else { cp };
                             ctx.push(
@@ -733,7 +854,9 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                     },
                                 ],
                             };
-                            let inner = ((vr0 - irj) as usize * wb + (vc0 - ic0) as usize) as u64;
+                            let inner = ((vr0 - (br0 + (j * dh) as i64)) as usize * wb
+                                + (vc0 - ic0) as usize)
+                                as u64;
                             let dst = sbuf(
                                 Memory::Sbuf,
                                 mm,
@@ -743,7 +866,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                 vec![
                                     Dim {
                                         size: nb as u32,
-                                        stride: img as i64,
+                                        stride: img_t as i64,
                                     },
                                     Dim {
                                         size: (vr1 - vr0) as u32,
@@ -789,10 +912,17 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                             sops[*i] = Some(OpTile::Full(tile));
                         }
                         let out_all = outb.tile(oslot, odt, no as u32, spix as u32);
-                        for k0 in (0..nr).step_by(t.rows) {
+                        // PSUM tiles: `t.images` images (whole images then) or `t.rows`
+                        // rows of one image at a time.
+                        let ptiles: Vec<(usize, usize)> = (0..nb)
+                            .step_by(t.images)
+                            .flat_map(|i0| (0..nr).step_by(t.rows).map(move |k0| (i0, k0)))
+                            .collect();
+                        for (i0, k0) in ptiles {
+                            let nbi = t.images.min(nb - i0);
                             let nrk = t.rows.min(nr - k0);
-                            let npix = nb * nrk * nc;
-                            let pix0 = (k0 * nc) as u32;
+                            let npix = nbi * nrk * nc;
+                            let pix0 = ((i0 * nr + k0) * nc) as u32;
                             let sub_of = |ap: &Ap| {
                                 let mut a = crate::backend::layout::cols(ap, pix0, npix as u32);
                                 a.partitions = no as u32;
@@ -803,7 +933,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                             for ct in 0..n_ct {
                                 let c0c = ct * parts;
                                 let cp = (cs - c0c).min(parts);
-                                let tbase = bslot + (ct * t.images * img) as u64 * esz;
+                                let tbase = bslot + (ct * t.timg * img) as u64 * esz;
                                 let wbase =
                                     wbuf.slot(0) + ((blk * n_ct + ct) * taps * os) as u64 * esz;
                                 // (weight column, band offset, K) of each matmul.
@@ -814,20 +944,56 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                             let nj = t.pack.min(kh - g * t.pack);
                                             mms.push((
                                                 (q * ngr + g) * os,
-                                                g * t.pack * dh * wb + q * dw,
+                                                g * t.pack * dh,
                                                 (nj - 1) * t.block + cp,
+                                                q,
+                                                None,
                                             ));
                                         }
                                     }
                                 } else {
                                     for p in 0..kh {
                                         for q in 0..kw {
-                                            mms.push(((p * kw + q) * os, p * dh * wb + q * dw, cp));
+                                            mms.push(((p * kw + q) * os, p * dh, cp, q, Some(p)));
                                         }
                                     }
                                 }
+                                // Each matmul's output rows `[il, ih)` and columns `[jl, jh)`
+                                // and the band element of its first output; with full-width
+                                // (full-height) bands a tap reading padding for some columns
+                                // (rows) skips them, and one covering the whole tile goes
+                                // first (it initializes the PSUM tile).
+                                let mut mms: Vec<_> = mms
+                                    .into_iter()
+                                    .filter_map(|(wcol, prow, kk, q, p)| {
+                                        let (jl, jh) = if t.full_w {
+                                            s.valid_cols(q, c0, nc)
+                                        } else {
+                                            (0, nc)
+                                        };
+                                        let (il, ih) = match p {
+                                            Some(p) if t.full_h => s.valid_rows(p, r0 + k0, nrk),
+                                            _ => (0, nrk),
+                                        };
+                                        let col = if t.full_w {
+                                            ((c0 + jl) * sw + q * dw) as i64 - pl as i64
+                                        } else {
+                                            (q * dw) as i64
+                                        };
+                                        let row = ((k0 + il) * sh + prow) as i64 + (ir0 - br0);
+                                        let boff = row * wb as i64 + col;
+                                        (jh > jl && ih > il && boff >= 0).then_some((
+                                            wcol,
+                                            boff as usize,
+                                            kk,
+                                            (il, ih),
+                                            (jl, jh),
+                                        ))
+                                    })
+                                    .collect();
+                                mms.sort_by_key(|m| (m.3, m.4) != ((0, nrk), (0, nc)));
                                 {
-                                    for (wcol, boff, kk) in mms {
+                                    for (wcol, boff, kk, (il, ih), (jl, jh)) in mms {
                                         let stationary = sbuf(
                                             Memory::Sbuf,
                                             mm,
@@ -841,26 +1007,47 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                             mm,
                                             0,
                                             kk,
-                                            tbase + (boff + k0 * sh * wb) as u64 * esz,
+                                            tbase + (i0 * img_t + boff) as u64 * esz,
                                             vec![
                                                 Dim {
-                                                    size: nb as u32,
-                                                    stride: img as i64,
+                                                    size: nbi as u32,
+                                                    stride: img_t as i64,
                                                 },
                                                 Dim {
-                                                    size: nrk as u32,
+                                                    size: (ih - il) as u32,
                                                     stride: (sh * wb) as i64,
                                                 },
                                                 Dim {
-                                                    size: nc as u32,
+                                                    size: (jh - jl) as u32,
                                                     stride: sw as i64,
                                                 },
                                             ],
                                         );
+                                        let dst = if (il, ih, jl, jh) == (0, nrk, 0, nc) {
+                                            acc_t.clone()
+                                        } else {
+                                            let mut d = acc_t.clone();
+                                            d.offset += (il * nc + jl) as u64 * 4;
+                                            d.dims = vec![
+                                                Dim {
+                                                    size: nbi as u32,
+                                                    stride: (nrk * nc) as i64,
+                                                },
+                                                Dim {
+                                                    size: (ih - il) as u32,
+                                                    stride: nc as i64,
+                                                },
+                                                Dim {
+                                                    size: (jh - jl) as u32,
+                                                    stride: 1,
+                                                },
+                                            ];
+                                            d
+                                        };
                                         ctx.push(
                                             Engine::Tensor,
                                             Op::Matmul {
-                                                dst: acc_t.clone(),
+                                                dst,
                                                 stationary,
                                                 moving,
                                                 accumulate: !first,
