@@ -71,6 +71,12 @@ pub struct ConvTiling {
     /// Images per transfer (a multiple of `images`): small images are loaded and stored
     /// several PSUM tiles at a time so that each descriptor is large.
     pub timg: usize,
+    /// Kernel rows stacked on partitions one per partition (the stem: few channels, tall
+    /// kernel): channel `c` owns the 32-partition block at `32 c`, whose partition `p`
+    /// holds the input rows of kernel row `p` (block 0 in reverse order) for every output
+    /// row, loaded by one DMA whose partition stride is one input row (im2col by access
+    /// pattern), so one matmul per kernel column covers every (channel, kernel row).
+    pub pstack: bool,
     /// Estimated TensorE time, ns.
     pub est_ns: f64,
 }
@@ -132,6 +138,8 @@ pub struct ConvShape {
     /// The weight values, when they are compile-time constants read whole (needed to
     /// build block-diagonal weights for packed groups).
     pub w_data: Option<Vec<f32>>,
+    /// Bytes per element of the input and the output in HBM.
+    pub io_bytes: (u64, u64),
 }
 
 impl ConvShape {
@@ -279,6 +287,10 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<ConvShape, CompileError> 
             .filter(|_| whole && t.quant_scale.is_none())?;
         Some(data.to_f32().iter().copied().collect())
     });
+    let io_bytes = (
+        kg.tensor(xv.tensor).map_or(4, |t| t.dtype.size()),
+        kg.tensor(out.tensor).map_or(4, |t| t.dtype.size()),
+    );
     Ok(ConvShape {
         n,
         c,
@@ -296,6 +308,7 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<ConvShape, CompileError> 
         operands,
         epilogue: epilogue.clone(),
         w_data,
+        io_bytes,
     })
 }
 
@@ -349,15 +362,70 @@ pub fn choose(s: &ConvShape, cfg: &ChipConfig) -> ConvTiling {
     // the whole PSUM tile; the others accumulate into the columns they reach).
     let full_w =
         cols == s.ow && (0..s.win.kernel[1]).any(|q| s.valid_cols(q, 0, s.ow) == (0, s.ow));
-    let full_h =
-        full_w && pack == 1 && (0..s.win.kernel[0]).any(|p| s.valid_rows(p, 0, s.oh) == (0, s.oh));
+    // Partition-stacked rows (see `pstack`) when they cover more taps per matmul than the
+    // block stacking: needs dense NCHW input (invalid edge rows read a neighbouring
+    // channel, then are zeroed) and no output row whose window leaves the image at both
+    // ends.
+    let (kh, dh, pt) = (s.win.kernel[0], s.win.dilations[0], s.win.pads[0]);
+    let xs = &s.x.strides;
+    let pstack = full_w
+        && s.groups == 1
+        && s.w_data.is_some()
+        && (2..=parts / 32).contains(&s.c)
+        && kh > pack.max(1)
+        && kh <= 32
+        && xs[3] == 1
+        && xs[2] == s.w as isize
+        && xs[1] == (s.h * s.w) as isize
+        && (0..s.oh).all(|i| {
+            let top = (i * s.win.strides[0]) as i64 - pt as i64;
+            top >= 0 || top + (((kh - 1) * dh) as i64) < s.h as i64
+        });
+    let pstack = pstack && {
+        // The cost model picks the faster of the two stackings, each bound by TensorE or by
+        // the busiest DMA engine (8 partitions each: a block's band loads and its share of
+        // the output stores), with the per-descriptor overhead (trainium.md 2.3, 3).
+        let ghz = cfg.tensor_clock_ghz.max(1e-9);
+        let eng = cfg.dma_engine_bytes_per_ns.max(1e-9);
+        let ppe = (cfg.partitions_per_dma_engine() as usize).max(1);
+        let ovh = cfg.dma_descriptor_overhead_bytes as f64;
+        let (xe, oe) = (s.io_bytes.0 as f64, s.io_bytes.1 as f64);
+        let nr = (rows * sub).min(s.oh);
+        let transfers = (s.n * s.oh.div_ceil(nr)) as f64;
+        let mm_tiles = (s.n * s.oh.div_ceil(rows)) as f64;
+        let fp32 = if s.mm_dtype == Dtype::F32 { 4.0 } else { 1.0 };
+        let per_mm = fp32 * ((rows * cols) as f64).max(64.0) / ghz;
+        let out = (ppe.min(s.o) * nr * s.ow) as f64 * oe;
+        let engine = |parts: usize, run: f64, runs: f64| {
+            transfers * ((parts.min(ppe) as f64) * run * runs * (1.0 + ovh / run) + out) / eng
+        };
+        let w = s.w as f64;
+        let stacked =
+            (mm_tiles * (s.win.kernel[1] as f64) * per_mm).max(engine(kh, w * xe, nr as f64));
+        let blocked = (mm_tiles * (s.win.kernel[1] * kh.div_ceil(pack)) as f64 * per_mm)
+            .max(engine(s.c, s.band_h(nr) as f64 * w * xe, 1.0));
+        // Measured on the simulator, the stacked stem's DMA took 35% longer than this
+        // estimate (ResNet-50 stem, trn1: 1.40 ms vs 1.04 ms; the busiest engine also
+        // serves queue turns and fixed latencies the estimate leaves out), so stacking
+        // must win by that margin.
+        stacked * 1.35 < blocked
+    };
+    let (pack, block) = if pstack { (1, 32) } else { (pack, block) };
+    let full_h = full_w
+        && !pstack
+        && pack == 1
+        && (0..s.win.kernel[0]).any(|p| s.valid_rows(p, 0, s.oh) == (0, s.oh));
     // Whole-image tiles: ~2048 output pixels per transfer, as `sub` does for rows.
     let timg = if rows == s.oh && cols == s.ow {
         (images * (2048 / (images * rows * cols)).max(1)).min(s.n.next_multiple_of(images))
     } else {
         images
     };
-    let taps = s.win.kernel[1] * s.win.kernel[0].div_ceil(pack);
+    let taps = if pstack {
+        s.win.kernel[1]
+    } else {
+        s.win.kernel[1] * s.win.kernel[0].div_ceil(pack)
+    };
     // First-order TensorE time: one matmul per (tile, group block, channel tile, o tile,
     // tap), each `max(min(64, M), N)` cycles.
     let (cs, os) = (s.cg() * gpack, s.og() * gpack);
@@ -382,6 +450,7 @@ pub fn choose(s: &ConvShape, cfg: &ChipConfig) -> ConvTiling {
         full_w,
         full_h,
         timg,
+        pstack,
         est_ns,
     };
     // Batching images per transfer must not make a kernel that fits without it fail: it
@@ -410,11 +479,38 @@ fn band_width(s: &ConvShape, t: &ConvTiling, cols: usize) -> usize {
     if t.full_w { s.w } else { s.band_w(cols) }
 }
 
+/// An epilogue that starts with a per-channel bias add and later adds an fp32 full tile
+/// (a residual): the bias column and the rest of the epilogue.
+fn split_bias<'e>(epilogue: &'e [EwOp], ops: &[Option<OpTile>]) -> Option<(Ap, &'e [EwOp])> {
+    let (
+        EwOp::Tensor {
+            op: crate::kernel::BinaryFn::Add,
+            operand,
+            ..
+        },
+        rest,
+    ) = epilogue.split_first()?
+    else {
+        return None;
+    };
+    let Some(Some(OpTile::Column(col))) = ops.get(*operand) else {
+        return None;
+    };
+    let fp32_full = rest.iter().any(|o| {
+        matches!(o, EwOp::Tensor { operand: j, .. }
+            if matches!(ops.get(*j), Some(Some(OpTile::Full(t))) if t.dtype == Dtype::F32))
+    });
+    fp32_full.then(|| (col.clone(), rest))
+}
+
 /// Bytes per partition of the resident weights.
 fn weight_bytes(s: &ConvShape, t: &ConvTiling, parts: usize) -> u64 {
     let (cs, os) = (s.cg() * t.gpack, s.og() * t.gpack);
     if t.pack > 1 {
         return (tap_groups(s, t) * os) as u64 * s.mm_dtype.size();
+    }
+    if t.pstack {
+        return (s.win.kernel[1] * os) as u64 * s.mm_dtype.size();
     }
     let blocks = (s.groups / t.gpack) * cs.div_ceil(parts);
     (blocks * s.taps() * os) as u64 * s.mm_dtype.size()
@@ -429,8 +525,22 @@ fn tap_groups(s: &ConvShape, t: &ConvTiling) -> usize {
 /// Bytes per partition of one input band slot (every channel tile of one group block).
 fn band_bytes(s: &ConvShape, t: &ConvTiling, parts: usize) -> u64 {
     let cs = s.cg() * t.gpack;
-    (cs.div_ceil(parts) * t.timg * s.band_h(t.rows * t.sub) * band_width(s, t, t.cols)) as u64
+    (cs.div_ceil(parts) * t.timg * band_rows(s, t, t.rows * t.sub) * band_width(s, t, t.cols))
+        as u64
         * s.mm_dtype.size()
+}
+
+/// Rows of the input band of `rows` output rows (one per output row when stacked on
+/// partitions: each partition holds only the rows of its kernel row).
+fn band_rows(s: &ConvShape, t: &ConvTiling, rows: usize) -> usize {
+    if t.pstack { rows } else { s.band_h(rows) }
+}
+
+/// Partition of kernel row `j` of channel `c` under `pstack` (block 0 reversed, so that at
+/// every image edge the partitions that must read padding form a prefix or are loaded
+/// from a neighbouring channel and then zeroed as a prefix).
+fn pstack_partition(c: usize, j: usize, kh: usize) -> usize {
+    c * 32 + if c == 0 { kh - 1 - j } else { j }
 }
 
 /// The buffers a tiling needs.
@@ -607,7 +717,53 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
     // `[j * block + c, o] = w[o, c, g*pack + j, q]` (zero rows between the blocks), built
     // at compile time, one DMA per tap group.
     let ngr = kh.div_ceil(t.pack);
-    let prows = t.pack * t.block;
+    // Partition-stacked rows: K spans every channel block up to the last kernel row.
+    let prows = if t.pstack {
+        (cs - 1) * t.block + kh
+    } else {
+        t.pack * t.block
+    };
+    if t.pstack {
+        // Per kernel column q a stationary `[pstack_partition(c, j), o] = w[o, c, j, q]`
+        // (zero rows between the blocks), one DMA each.
+        let data = s
+            .w_data
+            .as_ref()
+            .ok_or_else(|| ctx.err("internal: stacked rows without constant weights"))?;
+        let mut packed = vec![0f32; kw * prows * os];
+        for q in 0..kw {
+            for c in 0..cs {
+                for j in 0..kh {
+                    let pp = pstack_partition(c, j, kh);
+                    for o in 0..os {
+                        let src = ((o * cs + c) * kh + j) * kw + q;
+                        packed[(q * prows + pp) * os + o] = data.get(src).copied().unwrap_or(0.0);
+                    }
+                }
+            }
+        }
+        let cid = ctx.constant("row_stacked_w", packed);
+        for q in 0..kw {
+            let src = Ap {
+                mem: Memory::Hbm(cid),
+                dtype: Dtype::F32,
+                offset: (q * prows * os * 4) as u64,
+                start_partition: 0,
+                partitions: prows as u32,
+                partition_stride: os as i64,
+                dims: dense(os),
+            };
+            let dst = sbuf(
+                Memory::Sbuf,
+                mm,
+                0,
+                prows,
+                wbuf.slot(0) + (q * os) as u64 * esz,
+                dense(os),
+            );
+            ctx.prefetch(dst, src);
+        }
+    }
     if t.pack > 1 {
         let data = s
             .w_data
@@ -653,7 +809,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
         }
     }
     // Resident weights `[c, tap, o]` per (group block, channel tile).
-    for blk in (0..blocks).filter(|_| gp == 1 && t.pack == 1) {
+    for blk in (0..blocks).filter(|_| gp == 1 && t.pack == 1 && !t.pstack) {
         for ct in 0..n_ct {
             let c0 = ct * parts;
             let cp = (cs - c0).min(parts);
@@ -743,9 +899,9 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
         }
     }
 
-    let (hb, wb) = (s.band_h(t.rows * t.sub), band_width(&s, t, t.cols));
+    let (hb, wb) = (band_rows(&s, t, t.rows * t.sub), band_width(&s, t, t.cols));
     let img = hb * wb;
-    if t.pack > 1 {
+    if t.pack > 1 || t.pstack {
         // Partitions between the stacked blocks and rows no tile loads meet zero weights;
         // they must still hold finite numbers (0 * NaN is NaN).
         for i in 0..band.slots as usize {
@@ -789,6 +945,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                 let vc0 = ic0.max(0);
                 let vc1 = (ic0 + wbr as i64).min(s.w as i64);
                 let padded = !t.full_h
+                    && !t.pstack
                     && (vr0 != ir0
                         || vc0 != ic0
                         || vr1 != ir0 + hbr as i64
@@ -817,8 +974,11 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                 },
                             );
                         }
+                        if t.pstack {
+                            pstack_band(ctx, &s, (xt, xdt), tbase, (n0, nb), (r0, nr), img)?;
+                        }
                         // Stacked block `j` holds the band shifted down by `j` kernel rows.
-                        for j in 0..t.pack {
+                        for j in (0..t.pack).filter(|_| !t.pstack) {
                             let irj = ir0 + (j * dh) as i64;
                             let vr0 = irj.max(0);
                             let vr1 = (irj + hbr as i64).min(s.h as i64);
@@ -905,7 +1065,15 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                             }
                             let (tid, dt) = ctx.tensor(v)?;
                             let ob = ctx.buf(&format!("op{i}"))?;
-                            let tile = ob.tile(oslot, Dtype::F32, no as u32, spix as u32);
+                            // A residual stored in the (16-bit) elementwise type is kept in
+                            // it on chip (exact), so its add runs at one element per cycle.
+                            let tdt = if dt == s.act_dtype && matches!(dt, Dtype::Bf16 | Dtype::F16)
+                            {
+                                dt
+                            } else {
+                                Dtype::F32
+                            };
+                            let tile = ob.tile(oslot, tdt, no as u32, spix as u32);
                             let src =
                                 nchw_ap(v, tid, dt, (n0, nb), (o_glob, no), (r0, nr), (c0, nc));
                             ctx.load(tile.clone(), src);
@@ -951,6 +1119,10 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                             ));
                                         }
                                     }
+                                } else if t.pstack {
+                                    for q in 0..kw {
+                                        mms.push((q * os, 0, prows, q, None));
+                                    }
                                 } else {
                                     for p in 0..kh {
                                         for q in 0..kw {
@@ -980,7 +1152,11 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                         } else {
                                             (q * dw) as i64
                                         };
-                                        let row = ((k0 + il) * sh + prow) as i64 + (ir0 - br0);
+                                        let row = if t.pstack {
+                                            (k0 + il) as i64
+                                        } else {
+                                            ((k0 + il) * sh + prow) as i64 + (ir0 - br0)
+                                        };
                                         let boff = row * wb as i64 + col;
                                         (jh > jl && ih > il && boff >= 0).then_some((
                                             wcol,
@@ -1015,7 +1191,8 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                                 },
                                                 Dim {
                                                     size: (ih - il) as u32,
-                                                    stride: (sh * wb) as i64,
+                                                    stride: if t.pstack { wb } else { sh * wb }
+                                                        as i64,
                                                 },
                                                 Dim {
                                                     size: (jh - jl) as u32,
@@ -1069,15 +1246,37 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                 .get("cast")
                                 .map(|c| c.tile(0, Dtype::F32, no as u32, npix as u32));
                             let out_k = sub_of(&out_all);
+                            let work_t = work.tile(aslot, s.act_dtype, no as u32, npix as u32);
+                            // Bias then an fp32 residual: the bias add (the eviction) goes to
+                            // ScalarE as `identity(x + b)`, the same fp32 addition, so that
+                            // VectorE, which pays two cycles per element for the fp32
+                            // residual add, does only that.
+                            let (src, epilogue) = match split_bias(&s.epilogue, &ops) {
+                                Some((col, rest)) => {
+                                    ctx.push(
+                                        Engine::Scalar,
+                                        Op::Activation {
+                                            dst: work_t.clone(),
+                                            src: acc_t,
+                                            func: neuron_isa::ActFunc::Identity,
+                                            scale: neuron_isa::Operand::Imm(1.0),
+                                            bias: Some(neuron_isa::Operand::PerPartition(col)),
+                                            accum: None,
+                                        },
+                                    );
+                                    (work_t.clone(), rest)
+                                }
+                                None => (acc_t, &s.epilogue[..]),
+                            };
                             let tiles = ChainTiles {
-                                src: acc_t,
-                                work: work.tile(aslot, s.act_dtype, no as u32, npix as u32),
+                                src,
+                                work: work_t,
                                 cast,
                                 out: out_k.clone(),
                                 operands: &ops,
                             };
                             aslot += 1;
-                            let res = chain::apply(ctx, &s.epilogue, &tiles)?;
+                            let res = chain::apply(ctx, epilogue, &tiles)?;
                             if res != out_k {
                                 let e = ctx.evict_engine();
                                 ctx.copy_on(e, out_k, res);
@@ -1097,6 +1296,163 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                     }
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Loads the band of output rows `r0..r0 + nr` of images `n0..n0 + nb` under `pstack`:
+/// partition `pstack_partition(c, j)`, band row `i`, holds input row `(r0 + i) * sh + j *
+/// dh - pt` of channel `c` (whole rows, pitch `W`; images `img` apart). Rows every kernel
+/// row reads inside the image take one DMA per channel (partition stride `dh` rows, `-dh`
+/// in block 0); at an image edge the partitions that must read padding are a prefix or
+/// a suffix of the block (partition starts other than 0, 32, 64, 96 cannot be written):
+/// a valid prefix is loaded after zeroing the row; a valid suffix is loaded together with
+/// the invalid prefix, which reads a neighbouring channel's rows and is then zeroed.
+#[allow(clippy::too_many_arguments)]
+fn pstack_band(
+    ctx: &mut LowerCtx<'_>,
+    s: &ConvShape,
+    (xt, xdt): (TensorId, Dtype),
+    tbase: u64,
+    (n0, nb): (usize, usize),
+    (r0, nr): (usize, usize),
+    img: usize,
+) -> Result<(), CompileError> {
+    let (kh, dh, sh, pt) = (
+        s.win.kernel[0],
+        s.win.dilations[0],
+        s.win.strides[0],
+        s.win.pads[0] as i64,
+    );
+    let (h, w) = (s.h as i64, s.w);
+    let mm = s.mm_dtype;
+    let esz = mm.size();
+    let xs = &s.x.strides;
+    let in_row = |i: usize, j: usize| ((r0 + i) * sh + j * dh) as i64 - pt;
+    // Kernel rows `[lo, hi)` of band row `i` inside the image.
+    let valid = |i: usize| {
+        let lo = (0..kh).find(|&j| in_row(i, j) >= 0).unwrap_or(kh);
+        let hi = (0..kh)
+            .rev()
+            .find(|&j| in_row(i, j) < h)
+            .map_or(0, |j| j + 1);
+        (lo, hi.max(lo))
+    };
+    // One DMA: band rows `i0..i0 + ni`, partitions `c*32 .. c*32 + np` of channel `c`.
+    let load = |ctx: &mut LowerCtx<'_>, c: usize, i0: usize, ni: usize, np: usize| {
+        // Partition 0 of the block holds kernel row `kh - 1` (block 0) or 0.
+        let (j0, pstride) = if c == 0 {
+            (kh - 1, -((dh * w) as i64))
+        } else {
+            (0, (dh * w) as i64)
+        };
+        let off = s.x.offset as i64
+            + n0 as i64 * xs[0] as i64
+            + c as i64 * xs[1] as i64
+            + in_row(i0, j0) * w as i64;
+        let src = Ap {
+            mem: Memory::Hbm(xt),
+            dtype: xdt,
+            offset: off.max(0) as u64 * xdt.size(),
+            start_partition: 0,
+            partitions: np as u32,
+            partition_stride: pstride,
+            dims: vec![
+                Dim {
+                    size: nb as u32,
+                    stride: xs[0] as i64,
+                },
+                Dim {
+                    size: ni as u32,
+                    stride: (sh * w) as i64,
+                },
+                Dim {
+                    size: w as u32,
+                    stride: 1,
+                },
+            ],
+        };
+        let dst = sbuf(
+            Memory::Sbuf,
+            mm,
+            c * 32,
+            np,
+            tbase + (i0 * w) as u64 * esz,
+            vec![
+                Dim {
+                    size: nb as u32,
+                    stride: img as i64,
+                },
+                Dim {
+                    size: ni as u32,
+                    stride: w as i64,
+                },
+                Dim {
+                    size: w as u32,
+                    stride: 1,
+                },
+            ],
+        );
+        ctx.load(dst, src);
+    };
+    let zero = |ctx: &mut LowerCtx<'_>, c: usize, i: usize, np: usize| {
+        ctx.push(
+            Engine::GpSimd,
+            Op::Memset {
+                dst: sbuf(
+                    Memory::Sbuf,
+                    mm,
+                    c * 32,
+                    np,
+                    tbase + (i * w) as u64 * esz,
+                    vec![
+                        Dim {
+                            size: nb as u32,
+                            stride: img as i64,
+                        },
+                        Dim {
+                            size: w as u32,
+                            stride: 1,
+                        },
+                    ],
+                ),
+                value: 0.0,
+            },
+        );
+    };
+    let full: Vec<bool> = (0..nr).map(|i| valid(i) == (0, kh)).collect();
+    for c in 0..s.c {
+        // Interior rows: maximal runs of rows every kernel row reads inside the image.
+        let mut i = 0;
+        while i < nr {
+            if full[i] {
+                let i1 = (i..nr).find(|&k| !full[k]).unwrap_or(nr);
+                load(ctx, c, i, i1 - i, kh);
+                i = i1;
+                continue;
+            }
+            let (lo, hi) = valid(i);
+            // Partitions of the valid kernel rows.
+            let (plo, phi) = if c == 0 { (kh - hi, kh - lo) } else { (lo, hi) };
+            if plo == 0 {
+                // Valid prefix: zero the row, load the prefix.
+                zero(ctx, c, i, kh);
+                if phi > 0 {
+                    load(ctx, c, i, 1, phi);
+                }
+            } else if phi == kh {
+                // Valid suffix: the prefix reads a neighbouring channel's rows (in the
+                // tensor: see `choose`), then is zeroed.
+                load(ctx, c, i, 1, kh);
+                zero(ctx, c, i, plo);
+            } else {
+                return Err(ctx.err(format!(
+                    "internal: stacked rows {plo}..{phi} of output row {} are neither a prefix nor a suffix",
+                    r0 + i
+                )));
+            }
+            i += 1;
         }
     }
     Ok(())
