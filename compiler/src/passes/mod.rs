@@ -10,6 +10,7 @@
 
 pub mod attention;
 pub mod constant_gather;
+pub mod conv_layout;
 pub mod cse;
 pub mod dce;
 pub mod epilogue;
@@ -99,6 +100,9 @@ pub fn run_middle_end_with(
     precision::assign(&g, &mut kg, opts)?;
     verify_kernels(&kg, "precision")?;
     dump("05-precision", &|| kg.to_string());
+    if !conv_layout::assign(&mut kg).is_empty() {
+        verify_kernels(&kg, "conv layout")?;
+    }
     Ok(kg)
 }
 

@@ -165,6 +165,7 @@ pub fn assign(g: &Graph, kg: &mut KernelGraph, opts: &CompileOptions) -> Result<
     }
     precast_weights(kg, &uses);
     precast_scratch(kg, &uses);
+    precast_max_pool_inputs(kg, &uses);
     if mm == Dtype::I8 {
         let int8: Vec<usize> = (0..kg.kernels.len())
             .filter(|&i| kg.kernels[i].mm_dtype == Dtype::I8)
@@ -212,7 +213,7 @@ fn precast_weights(kg: &mut KernelGraph, uses: &BTreeMap<KTensorId, Vec<Use>>) {
 /// type (bf16 or fp16) on load: rounding once when the producer writes it gives the same
 /// values as rounding at every load, and halves the tensor's HBM traffic. Only kernels
 /// that write their output through an on-chip tile in the output type (matmul,
-/// attention, elementwise, norm, softmax) produce such a tensor.
+/// attention, conv, pooling, elementwise, norm, softmax) produce such a tensor.
 fn precast_scratch(kg: &mut KernelGraph, uses: &BTreeMap<KTensorId, Vec<Use>>) {
     let mut producers: BTreeMap<KTensorId, &KernelOp> = BTreeMap::new();
     let mut written_twice = Vec::new();
@@ -247,6 +248,7 @@ fn precast_scratch(kg: &mut KernelGraph, uses: &BTreeMap<KTensorId, Vec<Use>>) {
                 KernelOp::MatMul { .. }
                     | KernelOp::Attention { .. }
                     | KernelOp::Conv2d { .. }
+                    | KernelOp::Pool { .. }
                     | KernelOp::Elementwise { .. }
                     | KernelOp::Norm { .. }
                     | KernelOp::Softmax { .. }
@@ -260,6 +262,57 @@ fn precast_scratch(kg: &mut KernelGraph, uses: &BTreeMap<KTensorId, Vec<Use>>) {
             continue;
         }
         cast.push((t, target));
+    }
+    for (t, target) in cast {
+        if let Some(tensor) = kg.tensors.get_mut(t.0 as usize) {
+            tensor.dtype = target;
+        }
+    }
+}
+
+/// Stores a conv result in the 16-bit type of the max pools that alone read it, when
+/// they store their own result in that type with no epilogue: rounding is monotonic, so
+/// `round(max(x)) == max(round(x))` and the pool's output is the same bits, while the
+/// conv's store and the pool's load move half the bytes (a ResNet stem's feature map).
+fn precast_max_pool_inputs(kg: &mut KernelGraph, uses: &BTreeMap<KTensorId, Vec<Use>>) {
+    use crate::kernel::PoolFn;
+    let mut cast = Vec::new();
+    for (&t, u) in uses {
+        let Some(tensor) = kg.tensor(t) else { continue };
+        let conv_written = kg
+            .kernels
+            .iter()
+            .filter(|k| k.output.tensor == t)
+            .map(|k| matches!(k.op, KernelOp::Conv2d { .. }))
+            .collect::<Vec<_>>()
+            == [true];
+        if tensor.kind != TensorKind::Scratch || tensor.dtype != Dtype::F32 || !conv_written {
+            continue;
+        }
+        let targets: Vec<Option<Dtype>> = u
+            .iter()
+            .map(|u| {
+                let k = &kg.kernels[u.kernel];
+                match &k.op {
+                    KernelOp::Pool {
+                        x,
+                        op: PoolFn::Max,
+                        epilogue,
+                        ..
+                    } if epilogue.is_empty() && k.inputs.get(*x).is_some_and(|v| v.tensor == t) => {
+                        kg.tensor(k.output.tensor)
+                            .map(|o| o.dtype)
+                            .filter(|d| matches!(d, Dtype::Bf16 | Dtype::F16))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        if let Some(Some(d)) = targets.first()
+            && targets.iter().all(|x| *x == Some(*d))
+        {
+            cast.push((t, *d));
+        }
     }
     for (t, target) in cast {
         if let Some(tensor) = kg.tensors.get_mut(t.0 as usize) {

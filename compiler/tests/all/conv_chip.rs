@@ -545,7 +545,9 @@ fn conv_packing(g: &Graph) -> Vec<(usize, usize)> {
 #[test]
 fn narrow_convolutions_stack_kernel_rows_on_partitions() {
     // 64-channel 3x3 convs stack two kernel rows (blocks of 64 partitions); the 3-channel
-    // 7x7 stem four (blocks of 32); 1x1 convs and wide layers nothing.
+    // 7x7 stem four (blocks of 32: with its fp32 pixels on few DMA engines the cost model
+    // prefers this to stacking every (channel, kernel row), see the stem test); 1x1 convs
+    // and wide layers nothing.
     let g = super::backend_harness::load_example("resnet_block.json");
     assert_eq!(conv_packing(&g), [(2, 64), (2, 64)]);
     let packs = conv_packing(&mini_resnet(1, 32));
@@ -577,4 +579,174 @@ fn reduced_resnet_under_auto_cast_all_stores_bf16_activations_within_tolerance()
         .count();
     assert!(bf16_maps >= 10, "{kg}");
     super::backend_harness::compile_and_check_with(&g, opts, Precision::Bf16);
+}
+
+/// The conv tilings of `g` on trn1 under `opts`.
+fn conv_tilings(
+    g: &Graph,
+    opts: &neuronc::options::CompileOptions,
+) -> Vec<neuronc::backend::lower::conv::ConvTiling> {
+    use neuronc::backend::tiling::{Tiling, plan};
+    let kg = neuronc::passes::run_middle_end(g, opts, &mut |_, _| {}).unwrap();
+    plan(&kg, &neuron_isa::ChipConfig::trn1())
+        .unwrap()
+        .into_iter()
+        .filter_map(|p| match p.tiling {
+            Tiling::Conv(t) => Some(t),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn halo_free_bands_match_the_reference_in_row_bands_and_image_batches() {
+    // 40x36 images (row bands of one image, several PSUM tiles per transfer), a padded
+    // 3x3 over 80 channels (halo-free), the same over 8 channels (kernel rows stacked in
+    // blocks: zero halo rows, column padding by per-tap column ranges), and 6x6 images
+    // (several images per transfer).
+    let cases = [
+        (3, 80, 16, [40, 36], [3, 3], [1, 1], [1, 1, 1, 1], true),
+        (2, 8, 8, [40, 36], [3, 3], [1, 1], [1, 1, 1, 1], false),
+        (30, 80, 16, [6, 6], [3, 3], [1, 1], [1, 1, 1, 1], true),
+    ];
+    for (n, cin, cout, hw, k, s, pads, full_h) in cases {
+        let g = conv_graph(n, cin, cout, hw, k, s, pads, [1, 1], 1, 7).unwrap();
+        let t = &conv_tilings(&g, &Precision::Fp32.options())[0];
+        assert!(t.full_w, "{t}");
+        assert_eq!(t.full_h, full_h, "{t}");
+        if hw == [6, 6] {
+            assert!(t.timg > t.images, "{t}");
+        }
+        fused_matches_unfused(&g, "conv2d");
+    }
+}
+
+#[test]
+fn conv_to_conv_activations_are_stored_channel_major() {
+    let g = mini_resnet(2, 32);
+    let kg =
+        neuronc::passes::run_middle_end(&g, &Precision::Bf16.options(), &mut |_, _| {}).unwrap();
+    let maps: Vec<_> = kg
+        .tensors
+        .iter()
+        .filter(|t| t.kind == neuron_isa::TensorKind::Scratch && t.shape.len() == 4)
+        .collect();
+    // Conv-to-conv maps are [C, N, H, W] (N = 2 second); the stem's output, read by the
+    // max pool, stays NCHW.
+    assert!(maps.iter().filter(|t| t.shape[1] == 2).count() >= 8, "{kg}");
+    assert!(maps.iter().any(|t| t.shape[0] == 2), "{kg}");
+    // And the whole network still matches the reference at fp32.
+    compile_and_check(&g, Precision::Fp32);
+}
+
+#[test]
+fn global_pooling_folds_many_planes_per_partition_and_matches_the_reference() {
+    use neuronc::backend::tiling::{Tiling, plan};
+    let mut g = Graph::new("gpool");
+    g.seed = 3;
+    let x = g.add_input("x", [4, 64, 7, 7], DType::F32).unwrap();
+    let a = g
+        .add_node(
+            "gap",
+            Op::AvgPool2d {
+                kernel: [7, 7],
+                strides: [1, 1],
+                pads: [0; 4],
+                count_include_pad: true,
+            },
+            &[x],
+            "a",
+        )
+        .unwrap();
+    let m = g
+        .add_node(
+            "gmp",
+            Op::MaxPool2d {
+                kernel: [7, 7],
+                strides: [1, 1],
+                pads: [0; 4],
+            },
+            &[x],
+            "m",
+        )
+        .unwrap();
+    g.add_output(a).unwrap();
+    g.add_output(m).unwrap();
+    let kg =
+        neuronc::passes::run_middle_end(&g, &Precision::Fp32.options(), &mut |_, _| {}).unwrap();
+    let globals: Vec<usize> = plan(&kg, &neuron_isa::ChipConfig::trn1())
+        .unwrap()
+        .into_iter()
+        .filter_map(|p| match p.tiling {
+            Tiling::Pool(t) => Some(t.global),
+            _ => None,
+        })
+        .collect();
+    // 256 planes: 2 per partition.
+    assert_eq!(globals, [2, 2]);
+    compile_and_check(&g, Precision::Fp32);
+}
+
+#[test]
+fn a_map_read_only_by_a_max_pool_is_stored_in_the_pools_type() {
+    // conv -> max pool -> conv under auto-cast matmult: the pool's output feeds only a
+    // conv (bf16 on TensorE), so it is stored bf16, and then so is the first conv's output
+    // (rounding is monotonic: the pool's result is the same bits).
+    let mut g = Graph::new("stem");
+    g.seed = 5;
+    let x = g.add_input("x", [2, 3, 16, 16], DType::F32).unwrap();
+    let w1 = param(&mut g, "w1", &[8, 3, 3, 3], 0.3);
+    let w2 = param(&mut g, "w2", &[8, 8, 1, 1], 0.3);
+    let conv = |strides, pads| Op::Conv2d {
+        strides,
+        pads,
+        dilations: [1, 1],
+        groups: 1,
+    };
+    let c1 = g
+        .add_node("c1", conv([1, 1], [1, 1, 1, 1]), &[x, w1], "c1")
+        .unwrap();
+    let p = g
+        .add_node(
+            "pool",
+            Op::MaxPool2d {
+                kernel: [3, 3],
+                strides: [2, 2],
+                pads: [1, 1, 1, 1],
+            },
+            &[c1],
+            "p",
+        )
+        .unwrap();
+    let c2 = g
+        .add_node("c2", conv([1, 1], [0, 0, 0, 0]), &[p, w2], "c2")
+        .unwrap();
+    g.add_output(c2).unwrap();
+    let opts = Precision::Bf16.options();
+    let kg = neuronc::passes::run_middle_end(&g, &opts, &mut |_, _| {}).unwrap();
+    let bf16 = kg
+        .tensors
+        .iter()
+        .filter(|t| t.kind == neuron_isa::TensorKind::Scratch && t.dtype == neuron_isa::Dtype::Bf16)
+        .count();
+    assert_eq!(bf16, 2, "{kg}");
+    super::backend_harness::compile_and_check_with(&g, opts, Precision::Bf16);
+}
+
+#[test]
+fn the_stem_stacks_channel_by_kernel_row_on_partitions_and_matches_the_reference() {
+    // A 3-channel 7x7 stride-2 stem with padding 3 (and a 4-channel 5x5 stride-1 one):
+    // one matmul per kernel column over every (channel, kernel row); the edge rows read
+    // padding through zeroed prefixes of the partition blocks.
+    for (n, cin, hw, k, st, pad) in [(2, 3, [40, 36], 7, 2, 3), (3, 4, [13, 11], 5, 1, 2)] {
+        let g = conv_graph(n, cin, 8, hw, [k, k], [st, st], [pad; 4], [1, 1], 1, 11).unwrap();
+        let t = &conv_tilings(&g, &Precision::Fp32.options())[0];
+        assert!(t.pstack, "{t}");
+        fused_matches_unfused(&g, "conv2d");
+    }
+    // In bf16 the same 7x7 stem is cheap on TensorE and its 21 stacked rows of fp32 input
+    // on three DMA engines cost more than they save: the cost model stacks blocks.
+    let g = conv_graph(2, 3, 8, [40, 36], [7, 7], [2, 2], [3; 4], [1, 1], 1, 11).unwrap();
+    let t = &conv_tilings(&g, &Precision::Bf16.options())[0];
+    assert!(!t.pstack && t.pack == 4, "{t}");
 }

@@ -142,6 +142,10 @@ struct BenchArgs {
     /// What auto-cast casts matmuls to: bf16, fp16, fp8_e4m3 or int8.
     #[arg(long, default_value = "bf16", value_name = "TYPE")]
     auto_cast_type: String,
+    /// Which fp32 ops are cast: matmult (matmul operands only) or all (also the storage
+    /// of activations, e.g. a CNN's feature maps).
+    #[arg(long, value_enum, default_value_t = cli_common::AutoCastArg::Matmult, value_name = "MODE")]
+    auto_cast: cli_common::AutoCastArg,
     /// Output format.
     #[arg(long, value_enum, default_value_t = BenchFormat::Table)]
     format: BenchFormat,
@@ -561,6 +565,7 @@ fn bench_one(
         .with_context(|| format!("zoo model {name}"))?;
     let copts = neuronc::options::CompileOptions {
         target: target.clone(),
+        auto_cast: args.auto_cast.into(),
         auto_cast_type: cast,
         ..Default::default()
     };

@@ -59,6 +59,24 @@ pub struct ConvTiling {
     pub pack: usize,
     /// Partitions per stacked block (32 or 64: where the ISA lets a DMA start writing).
     pub block: usize,
+    /// Full-width bands: the band holds whole input rows (no column halo), so its loads
+    /// are contiguous runs of whole rows; column padding is done by restricting each
+    /// tap's matmul to the output columns whose input column is inside the image.
+    pub full_w: bool,
+    /// Bands without halo rows either: the band holds only the input rows inside the
+    /// image, and each tap's matmul is restricted to the output rows (and columns) it
+    /// reaches, so whole images are one contiguous run in SBUF (no memset, one long
+    /// descriptor per partition when the activation's images are adjacent in HBM).
+    pub full_h: bool,
+    /// Images per transfer (a multiple of `images`): small images are loaded and stored
+    /// several PSUM tiles at a time so that each descriptor is large.
+    pub timg: usize,
+    /// Kernel rows stacked on partitions one per partition (the stem: few channels, tall
+    /// kernel): channel `c` owns the 32-partition block at `32 c`, whose partition `p`
+    /// holds the input rows of kernel row `p` (block 0 in reverse order) for every output
+    /// row, loaded by one DMA whose partition stride is one input row (im2col by access
+    /// pattern), so one matmul per kernel column covers every (channel, kernel row).
+    pub pstack: bool,
     /// Estimated TensorE time, ns.
     pub est_ns: f64,
 }
@@ -67,10 +85,15 @@ impl fmt::Display for ConvTiling {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "implicit gemm, tiles of {} image(s) x {} rows x {} cols, {} group(s) per matmul, {} kernel row(s) per matmul, est {:.1} us",
+            "implicit gemm, tiles of {} image(s) x {} rows x {} cols{}, {} group(s) per matmul, {} kernel row(s) per matmul, est {:.1} us",
             self.images,
             self.rows,
             self.cols,
+            if self.full_w {
+                " (full-width bands)"
+            } else {
+                ""
+            },
             self.gpack,
             self.pack,
             self.est_ns / 1000.0
@@ -115,6 +138,8 @@ pub struct ConvShape {
     /// The weight values, when they are compile-time constants read whole (needed to
     /// build block-diagonal weights for packed groups).
     pub w_data: Option<Vec<f32>>,
+    /// Bytes per element of the input and the output in HBM.
+    pub io_bytes: (u64, u64),
 }
 
 impl ConvShape {
@@ -134,10 +159,60 @@ impl ConvShape {
     pub fn band_h(&self, rows: usize) -> usize {
         (rows - 1) * self.win.strides[0] + (self.win.kernel[0] - 1) * self.win.dilations[0] + 1
     }
+    /// The output rows `[lo, hi)` of `r0..r0 + nr` (relative to `r0`) whose input row
+    /// under kernel row `p` is inside the image.
+    pub fn valid_rows(&self, p: usize, r0: usize, nr: usize) -> (usize, usize) {
+        valid_range(
+            self.h,
+            self.win.strides[0],
+            self.win.dilations[0],
+            self.win.pads[0],
+            p,
+            r0,
+            nr,
+        )
+    }
     /// Input band width for `cols` output columns.
     pub fn band_w(&self, cols: usize) -> usize {
         (cols - 1) * self.win.strides[1] + (self.win.kernel[1] - 1) * self.win.dilations[1] + 1
     }
+    /// The output columns `[lo, hi)` of `c0..c0 + nc` (relative to `c0`) whose input column
+    /// under kernel column `q` is inside the image (the others read padding: zero).
+    pub fn valid_cols(&self, q: usize, c0: usize, nc: usize) -> (usize, usize) {
+        valid_range(
+            self.w,
+            self.win.strides[1],
+            self.win.dilations[1],
+            self.win.pads[1],
+            q,
+            c0,
+            nc,
+        )
+    }
+}
+
+/// The outputs `[lo, hi)` of `o0..o0 + n` (relative to `o0`) whose input coordinate
+/// `o * stride + tap * dilation - pad` is inside `0..size`.
+fn valid_range(
+    size: usize,
+    stride: usize,
+    dilation: usize,
+    pad: usize,
+    tap: usize,
+    o0: usize,
+    n: usize,
+) -> (usize, usize) {
+    let (st, shift) = (stride.max(1) as i64, (tap * dilation) as i64 - pad as i64);
+    let need = (-shift).max(0);
+    let lo = need / st + i64::from(need % st != 0);
+    let hi = if size as i64 - 1 - shift < 0 {
+        0
+    } else {
+        (size as i64 - 1 - shift) / st + 1
+    };
+    let lo = (lo - o0 as i64).clamp(0, n as i64) as usize;
+    let hi = (hi - o0 as i64).clamp(0, n as i64) as usize;
+    (lo, hi.max(lo))
 }
 
 /// Analyses a convolution kernel.
@@ -212,6 +287,10 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<ConvShape, CompileError> 
             .filter(|_| whole && t.quant_scale.is_none())?;
         Some(data.to_f32().iter().copied().collect())
     });
+    let io_bytes = (
+        kg.tensor(xv.tensor).map_or(4, |t| t.dtype.size()),
+        kg.tensor(out.tensor).map_or(4, |t| t.dtype.size()),
+    );
     Ok(ConvShape {
         n,
         c,
@@ -229,6 +308,7 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<ConvShape, CompileError> 
         operands,
         epilogue: epilogue.clone(),
         w_data,
+        io_bytes,
     })
 }
 
@@ -277,7 +357,75 @@ pub fn choose(s: &ConvShape, cfg: &ChipConfig) -> ConvTiling {
         } else {
             (1, 0)
         };
-    let taps = s.win.kernel[1] * s.win.kernel[0].div_ceil(pack);
+    // Full-width bands when a tile spans whole output rows and some kernel column reads
+    // inside the image for every output column (its matmul comes first and initializes
+    // the whole PSUM tile; the others accumulate into the columns they reach).
+    let full_w =
+        cols == s.ow && (0..s.win.kernel[1]).any(|q| s.valid_cols(q, 0, s.ow) == (0, s.ow));
+    // Partition-stacked rows (see `pstack`) when they cover more taps per matmul than the
+    // block stacking: needs dense NCHW input (invalid edge rows read a neighbouring
+    // channel, then are zeroed) and no output row whose window leaves the image at both
+    // ends.
+    let (kh, dh, pt) = (s.win.kernel[0], s.win.dilations[0], s.win.pads[0]);
+    let xs = &s.x.strides;
+    let pstack = full_w
+        && s.groups == 1
+        && s.w_data.is_some()
+        && (2..=parts / 32).contains(&s.c)
+        && kh > pack.max(1)
+        && kh <= 32
+        && xs[3] == 1
+        && xs[2] == s.w as isize
+        && xs[1] == (s.h * s.w) as isize
+        && (0..s.oh).all(|i| {
+            let top = (i * s.win.strides[0]) as i64 - pt as i64;
+            top >= 0 || top + (((kh - 1) * dh) as i64) < s.h as i64
+        });
+    let pstack = pstack && {
+        // The cost model picks the faster of the two stackings, each bound by TensorE or by
+        // the busiest DMA engine (8 partitions each: a block's band loads and its share of
+        // the output stores), with the per-descriptor overhead (trainium.md 2.3, 3).
+        let ghz = cfg.tensor_clock_ghz.max(1e-9);
+        let eng = cfg.dma_engine_bytes_per_ns.max(1e-9);
+        let ppe = (cfg.partitions_per_dma_engine() as usize).max(1);
+        let ovh = cfg.dma_descriptor_overhead_bytes as f64;
+        let (xe, oe) = (s.io_bytes.0 as f64, s.io_bytes.1 as f64);
+        let nr = (rows * sub).min(s.oh);
+        let transfers = (s.n * s.oh.div_ceil(nr)) as f64;
+        let mm_tiles = (s.n * s.oh.div_ceil(rows)) as f64;
+        let fp32 = if s.mm_dtype == Dtype::F32 { 4.0 } else { 1.0 };
+        let per_mm = fp32 * ((rows * cols) as f64).max(64.0) / ghz;
+        let out = (ppe.min(s.o) * nr * s.ow) as f64 * oe;
+        let engine = |parts: usize, run: f64, runs: f64| {
+            transfers * ((parts.min(ppe) as f64) * run * runs * (1.0 + ovh / run) + out) / eng
+        };
+        let w = s.w as f64;
+        let stacked =
+            (mm_tiles * (s.win.kernel[1] as f64) * per_mm).max(engine(kh, w * xe, nr as f64));
+        let blocked = (mm_tiles * (s.win.kernel[1] * kh.div_ceil(pack)) as f64 * per_mm)
+            .max(engine(s.c, s.band_h(nr) as f64 * w * xe, 1.0));
+        // Measured on the simulator, the stacked stem's DMA took 35% longer than this
+        // estimate (ResNet-50 stem, trn1: 1.40 ms vs 1.04 ms; the busiest engine also
+        // serves queue turns and fixed latencies the estimate leaves out), so stacking
+        // must win by that margin.
+        stacked * 1.35 < blocked
+    };
+    let (pack, block) = if pstack { (1, 32) } else { (pack, block) };
+    let full_h = full_w
+        && !pstack
+        && pack == 1
+        && (0..s.win.kernel[0]).any(|p| s.valid_rows(p, 0, s.oh) == (0, s.oh));
+    // Whole-image tiles: ~2048 output pixels per transfer, as `sub` does for rows.
+    let timg = if rows == s.oh && cols == s.ow {
+        (images * (2048 / (images * rows * cols)).max(1)).min(s.n.next_multiple_of(images))
+    } else {
+        images
+    };
+    let taps = if pstack {
+        s.win.kernel[1]
+    } else {
+        s.win.kernel[1] * s.win.kernel[0].div_ceil(pack)
+    };
     // First-order TensorE time: one matmul per (tile, group block, channel tile, o tile,
     // tap), each `max(min(64, M), N)` cycles.
     let (cs, os) = (s.cg() * gpack, s.og() * gpack);
@@ -291,7 +439,7 @@ pub fn choose(s: &ConvShape, cfg: &ChipConfig) -> ConvTiling {
         cyc *= 4.0;
     }
     let est_ns = cyc / cfg.tensor_clock_ghz.max(1e-9);
-    ConvTiling {
+    let mut t = ConvTiling {
         images,
         rows,
         cols,
@@ -299,8 +447,60 @@ pub fn choose(s: &ConvShape, cfg: &ChipConfig) -> ConvTiling {
         gpack,
         pack,
         block,
+        full_w,
+        full_h,
+        timg,
+        pstack,
         est_ns,
+    };
+    // Batching images per transfer must not make a kernel that fits without it fail: it
+    // stays within 3/4 of SBUF (the tiler's budget is 7/8).
+    fit(s, &mut t, cfg, cfg.sbuf_bytes_per_partition * 3 / 4);
+    t
+}
+
+/// Shrinks the images per transfer until the buffers fit in `budget` bytes per partition.
+pub fn fit(s: &ConvShape, t: &mut ConvTiling, cfg: &ChipConfig, budget: u64) {
+    while t.timg > t.images {
+        let bytes: u64 = buffers(s, t, cfg)
+            .iter()
+            .filter(|b| b.mem == crate::backend::alloc::OnChip::Sbuf)
+            .map(|b| b.bytes * u64::from(b.slots))
+            .sum();
+        if bytes <= budget {
+            return;
+        }
+        t.timg -= t.images;
     }
+}
+
+/// Width (row pitch) of the input band of a tile of `cols` output columns.
+fn band_width(s: &ConvShape, t: &ConvTiling, cols: usize) -> usize {
+    if t.full_w { s.w } else { s.band_w(cols) }
+}
+
+/// An epilogue that starts with a per-channel bias add and later adds an fp32 full tile
+/// (a residual): the bias column and the rest of the epilogue.
+fn split_bias<'e>(epilogue: &'e [EwOp], ops: &[Option<OpTile>]) -> Option<(Ap, &'e [EwOp])> {
+    let (
+        EwOp::Tensor {
+            op: crate::kernel::BinaryFn::Add,
+            operand,
+            ..
+        },
+        rest,
+    ) = epilogue.split_first()?
+    else {
+        return None;
+    };
+    let Some(Some(OpTile::Column(col))) = ops.get(*operand) else {
+        return None;
+    };
+    let fp32_full = rest.iter().any(|o| {
+        matches!(o, EwOp::Tensor { operand: j, .. }
+            if matches!(ops.get(*j), Some(Some(OpTile::Full(t))) if t.dtype == Dtype::F32))
+    });
+    fp32_full.then(|| (col.clone(), rest))
 }
 
 /// Bytes per partition of the resident weights.
@@ -308,6 +508,9 @@ fn weight_bytes(s: &ConvShape, t: &ConvTiling, parts: usize) -> u64 {
     let (cs, os) = (s.cg() * t.gpack, s.og() * t.gpack);
     if t.pack > 1 {
         return (tap_groups(s, t) * os) as u64 * s.mm_dtype.size();
+    }
+    if t.pstack {
+        return (s.win.kernel[1] * os) as u64 * s.mm_dtype.size();
     }
     let blocks = (s.groups / t.gpack) * cs.div_ceil(parts);
     (blocks * s.taps() * os) as u64 * s.mm_dtype.size()
@@ -322,15 +525,29 @@ fn tap_groups(s: &ConvShape, t: &ConvTiling) -> usize {
 /// Bytes per partition of one input band slot (every channel tile of one group block).
 fn band_bytes(s: &ConvShape, t: &ConvTiling, parts: usize) -> u64 {
     let cs = s.cg() * t.gpack;
-    (cs.div_ceil(parts) * t.images * s.band_h(t.rows * t.sub) * s.band_w(t.cols)) as u64
+    (cs.div_ceil(parts) * t.timg * band_rows(s, t, t.rows * t.sub) * band_width(s, t, t.cols))
+        as u64
         * s.mm_dtype.size()
+}
+
+/// Rows of the input band of `rows` output rows (one per output row when stacked on
+/// partitions: each partition holds only the rows of its kernel row).
+fn band_rows(s: &ConvShape, t: &ConvTiling, rows: usize) -> usize {
+    if t.pstack { rows } else { s.band_h(rows) }
+}
+
+/// Partition of kernel row `j` of channel `c` under `pstack` (block 0 reversed, so that at
+/// every image edge the partitions that must read padding form a prefix or are loaded
+/// from a neighbouring channel and then zeroed as a prefix).
+fn pstack_partition(c: usize, j: usize, kh: usize) -> usize {
+    c * 32 + if c == 0 { kh - 1 - j } else { j }
 }
 
 /// The buffers a tiling needs.
 pub fn buffers(s: &ConvShape, t: &ConvTiling, cfg: &ChipConfig) -> Vec<BufferReq> {
     let parts = cfg.partitions as usize;
     let npix = (t.images * t.rows * t.cols) as u64;
-    let spix = npix * t.sub as u64;
+    let spix = (t.timg * t.rows * t.cols * t.sub) as u64;
     let ncols = s.operands.iter().filter(|o| o.2).count();
     let otiles = s.o.div_ceil(parts).max(s.groups / t.gpack);
     let mut b = vec![
@@ -500,7 +717,53 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
     // `[j * block + c, o] = w[o, c, g*pack + j, q]` (zero rows between the blocks), built
     // at compile time, one DMA per tap group.
     let ngr = kh.div_ceil(t.pack);
-    let prows = t.pack * t.block;
+    // Partition-stacked rows: K spans every channel block up to the last kernel row.
+    let prows = if t.pstack {
+        (cs - 1) * t.block + kh
+    } else {
+        t.pack * t.block
+    };
+    if t.pstack {
+        // Per kernel column q a stationary `[pstack_partition(c, j), o] = w[o, c, j, q]`
+        // (zero rows between the blocks), one DMA each.
+        let data = s
+            .w_data
+            .as_ref()
+            .ok_or_else(|| ctx.err("internal: stacked rows without constant weights"))?;
+        let mut packed = vec![0f32; kw * prows * os];
+        for q in 0..kw {
+            for c in 0..cs {
+                for j in 0..kh {
+                    let pp = pstack_partition(c, j, kh);
+                    for o in 0..os {
+                        let src = ((o * cs + c) * kh + j) * kw + q;
+                        packed[(q * prows + pp) * os + o] = data.get(src).copied().unwrap_or(0.0);
+                    }
+                }
+            }
+        }
+        let cid = ctx.constant("row_stacked_w", packed);
+        for q in 0..kw {
+            let src = Ap {
+                mem: Memory::Hbm(cid),
+                dtype: Dtype::F32,
+                offset: (q * prows * os * 4) as u64,
+                start_partition: 0,
+                partitions: prows as u32,
+                partition_stride: os as i64,
+                dims: dense(os),
+            };
+            let dst = sbuf(
+                Memory::Sbuf,
+                mm,
+                0,
+                prows,
+                wbuf.slot(0) + (q * os) as u64 * esz,
+                dense(os),
+            );
+            ctx.prefetch(dst, src);
+        }
+    }
     if t.pack > 1 {
         let data = s
             .w_data
@@ -546,7 +809,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
         }
     }
     // Resident weights `[c, tap, o]` per (group block, channel tile).
-    for blk in (0..blocks).filter(|_| gp == 1 && t.pack == 1) {
+    for blk in (0..blocks).filter(|_| gp == 1 && t.pack == 1 && !t.pstack) {
         for ct in 0..n_ct {
             let c0 = ct * parts;
             let cp = (cs - c0).min(parts);
@@ -636,9 +899,9 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
         }
     }
 
-    let (hb, wb) = (s.band_h(t.rows * t.sub), s.band_w(t.cols));
+    let (hb, wb) = (band_rows(&s, t, t.rows * t.sub), band_width(&s, t, t.cols));
     let img = hb * wb;
-    if t.pack > 1 {
+    if t.pack > 1 || t.pstack {
         // Partitions between the stacked blocks and rows no tile loads meet zero weights;
         // they must still hold finite numbers (0 * NaN is NaN).
         for i in 0..band.slots as usize {
@@ -651,7 +914,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                         0,
                         prows,
                         band.slot(i),
-                        dense(t.images * img),
+                        dense(t.timg * img),
                     ),
                     value: 0.0,
                 },
@@ -661,8 +924,8 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
     let mut slot = 0usize;
     let mut oslot = 0usize;
     let mut aslot = 0usize;
-    for n0 in (0..s.n).step_by(t.images) {
-        let nb = t.images.min(s.n - n0);
+    for n0 in (0..s.n).step_by(t.timg) {
+        let nb = t.timg.min(s.n - n0);
         for r0 in (0..s.oh).step_by(t.rows * t.sub) {
             // `nr` rows in this transfer, computed in PSUM tiles of `t.rows` rows.
             let nr = (t.rows * t.sub).min(s.oh - r0);
@@ -671,21 +934,36 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                 let spix = nb * nr * nc;
                 // Input window of this tile, in input coordinates (may overhang).
                 let ir0 = (r0 * sh) as i64 - pt as i64;
-                let ic0 = (c0 * sw) as i64 - pl as i64;
-                let (hbr, wbr) = (s.band_h(nr), s.band_w(nc));
+                let ic0 = if t.full_w {
+                    0
+                } else {
+                    (c0 * sw) as i64 - pl as i64
+                };
+                let (hbr, wbr) = (s.band_h(nr), band_width(&s, t, nc));
                 let vr0 = ir0.max(0);
                 let vr1 = (ir0 + hbr as i64).min(s.h as i64);
                 let vc0 = ic0.max(0);
                 let vc1 = (ic0 + wbr as i64).min(s.w as i64);
-                let padded =
-                    vr0 != ir0 || vc0 != ic0 || vr1 != ir0 + hbr as i64 || vc1 != ic0 + wbr as i64;
+                let padded = !t.full_h
+                    && !t.pstack
+                    && (vr0 != ir0
+                        || vc0 != ic0
+                        || vr1 != ir0 + hbr as i64
+                        || vc1 != ic0 + wbr as i64);
+                // Band row 0 is input row `br0` (`+ j * dh` in stacked block `j`); images
+                // are `img_t` apart.
+                let (br0, img_t) = if t.full_h {
+                    (vr0, (vr1 - vr0).max(0) as usize * wb)
+                } else {
+                    (ir0, img)
+                };
                 for blk in 0..blocks {
                     let bslot = band.slot(slot);
                     slot += 1;
                     for ct in 0..n_ct {
                         let c0c = ct * parts;
                         let cp = (cs - c0c).min(parts);
-                        let tbase = bslot + (ct * t.images * img) as u64 * esz;
+                        let tbase = bslot + (ct * t.timg * img) as u64 * esz;
                         if padded {
                             let np = if t.pack > 1 { prows } else { cp };
                             ctx.push(
@@ -696,8 +974,11 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                 },
                             );
                         }
+                        if t.pstack {
+                            pstack_band(ctx, &s, (xt, xdt), tbase, (n0, nb), (r0, nr), img)?;
+                        }
                         // Stacked block `j` holds the band shifted down by `j` kernel rows.
-                        for j in 0..t.pack {
+                        for j in (0..t.pack).filter(|_| !t.pstack) {
                             let irj = ir0 + (j * dh) as i64;
                             let vr0 = irj.max(0);
                             let vr1 = (irj + hbr as i64).min(s.h as i64);
@@ -733,7 +1014,9 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                     },
                                 ],
                             };
-                            let inner = ((vr0 - irj) as usize * wb + (vc0 - ic0) as usize) as u64;
+                            let inner = ((vr0 - (br0 + (j * dh) as i64)) as usize * wb
+                                + (vc0 - ic0) as usize)
+                                as u64;
                             let dst = sbuf(
                                 Memory::Sbuf,
                                 mm,
@@ -743,7 +1026,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                 vec![
                                     Dim {
                                         size: nb as u32,
-                                        stride: img as i64,
+                                        stride: img_t as i64,
                                     },
                                     Dim {
                                         size: (vr1 - vr0) as u32,
@@ -782,17 +1065,32 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                             }
                             let (tid, dt) = ctx.tensor(v)?;
                             let ob = ctx.buf(&format!("op{i}"))?;
-                            let tile = ob.tile(oslot, Dtype::F32, no as u32, spix as u32);
+                            // A residual stored in the (16-bit) elementwise type is kept in
+                            // it on chip (exact), so its add runs at one element per cycle.
+                            let tdt = if dt == s.act_dtype && matches!(dt, Dtype::Bf16 | Dtype::F16)
+                            {
+                                dt
+                            } else {
+                                Dtype::F32
+                            };
+                            let tile = ob.tile(oslot, tdt, no as u32, spix as u32);
                             let src =
                                 nchw_ap(v, tid, dt, (n0, nb), (o_glob, no), (r0, nr), (c0, nc));
                             ctx.load(tile.clone(), src);
                             sops[*i] = Some(OpTile::Full(tile));
                         }
                         let out_all = outb.tile(oslot, odt, no as u32, spix as u32);
-                        for k0 in (0..nr).step_by(t.rows) {
+                        // PSUM tiles: `t.images` images (whole images then) or `t.rows`
+                        // rows of one image at a time.
+                        let ptiles: Vec<(usize, usize)> = (0..nb)
+                            .step_by(t.images)
+                            .flat_map(|i0| (0..nr).step_by(t.rows).map(move |k0| (i0, k0)))
+                            .collect();
+                        for (i0, k0) in ptiles {
+                            let nbi = t.images.min(nb - i0);
                             let nrk = t.rows.min(nr - k0);
-                            let npix = nb * nrk * nc;
-                            let pix0 = (k0 * nc) as u32;
+                            let npix = nbi * nrk * nc;
+                            let pix0 = ((i0 * nr + k0) * nc) as u32;
                             let sub_of = |ap: &Ap| {
                                 let mut a = crate::backend::layout::cols(ap, pix0, npix as u32);
                                 a.partitions = no as u32;
@@ -803,7 +1101,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                             for ct in 0..n_ct {
                                 let c0c = ct * parts;
                                 let cp = (cs - c0c).min(parts);
-                                let tbase = bslot + (ct * t.images * img) as u64 * esz;
+                                let tbase = bslot + (ct * t.timg * img) as u64 * esz;
                                 let wbase =
                                     wbuf.slot(0) + ((blk * n_ct + ct) * taps * os) as u64 * esz;
                                 // (weight column, band offset, K) of each matmul.
@@ -814,20 +1112,64 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                             let nj = t.pack.min(kh - g * t.pack);
                                             mms.push((
                                                 (q * ngr + g) * os,
-                                                g * t.pack * dh * wb + q * dw,
+                                                g * t.pack * dh,
                                                 (nj - 1) * t.block + cp,
+                                                q,
+                                                None,
                                             ));
                                         }
+                                    }
+                                } else if t.pstack {
+                                    for q in 0..kw {
+                                        mms.push((q * os, 0, prows, q, None));
                                     }
                                 } else {
                                     for p in 0..kh {
                                         for q in 0..kw {
-                                            mms.push(((p * kw + q) * os, p * dh * wb + q * dw, cp));
+                                            mms.push(((p * kw + q) * os, p * dh, cp, q, Some(p)));
                                         }
                                     }
                                 }
+                                // Each matmul's output rows `[il, ih)` and columns `[jl, jh)`
+                                // and the band element of its first output; with full-width
+                                // (full-height) bands a tap reading padding for some columns
+                                // (rows) skips them, and one covering the whole tile goes
+                                // first (it initializes the PSUM tile).
+                                let mut mms: Vec<_> = mms
+                                    .into_iter()
+                                    .filter_map(|(wcol, prow, kk, q, p)| {
+                                        let (jl, jh) = if t.full_w {
+                                            s.valid_cols(q, c0, nc)
+                                        } else {
+                                            (0, nc)
+                                        };
+                                        let (il, ih) = match p {
+                                            Some(p) if t.full_h => s.valid_rows(p, r0 + k0, nrk),
+                                            _ => (0, nrk),
+                                        };
+                                        let col = if t.full_w {
+                                            ((c0 + jl) * sw + q * dw) as i64 - pl as i64
+                                        } else {
+                                            (q * dw) as i64
+                                        };
+                                        let row = if t.pstack {
+                                            (k0 + il) as i64
+                                        } else {
+                                            ((k0 + il) * sh + prow) as i64 + (ir0 - br0)
+                                        };
+                                        let boff = row * wb as i64 + col;
+                                        (jh > jl && ih > il && boff >= 0).then_some((
+                                            wcol,
+                                            boff as usize,
+                                            kk,
+                                            (il, ih),
+                                            (jl, jh),
+                                        ))
+                                    })
+                                    .collect();
+                                mms.sort_by_key(|m| (m.3, m.4) != ((0, nrk), (0, nc)));
                                 {
-                                    for (wcol, boff, kk) in mms {
+                                    for (wcol, boff, kk, (il, ih), (jl, jh)) in mms {
                                         let stationary = sbuf(
                                             Memory::Sbuf,
                                             mm,
@@ -841,26 +1183,48 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                             mm,
                                             0,
                                             kk,
-                                            tbase + (boff + k0 * sh * wb) as u64 * esz,
+                                            tbase + (i0 * img_t + boff) as u64 * esz,
                                             vec![
                                                 Dim {
-                                                    size: nb as u32,
-                                                    stride: img as i64,
+                                                    size: nbi as u32,
+                                                    stride: img_t as i64,
                                                 },
                                                 Dim {
-                                                    size: nrk as u32,
-                                                    stride: (sh * wb) as i64,
+                                                    size: (ih - il) as u32,
+                                                    stride: if t.pstack { wb } else { sh * wb }
+                                                        as i64,
                                                 },
                                                 Dim {
-                                                    size: nc as u32,
+                                                    size: (jh - jl) as u32,
                                                     stride: sw as i64,
                                                 },
                                             ],
                                         );
+                                        let dst = if (il, ih, jl, jh) == (0, nrk, 0, nc) {
+                                            acc_t.clone()
+                                        } else {
+                                            let mut d = acc_t.clone();
+                                            d.offset += (il * nc + jl) as u64 * 4;
+                                            d.dims = vec![
+                                                Dim {
+                                                    size: nbi as u32,
+                                                    stride: (nrk * nc) as i64,
+                                                },
+                                                Dim {
+                                                    size: (ih - il) as u32,
+                                                    stride: nc as i64,
+                                                },
+                                                Dim {
+                                                    size: (jh - jl) as u32,
+                                                    stride: 1,
+                                                },
+                                            ];
+                                            d
+                                        };
                                         ctx.push(
                                             Engine::Tensor,
                                             Op::Matmul {
-                                                dst: acc_t.clone(),
+                                                dst,
                                                 stationary,
                                                 moving,
                                                 accumulate: !first,
@@ -882,15 +1246,37 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                 .get("cast")
                                 .map(|c| c.tile(0, Dtype::F32, no as u32, npix as u32));
                             let out_k = sub_of(&out_all);
+                            let work_t = work.tile(aslot, s.act_dtype, no as u32, npix as u32);
+                            // Bias then an fp32 residual: the bias add (the eviction) goes to
+                            // ScalarE as `identity(x + b)`, the same fp32 addition, so that
+                            // VectorE, which pays two cycles per element for the fp32
+                            // residual add, does only that.
+                            let (src, epilogue) = match split_bias(&s.epilogue, &ops) {
+                                Some((col, rest)) => {
+                                    ctx.push(
+                                        Engine::Scalar,
+                                        Op::Activation {
+                                            dst: work_t.clone(),
+                                            src: acc_t,
+                                            func: neuron_isa::ActFunc::Identity,
+                                            scale: neuron_isa::Operand::Imm(1.0),
+                                            bias: Some(neuron_isa::Operand::PerPartition(col)),
+                                            accum: None,
+                                        },
+                                    );
+                                    (work_t.clone(), rest)
+                                }
+                                None => (acc_t, &s.epilogue[..]),
+                            };
                             let tiles = ChainTiles {
-                                src: acc_t,
-                                work: work.tile(aslot, s.act_dtype, no as u32, npix as u32),
+                                src,
+                                work: work_t,
                                 cast,
                                 out: out_k.clone(),
                                 operands: &ops,
                             };
                             aslot += 1;
-                            let res = chain::apply(ctx, &s.epilogue, &tiles)?;
+                            let res = chain::apply(ctx, epilogue, &tiles)?;
                             if res != out_k {
                                 let e = ctx.evict_engine();
                                 ctx.copy_on(e, out_k, res);
@@ -910,6 +1296,163 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                     }
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Loads the band of output rows `r0..r0 + nr` of images `n0..n0 + nb` under `pstack`:
+/// partition `pstack_partition(c, j)`, band row `i`, holds input row `(r0 + i) * sh + j *
+/// dh - pt` of channel `c` (whole rows, pitch `W`; images `img` apart). Rows every kernel
+/// row reads inside the image take one DMA per channel (partition stride `dh` rows, `-dh`
+/// in block 0); at an image edge the partitions that must read padding are a prefix or
+/// a suffix of the block (partition starts other than 0, 32, 64, 96 cannot be written):
+/// a valid prefix is loaded after zeroing the row; a valid suffix is loaded together with
+/// the invalid prefix, which reads a neighbouring channel's rows and is then zeroed.
+#[allow(clippy::too_many_arguments)]
+fn pstack_band(
+    ctx: &mut LowerCtx<'_>,
+    s: &ConvShape,
+    (xt, xdt): (TensorId, Dtype),
+    tbase: u64,
+    (n0, nb): (usize, usize),
+    (r0, nr): (usize, usize),
+    img: usize,
+) -> Result<(), CompileError> {
+    let (kh, dh, sh, pt) = (
+        s.win.kernel[0],
+        s.win.dilations[0],
+        s.win.strides[0],
+        s.win.pads[0] as i64,
+    );
+    let (h, w) = (s.h as i64, s.w);
+    let mm = s.mm_dtype;
+    let esz = mm.size();
+    let xs = &s.x.strides;
+    let in_row = |i: usize, j: usize| ((r0 + i) * sh + j * dh) as i64 - pt;
+    // Kernel rows `[lo, hi)` of band row `i` inside the image.
+    let valid = |i: usize| {
+        let lo = (0..kh).find(|&j| in_row(i, j) >= 0).unwrap_or(kh);
+        let hi = (0..kh)
+            .rev()
+            .find(|&j| in_row(i, j) < h)
+            .map_or(0, |j| j + 1);
+        (lo, hi.max(lo))
+    };
+    // One DMA: band rows `i0..i0 + ni`, partitions `c*32 .. c*32 + np` of channel `c`.
+    let load = |ctx: &mut LowerCtx<'_>, c: usize, i0: usize, ni: usize, np: usize| {
+        // Partition 0 of the block holds kernel row `kh - 1` (block 0) or 0.
+        let (j0, pstride) = if c == 0 {
+            (kh - 1, -((dh * w) as i64))
+        } else {
+            (0, (dh * w) as i64)
+        };
+        let off = s.x.offset as i64
+            + n0 as i64 * xs[0] as i64
+            + c as i64 * xs[1] as i64
+            + in_row(i0, j0) * w as i64;
+        let src = Ap {
+            mem: Memory::Hbm(xt),
+            dtype: xdt,
+            offset: off.max(0) as u64 * xdt.size(),
+            start_partition: 0,
+            partitions: np as u32,
+            partition_stride: pstride,
+            dims: vec![
+                Dim {
+                    size: nb as u32,
+                    stride: xs[0] as i64,
+                },
+                Dim {
+                    size: ni as u32,
+                    stride: (sh * w) as i64,
+                },
+                Dim {
+                    size: w as u32,
+                    stride: 1,
+                },
+            ],
+        };
+        let dst = sbuf(
+            Memory::Sbuf,
+            mm,
+            c * 32,
+            np,
+            tbase + (i0 * w) as u64 * esz,
+            vec![
+                Dim {
+                    size: nb as u32,
+                    stride: img as i64,
+                },
+                Dim {
+                    size: ni as u32,
+                    stride: w as i64,
+                },
+                Dim {
+                    size: w as u32,
+                    stride: 1,
+                },
+            ],
+        );
+        ctx.load(dst, src);
+    };
+    let zero = |ctx: &mut LowerCtx<'_>, c: usize, i: usize, np: usize| {
+        ctx.push(
+            Engine::GpSimd,
+            Op::Memset {
+                dst: sbuf(
+                    Memory::Sbuf,
+                    mm,
+                    c * 32,
+                    np,
+                    tbase + (i * w) as u64 * esz,
+                    vec![
+                        Dim {
+                            size: nb as u32,
+                            stride: img as i64,
+                        },
+                        Dim {
+                            size: w as u32,
+                            stride: 1,
+                        },
+                    ],
+                ),
+                value: 0.0,
+            },
+        );
+    };
+    let full: Vec<bool> = (0..nr).map(|i| valid(i) == (0, kh)).collect();
+    for c in 0..s.c {
+        // Interior rows: maximal runs of rows every kernel row reads inside the image.
+        let mut i = 0;
+        while i < nr {
+            if full[i] {
+                let i1 = (i..nr).find(|&k| !full[k]).unwrap_or(nr);
+                load(ctx, c, i, i1 - i, kh);
+                i = i1;
+                continue;
+            }
+            let (lo, hi) = valid(i);
+            // Partitions of the valid kernel rows.
+            let (plo, phi) = if c == 0 { (kh - hi, kh - lo) } else { (lo, hi) };
+            if plo == 0 {
+                // Valid prefix: zero the row, load the prefix.
+                zero(ctx, c, i, kh);
+                if phi > 0 {
+                    load(ctx, c, i, 1, phi);
+                }
+            } else if phi == kh {
+                // Valid suffix: the prefix reads a neighbouring channel's rows (in the
+                // tensor: see `choose`), then is zeroed.
+                load(ctx, c, i, 1, kh);
+                zero(ctx, c, i, plo);
+            } else {
+                return Err(ctx.err(format!(
+                    "internal: stacked rows {plo}..{phi} of output row {} are neither a prefix nor a suffix",
+                    r0 + i
+                )));
+            }
+            i += 1;
         }
     }
     Ok(())

@@ -25,10 +25,21 @@ use std::fmt;
 pub struct PoolTiling {
     /// Output rows per band.
     pub rows: usize,
+    /// Global pooling of small planes: this many whole planes per partition per transfer
+    /// (0: the banded form). Each partition's planes are adjacent in HBM, so a transfer is
+    /// one long descriptor per partition, and one `TensorReduce` folds every plane.
+    pub global: usize,
 }
 
 impl fmt::Display for PoolTiling {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.global > 0 {
+            return write!(
+                f,
+                "global: {} whole planes per partition per transfer",
+                self.global
+            );
+        }
         write!(
             f,
             "planes on partitions, bands of {} output rows",
@@ -150,14 +161,57 @@ pub fn analyze(_kg: &KernelGraph, k: &Kernel) -> Result<PoolShape, CompileError>
 }
 
 /// Output rows per band: as many as keep the band near 16 KiB per partition.
-pub fn choose(s: &PoolShape, _cfg: &ChipConfig) -> PoolTiling {
+pub fn choose(s: &PoolShape, cfg: &ChipConfig) -> PoolTiling {
     let per_row = (s.band_w() * s.win.strides[0]).max(1) * 4;
     let rows = (16 * 1024 / per_row).clamp(1, s.oh);
-    PoolTiling { rows }
+    PoolTiling {
+        rows,
+        global: global_planes(s, cfg),
+    }
+}
+
+/// Planes per partition per transfer of a global pooling (the window is the whole,
+/// unpadded plane; planes merged across images and adjacent in HBM; no epilogue
+/// operands), about 16 KiB per partition; 0 when the banded form applies.
+fn global_planes(s: &PoolShape, cfg: &ChipConfig) -> usize {
+    let parts = cfg.partitions as usize;
+    let (xs, os) = (&s.x.strides, &s.out.strides);
+    let plane = s.h * s.w;
+    let whole = s.win.kernel == [s.h, s.w] && s.win.pads == [0; 4] && s.oh == 1 && s.ow == 1;
+    let dense = xs[3] == 1 && xs[2] == s.w as isize && xs[1] == plane as isize;
+    if !whole
+        || !dense
+        || s.images != 1
+        || !s.operands.is_empty()
+        || s.planes % parts != 0
+        || os[1] <= 0
+    {
+        return 0;
+    }
+    let per = s.planes / parts;
+    let want = (16 * 1024 / (plane * 4)).max(1);
+    // The largest divisor of `per` up to `want`, so every transfer has the same shape.
+    (1..=want.min(per))
+        .rev()
+        .find(|g| per % g == 0)
+        .unwrap_or(1)
 }
 
 /// The buffers a tiling needs.
 pub fn buffers(s: &PoolShape, t: &PoolTiling) -> Vec<BufferReq> {
+    if t.global > 0 {
+        let g = t.global as u64;
+        let mut b = vec![
+            BufferReq::sbuf("band", g * (s.h * s.w) as u64 * 4, 2),
+            BufferReq::sbuf("acc", g * 4, 2),
+            BufferReq::sbuf("work", g * 4, 2),
+            BufferReq::sbuf("out", g * 4, 2),
+        ];
+        if chain::has_cast(&s.epilogue) {
+            b.push(BufferReq::sbuf("cast", g * chain::CAST_BYTES, 1));
+        }
+        return b;
+    }
     let band = (s.band_h(t.rows) * s.band_w()) as u64 * 4;
     let npix = (t.rows * s.ow) as u64;
     let mut b = vec![
@@ -205,6 +259,9 @@ fn reciprocal_counts(s: &PoolShape) -> Vec<f32> {
 /// Lowers a pooling kernel.
 pub fn lower(ctx: &mut LowerCtx<'_>, t: &PoolTiling) -> Result<(), CompileError> {
     let s = analyze(ctx.kg, ctx.kernel)?;
+    if t.global > 0 {
+        return lower_global(ctx, &s, t.global);
+    }
     let parts = ctx.cfg.partitions as usize;
     let (xt, xdt) = view_storage(ctx.kg, ctx.kernel, &s.x, "x")?;
     let (ot, odt) = ctx.tensor(&s.out)?;
@@ -417,6 +474,119 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &PoolTiling) -> Result<(), CompileError>
                 slot += 1;
             }
         }
+    }
+    Ok(())
+}
+
+/// Global pooling, `g` planes per partition per transfer: partition `p` of transfer `k`
+/// holds planes `(k * P + p) * g ..` (P = partitions), one contiguous run in HBM; a
+/// `TensorReduce` over each plane folds its elements in the same order as the banded form's
+/// taps (row-major), so the results are the same bits.
+fn lower_global(ctx: &mut LowerCtx<'_>, s: &PoolShape, g: usize) -> Result<(), CompileError> {
+    let parts = ctx.cfg.partitions as usize;
+    let (xt, xdt) = view_storage(ctx.kg, ctx.kernel, &s.x, "x")?;
+    let (ot, odt) = ctx.tensor(&s.out)?;
+    let odt = super::on_chip_dtype(odt);
+    let band = ctx.buf("band")?;
+    let accb = ctx.buf("acc")?;
+    let work = ctx.buf("work")?;
+    let outb = ctx.buf("out")?;
+    let plane = s.h * s.w;
+    let fdt = Dtype::F32;
+    let (xs, os) = (&s.x.strides, &s.out.strides);
+    let block = parts * g;
+    for (slot, k0) in (0..s.planes).step_by(block).enumerate() {
+        let off = s.x.offset as i64 + (k0 as i64) * xs[1] as i64;
+        let src = Ap {
+            mem: Memory::Hbm(xt),
+            dtype: xdt,
+            offset: off.max(0) as u64 * xdt.size(),
+            start_partition: 0,
+            partitions: parts as u32,
+            partition_stride: (g * plane) as i64,
+            dims: dense(g * plane),
+        };
+        let bt = sbuf(
+            Memory::Sbuf,
+            fdt,
+            0,
+            parts,
+            band.slot(slot),
+            dense(g * plane),
+        );
+        ctx.load(bt, src);
+        let acc = accb.tile(slot, fdt, parts as u32, g as u32);
+        let planes = sbuf(
+            Memory::Sbuf,
+            fdt,
+            0,
+            parts,
+            band.slot(slot),
+            vec![
+                Dim {
+                    size: g as u32,
+                    stride: plane as i64,
+                },
+                Dim {
+                    size: plane as u32,
+                    stride: 1,
+                },
+            ],
+        );
+        let op = match s.op {
+            PoolFn::Max => AluOp::Max,
+            PoolFn::Avg { .. } => AluOp::Add,
+        };
+        ctx.push(
+            Engine::Vector,
+            Op::TensorReduce {
+                dst: acc.clone(),
+                src: planes,
+                op,
+                axes: 1,
+                negate: false,
+            },
+        );
+        if let PoolFn::Avg { .. } = s.op {
+            ctx.push(
+                Engine::Vector,
+                Op::TensorScalar {
+                    dst: acc.clone(),
+                    src: acc.clone(),
+                    op0: AluOp::Mul,
+                    operand0: Operand::Imm(1.0 / plane as f32),
+                    reverse0: false,
+                    op1: AluOp::Bypass,
+                    operand1: Operand::Imm(0.0),
+                    reverse1: false,
+                },
+            );
+        }
+        let cast = ctx
+            .bufs
+            .get("cast")
+            .map(|c| c.tile(0, Dtype::F32, parts as u32, g as u32));
+        let tiles = ChainTiles {
+            src: acc,
+            work: work.tile(slot, s.act_dtype, parts as u32, g as u32),
+            cast,
+            out: outb.tile(slot, odt, parts as u32, g as u32),
+            operands: &[],
+        };
+        let res = chain::apply(ctx, &s.epilogue, &tiles)?;
+        let dst = Ap {
+            mem: Memory::Hbm(ot),
+            dtype: odt,
+            offset: (s.out.offset as i64 + k0 as i64 * os[1] as i64).max(0) as u64 * odt.size(),
+            start_partition: 0,
+            partitions: parts as u32,
+            partition_stride: g as i64 * os[1] as i64,
+            dims: vec![Dim {
+                size: g as u32,
+                stride: os[1] as i64,
+            }],
+        };
+        ctx.store(dst, res);
     }
     Ok(())
 }
