@@ -52,7 +52,9 @@ pub struct CopyTiling {
 /// transposes of row-major X tiles) and stays resident in SBUF while every column tile of
 /// `n_tile` columns streams W through a ring of `w_slots` chunks of `w_kchunk` k-tiles; the
 /// group's `m_group` accumulators (one PSUM bank each) collect all of K. W is thus read
-/// `ceil(M / (128 m_group))` times and X once.
+/// `ceil(M / (128 m_group))` times and X once, unless the ring holds all of W: W is then
+/// loaded once and stays resident while the groups' X^T stream past it (W-stationary).
+/// With `x_dma_transpose`, X^T arrives by transposing DMAs and TensorE only multiplies.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MatmulTiling {
     /// Row tiles (of <= 128 rows) per group: the PSUM accumulators in use.
@@ -67,6 +69,10 @@ pub struct MatmulTiling {
     pub x_kchunk: usize,
     /// Accumulator sets (2 = the next column tile accumulates while this one is evicted).
     pub acc_sets: u32,
+    /// X^T comes straight from HBM by transposing (and, for fp32 inputs, casting) DMAs,
+    /// one per k-tile and group, instead of contiguous loads turned around on TensorE.
+    /// Chosen when a group's rows make DMA descriptors of at least 2 KiB per partition.
+    pub x_dma_transpose: bool,
     /// Estimated time, ns.
     pub est_ns: f64,
     /// Planned HBM bytes.
@@ -134,8 +140,13 @@ impl fmt::Display for Tiling {
             Tiling::Copy(t) => write!(f, "hbm->hbm dma, rows {} x cols {}", t.rows, t.cols),
             Tiling::MatMul(t) => write!(
                 f,
-                "groups of {} row tiles (x^t resident), n{} k128, w chunks of {} k-tiles x{} slots, {} psum set(s), est {:.1} us",
+                "groups of {} row tiles (x^t resident{}), n{} k128, w chunks of {} k-tiles x{} slots, {} psum set(s), est {:.1} us",
                 t.m_group,
+                if t.x_dma_transpose {
+                    ", by dma transpose"
+                } else {
+                    ""
+                },
                 t.n_tile,
                 t.w_kchunk,
                 t.w_slots,
@@ -320,8 +331,6 @@ pub fn choose_matmul(s: &matmul::MmShape, cfg: &ChipConfig) -> Result<MatmulTili
     let mt = s.m.min(p);
     let target = cm.dma_target_bytes_per_partition();
     let banks = cfg.psum_banks as usize;
-    // Two banks hold TensorE transposes (of X, and of W when it needs them).
-    let acc_banks = banks.saturating_sub(2).max(1);
     let budget = sbuf_budget(cfg);
     let fmax = (cfg.matmul_moving_fmax as usize).max(1);
     // Column tiles: a full PSUM bank, then narrower ones for small SBUFs.
@@ -345,7 +354,25 @@ pub fn choose_matmul(s: &matmul::MmShape, cfg: &ChipConfig) -> Result<MatmulTili
     };
     let mut best: Option<MatmulTiling> = None;
     let mut smallest = u64::MAX;
-    for m_group in 1..=m_tiles.min(acc_banks) {
+    for m_group in 1..=m_tiles.min(banks) {
+        // X^T by transposing DMAs (docs/isa.md, DMA transposes) when a group's rows give
+        // descriptors near the efficiency curve's peak (2 KiB per partition, trainium.md
+        // section 3): TensorE then does matmuls only, and no PSUM bank holds X transposes.
+        // int8 keeps the TensorE path: X is quantized on the way out of PSUM.
+        let x_dma = s.x_transposes
+            && s.int8.is_none()
+            && matches!(s.x_dtype.size(), 2 | 4)
+            && matches!(s.mm_dtype.size(), 2 | 4)
+            && (m_group * mt) as u64 * s.mm_dtype.size() >= 2048;
+        let tp_banks = if (s.x_transposes && !x_dma) || s.w_transposes {
+            2
+        } else {
+            0
+        };
+        let acc_banks = banks.saturating_sub(tp_banks).max(1);
+        if m_group > acc_banks {
+            continue;
+        }
         let acc_sets = if 2 * m_group <= acc_banks && m_group < 3 {
             2
         } else {
@@ -361,8 +388,11 @@ pub fn choose_matmul(s: &matmul::MmShape, cfg: &ChipConfig) -> Result<MatmulTili
                 // takes at most a third of SBUF: it then loads as early as its space is
                 // free, typically while the previous kernels still compute.
                 let chunks = (k_tiles.div_ceil(w_kchunk) * s.n.div_ceil(n_tile)) as u32;
-                let whole = (u64::from(chunks) * (w_kchunk * n_tile) as u64 * s.mm_dtype.size()
-                    <= budget / 3)
+                // Past a third of SBUF too when several groups would otherwise re-read W
+                // (W stays resident across the groups: loaded once, X^T streams past it);
+                // the fit check below decides whether it really fits.
+                let w_on_chip = u64::from(chunks) * (w_kchunk * n_tile) as u64 * s.mm_dtype.size();
+                let whole = (w_on_chip <= budget / 3 || (s.batches == 1 && m_tiles > m_group))
                     .then_some(chunks)
                     .filter(|&c| c > 6);
                 for w_slots in whole.into_iter().chain([6u32, 4, 3, 2]) {
@@ -374,6 +404,7 @@ pub fn choose_matmul(s: &matmul::MmShape, cfg: &ChipConfig) -> Result<MatmulTili
                             w_slots,
                             x_kchunk: x_kchunk.div_ceil(p) * p,
                             acc_sets,
+                            x_dma_transpose: x_dma,
                             est_ns: 0.0,
                             hbm_bytes: 0,
                             restream_bytes: 0,
@@ -397,28 +428,47 @@ pub fn choose_matmul(s: &matmul::MmShape, cfg: &ChipConfig) -> Result<MatmulTili
             let w_bytes = (s.k * s.n) as u64 * s.w_dtype.size();
             let x_bytes = (s.m * s.k) as u64 * s.x_dtype.size();
             let y_bytes = (s.m * s.n) as u64 * s.out_dtype.size();
-            let hbm = b * (x_bytes + groups * w_bytes + y_bytes + s.operand_bytes);
+            // A W resident across groups is read once; otherwise once per group.
+            let w_passes = if matmul::w_resident(s, &t, p) {
+                1
+            } else {
+                groups
+            };
+            let hbm = b * (x_bytes + w_passes * w_bytes + y_bytes + s.operand_bytes);
+            let x_transfers = if t.x_dma_transpose {
+                groups * k_tiles as u64
+            } else {
+                m_tiles as u64 * s.k.div_ceil(t.x_kchunk) as u64
+            };
             let transfers = b
-                * (groups * n_tiles * k_tiles.div_ceil(t.w_kchunk) as u64
-                    + m_tiles as u64 * (s.k.div_ceil(t.x_kchunk) as u64 + n_tiles * 2));
+                * (w_passes * n_tiles * k_tiles.div_ceil(t.w_kchunk) as u64
+                    + x_transfers
+                    + m_tiles as u64 * n_tiles * 2);
             let mm = b as f64
                 * (m_tiles as u64 * n_tiles * k_tiles as u64) as f64
                 * cm.matmul_cycles(mt, n_tile, s.mm_dtype);
-            let tp = if s.x_transposes {
+            let tp = if s.x_transposes && !t.x_dma_transpose {
                 b as f64 * (m_tiles * k_tiles) as f64 * cm.transpose_cycles(mt, p)
             } else {
                 0.0
             };
             let compute = cm.tensor_ns(mm + tp);
             let dma = cm.dma_ns(hbm, transfers);
-            // Filling a group's X^T is not hidden behind that group's matmuls.
-            let fill =
-                b as f64 * groups as f64 * cm.dma_ns(x_bytes / m_tiles as u64 * m_group as u64, 1);
+            let group_x = x_bytes / m_tiles as u64 * m_group as u64;
+            let fill = if t.x_dma_transpose {
+                // The first k-tile of the first group starts TensorE; each later k-tile
+                // (and each later group's, whose loads only wait for the matmuls that
+                // read the same bytes) lands while TensorE works on the earlier ones.
+                b as f64 * cm.dma_ns(group_x / k_tiles as u64, 1)
+            } else {
+                // Filling a group's X^T is not hidden behind that group's matmuls.
+                b as f64 * groups as f64 * cm.dma_ns(group_x, 1)
+            };
             let est = compute.max(dma) + fill;
             let cand = MatmulTiling {
                 est_ns: est,
                 hbm_bytes: hbm,
-                restream_bytes: b * (groups - 1) * w_bytes,
+                restream_bytes: b * (w_passes - 1) * w_bytes,
                 ..t
             };
             // Faster wins; within 0.5% the one moving fewer HBM bytes wins.

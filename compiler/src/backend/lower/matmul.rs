@@ -264,13 +264,14 @@ fn stage_dtype(s: &MmShape) -> Dtype {
     }
 }
 
-/// Whether the W ring holds the whole of W, each chunk loaded exactly once: one batch, one
-/// group of row tiles, and at least as many slots as chunks. W is then laid out packed
-/// (chunk after chunk) instead of in fixed-size slots.
-fn w_resident(s: &MmShape, t: &MatmulTiling, p: usize) -> bool {
+/// Whether the W ring holds the whole of W, each chunk loaded exactly once: one batch and
+/// at least as many slots as chunks. W is then laid out packed (chunk after chunk) instead
+/// of in fixed-size slots, loaded while the first group of row tiles computes, and reused
+/// by every later group (W-stationary: W is read from HBM once however many groups).
+pub fn w_resident(s: &MmShape, t: &MatmulTiling, p: usize) -> bool {
     let k_tiles = s.k.div_ceil(p).max(1);
     let chunks = k_tiles.div_ceil(t.w_kchunk.max(1)) * s.n.div_ceil(t.n_tile.max(1));
-    s.batches == 1 && s.m.div_ceil(p) <= t.m_group && t.w_slots as usize >= chunks
+    s.batches == 1 && t.w_slots as usize >= chunks
 }
 
 /// Buffers of a matmul with tiling `t`.
@@ -293,9 +294,16 @@ pub fn buffers(s: &MmShape, t: &MatmulTiling, cfg: &ChipConfig) -> Vec<BufferReq
         },
         BufferReq::psum("acc", nt * 4, (t.m_group as u32) * t.acc_sets),
         BufferReq::sbuf("work", nt * s.act_dtype.size(), 2),
-        BufferReq::sbuf("out", nt * s.out_dtype.size(), 3),
+        // An output tile per accumulator of a group, plus two: the evictions of a column
+        // tile never wait for the stores of the same column tile.
+        BufferReq::sbuf(
+            "out",
+            nt * s.out_dtype.size(),
+            (t.m_group as u32 + 2).max(3),
+        ),
     ];
-    if s.x_transposes || s.int8.is_some() {
+    let tensor_xt = s.x_transposes && !t.x_dma_transpose;
+    if tensor_xt || s.int8.is_some() {
         let cols = if s.x_transposes {
             t.x_kchunk as u64
         } else {
@@ -303,7 +311,7 @@ pub fn buffers(s: &MmShape, t: &MatmulTiling, cfg: &ChipConfig) -> Vec<BufferReq
         };
         v.push(BufferReq::sbuf("xs", cols * stage_dtype(s).size(), 2));
     }
-    if s.x_transposes || s.w_transposes {
+    if tensor_xt || s.w_transposes {
         v.push(BufferReq::psum("tp", bank, 2));
     }
     if s.w_transposes {
@@ -362,6 +370,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &MatmulTiling) -> Result<(), CompileErro
     let mut st = MmState {
         w_packed: w_resident(&s, t, p),
         w_pinned: bufs.w.pinned,
+        w_by_tile: s.m.div_ceil(p) > t.m_group,
         ..MmState::default()
     };
     let mt = s.m.min(p) as u32;
@@ -394,6 +403,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &MatmulTiling) -> Result<(), CompileErro
             let rows: Vec<(usize, usize)> = (g0..g0 + g)
                 .map(|mi| (mi * p, (s.m - mi * p).min(p)))
                 .collect();
+            st.w_off = 0;
             build_xt(ctx, &s, t, &bufs, &mut st, &x, &rows)?;
             let mut n0 = 0;
             while n0 < s.n {
@@ -403,6 +413,8 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &MatmulTiling) -> Result<(), CompileErro
                 )?;
                 n0 += nn;
             }
+            // A packed W is on chip from now on: later groups reuse it.
+            st.w_done = st.w_packed;
             g0 += g;
         }
     }
@@ -438,6 +450,10 @@ struct MmState {
     w_off: u64,
     /// The allocator pinned W: its loads are prefetches.
     w_pinned: bool,
+    /// Every chunk of a packed W is loaded (the first group is done): no more W loads.
+    w_done: bool,
+    /// A packed W serving several groups loads per column tile (see [`load_w`]).
+    w_by_tile: bool,
 }
 
 /// Byte offset of X^T tile `(kt, mi)` in the resident buffer.
@@ -537,6 +553,36 @@ fn build_xt(
 ) -> Result<(), CompileError> {
     let p = ctx.cfg.partitions as usize;
     let k_tiles = s.k.div_ceil(p);
+    if t.x_dma_transpose {
+        // One transposing (and casting) DMA per k-tile: X rows of the group go to the free
+        // axis, its columns to partitions. Row tiles are side by side in X^T, so the full
+        // ones make one contiguous run per partition (the descriptor); a short last row
+        // tile goes in a DMA of its own. The bits are those of the TensorE path (a
+        // transpose is exact; the cast rounds once, as the staging load's does).
+        let full = rows.iter().take_while(|r| r.1 == s.m.min(p)).count();
+        for kt in 0..k_tiles {
+            let kl = (s.k - kt * p).min(p);
+            let mut pieces = Vec::new();
+            if full > 0 {
+                pieces.push((0, rows[0].0, full * s.m.min(p)));
+            }
+            for (mi, &(m0, mr)) in rows.iter().enumerate().skip(full) {
+                pieces.push((mi, m0, mr));
+            }
+            for (mi, m0, nrows) in pieces {
+                let dst = Ap::on_chip(
+                    Memory::Sbuf,
+                    s.mm_dtype,
+                    0,
+                    kl as u32,
+                    b.xt.slot(0) + xt_off(s, t, p, kt, mi),
+                    nrows as u32,
+                );
+                ctx.load(dst, x.cols_ap(m0, nrows, kt * p, kl));
+            }
+        }
+        return Ok(());
+    }
     for (mi, &(m0, mr)) in rows.iter().enumerate() {
         if !s.x_transposes {
             // Column-major X: DMA [k, m] blocks straight in (casting), or through the
@@ -632,7 +678,12 @@ fn load_w(
     let mm = s.mm_dtype.size();
     if st.w_packed && !s.w_transposes {
         let base = b.w.base + (kt0 * s.n + n0) as u64 * mm;
-        if n0 == 0 {
+        if st.w_by_tile && !st.w_done {
+            // Several groups share W: the first one loads it column tile by column tile,
+            // in the order it consumes it, so TensorE starts on the first chunk instead
+            // of waiting for whole rows of W.
+            emit_w_rows(ctx, s, st, w, base, s.n, kt0, nkt, n0, nn);
+        } else if n0 == 0 && !st.w_done {
             let chunk = b.w.base + (kt0 * s.n) as u64 * mm;
             emit_w_rows(ctx, s, st, w, chunk, s.n, kt0, nkt, 0, s.n);
         }
@@ -645,6 +696,10 @@ fn load_w(
     } else {
         b.w.slot(st.w)
     };
+    if st.w_done {
+        // Loaded (and transposed) by the first group, in the same order.
+        return Ok((base, nn));
+    }
     st.w += 1;
     if s.w_transposes {
         // W^T is row-major [N, K]: load [n, k] blocks and turn them around.
