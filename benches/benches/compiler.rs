@@ -7,8 +7,9 @@
 //! - `compile/matmul_4096x8192x8192`: the big bf16 matmul (about 39k instructions);
 //! - `scale/check/N` and `scale/compile/N` for N = 10k, 50k, 100k: a chain of N relu/neg
 //!   nodes as model.json text, loaded and checked (`neuronc check`'s work) and compiled
-//!   unfused (one kernel per node). Linear scaling means the 100k time is about 10x the
-//!   10k time.
+//!   unfused (one kernel per node); `scale/compile_fused/N` compiles it fused (one kernel
+//!   whose epilogue is the whole chain). Linear scaling means the 100k time is about 10x
+//!   the 10k time.
 //!
 //! Reported once before the timings (simulated time from timing-only runs of
 //! `neuron_sim`, printed to stderr): the big matmul's TensorE utilisation on trn1 (target:
@@ -193,6 +194,10 @@ fn bench_scale(c: &mut Criterion) {
         };
         group.bench_function(format!("compile/{n}"), |b| {
             b.iter(|| black_box(compile(black_box(&g), &unfused).is_ok()))
+        });
+        // Fused (the default): the whole chain becomes one kernel's epilogue.
+        group.bench_function(format!("compile_fused/{n}"), |b| {
+            b.iter(|| black_box(compile(black_box(&g), &CompileOptions::default()).is_ok()))
         });
     }
     group.finish();

@@ -8,12 +8,12 @@
 //! Both intermediate matrices must be read only inside the pattern.
 
 use super::fusion::{Anchor, Group, OpClass, backward_chain, op_class, softmax_on_last_axis};
-use super::rewrite::{out, use_count};
+use super::rewrite::{Uses, out};
 use crate::ir::{Graph, NodeId};
 
 /// Finds every attention pattern not overlapping `claimed`, claims its nodes, and returns
 /// one group per match.
-pub fn find_attention(g: &Graph, claimed: &mut [bool]) -> Vec<Group> {
+pub fn find_attention(g: &Graph, uses: &Uses, claimed: &mut [bool]) -> Vec<Group> {
     let mut groups = Vec::new();
     for (i, pv_node) in g.nodes.iter().enumerate() {
         let pv = NodeId(i as u32);
@@ -21,7 +21,7 @@ pub fn find_attention(g: &Graph, claimed: &mut [bool]) -> Vec<Group> {
             continue;
         }
         let probs = pv_node.inputs[0];
-        if pv_node.inputs[1] == probs || g.is_output(probs) || use_count(g, probs) != 1 {
+        if pv_node.inputs[1] == probs || g.is_output(probs) || uses.count(probs) != 1 {
             continue;
         }
         let Some(softmax) = g.value(probs).producer else {
@@ -31,8 +31,8 @@ pub fn find_attention(g: &Graph, claimed: &mut [bool]) -> Vec<Group> {
             continue;
         }
         let scores_in = g.node(softmax).inputs[0];
-        let (prologue, scores) = backward_chain(g, claimed, scores_in, true, false);
-        if g.is_output(scores) || use_count(g, scores) != 1 {
+        let (prologue, scores) = backward_chain(g, uses, claimed, scores_in, true, false);
+        if g.is_output(scores) || uses.count(scores) != 1 {
             continue;
         }
         let Some(qk) = g.value(scores).producer else {

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use super::attention::find_attention;
-use super::rewrite::{out, scalar_const, use_count};
+use super::rewrite::{Uses, out, scalar_const};
 use crate::CompileError;
 use crate::ir::shape_infer::normalize_axis;
 use crate::ir::{Graph, NodeId, Op, ValueId};
@@ -181,8 +181,9 @@ pub fn partition(g: &Graph, fuse: bool) -> Result<Partition, CompileError> {
     let mut claimed = vec![false; g.nodes.len()];
     let mut groups = Vec::new();
     let mut prologues: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
+    let uses = Uses::new(g);
     if fuse {
-        for m in find_attention(g, &mut claimed) {
+        for m in find_attention(g, &uses, &mut claimed) {
             groups.push(m);
         }
         for (i, node) in g.nodes.iter().enumerate() {
@@ -191,7 +192,7 @@ pub fn partition(g: &Graph, fuse: bool) -> Result<Partition, CompileError> {
                 continue;
             }
             let allow = softmax_on_last_axis(g, n);
-            let (chain, _) = backward_chain(g, &claimed, node.inputs[0], allow, true);
+            let (chain, _) = backward_chain(g, &uses, &claimed, node.inputs[0], allow, true);
             for &p in &chain {
                 claimed[p.index()] = true;
             }
@@ -209,7 +210,7 @@ pub fn partition(g: &Graph, fuse: bool) -> Result<Partition, CompileError> {
         if fuse && !matches!(class, OpClass::Movement | OpClass::Concat) {
             grp.prologue = prologues.remove(&n).unwrap_or_default();
             let allow = allows_tensor_operands(g, n);
-            grp.epilogue = forward_chain(g, &claimed, out(g, n), allow);
+            grp.epilogue = forward_chain(g, &uses, &claimed, out(g, n), allow);
             for &e in &grp.epilogue {
                 claimed[e.index()] = true;
             }
@@ -278,14 +279,15 @@ pub fn softmax_on_last_axis(g: &Graph, n: NodeId) -> bool {
 /// `where` condition), and takes only scalar constants besides `acc` unless `allow_tensor`.
 pub fn chain_successor(
     g: &Graph,
+    uses: &Uses,
     claimed: &[bool],
     acc: ValueId,
     allow_tensor: bool,
 ) -> Option<NodeId> {
-    if g.is_output(acc) || use_count(g, acc) != 1 {
+    if g.is_output(acc) || uses.count(acc) != 1 {
         return None;
     }
-    let u = *g.users(acc).first()?;
+    let u = *uses.users(acc).first()?;
     let node = g.node(u);
     if claimed[u.index()]
         || op_class(&node.op) != OpClass::Elementwise
@@ -303,10 +305,16 @@ pub fn chain_successor(
 }
 
 /// The epilogue chain starting after `acc`, in graph order.
-pub fn forward_chain(g: &Graph, claimed: &[bool], acc: ValueId, allow_tensor: bool) -> Vec<NodeId> {
+pub fn forward_chain(
+    g: &Graph,
+    uses: &Uses,
+    claimed: &[bool],
+    acc: ValueId,
+    allow_tensor: bool,
+) -> Vec<NodeId> {
     let mut chain = Vec::new();
     let mut cur = acc;
-    while let Some(u) = chain_successor(g, claimed, cur, allow_tensor) {
+    while let Some(u) = chain_successor(g, uses, claimed, cur, allow_tensor) {
         chain.push(u);
         cur = out(g, u);
     }
@@ -326,6 +334,7 @@ pub fn forward_chain(g: &Graph, claimed: &[bool], acc: ValueId, allow_tensor: bo
 /// standalone softmax takes only what follows it (scale, mask).
 pub fn backward_chain(
     g: &Graph,
+    uses: &Uses,
     claimed: &[bool],
     x: ValueId,
     allow_tensor: bool,
@@ -334,7 +343,7 @@ pub fn backward_chain(
     let mut chain = Vec::new();
     let mut cur = x;
     loop {
-        if g.is_output(cur) || use_count(g, cur) != 1 {
+        if g.is_output(cur) || uses.count(cur) != 1 {
             break;
         }
         let Some(p) = g.value(cur).producer else {
@@ -344,10 +353,10 @@ pub fn backward_chain(
         if claimed[p.index()] || op_class(&node.op) != OpClass::Elementwise {
             break;
         }
-        let Some(acc) = prologue_acc(g, p) else {
+        let Some(acc) = prologue_acc(g, uses, p) else {
             break;
         };
-        if chain_successor(g, claimed, acc, allow_tensor) != Some(p)
+        if chain_successor(g, uses, claimed, acc, allow_tensor) != Some(p)
             || (leave_bias && is_bias_add(g, p, acc) && produced_by_matmul(g, acc))
         {
             break;
@@ -360,7 +369,7 @@ pub fn backward_chain(
 }
 
 /// Which operand of elementwise node `p` is the running value of a prologue chain.
-pub fn prologue_acc(g: &Graph, p: NodeId) -> Option<ValueId> {
+pub fn prologue_acc(g: &Graph, uses: &Uses, p: NodeId) -> Option<ValueId> {
     let node = g.node(p);
     let shape = &g.value(out(g, p)).shape;
     let first = usize::from(node.op == Op::Where);
@@ -370,7 +379,7 @@ pub fn prologue_acc(g: &Graph, p: NodeId) -> Option<ValueId> {
         .filter(|&v| &g.value(v).shape == shape && scalar_const(g, v).is_none())
         .filter(|&v| node.inputs.iter().filter(|&&i| i == v).count() == 1)
         .collect();
-    let computed_once = |v: &ValueId| g.value(*v).producer.is_some() && use_count(g, *v) == 1;
+    let computed_once = |v: &ValueId| g.value(*v).producer.is_some() && uses.count(*v) == 1;
     candidates
         .iter()
         .find(|v| computed_once(v))

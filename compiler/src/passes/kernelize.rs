@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::epilogue::{Operands, ew_op, isa_dtype};
 use super::fusion::{Anchor, Group, OpClass, Partition, op_class, prologue_acc};
-use super::rewrite::out;
+use super::rewrite::{Uses, out};
 use crate::CompileError;
 use crate::ir::shape_infer::{normalize_axis, reduce_axes, slice_plan};
 use crate::ir::{Graph, NodeId, Op, ValueId};
@@ -90,6 +90,8 @@ struct Builder<'g> {
     /// Movement nodes absorbed by output-side folding.
     folded: HashSet<NodeId>,
     names: HashSet<String>,
+    /// The graph's readers, indexed once.
+    uses: std::rc::Rc<Uses>,
 }
 
 impl<'g> Builder<'g> {
@@ -105,6 +107,7 @@ impl<'g> Builder<'g> {
             redirect: HashMap::new(),
             folded: HashSet::new(),
             names: HashSet::new(),
+            uses: std::rc::Rc::new(Uses::new(g)),
         };
         for &v in &g.inputs {
             let t = b.new_tensor(v, TensorKind::Input);
@@ -158,6 +161,7 @@ impl<'g> Builder<'g> {
     /// group write straight into the chain's final tensor.
     fn plan_output_folding(&mut self, p: &Partition) {
         let g = self.g;
+        let uses = std::rc::Rc::clone(&self.uses);
         for grp in &p.groups {
             if let Anchor::Node(n) = grp.anchor
                 && matches!(op_class(&g.node(n).op), OpClass::Movement | OpClass::Concat)
@@ -171,8 +175,7 @@ impl<'g> Builder<'g> {
             let mut chain = Vec::new();
             let mut cur = root;
             while !g.is_output(cur) {
-                let users = g.users(cur);
-                let [u] = users.as_slice() else { break };
+                let [u] = uses.users(cur) else { break };
                 if !matches!(g.node(*u).op, Op::Transpose { .. } | Op::Reshape { .. })
                     || g.node(*u).inputs.len() != 1
                 {
@@ -373,7 +376,7 @@ impl<'g> Builder<'g> {
                 let mut perm: Vec<usize> = (0..rank).filter(|&a| a != axis).collect();
                 perm.push(axis);
                 let x0 = match grp.prologue.first() {
-                    Some(&p) => prologue_acc(g, p).ok_or_else(|| {
+                    Some(&p) => prologue_acc(g, &self.uses, p).ok_or_else(|| {
                         CompileError::Internal(format!(
                             "softmax prologue node '{}' has no running operand",
                             g.node(p).name

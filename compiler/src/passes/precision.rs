@@ -277,15 +277,18 @@ fn precast_scratch(kg: &mut KernelGraph, uses: &BTreeMap<KTensorId, Vec<Use>>) {
 fn precast_max_pool_inputs(kg: &mut KernelGraph, uses: &BTreeMap<KTensorId, Vec<Use>>) {
     use crate::kernel::PoolFn;
     let mut cast = Vec::new();
+    // Per tensor, whether its writers are exactly one conv (indexed once: a scan of
+    // every kernel per tensor would make this quadratic in the kernel count).
+    let mut writers: BTreeMap<KTensorId, Vec<bool>> = BTreeMap::new();
+    for k in &kg.kernels {
+        writers
+            .entry(k.output.tensor)
+            .or_default()
+            .push(matches!(k.op, KernelOp::Conv2d { .. }));
+    }
     for (&t, u) in uses {
         let Some(tensor) = kg.tensor(t) else { continue };
-        let conv_written = kg
-            .kernels
-            .iter()
-            .filter(|k| k.output.tensor == t)
-            .map(|k| matches!(k.op, KernelOp::Conv2d { .. }))
-            .collect::<Vec<_>>()
-            == [true];
+        let conv_written = writers.get(&t).is_some_and(|w| w.as_slice() == [true]);
         if tensor.kind != TensorKind::Scratch || tensor.dtype != Dtype::F32 || !conv_written {
             continue;
         }
