@@ -328,7 +328,7 @@ fn compile_with(
     // `reference::random_inputs` computes them, so generated inputs agree.
     let bounds = crate::reference::index_bounds(graph);
     let _s = stage("emit");
-    let artifact = backend::emit::artifact_with(
+    let mut artifact = backend::emit::artifact_with(
         &kg,
         lowered.program,
         &lowered.constants,
@@ -336,6 +336,8 @@ fn compile_with(
         bounds,
         weights,
     )?;
+    // Program kernel i is kernel graph kernel i, planned by plans[i].
+    artifact.meta.kernel_estimates_ns = plans.iter().map(|p| p.tiling.estimate_ns()).collect();
     drop(_s);
     let summary = summarize(&artifact, &alloc, spill_bytes, start.elapsed());
     dumper.dump("summary", &summary.to_string());

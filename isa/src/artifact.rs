@@ -77,6 +77,10 @@ pub struct ArtifactMeta {
     /// For a compiled training step (`neuronc compile --train`): what a training loop needs
     /// to run it from the artifact alone (format version 3; `None` in older files).
     pub training: Option<TrainingMeta>,
+    /// The compiler's predicted time of each kernel in ns, indexed like
+    /// `program.kernels` (its tiling cost model's estimate); `None` where the model makes
+    /// no prediction (format version 3; empty in older files).
+    pub kernel_estimates_ns: Vec<Option<f64>>,
 }
 
 /// The metadata of format versions 1 and 2: [`ArtifactMeta`] without `training`.
@@ -107,6 +111,7 @@ impl From<ArtifactMetaV2> for ArtifactMeta {
             program: m.program,
             weights: m.weights,
             training: None,
+            kernel_estimates_ns: Vec::new(),
         }
     }
 }
@@ -778,6 +783,7 @@ mod tests {
                     len: 8,
                 }],
                 training: None,
+                kernel_estimates_ns: Vec::new(),
             },
             blob: (1..=8).collect(),
         }

@@ -46,7 +46,7 @@
 //! #     Artifact { meta: ArtifactMeta {
 //! #         model_name: "relu".into(), target: ChipConfig::trn1(), options: BTreeMap::new(),
 //! #         batch_size: 1, model_flops: 0, seed: 0, index_bounds: BTreeMap::new(),
-//! #         program, weights: vec![], training: None,
+//! #         program, weights: vec![], training: None, kernel_estimates_ns: vec![],
 //! #     }, blob: Default::default() }
 //! # }
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {

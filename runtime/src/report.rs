@@ -166,8 +166,8 @@ impl fmt::Display for Report {
             )?;
             writeln!(
                 f,
-                "    {:>10} {:>6} {:>12} {:>12} {:>9}  {:<13}  {:<11}  kernel",
-                "time us", "%", "flops", "hbm bytes", "FLOP/B", "bound", "limited by"
+                "    {:>10} {:>6} {:>10} {:>12} {:>12} {:>9}  {:<13}  {:<11}  kernel",
+                "time us", "%", "predicted", "flops", "hbm bytes", "FLOP/B", "bound", "limited by"
             )?;
             for k in s.kernels.iter().take(TOP_KERNELS) {
                 let share = if s.latency_ns > 0.0 {
@@ -178,11 +178,15 @@ impl fmt::Display for Report {
                 let ai = k
                     .arithmetic_intensity
                     .map_or_else(|| "-".to_string(), |a| format!("{a:.1}"));
+                let predicted = k
+                    .predicted_ns
+                    .map_or_else(|| "-".to_string(), |p| format!("{:.3}", p / 1000.0));
                 writeln!(
                     f,
-                    "    {:>10.3} {:>6.1} {:>12} {:>12} {:>9}  {:<13}  {:<11}  {}",
+                    "    {:>10.3} {:>6.1} {:>10} {:>12} {:>12} {:>9}  {:<13}  {:<11}  {}",
                     k.time_ns / 1000.0,
                     share,
+                    predicted,
                     k.flops,
                     k.bytes,
                     ai,

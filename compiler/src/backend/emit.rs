@@ -213,6 +213,7 @@ pub fn artifact_with(
         program,
         weights,
         training: None,
+        kernel_estimates_ns: Vec::new(),
     };
     let art = Artifact {
         meta,

@@ -120,6 +120,15 @@ pub enum Tiling {
 }
 
 impl Tiling {
+    /// The cost model's predicted time of the kernel, ns, where it makes one (matmuls:
+    /// the estimate that chose the blocking).
+    pub fn estimate_ns(&self) -> Option<f64> {
+        match self {
+            Tiling::MatMul(t) => Some(t.est_ns),
+            _ => None,
+        }
+    }
+
     /// Short name of the variant.
     pub fn kind(&self) -> &'static str {
         match self {

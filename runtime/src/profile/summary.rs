@@ -128,6 +128,10 @@ pub struct KernelSummary {
     /// `gpsimd` or `latency` (see [`super::insights::KernelUse::limiter`]).
     #[serde(default = "latency_limiter")]
     pub limiter: Limiter,
+    /// The compiler's predicted time of the kernel (its tiling cost model's estimate,
+    /// `ArtifactMeta::kernel_estimates_ns`), ns; `null` where it made none.
+    #[serde(default)]
+    pub predicted_ns: Option<f64>,
 }
 
 fn latency_limiter() -> Limiter {
@@ -288,10 +292,19 @@ impl Summary {
 
         let uses = kernel_uses(&all, cfg);
         let mut kernels = kernel_summaries(&all, ridge, cfg);
+        let index: BTreeMap<&str, usize> = program
+            .kernels
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.name.as_str(), i))
+            .collect();
         for k in &mut kernels {
             if let Some(u) = uses.get(k.name.as_str()) {
                 k.limiter = u.limiter();
             }
+            k.predicted_ns = index
+                .get(k.name.as_str())
+                .and_then(|&i| meta.kernel_estimates_ns.get(i).copied().flatten());
         }
         let (spill_save_bytes, spill_reload_bytes) = spill_bytes(model, &all);
         let mut warnings = WarningSummary::default();
@@ -428,6 +441,7 @@ fn kernel_summaries(all: &[Span<'_>], ridge: f64, cfg: &ChipConfig) -> Vec<Kerne
                 engine_percent,
                 limited_by,
                 limiter: Limiter::Latency,
+                predicted_ns: None,
             }
         })
         .collect();

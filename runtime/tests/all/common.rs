@@ -68,6 +68,7 @@ pub fn artifact(
             program,
             weights: ranges,
             training: None,
+            kernel_estimates_ns: Vec::new(),
         },
         blob: blob.into(),
     }

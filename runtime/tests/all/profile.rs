@@ -378,3 +378,55 @@ fn gpsimd_gets_a_track_when_it_runs() {
             .any(|e| e["ph"] == "X" && e["tid"] == tid && e["name"] == "memset")
     );
 }
+
+#[test]
+fn matmul_kernels_carry_the_tiling_models_prediction_next_to_the_simulated_time() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let g = neuronc::frontend::load_model(&root.join("examples/bert_layer.json")).unwrap();
+    let c = neuronc::driver::compile(&g, &neuronc::options::CompileOptions::default()).unwrap();
+    let kernels = &c.artifact.meta.program.kernels;
+    let est = &c.artifact.meta.kernel_estimates_ns;
+    assert_eq!(est.len(), kernels.len(), "one estimate slot per kernel");
+    for (k, e) in kernels.iter().zip(est) {
+        assert_eq!(k.kind == "matmul", e.is_some(), "{}: {e:?}", k.name);
+    }
+    // The estimate survives the artifact format.
+    let back = neuron_isa::Artifact::from_bytes(&c.artifact.to_bytes().unwrap()).unwrap();
+    assert_eq!(&back.meta.kernel_estimates_ns, est);
+
+    let m = Model::from_artifact(c.artifact).unwrap();
+    let opts = RunOptions {
+        timing_only: true,
+        ..RunOptions::default()
+    };
+    let mut b = m.bind();
+    b.generate_missing(1).unwrap();
+    let exec = m.execute(&b, &opts).unwrap();
+    let s = Summary::new(&m, &exec.stats).unwrap();
+    let mut matmuls = 0;
+    for k in &s.kernels {
+        if k.kind == "matmul" {
+            matmuls += 1;
+            let p = k
+                .predicted_ns
+                .unwrap_or_else(|| panic!("{} has no prediction", k.name));
+            // The model is a model: the same order of magnitude as the simulation.
+            assert!(
+                p > 0.1 * k.time_ns && p < 10.0 * k.time_ns,
+                "{}: predicted {p} ns, simulated {} ns",
+                k.name,
+                k.time_ns
+            );
+        } else {
+            assert_eq!(k.predicted_ns, None, "{}", k.name);
+        }
+    }
+    assert!(matmuls >= 6, "{matmuls} matmul kernels");
+    let text = Report {
+        summary: s,
+        timing_only: true,
+        generated_inputs: vec![],
+    }
+    .to_string();
+    assert!(text.contains("predicted"), "{text}");
+}

@@ -40,6 +40,7 @@ fn artifact(seed: u64) -> Artifact {
                 len: 60,
             }],
             training: None,
+            kernel_estimates_ns: Vec::new(),
         },
         blob: (0..70).collect(),
     }

@@ -751,6 +751,7 @@ fn check_program(p: &Program, cfg: &ChipConfig, seed: u64) -> Result<(bool, bool
             program: p.clone(),
             weights: Vec::new(),
             training: None,
+            kernel_estimates_ns: Vec::new(),
         },
         blob: Default::default(),
     };
