@@ -640,6 +640,42 @@ pub(crate) fn dense(size: usize) -> Vec<Dim> {
     }]
 }
 
+/// Stores `packed` (stationaries of `[prows, os]` f32, back to back) as constant `name`
+/// and prefetches stationary `i` into the weight buffer at `base + i * os` elements of
+/// `mm`, one DMA each.
+fn prefetch_stationaries(
+    ctx: &mut LowerCtx<'_>,
+    name: &str,
+    packed: Vec<f32>,
+    prows: usize,
+    os: usize,
+    mm: Dtype,
+    base: u64,
+) {
+    let n = packed.len() / (prows * os).max(1);
+    let cid = ctx.constant(name, packed);
+    for i in 0..n {
+        let src = Ap {
+            mem: Memory::Hbm(cid),
+            dtype: Dtype::F32,
+            offset: (i * prows * os * 4) as u64,
+            start_partition: 0,
+            partitions: prows as u32,
+            partition_stride: os as i64,
+            dims: dense(os),
+        };
+        let dst = sbuf(
+            Memory::Sbuf,
+            mm,
+            0,
+            prows,
+            base + (i * os) as u64 * mm.size(),
+            dense(os),
+        );
+        ctx.prefetch(dst, src);
+    }
+}
+
 /// Lowers a convolution kernel.
 pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError> {
     let s = analyze(ctx.kg, ctx.kernel)?;
@@ -742,27 +778,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                 }
             }
         }
-        let cid = ctx.constant("row_stacked_w", packed);
-        for q in 0..kw {
-            let src = Ap {
-                mem: Memory::Hbm(cid),
-                dtype: Dtype::F32,
-                offset: (q * prows * os * 4) as u64,
-                start_partition: 0,
-                partitions: prows as u32,
-                partition_stride: os as i64,
-                dims: dense(os),
-            };
-            let dst = sbuf(
-                Memory::Sbuf,
-                mm,
-                0,
-                prows,
-                wbuf.slot(0) + (q * os) as u64 * esz,
-                dense(os),
-            );
-            ctx.prefetch(dst, src);
-        }
+        prefetch_stationaries(ctx, "row_stacked_w", packed, prows, os, mm, wbuf.slot(0));
     }
     if t.pack > 1 {
         let data = s
@@ -786,27 +802,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                 }
             }
         }
-        let cid = ctx.constant("tap_packed_w", packed);
-        for tg in 0..ntg {
-            let src = Ap {
-                mem: Memory::Hbm(cid),
-                dtype: Dtype::F32,
-                offset: (tg * prows * os * 4) as u64,
-                start_partition: 0,
-                partitions: prows as u32,
-                partition_stride: os as i64,
-                dims: dense(os),
-            };
-            let dst = sbuf(
-                Memory::Sbuf,
-                mm,
-                0,
-                prows,
-                wbuf.slot(0) + (tg * os) as u64 * esz,
-                dense(os),
-            );
-            ctx.prefetch(dst, src);
-        }
+        prefetch_stationaries(ctx, "tap_packed_w", packed, prows, os, mm, wbuf.slot(0));
     }
     // Resident weights `[c, tap, o]` per (group block, channel tile).
     for blk in (0..blocks).filter(|_| gp == 1 && t.pack == 1 && !t.pstack) {
