@@ -196,6 +196,47 @@ pub fn f32_to_e5m2_sr(x: f32, random: u64) -> u8 {
     encode_one::<E5m2Fmt, true>(x, random) as u8
 }
 
+/// `x` rounded to f32 with round-to-odd: an exact value is unchanged; otherwise the
+/// result is `x` truncated toward zero with the lowest significand bit set (a value past
+/// the f32 range truncates to the largest finite f32, which is odd).
+///
+/// Round-to-odd to a format with at least two more significand bits than the target
+/// makes a following round-to-nearest-even to the target equal to rounding `x` directly
+/// (Boldo and Melquiond, "Emulation of FMA and correctly rounded sums: proved algorithms
+/// using rounding to odd", IEEE Trans. Computers 57(4), 2008). f32 has 24 bits and every
+/// narrow format of the ISA at most 11, at every exponent of their ranges, so
+/// `f32_to_*(f64_to_f32_odd(x))` is the correctly rounded narrow value of an f64 `x`,
+/// where a plain `x as f32` first would round twice (and err when the f32 rounding lands
+/// on the target's tie).
+#[inline]
+pub fn f64_to_f32_odd(x: f64) -> f32 {
+    // `as` rounds to nearest even (to infinity past the range).
+    let r = x as f32;
+    if x.is_nan() || f64::from(r) == x {
+        return r;
+    }
+    let mut bits = r.to_bits();
+    if f64::from(r).abs() > x.abs() {
+        // Rounded away from zero (r is not zero here): step back one code toward zero.
+        bits -= 1;
+    }
+    f32::from_bits(bits | 1)
+}
+
+/// bf16 bits of an f64, correctly rounded to nearest even (one rounding, see
+/// [`f64_to_f32_odd`]).
+#[inline]
+pub fn f64_to_bf16(x: f64) -> u16 {
+    f32_to_bf16(f64_to_f32_odd(x))
+}
+
+/// f16 bits of an f64, correctly rounded to nearest even (one rounding, see
+/// [`f64_to_f32_odd`]).
+#[inline]
+pub fn f64_to_f16(x: f64) -> u16 {
+    f32_to_f16(f64_to_f32_odd(x))
+}
+
 /// The value of bf16 bits (exact).
 #[inline(always)]
 pub fn bf16_to_f32(b: u16) -> f32 {

@@ -2,9 +2,11 @@
 //!
 //! Used for the weight blob of the artifact (weights are stored in HBM in their assigned
 //! dtype) and by tests that bind inputs the way the runtime does. Floats round to nearest,
-//! ties to even (the chip's default mode): bf16 and f16 through the `half` crate, fp8 through
-//! the ISA's shared conversions ([`neuron_isa::numerics`], the ones the simulator's engines
-//! write with), so weights are rounded exactly as a chip write would round them. fp8 e4m3 is the OCP `e4m3fn` format (finite only) and saturates to
+//! ties to even (the chip's default mode), through the ISA's shared conversions
+//! ([`neuron_isa::numerics`], the ones the simulator's engines write with), so weights are
+//! rounded exactly as a chip write would round them; an f64 value is rounded once (round
+//! to odd to f32 first, [`numerics::f64_to_f32_odd`]), not twice. fp8 e4m3 is the OCP
+//! `e4m3fn` format (finite only) and saturates to
 //! +-448 like ONNX `Cast(saturate=1)`; fp8 e5m2 is IEEE-like and overflows to infinity.
 //! Integers round to nearest even and saturate to the type's range (NaN gives 0).
 
@@ -44,10 +46,10 @@ pub fn encode_into(dtype: Dtype, values: impl IntoIterator<Item = f64>, out: &mu
     for v in values {
         match dtype {
             Dtype::F32 => out.extend_from_slice(&(v as f32).to_le_bytes()),
-            Dtype::Bf16 => out.extend_from_slice(&bf16::from_f64(v).to_le_bytes()),
-            Dtype::F16 => out.extend_from_slice(&f16::from_f64(v).to_le_bytes()),
-            Dtype::Fp8E4m3 => out.push(numerics::f32_to_e4m3fn_sat(v as f32)),
-            Dtype::Fp8E5m2 => out.push(numerics::f32_to_e5m2(v as f32)),
+            Dtype::Bf16 => out.extend_from_slice(&numerics::f64_to_bf16(v).to_le_bytes()),
+            Dtype::F16 => out.extend_from_slice(&numerics::f64_to_f16(v).to_le_bytes()),
+            Dtype::Fp8E4m3 => out.push(numerics::f32_to_e4m3fn_sat(numerics::f64_to_f32_odd(v))),
+            Dtype::Fp8E5m2 => out.push(numerics::f32_to_e5m2(numerics::f64_to_f32_odd(v))),
             Dtype::I8 => out.push(to_int(v, -128.0, 127.0) as i8 as u8),
             Dtype::U8 => out.push(to_int(v, 0.0, 255.0) as u8),
             Dtype::I32 => out.extend_from_slice(
@@ -66,8 +68,7 @@ pub fn encode_slice(dtype: Dtype, values: &[f64], out: &mut [u8]) {
     match dtype {
         Dtype::Bf16 => {
             for (o, &v) in out.chunks_exact_mut(2).zip(values) {
-                let b = bf16::from_f64(v);
-                o.copy_from_slice(&b.to_le_bytes());
+                o.copy_from_slice(&numerics::f64_to_bf16(v).to_le_bytes());
             }
         }
         Dtype::F32 => {
@@ -83,25 +84,6 @@ pub fn encode_slice(dtype: Dtype, values: &[f64], out: &mut [u8]) {
     }
 }
 
-/// `half::bf16::from_f64(f64::from(x))`, bit for bit, without the f64 round trip.
-///
-/// half's f64 conversion looks only at the top 32 bits of the f64, so for a value that
-/// came from an f32 its sticky bit ignores the f32's three lowest mantissa bits: it
-/// rounds up when bit 15 is set and any of bits 3..=14 or bit 16 (the result's lowest
-/// bit, for ties to even) is. Weights have always been encoded through that f64 path,
-/// so artifacts stay byte-identical. Zeros, subnormals, infinities and NaNs take the
-/// f64 path itself.
-#[inline]
-pub fn bf16_bits_as_from_f64(x: f32) -> u16 {
-    let b = x.to_bits();
-    let e = b & 0x7f80_0000;
-    if e == 0 || e == 0x7f80_0000 {
-        return bf16::from_f64(f64::from(x)).to_bits();
-    }
-    let up = (b & 0x8000 != 0) & (b & 0x0001_7ff8 != 0);
-    ((b >> 16) + u32::from(up)) as u16
-}
-
 /// Encodes f32 `values` in `dtype` into `out` (`values.len() * dtype.size()` bytes):
 /// the same bytes as [`encode_slice`] of the values widened to f64 (NaN payloads aside:
 /// an f32 NaN keeps its bits here), at half the memory traffic (the weight encoder's
@@ -111,7 +93,7 @@ pub fn encode_slice_f32(dtype: Dtype, values: &[f32], out: &mut [u8]) {
     match dtype {
         Dtype::Bf16 => {
             for (o, &v) in out.chunks_exact_mut(2).zip(values) {
-                o.copy_from_slice(&bf16_bits_as_from_f64(v).to_le_bytes());
+                o.copy_from_slice(&numerics::f32_to_bf16(v).to_le_bytes());
             }
         }
         Dtype::F32 => {
@@ -212,6 +194,12 @@ mod tests {
 
     #[test]
     fn f32_path_matches_the_f64_path_bit_for_bit() {
+        // Above the tie by the f32's lowest bits: rounds up (half's `bf16::from_f64`, used
+        // before, looked only at the f64's top 32 bits and rounded this one down).
+        assert_eq!(
+            encode(Dtype::Bf16, [f64::from(f32::from_bits(0x5d60_8003))]),
+            [0x61, 0x5d]
+        );
         // Every pattern of the low 17 bits (round, sticky and result bits) under a spread
         // of signs, exponents (zero/subnormal, normal, the largest, inf/NaN) and high
         // mantissas.
@@ -221,8 +209,10 @@ mod tests {
                     for lo in 0..1u32 << 17 {
                         let bits = sign << 31 | exp << 23 | hi << 17 | lo;
                         let x = f32::from_bits(bits);
-                        let want = bf16::from_f64(f64::from(x)).to_bits();
-                        assert_eq!(bf16_bits_as_from_f64(x), want, "{bits:#010x}");
+                        let (mut a, mut b) = ([0u8; 2], [0u8; 2]);
+                        encode_slice_f32(Dtype::Bf16, &[x], &mut a);
+                        encode_slice(Dtype::Bf16, &[f64::from(x)], &mut b);
+                        assert_eq!(a, b, "{bits:#010x}");
                     }
                 }
             }

@@ -15,6 +15,7 @@ use std::sync::{Arc, OnceLock};
 use ndarray::{ArrayD, IxDyn};
 
 use super::{DType, Tensor};
+use neuron_isa::numerics;
 use neuron_isa::rng::CounterRng;
 
 /// How to fill a param that has no weights and no literal value.
@@ -106,8 +107,8 @@ impl Seeded {
 #[inline]
 fn round_to_f32(dtype: DType, x: f64) -> f32 {
     match dtype {
-        DType::Bf16 => half::bf16::from_f64(x).to_f32(),
-        DType::F16 => half::f16::from_f64(x).to_f32(),
+        DType::Bf16 => numerics::bf16_to_f32(numerics::f64_to_bf16(x)),
+        DType::F16 => numerics::f16_to_f32(numerics::f64_to_f16(x)),
         _ => x as f32,
     }
 }
@@ -116,8 +117,8 @@ fn round_to_f32(dtype: DType, x: f64) -> f32 {
 fn round_to(dtype: DType, x: f64) -> f64 {
     match dtype {
         DType::F32 => f64::from(x as f32),
-        DType::Bf16 => f64::from(half::bf16::from_f64(x)),
-        DType::F16 => f64::from(half::f16::from_f64(x)),
+        DType::Bf16 => f64::from(numerics::bf16_to_f32(numerics::f64_to_bf16(x))),
+        DType::F16 => f64::from(numerics::f16_to_f32(numerics::f64_to_f16(x))),
         DType::I8 => f64::from(x as i8),
         DType::I32 => f64::from(x as i32),
         DType::I64 => x as i64 as f64,
@@ -491,11 +492,11 @@ mod tests {
                 DType::F32 => xs.iter().flat_map(|x| x.to_le_bytes()).collect(),
                 DType::Bf16 => xs
                     .iter()
-                    .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                    .flat_map(|&x| numerics::f32_to_bf16(x).to_le_bytes())
                     .collect(),
                 _ => xs
                     .iter()
-                    .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                    .flat_map(|&x| numerics::f32_to_f16(x).to_le_bytes())
                     .collect(),
             };
             let p = ParamData::from_le_bytes(bytes::Bytes::from(bytes), dtype, &[2, 3]).unwrap();

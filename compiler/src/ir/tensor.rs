@@ -2,6 +2,7 @@
 
 use half::{bf16, f16};
 use ndarray::ArrayD;
+use neuron_isa::numerics;
 
 use super::DType;
 
@@ -87,8 +88,8 @@ impl Tensor {
     pub fn from_f64(dtype: DType, a: ArrayD<f64>) -> Tensor {
         match dtype {
             DType::F32 => Tensor::F32(a.mapv(|x| x as f32)),
-            DType::Bf16 => Tensor::Bf16(a.mapv(bf16::from_f64)),
-            DType::F16 => Tensor::F16(a.mapv(f16::from_f64)),
+            DType::Bf16 => Tensor::Bf16(a.mapv(|x| bf16::from_bits(numerics::f64_to_bf16(x)))),
+            DType::F16 => Tensor::F16(a.mapv(|x| f16::from_bits(numerics::f64_to_f16(x)))),
             DType::I8 => Tensor::I8(a.mapv(|x| x as i8)),
             DType::I32 => Tensor::I32(a.mapv(|x| x as i32)),
             DType::I64 => Tensor::I64(a.mapv(|x| x as i64)),

@@ -19,7 +19,7 @@ use super::{
 use crate::CompileError;
 use crate::ir::shape_infer::broadcast_shapes;
 use crate::ir::{DType, GeluApprox, Tensor};
-use neuron_isa::{Dtype, TensorKind};
+use neuron_isa::{Dtype, TensorKind, numerics};
 
 /// Runs `kg` on `inputs` (one tensor per graph input, by name) and returns the graph
 /// outputs by tensor name, in their storage types (`u8` tensors come back as bool,
@@ -209,8 +209,8 @@ fn write_view(storage: &mut [f64], v: &View, x: &ArrayD<f64>, dtype: Dtype) -> R
 fn to_tensor(dtype: Dtype, a: ArrayD<f64>) -> Tensor {
     match dtype {
         Dtype::F32 | Dtype::Fp8E4m3 | Dtype::Fp8E5m2 => Tensor::F32(a.mapv(|x| x as f32)),
-        Dtype::Bf16 => Tensor::Bf16(a.mapv(bf16::from_f64)),
-        Dtype::F16 => Tensor::F16(a.mapv(f16::from_f64)),
+        Dtype::Bf16 => Tensor::Bf16(a.mapv(|x| bf16::from_bits(numerics::f64_to_bf16(x)))),
+        Dtype::F16 => Tensor::F16(a.mapv(|x| f16::from_bits(numerics::f64_to_f16(x)))),
         Dtype::I8 => Tensor::from_f64(DType::I8, a),
         Dtype::U8 => Tensor::Bool(a.mapv(|x| x != 0.0)),
         Dtype::I32 => Tensor::from_f64(DType::I32, a),
@@ -223,8 +223,8 @@ fn to_tensor(dtype: Dtype, a: ArrayD<f64>) -> Tensor {
 pub fn round_to(x: f64, d: Dtype) -> f64 {
     match d {
         Dtype::F32 => f64::from(x as f32),
-        Dtype::Bf16 => f64::from(bf16::from_f32(x as f32)),
-        Dtype::F16 => f64::from(f16::from_f32(x as f32)),
+        Dtype::Bf16 => f64::from(numerics::bf16_to_f32(numerics::f32_to_bf16(x as f32))),
+        Dtype::F16 => f64::from(numerics::f16_to_f32(numerics::f32_to_f16(x as f32))),
         Dtype::Fp8E4m3 => round_minifloat(x, 3, -6, 448.0),
         Dtype::Fp8E5m2 => round_minifloat(x, 2, -14, 57344.0),
         Dtype::I8 => round_int(x, -128.0, 127.0),

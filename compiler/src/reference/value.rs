@@ -2,6 +2,7 @@
 
 use half::{bf16, f16};
 use ndarray::ArrayD;
+use neuron_isa::numerics;
 
 use super::Real;
 use crate::ir::{DType, Tensor};
@@ -22,8 +23,12 @@ pub(crate) enum RVal<F> {
 /// mode are kept at f64).
 pub(crate) fn round_to<F: Real>(x: F, dtype: DType) -> F {
     match dtype {
-        DType::Bf16 => F::from_f64(bf16::from_f64(x.to_f64()).to_f64()),
-        DType::F16 => F::from_f64(f16::from_f64(x.to_f64()).to_f64()),
+        DType::Bf16 => F::from_f64(f64::from(numerics::bf16_to_f32(numerics::f64_to_bf16(
+            x.to_f64(),
+        )))),
+        DType::F16 => F::from_f64(f64::from(numerics::f16_to_f32(numerics::f64_to_f16(
+            x.to_f64(),
+        )))),
         _ => x,
     }
 }
@@ -44,8 +49,12 @@ impl<F: Real> RVal<F> {
     pub(crate) fn to_tensor(&self, dtype: DType) -> Tensor {
         match self {
             RVal::F(a) => match dtype {
-                DType::Bf16 => Tensor::Bf16(a.mapv(|x| bf16::from_f64(x.to_f64()))),
-                DType::F16 => Tensor::F16(a.mapv(|x| f16::from_f64(x.to_f64()))),
+                DType::Bf16 => {
+                    Tensor::Bf16(a.mapv(|x| bf16::from_bits(numerics::f64_to_bf16(x.to_f64()))))
+                }
+                DType::F16 => {
+                    Tensor::F16(a.mapv(|x| f16::from_bits(numerics::f64_to_f16(x.to_f64()))))
+                }
                 _ => F::into_tensor(a.clone()),
             },
             RVal::I8(a) => Tensor::I8(a.clone()),

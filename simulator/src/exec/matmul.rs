@@ -206,7 +206,7 @@ mod tests {
         r.fill_standard_normal(0, &mut x);
         if bf16 {
             for v in &mut x {
-                *v = half::bf16::from_f32(*v).to_f32();
+                *v = crate::numerics::bf16_to_f32(crate::numerics::f32_to_bf16(*v));
             }
         }
         let s = Array2::from_shape_vec((k, m), x[..k * m].to_vec()).unwrap();

@@ -539,3 +539,69 @@ fn poison_detection_matches_the_per_element_rule_at_every_position() {
         }
     }
 }
+
+/// The correctly rounded code of a finite, non-negative f64 `x`, found independently of
+/// the encoders: among the codes next to a first guess, the one whose value is nearest to
+/// `x` (the differences are exact: Sterbenz), ties to the even code.
+fn nearest_code(x: f64, guess: u16, decode: impl Fn(u16) -> f32, max_finite: u16) -> u16 {
+    let lo = guess.saturating_sub(2);
+    let hi = guess.saturating_add(2).min(max_finite);
+    let mut best = lo;
+    for c in lo..=hi {
+        let d = (f64::from(decode(c)) - x).abs();
+        let b = (f64::from(decode(best)) - x).abs();
+        if d < b || (d == b && c % 2 == 0 && best % 2 == 1) {
+            best = c;
+        }
+    }
+    best
+}
+
+/// f64 -> bf16 / f16 round once: at and around every tie between neighbouring codes (where
+/// a first rounding to f32 would land on the tie and a second round to even could go the
+/// wrong way) and at random points. `half`'s `bf16::from_f64` fails this (it ignores the
+/// low mantissa bits of the f64, e.g. f32 bits 0x5d608003 go down instead of up), which
+/// is why the compiler encodes through `neuron_isa::numerics::f64_to_bf16`.
+#[test]
+fn f64_to_narrow_rounds_once() {
+    use neuron_isa::numerics::{f64_to_bf16, f64_to_f16, f64_to_f32_odd};
+    assert_eq!(f64_to_bf16(f64::from(f32::from_bits(0x5d60_8003))), 0x5d61);
+    assert_eq!(f64_to_f32_odd(1.0), 1.0);
+    assert_eq!(f64_to_f32_odd(f64::MAX), f32::MAX);
+    assert_eq!(f64_to_f32_odd(-1e-300).to_bits(), 0x8000_0001);
+    assert!(f64_to_f32_odd(f64::NAN).is_nan());
+    let mut r = Rounder::new(Rounding::Stochastic, 7);
+    // (name, encoder, decoder, largest finite code, infinity code)
+    type Format = (&'static str, fn(f64) -> u16, fn(u16) -> f32, u16, u16);
+    let formats: [Format; 2] = [
+        ("bf16", f64_to_bf16, bf16_to_f32, 0x7f7f, 0x7f80),
+        ("f16", f64_to_f16, f16_to_f32, 0x7bff, 0x7c00),
+    ];
+    for (name, enc, dec, max_finite, inf) in formats {
+        for _ in 0..200_000 {
+            let rnd = r.next_random();
+            let code = (rnd as u16) % max_finite;
+            let (a, b) = (f64::from(dec(code)), f64::from(dec(code + 1)));
+            let mid = (a + b) / 2.0; // exact: one more bit than the format has
+            let tiny = (b - a) * 2f64.powi(-30);
+            let frac = ((rnd >> 16) as u32) as f64 / 2f64.powi(32);
+            for x in [mid, mid + tiny, mid - tiny, a + (b - a) * frac, a] {
+                for s in [1.0, -1.0] {
+                    let got = enc(s * x);
+                    let want =
+                        nearest_code(x, code, dec, max_finite) | if s < 0.0 { 0x8000 } else { 0 };
+                    assert_eq!(
+                        got,
+                        want,
+                        "{name} of {:e} ({:#018x})",
+                        s * x,
+                        (s * x).to_bits()
+                    );
+                }
+            }
+        }
+        // Past the largest finite value by more than half an ulp: infinity.
+        let (a, b) = (f64::from(dec(max_finite - 1)), f64::from(dec(max_finite)));
+        assert_eq!(enc(f64::from(dec(max_finite)) + (b - a)), inf, "{name}");
+    }
+}
