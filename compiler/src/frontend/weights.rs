@@ -1,5 +1,7 @@
 //! The safetensors weights file named by a model's `weights` field.
 
+use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
@@ -11,10 +13,21 @@ use crate::ir::{DType, ParamData, Tensor, fmt_shape};
 /// A safetensors file, memory-mapped and validated (header, offsets, length). Float
 /// tensors become params that share the map ([`WeightsFile::param`]): loading a model
 /// copies no weight; the bytes are read from the page cache when something reads them.
+/// The header is parsed once, at [`WeightsFile::open`], into an index by name, so a
+/// lookup costs a map search however many tensors the file holds.
 #[derive(Debug)]
 pub struct WeightsFile {
     path: PathBuf,
     bytes: bytes::Bytes,
+    index: BTreeMap<String, Entry>,
+}
+
+/// One tensor of the file: its header entry and where its data lies in the map.
+#[derive(Debug)]
+struct Entry {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    range: Range<usize>,
 }
 
 fn st_dtype(d: DType) -> Dtype {
@@ -54,22 +67,41 @@ impl WeightsFile {
         } else {
             bytes::Bytes::from_owner(neuron_isa::mmap::map_file(&file).map_err(read_err)?)
         };
-        let wf = WeightsFile {
+        let index = Self::index(&bytes)?;
+        Ok(WeightsFile {
             path: path.to_path_buf(),
             bytes,
-        };
-        wf.parse()?;
-        Ok(wf)
+            index,
+        })
     }
 
-    fn parse(&self) -> Result<SafeTensors<'_>, String> {
-        SafeTensors::deserialize(&self.bytes).map_err(|e| {
+    /// Parses and validates the header (safetensors checks the offsets against the
+    /// file's length) and records each tensor's dtype, shape and byte range.
+    fn index(bytes: &[u8]) -> Result<BTreeMap<String, Entry>, String> {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| {
             format!(
                 "is not a valid safetensors file (truncated or corrupt, {} bytes): {e}",
-                self.bytes.len()
+                bytes.len()
             )
             .to_lowercase()
-        })
+        })?;
+        st.tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                let data = view.data();
+                // `data` borrows from `bytes`: its offset there.
+                let start = (data.as_ptr() as usize)
+                    .checked_sub(bytes.as_ptr() as usize)
+                    .filter(|s| s + data.len() <= bytes.len())
+                    .ok_or_else(|| format!("tensor '{name}': data outside the file"))?;
+                let entry = Entry {
+                    dtype: view.dtype(),
+                    shape: view.shape().to_vec(),
+                    range: start..start + data.len(),
+                };
+                Ok((name, entry))
+            })
+            .collect()
     }
 
     /// The file path.
@@ -79,17 +111,12 @@ impl WeightsFile {
 
     /// Tensor names in the file, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .parse()
-            .map(|st| st.names().into_iter().map(String::from).collect())
-            .unwrap_or_default();
-        names.sort();
-        names
+        self.index.keys().cloned().collect()
     }
 
     /// Whether the file holds a tensor called `name`.
     pub fn contains(&self, name: &str) -> bool {
-        self.parse().is_ok_and(|st| st.tensor(name).is_ok())
+        self.index.contains_key(name)
     }
 
     /// Tensor `name` (exactly `shape` and `dtype`) as param data: f32, bf16 and f16
@@ -99,57 +126,45 @@ impl WeightsFile {
         if !matches!(dtype, DType::F32 | DType::Bf16 | DType::F16) {
             return self.tensor(name, shape, dtype).map(ParamData::from);
         }
-        let (start, len) = {
-            let st = self.parse()?;
-            let data = self.checked_view(&st, name, shape, dtype)?.data();
-            // `data` borrows from `self.bytes`: its offset there.
-            let start = (data.as_ptr() as usize)
-                .checked_sub(self.bytes.as_ptr() as usize)
-                .filter(|s| s + data.len() <= self.bytes.len())
-                .ok_or_else(|| format!("tensor '{name}': data outside the file"))?;
-            (start, data.len())
-        };
-        ParamData::from_le_bytes(self.bytes.slice(start..start + len), dtype, shape)
+        let range = self.checked_range(name, shape, dtype)?;
+        ParamData::from_le_bytes(self.bytes.slice(range), dtype, shape)
             .map_err(|e| format!("tensor '{name}': {e}"))
     }
 
-    /// The view of tensor `name`, checked to have exactly `shape` and `dtype` and a
-    /// matching byte length.
-    fn checked_view<'a>(
+    /// The byte range of tensor `name`, checked to have exactly `shape` and `dtype` and
+    /// a matching byte length.
+    fn checked_range(
         &self,
-        st: &SafeTensors<'a>,
         name: &str,
         shape: &[usize],
         dtype: DType,
-    ) -> Result<safetensors::tensor::TensorView<'a>, String> {
-        let view = st
-            .tensor(name)
-            .map_err(|_| format!("holds no tensor '{name}'"))?;
-        if view.shape() != shape || view.dtype() != st_dtype(dtype) {
+    ) -> Result<Range<usize>, String> {
+        let entry = self
+            .index
+            .get(name)
+            .ok_or_else(|| format!("holds no tensor '{name}'"))?;
+        if entry.shape != shape || entry.dtype != st_dtype(dtype) {
             return Err(format!(
                 "tensor '{name}' is {} {}, expected {} {dtype}",
-                fmt_shape(view.shape()),
-                st_dtype_name(view.dtype()),
+                fmt_shape(&entry.shape),
+                st_dtype_name(entry.dtype),
                 fmt_shape(shape)
             ));
         }
-        let data = view.data();
+        let bytes = entry.range.len();
         let size = dtype.size_bytes();
-        let n = data.len() / size;
-        if n * size != data.len() || Some(n) != crate::ir::limits::checked_numel(shape) {
+        let n = bytes / size;
+        if n * size != bytes || Some(n) != crate::ir::limits::checked_numel(shape) {
             return Err(format!(
-                "tensor '{name}' has {} bytes, which does not match its shape",
-                data.len()
+                "tensor '{name}' has {bytes} bytes, which does not match its shape"
             ));
         }
-        Ok(view)
+        Ok(entry.range.clone())
     }
 
     /// Reads tensor `name`, which must have exactly `shape` and `dtype`.
     pub fn tensor(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor, String> {
-        let st = self.parse()?;
-        let view = self.checked_view(&st, name, shape, dtype)?;
-        let data = view.data();
+        let data = &self.bytes[self.checked_range(name, shape, dtype)?];
         let size = dtype.size_bytes();
         let chunks = data.chunks_exact(size);
         let fail = |e: ndarray::ShapeError| format!("tensor '{name}': {e}");
