@@ -730,7 +730,59 @@ fn a_map_read_only_by_a_max_pool_is_stored_in_the_pools_type() {
         .filter(|t| t.kind == neuron_isa::TensorKind::Scratch && t.dtype == neuron_isa::Dtype::Bf16)
         .count();
     assert_eq!(bf16, 2, "{kg}");
-    super::backend_harness::compile_and_check_with(&g, opts, Precision::Bf16);
+    let (c, _) = super::backend_harness::compile_and_check_with(&g, opts, Precision::Bf16);
+    // The pool folds its windows in bf16 (one `TensorReduce` per run of alike-clipped
+    // output columns: the first column's window is clipped by the left padding) from
+    // full-width bands: each band load is one contiguous run per partition.
+    let prog = &c.artifact.meta.program;
+    let pool = prog
+        .kernels
+        .iter()
+        .position(|k| k.nodes.contains(&"pool".to_string()))
+        .unwrap() as u32;
+    let ops: Vec<&neuron_isa::Op> = prog
+        .streams
+        .iter()
+        .flat_map(|s| &s.instrs)
+        .filter(|i| i.kernel == pool)
+        .map(|i| &i.op)
+        .collect();
+    let reduces: Vec<_> = ops
+        .iter()
+        .filter_map(|op| match op {
+            neuron_isa::Op::TensorReduce { src, dst, axes, .. } => Some((src, dst, *axes)),
+            _ => None,
+        })
+        .collect();
+    assert!(!reduces.is_empty());
+    for (src, dst, axes) in &reduces {
+        assert_eq!(*axes, 2);
+        assert_eq!(src.dtype, neuron_isa::Dtype::Bf16);
+        assert_eq!(dst.dtype, neuron_isa::Dtype::Bf16);
+    }
+    // 8x8 outputs of a 16x16 map, 3x3 stride 2, pads 1: column 0 is clipped (taps 1..3),
+    // columns 1..8 are whole (the last window ends at column 15).
+    assert!(
+        reduces
+            .iter()
+            .any(|(src, _, _)| src.dims[1].size == 1 && src.dims[3].size == 2),
+        "{reduces:?}"
+    );
+    assert!(
+        reduces
+            .iter()
+            .any(|(src, _, _)| src.dims[1].size == 7 && src.dims[3].size == 3),
+        "{reduces:?}"
+    );
+    for op in &ops {
+        if let neuron_isa::Op::Dma { dst, src } = op
+            && dst.mem == neuron_isa::Memory::Sbuf
+            && matches!(src.mem, neuron_isa::Memory::Hbm(_))
+        {
+            let run = neuron_sim::dma::contiguous_run_bytes(dst);
+            assert_eq!(run, dst.bytes_per_partition(), "band load {dst}");
+        }
+    }
 }
 
 #[test]

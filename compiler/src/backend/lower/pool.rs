@@ -1,12 +1,16 @@
 //! Pooling kernels (`max_pool2d`, `avg_pool2d`) on VectorE.
 //!
 //! Channels (and, for contiguous NCHW, images too: `N * C` planes) go on partitions. For
-//! each band of output rows the input rows it needs (plus the window's halo) are loaded
-//! into an SBUF tile pre-filled with the padding value (`-inf` for max, so padding never
-//! wins; `0` for average); each window tap is then one strided view of that band (`[rows:
-//! sh * band_width, cols: sw]` at the tap's offset), folded into the accumulator with one
-//! `TensorTensor` (max or add) per tap: `kh * kw` VectorE instructions per band, no copies.
-//! Averages are scaled by `1 / (kh * kw)` (`count_include_pad`) or by a constant map of
+//! each band of output rows the input rows it needs are loaded into an SBUF tile, and one
+//! VectorE `TensorReduce` folds every window: the band viewed `[rows: sh * band_width,
+//! cols: sw, kh: band_width, kw: 1]`, reduced over its two innermost dims (max or add, the
+//! taps in row-major order as the reference folds them), no copies. Max pools keep whole
+//! input rows (no halo columns: one contiguous run per partition, so one descriptor per
+//! band) and clip the windows that reach into the column padding (one reduce per run of
+//! alike-clipped output columns; `-inf` never wins a max); rows of padding are `-inf`
+//! rows. A max pool over a 16-bit map stays in that type on chip (a max rounds nothing)
+//! and VectorE reduces 16-bit data at half cost. Average pools keep the padded band
+//! (pre-filled with 0) in fp32. Averages are scaled by `1 / (kh * kw)` (`count_include_pad`) or by a constant map of
 //! `1 / count` per output pixel (padding excluded, as ONNX), loaded broadcast to every
 //! partition. The epilogue runs on the result like any other kernel's.
 
@@ -77,6 +81,9 @@ pub struct PoolShape {
     pub epilogue: Vec<EwOp>,
     /// Epilogue dtype.
     pub act_dtype: Dtype,
+    /// The on-chip type of the input band and the folded windows: the map's own 16-bit
+    /// type for a max pool (a max rounds nothing, and `-inf` is exact in it), else fp32.
+    pub band_dtype: Dtype,
 }
 
 impl PoolShape {
@@ -84,7 +91,35 @@ impl PoolShape {
         (rows - 1) * self.win.strides[0] + self.win.kernel[0]
     }
     fn band_w(&self) -> usize {
+        if self.full_w() {
+            return self.w;
+        }
         (self.ow - 1) * self.win.strides[1] + self.win.kernel[1]
+    }
+    /// Max pools keep whole input rows in the band (no halo columns): a band is then one
+    /// contiguous run per partition, loaded by one descriptor instead of one per row, and
+    /// the windows that reach into the column padding are clipped instead (`-inf` never
+    /// wins a max, so dropping it changes nothing). Averages keep the padded band, where
+    /// the zeros are added as the reference adds them.
+    fn full_w(&self) -> bool {
+        matches!(self.op, PoolFn::Max)
+    }
+    /// The output columns of each clipped window shape: `(first output column, count,
+    /// first tap column, tap columns)` runs, in column order, covering `0..ow`.
+    fn column_runs(&self) -> Vec<(usize, usize, usize, usize)> {
+        let (sw, pl, kw) = (self.win.strides[1], self.win.pads[1], self.win.kernel[1]);
+        let mut runs: Vec<(usize, usize, usize, usize)> = Vec::new();
+        for j in 0..self.ow {
+            let start = (j * sw) as i64 - pl as i64;
+            let qa = (-start).clamp(0, kw as i64) as usize;
+            let qb = (self.w as i64 - start).clamp(0, kw as i64) as usize;
+            let nq = qb.saturating_sub(qa);
+            match runs.last_mut() {
+                Some(r) if r.2 == qa && r.3 == nq => r.1 += 1,
+                _ => runs.push((j, 1, qa, nq)),
+            }
+        }
+        runs
     }
 }
 
@@ -100,7 +135,7 @@ fn merged(v: &View) -> Option<View> {
 }
 
 /// Analyses a pooling kernel.
-pub fn analyze(_kg: &KernelGraph, k: &Kernel) -> Result<PoolShape, CompileError> {
+pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<PoolShape, CompileError> {
     let err = |m: String| lowering_error(k, m);
     let KernelOp::Pool {
         x,
@@ -134,6 +169,11 @@ pub fn analyze(_kg: &KernelGraph, k: &Kernel) -> Result<PoolShape, CompileError>
         operands.push((i, b));
     }
     let (h, w, oh, ow) = (xv.shape[2], xv.shape[3], out.shape[2], out.shape[3]);
+    let (_, xdt) = view_storage(kg, k, &xv, "x")?;
+    let band_dtype = match (op, xdt) {
+        (PoolFn::Max, Dtype::Bf16 | Dtype::F16) => xdt,
+        _ => Dtype::F32,
+    };
     // All planes on partitions at once when every view is plain NCHW.
     let merged_ops = operands
         .iter()
@@ -157,13 +197,16 @@ pub fn analyze(_kg: &KernelGraph, k: &Kernel) -> Result<PoolShape, CompileError>
         operands,
         epilogue: epilogue.clone(),
         act_dtype: k.act_dtype,
+        band_dtype,
     })
 }
 
-/// Output rows per band: as many as keep the band near 16 KiB per partition.
+/// Output rows per band: as many as keep the band near 16 KiB per partition (in its
+/// on-chip type), split evenly over the bands.
 pub fn choose(s: &PoolShape, cfg: &ChipConfig) -> PoolTiling {
-    let per_row = (s.band_w() * s.win.strides[0]).max(1) * 4;
-    let rows = (16 * 1024 / per_row).clamp(1, s.oh);
+    let per_row = (s.band_w() * s.win.strides[0]).max(1) as u64 * s.band_dtype.size();
+    let rows = ((16 * 1024 / per_row) as usize).clamp(1, s.oh);
+    let rows = s.oh.div_ceil(s.oh.div_ceil(rows));
     PoolTiling {
         rows,
         global: global_planes(s, cfg),
@@ -212,10 +255,12 @@ pub fn buffers(s: &PoolShape, t: &PoolTiling) -> Vec<BufferReq> {
         }
         return b;
     }
-    let band = (s.band_h(t.rows) * s.band_w()) as u64 * 4;
+    let band = (s.band_h(t.rows) * s.band_w()) as u64 * s.band_dtype.size();
     let npix = (t.rows * s.ow) as u64;
     let mut b = vec![
-        BufferReq::sbuf("band", band, 2),
+        // Three bands: one loading, one folding, one spare so a load never waits for
+        // the fold of the band before.
+        BufferReq::sbuf("band", band, 3),
         BufferReq::sbuf("acc", npix * 4, 2),
         BufferReq::sbuf("work", npix * 4, 2),
         BufferReq::sbuf("out", npix * 4, 2),
@@ -279,6 +324,9 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &PoolTiling) -> Result<(), CompileError>
         PoolFn::Max => (f32::NEG_INFINITY, AluOp::Max),
         PoolFn::Avg { .. } => (0.0, AluOp::Add),
     };
+    // A max pool over a 16-bit map keeps the band and the maxima in that type: half the
+    // bytes, and VectorE reduces 16-bit data at half cost (trainium.md 2.3).
+    let (bdt, adt) = (s.band_dtype, s.band_dtype);
     let div = match s.op {
         PoolFn::Avg {
             count_include_pad: false,
@@ -297,7 +345,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &PoolTiling) -> Result<(), CompileError>
                 let npix = nr * s.ow;
                 let hbr = s.band_h(nr);
                 let ir0 = (r0 * sh) as i64 - pt as i64;
-                let ic0 = -(pl as i64);
+                let ic0 = if s.full_w() { 0 } else { -(pl as i64) };
                 let vr0 = ir0.max(0);
                 let vr1 = (ir0 + hbr as i64).min(s.h as i64);
                 let vc0 = ic0.max(0);
@@ -309,7 +357,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &PoolTiling) -> Result<(), CompileError>
                     ctx.push(
                         Engine::GpSimd,
                         Op::Memset {
-                            dst: sbuf(Memory::Sbuf, fdt, 0, np, bbase, dense(hbr * wb)),
+                            dst: sbuf(Memory::Sbuf, bdt, 0, np, bbase, dense(hbr * wb)),
                             value: fill,
                         },
                     );
@@ -342,10 +390,10 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &PoolTiling) -> Result<(), CompileError>
                     let inner = ((vr0 - ir0) as usize * wb + (vc0 - ic0) as usize) as u64;
                     let dst = sbuf(
                         Memory::Sbuf,
-                        fdt,
+                        bdt,
                         0,
                         np,
-                        bbase + inner * 4,
+                        bbase + inner * bdt.size(),
                         vec![
                             Dim {
                                 size: (vr1 - vr0) as u32,
@@ -359,54 +407,77 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &PoolTiling) -> Result<(), CompileError>
                     );
                     ctx.load(dst, src);
                 }
-                let tap = |p: usize, q: usize| {
-                    sbuf(
+                // `TensorReduce` folds every tap of every output pixel: the band viewed
+                // `[rows, cols, kh, kw]` (the taps innermost, row-major, the order of the
+                // reference's fold), reduced over its two innermost dims; one per run of
+                // output columns whose windows are clipped alike (full-width bands).
+                let acc = accb.tile(slot, adt, np as u32, npix as u32);
+                let runs = if s.full_w() {
+                    s.column_runs()
+                } else {
+                    vec![(0, s.ow, 0, kw)]
+                };
+                for (j0, nj, qa, nq) in runs {
+                    // Band column of the run's first tap (the band starts at input column
+                    // `ic0`: 0 for full-width bands, `-pl` for padded ones).
+                    let col0 = (j0 * sw + qa) as i64 - pl as i64 - ic0;
+                    if nq == 0 || col0 < 0 {
+                        return Err(ctx.err(format!(
+                            "internal: max pool output column {j0} has no input column"
+                        )));
+                    }
+                    let src = sbuf(
                         Memory::Sbuf,
-                        fdt,
+                        bdt,
                         0,
                         np,
-                        bbase + ((p * wb + q) * 4) as u64,
+                        bbase + col0 as u64 * bdt.size(),
                         vec![
                             Dim {
                                 size: nr as u32,
                                 stride: (sh * wb) as i64,
                             },
                             Dim {
-                                size: s.ow as u32,
+                                size: nj as u32,
                                 stride: sw as i64,
                             },
+                            Dim {
+                                size: kh as u32,
+                                stride: wb as i64,
+                            },
+                            Dim {
+                                size: nq as u32,
+                                stride: 1,
+                            },
                         ],
-                    )
-                };
-                let acc = accb.tile(slot, fdt, np as u32, npix as u32);
-                if kh * kw == 1 {
+                    );
+                    let dst = sbuf(
+                        Memory::Sbuf,
+                        adt,
+                        0,
+                        np,
+                        acc.offset + j0 as u64 * adt.size(),
+                        vec![
+                            Dim {
+                                size: nr as u32,
+                                stride: s.ow as i64,
+                            },
+                            Dim {
+                                size: nj as u32,
+                                stride: 1,
+                            },
+                        ],
+                    );
                     ctx.push(
                         Engine::Vector,
-                        Op::TensorCopy {
-                            dst: acc.clone(),
-                            src: tap(0, 0),
+                        Op::TensorReduce {
+                            dst,
+                            src,
+                            op: alu,
+                            axes: 2,
+                            negate: false,
                         },
                     );
-                } else {
-                    let mut first = true;
-                    for p in 0..kh {
-                        for q in 0..kw {
-                            if p == 0 && q == 0 {
-                                continue;
-                            }
-                            let a = if first { tap(0, 0) } else { acc.clone() };
-                            first = false;
-                            ctx.push(
-                                Engine::Vector,
-                                Op::TensorTensor {
-                                    dst: acc.clone(),
-                                    a,
-                                    b: tap(p, q),
-                                    op: alu,
-                                },
-                            );
-                        }
-                    }
                 }
                 match (&s.op, &div) {
                     (PoolFn::Avg { .. }, Some((cid, dbuf))) => {
