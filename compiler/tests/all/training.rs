@@ -170,10 +170,6 @@ fn training_section_errors_name_the_field() {
             vec!["training.labels.dtype", "mse needs f32 targets"],
         ),
         (
-            format!(r#"{{"loss": {{"kind": "cross_entropy", "output": "logits"}}, {ok_labels}, "optimizer": {{"kind": "sgd", "lr": 0.1}}, "trainable": ["w", "table"]}}"#),
-            vec!["node 'emb' (op gather)", "param 'table'", "scatter-add"],
-        ),
-        (
             format!(r#"{{"loss": {{"kind": "cross_entropy", "output": "logits"}}, {ok_labels}, "optimizer": {{"kind": "sgd", "lr": 0.1}}, "trainable": ["ids"]}}"#),
             vec!["training.trainable[0]", "'ids' is i64, not a float param"],
         ),
