@@ -670,7 +670,10 @@ fn gather_vjp(
         |i| i[0] as f32,
     ));
     let rows = b.constant("row_ids", rows)?;
-    let onehot = b.eq_mask(rows, idx)?;
+    // `idx - rows`, not `rows - idx`: the chain starts from the id row (the same
+    // contiguous row for every partition), and the row ids are a per-partition column
+    // operand; starting from the column made one 4-byte descriptor per element.
+    let onehot = b.eq_mask(idx, rows)?;
     let gt = b.op(Op::MatMul { transpose_b: false }, &[onehot, g2])?;
     // [V, pre.., post..] -> the table's axis order.
     let mut s: Vec<usize> = vec![v];
