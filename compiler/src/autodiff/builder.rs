@@ -2,6 +2,8 @@
 //! the broadcasting helpers that gradient rules need (sum a gradient back to an operand's
 //! shape, broadcast a reduced gradient back to the input's shape).
 
+use std::collections::HashMap;
+
 use ndarray::ArrayD;
 
 use crate::ir::{DType, Graph, GraphError, Op, Tensor, ValueId};
@@ -12,6 +14,9 @@ pub struct Builder<'g> {
     pub graph: &'g mut Graph,
     prefix: String,
     counter: usize,
+    /// Zero constants made so far, by dtype and shape: one constant per shape, however many
+    /// pads and scatters read it.
+    zeros: HashMap<(DType, Vec<usize>), ValueId>,
 }
 
 impl<'g> Builder<'g> {
@@ -21,6 +26,7 @@ impl<'g> Builder<'g> {
             graph,
             prefix: prefix.into(),
             counter: 0,
+            zeros: HashMap::new(),
         }
     }
 
@@ -58,7 +64,129 @@ impl<'g> Builder<'g> {
 
     /// An f32 zero tensor of `shape`.
     pub fn zeros(&mut self, shape: &[usize]) -> Result<ValueId, GraphError> {
-        self.constant("zeros", Tensor::zeros(DType::F32, shape))
+        self.zeros_of(DType::F32, shape)
+    }
+
+    /// A zero tensor of `dtype` and `shape` (one shared constant per dtype and shape).
+    pub fn zeros_of(&mut self, dtype: DType, shape: &[usize]) -> Result<ValueId, GraphError> {
+        let key = (dtype, shape.to_vec());
+        if let Some(&z) = self.zeros.get(&key) {
+            return Ok(z);
+        }
+        let z = self.constant("zeros", Tensor::zeros(dtype, shape))?;
+        self.zeros.insert(key, z);
+        Ok(z)
+    }
+
+    /// Elements `start, start + step, ...` (`len` of them) of `a` along `axis`.
+    pub fn slice_axis(
+        &mut self,
+        a: ValueId,
+        axis: usize,
+        start: usize,
+        len: usize,
+        step: usize,
+    ) -> Result<ValueId, GraphError> {
+        if start == 0 && step == 1 && self.graph.value(a).shape.get(axis) == Some(&len) {
+            return Ok(a);
+        }
+        self.op(
+            Op::Slice {
+                axes: vec![axis as i64],
+                starts: vec![start as i64],
+                ends: vec![(start + (len - 1) * step + 1) as i64],
+                steps: vec![step as i64],
+            },
+            &[a],
+        )
+    }
+
+    /// `a` with `before` zeros prepended and `after` zeros appended along `axis`.
+    pub fn pad_axis(
+        &mut self,
+        a: ValueId,
+        axis: usize,
+        before: usize,
+        after: usize,
+    ) -> Result<ValueId, GraphError> {
+        if before == 0 && after == 0 {
+            return Ok(a);
+        }
+        let v = self.graph.value(a);
+        let (dtype, shape) = (v.dtype, v.shape.clone());
+        let zeros = |b: &mut Self, n: usize| {
+            let mut s = shape.clone();
+            s[axis] = n;
+            b.zeros_of(dtype, &s)
+        };
+        let mut parts = Vec::with_capacity(3);
+        if before > 0 {
+            parts.push(zeros(self, before)?);
+        }
+        parts.push(a);
+        if after > 0 {
+            parts.push(zeros(self, after)?);
+        }
+        self.op(Op::Concat { axis: axis as i64 }, &parts)
+    }
+
+    /// `a` with `step - 1` zeros inserted after each element but the last along `axis`
+    /// (length `n` becomes `(n - 1) * step + 1`): the inverse of a strided slice.
+    pub fn dilate_axis(
+        &mut self,
+        a: ValueId,
+        axis: usize,
+        step: usize,
+    ) -> Result<ValueId, GraphError> {
+        if step <= 1 {
+            return Ok(a);
+        }
+        let v = self.graph.value(a);
+        let (dtype, shape) = (v.dtype, v.shape.clone());
+        let n = shape[axis];
+        if n == 1 {
+            return Ok(a);
+        }
+        // [.., n, ..] -> [.., n, 1, ..] ++ zeros [.., n, step - 1, ..] -> [.., n * step, ..].
+        let mut s1 = shape.clone();
+        s1.insert(axis + 1, 1);
+        let r = self.reshape(a, &s1)?;
+        let mut sz = s1.clone();
+        sz[axis + 1] = step - 1;
+        let z = self.zeros_of(dtype, &sz)?;
+        let c = self.op(
+            Op::Concat {
+                axis: (axis + 1) as i64,
+            },
+            &[r, z],
+        )?;
+        let mut s2 = shape;
+        s2[axis] = n * step;
+        let flat = self.reshape(c, &s2)?;
+        self.slice_axis(flat, axis, 0, (n - 1) * step + 1, 1)
+    }
+
+    /// The gradient of a strided slice along `axis` scattered back: `g` (the slice's
+    /// `len` elements) placed at `start, start + step, ...` of a zero axis of size `dim`.
+    pub fn unslice_axis(
+        &mut self,
+        g: ValueId,
+        axis: usize,
+        start: usize,
+        step: usize,
+        dim: usize,
+    ) -> Result<ValueId, GraphError> {
+        let len = self.graph.value(g).shape[axis];
+        let d = self.dilate_axis(g, axis, step)?;
+        let span = (len - 1) * step + 1;
+        self.pad_axis(d, axis, start, dim.saturating_sub(start + span))
+    }
+
+    /// A 0/1 f32 mask of `a == b` (broadcasting).
+    pub fn eq_mask(&mut self, a: ValueId, b: ValueId) -> Result<ValueId, GraphError> {
+        let d = self.sub(a, b)?;
+        let ne = self.nonzero_mask(d)?;
+        self.rsub(1.0, ne)
     }
 
     /// `a + b`.
@@ -117,6 +245,44 @@ impl<'g> Builder<'g> {
     ) -> Result<ValueId, GraphError> {
         if axes.is_empty() {
             return Ok(a);
+        }
+        // A sum over the last axis and others runs in two stages: the last axis first (a
+        // reduction along each row), then the rest over the row sums. The reduce lowering
+        // runs a sum over every axis of a large tensor at a few GB/s (BERT-base's
+        // `grad_sq` and attention-scale gradients, docs/training.md), a row sum at HBM
+        // speed. The summation order is part of the graph, so chip and reference agree.
+        let shape = self.graph.value(a).shape.clone();
+        let r = shape.len() as i64;
+        let norm: Vec<i64> = axes
+            .iter()
+            .map(|&x| if x < 0 { x + r } else { x })
+            .collect();
+        if r >= 2 && norm.len() > 1 && norm.contains(&(r - 1)) {
+            let rows = self.op(
+                Op::ReduceSum {
+                    axes: vec![r - 1],
+                    keepdims: true,
+                },
+                &[a],
+            )?;
+            let rest: Vec<i64> = norm.iter().copied().filter(|&x| x != r - 1).collect();
+            let s = self.op(
+                Op::ReduceSum {
+                    axes: rest,
+                    keepdims: true,
+                },
+                &[rows],
+            )?;
+            if keepdims {
+                return Ok(s);
+            }
+            let kept: Vec<usize> = shape
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| !norm.contains(&(i as i64)))
+                .map(|(_, &d)| d)
+                .collect();
+            return self.reshape(s, &kept);
         }
         self.op(Op::ReduceSum { axes, keepdims }, &[a])
     }

@@ -13,6 +13,7 @@
 //! error naming the node, its op and the param whose gradient needs it.
 
 mod builder;
+mod spatial;
 mod vjp;
 
 use std::collections::{BTreeMap, HashSet};

@@ -5,9 +5,10 @@
 //! counted from the end when negative). Each rule is checked against central finite
 //! differences in f64 by the gradient-check tests (`compiler/tests/all/autodiff.rs`).
 
+use crate::ir::shape_infer::slice_plan;
 use crate::ir::{GeluApprox, GraphError, Node, Op, ValueId};
 
-use super::Builder;
+use super::{Builder, spatial};
 
 /// The ops [`vjp`] differentiates (every input, unless [`has_rule`] says otherwise).
 pub const DIFFERENTIABLE_OPS: &[&str] = &[
@@ -42,7 +43,14 @@ pub const DIFFERENTIABLE_OPS: &[&str] = &[
     "concat",
     "where (inputs 1 and 2)",
     "cast (float to float)",
-    "gather (input 0 of a constant-index gather is not differentiable; indices never are)",
+    "reduce_max",
+    "slice",
+    "gather (the table; indices never)",
+    "conv2d",
+    "max_pool2d",
+    "avg_pool2d",
+    "global_avg_pool",
+    "batch_norm",
 ];
 
 /// Why a rule could not be applied.
@@ -69,23 +77,10 @@ pub fn has_rule(op: &Op, i: usize) -> Result<(), String> {
     match op {
         Op::Where if i == 0 => Err(": the condition is boolean".into()),
         Op::Where => Ok(()),
-        Op::Gather { .. } => Err(if i == 0 {
-            ": the gradient of a gather's data is a scatter-add, which the model format does \
-             not have (freeze the embedding table or feed embeddings as an input)"
-                .into()
-        } else {
-            ": indices are integers".into()
-        }),
+        Op::Gather { .. } if i == 1 => Err(": indices are integers".into()),
         Op::Cast { dtype } if !dtype.is_float() => {
             Err(format!(": the cast to {dtype} is not a float type"))
         }
-        Op::ReduceMax { .. }
-        | Op::Slice { .. }
-        | Op::BatchNorm { .. }
-        | Op::Conv2d { .. }
-        | Op::MaxPool2d { .. }
-        | Op::AvgPool2d { .. }
-        | Op::GlobalAvgPool => Err(String::new()),
         _ => Ok(()),
     }
 }
@@ -342,12 +337,106 @@ pub fn vjp(
                 b.op(Op::Cast { dtype: dt }, &[gy])?
             });
         }
-        // `has_rule` refused everything else above.
-        _ => {
-            return Err(VjpError::NoRule {
-                input: wanted.iter().position(|&w| w).unwrap_or(0),
-                why: String::new(),
-            });
+        Op::ReduceMax { axes, keepdims } => {
+            // The gradient goes to every element equal to the maximum (ties share it in
+            // full: a valid subgradient, as for max/min).
+            let xs = shape(b, x[0]);
+            let mut keep = xs.clone();
+            for &a in axes {
+                keep[norm_axis(a, xs.len())] = 1;
+            }
+            let (yk, gk) = if *keepdims {
+                (y, gy)
+            } else {
+                (b.reshape(y, &keep)?, b.reshape(gy, &keep)?)
+            };
+            let m = b.eq_mask(x[0], yk)?;
+            out[0] = Some(b.mul(m, gk)?);
+        }
+        Op::Slice {
+            axes,
+            starts,
+            ends,
+            steps,
+        } => {
+            // Scatter back into zeros: per sliced axis, stride-dilate and pad.
+            let xs = shape(b, x[0]);
+            let plan = slice_plan(&xs, axes, starts, ends, steps)
+                .map_err(|e| GraphError::Invariant(format!("slice: {e}")))?;
+            let mut g = gy;
+            for p in plan {
+                g = b.unslice_axis(g, p.axis, p.start, p.step, xs[p.axis])?;
+            }
+            out[0] = Some(g);
+        }
+        Op::Gather { axis } => {
+            let ts = shape(b, x[0]);
+            let rows = ts[norm_axis(*axis, ts.len())];
+            if rows >= 1 << 24 {
+                return Err(VjpError::NoRule {
+                    input: 0,
+                    why: format!(
+                        ": its one-hot gradient needs exact f32 row ids, and the table has \
+                         {rows} rows (at most 2^24 - 1)"
+                    ),
+                });
+            }
+            out[0] = Some(gather_vjp(b, x[0], x[1], gy, *axis)?);
+        }
+        Op::Conv2d {
+            strides,
+            pads,
+            dilations,
+            groups,
+        } => {
+            let geo = spatial::ConvGeometry {
+                strides: *strides,
+                pads: *pads,
+                dilations: *dilations,
+                groups: *groups,
+            };
+            out = spatial::conv2d_vjp(b, node, gy, wanted, &geo)?;
+        }
+        Op::MaxPool2d {
+            kernel,
+            strides,
+            pads,
+        } => {
+            let win = spatial::PoolWindow {
+                kernel: *kernel,
+                strides: *strides,
+                pads: *pads,
+            };
+            out[0] = Some(spatial::pool_vjp(b, x[0], y, gy, &win, None)?);
+        }
+        Op::AvgPool2d {
+            kernel,
+            strides,
+            pads,
+            count_include_pad,
+        } => {
+            let win = spatial::PoolWindow {
+                kernel: *kernel,
+                strides: *strides,
+                pads: *pads,
+            };
+            out[0] = Some(spatial::pool_vjp(
+                b,
+                x[0],
+                y,
+                gy,
+                &win,
+                Some(*count_include_pad),
+            )?);
+        }
+        Op::GlobalAvgPool => {
+            let xs = shape(b, x[0]);
+            let count: usize = xs[2..].iter().product();
+            let g = b.scale(gy, 1.0 / count as f32)?;
+            out[0] = Some(b.broadcast_to(g, &xs)?);
+        }
+        Op::BatchNorm { epsilon } => {
+            out = spatial::batch_norm_vjp(b, node, gy, wanted, *epsilon)?;
         }
     }
     Ok(out)
@@ -530,4 +619,72 @@ fn norm_vjp(
         out[2] = Some(b.unbroadcast(gy, &s)?);
     }
     Ok(out)
+}
+
+/// Gradient of `gather(table, indices, axis)` with respect to the table: a scatter-add of
+/// the output gradient's rows into a zero table, written as a one-hot matmul
+/// `onehot[V, n] @ gy[n, rest]` so that it runs on TensorE (rows gathered twice add up in
+/// the PSUM accumulation). The one-hot is `1 - (arange(V)[:, None] != idx[None, :])` on
+/// the indices cast to f32, exact for tables of fewer than 2^24 rows; negative indices are
+/// first moved into `0..V` (`idx + V * (idx < 0)`).
+fn gather_vjp(
+    b: &mut Builder<'_>,
+    table: ValueId,
+    indices: ValueId,
+    gy: ValueId,
+    axis: i64,
+) -> Result<ValueId, GraphError> {
+    let ts = b.graph.value(table).shape.clone();
+    let is = b.graph.value(indices).shape.clone();
+    let a = norm_axis(axis, ts.len());
+    let v = ts[a];
+    let n: usize = is.iter().product();
+    let pre = &ts[..a];
+    let post = &ts[a + 1..];
+    // gy is pre + is + post: move the index axes to the front, flatten to [n, rest].
+    let (np, ni, nq) = (pre.len(), is.len(), post.len());
+    let g = if np > 0 {
+        let mut perm: Vec<usize> = (np..np + ni).collect();
+        perm.extend(0..np);
+        perm.extend(np + ni..np + ni + nq);
+        b.op(Op::Transpose { perm }, &[gy])?
+    } else {
+        gy
+    };
+    let rest: usize = pre.iter().product::<usize>() * post.iter().product::<usize>();
+    let g2 = b.reshape(g, &[n, rest])?;
+    // Row ids as f32, in 0..V.
+    let idx = b.op(
+        Op::Cast {
+            dtype: crate::ir::DType::F32,
+        },
+        &[indices],
+    )?;
+    let idx = b.reshape(idx, &[1, n])?;
+    let neg = b.op(Op::Neg, &[idx])?;
+    let is_neg = b.positive_mask(neg)?;
+    let wrap = b.scale(is_neg, v as f32)?;
+    let idx = b.add(idx, wrap)?;
+    let rows = crate::ir::Tensor::F32(ndarray::ArrayD::from_shape_fn(
+        ndarray::IxDyn(&[v, 1]),
+        |i| i[0] as f32,
+    ));
+    let rows = b.constant("row_ids", rows)?;
+    // `idx - rows`, not `rows - idx`: the chain starts from the id row (the same
+    // contiguous row for every partition), and the row ids are a per-partition column
+    // operand; starting from the column made one 4-byte descriptor per element.
+    let onehot = b.eq_mask(idx, rows)?;
+    let gt = b.op(Op::MatMul { transpose_b: false }, &[onehot, g2])?;
+    // [V, pre.., post..] -> the table's axis order.
+    let mut s: Vec<usize> = vec![v];
+    s.extend_from_slice(pre);
+    s.extend_from_slice(post);
+    let gt = b.reshape(gt, &s)?;
+    if np == 0 {
+        return Ok(gt);
+    }
+    let mut perm: Vec<usize> = (1..=np).collect();
+    perm.push(0);
+    perm.extend(np + 1..np + 1 + nq);
+    b.op(Op::Transpose { perm }, &[gt])
 }

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use ndarray::{ArrayD, IxDyn};
 use neuronc::autodiff::{AutodiffError, Builder, differentiate};
-use neuronc::ir::{GeluApprox, Graph, Op, Tensor, ValueId};
+use neuronc::ir::{DType, GeluApprox, Graph, Op, Tensor, ValueId};
 use neuronc::reference::{RefOptions, run_reference};
 use neuronc::rng::SeededRng;
 use proptest::prelude::*;
@@ -65,7 +65,9 @@ fn check_grad(g: &Graph, wrt: &[ValueId], tol: f64) {
         let base = g.value(p).data.as_ref().unwrap().tensor().clone();
         assert_eq!(analytic.shape(), base.shape(), "grad {k} shape");
         let Tensor::F32(x0) = base else { panic!() };
-        for i in 0..x0.len() {
+        // Logical (row-major) order, whatever the result's memory layout.
+        let analytic: Vec<f64> = analytic.iter().copied().collect();
+        for (i, &a) in analytic.iter().enumerate() {
             let mut fd = [0.0; 2];
             for (j, sign) in [1.0f32, -1.0].into_iter().enumerate() {
                 let mut x = x0.clone();
@@ -75,7 +77,6 @@ fn check_grad(g: &Graph, wrt: &[ValueId], tol: f64) {
                 fd[j] = objective(&gp, &r64);
             }
             let numeric = (fd[0] - fd[1]) / (2.0 * f64::from(H));
-            let a = analytic.as_slice().unwrap()[i];
             assert!(
                 (a - numeric).abs() <= tol * (1.0 + numeric.abs()),
                 "{}: d/d{}[{i}] analytic {a} vs numeric {numeric}",
@@ -276,25 +277,139 @@ fn a_mlp_chain_matches_finite_differences() {
 
 #[test]
 fn an_op_without_a_gradient_on_the_path_is_named() {
+    // A float -> int cast (a truncation) has no gradient; the node and the param are named.
     let mut g = Graph::new("t");
-    let table = g
-        .add_param("table", grid(&[5, 3], 18, -1.0, 1.0, 0.0))
+    let x = g.add_param("x", grid(&[2, 3], 18, -1.0, 1.0, 0.0)).unwrap();
+    let t = g
+        .add_node("trunc", Op::Cast { dtype: DType::I32 }, &[x], "t")
         .unwrap();
-    let idx = Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[2]), vec![1, 3]).unwrap());
-    let idx = g.add_param("idx", idx).unwrap();
     let y = g
-        .add_node("embed", Op::Gather { axis: 0 }, &[table, idx], "y")
+        .add_node("back", Op::Cast { dtype: DType::F32 }, &[t], "y")
         .unwrap();
     g.add_output(y).unwrap();
     let seed = g.add_param("s", grid(&[2, 3], 19, -1.0, 1.0, 0.0)).unwrap();
     let mut b = Builder::new(&mut g, "bw/");
-    let e = differentiate(&mut b, y, seed, &[table]).unwrap_err();
+    let e = differentiate(&mut b, y, seed, &[x]).unwrap_err();
     assert!(
         matches!(e, AutodiffError::NotDifferentiable { .. }),
         "{e:?}"
     );
     let msg = e.to_string();
-    assert!(msg.contains("node 'embed' (op gather)"), "{msg}");
-    assert!(msg.contains("param 'table'"), "{msg}");
-    assert!(msg.contains("scatter-add"), "{msg}");
+    assert!(msg.contains("node 'trunc' (op cast)"), "{msg}");
+    assert!(msg.contains("param 'x'"), "{msg}");
+    assert!(msg.contains("not a float type"), "{msg}");
+}
+
+/// `n` distinct multiples of 1/16 in random order (no two within `2 H`: a max never changes
+/// hands inside a central difference).
+fn distinct(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut rng = SeededRng::for_tensor(seed, "distinct");
+    let mut v: Vec<f32> = (0..n).map(|i| (i as f32 - n as f32 / 2.0) / 16.0).collect();
+    for i in (1..n).rev() {
+        let j = (rng.uniform(0.0, 1.0) * (i + 1) as f64) as usize;
+        v.swap(i, j.min(i));
+    }
+    Tensor::F32(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, .. ProptestConfig::default() })]
+
+    #[test]
+    fn conv2d_matches_finite_differences(
+        n in 1usize..3, cg in 1usize..3, og in 1usize..3, groups in 1usize..3,
+        kh in 1usize..4, kw in 1usize..4, sh in 1usize..3, sw in 1usize..4,
+        dh in 1usize..3, dw in 1usize..3, pads in prop::array::uniform4(0usize..3),
+        extra in 0usize..3, bias in any::<bool>(),
+    ) {
+        // The input is just large enough for an output of 2 rows (plus `extra` rows and
+        // columns that strides may leave unread).
+        let h = (dh * (kh - 1) + 1 + sh + extra).saturating_sub(pads[0] + pads[2]).max(1);
+        let w = (dw * (kw - 1) + 1 + extra).saturating_sub(pads[1] + pads[3]).max(1);
+        prop_assume!(h + pads[0] + pads[2] > dh * (kh - 1));
+        prop_assume!(w + pads[1] + pads[3] > dw * (kw - 1));
+        let (c, o) = (cg * groups, og * groups);
+        let mut g = Graph::new("t");
+        let x = g.add_param("x", grid(&[n, c, h, w], 20, -1.0, 1.0, 0.0)).unwrap();
+        let wt = g.add_param("w", grid(&[o, cg, kh, kw], 21, -1.0, 1.0, 0.0)).unwrap();
+        let mut ins = vec![x, wt];
+        if bias {
+            ins.push(g.add_param("b", grid(&[o], 22, -1.0, 1.0, 0.0)).unwrap());
+        }
+        let op = Op::Conv2d { strides: [sh, sw], pads, dilations: [dh, dw], groups };
+        let y = g.add_node("conv", op, &ins, "y").unwrap();
+        g.add_output(y).unwrap();
+        check_grad(&g, &ins, 2e-3);
+    }
+
+    #[test]
+    fn pooling_matches_finite_differences(
+        n in 1usize..3, c in 1usize..3, k in prop::array::uniform2(1usize..4),
+        s in prop::array::uniform2(1usize..3), pads in prop::array::uniform4(0usize..2),
+        extra in 0usize..3, include in any::<bool>(),
+    ) {
+        // Padding at most half the window (as ONNX requires).
+        let pads = [pads[0].min(k[0] / 2), pads[1].min(k[1] / 2), pads[2].min(k[0] / 2),
+                    pads[3].min(k[1] / 2)];
+        let (h, w) = (k[0] + s[0] + extra, k[1] + extra + 1);
+        let shape = [n, c, h, w];
+        let max = Op::MaxPool2d { kernel: k, strides: s, pads };
+        let mut g = Graph::new("t");
+        let x = g.add_param("x", distinct(&shape, 23)).unwrap();
+        let y = g.add_node("pool", max, &[x], "y").unwrap();
+        g.add_output(y).unwrap();
+        check_grad(&g, &[x], 2e-3);
+        let avg = Op::AvgPool2d { kernel: k, strides: s, pads, count_include_pad: include };
+        unary(avg, &shape, -1.0, 1.0, 0.0);
+        unary(Op::GlobalAvgPool, &shape, -1.0, 1.0, 0.0);
+    }
+
+    #[test]
+    fn batch_norm_matches_finite_differences(
+        n in 1usize..3, c in 1usize..4, hw in prop::collection::vec(1usize..4, 0..3),
+    ) {
+        let mut shape = vec![n, c];
+        shape.extend(hw);
+        let mut g = Graph::new("t");
+        let x = g.add_param("x", grid(&shape, 24, -2.0, 2.0, 0.0)).unwrap();
+        let scale = g.add_param("scale", grid(&[c], 25, 0.5, 1.5, 0.0)).unwrap();
+        let bias = g.add_param("bias", grid(&[c], 26, -0.5, 0.5, 0.0)).unwrap();
+        let mean = g.add_param("mean", grid(&[c], 27, -0.5, 0.5, 0.0)).unwrap();
+        let var = g.add_param("var", grid(&[c], 28, 0.5, 2.0, 0.0)).unwrap();
+        let ins = [x, scale, bias, mean, var];
+        let y = g.add_node("bn", Op::BatchNorm { epsilon: 1e-5 }, &ins, "y").unwrap();
+        g.add_output(y).unwrap();
+        check_grad(&g, &ins, 2e-3);
+    }
+
+    #[test]
+    fn slice_gather_and_reduce_max_match_finite_differences(
+        a in 2usize..5, b in 2usize..5, c in 2usize..4, start in -2i64..2, step in 1i64..3,
+        axis in 0i64..3, keepdims in any::<bool>(), ids in prop::collection::vec(-2i64..2, 1..5),
+    ) {
+        let shape = [a, b, c];
+        // A strided slice of the middle axis and a plain one of the last.
+        let slice = Op::Slice {
+            axes: vec![1, -1],
+            starts: vec![start, 0],
+            ends: vec![i64::MAX, c as i64],
+            steps: vec![step, 1],
+        };
+        unary(slice, &shape, -1.0, 1.0, 0.0);
+        // Gather along any axis, with negative and repeated indices (their gradients add).
+        let mut g = Graph::new("t");
+        let x = g.add_param("x", grid(&shape, 29, -1.0, 1.0, 0.0)).unwrap();
+        let idx = Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[ids.len()]), ids).unwrap());
+        let idx = g.add_param("idx", idx).unwrap();
+        let y = g.add_node("gather", Op::Gather { axis }, &[x, idx], "y").unwrap();
+        g.add_output(y).unwrap();
+        check_grad(&g, &[x], 2e-3);
+        let mut g = Graph::new("t");
+        let x = g.add_param("x", distinct(&shape, 30)).unwrap();
+        let op = Op::ReduceMax { axes: vec![axis], keepdims };
+        let y = g.add_node("rmax", op, &[x], "y").unwrap();
+        g.add_output(y).unwrap();
+        check_grad(&g, &[x], 2e-3);
+    }
 }

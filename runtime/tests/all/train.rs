@@ -421,3 +421,122 @@ fn bf16_gradients_match_the_f64_reference_within_the_documented_bound() {
         "max error {emax:.3e} is fp32-like: no bf16 cast?"
     );
 }
+
+/// Trains `model` (m.json in `dir`, with x.npy and y.npy there) for 2 epochs on the chip and
+/// on the reference executor; the per-step losses and the saved weights must agree at fp32
+/// tolerance (every step's update is the compiled backward's gradients, so a wrong gradient
+/// kernel shows in the next step's loss and in the weights).
+fn chip_trains_like_the_reference(dir: &Path, params: &[&str]) {
+    let (chip, _) = train(dir, &["--save", "chip.safetensors"]);
+    let (reference, _) = train(dir, &["--reference", "--save", "ref.safetensors"]);
+    assert_eq!(chip.len(), reference.len());
+    assert!(chip.len() >= 4, "{chip:?}");
+    for (i, (c, r)) in chip.iter().zip(&reference).enumerate() {
+        assert!(
+            (c - r).abs() <= 1e-4 * r.abs().max(1e-3),
+            "step {}: chip loss {c} vs reference {r}",
+            i + 1
+        );
+    }
+    assert!(
+        chip[chip.len() - 1] < chip[0],
+        "the loss must fall: {chip:?}"
+    );
+    let a = std::fs::read(dir.join("chip.safetensors")).unwrap();
+    let b = std::fs::read(dir.join("ref.safetensors")).unwrap();
+    let (a, b) = (
+        safetensors::SafeTensors::deserialize(&a).unwrap(),
+        safetensors::SafeTensors::deserialize(&b).unwrap(),
+    );
+    for p in params {
+        let f32s = |t: safetensors::tensor::TensorView<'_>| -> Vec<f32> {
+            t.data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        let (x, y) = (f32s(a.tensor(p).unwrap()), f32s(b.tensor(p).unwrap()));
+        assert_eq!(x.len(), y.len(), "{p}");
+        let scale = y.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+        for (i, (u, v)) in x.iter().zip(&y).enumerate() {
+            assert!(
+                (u - v).abs() <= 1e-4 * scale,
+                "{p}[{i}]: chip {u} vs reference {v}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_conv_relu_pool_linear_net_trains_on_the_chip_like_the_reference() {
+    // conv 3x3 (2 -> 4 channels, pad 1, bias) -> batch_norm (trainable scale and bias)
+    // -> relu -> max_pool 2x2 -> avg_pool 2x2 stride 1 -> linear, batch 8 of 2x8x8 images.
+    let m = r#"{"name": "convnet", "seed": 5,
+      "inputs": [{"name": "x", "shape": [8, 2, 8, 8]}],
+      "params": [{"name": "cw", "shape": [4, 2, 3, 3], "init": {"normal": {"std": 0.3}}},
+                 {"name": "cb", "shape": [4], "init": "zeros"},
+                 {"name": "bn_scale", "shape": [4], "init": "ones"},
+                 {"name": "bn_bias", "shape": [4], "init": "zeros"},
+                 {"name": "bn_mean", "shape": [4], "init": "zeros"},
+                 {"name": "bn_var", "shape": [4], "init": "ones"},
+                 {"name": "fw", "shape": [36, 4], "init": {"normal": {"std": 0.2}}},
+                 {"name": "fb", "shape": [4], "init": "zeros"}],
+      "nodes": [{"name": "conv", "op": "conv2d", "inputs": ["x", "cw", "cb"], "outputs": ["c"],
+                 "attrs": {"pads": [1, 1, 1, 1]}},
+                {"name": "bn", "op": "batch_norm",
+                 "inputs": ["c", "bn_scale", "bn_bias", "bn_mean", "bn_var"], "outputs": ["n"]},
+                {"name": "act", "op": "relu", "inputs": ["n"], "outputs": ["r"]},
+                {"name": "pool", "op": "max_pool2d", "inputs": ["r"], "outputs": ["p"],
+                 "attrs": {"kernel": [2, 2], "strides": [2, 2]}},
+                {"name": "smooth", "op": "avg_pool2d", "inputs": ["p"], "outputs": ["q"],
+                 "attrs": {"kernel": [2, 2]}},
+                {"name": "flat", "op": "reshape", "inputs": ["q"], "outputs": ["f"],
+                 "attrs": {"shape": [8, 36]}},
+                {"name": "fc", "op": "matmul", "inputs": ["f", "fw"], "outputs": ["l"]},
+                {"name": "bias", "op": "add", "inputs": ["l", "fb"], "outputs": ["logits"]}],
+      "outputs": ["logits"],
+      "training": {"loss": {"kind": "cross_entropy", "output": "logits"},
+                   "labels": {"name": "y", "shape": [8], "dtype": "i64"},
+                   "frozen": ["bn_mean", "bn_var"],
+                   "optimizer": {"kind": "adam", "lr": 0.01}, "precision": "fp32"}}"#;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.json"), m).unwrap();
+    let x = ndarray::Array4::from_shape_fn((32, 2, 8, 8), |(i, c, h, w)| {
+        ((i * 5 + c * 3 + h * 7 + w * 11) % 13) as f32 / 6.0 - 1.0
+    });
+    let y = Array1::from_shape_fn(32, |i| (i % 4) as i64);
+    x.write_npy(std::fs::File::create(dir.path().join("x.npy")).unwrap())
+        .unwrap();
+    y.write_npy(std::fs::File::create(dir.path().join("y.npy")).unwrap())
+        .unwrap();
+    chip_trains_like_the_reference(dir.path(), &["cw", "cb", "bn_scale", "bn_bias", "fw"]);
+}
+
+#[test]
+fn an_embedding_model_trains_its_table_on_the_chip_like_the_reference() {
+    // ids [8, 6] -> gather from a trainable [20, 8] table -> slice of the positions 1..5
+    // -> mean over positions -> linear: the table's gradient is the one-hot matmul.
+    let m = r#"{"name": "embed", "seed": 7,
+      "inputs": [{"name": "x", "shape": [8, 6], "dtype": "i64"}],
+      "params": [{"name": "table", "shape": [20, 8], "init": {"normal": {"std": 0.5}}},
+                 {"name": "w", "shape": [8, 4], "init": {"normal": {"std": 0.3}}}],
+      "nodes": [{"name": "emb", "op": "gather", "inputs": ["table", "x"], "outputs": ["e"]},
+                {"name": "mid", "op": "slice", "inputs": ["e"], "outputs": ["s"],
+                 "attrs": {"axes": [1], "starts": [1], "ends": [5]}},
+                {"name": "pool", "op": "reduce_mean", "inputs": ["s"], "outputs": ["p"],
+                 "attrs": {"axes": [1], "keepdims": false}},
+                {"name": "fc", "op": "matmul", "inputs": ["p", "w"], "outputs": ["logits"]}],
+      "outputs": ["logits"],
+      "training": {"loss": {"kind": "cross_entropy", "output": "logits"},
+                   "labels": {"name": "y", "shape": [8], "dtype": "i64"},
+                   "optimizer": {"kind": "adam", "lr": 0.05}, "precision": "fp32"}}"#;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.json"), m).unwrap();
+    let x = Array2::from_shape_fn((32, 6), |(i, j)| ((i * 3 + j * 7) % 20) as i64);
+    let y = Array1::from_shape_fn(32, |i| ((i * 3 + 7) % 20 % 4) as i64);
+    x.write_npy(std::fs::File::create(dir.path().join("x.npy")).unwrap())
+        .unwrap();
+    y.write_npy(std::fs::File::create(dir.path().join("y.npy")).unwrap())
+        .unwrap();
+    chip_trains_like_the_reference(dir.path(), &["table", "w"]);
+}
