@@ -11,6 +11,8 @@
 //! of that accumulator multiplies each row by `1 / sum` (normalizing after P @ V costs
 //! Dv instead of Sk multiplies per row).
 
+mod packed;
+
 use super::chain::{self, ChainTiles, OpTile, selected};
 use super::operands::{Broadcaster, ResidentRows, batch_operands, is_row_bcast, load_mat};
 use super::softmax;
@@ -160,6 +162,9 @@ pub fn analyze(_kg: &KernelGraph, k: &Kernel) -> Result<AttnShape, CompileError>
 pub fn buffers(s: &AttnShape, t: &AttentionTiling, cfg: &ChipConfig) -> Vec<BufferReq> {
     if let Some(fl) = t.flash {
         return flash_buffers(s, t, fl, cfg);
+    }
+    if let Some(pk) = packed::pack(s, t, cfg) {
+        return packed::buffers(s, t, pk, cfg);
     }
     let p = cfg.partitions as usize;
     let mm = s.mm_dtype.size();
@@ -339,6 +344,9 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &AttentionTiling) -> Result<(), CompileE
     let s = analyze(ctx.kg, ctx.kernel)?;
     if let Some(fl) = t.flash {
         return lower_flash(ctx, &s, t, fl);
+    }
+    if let Some(pk) = packed::pack(&s, t, ctx.cfg) {
+        return packed::lower(ctx, &s, pk);
     }
     let p = ctx.cfg.partitions as usize;
     let mm = s.mm_dtype;
@@ -673,7 +681,28 @@ fn flash_finish(
     let mm = s.mm_dtype;
     let qu = pd.qn as u32;
     let pt_base = b.pt.slot(sl.q);
-    transpose_from(ctx, &pd.ptile, pd.kn, pt_base, t.q_tile, 0, &b.tp, sl);
+    let kch = pd.kn.div_ceil(p);
+    let bank_cols =
+        (ctx.cfg.psum_bytes_per_partition / u64::from(ctx.cfg.psum_banks.max(1)) / 4) as usize;
+    if pd.kn % p == 0 && pd.qn == t.q_tile && kch * t.q_tile <= bank_cols {
+        // The block's P^T chunks side by side in one PSUM bank, one ScalarE eviction for
+        // all of them (instead of one small eviction per 128 keys).
+        let tp = b.tp.tile(sl.tp, Dtype::F32, p as u32, (kch * pd.qn) as u32);
+        sl.tp += 1;
+        for c in 0..kch {
+            ctx.push(
+                Engine::Tensor,
+                Op::Transpose {
+                    dst: cols(&tp, (c * pd.qn) as u32, pd.qn as u32),
+                    src: cols(&pd.ptile, (c * p) as u32, p as u32),
+                },
+            );
+        }
+        let dst = Ap::on_chip(Memory::Sbuf, mm, 0, p as u32, pt_base, (kch * pd.qn) as u32);
+        ctx.copy_on(Engine::Scalar, dst, tp);
+    } else {
+        transpose_from(ctx, &pd.ptile, pd.kn, pt_base, t.q_tile, 0, &b.tp, sl);
+    }
     let acc = b.acc.tile(sl.q, Dtype::F32, qu, s.dv as u32);
     sl.q += 1;
     for c in 0..pd.kn.div_ceil(p) {
