@@ -22,6 +22,8 @@ enum Mask {
     Causal,
     /// `[b, h, 1, sk]`: different for every head.
     PerHead,
+    /// No mask: the prologue is the scale alone.
+    None,
 }
 
 fn scalar(g: &mut Graph, name: &str, x: f32) -> ValueId {
@@ -71,6 +73,7 @@ fn attention(b: usize, h: usize, sq: usize, sk: usize, d: usize, mask: Mask, sid
     let s = g.add_node("scale", Op::Mul, &[s, c], "scaled").unwrap();
     let m =
         match mask {
+            Mask::None => return finish(g, s, v),
             Mask::Padding => g.add_input("pad", [b, 1, 1, sk], DType::F32).unwrap(),
             Mask::PerHead => g.add_input("pad", [b, h, 1, sk], DType::F32).unwrap(),
             Mask::Causal => {
@@ -81,6 +84,11 @@ fn attention(b: usize, h: usize, sq: usize, sk: usize, d: usize, mask: Mask, sid
             }
         };
     let s = g.add_node("mask", Op::Add, &[s, m], "masked").unwrap();
+    finish(g, s, v)
+}
+
+/// Softmax of the scores `s`, times `v`, as the graph's output.
+fn finish(mut g: Graph, s: ValueId, v: ValueId) -> Graph {
     let p = g
         .add_node("softmax", Op::Softmax { axis: -1 }, &[s], "probs")
         .unwrap();
@@ -149,4 +157,45 @@ fn a_mask_per_head_splits_packs_and_stays_exact() {
     for prec in [Precision::Fp32, Precision::Bf16] {
         compile_and_check(&g, prec);
     }
+}
+
+/// VectorE instructions of the program other than row maxima and the memsets/copies of
+/// the mask broadcast: with the scale folded into Q^T and no mask, none touch the scores.
+fn vector_score_passes(g: &Graph, prec: Precision) -> usize {
+    let c = neuronc::driver::compile(g, &prec.options()).unwrap();
+    let prog = &c.artifact.meta.program;
+    prog.stream(Engine::Vector)
+        .unwrap()
+        .instrs
+        .iter()
+        .filter(|i| matches!(i.op, IsaOp::TensorScalar { .. }))
+        .count()
+}
+
+#[test]
+fn a_power_of_two_scale_is_folded_into_q() {
+    // Scale 1/8 (head size 64), no mask: the scores go from PSUM straight into the
+    // softmax; no VectorE scaling pass is left, and the result is unchanged.
+    let g = attention(1, 4, 128, 128, 64, Mask::None, false);
+    for prec in [Precision::Fp32, Precision::Bf16] {
+        assert_eq!(vector_score_passes(&g, prec), 0, "{prec:?}");
+        assert_eq!(heads_per_reduce(&g, prec), 4);
+        compile_and_check(&g, prec);
+    }
+    // Head size 48: scale 1/sqrt(48) is not a power of two, so it stays a VectorE pass.
+    let g = attention(1, 4, 128, 128, 48, Mask::None, false);
+    assert!(vector_score_passes(&g, Precision::Fp32) > 0);
+    compile_and_check(&g, Precision::Fp32);
+}
+
+#[test]
+fn flash_form_with_a_folded_scale_matches_the_reference() {
+    // 2148 keys (flash form, a partial last block), head size 16: scale 1/4 is folded
+    // into Q^T and the online softmax reads the scores from PSUM.
+    let g = attention(1, 2, 130, 2148, 16, Mask::None, false);
+    for prec in [Precision::Fp32, Precision::Bf16] {
+        compile_and_check(&g, prec);
+    }
+    let g = attention(1, 1, 130, 2148, 16, Mask::Causal, false);
+    compile_and_check(&g, Precision::Fp32);
 }

@@ -18,13 +18,15 @@
 //!   stays one ScalarE `activation(exp, bias = -max_h)` per head (the bias is a `[P, 1]`
 //!   operand) with the row sum in its accumulator; one reciprocal for the pack;
 //! - P^T: one transpose per head and 128 keys, all into one PSUM bank, one eviction;
-//! - P @ V: one matmul per head and 128 keys; the normalization by `1 / sum` is one
-//!   ScalarE eviction per head (`scale` is a `[P, 1]` operand).
+//! - P @ V: one matmul per head and 128 keys into one accumulator bank; the normalization
+//!   by `1 / sum` is one VectorE `tensor_tensor` for the pack (the reciprocals broadcast
+//!   over each head's Dv columns by a zero stride).
 //!
-//! Evictions of transposes and the normalization run on ScalarE, the prologue and the
-//! row max on VectorE, so both engines carry about the same load; the second half of a
-//! pack (P^T, P @ V, the output) is emitted after the next pack's scores, so TensorE works
-//! on pack `i + 1` while ScalarE exponentiates pack `i` (two slots of every buffer).
+//! A leading multiply of the prologue by a power of two is folded into the Q^T eviction
+//! ([`folded_scale`]). The K^T eviction, the prologue, the row max and the
+//! normalization run on VectorE; the Q^T eviction, the exponentials, the reciprocal and the
+//! P^T eviction on ScalarE, which balances the two. The packs run as a four-stage software
+//! pipeline (see [`lower`]).
 
 use super::super::LowerCtx;
 use super::super::chain::{self, ChainTiles, OpTile};
@@ -34,10 +36,12 @@ use crate::backend::alloc::{Buf, BufferReq};
 use crate::backend::layout::{Mat, cols};
 use crate::backend::tiling::AttentionTiling;
 use crate::error::CompileError;
+use crate::kernel::{BinaryFn, EwOp};
 use neuron_isa::{ActFunc, AluOp, Ap, ChipConfig, Dim, Dtype, Engine, Memory, Op, Operand};
+use std::collections::VecDeque;
 
 /// The pack geometry of an attention kernel, `None` when it is lowered head by head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pack {
     /// Heads per pack (at most).
     pub heads: usize,
@@ -45,6 +49,33 @@ pub struct Pack {
     pub stack: usize,
     /// Heads whose q/k/v rows are loaded together (the kernel's group, or `heads`).
     pub unit: usize,
+    /// A leading `* c` of the prologue folded into the Q^T eviction (see [`folded_scale`]).
+    pub fold: Option<f32>,
+    /// Packs whose scores are computed ahead of their row max (2 when PSUM has the banks,
+    /// else 1); the software pipeline is described at [`lower`].
+    pub ahead: usize,
+    /// PSUM slots of the scores and of the transposes.
+    pub sc_slots: usize,
+    pub tp_slots: usize,
+}
+
+/// The prologue's leading multiply by a constant `c`, when it can be applied to Q instead
+/// of to the scores without changing a bit: `c` a positive power of two (scaling by it
+/// commutes with every rounding of the dot products, barring under/overflow) and q held in
+/// bf16 or fp32 (whose exponent range keeps `c * q` normal for any realistic q; fp16 and
+/// fp8 could underflow). Folding removes a VectorE pass over the scores.
+pub fn folded_scale(prologue: &[EwOp], mm: Dtype) -> Option<f32> {
+    let EwOp::Scalar {
+        op: BinaryFn::Mul,
+        value,
+        ..
+    } = prologue.first()?
+    else {
+        return None;
+    };
+    let c = *value;
+    let pow2 = c.is_normal() && c > 0.0 && c.to_bits() & 0x007f_ffff == 0;
+    (pow2 && matches!(mm, Dtype::Bf16 | Dtype::F32)).then_some(c)
 }
 
 /// The pack geometry: packed when every query fits one tile, the head size one partition
@@ -78,8 +109,32 @@ pub fn pack(s: &AttnShape, t: &AttentionTiling, cfg: &ChipConfig) -> Option<Pack
         return None;
     }
     let unit = if s.group > 1 { s.group } else { heads };
-    Some(Pack { heads, stack, unit })
+    let fold = folded_scale(&s.prologue, s.mm_dtype);
+    // With nothing left of the prologue the exponentials read the scores in PSUM, which
+    // then live one stage longer.
+    let direct = fold.is_some() && s.prologue.len() == 1;
+    let banks = cfg.psum_banks as usize;
+    let extra = usize::from(direct);
+    let ahead = if 2 + 1 + extra + 3 + 2 <= banks { 2 } else { 1 };
+    let sc_slots = ahead + 1 + extra;
+    let tp_slots = if sc_slots + 3 + 2 <= banks { 3 } else { 2 };
+    if sc_slots + tp_slots + 2 > banks {
+        return None;
+    }
+    Some(Pack {
+        heads,
+        stack,
+        unit,
+        fold,
+        ahead,
+        sc_slots,
+        tp_slots,
+    })
 }
+
+/// Slots of the q/k/v rows: a unit is loaded up to `ahead + 2 <= 4` packs before the
+/// P @ V of an earlier unit's pack is emitted (one more slot than that for safety).
+const ROW_SLOTS: u32 = 6;
 
 /// Buffers of the packed form.
 pub fn buffers(s: &AttnShape, t: &AttentionTiling, pk: Pack, cfg: &ChipConfig) -> Vec<BufferReq> {
@@ -91,29 +146,21 @@ pub fn buffers(s: &AttnShape, t: &AttentionTiling, pk: Pack, cfg: &ChipConfig) -
     let nstack = g.div_ceil(pk.stack as u64);
     let bank = cfg.psum_bytes_per_partition / u64::from(cfg.psum_banks.max(1));
     let mut v = vec![
-        // Rows of three units: one loading, one scoring, one finishing.
-        BufferReq::sbuf("qrows", u * d * mm, 3),
-        BufferReq::sbuf("krows", skch * u * d * mm, 3),
-        BufferReq::sbuf("vrows", skch * u * dv * mm, 3),
+        // Rows of the units from the one loading to the one finishing.
+        BufferReq::sbuf("qrows", u * d * mm, ROW_SLOTS),
+        BufferReq::sbuf("krows", skch * u * d * mm, ROW_SLOTS),
+        BufferReq::sbuf("vrows", skch * u * dv * mm, ROW_SLOTS),
         BufferReq::sbuf("kt", nstack * sk * mm, 2),
         BufferReq::sbuf("qt", nstack * qt * mm, 2),
         BufferReq::sbuf("s", g * sk * 4, 2),
         BufferReq::sbuf("p", g * sk * mm, 2),
         BufferReq::sbuf("pt", skch * g * qt * mm, 2),
         BufferReq::sbuf("o", g * dv * 4, 2),
-        BufferReq::sbuf("stat", 3 * g * 4, 2),
+        // Written by the row max, read by P @ V two packs later.
+        BufferReq::sbuf("stat", 3 * g * 4, 3),
         BufferReq::sbuf("work", g * sk * 4, 2),
-        BufferReq::psum("sc", g * sk * 4, 2),
-        // K^T, Q^T and P^T of a pack in flight at once when the banks allow.
-        BufferReq::psum(
-            "tp",
-            bank,
-            if 2 + 3 + 2 <= u64::from(cfg.psum_banks) {
-                3
-            } else {
-                2
-            },
-        ),
+        BufferReq::psum("sc", g * sk * 4, pk.sc_slots as u32),
+        BufferReq::psum("tp", bank, pk.tp_slots as u32),
         BufferReq::psum("acc", g * dv * 4, 2),
     ];
     if chain::has_cast(&s.prologue) {
@@ -325,29 +372,43 @@ pub fn lower(ctx: &mut LowerCtx<'_>, s: &AttnShape, pk: Pack) -> Result<(), Comp
     // A software pipeline over the packs: the scores of pack i + 1 (TensorE, with their
     // K^T/Q^T evictions on ScalarE) are emitted before the softmax of pack i, and the
     // second half of pack i - 1 after it, so no engine waits for the one it feeds.
-    let mut scored: Option<Scored> = None;
-    let mut pending: Option<PackPending> = None;
-    for i in 0..=packs.len() {
-        let next = match packs.get(i) {
-            Some(pl) => {
-                if pl.hu == 0 {
-                    load_unit(ctx, s, &b, pl, (qt_id, qd), (kt_id, kd), (vt_id, vd));
-                }
-                Some(scores(ctx, s, pk, &b, &mut rot, pl))
+    // A software pipeline over the packs, stage k of pack j emitted in iteration j + d_k:
+    // scores (A, d = 0), prologue and row max (Bv, d = ahead), exponentials (Bs, +1),
+    // P^T, P @ V and the stores (C, +2). Each engine's queue then holds work of different
+    // packs in an order where no VectorE step waits on a ScalarE step that itself waits on
+    // the VectorE step before it: TensorE scores pack j + ahead while VectorE takes the max
+    // of pack j, ScalarE exponentiates pack j - 1 and TensorE/ScalarE finish pack j - 2.
+    let (d_bv, d_bs, d_c) = (pk.ahead, pk.ahead + 1, pk.ahead + 2);
+    let n = packs.len();
+    let mut scored: VecDeque<Scored> = VecDeque::new();
+    let mut maxed: VecDeque<Maxed> = VecDeque::new();
+    let mut pending: VecDeque<PackPending> = VecDeque::new();
+    for t in 0..n + d_c {
+        if let Some(pl) = packs.get(t) {
+            if pl.hu == 0 {
+                load_unit(ctx, s, &b, pl, (qt_id, qd), (kt_id, kd), (vt_id, vd));
             }
-            None => None,
-        };
-        if let Some(sc) = std::mem::replace(&mut scored, next) {
-            let pl = &packs[i - 1];
-            resident.ensure_row_bcasts(ctx, &pl.ops)?;
-            let soft = softmax_numerator(ctx, s, pk, &b, &mut rot, &mut resident, pl, &sc)?;
-            if let Some(prev) = pending.replace(soft) {
-                second_half(ctx, s, pk, &b, &mut rot, &prev)?;
-            }
+            scored.push_back(scores(ctx, s, pk, &b, &mut rot, pl));
         }
-    }
-    if let Some(prev) = pending.take() {
-        second_half(ctx, s, pk, &b, &mut rot, &prev)?;
+        if let Some(pl) = t.checked_sub(d_bv).and_then(|j| packs.get(j)) {
+            let sc = scored
+                .pop_front()
+                .ok_or_else(|| ctx.err("internal: attention pipeline out of step"))?;
+            resident.ensure_row_bcasts(ctx, &pl.ops)?;
+            maxed.push_back(row_max(ctx, s, pk, &b, &mut rot, &mut resident, pl, &sc)?);
+        }
+        if let Some(pl) = t.checked_sub(d_bs).and_then(|j| packs.get(j)) {
+            let mx = maxed
+                .pop_front()
+                .ok_or_else(|| ctx.err("internal: attention pipeline out of step"))?;
+            pending.push_back(exponentials(ctx, s, pk, &b, pl, &mx));
+        }
+        if t.checked_sub(d_c).is_some_and(|j| j < n) {
+            let pd = pending
+                .pop_front()
+                .ok_or_else(|| ctx.err("internal: attention pipeline out of step"))?;
+            second_half(ctx, s, pk, &b, &mut rot, &pd)?;
+        }
     }
     Ok(())
 }
@@ -439,8 +500,8 @@ fn scores(
         transpose_heads(ctx, b, &b.krows, pk, tp, gs, c, hu, g, nr, sk, c * p);
     }
     let kt = b.kt.tile(slot, mm, sp, (nstack * sk) as u32);
-    evict(
-        ctx,
+    ctx.copy_on(
+        Engine::Vector,
         kt.clone(),
         b.tp.tile(tp, Dtype::F32, sp, (nstack * sk) as u32),
     );
@@ -449,10 +510,17 @@ fn scores(
     rot.tp += 1;
     transpose_heads(ctx, b, &b.qrows, pk, tq, gs, 0, hu, g, sq, sq, 0);
     let qt = b.qt.tile(slot, mm, sp, (nstack * sq) as u32);
-    evict(
-        ctx,
-        qt.clone(),
-        b.tp.tile(tq, Dtype::F32, sp, (nstack * sq) as u32),
+    // The eviction applies a folded scale: Q^T * c, exact (a power of two).
+    ctx.push(
+        Engine::Scalar,
+        Op::Activation {
+            dst: qt.clone(),
+            src: b.tp.tile(tq, Dtype::F32, sp, (nstack * sq) as u32),
+            func: ActFunc::Identity,
+            scale: Operand::Imm(pk.fold.unwrap_or(1.0)),
+            bias: None,
+            accum: None,
+        },
     );
     // Scores: head l into columns l * Sk of one bank.
     let sc = b.sc.tile(slot, Dtype::F32, qu, (g * sk) as u32);
@@ -485,9 +553,9 @@ fn scores(
     Scored { sc, slot }
 }
 
-/// The prologue and the softmax numerator of one pack.
+/// The prologue and the row maxima of one pack.
 #[allow(clippy::too_many_arguments)]
-fn softmax_numerator(
+fn row_max(
     ctx: &mut LowerCtx<'_>,
     s: &AttnShape,
     pk: Pack,
@@ -496,8 +564,7 @@ fn softmax_numerator(
     resident: &mut ResidentRows,
     pl: &PackPlan,
     scored: &Scored,
-) -> Result<PackPending, CompileError> {
-    let mm = s.mm_dtype;
+) -> Result<Maxed, CompileError> {
     let (sq, sk, g, slot) = (s.sq, s.sk, pl.g, scored.slot);
     let qu = sq as u32;
     let sc = scored.sc.clone();
@@ -527,13 +594,20 @@ fn softmax_numerator(
         out: stile.clone(),
         operands: &operands,
     };
-    let res = chain::apply(ctx, &s.prologue, &tiles)?;
-    if res != tiles.out {
-        let e = ctx.evict_engine();
-        ctx.copy_on(e, tiles.out.clone(), res);
-    }
-    // Softmax numerator: one row max for the pack, one exp per head (its `-max` is a
-    // [P, 1] bias) with the row sum in the accumulator, one reciprocal for the pack.
+    let rest = &s.prologue[usize::from(pk.fold.is_some())..];
+    let stile = if rest.is_empty() {
+        // Nothing left to apply: the softmax reads the scores in PSUM.
+        tiles.src.clone()
+    } else {
+        let res = chain::apply(ctx, rest, &tiles)?;
+        if res != tiles.out {
+            let e = ctx.evict_engine();
+            ctx.copy_on(e, tiles.out.clone(), res);
+        }
+        stile
+    };
+    // One row max for the pack; later one exp per head (its `-max` is a [P, 1] bias)
+    // with the row sum in the accumulator, and one reciprocal for the pack.
     let gmax = pk.heads as u32;
     let stat = b.stat.tile(slot, Dtype::F32, qu, 3 * gmax);
     let heads_sk = Ap {
@@ -559,7 +633,23 @@ fn softmax_numerator(
             negate: true,
         },
     );
-    let ptile = b.p.tile(slot, mm, qu, n);
+    Ok(Maxed { stile, stat, slot })
+}
+
+/// The exponentials (one per head) and the reciprocal of one pack's row sums.
+fn exponentials(
+    ctx: &mut LowerCtx<'_>,
+    s: &AttnShape,
+    pk: Pack,
+    b: &PackBufs,
+    pl: &PackPlan,
+    mx: &Maxed,
+) -> PackPending {
+    let (sq, sk, g, slot) = (s.sq, s.sk, pl.g, mx.slot);
+    let (qu, n) = (sq as u32, (g * sk) as u32);
+    let gmax = pk.heads as u32;
+    let (stile, stat) = (mx.stile.clone(), mx.stat.clone());
+    let ptile = b.p.tile(slot, s.mm_dtype, qu, n);
     for l in 0..g {
         let c = (l * sk) as u32;
         ctx.push(
@@ -585,7 +675,7 @@ fn softmax_numerator(
             accum: None,
         },
     );
-    Ok(PackPending {
+    PackPending {
         ptile,
         stat,
         g,
@@ -593,7 +683,16 @@ fn softmax_numerator(
         bi: pl.u0 + pl.hu,
         gs: pl.unit,
         slot,
-    })
+    }
+}
+
+/// A pack whose row maxima are computed.
+struct Maxed {
+    /// The scores after the prologue (SBUF, or the PSUM scores when nothing is left).
+    stile: Ap,
+    /// Statistics: `-max` per head, then the sums and their reciprocals.
+    stat: Ap,
+    slot: usize,
 }
 
 /// P^T, P @ V, the normalization and the stores of one pack.
@@ -676,23 +775,33 @@ fn second_half(
             );
         }
     }
-    // out = acc / sum, one ScalarE eviction per head (the reciprocal is a [P, 1] scale).
+    // out = acc / sum for the whole pack in one VectorE instruction: the reciprocals
+    // `[q, g]` broadcast along each head's Dv columns by a zero stride.
     let (ot_id, od) = ctx.tensor(&s.out)?;
     let otile = b.o.tile(pd.slot, od, qu, (g * dv) as u32);
     let gmax = pk.heads as u32;
-    for l in 0..g {
-        ctx.push(
-            Engine::Scalar,
-            Op::Activation {
-                dst: cols(&otile, (l * dv) as u32, dv as u32),
-                src: cols(&acc, (l * dv) as u32, dv as u32),
-                func: ActFunc::Identity,
-                scale: Operand::PerPartition(cols(&pd.stat, 2 * gmax + l as u32, 1)),
-                bias: None,
-                accum: None,
+    let recip = Ap {
+        dims: vec![
+            Dim {
+                size: g as u32,
+                stride: 1,
             },
-        );
-    }
+            Dim {
+                size: dv as u32,
+                stride: 0,
+            },
+        ],
+        ..cols(&pd.stat, 2 * gmax, 1)
+    };
+    ctx.push(
+        Engine::Vector,
+        Op::TensorTensor {
+            dst: otile.clone(),
+            a: acc,
+            b: recip,
+            op: AluOp::Mul,
+        },
+    );
     // Stores: one DMA for the pack when the heads' output rows sit side by side.
     let r = s.out.shape.len();
     let side = s.group > 1 && s.out.strides[r - 1] == 1 && s.out.strides[r - 3] == dv as isize;
