@@ -7,6 +7,10 @@
 //! queries (the graph IR's 2^28-element limit applies to the `[.., Sq, Sk]` score value
 //! even though the fused kernel never materializes it).
 //!
+//! Also reported: BERT-base's attention (batch 16, 128 tokens, 12 heads of 64 side by side
+//! in `[B, S, 768]` rows, scale 1/8 and a padding mask), the packed form that puts several
+//! heads in one VectorE/ScalarE instruction.
+//!
 //! Timed (criterion): compiling the 8k-key bidirectional kernel.
 
 use criterion::{Criterion, criterion_group};
@@ -50,6 +54,49 @@ fn attention(s: usize, causal: bool) -> Graph {
     match build() {
         Ok(g) => g,
         Err(e) => panic!("cannot build the attention graph: {e}"),
+    }
+}
+
+/// BERT-base attention: q, k, v `[b, s, h*d]` viewed as heads, scale `1/sqrt(d)`, padding
+/// mask `[b, 1, 1, s]`, output `[b, h, s, d]`.
+fn bert_attention(b: usize, s: usize, h: usize, d: usize) -> Graph {
+    let build = || -> Result<Graph, neuronc::ir::GraphError> {
+        let mut g = Graph::new("bert_attention");
+        let dims = [b as i64, s as i64, h as i64, d as i64];
+        let mut heads = |n: &str| -> Result<_, neuronc::ir::GraphError> {
+            let x = g.add_input(n, vec![b, s, h * d], DType::F32)?;
+            let r = g.add_node(
+                format!("{n}_split"),
+                Op::Reshape {
+                    shape: dims.to_vec(),
+                },
+                &[x],
+                format!("{n}4"),
+            )?;
+            g.add_node(
+                format!("{n}_perm"),
+                Op::Transpose {
+                    perm: vec![0, 2, 1, 3],
+                },
+                &[r],
+                format!("{n}h"),
+            )
+        };
+        let (q, k, v) = (heads("q")?, heads("k")?, heads("v")?);
+        let mask = g.add_input("mask", vec![b, 1, 1, s], DType::F32)?;
+        let sc = g.add_node("qk", Op::MatMul { transpose_b: true }, &[q, k], "scores")?;
+        let c = 1.0 / (d as f32).sqrt();
+        let scale = g.add_param("scale", Tensor::F32(ArrayD::from_elem(IxDyn(&[]), c)))?;
+        let sc = g.add_node("scale", Op::Mul, &[sc, scale], "scaled")?;
+        let sc = g.add_node("mask", Op::Add, &[sc, mask], "masked")?;
+        let p = g.add_node("softmax", Op::Softmax { axis: -1 }, &[sc], "probs")?;
+        let o = g.add_node("pv", Op::MatMul { transpose_b: false }, &[p, v], "out")?;
+        g.add_output(o)?;
+        Ok(g)
+    };
+    match build() {
+        Ok(g) => g,
+        Err(e) => panic!("cannot build the BERT attention graph: {e}"),
     }
 }
 
@@ -110,6 +157,21 @@ fn report_simulated() {
     }
 }
 
+fn report_bert() {
+    let (b, s, h, d) = (16, 128, 12, 64);
+    for target in [ChipConfig::trn1(), ChipConfig::trn2()] {
+        let peak = target.peak_flops(Dtype::Bf16);
+        let secs = simulate(&bert_attention(b, s, h, d), &target);
+        let flops = 4.0 * (b * h * s * s * d) as f64;
+        eprintln!(
+            "simulated: BERT-base attention, batch {b}, {s} tokens, {h} heads of {d}, bf16 on {}: {:.1} us, MFU {:.1}%",
+            target.name,
+            secs * 1e6,
+            100.0 * flops / (peak * secs)
+        );
+    }
+}
+
 fn bench_compile(c: &mut Criterion) {
     let mut group = c.benchmark_group("attention");
     group.sample_size(10);
@@ -125,6 +187,7 @@ criterion_group!(benches, bench_compile);
 
 fn main() {
     report_simulated();
+    report_bert();
     benches();
     Criterion::default().configure_from_args().final_summary();
 }

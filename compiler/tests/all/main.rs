@@ -22,6 +22,7 @@ mod model_errors;
 mod onnx;
 mod onnx_conformance;
 mod onnx_export;
+mod packed_attention;
 mod passes;
 mod precision;
 mod reference_ops;

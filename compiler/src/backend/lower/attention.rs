@@ -11,6 +11,8 @@
 //! of that accumulator multiplies each row by `1 / sum` (normalizing after P @ V costs
 //! Dv instead of Sk multiplies per row).
 
+mod packed;
+
 use super::chain::{self, ChainTiles, OpTile, selected};
 use super::operands::{Broadcaster, ResidentRows, batch_operands, is_row_bcast, load_mat};
 use super::softmax;
@@ -161,6 +163,9 @@ pub fn buffers(s: &AttnShape, t: &AttentionTiling, cfg: &ChipConfig) -> Vec<Buff
     if let Some(fl) = t.flash {
         return flash_buffers(s, t, fl, cfg);
     }
+    if let Some(pk) = packed::pack(s, t, cfg) {
+        return packed::buffers(s, t, pk, cfg);
+    }
     let p = cfg.partitions as usize;
     let mm = s.mm_dtype.size();
     let (dch, skch) = (s.d.div_ceil(p) as u64, s.sk.div_ceil(p) as u64);
@@ -241,6 +246,7 @@ fn transpose_from(
     col0: usize,
     tp: &Buf,
     sl: &mut Slots,
+    scale: f32,
 ) {
     let p = ctx.cfg.partitions as usize;
     let dtype = st.dtype;
@@ -264,8 +270,23 @@ fn transpose_from(
             dst_base + ((c * width + col0) as u64) * dtype.size(),
             nr,
         );
-        let e = ctx.evict_engine();
-        ctx.copy_on(e, dst, t);
+        if scale == 1.0 {
+            let e = ctx.evict_engine();
+            ctx.copy_on(e, dst, t);
+        } else {
+            // A folded prologue scale (see `packed::folded_scale`), applied on eviction.
+            ctx.push(
+                Engine::Scalar,
+                Op::Activation {
+                    dst,
+                    src: t,
+                    func: ActFunc::Identity,
+                    scale: Operand::Imm(scale),
+                    bias: None,
+                    accum: None,
+                },
+            );
+        }
     }
 }
 
@@ -339,6 +360,9 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &AttentionTiling) -> Result<(), CompileE
     let s = analyze(ctx.kg, ctx.kernel)?;
     if let Some(fl) = t.flash {
         return lower_flash(ctx, &s, t, fl);
+    }
+    if let Some(pk) = packed::pack(&s, t, ctx.cfg) {
+        return packed::lower(ctx, &s, pk);
     }
     let p = ctx.cfg.partitions as usize;
     let mm = s.mm_dtype;
@@ -416,7 +440,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &AttentionTiling) -> Result<(), CompileE
         let kt_base = ktb.slot(bslot);
         for c in 0..skch {
             let st = krows.head(gs, c, h, (s.sk - c * p).min(p));
-            transpose_from(ctx, &st, s.d, kt_base, s.sk, c * p, &tpb, &mut sl);
+            transpose_from(ctx, &st, s.d, kt_base, s.sk, c * p, &tpb, &mut sl, 1.0);
         }
         let mut q0 = 0;
         while q0 < s.sq {
@@ -427,7 +451,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &AttentionTiling) -> Result<(), CompileE
             let qt_base = qtb.slot(qs);
             let j = q0 / t.q_tile;
             let st = qrows.head(gs, j, h, qn);
-            transpose_from(ctx, &st, s.d, qt_base, t.q_tile, 0, &tpb, &mut sl);
+            transpose_from(ctx, &st, s.d, qt_base, t.q_tile, 0, &tpb, &mut sl, 1.0);
             // Scores, one PSUM bank per 512 keys, accumulated over d-chunks.
             let sc = scb.tile(qs, Dtype::F32, qu, s.sk as u32);
             let stile = sb.tile(qs, Dtype::F32, qu, s.sk as u32);
@@ -543,7 +567,7 @@ fn finish_tile(
     let od = pd.o.dtype;
     // P^T, 128 keys at a time, then P @ V accumulated over key chunks.
     let pt_base = ptb.slot(qs);
-    transpose_from(ctx, &pd.ptile, s.sk, pt_base, t.q_tile, 0, tpb, sl);
+    transpose_from(ctx, &pd.ptile, s.sk, pt_base, t.q_tile, 0, tpb, sl, 1.0);
     let acc = accb.tile(qs, Dtype::F32, qu, s.dv as u32);
     for c in 0..skch {
         let kl = (s.sk - c * p).min(p) as u32;
@@ -673,7 +697,28 @@ fn flash_finish(
     let mm = s.mm_dtype;
     let qu = pd.qn as u32;
     let pt_base = b.pt.slot(sl.q);
-    transpose_from(ctx, &pd.ptile, pd.kn, pt_base, t.q_tile, 0, &b.tp, sl);
+    let kch = pd.kn.div_ceil(p);
+    let bank_cols =
+        (ctx.cfg.psum_bytes_per_partition / u64::from(ctx.cfg.psum_banks.max(1)) / 4) as usize;
+    if pd.kn % p == 0 && pd.qn == t.q_tile && kch * t.q_tile <= bank_cols {
+        // The block's P^T chunks side by side in one PSUM bank, one ScalarE eviction for
+        // all of them (instead of one small eviction per 128 keys).
+        let tp = b.tp.tile(sl.tp, Dtype::F32, p as u32, (kch * pd.qn) as u32);
+        sl.tp += 1;
+        for c in 0..kch {
+            ctx.push(
+                Engine::Tensor,
+                Op::Transpose {
+                    dst: cols(&tp, (c * pd.qn) as u32, pd.qn as u32),
+                    src: cols(&pd.ptile, (c * p) as u32, p as u32),
+                },
+            );
+        }
+        let dst = Ap::on_chip(Memory::Sbuf, mm, 0, p as u32, pt_base, (kch * pd.qn) as u32);
+        ctx.copy_on(Engine::Scalar, dst, tp);
+    } else {
+        transpose_from(ctx, &pd.ptile, pd.kn, pt_base, t.q_tile, 0, &b.tp, sl, 1.0);
+    }
     let acc = b.acc.tile(sl.q, Dtype::F32, qu, s.dv as u32);
     sl.q += 1;
     for c in 0..pd.kn.div_ceil(p) {
@@ -797,6 +842,8 @@ fn lower_flash(
     let qtiles = s.sq.div_ceil(t.q_tile);
     let mut sl = Slots::default();
     let mut kv_slot = 0usize;
+    // A leading power-of-two scale of the prologue is applied to Q^T instead (exact).
+    let fold = packed::folded_scale(&s.prologue, mm);
     for bi in 0..batches {
         let q = Mat::of_batch(&s.q, &s.batch, bi, qt_id, qd);
         let kmat = Mat::of_batch(&s.k, &s.batch, bi, kt_id, kd);
@@ -827,6 +874,7 @@ fn lower_flash(
                     ti * t.q_tile,
                     &fb.tp,
                     &mut sl,
+                    fold.unwrap_or(1.0),
                 );
                 let stt = fb.stat.tile_at(
                     0,
@@ -873,7 +921,17 @@ fn lower_flash(
                 let kt_base = ktb.slot(kv);
                 for c in 0..kch {
                     let st = krows.head(kv, c, 0, (kn - c * p).min(p));
-                    transpose_from(ctx, &st, s.d, kt_base, fl.k_block, c * p, &fb.tp, &mut sl);
+                    transpose_from(
+                        ctx,
+                        &st,
+                        s.d,
+                        kt_base,
+                        fl.k_block,
+                        c * p,
+                        &fb.tp,
+                        &mut sl,
+                        1.0,
+                    );
                 }
                 for ti in 0..npass {
                     let (q0, qn) = tile(ti);
@@ -925,11 +983,18 @@ fn lower_flash(
                         operands: &operands,
                     };
                     sl.work += 1;
-                    let res = chain::apply(ctx, &s.prologue, &tiles)?;
-                    if res != tiles.out {
-                        let e = ctx.evict_engine();
-                        ctx.copy_on(e, tiles.out.clone(), res);
-                    }
+                    let rest = &s.prologue[usize::from(fold.is_some())..];
+                    let stile = if rest.is_empty() {
+                        // The scale went into Q^T: the statistics read the scores in PSUM.
+                        sc.clone()
+                    } else {
+                        let res = chain::apply(ctx, rest, &tiles)?;
+                        if res != tiles.out {
+                            let e = ctx.evict_engine();
+                            ctx.copy_on(e, tiles.out.clone(), res);
+                        }
+                        stile
+                    };
                     // Online softmax statistics.
                     let st = fb.stat.tile_at(
                         0,
