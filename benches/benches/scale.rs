@@ -6,13 +6,18 @@
 //! - `scale/bert_large_compile`: the whole compile including drawing and encoding every
 //!   seeded weight (target <= 2 s; peak memory is measured with `/usr/bin/time -v
 //!   neuronc compile`, see the closing note);
-//! - `scale/bert_large_write`: writing the 606 MB artifact (streamed);
+//! - `scale/bert_large_compile_to_neff`: what `neuronc compile` does, the compile with
+//!   the weights encoded straight into the `.neff` (against
+//!   `scale/bert_large_compile_then_write`, the in-memory compile plus `Artifact::write`,
+//!   the same bytes);
+//! - `scale/bert_large_write`: writing the 735 MB artifact (streamed);
 //! - `scale/bert_large_timing_only_from_neff`: load the `.neff` without its weights and
 //!   simulate timing-only (target <= 0.3 s);
 //! - `scale/bert_base_layer_functional_bf16` vs `scale/host_f32_gemm_same_flops`: a full
 //!   functional simulation of `examples/bert_layer.json` at bf16 against the host's own
-//!   f32 GEMM (ndarray `dot`, 128 x 768 x N) for the same FLOPs; both report FLOP/s and
-//!   their ratio is the "functional simulation at >= 0.5x host GEMM" figure.
+//!   f32 GEMM (ndarray `dot`, 128 x 768 x N) for the same FLOPs, on one thread and on
+//!   the simulator's thread count (`host_f32_gemm_same_flops_T_threads`); all report
+//!   FLOP/s and the ratios are the "functional simulation at >= 0.5x host GEMM" figure.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use neuron_benches::Transformer;
@@ -46,11 +51,23 @@ fn scale(c: &mut Criterion) {
     g.bench_function("bert_large_compile", |b| {
         b.iter(|| black_box(neuronc::driver::compile(&graph, &opts).map(|c| c.artifact.blob.len())))
     });
+    // What `neuronc compile -o X.neff` does: the weights encoded straight into the file.
+    let neff = dir.join("bert_large.neff");
+    g.bench_function("bert_large_compile_to_neff", |b| {
+        b.iter(|| black_box(neuronc::driver::compile_to_file(&graph, &opts, &neff).is_ok()))
+    });
+    // The same file by the in-memory path (what `neuronc compile` did before).
+    g.bench_function("bert_large_compile_then_write", |b| {
+        b.iter(|| {
+            black_box(
+                neuronc::driver::compile(&graph, &opts).map(|c| c.artifact.write(&neff).is_ok()),
+            )
+        })
+    });
     let art = match neuronc::driver::compile(&graph, &opts) {
         Ok(c) => c.artifact,
         Err(e) => panic!("{e}"),
     };
-    let neff = dir.join("bert_large.neff");
     g.bench_function("bert_large_write", |b| {
         b.iter(|| black_box(art.write(&neff).is_ok()))
     });
@@ -110,6 +127,22 @@ fn scale(c: &mut Criterion) {
     let w = ndarray::Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j * 11) % 13) as f32 * 0.01);
     g.bench_function("host_f32_gemm_same_flops", |b| {
         b.iter(|| black_box(a.dot(&w)))
+    });
+    // The same GEMM on as many threads as the simulator uses (its matmuls are split over
+    // output columns across the rayon pool), for the like-for-like ratio.
+    let threads = rayon::current_num_threads();
+    let width = n.div_ceil(threads).max(1);
+    g.bench_function(format!("host_f32_gemm_same_flops_{threads}_threads"), |b| {
+        b.iter(|| {
+            use rayon::prelude::*;
+            let blocks: Vec<_> = w.axis_chunks_iter(ndarray::Axis(1), width).collect();
+            black_box(
+                blocks
+                    .into_par_iter()
+                    .map(|wb| a.dot(&wb))
+                    .collect::<Vec<_>>(),
+            )
+        })
     });
     g.finish();
     let _ = std::fs::remove_dir_all(&dir);

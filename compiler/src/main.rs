@@ -358,30 +358,34 @@ fn cmd_compile(args: &CompileArgs) -> anyhow::Result<()> {
     };
     let mut opts = args.compile.options(g)?;
     opts.dump_dir = args.dump.clone();
-    let spinner = progress_spinner(&format!("compiling {}", args.model.display()));
-    // A training step's artifact also carries the loop's interface and initial state, and
-    // its precision policy sets the auto-cast.
-    let compiled = match &train_step {
-        Some(step) => neuronc::train::compile_step(step, &opts),
-        None => neuronc::driver::compile(g, &opts),
-    };
-    if let Some(s) = spinner {
-        s.finish_and_clear();
-    }
-    let compiled = compiled
-        .map_err(|e| anyhow!(e).context(format!("cannot compile {}", args.model.display())))?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create directory {}", dir.display()))?;
     }
-    {
-        let _s = tracing::info_span!("write", path = %out.display()).entered();
-        compiled.artifact.write(&out)?;
+    let spinner = progress_spinner(&format!("compiling {}", args.model.display()));
+    // A training step's artifact also carries the loop's interface and initial state, and
+    // its precision policy sets the auto-cast (compiled in memory, then written); a model's
+    // weights are encoded straight into the output file.
+    let cannot = || format!("cannot compile {}", args.model.display());
+    let summary = match &train_step {
+        Some(step) => neuronc::train::compile_step(step, &opts)
+            .map_err(|e| anyhow!(e).context(cannot()))
+            .and_then(|c| {
+                let _s = tracing::info_span!("write", path = %out.display()).entered();
+                c.artifact.write(&out)?;
+                Ok(c.summary)
+            }),
+        None => neuronc::driver::compile_to_file(g, &opts, &out)
+            .map_err(|e| anyhow!(e).context(cannot())),
+    };
+    if let Some(s) = spinner {
+        s.finish_and_clear();
     }
+    let summary = summary?;
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     print_out(&format!(
         "{}\nwrote {} ({size} bytes)\n",
-        compiled.summary,
+        summary,
         out.display()
     ))
 }

@@ -520,9 +520,62 @@ fn check_training(meta: &ArtifactMeta, blob_len: u64) -> Result<(), ArtifactErro
     Ok(())
 }
 
+impl ArtifactMeta {
+    /// Checks every weight range against a blob of `blob_len` bytes and the tensor table
+    /// (at most one range per tensor), and a training step's initial-state ranges against
+    /// the blob: [`Artifact::check_weights`] without the bytes, for a writer that produces
+    /// the blob piece by piece ([`ArtifactWriter`]).
+    pub fn check_weights(&self, blob_len: u64) -> Result<(), ArtifactError> {
+        check_training(self, blob_len)?;
+        let mut seen = std::collections::BTreeSet::new();
+        for w in &self.weights {
+            if !seen.insert(w.tensor) {
+                return Err(ArtifactError::BadWeight {
+                    tensor: w.tensor,
+                    message: "the tensor has more than one weight range (expected at most one)"
+                        .into(),
+                });
+            }
+            let Some(t) = self.program.tensors.get(w.tensor.0 as usize) else {
+                return Err(ArtifactError::BadWeight {
+                    tensor: w.tensor,
+                    message: format!(
+                        "no such tensor (the table has {})",
+                        self.program.tensors.len()
+                    ),
+                });
+            };
+            if w.len != t.bytes() {
+                return Err(ArtifactError::BadWeight {
+                    tensor: w.tensor,
+                    message: format!(
+                        "tensor '{}' needs {} bytes, range has {}",
+                        t.name,
+                        t.bytes(),
+                        w.len
+                    ),
+                });
+            }
+            let end = w.offset.checked_add(w.len);
+            if end.is_none_or(|e| e > blob_len) {
+                return Err(ArtifactError::BadWeight {
+                    tensor: w.tensor,
+                    message: format!(
+                        "bytes {}..{} fall outside the {}-byte blob",
+                        w.offset,
+                        w.offset.saturating_add(w.len),
+                        blob_len
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Artifact {
     fn encoded_meta(&self) -> Result<Vec<u8>, ArtifactError> {
-        postcard::to_allocvec(&self.meta).map_err(|e| ArtifactError::Encode(e.to_string()))
+        encode_meta(&self.meta)
     }
 
     /// Encodes the artifact into bytes (format version [`FORMAT_VERSION`]).
@@ -564,50 +617,7 @@ impl Artifact {
     /// Checks every weight range against the blob and the tensor table (at most one range
     /// per tensor), and a training step's initial-state ranges against the blob.
     pub fn check_weights(&self) -> Result<(), ArtifactError> {
-        check_training(&self.meta, self.blob.len() as u64)?;
-        let mut seen = std::collections::BTreeSet::new();
-        for w in &self.meta.weights {
-            if !seen.insert(w.tensor) {
-                return Err(ArtifactError::BadWeight {
-                    tensor: w.tensor,
-                    message: "the tensor has more than one weight range (expected at most one)"
-                        .into(),
-                });
-            }
-            let Some(t) = self.meta.program.tensors.get(w.tensor.0 as usize) else {
-                return Err(ArtifactError::BadWeight {
-                    tensor: w.tensor,
-                    message: format!(
-                        "no such tensor (the table has {})",
-                        self.meta.program.tensors.len()
-                    ),
-                });
-            };
-            if w.len != t.bytes() {
-                return Err(ArtifactError::BadWeight {
-                    tensor: w.tensor,
-                    message: format!(
-                        "tensor '{}' needs {} bytes, range has {}",
-                        t.name,
-                        t.bytes(),
-                        w.len
-                    ),
-                });
-            }
-            let end = w.offset.checked_add(w.len);
-            if end.is_none_or(|e| e > self.blob.len() as u64) {
-                return Err(ArtifactError::BadWeight {
-                    tensor: w.tensor,
-                    message: format!(
-                        "bytes {}..{} fall outside the {}-byte blob",
-                        w.offset,
-                        w.offset.saturating_add(w.len),
-                        self.blob.len()
-                    ),
-                });
-            }
-        }
-        Ok(())
+        self.meta.check_weights(self.blob.len() as u64)
     }
 
     /// The bytes of a blob range, if the artifact holds them.
@@ -624,27 +634,13 @@ impl Artifact {
             .get(w.offset as usize..(w.offset + w.len) as usize)
     }
 
-    /// Writes the artifact to a file, streaming: header, metadata and blob go to the file
-    /// as they are, without assembling the whole artifact in memory.
+    /// Writes the artifact to a file, streaming: metadata and blob go to the file as they
+    /// are, without assembling the whole artifact in memory (an [`ArtifactWriter`] given
+    /// the whole blob as one piece).
     pub fn write(&self, path: &Path) -> Result<(), ArtifactError> {
-        use std::io::Write;
-        let io = |cause| ArtifactError::Io {
-            action: "write",
-            path: path.display().to_string(),
-            cause,
-        };
-        let meta = self.encoded_meta()?;
-        let header = Header::encode(
-            meta.len() as u64,
-            self.blob.len() as u64,
-            crc32fast::hash(&meta),
-            crc32fast::hash(&self.blob),
-        );
-        let mut f = std::fs::File::create(path).map_err(io)?;
-        f.write_all(&header).map_err(io)?;
-        f.write_all(&meta).map_err(io)?;
-        f.write_all(&self.blob).map_err(io)?;
-        f.flush().map_err(io)
+        let w = ArtifactWriter::create(path, &self.meta, self.blob.len() as u64)?;
+        w.write_blob_at(0, &self.blob)?;
+        w.finish()
     }
 
     /// Reads and verifies an artifact file (version 1 or 2), streaming it into memory:
@@ -750,6 +746,167 @@ enum Opened {
     Whole(Artifact),
     /// A version 2 or 3 artifact's metadata, its header, and the file positioned at the blob.
     Meta(ArtifactMeta, Header, std::fs::File),
+}
+
+/// The metadata section's bytes: `meta` encoded with postcard.
+fn encode_meta(meta: &ArtifactMeta) -> Result<Vec<u8>, ArtifactError> {
+    postcard::to_allocvec(meta).map_err(|e| ArtifactError::Encode(e.to_string()))
+}
+
+/// A `.neff` file written piece by piece, so a producer can encode the weight blob
+/// straight into the file without holding it in memory (`neuronc compile` encodes its
+/// weights this way, in parallel chunks).
+///
+/// [`ArtifactWriter::create`] writes the metadata and sizes the file; the blob's bytes
+/// then arrive as pieces in any order, from any number of threads
+/// ([`ArtifactWriter::write_blob_at`]: positioned writes, each piece's CRC-32 computed by
+/// the thread that writes it); [`ArtifactWriter::finish`] combines the pieces' CRCs in
+/// blob order and writes the header last. Until then the file starts with zeros, so a
+/// write cut short leaves a file every reader refuses (bad magic). Bytes no piece covers
+/// are zeros (alignment padding); a byte written twice is an error. The file is the one
+/// [`Artifact::write`] gives for the same metadata and blob bytes.
+pub struct ArtifactWriter {
+    file: std::fs::File,
+    path: String,
+    meta_len: u64,
+    meta_crc: u32,
+    blob_len: u64,
+    /// `(offset, len, crc)` of every piece written.
+    pieces: std::sync::Mutex<Vec<(u64, u64, crc32fast::Hasher)>>,
+}
+
+impl ArtifactWriter {
+    /// Creates (or truncates) `path` for an artifact with metadata `meta` and a blob of
+    /// `blob_len` bytes, and writes the metadata. The weight ranges are not checked here
+    /// (see [`ArtifactMeta::check_weights`]).
+    pub fn create(
+        path: &Path,
+        meta: &ArtifactMeta,
+        blob_len: u64,
+    ) -> Result<ArtifactWriter, ArtifactError> {
+        let io = |cause| ArtifactError::Io {
+            action: "write",
+            path: path.display().to_string(),
+            cause,
+        };
+        let meta_bytes = encode_meta(meta)?;
+        let meta_len = meta_bytes.len() as u64;
+        let total = (HEADER_SIZE as u64)
+            .checked_add(meta_len)
+            .and_then(|t| t.checked_add(blob_len))
+            .filter(|&t| t <= MAX_ARTIFACT_BYTES)
+            .ok_or_else(|| {
+                ArtifactError::Encode(format!(
+                    "metadata of {meta_len} bytes and a weight blob of {blob_len} bytes exceed \
+                     the {MAX_ARTIFACT_BYTES}-byte artifact limit"
+                ))
+            })?;
+        let file = std::fs::File::create(path).map_err(io)?;
+        file.set_len(total).map_err(io)?;
+        write_all_at(&file, &meta_bytes, HEADER_SIZE as u64).map_err(io)?;
+        Ok(ArtifactWriter {
+            file,
+            path: path.display().to_string(),
+            meta_len,
+            meta_crc: crc32fast::hash(&meta_bytes),
+            blob_len,
+            pieces: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Writes `bytes` at byte `offset` of the blob. Callable from several threads at once.
+    pub fn write_blob_at(&self, offset: u64, bytes: &[u8]) -> Result<(), ArtifactError> {
+        let len = bytes.len() as u64;
+        if offset.checked_add(len).is_none_or(|e| e > self.blob_len) {
+            return Err(ArtifactError::Encode(format!(
+                "blob bytes {offset}..{} fall outside the {}-byte blob",
+                offset.saturating_add(len),
+                self.blob_len
+            )));
+        }
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(bytes);
+        write_all_at(
+            &self.file,
+            bytes,
+            HEADER_SIZE as u64 + self.meta_len + offset,
+        )
+        .map_err(|cause| ArtifactError::Io {
+            action: "write",
+            path: self.path.clone(),
+            cause,
+        })?;
+        self.pieces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((offset, len, crc));
+        Ok(())
+    }
+
+    /// Checks that no blob byte was written twice, combines the pieces' checksums (the
+    /// bytes between pieces are zeros) and writes the header.
+    pub fn finish(self) -> Result<(), ArtifactError> {
+        let mut pieces = self
+            .pieces
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pieces.sort_by_key(|p| p.0);
+        let mut crc = crc32fast::Hasher::new();
+        let mut at = 0u64;
+        for (offset, len, piece) in pieces.iter().chain(std::iter::once(&(
+            self.blob_len,
+            0,
+            crc32fast::Hasher::new(),
+        ))) {
+            if *offset < at {
+                return Err(ArtifactError::Encode(format!(
+                    "blob bytes {offset}..{} were written more than once (up to {at} was \
+                     already written)",
+                    offset + len
+                )));
+            }
+            zeros_crc(&mut crc, offset - at);
+            crc.combine(piece);
+            at = offset + len;
+        }
+        let header = Header::encode(self.meta_len, self.blob_len, self.meta_crc, crc.finalize());
+        write_all_at(&self.file, &header, 0).map_err(|cause| ArtifactError::Io {
+            action: "write",
+            path: self.path.clone(),
+            cause,
+        })
+    }
+}
+
+/// Feeds `n` zero bytes to `crc`.
+fn zeros_crc(crc: &mut crc32fast::Hasher, mut n: u64) {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64);
+        crc.update(&ZEROS[..k as usize]);
+        n -= k;
+    }
+}
+
+/// Writes all of `bytes` at byte `offset` of `file` (a positioned write: the file's
+/// cursor is not used, so threads can write different places at once).
+#[cfg(unix)]
+fn write_all_at(file: &std::fs::File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
+}
+
+/// Writes all of `bytes` at byte `offset` of `file` (a positioned write).
+#[cfg(windows)]
+fn write_all_at(file: &std::fs::File, mut bytes: &[u8], mut offset: u64) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let n = std::os::windows::fs::FileExt::seek_write(file, bytes, offset)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+        offset += n as u64;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -971,5 +1128,60 @@ mod tests {
         v1[24..32].copy_from_slice(&(5u64 << 30).to_le_bytes());
         let e = Artifact::from_bytes(&v1).unwrap_err().to_string();
         assert!(e.contains("4 GiB"), "{e}");
+    }
+    #[test]
+    fn pieces_written_in_any_order_give_the_write_bytes() {
+        // A 300-byte blob with zero padding 100..128 (never written), written as pieces out
+        // of order from several threads: the file is the one `write` gives.
+        let mut a = sample();
+        let blob: Vec<u8> = (0..300u32)
+            .map(|i| {
+                if (100..128).contains(&i) {
+                    0
+                } else {
+                    (i * 7 + 1) as u8
+                }
+            })
+            .collect();
+        a.blob = blob.clone().into();
+        let dir = std::env::temp_dir().join(format!("neff-writer-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let whole = dir.join("whole.neff");
+        a.write(&whole).unwrap();
+        let pieces = dir.join("pieces.neff");
+        let w = ArtifactWriter::create(&pieces, &a.meta, 300).unwrap();
+        let cuts = [(200u64, 300u64), (0, 37), (128, 200), (37, 100)];
+        std::thread::scope(|s| {
+            for &(from, to) in &cuts {
+                let (w, blob) = (&w, &blob);
+                s.spawn(move || {
+                    w.write_blob_at(from, &blob[from as usize..to as usize])
+                        .unwrap()
+                });
+            }
+        });
+        w.finish().unwrap();
+        let bytes = std::fs::read(&pieces).unwrap();
+        assert_eq!(bytes, std::fs::read(&whole).unwrap());
+        assert_eq!(bytes, a.to_bytes().unwrap());
+        assert_eq!(Artifact::read(&pieces).unwrap(), a);
+
+        // A piece past the blob, or a byte written twice, is refused by its range.
+        let w = ArtifactWriter::create(&pieces, &a.meta, 300).unwrap();
+        let e = w.write_blob_at(290, &[0; 11]).unwrap_err().to_string();
+        assert!(e.contains("290..301") && e.contains("300-byte blob"), "{e}");
+        w.write_blob_at(0, &blob[..50]).unwrap();
+        w.write_blob_at(40, &blob[40..60]).unwrap();
+        let e = w.finish().unwrap_err().to_string();
+        assert!(e.contains("40..60") && e.contains("more than once"), "{e}");
+        // Until `finish`, the file has no header: a reader refuses it.
+        let w = ArtifactWriter::create(&pieces, &a.meta, 300).unwrap();
+        w.write_blob_at(0, &blob).unwrap();
+        assert!(matches!(
+            Artifact::read(&pieces),
+            Err(ArtifactError::BadMagic { .. })
+        ));
+        drop(w);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -32,8 +32,8 @@ pub mod verify;
 
 pub use ap::{Ap, Dim, MAX_FREE_DIMS, Memory, TensorId};
 pub use artifact::{
-    Artifact, ArtifactError, ArtifactMeta, Blob, BlobRange, CarriedState, IoSignature,
-    TrainingMeta, WeightRange,
+    Artifact, ArtifactError, ArtifactMeta, ArtifactWriter, Blob, BlobRange, CarriedState,
+    IoSignature, TrainingMeta, WeightRange,
 };
 pub use config::{ChipConfig, ConfigError};
 pub use dtype::Dtype;

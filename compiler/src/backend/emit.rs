@@ -59,13 +59,111 @@ enum Source<'a> {
     Const(&'a [f32]),
 }
 
+/// The blob's layout: every weight tensor of the graph, then the constants, at 64-byte
+/// aligned offsets in tensor order; `end` is the blob's length.
+struct Layout<'a> {
+    jobs: Vec<(neuron_isa::Dtype, usize, Source<'a>)>,
+    ranges: Vec<WeightRange>,
+    end: usize,
+}
+
+impl<'a> Layout<'a> {
+    fn new(kg: &'a KernelGraph, consts: &'a Constants) -> Result<Layout<'a>, CompileError> {
+        let mut ids = Vec::new();
+        let mut jobs = Vec::new();
+        for (i, t) in kg.tensors.iter().enumerate() {
+            if t.kind != TensorKind::Weight {
+                continue;
+            }
+            let data = t.data.as_ref().ok_or_else(|| {
+                CompileError::Internal(format!("weight tensor '{}' has no data to store", t.name))
+            })?;
+            if data.num_elements() != t.numel() {
+                return Err(CompileError::Internal(format!(
+                    "weight tensor '{}' has shape {:?} but its data has {} elements",
+                    t.name,
+                    t.shape,
+                    data.num_elements()
+                )));
+            }
+            ids.push(i as u32);
+            jobs.push((t.dtype, t.numel(), Source::Param(data)));
+        }
+        for (j, (t, values)) in consts.tensors.iter().enumerate() {
+            ids.push(consts.first + j as u32);
+            jobs.push((t.dtype, values.len(), Source::Const(values)));
+        }
+        let mut ranges = Vec::with_capacity(jobs.len());
+        let mut end = 0usize;
+        for (&id, &(dtype, n, _)) in ids.iter().zip(&jobs) {
+            let start = end.div_ceil(WEIGHT_ALIGN) * WEIGHT_ALIGN;
+            let len = n * dtype.size() as usize;
+            ranges.push(WeightRange {
+                tensor: TensorId(id),
+                offset: start as u64,
+                len: len as u64,
+            });
+            end = start + len;
+        }
+        Ok(Layout { jobs, ranges, end })
+    }
+
+    /// Every [`crate::ir::PARAM_CHUNK`]-element chunk of every weight, as `(weight,
+    /// first element, elements, blob offset)`, in blob order.
+    fn chunks(&self) -> Vec<(usize, usize, usize, usize)> {
+        let mut out = Vec::new();
+        for (j, ((dtype, n, _), r)) in self.jobs.iter().zip(&self.ranges).enumerate() {
+            let mut first = 0;
+            while first < *n {
+                let count = crate::ir::PARAM_CHUNK.min(n - first);
+                out.push((
+                    j,
+                    first,
+                    count,
+                    r.offset as usize + first * dtype.size() as usize,
+                ));
+                first += count;
+            }
+        }
+        out
+    }
+
+    /// Encodes elements `first..` of weight `j` into `out` (as many as it holds). Float
+    /// weights go through f32 (their values are f32s: half the traffic of f64, and the
+    /// bf16 encoder is branch-free); the bytes are those of the f64 path. `narrow` and
+    /// `wide` are scratch buffers.
+    fn encode(
+        &self,
+        j: usize,
+        first: usize,
+        out: &mut [u8],
+        (narrow, wide): &mut (Vec<f32>, Vec<f64>),
+    ) {
+        let (dtype, _, src) = &self.jobs[j];
+        let count = out.len() / dtype.size() as usize;
+        match src {
+            Source::Const(c) => encode::encode_slice_f32(*dtype, &c[first..first + count], out),
+            Source::Param(p) => {
+                narrow.resize(count, 0f32);
+                if p.values_f32(first, narrow) {
+                    encode::encode_slice_f32(*dtype, narrow, out);
+                } else {
+                    wide.resize(count, 0f64);
+                    p.values_f64(first, wide);
+                    encode::encode_slice(*dtype, wide, out);
+                }
+            }
+        }
+    }
+}
+
 /// The weight blob and its ranges: every weight tensor of the graph, then the constants.
 ///
 /// The layout (64-byte aligned offsets, in tensor order) is computed first; then every
 /// [`crate::ir::PARAM_CHUNK`]-element chunk of every weight is encoded into its own slice
 /// of the blob in parallel. Seeded weights are drawn chunk by chunk and never kept, so
 /// the peak is the blob plus a chunk per thread; the bytes do not depend on the thread
-/// count.
+/// count. [`write_artifact`] encodes the same bytes straight into a `.neff` file.
 pub fn weight_blob(
     kg: &KernelGraph,
     consts: &Constants,
@@ -82,94 +180,72 @@ pub fn weight_blob_with(
 ) -> Result<(Vec<u8>, Vec<WeightRange>), CompileError> {
     use rayon::prelude::*;
     let _span = tracing::info_span!("encode_weights").entered();
-    let mut jobs: Vec<(u32, neuron_isa::Dtype, usize, Source<'_>)> = Vec::new();
-    for (i, t) in kg.tensors.iter().enumerate() {
-        if t.kind != TensorKind::Weight {
-            continue;
-        }
-        let data = t.data.as_ref().ok_or_else(|| {
-            CompileError::Internal(format!("weight tensor '{}' has no data to store", t.name))
-        })?;
-        if data.num_elements() != t.numel() {
-            return Err(CompileError::Internal(format!(
-                "weight tensor '{}' has shape {:?} but its data has {} elements",
-                t.name,
-                t.shape,
-                data.num_elements()
-            )));
-        }
-        jobs.push((i as u32, t.dtype, t.numel(), Source::Param(data)));
-    }
-    for (j, (t, values)) in consts.tensors.iter().enumerate() {
-        jobs.push((
-            consts.first + j as u32,
-            t.dtype,
-            values.len(),
-            Source::Const(values),
-        ));
-    }
-    // Layout.
-    let mut ranges = Vec::with_capacity(jobs.len());
-    let mut end = 0usize;
-    for &(id, dtype, n, _) in &jobs {
-        let start = end.div_ceil(WEIGHT_ALIGN) * WEIGHT_ALIGN;
-        let len = n * dtype.size() as usize;
-        ranges.push(WeightRange {
-            tensor: TensorId(id),
-            offset: start as u64,
-            len: len as u64,
-        });
-        end = start + len;
-    }
+    let layout = Layout::new(kg, consts)?;
     if !encode {
-        return Ok((Vec::new(), ranges));
+        return Ok((Vec::new(), layout.ranges));
     }
-    crate::ir::limits::check_host_memory(end as u64, "the encoded weights")?;
-    let mut blob = vec![0u8; end];
-    // Cut the blob into one slice per chunk of every weight.
-    let mut work: Vec<(&Source<'_>, neuron_isa::Dtype, usize, &mut [u8])> = Vec::new();
+    crate::ir::limits::check_host_memory(layout.end as u64, "the encoded weights")?;
+    let mut blob = vec![0u8; layout.end];
+    // Cut the blob into one slice per chunk (chunks are in blob order).
+    let mut work = Vec::new();
     let mut rest: &mut [u8] = &mut blob;
     let mut at = 0usize;
-    for (job, r) in jobs.iter().zip(&ranges) {
-        let (_, dtype, n, src) = job;
-        let size = dtype.size() as usize;
-        let (_, tail) = rest.split_at_mut(r.offset as usize - at);
-        let (mut mine, tail) = tail.split_at_mut(r.len as usize);
+    for (j, first, count, offset) in layout.chunks() {
+        let len = count * layout.jobs[j].0.size() as usize;
+        let (_, tail) = rest.split_at_mut(offset - at);
+        let (mine, tail) = tail.split_at_mut(len);
         rest = tail;
-        at = (r.offset + r.len) as usize;
-        let mut first = 0;
-        while first < *n {
-            let count = crate::ir::PARAM_CHUNK.min(n - first);
-            let (c, more) = mine.split_at_mut(count * size);
-            work.push((src, *dtype, first, c));
-            mine = more;
-            first += count;
-        }
+        at = offset + len;
+        work.push((j, first, mine));
     }
-    // Float weights go through f32 (their values are f32s: half the traffic of f64, and
-    // the bf16 encoder is branch-free); the bytes are those of the f64 path.
     work.into_par_iter().for_each_init(
         || (Vec::new(), Vec::new()),
-        |(narrow, wide), (src, dtype, first, out)| {
-            let count = out.len() / dtype.size() as usize;
-            match src {
-                Source::Const(c) => {
-                    encode::encode_slice_f32(dtype, &c[first..first + count], out);
-                }
-                Source::Param(p) => {
-                    narrow.resize(count, 0f32);
-                    if p.values_f32(first, narrow) {
-                        encode::encode_slice_f32(dtype, narrow, out);
-                    } else {
-                        wide.resize(count, 0f64);
-                        p.values_f64(first, wide);
-                        encode::encode_slice(dtype, wide, out);
-                    }
-                }
-            }
-        },
+        |scratch, (j, first, out)| layout.encode(j, first, out, scratch),
     );
-    Ok((blob, ranges))
+    Ok((blob, layout.ranges))
+}
+
+/// Writes the `.neff` artifact of `meta` (emitted without weights, see
+/// [`artifact_with`]) to `path`, encoding the weights straight into the file: each chunk
+/// is encoded into a per-thread buffer and written at its place, in parallel, so the
+/// blob is never held in memory (no fresh 700 MB to zero and copy for BERT-large). The
+/// file is byte-identical to [`Artifact::write`] of the [`artifact`] with weights. On
+/// failure the partial file is removed.
+pub fn write_artifact(
+    kg: &KernelGraph,
+    consts: &Constants,
+    meta: &ArtifactMeta,
+    path: &std::path::Path,
+) -> Result<(), CompileError> {
+    use rayon::prelude::*;
+    let _span = tracing::info_span!("encode_weights", to = %path.display()).entered();
+    let layout = Layout::new(kg, consts)?;
+    if layout.ranges != meta.weights {
+        return Err(CompileError::Internal(
+            "the weight layout differs from the emitted artifact's".into(),
+        ));
+    }
+    meta.check_weights(layout.end as u64)
+        .map_err(|e| CompileError::Internal(format!("emitted artifact is inconsistent: {e}")))?;
+    let written = (|| {
+        let w = neuron_isa::ArtifactWriter::create(path, meta, layout.end as u64)?;
+        layout.chunks().into_par_iter().try_for_each_init(
+            || (Vec::new(), (Vec::new(), Vec::new())),
+            |(buf, scratch), (j, first, count, offset)| {
+                buf.resize(count * layout.jobs[j].0.size() as usize, 0u8);
+                layout.encode(j, first, buf, scratch);
+                w.write_blob_at(offset as u64, buf)
+            },
+        )?;
+        w.finish()
+    })();
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(path);
+        match e {
+            neuron_isa::ArtifactError::Io { cause, .. } => CompileError::io(path, cause),
+            e => CompileError::Internal(format!("cannot write {}: {e}", path.display())),
+        }
+    })
 }
 
 /// Assembles the artifact. `index_bounds` gives, per integer graph input that indexes a

@@ -87,3 +87,56 @@ fn artifacts_and_reference_are_identical_across_thread_counts() {
     assert!(a1 == a3, "artifact bytes differ between 1 and 3 threads");
     assert_eq!(r1, r3);
 }
+
+/// `neuronc compile`'s path, weights encoded straight into the file in parallel chunks,
+/// writes the bytes of the in-memory artifact, with 1 and 3 threads; with int8 weights
+/// the dequantization constants the back end adds are in the blob too.
+#[test]
+fn compile_to_file_writes_the_in_memory_artifact_bytes() {
+    use neuronc::options::CastType;
+    let dir = std::env::temp_dir().join(format!("neuronc-to-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (model, cast) in [("bert_layer", CastType::Bf16), ("mlp", CastType::Int8)] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/{model}.json"));
+        let g = neuronc::frontend::load_model(&path).unwrap();
+        let opts = CompileOptions {
+            auto_cast_type: cast,
+            ..CompileOptions::default()
+        };
+        let compiled = compile(&g, &opts).unwrap();
+        let want = compiled.artifact.to_bytes().unwrap();
+        if cast == CastType::Int8 {
+            assert!(
+                compiled.artifact.meta.weights.len() > g.params.len(),
+                "int8 adds dequantization constants to the blob"
+            );
+        }
+        for threads in [1, 3] {
+            let out = dir.join(format!("{model}-{threads}.neff"));
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let summary = pool
+                .install(|| neuronc::driver::compile_to_file(&g, &opts, &out))
+                .unwrap();
+            assert_eq!(summary.weight_bytes, compiled.summary.weight_bytes);
+            let got = std::fs::read(&out).unwrap();
+            assert!(
+                got == want,
+                "{model} with {threads} threads: the file differs"
+            );
+        }
+    }
+    // An unwritable path is an i/o error naming it, and leaves no file behind.
+    let g = neuronc::frontend::load_model(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/mlp.json"),
+    )
+    .unwrap();
+    let bad = dir.join("no-such-dir").join("m.neff");
+    let e = neuronc::driver::compile_to_file(&g, &CompileOptions::default(), &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no-such-dir"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
