@@ -135,7 +135,12 @@ fn merge(g: &mut Graph, group: &[Proj]) -> Result<(), CompileError> {
         .map(|p| data(g, p.bias))
         .collect::<Result<Vec<_>, _>>()?;
     let views: Vec<_> = ws.iter().map(|a| a.view()).collect();
-    let w_cat = concatenate(Axis(1), &views).map_err(internal)?;
+    // Row-major storage (`concatenate` along columns may return another memory order,
+    // which every later reader of the weight would walk element by element).
+    let w_cat = concatenate(Axis(1), &views)
+        .map_err(internal)?
+        .as_standard_layout()
+        .into_owned();
     let views: Vec<_> = bs.iter().map(|a| a.view()).collect();
     let b_cat = concatenate(Axis(0), &views).map_err(internal)?;
     let names: Vec<String> = group.iter().map(|p| g.node(p.mm).name.clone()).collect();
@@ -266,6 +271,16 @@ mod tests {
             vec![vec![8, 13], vec![8, 5]],
             "one merged, y alone"
         );
+        // The merged weight is stored row-major (readers take it as a slice).
+        let w = g
+            .node_ids()
+            .find(|&n| g.node(n).name == "mm0|mm1|mm2")
+            .map(|n| g.node(n).inputs[1])
+            .unwrap();
+        let Some(Tensor::F32(a)) = g.value(w).data.as_ref().map(|d| d.tensor().clone()) else {
+            panic!("merged weight is not f32 data")
+        };
+        assert!(a.is_standard_layout());
         // A second run finds nothing left to merge.
         assert!(!MergeMatmuls.run(&mut g).unwrap());
         use crate::reference::{RefOptions, random_inputs, run_reference};
