@@ -336,11 +336,13 @@ fn markdown(rows: &[Row]) -> String {
          notes say what bound it: compiled BERT-base is DMA-engine-bound, which is the\n\
          compiler's data movement (issue 11), not a chip parameter. At batch 1 the\n\
          weights (170 MB of bf16) stream through an SBUF ring on three queues ahead of\n\
-         the kernels that need them, in 1.5 KiB (768-column W) and 6 KiB (3072-column\n\
-         W) descriptors, and the fp32 activations round-trip HBM between kernels\n\
-         (~95 MB): together ~1.1 ms of DMA-engine time at the engines' 272 GB/s, so\n\
-         the 25% bound (1.179 ms) needs activations kept in SBUF between kernels and\n\
-         weights laid out for longer descriptors (not done). At batch 16 the\n\
+         the kernels that need them, in 1.5 KiB (768-column W), 4.5 KiB (the merged\n\
+         query/key/value W, 2304 columns) and 6 KiB (3072-column W) descriptors, and\n\
+         the activations round-trip HBM between kernels (~85 MB, the layer norms' in\n\
+         fp32): together ~1.05 ms of DMA-engine time at the engines' 272 GB/s, so the\n\
+         25% bound (1.179 ms) needs activations kept in SBUF between kernels (the\n\
+         residual + layer norm fused into the producing matmul's eviction, not done)\n\
+         and weights laid out for longer descriptors (not done). At batch 16 the\n\
          attention kernels (a serial per-head chain, VectorE-bound) and the\n\
          activation traffic of the matmuls dominate. The harness prints a\n\
          descriptor-size histogram per model to stderr.\n",

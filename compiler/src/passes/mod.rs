@@ -20,6 +20,7 @@ pub mod fusion;
 pub mod gelu;
 pub mod infer_shapes;
 pub mod kernelize;
+pub mod merge_matmuls;
 pub mod precision;
 pub mod rewrite;
 pub mod simplify_movement;
@@ -91,6 +92,11 @@ pub fn run_middle_end_with(
             &cse::CommonSubexpressions,
         ],
     )?;
+    if opts.fuse {
+        // Merging sibling projections is a fusion decision: `--no-fuse` keeps one kernel
+        // per op.
+        run_to_fixpoint(&mut g, &[&merge_matmuls::MergeMatmuls, &dce::DeadCode])?;
+    }
     dump("02-optimized", &|| g.to_string());
     let partition = fusion::partition(&g, opts.fuse)?;
     dump("03-fused", &|| partition.display(&g));

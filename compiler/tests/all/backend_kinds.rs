@@ -29,6 +29,33 @@ fn norms_layer_norm_over_two_axes_rms_norm_and_wide_rows() {
     check_all("norms.json");
 }
 
+/// A layer norm's `* gamma` and `+ beta` (both full SBUF tiles) split between VectorE and
+/// GpSimd, and the result still matches the reference in fp32 and bf16.
+#[test]
+fn layer_norm_affine_splits_between_vector_and_gpsimd() {
+    use neuron_isa::{AluOp, Engine, Op};
+    let g = fixture("norms.json");
+    for prec in [Precision::Fp32, Precision::Bf16] {
+        let (c, _) = compile_and_check(&g, prec);
+        let p = &c.artifact.meta.program;
+        let ln = p
+            .kernels
+            .iter()
+            .position(|k| k.nodes.contains(&"ln_wide".to_string()))
+            .unwrap() as u32;
+        let tt = |e: Engine, want: AluOp| {
+            p.streams.iter().filter(|s| s.engine == e).any(|s| {
+                s.instrs.iter().any(|i| {
+                    i.kernel == ln && matches!(&i.op, Op::TensorTensor { op, .. } if *op == want)
+                })
+            })
+        };
+        assert!(tt(Engine::Vector, AluOp::Mul), "gamma on VectorE");
+        assert!(tt(Engine::GpSimd, AluOp::Add), "beta on GpSimd");
+        assert!(!tt(Engine::Vector, AluOp::Add), "no beta on VectorE");
+    }
+}
+
 #[test]
 fn matmuls_multi_tile_epilogues_batched_and_transposed_weights() {
     check_all("matmuls.json");

@@ -125,8 +125,6 @@ fn bert_encoder_kernel_list() {
             "layer_norm",
             "elementwise",
             "matmul",
-            "matmul",
-            "matmul",
             "attention",
             "matmul",
             "layer_norm",

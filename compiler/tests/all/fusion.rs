@@ -152,8 +152,6 @@ fn bert_fused_kernel_list() {
         kinds(&kg),
         [
             "matmul",
-            "matmul",
-            "matmul",
             "attention",
             "matmul",
             "layer_norm",
@@ -162,9 +160,14 @@ fn bert_fused_kernel_list() {
             "layer_norm"
         ]
     );
-    let ffn1 = &kg.kernels[6];
+    // q, k and v are one merged projection (`merge_matmuls`).
+    assert_eq!(
+        kg.kernels[0].nodes,
+        ["q_proj|k_proj|v_proj", "q_proj|k_proj|v_proj.bias"]
+    );
+    let ffn1 = &kg.kernels[4];
     assert_eq!(ffn1.nodes, ["ffn_in", "ffn_in_bias", "ffn_act"]);
-    let out_proj = &kg.kernels[4];
+    let out_proj = &kg.kernels[2];
     assert_eq!(
         out_proj.nodes,
         ["attn_out_proj", "attn_out_bias", "attn_residual"]
@@ -208,13 +211,16 @@ fn attention_reads_projections_through_views() {
         unreachable!()
     };
     assert_eq!(prologue.len(), 2, "scale and mask in the score prologue");
-    for (idx, proj) in [(q, "q_lin"), (k, "k_lin"), (v, "v_lin")] {
+    // The three projections are one merged matmul (`merge_matmuls`): q, k and v are
+    // column slices of its [B,S,3*H*D] result.
+    for (idx, col) in [(q, 0), (k, 768), (v, 1536)] {
         let view = &att.inputs[*idx];
         let t = kg.tensor(view.tensor).unwrap();
-        assert_eq!(t.name, proj);
-        // [B,S,H*D] read as [B,H,S,D]: heads 64 apart, rows 768 apart.
+        assert_eq!(t.name, "q_proj|k_proj|v_proj.lin");
+        // [B,S,3*H*D] read as [B,H,S,D]: heads 64 apart, rows 2304 apart.
+        assert_eq!(view.offset, col);
         assert_eq!(view.shape, [1, 12, 128, 64]);
-        assert_eq!(view.strides, [98304, 64, 768, 1]);
+        assert_eq!(view.strides, [294912, 64, 2304, 1]);
         let writer = kg
             .kernels
             .iter()
@@ -230,7 +236,7 @@ fn attention_reads_projections_through_views() {
         ("ctx", &[1, 128, 768][..])
     );
     assert_eq!(att.output.strides, [98304, 64, 768, 1]);
-    let proj = &kg.kernels[4];
+    let proj = &kg.kernels[2];
     assert_eq!(proj.inputs[0].tensor, att.output.tensor);
 }
 

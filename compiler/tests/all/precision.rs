@@ -81,7 +81,8 @@ fn auto_cast_matmult_casts_matmul_operands_and_weights() {
         // context, the FFN activation) are stored in the operand type when it is bf16 or
         // fp16 (rounding at the store instead of at every load: same values); the rest
         // stay fp32.
-        let operand_only = ["q_lin", "k_lin", "v_lin", "ctx", "ffn_a"];
+        // q, k and v are one merged projection (`merge_matmuls`).
+        let operand_only = ["q_proj|k_proj|v_proj.lin", "ctx", "ffn_a"];
         for (name, d) in dtypes(&kg, TensorKind::Scratch) {
             let narrow =
                 operand_only.contains(&name.as_str()) && matches!(dt, Dtype::Bf16 | Dtype::F16);

@@ -421,7 +421,9 @@ fn matmul_kernels_carry_the_tiling_models_prediction_next_to_the_simulated_time(
             assert_eq!(k.predicted_ns, None, "{}", k.name);
         }
     }
-    assert!(matmuls >= 6, "{matmuls} matmul kernels");
+    // The merged query/key/value projection, the output projection and the two FFN
+    // matmuls.
+    assert!(matmuls >= 4, "{matmuls} matmul kernels");
     let text = Report {
         summary: s,
         timing_only: true,

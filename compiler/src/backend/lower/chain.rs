@@ -11,7 +11,12 @@
 //!   PSUM tile directly when it is the first op of an eviction: one PSUM plus one SBUF input
 //!   costs N cycles, not 2N);
 //! - `Select` becomes `Select`; `Cast` a copy into a tile of that dtype;
-//! - `pow` runs on GpSimd (as on the real chip), which cannot read PSUM.
+//! - `pow` runs on GpSimd (as on the real chip), which cannot read PSUM;
+//! - a full-tile step with every operand in SBUF after an earlier VectorE step of the same
+//!   chain runs on GpSimd (same ALU semantics): VectorE would pay 2N cycles for it, and the
+//!   two engines then pipeline across tiles (layer norm: `* gamma` on VectorE, `+ beta` on
+//!   GpSimd; a matmul eviction: the bias add reading PSUM on VectorE, the residual on
+//!   GpSimd).
 //!
 //! Intermediates live in the `work` tile (the kernel's `act_dtype`); the last instruction
 //! writes `out` directly, so the store can start from it.
@@ -251,6 +256,8 @@ pub fn apply(
     }
     let mut cur = tiles.src.clone();
     let n = micros.len();
+    // VectorE steps emitted so far by this chain (see `offload` below).
+    let mut vector_steps = 0usize;
     for (i, m) in micros.into_iter().enumerate() {
         let dst = if i + 1 == n {
             tiles.out.clone()
@@ -273,11 +280,27 @@ pub fn apply(
             ctx.copy_on(Engine::Vector, tiles.work.clone(), cur.clone());
             cur = tiles.work.clone();
         }
-        let pow_engine = if uses_pow {
+        // A full-tile op with every operand in SBUF costs VectorE 2N cycles (trainium.md
+        // 2.3); when VectorE already took an earlier step of this chain, GpSimd (same ALU
+        // semantics, SBUF only) takes it instead, so the two engines pipeline across tiles
+        // (a layer norm's `* gamma` on VectorE, `+ beta` on GpSimd).
+        let offload = match &m {
+            Micro::Tt { other, .. } => {
+                vector_steps > 0
+                    && cur.mem == Memory::Sbuf
+                    && other.mem == Memory::Sbuf
+                    && dst.mem == Memory::Sbuf
+            }
+            _ => false,
+        };
+        let pow_engine = if uses_pow || offload {
             Engine::GpSimd
         } else {
             Engine::Vector
         };
+        if matches!(m, Micro::Ts { .. } | Micro::Tt { .. } | Micro::Sel { .. }) && !offload {
+            vector_steps += 1;
+        }
         match m {
             Micro::Act { func, scale, bias } => {
                 ctx.push(
