@@ -7,6 +7,7 @@ mod backend_harness;
 mod backend_kinds;
 mod backend_perf;
 mod backend_program;
+mod backend_reduce;
 mod cli;
 mod compile_e2e;
 mod conv_chip;
