@@ -52,6 +52,25 @@ pub struct WeightRange {
     pub len: u64,
 }
 
+impl WeightRange {
+    /// Checks that the range lies inside a blob of `blob_len` bytes.
+    fn check_in_blob(&self, blob_len: u64) -> Result<(), ArtifactError> {
+        let end = self.offset.checked_add(self.len);
+        if end.is_none_or(|e| e > blob_len) {
+            return Err(ArtifactError::BadWeight {
+                tensor: self.tensor,
+                message: format!(
+                    "bytes {}..{} fall outside the {}-byte blob",
+                    self.offset,
+                    self.offset.saturating_add(self.len),
+                    blob_len
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Everything in the artifact except the weight bytes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArtifactMeta {
@@ -556,18 +575,7 @@ impl ArtifactMeta {
                     ),
                 });
             }
-            let end = w.offset.checked_add(w.len);
-            if end.is_none_or(|e| e > blob_len) {
-                return Err(ArtifactError::BadWeight {
-                    tensor: w.tensor,
-                    message: format!(
-                        "bytes {}..{} fall outside the {}-byte blob",
-                        w.offset,
-                        w.offset.saturating_add(w.len),
-                        blob_len
-                    ),
-                });
-            }
+            w.check_in_blob(blob_len)?;
         }
         Ok(())
     }
@@ -692,18 +700,7 @@ impl Artifact {
             Opened::Meta(meta, h, _) => (meta, h),
         };
         for w in &meta.weights {
-            let end = w.offset.checked_add(w.len);
-            if end.is_none_or(|e| e > h.blob_len) {
-                return Err(ArtifactError::BadWeight {
-                    tensor: w.tensor,
-                    message: format!(
-                        "bytes {}..{} fall outside the {}-byte blob",
-                        w.offset,
-                        w.offset.saturating_add(w.len),
-                        h.blob_len
-                    ),
-                });
-            }
+            w.check_in_blob(h.blob_len)?;
         }
         check_training(&meta, h.blob_len)?;
         Ok((meta, h.blob_len))

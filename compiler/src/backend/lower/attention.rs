@@ -24,6 +24,25 @@ use crate::error::CompileError;
 use crate::kernel::{EwOp, Kernel, KernelGraph, KernelOp, View};
 use neuron_isa::{ActFunc, AluOp, Ap, ChipConfig, Dtype, Engine, Memory, Op, Operand};
 
+/// Applies what is left of the score prologue (`rest`) while evicting the scores from
+/// PSUM (`tiles.src`) into `tiles.out`, and returns the tile the softmax reads: `tiles.out`,
+/// or the scores in PSUM themselves when nothing is left to apply.
+fn apply_prologue(
+    ctx: &mut LowerCtx<'_>,
+    rest: &[EwOp],
+    tiles: &ChainTiles<'_>,
+) -> Result<neuron_isa::Ap, CompileError> {
+    if rest.is_empty() {
+        return Ok(tiles.src.clone());
+    }
+    let res = chain::apply(ctx, rest, tiles)?;
+    if res != tiles.out {
+        let e = ctx.evict_engine();
+        ctx.copy_on(e, tiles.out.clone(), res);
+    }
+    Ok(tiles.out.clone())
+}
+
 /// Keys per PSUM bank of scores.
 const BANK_COLS: usize = 512;
 
@@ -984,17 +1003,9 @@ fn lower_flash(
                     };
                     sl.work += 1;
                     let rest = &s.prologue[usize::from(fold.is_some())..];
-                    let stile = if rest.is_empty() {
-                        // The scale went into Q^T: the statistics read the scores in PSUM.
-                        sc.clone()
-                    } else {
-                        let res = chain::apply(ctx, rest, &tiles)?;
-                        if res != tiles.out {
-                            let e = ctx.evict_engine();
-                            ctx.copy_on(e, tiles.out.clone(), res);
-                        }
-                        stile
-                    };
+                    // With the scale folded into Q^T and nothing else left, the
+                    // statistics read the scores in PSUM.
+                    let stile = apply_prologue(ctx, rest, &tiles)?;
                     // Online softmax statistics.
                     let st = fb.stat.tile_at(
                         0,

@@ -28,7 +28,7 @@ use crate::backend::layout::{RowCols, Run, broadcast_view, cols, parts, shaped};
 use crate::backend::tiling::RowTiling;
 use crate::error::CompileError;
 use crate::kernel::{EwOp, Kernel, KernelGraph, KernelOp, ReduceFn, View};
-use neuron_isa::{AluOp, Dim, Dtype, Engine, Op, TensorId};
+use neuron_isa::{AluOp, Ap, Dim, Dtype, Engine, Op, TensorId};
 
 /// The shape facts of a reduce kernel.
 #[derive(Debug, Clone)]
@@ -259,6 +259,34 @@ fn packed_tiles(rc: &RowCols, max_parts: usize, k: usize) -> Vec<(usize, usize, 
     out
 }
 
+/// Reduces the chunk `x` along its free axis into the running result `total`: the
+/// first chunk writes `total` directly, a later one reduces into `part` and folds it
+/// into `total` (the chunks combine left to right).
+fn reduce_chunk(ctx: &mut LowerCtx<'_>, op: AluOp, x: Ap, total: &Ap, part: &Ap, first: bool) {
+    let dst = if first { total.clone() } else { part.clone() };
+    ctx.push(
+        Engine::Vector,
+        Op::TensorReduce {
+            dst,
+            src: x,
+            op,
+            axes: 1,
+            negate: false,
+        },
+    );
+    if !first {
+        ctx.push(
+            Engine::Vector,
+            Op::TensorTensor {
+                dst: total.clone(),
+                a: total.clone(),
+                b: part.clone(),
+                op,
+            },
+        );
+    }
+}
+
 /// Lowers a reduce kernel.
 pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> {
     let s = analyze(ctx.kg, ctx.kernel)?;
@@ -302,28 +330,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
                     rc.hbm_ap(1, s.x.tensor, s.x.dtype, &run, c0, nc),
                 );
             }
-            let dst = if c0 == 0 { total.clone() } else { part.clone() };
-            ctx.push(
-                Engine::Vector,
-                Op::TensorReduce {
-                    dst,
-                    src: x,
-                    op: s.op,
-                    axes: 1,
-                    negate: false,
-                },
-            );
-            if c0 > 0 {
-                ctx.push(
-                    Engine::Vector,
-                    Op::TensorTensor {
-                        dst: total.clone(),
-                        a: total.clone(),
-                        b: part.clone(),
-                        op: s.op,
-                    },
-                );
-            }
+            reduce_chunk(ctx, s.op, x, &total, &part, c0 == 0);
             c0 += nc;
         }
         let mut operands = vec![None; ctx.kernel.inputs.len()];
@@ -449,28 +456,7 @@ fn lower_spread(
         let mut src = rc.hbm_ap(1, s.x.tensor, s.x.dtype, &run, c0, nc);
         src.partition_stride = slice_stride;
         ctx.load(x.clone(), src);
-        let dst = if c0 == 0 { total.clone() } else { part.clone() };
-        ctx.push(
-            Engine::Vector,
-            Op::TensorReduce {
-                dst,
-                src: x,
-                op: s.op,
-                axes: 1,
-                negate: false,
-            },
-        );
-        if c0 > 0 {
-            ctx.push(
-                Engine::Vector,
-                Op::TensorTensor {
-                    dst: total.clone(),
-                    a: total.clone(),
-                    b: part.clone(),
-                    op: s.op,
-                },
-            );
-        }
+        reduce_chunk(ctx, s.op, x, &total, &part, c0 == 0);
         c0 += nc;
     }
     let tp = tpb.tile(0, Dtype::F32, 1, du);

@@ -31,7 +31,7 @@
 use super::super::LowerCtx;
 use super::super::chain::{self, ChainTiles, OpTile};
 use super::super::operands::{Broadcaster, ResidentRows, batch_operands, is_row_bcast, load_mat};
-use super::{AttnShape, GroupRows};
+use super::{AttnShape, GroupRows, apply_prologue};
 use crate::backend::alloc::{Buf, BufferReq};
 use crate::backend::layout::{Mat, cols};
 use crate::backend::tiling::AttentionTiling;
@@ -595,17 +595,8 @@ fn row_max(
         operands: &operands,
     };
     let rest = &s.prologue[usize::from(pk.fold.is_some())..];
-    let stile = if rest.is_empty() {
-        // Nothing left to apply: the softmax reads the scores in PSUM.
-        tiles.src.clone()
-    } else {
-        let res = chain::apply(ctx, rest, &tiles)?;
-        if res != tiles.out {
-            let e = ctx.evict_engine();
-            ctx.copy_on(e, tiles.out.clone(), res);
-        }
-        stile
-    };
+    // Nothing left to apply: the softmax reads the scores in PSUM.
+    let stile = apply_prologue(ctx, rest, &tiles)?;
     // One row max for the pack; later one exp per head (its `-max` is a [P, 1] bias)
     // with the row sum in the accumulator, and one reciprocal for the pack.
     let gmax = pk.heads as u32;
