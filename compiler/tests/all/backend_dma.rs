@@ -8,21 +8,9 @@ use super::backend_harness::{Precision, load_example};
 use neuron_isa::{Engine, Memory, Op, Program, TensorKind};
 use neuronc::driver::compile;
 
-/// Bytes of the innermost contiguous run of `ap` within one partition.
-fn run_bytes(ap: &neuron_isa::Ap) -> u64 {
-    let mut run: u64 = 1;
-    for d in ap.dims.iter().rev() {
-        if d.size <= 1 {
-            continue;
-        }
-        if d.stride == run as i64 {
-            run *= u64::from(d.size);
-        } else {
-            break;
-        }
-    }
-    run * ap.dtype.size()
-}
+/// Bytes of the innermost contiguous run within one partition: the simulator's own
+/// descriptor rule.
+use neuron_sim::dma::contiguous_run_bytes as run_bytes;
 
 /// `(queue, kernel, src, dst)` of every plain DMA of `p`.
 fn dmas(p: &Program) -> Vec<(u8, u32, &neuron_isa::Ap, &neuron_isa::Ap)> {
