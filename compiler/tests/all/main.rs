@@ -3,6 +3,7 @@
 mod autodiff;
 mod backend_cli;
 mod backend_dma;
+mod backend_elementwise;
 mod backend_harness;
 mod backend_kinds;
 mod backend_perf;

@@ -8,8 +8,8 @@
 //! the loads of tile i+1 run while tile i computes and tile i-1 is stored.
 
 use super::chain::{self, ChainTiles};
-use super::operands::{RcOperand, RowOperands, loaded_once, rc_buffers};
-use super::rows::{RowInputs, joint_space, row_inputs};
+use super::operands::{CompactLoad, RcOperand, RowOperands, loaded_once, rc_buffers};
+use super::rows::{RowInputs, packed_space, row_inputs};
 use super::{LowerCtx, lowering_error, on_chip_dtype};
 use crate::backend::alloc::BufferReq;
 use crate::backend::layout::{RowCols, parts};
@@ -33,7 +33,8 @@ pub struct EwShape {
     pub ops: Vec<EwOp>,
     /// Intermediate dtype.
     pub act_dtype: Dtype,
-    /// Largest element size of the streamed tiles (for DMA sizing).
+    /// Bytes of one outer column at the largest element size of the streamed tiles (for
+    /// DMA sizing).
     pub col_bytes: u64,
 }
 
@@ -47,11 +48,13 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel, _cfg: &ChipConfig) -> Result<EwShap
         out,
         x,
         operands,
-    } = row_inputs(kg, k, *x, ops, |inputs| joint_space(k, inputs, true))?;
+    } = row_inputs(kg, k, *x, ops, |inputs| packed_space(k, inputs))?;
+    // Per outer column: packed short rows make each outer column a whole row.
     let col_bytes = [on_chip_dtype(x.dtype).size(), out.1.size(), 4]
         .into_iter()
         .max()
-        .unwrap_or(4);
+        .unwrap_or(4)
+        * rc.inner_cols() as u64;
     Ok(EwShape {
         rc,
         out,
@@ -65,7 +68,8 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel, _cfg: &ChipConfig) -> Result<EwShap
 
 /// Buffers of an elementwise kernel.
 pub fn buffers(s: &EwShape, t: &RowTiling) -> Vec<BufferReq> {
-    let c = t.cols as u64;
+    // Elements per partition of a tile: `t.cols` outer columns of `inner_cols` each.
+    let c = (t.cols * s.rc.inner_cols()) as u64;
     let mut v = vec![
         BufferReq::sbuf("in", c * s.x.tile_dtype().size(), t.slots),
         BufferReq::sbuf("work", c * s.act_dtype.size(), 2),
@@ -97,20 +101,30 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &RowTiling) -> Result<(), CompileError> 
         while c0 < outer {
             let nc = t.cols.min(outer - c0);
             let free = (nc * inner) as u32;
-            let x = inb.tile(slot, s.x.tile_dtype(), p as u32, free);
-            for run in rc.runs(r0, p) {
-                let src = rc.hbm_ap(1, s.x.tensor, s.x.dtype, &run, c0, nc);
-                ctx.load(parts(&x, run.part, run.len), src);
-            }
+            let x_tile = inb.tile(slot, s.x.tile_dtype(), p as u32, free);
+            let loads: Vec<_> = rc
+                .runs(r0, p)
+                .into_iter()
+                .map(|run| (run, rc.hbm_ap(1, s.x.tensor, s.x.dtype, &run, c0, nc)))
+                .collect();
+            // `x` repeating along a column dimension is loaded compact and read with stride 0.
+            let x = CompactLoad::load_runs(ctx, &x_tile, loads);
             let operands = opnds.load(ctx, r0, p, c0, nc, slot)?;
+            let out = outb.tile(slot, on_chip_dtype(s.out.1), p as u32, free);
             let tiles = ChainTiles {
                 src: x,
                 work: work.tile(slot, s.act_dtype, p as u32, free),
                 cast: cast.as_ref().map(|c| c.tile(0, Dtype::F32, p as u32, free)),
-                out: outb.tile(slot, on_chip_dtype(s.out.1), p as u32, free),
+                out: out.clone(),
                 operands: &operands,
             };
-            let res = chain::apply(ctx, &s.ops, &tiles)?;
+            let mut res = chain::apply(ctx, &s.ops, &tiles)?;
+            if res.dims.iter().any(|d| d.stride == 0 && d.size > 1) {
+                // An empty chain over a compact `x`: expand it before the store.
+                let e = ctx.evict_engine();
+                ctx.copy_on(e, out.clone(), res);
+                res = out;
+            }
             for run in rc.runs(r0, p) {
                 let dst = rc.hbm_ap(0, s.out.0, s.out.1, &run, c0, nc);
                 ctx.store(dst, parts(&res, run.part, run.len));

@@ -119,6 +119,15 @@ pub fn load_rc(
         if inner == 1 {
             src.dims.truncate(1);
         }
+        // A row that repeats along a packed dimension is broadcast once, compact.
+        if let Some(c) = CompactLoad::of(&src.dims) {
+            let compact = buf.tile(slot, Dtype::F32, p as u32, c.elems);
+            bc.broadcast(ctx, &Ap { dims: c.src, ..src }, &compact);
+            return Ok(OpTile::Full(Ap {
+                dims: c.read,
+                ..compact
+            }));
+        }
         bc.broadcast(ctx, &src, &dst);
         return Ok(OpTile::Full(dst));
     }
@@ -139,7 +148,7 @@ pub fn load_rc(
         Class::Full | Class::RowBcast => {
             let free = (nc * inner) as u32;
             let dst = buf.tile(slot, d, p as u32, free);
-            for run in rows_for(rc, op.class, r0, p) {
+            let loads = rows_for(rc, op.class, r0, p).into_iter().map(|run| {
                 let mut src = rc.hbm_ap(op.view, op.tensor, op.dtype, &run, c0, nc);
                 if inner == 1 {
                     // A caller that wants one element per outer column (reduce epilogues).
@@ -149,10 +158,89 @@ pub fn load_rc(
                     src.partitions = p as u32;
                     src.partition_stride = 0;
                 }
-                ctx.load(parts(&dst, run.part, run.len), src);
-            }
-            Ok(OpTile::Full(dst))
+                (run, src)
+            });
+            let loads: Vec<(Run, Ap)> = loads.collect();
+            Ok(OpTile::Full(CompactLoad::load_runs(ctx, &dst, loads)))
         }
+    }
+}
+
+/// A load whose source repeats values along some free dimensions (stride 0: a `[M, 1]`
+/// column broadcast along a packed row, a bias row repeated for each packed row), split
+/// into what is fetched and how it is read back.
+///
+/// Loading such a pattern as is makes every element its own DMA descriptor (docs/isa.md,
+/// DMA cost: element-strided patterns), so only the dimensions that move are loaded, into a
+/// compact tile, and the on-chip reader steps 0 over the others (on-chip patterns may
+/// repeat elements: an SBUF read with a zero stride costs what a unit-stride read costs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactLoad {
+    /// The source without its repeated dimensions (at least one dimension).
+    pub src: Vec<Dim>,
+    /// Elements per partition of the compact tile.
+    pub elems: u32,
+    /// The read pattern over the compact tile, dimension for dimension like the source.
+    pub read: Vec<Dim>,
+}
+
+impl CompactLoad {
+    /// The split of source dimensions `dims`, or `None` when no dimension repeats.
+    pub fn of(dims: &[Dim]) -> Option<CompactLoad> {
+        let repeats = |d: &Dim| d.stride == 0 && d.size > 1;
+        if !dims.iter().any(repeats) {
+            return None;
+        }
+        let mut read = dims.to_vec();
+        let mut stride = 1i64;
+        for d in read.iter_mut().rev() {
+            if repeats(d) {
+                continue;
+            }
+            d.stride = stride;
+            stride *= i64::from(d.size);
+        }
+        let mut src: Vec<Dim> = dims.iter().filter(|d| !repeats(d)).copied().collect();
+        if src.is_empty() {
+            src.push(Dim { size: 1, stride: 1 });
+        }
+        Some(CompactLoad {
+            src,
+            elems: u32::try_from(stride).unwrap_or(u32::MAX),
+            read,
+        })
+    }
+
+    /// Loads rows `run` of `src` (an HBM pattern over the full dimensions) into the compact
+    /// form of `tile` (a flat `[p, n]` tile); returns the pattern reading the whole tile.
+    pub fn load_runs(
+        ctx: &mut LowerCtx<'_>,
+        tile: &Ap,
+        loads: impl IntoIterator<Item = (Run, Ap)>,
+    ) -> Ap {
+        let mut read: Option<Ap> = None;
+        for (run, src) in loads {
+            match CompactLoad::of(&src.dims) {
+                Some(c) => {
+                    let dst = Ap {
+                        dims: vec![Dim {
+                            size: c.elems,
+                            stride: 1,
+                        }],
+                        ..tile.clone()
+                    };
+                    ctx.load(parts(&dst, run.part, run.len), Ap { dims: c.src, ..src });
+                    read = Some(Ap {
+                        dims: c.read,
+                        ..tile.clone()
+                    });
+                }
+                None => {
+                    ctx.load(parts(tile, run.part, run.len), src);
+                }
+            }
+        }
+        read.unwrap_or_else(|| tile.clone())
     }
 }
 

@@ -49,6 +49,50 @@ pub fn joint_space(k: &Kernel, inputs: &[usize], spread: bool) -> Result<RowCols
     Ok(RowCols::new(space, 1))
 }
 
+/// Rows shorter than this (at 4 bytes per element) are packed several per partition by
+/// [`packed_space`]: DMA descriptors are overhead-bound below 512 B per partition and near
+/// the peak from 2 KiB (trainium.md section 3).
+pub const PACK_ROW_BYTES: usize = 512;
+
+/// [`joint_space`] with spreading, then short rows packed: when there are at least two
+/// partitions' worth of rows of fewer than [`PACK_ROW_BYTES`], `k` consecutive rows of
+/// the innermost row dimension become one partition's row (the space's columns are then
+/// `[k, cols]`), with `k` the largest divisor that still leaves 128 rows, so the tiles fill
+/// every partition and each moves `k` rows' bytes in one descriptor per partition. An
+/// operand that repeats along the packed rows (a bias row) or along the columns (a
+/// per-row value) is loaded compact and read with a zero stride
+/// ([`super::operands::CompactLoad`]).
+pub fn packed_space(k: &Kernel, inputs: &[usize]) -> Result<RowCols, CompileError> {
+    let views = output_and_inputs(k, inputs)?;
+    let refs: Vec<&View> = views.iter().collect();
+    let mut space = Space::new(&k.output.shape, &refs);
+    space.spread_rows(128, 16);
+    let packed = pack_short_rows(&mut space, 128);
+    Ok(RowCols::new(space, if packed { 2 } else { 1 }))
+}
+
+/// Splits the innermost row dimension of `space` (all but its last dimension are rows) as
+/// [`packed_space`] describes; returns whether it did.
+fn pack_short_rows(space: &mut Space, partitions: usize) -> bool {
+    let n = space.shape.len();
+    if n < 2 {
+        return false;
+    }
+    let (b, c) = (space.shape[n - 2], space.shape[n - 1]);
+    if c == 0 || c * 4 >= PACK_ROW_BYTES {
+        return false;
+    }
+    // One engine instruction reads at most 65536 elements per partition from SBUF.
+    let max_k = (b / partitions).min(65536 / c);
+    match (2..=max_k).rev().find(|k| b % k == 0) {
+        Some(k) => {
+            space.split(n - 2, k);
+            true
+        }
+        None => false,
+    }
+}
+
 /// The row/column space of a kernel whose last `ncols` output axes are columns, over the
 /// output, then `inputs` broadcast to the output shape.
 pub fn split_space(k: &Kernel, inputs: &[usize], ncols: usize) -> Result<RowCols, CompileError> {
