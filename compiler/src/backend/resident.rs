@@ -126,6 +126,7 @@ pub fn map(hbm: &Ap, chip: &Ap, row: u64, base: u64, partitions: u32) -> Option<
         || !copy_casts_like_dma(hbm.dtype, chip.dtype)
         || hbm.partitions != chip.partitions
         || hbm.partitions == 0
+        || partitions == 0
     {
         return None;
     }
