@@ -336,11 +336,11 @@ fn compile_with(
         let _s = stage("allocation");
         backend::allocate(&kg, &plans, cfg)?
     };
-    dumper.dump_with("allocation", || backend::display_allocation(&kg, &alloc));
-    let lowered = {
+    let (lowered, alloc) = {
         let _s = stage("lowering");
-        backend::lower_program(&kg, &plans, &alloc, cfg)?
+        backend::lower_program_resident(&kg, &plans, alloc, cfg)?
     };
+    dumper.dump_with("allocation", || backend::display_allocation(&kg, &alloc));
     dumper.dump_with("program", || {
         neuron_isa::disasm::disassemble(&lowered.program)
     });

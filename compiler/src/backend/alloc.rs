@@ -157,6 +157,9 @@ pub struct Allocation {
     /// The pinned region is a ring the pinned buffers stream through (see [`ring_pins`]):
     /// a pinned buffer's loads may wait for an earlier kernel that used the same bytes.
     pub weight_ring: bool,
+    /// Scratch tensors kept in SBUF between kernels, in a region above everything else
+    /// (see [`super::resident`]; empty when all of them are in HBM).
+    pub resident: super::resident::Residency,
 }
 
 /// Why a kernel's buffers cannot be placed.

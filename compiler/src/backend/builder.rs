@@ -23,6 +23,7 @@
 //! widened to the rows it spans (conservative: it can only add waits, never drop one).
 //! Tensors that no instruction writes (inputs, weights) are not tracked at all.
 
+use super::resident::{self, Probe, Residency};
 use neuron_isa::{
     Ap, ChipConfig, Engine, HbmTensor, Instruction, Memory, Op, SemId, SemWait, Stream, TensorKind,
 };
@@ -319,6 +320,35 @@ pub struct Builder {
     /// HBM bytes read plus written by the DMAs of each kernel.
     kernel_hbm: Vec<u64>,
     need: Vec<u32>,
+    /// Scratch tensors kept in SBUF, or the probe that finds them (see
+    /// [`super::resident`]).
+    resident: ResidentMode,
+    /// Per tensor-table index: elements per row when the tensor may be resident.
+    resident_rows: Vec<Option<u64>>,
+    /// The DMA [`Builder::dma`] is about to push maps lane for lane (probe mode).
+    dma_maps: bool,
+    /// Rotation of the engines that carry resident copies.
+    copy_rr: usize,
+    partitions: u32,
+}
+
+/// How the builder treats scratch tensors that could live in SBUF
+/// ([`super::resident`]).
+#[derive(Debug, Clone, Default)]
+pub enum ResidentMode {
+    /// Every scratch tensor is in HBM.
+    #[default]
+    Off,
+    /// Every scratch tensor is in HBM; note each DMA on one and whether it maps.
+    Probe(Probe),
+    /// These tensors are in SBUF: their DMAs become on-chip copies. `broken` says why an
+    /// access did not map (the program is then not usable).
+    On {
+        /// The resident tensors.
+        residency: Residency,
+        /// The first access of a resident tensor that did not map.
+        broken: Option<String>,
+    },
 }
 
 /// Streams in a fixed order: the four compute engines, then the DMA queues.
@@ -385,12 +415,110 @@ impl Builder {
             kernel_queue_bytes: vec![0; n],
             kernel_hbm: Vec::new(),
             need: vec![0; n],
+            resident: ResidentMode::Off,
+            resident_rows: tensors.iter().map(resident::row_elems).collect(),
+            dma_maps: false,
+            copy_rr: 0,
+            partitions: cfg.partitions,
+        }
+    }
+
+    /// Sets how scratch tensors that could live in SBUF are treated.
+    pub fn set_resident(&mut self, mode: ResidentMode) {
+        self.resident = mode;
+    }
+
+    /// The resident mode, with what a probe noted.
+    pub fn take_resident(&mut self) -> ResidentMode {
+        std::mem::take(&mut self.resident)
+    }
+
+    /// For a DMA between an SBUF tile and a resident tensor: the on-chip copy that replaces
+    /// it (VectorE and GpSimd in turn). In probe mode notes whether the DMA would map.
+    fn resident_copy(&mut self, dst: &Ap, src: &Ap) -> Option<(Engine, Op)> {
+        if matches!(self.resident, ResidentMode::Off) {
+            return None;
+        }
+        let (hbm, chip, store) = match (dst.mem, src.mem) {
+            (Memory::Hbm(_), _) => (dst, src, true),
+            (_, Memory::Hbm(_)) => (src, dst, false),
+            _ => return None,
+        };
+        let Memory::Hbm(t) = hbm.mem else {
+            return None;
+        };
+        let row = self.resident_rows.get(t.0 as usize).copied().flatten()?;
+        let parts = self.partitions;
+        match &mut self.resident {
+            ResidentMode::Off => None,
+            ResidentMode::Probe(_) => {
+                self.dma_maps = resident::map(hbm, chip, row, 0, parts).is_some();
+                None
+            }
+            ResidentMode::On { residency, broken } => {
+                let r = residency.tensors.get(&t.0)?;
+                let Some(ap) = resident::map(hbm, chip, r.row_elems, r.base, parts) else {
+                    broken.get_or_insert_with(|| {
+                        format!("resident tensor {t}: access {hbm} <-> {chip} does not map")
+                    });
+                    return None;
+                };
+                let (d, s) = if store {
+                    (ap, chip.clone())
+                } else {
+                    (chip.clone(), ap)
+                };
+                self.copy_rr += 1;
+                let engine = if self.copy_rr % 2 == 0 {
+                    Engine::GpSimd
+                } else {
+                    Engine::Vector
+                };
+                Some((engine, Op::TensorCopy { dst: d, src: s }))
+            }
+        }
+    }
+
+    /// Notes the scratch tensors DMA `op` touches (probe mode), or that it touches a
+    /// resident one (which breaks the program).
+    fn note_scratch(&mut self, op: &Op) {
+        if matches!(self.resident, ResidentMode::Off)
+            || !matches!(op, Op::Dma { .. } | Op::DmaGather { .. })
+        {
+            return;
+        }
+        let maps = std::mem::take(&mut self.dma_maps);
+        for ap in op.reads().into_iter().chain(op.writes()) {
+            let Memory::Hbm(t) = ap.mem else {
+                continue;
+            };
+            if self
+                .resident_rows
+                .get(t.0 as usize)
+                .copied()
+                .flatten()
+                .is_none()
+            {
+                continue;
+            }
+            match &mut self.resident {
+                ResidentMode::Off => {}
+                ResidentMode::Probe(p) => p.note(t.0, self.kernel, maps),
+                ResidentMode::On { residency, broken } => {
+                    if residency.tensors.contains_key(&t.0) {
+                        broken.get_or_insert_with(|| {
+                            format!("resident tensor {t}: a DMA still touches it: {ap}")
+                        });
+                    }
+                }
+            }
         }
     }
 
     /// Registers a tensor appended to the table after construction.
     pub fn add_tensor(&mut self, t: &HbmTensor) {
         self.tracker.spaces.push(TrackSpace::hbm(t));
+        self.resident_rows.push(None);
     }
 
     /// Tags the following instructions with kernel `k`.
@@ -416,6 +544,7 @@ impl Builder {
 
     /// Appends `op` to `engine`'s stream with the waits its hazards require.
     pub fn push(&mut self, engine: Engine, op: Op) -> InstrRef {
+        self.note_scratch(&op);
         let s = self.stream_of(engine);
         let n = self.engines.len();
         let index = self.streams[s].len() as u32;
@@ -527,6 +656,9 @@ impl Builder {
     /// start at once (weights, inputs, fresh slots) are not held up behind them (a queue
     /// runs in order).
     pub fn dma(&mut self, class: DmaClass, dst: Ap, src: Ap) -> InstrRef {
+        if let Some((engine, op)) = self.resident_copy(&dst, &src) {
+            return self.push(engine, op);
+        }
         let bytes = src.bytes().max(dst.bytes());
         self.push_dma(class, Op::Dma { dst, src }, bytes)
     }

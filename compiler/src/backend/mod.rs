@@ -21,12 +21,13 @@ pub mod emit;
 pub mod encode;
 pub mod layout;
 pub mod lower;
+pub mod resident;
 pub mod tiling;
 
 use crate::error::CompileError;
 use crate::kernel::KernelGraph;
 use alloc::Allocation;
-use builder::Builder;
+use builder::{Builder, ResidentMode};
 use lower::{Constants, LowerCtx};
 use neuron_isa::{ChipConfig, Program};
 use tiling::KernelPlan;
@@ -75,16 +76,76 @@ pub fn display_allocation(kg: &KernelGraph, a: &Allocation) -> String {
     s
 }
 
-/// Lowers every kernel into one program.
+/// Lowers every kernel into one program, every scratch tensor in HBM.
 pub fn lower_program(
     kg: &KernelGraph,
     plans: &[KernelPlan],
     alloc: &Allocation,
     cfg: &ChipConfig,
 ) -> Result<Lowered, CompileError> {
+    Ok(lower_with(kg, plans, alloc, cfg, ResidentMode::Off)?.0)
+}
+
+/// Lowers every kernel into one program, keeping in SBUF the scratch tensors that fit
+/// ([`resident`]): lowers once with all of them in HBM, noting their accesses, then, when
+/// some can stay on chip, allocates the kernels' buffers below their region and lowers
+/// again. Returns the program and the allocation it uses (`alloc`, allocated for all of
+/// SBUF, when nothing stays on chip).
+pub fn lower_program_resident(
+    kg: &KernelGraph,
+    plans: &[KernelPlan],
+    alloc: Allocation,
+    cfg: &ChipConfig,
+) -> Result<(Lowered, Allocation), CompileError> {
+    let (first, mode) = lower_with(
+        kg,
+        plans,
+        &alloc,
+        cfg,
+        ResidentMode::Probe(Default::default()),
+    )?;
+    let ResidentMode::Probe(probe) = mode else {
+        return Ok((first, alloc));
+    };
+    let residency = resident::plan(kg, &probe, &first.program.tensors, cfg);
+    if residency.tensors.is_empty() {
+        return Ok((first, alloc));
+    }
+    let mut below = cfg.clone();
+    below.sbuf_bytes_per_partition -= residency.region;
+    let Ok(mut alloc2) = allocate(kg, plans, &below) else {
+        tracing::debug!("resident tensors: the kernels do not fit below their region");
+        return Ok((first, alloc));
+    };
+    let mode = ResidentMode::On {
+        residency: residency.clone(),
+        broken: None,
+    };
+    let (second, mode) = lower_with(kg, plans, &alloc2, cfg, mode)?;
+    if let ResidentMode::On {
+        broken: Some(why), ..
+    } = mode
+    {
+        tracing::debug!("resident tensors: {why}; all stay in HBM");
+        return Ok((first, alloc));
+    }
+    alloc2.resident = residency;
+    Ok((second, alloc2))
+}
+
+/// Lowers every kernel with scratch tensors treated as `mode` says; returns the mode with
+/// what it noted.
+fn lower_with(
+    kg: &KernelGraph,
+    plans: &[KernelPlan],
+    alloc: &Allocation,
+    cfg: &ChipConfig,
+    mode: ResidentMode,
+) -> Result<(Lowered, ResidentMode), CompileError> {
     let _span = tracing::info_span!("lowering", kernels = kg.kernels.len()).entered();
     let mut tensors = emit::tensor_table(kg);
     let mut b = Builder::new(cfg, &tensors, alloc.pinned_sbuf > 0);
+    b.set_resident(mode);
     let mut consts = Constants {
         first: tensors.len() as u32,
         tensors: Vec::new(),
@@ -112,14 +173,18 @@ pub fn lower_program(
     }
     let kernels = emit::kernel_infos(kg, plans, |k| b.kernel_hbm_bytes(k));
     tensors.extend(consts.tensors.iter().map(|(t, _)| t.clone()));
+    let mode = b.take_resident();
     let (streams, semaphores) = b.finish();
-    Ok(Lowered {
-        program: Program {
-            streams,
-            semaphores,
-            tensors,
-            kernels,
+    Ok((
+        Lowered {
+            program: Program {
+                streams,
+                semaphores,
+                tensors,
+                kernels,
+            },
+            constants: consts,
         },
-        constants: consts,
-    })
+        mode,
+    ))
 }

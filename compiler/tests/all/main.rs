@@ -9,6 +9,7 @@ mod backend_kinds;
 mod backend_perf;
 mod backend_program;
 mod backend_reduce;
+mod backend_resident;
 mod cli;
 mod compile_e2e;
 mod conv_chip;

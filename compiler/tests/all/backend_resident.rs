@@ -1,0 +1,122 @@
+//! Activations that fit stay in SBUF between kernels (`backend/resident.rs`): the producer's
+//! stores and the consumers' loads of a small scratch tensor become on-chip copies, so no
+//! DMA moves its bytes; a tensor too large for the resident region stays in HBM.
+
+#![allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a test failure.
+
+use super::backend_harness::{Precision, compile_and_check, load_example};
+use neuron_isa::{Engine, Memory, Op, Program, TensorKind};
+use std::path::Path;
+
+/// A matmul (with a bias) whose `rows x 256` f32 result feeds a layer norm: two kernels and
+/// one scratch tensor between them.
+fn matmul_then_layer_norm(rows: usize) -> neuronc::ir::Graph {
+    let json = format!(
+        r#"{{
+  "name": "mm_ln", "seed": 5,
+  "inputs": [{{"name": "x", "shape": [{rows}, 192], "dtype": "f32"}}],
+  "params": [
+    {{"name": "w", "shape": [192, 256], "init": {{"normal": {{"std": 0.05}}}}}},
+    {{"name": "b", "shape": [256], "init": {{"normal": {{"std": 0.5}}}}}},
+    {{"name": "g", "shape": [256], "init": "ones"}},
+    {{"name": "beta", "shape": [256], "init": "zeros"}}
+  ],
+  "nodes": [
+    {{"name": "mm", "op": "matmul", "inputs": ["x", "w"], "outputs": ["h"]}},
+    {{"name": "bias", "op": "add", "inputs": ["h", "b"], "outputs": ["h1"]}},
+    {{"name": "ln", "op": "layer_norm", "inputs": ["h1", "g", "beta"], "outputs": ["y"],
+      "attrs": {{"axis": -1, "epsilon": 1e-5}}}}
+  ],
+  "outputs": ["y"]
+}}"#
+    );
+    neuronc::frontend::parse_model(&json, Path::new(".")).unwrap()
+}
+
+/// `(scratch tensors, bytes DMAs move to or from them)` of `p`.
+fn scratch_dma_bytes(p: &Program) -> (usize, u64) {
+    let scratch = |m: &Memory| match m {
+        Memory::Hbm(t) => p.tensors[t.0 as usize].kind == TensorKind::Scratch,
+        _ => false,
+    };
+    let mut bytes = 0;
+    for s in &p.streams {
+        for i in &s.instrs {
+            match &i.op {
+                Op::Dma { dst, src } => {
+                    for ap in [dst, src] {
+                        if scratch(&ap.mem) {
+                            bytes += ap.bytes();
+                        }
+                    }
+                }
+                Op::DmaGather { table, .. } if scratch(&table.mem) => bytes += table.bytes(),
+                _ => {}
+            }
+        }
+    }
+    let n = p
+        .tensors
+        .iter()
+        .filter(|t| t.kind == TensorKind::Scratch)
+        .count();
+    (n, bytes)
+}
+
+/// Copies on VectorE/GpSimd between SBUF patterns (what resident stores and loads become).
+fn sbuf_copies(p: &Program) -> usize {
+    p.streams
+        .iter()
+        .filter(|s| matches!(s.engine, Engine::Vector | Engine::GpSimd))
+        .flat_map(|s| &s.instrs)
+        .filter(|i| {
+            matches!(&i.op, Op::TensorCopy { dst, src }
+                if dst.mem == Memory::Sbuf && src.mem == Memory::Sbuf)
+        })
+        .count()
+}
+
+#[test]
+fn an_activation_that_fits_never_touches_hbm_between_its_two_kernels() {
+    let g = matmul_then_layer_norm(128);
+    let (c, _) = compile_and_check(&g, Precision::Fp32);
+    let p = &c.artifact.meta.program;
+    assert_eq!(p.kernels.len(), 2, "{:?}", p.kernels);
+    let (n, bytes) = scratch_dma_bytes(p);
+    assert_eq!(n, 1, "one scratch tensor between the kernels");
+    assert_eq!(bytes, 0, "the matmul's result moves through HBM");
+    // One store of the producer and one load of the consumer, as copies.
+    assert!(sbuf_copies(p) >= 2);
+    // The kernels' planned HBM traffic no longer counts the activation: the matmul moves
+    // x, w and b, the layer norm its gamma, beta and y.
+    let f32b = 4;
+    let mm = (128 * 192 + 192 * 256 + 256) * f32b;
+    assert!(
+        p.kernels[0].hbm_bytes <= mm as u64,
+        "{}",
+        p.kernels[0].hbm_bytes
+    );
+}
+
+#[test]
+fn an_activation_too_large_for_the_resident_region_stays_in_hbm_and_is_still_right() {
+    // 4096 rows x 256 f32 = 32 row blocks x 1 KiB = 32 KiB per partition, above trn1's
+    // 24 KiB region (an eighth of SBUF).
+    let g = matmul_then_layer_norm(4096);
+    let (c, _) = compile_and_check(&g, Precision::Fp32);
+    let p = &c.artifact.meta.program;
+    let (n, bytes) = scratch_dma_bytes(p);
+    assert_eq!(n, 1);
+    // Stored once and loaded once.
+    assert_eq!(bytes, 2 * 4096 * 256 * 4);
+}
+
+#[test]
+fn bert_layer_keeps_every_activation_on_chip_with_the_same_results() {
+    let g = load_example("bert_layer.json");
+    let (c, _) = compile_and_check(&g, Precision::Bf16);
+    let p = &c.artifact.meta.program;
+    let (n, bytes) = scratch_dma_bytes(p);
+    assert!(n >= 6, "{n} scratch tensors");
+    assert_eq!(bytes, 0, "scratch bytes moved by DMA");
+}
