@@ -87,8 +87,16 @@ impl Seeded {
             InitSpec::Ones => out.fill(1.0),
             InitSpec::Normal { mean, std } => {
                 self.rng.fill_standard_normal(start as u64, out);
-                for o in out.iter_mut() {
-                    *o = round_to_f32(self.dtype, mean + std * f64::from(*o));
+                // One loop per dtype (branch-free bodies that vectorize).
+                let x = |z: f32| mean + std * f64::from(z);
+                match self.dtype {
+                    DType::Bf16 => out.iter_mut().for_each(|o| {
+                        *o = numerics::bf16_to_f32(numerics::f64_to_bf16(x(*o)));
+                    }),
+                    DType::F16 => out.iter_mut().for_each(|o| {
+                        *o = numerics::f16_to_f32(numerics::f64_to_f16(x(*o)));
+                    }),
+                    _ => out.iter_mut().for_each(|o| *o = x(*o) as f32),
                 }
             }
             InitSpec::Uniform { low, high } => {
