@@ -149,6 +149,7 @@ pub fn encode_rne<F: NarrowFloat>(x: f32) -> u32 {
 }
 
 /// bf16 bits of `x`, rounded to nearest even (overflow -> inf, NaN -> quiet NaN).
+#[inline]
 pub fn f32_to_bf16(x: f32) -> u16 {
     encode_rne::<Bf16Fmt>(x) as u16
 }
@@ -159,6 +160,7 @@ pub fn f32_to_bf16_sr(x: f32, random: u64) -> u16 {
 }
 
 /// f16 bits of `x`, rounded to nearest even (overflow -> inf, NaN -> quiet NaN).
+#[inline]
 pub fn f32_to_f16(x: f32) -> u16 {
     encode_rne::<F16Fmt>(x) as u16
 }
@@ -212,15 +214,12 @@ pub fn f32_to_e5m2_sr(x: f32, random: u64) -> u8 {
 pub fn f64_to_f32_odd(x: f64) -> f32 {
     // `as` rounds to nearest even (to infinity past the range).
     let r = x as f32;
-    if x.is_nan() || f64::from(r) == x {
-        return r;
-    }
-    let mut bits = r.to_bits();
-    if f64::from(r).abs() > x.abs() {
-        // Rounded away from zero (r is not zero here): step back one code toward zero.
-        bits -= 1;
-    }
-    f32::from_bits(bits | 1)
+    // Branch-free (both outcomes computed, one selected), so slice loops vectorize.
+    let keep = x.is_nan() | (f64::from(r) == x);
+    // Rounded away from zero (then r is not zero): step back one code toward zero.
+    let away = f64::from(r).abs() > x.abs();
+    let odd = f32::from_bits(r.to_bits().wrapping_sub(u32::from(away)) | 1);
+    if keep { r } else { odd }
 }
 
 /// bf16 bits of an f64, correctly rounded to nearest even (one rounding, see
@@ -358,4 +357,57 @@ pub fn f32_to_u8(x: f32) -> u8 {
 #[inline(always)]
 pub fn f32_to_i32(x: f32) -> i32 {
     round_ties_even_fast(x) as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The branch-free [`f64_to_f32_odd`] against its definition, written with branches.
+    #[test]
+    fn round_to_odd_matches_its_definition() {
+        fn reference(x: f64) -> f32 {
+            let r = x as f32;
+            if x.is_nan() || f64::from(r) == x {
+                return r;
+            }
+            let mut bits = r.to_bits();
+            if f64::from(r).abs() > x.abs() {
+                bits -= 1;
+            }
+            f32::from_bits(bits | 1)
+        }
+        let mut h = 0x1234_5678_9abc_def0u64;
+        let mut xs = vec![
+            0.0,
+            -0.0,
+            1.0,
+            1e-300,
+            -1e-300,
+            f64::MAX,
+            f64::MIN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            f64::from(f32::MAX) * 1.000_000_1,
+            f64::from(f32::MIN_POSITIVE) / 3.0,
+        ];
+        for _ in 0..100_000 {
+            h = crate::rng::mix64(h);
+            xs.push(f64::from_bits(h));
+            // Values in the f32 range, with and without low bits below f32 precision.
+            let e = (h >> 52) % 300;
+            let y = f64::from_bits((h & 0x800f_ffff_ffff_ffff) | ((e + 1023 - 150) << 52));
+            xs.push(y);
+            xs.push(f64::from(y as f32));
+        }
+        for x in xs {
+            assert_eq!(
+                f64_to_f32_odd(x).to_bits(),
+                reference(x).to_bits(),
+                "{x:e} ({:#018x})",
+                x.to_bits()
+            );
+        }
+    }
 }

@@ -93,7 +93,7 @@ impl SeededRng {
 const PHI: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// SplitMix64's output function: a bijective 64-bit mixer.
-#[inline]
+#[inline(always)]
 pub fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -114,7 +114,7 @@ pub struct CounterRng {
 /// mantissa reduced to `[sqrt(1/2), sqrt(2))` (max relative error about 1e-7). Only
 /// IEEE `+ - * /`, each rounded on its own (Rust never contracts to FMA), so the result
 /// is the same on every host.
-#[inline]
+#[inline(always)]
 fn ln01(x: f32) -> f32 {
     let bits = x.to_bits();
     let m1 = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
@@ -135,7 +135,14 @@ fn ln01(x: f32) -> f32 {
 fn cos_sin_turns(u: f32) -> (f32, f32) {
     let v = u * 4.0;
     let q = v as i32; // floor: 0 <= v < 4
-    let a = (v - q as f32) * std::f32::consts::FRAC_PI_2;
+    cos_sin_quadrant(q as u32, v - q as f32)
+}
+
+/// [`cos_sin_turns`] of `u = (q + f) / 4`: quadrant `q` in `0..4` and the fraction `f` in
+/// `[0, 1)` of `4u`.
+#[inline(always)]
+fn cos_sin_quadrant(q: u32, f: f32) -> (f32, f32) {
+    let a = f * std::f32::consts::FRAC_PI_2;
     let a2 = a * a;
     // Taylor coefficients as f32 constants (1/3! .. 1/11! and 1/2! .. 1/12!): multiplies
     // only, no division.
@@ -157,7 +164,6 @@ fn cos_sin_turns(u: f32) -> (f32, f32) {
     let s = a * (1.0 + a2 * (S[0] + a2 * (S[1] + a2 * (S[2] + a2 * (S[3] + a2 * S[4])))));
     let c = 1.0 + a2 * (C[0] + a2 * (C[1] + a2 * (C[2] + a2 * (C[3] + a2 * (C[4] + a2 * C[5])))));
     // Quadrant q: (c, s), (-s, c), (-c, -s), (s, -c), without branches.
-    let q = q as u32;
     let odd = q & 1 == 1;
     let (x, y) = if odd { (s, c) } else { (c, s) };
     let neg_x = ((q + 1) & 2) << 30;
@@ -173,7 +179,7 @@ const NORMAL_BLOCK: usize = 64;
 
 /// The Box–Muller inputs of one counter's bits: `u1 = (bits[63:40] + 1) 2^-24` in
 /// `(0, 1]`, `u2 = bits[39:16] 2^-24` in `[0, 1)`.
-#[inline]
+#[inline(always)]
 fn uniform_pair(h: u64) -> (f32, f32) {
     // Both below 2^25: exact through i32 (a single conversion instruction).
     let u1 = ((h >> 40) + 1) as i32 as f32 * (1.0 / (1u32 << 24) as f32);
@@ -190,7 +196,7 @@ impl CounterRng {
     }
 
     /// The 64 bits of counter `i`.
-    #[inline]
+    #[inline(always)]
     pub fn bits(&self, i: u64) -> u64 {
         mix64(self.key.wrapping_add(i.wrapping_add(1).wrapping_mul(PHI)))
     }
@@ -229,31 +235,10 @@ impl CounterRng {
             k += 1;
             i += 1;
         }
-        let mut u1 = [0f32; NORMAL_BLOCK];
-        let mut u2 = [0f32; NORMAL_BLOCK];
-        let mut zc = [0f32; NORMAL_BLOCK];
-        let mut zs = [0f32; NORMAL_BLOCK];
-        while k + 2 * NORMAL_BLOCK <= out.len() {
-            let j0 = i / 2;
-            for (p, (a, b)) in u1.iter_mut().zip(u2.iter_mut()).enumerate() {
-                (*a, *b) = uniform_pair(self.bits(j0 + p as u64));
-            }
-            for p in 0..NORMAL_BLOCK {
-                let r = (-2.0 * ln01(u1[p])).sqrt();
-                let (c, s) = cos_sin_turns(u2[p]);
-                zc[p] = r * c;
-                zs[p] = r * s;
-            }
-            for (o, (&c, &s)) in out[k..k + 2 * NORMAL_BLOCK]
-                .chunks_exact_mut(2)
-                .zip(zc.iter().zip(&zs))
-            {
-                o[0] = c;
-                o[1] = s;
-            }
-            k += 2 * NORMAL_BLOCK;
-            i += 2 * NORMAL_BLOCK as u64;
-        }
+        let bulk = (out.len() - k) / (2 * NORMAL_BLOCK) * (2 * NORMAL_BLOCK);
+        self.fill_blocks(i / 2, &mut out[k..k + bulk]);
+        k += bulk;
+        i += bulk as u64;
         while k + 1 < out.len() {
             let (a, b) = self.normal_pair(i / 2);
             out[k] = a;
@@ -263,6 +248,87 @@ impl CounterRng {
         }
         if k < out.len() {
             out[k] = self.normal_pair(i / 2).0;
+        }
+    }
+    /// The pairs `j0 ..` into `out` (a whole number of blocks): on x86-64 with the wider
+    /// vector units the host has (AVX-512, AVX2), else with the baseline's. Every
+    /// version runs the same IEEE operations on each element (vector lanes round exactly
+    /// like scalars and Rust never fuses a multiply and an add), so they give the same bits.
+    fn fill_blocks(&self, j0: u64, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+            {
+                // SAFETY: the CPU has the features `fill_blocks_avx512` is compiled for.
+                #[allow(unsafe_code)]
+                unsafe {
+                    self.fill_blocks_avx512(j0, out)
+                };
+                return;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has the features `fill_blocks_avx2` is compiled for.
+                #[allow(unsafe_code)]
+                unsafe {
+                    self.fill_blocks_avx2(j0, out)
+                };
+                return;
+            }
+        }
+        self.fill_blocks_portable(j0, out);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
+    fn fill_blocks_avx512(&self, j0: u64, out: &mut [f32]) {
+        self.fill_blocks_portable(j0, out);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn fill_blocks_avx2(&self, j0: u64, out: &mut [f32]) {
+        self.fill_blocks_portable(j0, out);
+    }
+
+    /// [`CounterRng::fill_blocks`]: the counter bits of a block one pair at a time
+    /// (64-bit multiplies), then the floating-point part over the block's arrays, a loop
+    /// without branches that the compiler vectorizes.
+    #[inline(always)]
+    fn fill_blocks_portable(&self, j0: u64, out: &mut [f32]) {
+        let mut u1 = [0f32; NORMAL_BLOCK];
+        let mut quadrant = [0u32; NORMAL_BLOCK];
+        let mut frac = [0f32; NORMAL_BLOCK];
+        let mut zc = [0f32; NORMAL_BLOCK];
+        let mut zs = [0f32; NORMAL_BLOCK];
+        for (b, block) in out.chunks_exact_mut(2 * NORMAL_BLOCK).enumerate() {
+            let j = j0 + (b * NORMAL_BLOCK) as u64;
+            for (p, ((a, q), f)) in u1
+                .iter_mut()
+                .zip(quadrant.iter_mut())
+                .zip(frac.iter_mut())
+                .enumerate()
+            {
+                let h = self.bits(j + p as u64);
+                *a = uniform_pair(h).0;
+                // `u2 = m 2^-24` (`m = bits[39:16]`), so `4 u2 = m 2^-22` exactly: its
+                // floor is `m`'s top two bits and its fraction `(m mod 2^22) 2^-22`, the
+                // same floats `cos_sin_turns(u2)` computes (without its float-to-int
+                // conversion, which does not vectorize).
+                *q = ((h >> 38) & 3) as u32;
+                *f = ((h >> 16) & 0x3f_ffff) as i32 as f32 * (1.0 / (1u32 << 22) as f32);
+            }
+            for p in 0..NORMAL_BLOCK {
+                let r = (-2.0 * ln01(u1[p])).sqrt();
+                let (c, s) = cos_sin_quadrant(quadrant[p], frac[p]);
+                zc[p] = r * c;
+                zs[p] = r * s;
+            }
+            for (o, (&c, &s)) in block.chunks_exact_mut(2).zip(zc.iter().zip(&zs)) {
+                o[0] = c;
+                o[1] = s;
+            }
         }
     }
 }
@@ -358,6 +424,48 @@ mod tests {
             assert!((f64::from(s) - libm::sin(t)).abs() < 3e-7, "{x}");
         }
         assert!((f64::from(ln01(2f32.powi(-24))) + 24.0 * std::f64::consts::LN_2).abs() < 1e-5);
+    }
+
+    #[test]
+    fn every_vector_version_gives_the_same_bits() {
+        let r = CounterRng::for_tensor(3, "layer.0.w");
+        let n = 2 * NORMAL_BLOCK * 5;
+        let mut want = vec![0f32; n];
+        r.fill_blocks_portable(1_000_003, &mut want);
+        let mut pairs = Vec::new();
+        for j in 1_000_003..1_000_003 + n as u64 / 2 {
+            let (c, s) = r.normal_pair(j);
+            pairs.extend([c, s]);
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&want), bits(&pairs), "portable blocks");
+        let mut got = vec![0f32; n];
+        r.fill_blocks(1_000_003, &mut got);
+        assert_eq!(bits(&got), bits(&want), "dispatched");
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                got.fill(0.0);
+                // SAFETY: the CPU has AVX2.
+                #[allow(unsafe_code)]
+                unsafe {
+                    r.fill_blocks_avx2(1_000_003, &mut got)
+                };
+                assert_eq!(bits(&got), bits(&want), "avx2");
+            }
+        }
+    }
+
+    #[test]
+    fn pinned_tensor_hash() {
+        // 100,003 normals from an odd start (head, vector blocks, tail): the FNV-1a hash
+        // of their little-endian f32 bytes, as the first counter-based generator gave
+        // them. Must never change (docs/model-format.md).
+        let r = CounterRng::for_tensor(7, "w1");
+        let mut v = vec![0f32; 100_003];
+        r.fill_standard_normal(5, &mut v);
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(fnv1a64(&bytes), 0x2c63_c2f3_fbc9_debc);
     }
 
     #[test]

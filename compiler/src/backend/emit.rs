@@ -144,10 +144,9 @@ impl<'a> Layout<'a> {
         match src {
             Source::Const(c) => encode::encode_slice_f32(*dtype, &c[first..first + count], out),
             Source::Param(p) => {
-                narrow.resize(count, 0f32);
-                if p.values_f32(first, narrow) {
-                    encode::encode_slice_f32(*dtype, narrow, out);
-                } else {
+                if !encode::encode_blocks_f32(*dtype, out, narrow, |at, v| {
+                    p.values_f32(first + at, v)
+                }) {
                     wide.resize(count, 0f64);
                     p.values_f64(first, wide);
                     encode::encode_slice(*dtype, wide, out);

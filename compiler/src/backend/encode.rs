@@ -109,6 +109,34 @@ pub fn encode_slice_f32(dtype: Dtype, values: &[f32], out: &mut [u8]) {
     }
 }
 
+/// Elements per block of [`encode_blocks_f32`]: 16 KB of f32, so a block stays in the
+/// L1 cache between being produced and encoded.
+const F32_BLOCK: usize = 4096;
+
+/// Encodes `out.len() / dtype.size()` elements in `dtype` into `out`, produced block by
+/// block by `fill(first element, values)` into `scratch` (the same bytes as
+/// [`encode_slice_f32`] of all the values at once, without a buffer of them all).
+/// Returns false as soon as `fill` does (the values are not f32s; `out` is then
+/// partly written).
+pub fn encode_blocks_f32(
+    dtype: Dtype,
+    out: &mut [u8],
+    scratch: &mut Vec<f32>,
+    mut fill: impl FnMut(usize, &mut [f32]) -> bool,
+) -> bool {
+    let size = dtype.size() as usize;
+    let count = out.len() / size;
+    scratch.resize(F32_BLOCK.min(count), 0f32);
+    for (b, o) in out.chunks_mut(F32_BLOCK * size).enumerate() {
+        let v = &mut scratch[..o.len() / size];
+        if !fill(b * F32_BLOCK, v) {
+            return false;
+        }
+        encode_slice_f32(dtype, v, o);
+    }
+    true
+}
+
 /// The encoding of `values` in `dtype`.
 pub fn encode(dtype: Dtype, values: impl IntoIterator<Item = f64>) -> Vec<u8> {
     let mut out = Vec::new();

@@ -87,8 +87,16 @@ impl Seeded {
             InitSpec::Ones => out.fill(1.0),
             InitSpec::Normal { mean, std } => {
                 self.rng.fill_standard_normal(start as u64, out);
-                for o in out.iter_mut() {
-                    *o = round_to_f32(self.dtype, mean + std * f64::from(*o));
+                // One loop per dtype (branch-free bodies that vectorize).
+                let x = |z: f32| mean + std * f64::from(z);
+                match self.dtype {
+                    DType::Bf16 => out.iter_mut().for_each(|o| {
+                        *o = numerics::bf16_to_f32(numerics::f64_to_bf16(x(*o)));
+                    }),
+                    DType::F16 => out.iter_mut().for_each(|o| {
+                        *o = numerics::f16_to_f32(numerics::f64_to_f16(x(*o)));
+                    }),
+                    _ => out.iter_mut().for_each(|o| *o = x(*o) as f32),
                 }
             }
             InitSpec::Uniform { low, high } => {
@@ -198,7 +206,49 @@ impl Raw {
 struct Inner {
     seeded: Option<Seeded>,
     raw: Option<Raw>,
+    cols: Option<Columns>,
     tensor: OnceLock<Tensor>,
+}
+
+/// 2-D params side by side, `[K, N_1] .. [K, N_n]` as one `[K, N_1 + .. + N_n]`, held by
+/// reference (what merging sibling projections makes of their weights): the parts are
+/// read row segment by row segment, never copied.
+#[derive(Debug)]
+struct Columns {
+    parts: Vec<ParamData>,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl Columns {
+    /// Calls `f(part, part element, out range)` for every run of `len` elements from
+    /// element `start` that lies in one row of one part, in order.
+    fn segments(
+        &self,
+        start: usize,
+        len: usize,
+        mut f: impl FnMut(&ParamData, usize, usize, usize),
+    ) {
+        let n = self.shape[1];
+        let (mut i, end) = (start, start + len);
+        while i < end {
+            let (r, mut c) = (i / n, i % n);
+            let mut col0 = 0;
+            for p in &self.parts {
+                let w = p.shape()[1];
+                if c < col0 + w {
+                    let m = (col0 + w - c).min(end - i);
+                    f(p, r * w + (c - col0), i - start, m);
+                    i += m;
+                    c += m;
+                    if i == end || c == n {
+                        break;
+                    }
+                }
+                col0 += w;
+            }
+        }
+    }
 }
 
 /// A shared, lazily generated param value. See the module documentation.
@@ -211,6 +261,7 @@ impl ParamData {
         ParamData(Arc::new(Inner {
             seeded: None,
             raw: None,
+            cols: None,
             tensor: OnceLock::from(t),
         }))
     }
@@ -253,6 +304,7 @@ impl ParamData {
                 dtype,
             }),
             raw: None,
+            cols: None,
             tensor: OnceLock::new(),
         })))
     }
@@ -286,12 +338,48 @@ impl ParamData {
                 shape: shape.to_vec(),
                 dtype,
             }),
+            cols: None,
+            tensor: OnceLock::new(),
+        })))
+    }
+
+    /// 2-D params `[K, N_i]` of one float dtype side by side as one `[K, sum N_i]` param,
+    /// by reference: nothing is drawn or copied until read, and reads stream from the
+    /// parts (the values are exactly the parts', as a column concatenation would give).
+    /// `None` if the parts are not all 2-D `dtype` params with one `K`, or `dtype` is not
+    /// f32, bf16 or f16.
+    pub fn concat_columns(parts: &[ParamData], dtype: DType) -> Option<ParamData> {
+        let k = parts.first()?.shape().first().copied()?;
+        let float = matches!(dtype, DType::F32 | DType::Bf16 | DType::F16);
+        let fits = |p: &ParamData| {
+            p.shape().len() == 2
+                && p.shape()[0] == k
+                && p.dtype() == dtype
+                && !(p.is_materialized() && matches!(p.tensor(), Tensor::F64(_)))
+        };
+        if !float || !parts.iter().all(fits) {
+            return None;
+        }
+        let n = parts
+            .iter()
+            .try_fold(0usize, |a, p| a.checked_add(p.shape()[1]))?;
+        Some(ParamData(Arc::new(Inner {
+            seeded: None,
+            raw: None,
+            cols: Some(Columns {
+                parts: parts.to_vec(),
+                shape: vec![k, n],
+                dtype,
+            }),
             tensor: OnceLock::new(),
         })))
     }
 
     /// The shape.
     pub fn shape(&self) -> &[usize] {
+        if let Some(c) = &self.0.cols {
+            return &c.shape;
+        }
         match (&self.0.seeded, &self.0.raw, self.0.tensor.get()) {
             (Some(s), _, _) => &s.shape,
             (None, Some(r), _) => &r.shape,
@@ -307,6 +395,9 @@ impl ParamData {
 
     /// The dtype (an f64 tensor reports f32, as [`Tensor::dtype`]).
     pub fn dtype(&self) -> DType {
+        if let Some(c) = &self.0.cols {
+            return c.dtype;
+        }
         match (&self.0.seeded, &self.0.raw, self.0.tensor.get()) {
             (Some(s), _, _) => s.dtype,
             (None, Some(r), _) => r.dtype,
@@ -332,6 +423,17 @@ impl ParamData {
             if let Some(r) = &self.0.raw {
                 return r.decode();
             }
+            if let Some(c) = &self.0.cols {
+                let mut v = vec![0f32; self.num_elements()];
+                // Float parts: `values_f32` always succeeds (see `concat_columns`).
+                c.segments(0, v.len(), |p, first, at, m| {
+                    p.values_f32(first, &mut v[at..at + m]);
+                });
+                let a =
+                    ArrayD::from_shape_vec(IxDyn(&c.shape), v.into_iter().map(f64::from).collect())
+                        .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&c.shape)));
+                return Tensor::from_f64(c.dtype, a);
+            }
             let Some(s) = &self.0.seeded else {
                 // `new` always sets the tensor; unreachable, but harmless.
                 return Tensor::zeros(DType::F32, &[]);
@@ -347,6 +449,12 @@ impl ParamData {
     /// Element values `start .. start + out.len()` as f64 (in the param's value set),
     /// without materializing a seeded param: what the artifact encoder streams.
     pub fn values_f64(&self, start: usize, out: &mut [f64]) {
+        if let (Some(c), None) = (&self.0.cols, self.0.tensor.get()) {
+            c.segments(start, out.len(), |p, first, at, m| {
+                p.values_f64(first, &mut out[at..at + m]);
+            });
+            return;
+        }
         if let (Some(s), None) = (&self.0.seeded, self.0.tensor.get()) {
             s.fill(start, out);
             return;
@@ -396,6 +504,13 @@ impl ParamData {
     /// seeded param. Returns false (leaving `out` alone) when the values need f64 (an
     /// f64 literal tensor, integers); use [`ParamData::values_f64`] then.
     pub fn values_f32(&self, start: usize, out: &mut [f32]) -> bool {
+        if let (Some(c), None) = (&self.0.cols, self.0.tensor.get()) {
+            // Float parts: each read succeeds (see `concat_columns`).
+            c.segments(start, out.len(), |p, first, at, m| {
+                p.values_f32(first, &mut out[at..at + m]);
+            });
+            return true;
+        }
         if let (Some(s), None) = (&self.0.seeded, self.0.tensor.get()) {
             return s.fill_f32(start, out);
         }
@@ -455,8 +570,20 @@ impl PartialEq for ParamData {
         if self.ptr_eq(other) {
             return true;
         }
+        let lazy = !self.is_materialized() || !other.is_materialized();
+        if let (Some(a), Some(b)) = (&self.0.cols, &other.0.cols)
+            && lazy
+            && (a.shape == b.shape && a.dtype == b.dtype)
+            && a.parts.len() == b.parts.len()
+            && a.parts
+                .iter()
+                .zip(&b.parts)
+                .all(|(x, y)| x.shape() == y.shape())
+        {
+            return a.parts == b.parts;
+        }
         match (&self.0.seeded, &other.0.seeded) {
-            (Some(a), Some(b)) if !self.is_materialized() || !other.is_materialized() => a == b,
+            (Some(a), Some(b)) if lazy => a == b,
             _ => self.tensor() == other.tensor(),
         }
     }
@@ -471,6 +598,9 @@ impl fmt::Debug for ParamData {
                 s.spec, s.shape, s.dtype
             ),
             None => match (&self.0.raw, self.0.tensor.get()) {
+                _ if self.0.cols.is_some() && !self.is_materialized() => {
+                    write!(f, "ParamData(columns {:?} {})", self.shape(), self.dtype())
+                }
                 (Some(r), None) => {
                     write!(f, "ParamData(raw {:?} {} bytes)", r.shape, r.bytes.len())
                 }
@@ -516,6 +646,61 @@ mod tests {
         let bad = ParamData::from_le_bytes(bytes::Bytes::from(vec![0u8; 7]), DType::F32, &[2]);
         assert!(bad.unwrap_err().contains("needs 8 bytes, found 7"));
         assert!(ParamData::from_le_bytes(bytes::Bytes::new(), DType::I32, &[0]).is_err());
+    }
+
+    #[test]
+    fn column_concatenation_streams_the_parts_values() {
+        let spec = InitSpec::Normal {
+            mean: 0.0,
+            std: 0.02,
+        };
+        for dtype in [DType::Bf16, DType::F32] {
+            let make = || -> Vec<ParamData> {
+                [("q", 5), ("k", 3), ("v", 7)]
+                    .iter()
+                    .map(|&(n, w)| ParamData::seeded(spec, 9, n, &[4, w], dtype).unwrap())
+                    .collect()
+            };
+            let parts = make();
+            // One part already materialized, as a constant fold would leave it.
+            let _ = parts[1].tensor();
+            let cat = ParamData::concat_columns(&parts, dtype).unwrap();
+            assert_eq!((cat.shape(), cat.dtype()), (&[4usize, 15][..], dtype));
+            let views: Vec<_> = make().iter().map(|p| p.to_f64()).collect();
+            let views: Vec<_> = views.iter().map(|a| a.view()).collect();
+            let want: Vec<f64> = ndarray::concatenate(ndarray::Axis(1), &views)
+                .unwrap()
+                .as_standard_layout()
+                .iter()
+                .copied()
+                .collect();
+            for (start, len) in [(0, 60), (1, 59), (4, 3), (14, 2), (22, 30), (59, 1)] {
+                let mut a = vec![0f32; len];
+                let mut b = vec![0f64; len];
+                assert!(cat.values_f32(start, &mut a));
+                cat.values_f64(start, &mut b);
+                assert_eq!(b, want[start..start + len], "{dtype} {start}");
+                assert_eq!(a.iter().map(|&x| f64::from(x)).collect::<Vec<_>>(), b);
+            }
+            assert!(!cat.is_materialized() && !parts[0].is_materialized());
+            let again = ParamData::concat_columns(&parts, dtype).unwrap();
+            assert!(cat == again, "equal parts, equal params (compared lazily)");
+            assert!(!parts[2].is_materialized());
+            assert_eq!(cat.to_f64().iter().copied().collect::<Vec<_>>(), want);
+        }
+        let a = ParamData::seeded(spec, 1, "a", &[2, 3], DType::Bf16).unwrap();
+        let b = ParamData::seeded(spec, 1, "b", &[3, 3], DType::Bf16).unwrap();
+        let c = ParamData::seeded(spec, 1, "c", &[2, 3], DType::F32).unwrap();
+        assert!(
+            ParamData::concat_columns(&[a.clone(), b], DType::Bf16).is_none(),
+            "K"
+        );
+        assert!(
+            ParamData::concat_columns(&[a.clone(), c], DType::Bf16).is_none(),
+            "dtype"
+        );
+        assert!(ParamData::concat_columns(&[a], DType::I32).is_none());
+        assert!(ParamData::concat_columns(&[], DType::F32).is_none());
     }
 
     #[test]

@@ -16,9 +16,11 @@
 use ndarray::{Axis, concatenate};
 
 use super::Pass;
-use super::rewrite::{add_const, insert_node_before, is_const, replace_uses, use_count};
+use super::rewrite::{
+    add_const, add_const_data, insert_node_before, is_const, replace_uses, use_count,
+};
 use crate::CompileError;
-use crate::ir::{Graph, NodeId, Op, Tensor, ValueId};
+use crate::ir::{DType, Graph, NodeId, Op, ParamData, Tensor, ValueId};
 
 /// The pass.
 pub struct MergeMatmuls;
@@ -121,18 +123,18 @@ fn data(g: &Graph, v: ValueId) -> Result<ndarray::ArrayD<f64>, CompileError> {
         .ok_or_else(|| CompileError::Internal("merge_matmuls: constant without data".into()))
 }
 
-fn merge(g: &mut Graph, group: &[Proj]) -> Result<(), CompileError> {
+/// The group's weights side by side: by reference when they are float params (a seeded
+/// BERT-large's Q/K/V weights are never drawn here, the artifact encoder streams them
+/// from the parts), else concatenated.
+fn weights(g: &Graph, group: &[Proj], dtype: DType) -> Result<ParamData, CompileError> {
+    let parts: Option<Vec<ParamData>> = group.iter().map(|p| g.value(p.w).data.clone()).collect();
+    if let Some(cat) = parts.and_then(|ps| ParamData::concat_columns(&ps, dtype)) {
+        return Ok(cat);
+    }
     let internal = |e: ndarray::ShapeError| CompileError::Internal(format!("merge_matmuls: {e}"));
-    let first = group[0];
-    let x = g.node(first.mm).inputs[0];
-    let dtype = g.value(first.w).dtype;
     let ws = group
         .iter()
         .map(|p| data(g, p.w))
-        .collect::<Result<Vec<_>, _>>()?;
-    let bs = group
-        .iter()
-        .map(|p| data(g, p.bias))
         .collect::<Result<Vec<_>, _>>()?;
     let views: Vec<_> = ws.iter().map(|a| a.view()).collect();
     // Row-major storage (`concatenate` along columns may return another memory order,
@@ -141,11 +143,24 @@ fn merge(g: &mut Graph, group: &[Proj]) -> Result<(), CompileError> {
         .map_err(internal)?
         .as_standard_layout()
         .into_owned();
+    Ok(Tensor::from_f64(dtype, w_cat).into())
+}
+
+fn merge(g: &mut Graph, group: &[Proj]) -> Result<(), CompileError> {
+    let internal = |e: ndarray::ShapeError| CompileError::Internal(format!("merge_matmuls: {e}"));
+    let first = group[0];
+    let x = g.node(first.mm).inputs[0];
+    let dtype = g.value(first.w).dtype;
+    let bs = group
+        .iter()
+        .map(|p| data(g, p.bias))
+        .collect::<Result<Vec<_>, _>>()?;
+    let w_cat = weights(g, group, dtype)?;
     let views: Vec<_> = bs.iter().map(|a| a.view()).collect();
     let b_cat = concatenate(Axis(0), &views).map_err(internal)?;
     let names: Vec<String> = group.iter().map(|p| g.node(p.mm).name.clone()).collect();
     let base = names.join("|");
-    let w_v = add_const(g, &format!("{base}_w"), Tensor::from_f64(dtype, w_cat))?;
+    let w_v = add_const_data(g, &format!("{base}_w"), w_cat)?;
     let b_v = add_const(g, &format!("{base}_b"), Tensor::from_f64(dtype, b_cat))?;
     let outs: Vec<ValueId> = group.iter().map(|p| g.node(p.add).outputs[0]).collect();
     // Everything goes just before the earliest matmul of the group: `x` and the constants
@@ -283,14 +298,66 @@ mod tests {
         assert!(a.is_standard_layout());
         // A second run finds nothing left to merge.
         assert!(!MergeMatmuls.run(&mut g).unwrap());
+        assert_same_outputs(&g0, &g);
+    }
+
+    fn assert_same_outputs(g0: &Graph, g: &Graph) {
         use crate::reference::{RefOptions, random_inputs, run_reference};
-        let inputs = random_inputs(&g0);
-        let want = run_reference(&g0, &inputs, RefOptions::default()).unwrap();
-        let got = run_reference(&g, &inputs, RefOptions::default()).unwrap();
+        let inputs = random_inputs(g0);
+        let want = run_reference(g0, &inputs, RefOptions::default()).unwrap();
+        let got = run_reference(g, &inputs, RefOptions::default()).unwrap();
         for (name, w) in &want {
             let gt = &got[name];
             assert_eq!(gt.shape(), w.shape(), "{name}");
             assert_eq!(gt.to_f64(), w.to_f64(), "{name}: bit-identical values");
         }
+    }
+
+    #[test]
+    fn seeded_weights_are_merged_by_reference_without_drawing_them() {
+        use crate::ir::InitSpec;
+        let spec = InitSpec::Normal {
+            mean: 0.0,
+            std: 0.02,
+        };
+        let mut g0 = Graph::new("qkv");
+        let x = g0.add_input("x", vec![4, 8], DType::Bf16).unwrap();
+        let mut ws = Vec::new();
+        for i in 0..3 {
+            let name = format!("w{i}");
+            let w = ParamData::seeded(spec, 3, &name, &[8, 6], DType::Bf16).unwrap();
+            ws.push(w.clone());
+            let w = g0
+                .add_param_decl(name, vec![8, 6], DType::Bf16, Some(w))
+                .unwrap();
+            let b = g0
+                .add_param(format!("b{i}"), Tensor::zeros(DType::Bf16, &[6]))
+                .unwrap();
+            let mm = g0
+                .add_node(
+                    format!("mm{i}"),
+                    Op::MatMul { transpose_b: false },
+                    &[x, w],
+                    format!("p{i}"),
+                )
+                .unwrap();
+            let lin = g0
+                .add_node(format!("add{i}"), Op::Add, &[mm, b], format!("l{i}"))
+                .unwrap();
+            let r = g0
+                .add_node(format!("relu{i}"), Op::Relu, &[lin], format!("o{i}"))
+                .unwrap();
+            g0.add_output(r).unwrap();
+        }
+        let mut g = g0.clone();
+        assert!(MergeMatmuls.run(&mut g).unwrap());
+        let w = g.value_by_name("mm0|mm1|mm2_w").unwrap();
+        let data = g.value(w).data.clone().unwrap();
+        assert_eq!(
+            (data.shape(), data.dtype()),
+            (&[8usize, 18][..], DType::Bf16)
+        );
+        assert!(!data.is_materialized() && ws.iter().all(|w| !w.is_materialized()));
+        assert_same_outputs(&g0, &g);
     }
 }

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use ndarray::{ArrayD, IxDyn};
 
 use crate::CompileError;
-use crate::ir::{DType, Graph, NodeId, Op, Tensor, ValueId};
+use crate::ir::{DType, Graph, NodeId, Op, ParamData, Tensor, ValueId};
 
 /// The value of `v` if it is a float constant with exactly one element (a scalar param or
 /// literal, of any rank), e.g. the `0.125` in `mul(scores, 0.125)`.
@@ -33,13 +33,19 @@ pub fn is_const(g: &Graph, v: ValueId) -> bool {
 
 /// Adds a constant param named after `base` (made unique) holding `t`.
 pub fn add_const(g: &mut Graph, base: &str, t: Tensor) -> Result<ValueId, CompileError> {
+    add_const_data(g, base, t.into())
+}
+
+/// [`add_const`] for data held by reference (a lazily generated or concatenated param).
+pub fn add_const_data(g: &mut Graph, base: &str, data: ParamData) -> Result<ValueId, CompileError> {
     let mut name = base.to_string();
     let mut i = 1;
     while g.value_by_name(&name).is_some() {
         name = format!("{base}_{i}");
         i += 1;
     }
-    Ok(g.add_param(name, t)?)
+    let (shape, dtype) = (data.shape().to_vec(), data.dtype());
+    Ok(g.add_param_decl(name, shape, dtype, Some(data))?)
 }
 
 /// A constant of `dtype` with `shape` (one element) holding `x`.
