@@ -393,6 +393,38 @@ proptest! {
     }
 
     #[test]
+    fn image_packed_conv_matches_reference_fused_and_unfused(
+        n in 2usize..7,
+        cin_kind in 0usize..3,
+        wide in proptest::bool::ANY,
+        h in 24usize..30,
+        w in 21usize..28,
+        k in 1usize..6,
+        pads in proptest::array::uniform4(0usize..3),
+        dh in 1usize..3,
+        seed in 0u64..1000,
+    ) {
+        // Few input channels and 32 or 64 outputs, tiles of whole rows of one image: the
+        // tiler packs images on partitions (several per matmul) whenever some kernel
+        // column reads inside the image for every output column and the batch fills at
+        // least two matmuls' worth of images.
+        let cin = [5, 7, 16][cin_kind];
+        let cout = if wide { 64 } else { 32 };
+        if let Some(g) = conv_graph(
+            n, cin, cout, [h, w], [k, k], [1, 1], pads, [dh, 1], 1, seed,
+        ) {
+            let t = &conv_tilings(&g, &Precision::Fp32.options())[0];
+            if n >= 4 && k >= 2 && pads[1] + pads[3] < k {
+                prop_assert!(t.ipack > 1, "{t}");
+            }
+            if t.ipack > 1 {
+                prop_assert!(t.ipack * cin <= t.block, "{t}");
+            }
+            fused_matches_unfused(&g, "conv2d");
+        }
+    }
+
+    #[test]
     fn pooling_on_chip_matches_reference_fused_and_unfused(
         n in 1usize..3,
         c in 1usize..6,

@@ -114,12 +114,13 @@ pub fn buffers(s: &ConvShape, t: &ConvTiling, cfg: &ChipConfig) -> Vec<BufferReq
     let spix = npix * t.sub as u64;
     let ncols = s.operands.iter().filter(|o| o.2).count();
     let band = (s.band_h(t.rows * t.sub) * s.w) as u64 * s.mm_dtype.size();
+    let d = super::conv::depth(s, t, cfg);
     let mut b = vec![
         BufferReq::sbuf("w", weight_bytes(s, t, parts), 1),
-        BufferReq::sbuf("band", band, 2),
-        BufferReq::psum("acc", npix * 4, 2),
-        BufferReq::sbuf("work", npix * s.act_dtype.size(), 2),
-        BufferReq::sbuf("out", spix * 4, 2),
+        BufferReq::sbuf("band", band, d.band),
+        BufferReq::psum("acc", npix * 4, d.acc),
+        BufferReq::sbuf("work", npix * s.act_dtype.size(), d.acc),
+        BufferReq::sbuf("out", spix * 4, d.out),
     ];
     if ncols > 0 {
         b.push(BufferReq::sbuf("cols", ncols as u64 * 4, 1));
@@ -129,7 +130,7 @@ pub fn buffers(s: &ConvShape, t: &ConvTiling, cfg: &ChipConfig) -> Vec<BufferReq
     }
     for (i, _, per_channel) in &s.operands {
         if !per_channel {
-            b.push(BufferReq::sbuf(&format!("op{i}"), spix * 4, 2));
+            b.push(BufferReq::sbuf(&format!("op{i}"), spix * 4, d.out));
         }
     }
     b
