@@ -393,6 +393,38 @@ proptest! {
     }
 
     #[test]
+    fn image_packed_conv_matches_reference_fused_and_unfused(
+        n in 2usize..7,
+        cin_kind in 0usize..3,
+        wide in proptest::bool::ANY,
+        h in 24usize..30,
+        w in 21usize..28,
+        k in 1usize..6,
+        pads in proptest::array::uniform4(0usize..3),
+        dh in 1usize..3,
+        seed in 0u64..1000,
+    ) {
+        // Few input channels and 32 or 64 outputs, tiles of whole rows of one image: the
+        // tiler packs images on partitions (several per matmul) whenever some kernel
+        // column reads inside the image for every output column and the batch fills at
+        // least two matmuls' worth of images.
+        let cin = [5, 7, 16][cin_kind];
+        let cout = if wide { 64 } else { 32 };
+        if let Some(g) = conv_graph(
+            n, cin, cout, [h, w], [k, k], [1, 1], pads, [dh, 1], 1, seed,
+        ) {
+            let t = &conv_tilings(&g, &Precision::Fp32.options())[0];
+            if n >= 4 && k >= 2 && pads[1] + pads[3] < k {
+                prop_assert!(t.ipack > 1, "{t}");
+            }
+            if t.ipack > 1 {
+                prop_assert!(t.ipack * cin <= t.block, "{t}");
+            }
+            fused_matches_unfused(&g, "conv2d");
+        }
+    }
+
+    #[test]
     fn pooling_on_chip_matches_reference_fused_and_unfused(
         n in 1usize..3,
         c in 1usize..6,
@@ -801,4 +833,118 @@ fn the_stem_stacks_channel_by_kernel_row_on_partitions_and_matches_the_reference
     let g = conv_graph(2, 3, 8, [40, 36], [7, 7], [2, 2], [3; 4], [1, 1], 1, 11).unwrap();
     let t = &conv_tilings(&g, &Precision::Bf16.options())[0];
     assert!(!t.pstack && t.pack == 4, "{t}");
+}
+
+/// A conv with a bias and relu (no residual), as the ResNet stem after batch_norm folding.
+#[allow(clippy::too_many_arguments)]
+fn conv_relu_graph(
+    n: usize,
+    cin: usize,
+    cout: usize,
+    hw: [usize; 2],
+    k: usize,
+    stride: usize,
+    pads: [usize; 4],
+    dil: [usize; 2],
+) -> Graph {
+    let mut g = Graph::new("conv_relu");
+    g.seed = 5;
+    let x = g
+        .add_input("x", [n, cin, hw[0], hw[1]], DType::F32)
+        .unwrap();
+    let w = param(
+        &mut g,
+        "w",
+        &[cout, cin, k, k],
+        1.0 / ((cin * k * k) as f64).sqrt(),
+    );
+    let b = param(&mut g, "b", &[cout], 0.5);
+    let c = g
+        .add_node(
+            "conv",
+            Op::Conv2d {
+                strides: [stride, stride],
+                pads,
+                dilations: dil,
+                groups: 1,
+            },
+            &[x, w, b],
+            "c",
+        )
+        .unwrap();
+    let y = g.add_node("relu", Op::Relu, &[c], "y").unwrap();
+    g.add_output(y).unwrap();
+    g
+}
+
+#[test]
+fn narrow_convolutions_pack_images_on_partitions_and_match_the_reference() {
+    // (batch, in, out, input, kernel, stride, pads, dilation, images per block, images
+    // per matmul): a 5-channel 7x7 stride-2 stem (6 images per 32-partition block, two
+    // per matmul, the last group short); 64 channels in and out (two images on the 128
+    // partitions, an odd batch leaving one image alone in the last matmul); 8 channels to
+    // 32 with asymmetric padding and a dilated kernel row (four images per matmul).
+    // With and without the residual (a full-tile epilogue operand loaded per image).
+    let cases = [
+        (7, 5, 64, [40, 36], 7, 2, [3, 3, 3, 3], [1, 1], 6, 2),
+        (5, 64, 64, [18, 16], 3, 1, [1, 1, 1, 1], [1, 1], 2, 2),
+        (5, 8, 32, [17, 19], 3, 1, [1, 0, 2, 1], [2, 1], 4, 4),
+    ];
+    for (n, cin, cout, hw, k, st, pads, dil, ipack, per_mm) in cases {
+        let graphs = [
+            conv_relu_graph(n, cin, cout, hw, k, st, pads, dil),
+            conv_graph(n, cin, cout, hw, [k, k], [st, st], pads, dil, 1, 3).unwrap(),
+        ];
+        for g in graphs {
+            let t = &conv_tilings(&g, &Precision::Bf16.options())[0];
+            assert_eq!(t.ipack, ipack, "{t}");
+            assert_eq!(128 / cout, per_mm);
+            fused_matches_unfused(&g, "conv2d");
+            compile_and_check(&g, Precision::Bf16);
+        }
+    }
+    // One image: nothing to pack.
+    let g = conv_relu_graph(1, 5, 64, [40, 36], 7, 2, [3; 4], [1, 1]);
+    let t = &conv_tilings(&g, &Precision::Bf16.options())[0];
+    assert_eq!(t.ipack, 1, "{t}");
+}
+
+#[test]
+fn resnet50_batch16_packs_images_in_the_stem_and_the_64_channel_layers() {
+    // The packing that takes ResNet-50's stem from 1.05 ms to 0.55 ms at batch 16 on trn1
+    // (docs/compiler.md): planning only, no simulation.
+    let m = neuronc::zoo::build(
+        "resnet50",
+        &neuronc::zoo::ZooOptions {
+            batch: Some(16),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let g = neuronc::frontend::parse_model(&m.to_json_string(), Path::new(".")).unwrap();
+    let mut opts = Precision::Bf16.options();
+    opts.auto_cast = neuronc::options::AutoCast::All;
+    let kg = neuronc::passes::run_middle_end(&g, &opts, &mut |_, _| {}).unwrap();
+    let plans = neuronc::backend::tiling::plan(&kg, &neuron_isa::ChipConfig::trn1()).unwrap();
+    let tiling = |name: &str| {
+        plans
+            .iter()
+            .zip(&kg.kernels)
+            .find_map(|(p, k)| match &p.tiling {
+                neuronc::backend::tiling::Tiling::Conv(t) if k.name.starts_with(name) => {
+                    Some(t.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no conv kernel {name}"))
+    };
+    // The stem: 10 images x 3 channels per 32-partition block, 4 kernel rows stacked,
+    // two images' 64 output channels per matmul: 7 matmuls per image tile, not 14.
+    let stem = tiling("stem.conv");
+    assert_eq!((stem.ipack, stem.pack, stem.block), (10, 4, 32), "{stem}");
+    // The 3x3 over 64 channels: two images on the 128 partitions.
+    for b in 0..3 {
+        let t = tiling(&format!("layer1.{b}.conv2"));
+        assert_eq!((t.ipack, t.pack, t.block), (2, 1, 128), "{t}");
+    }
 }

@@ -77,6 +77,9 @@ pub struct ConvTiling {
     /// row, loaded by one DMA whose partition stride is one input row (im2col by access
     /// pattern), so one matmul per kernel column covers every (channel, kernel row).
     pub pstack: bool,
+    /// Images whose channels share one stacked partition block, their output channels
+    /// sharing each matmul's columns (1 = none; see `conv_ipack`).
+    pub ipack: usize,
     /// Estimated TensorE time, ns.
     pub est_ns: f64,
 }
@@ -97,7 +100,15 @@ impl fmt::Display for ConvTiling {
             self.gpack,
             self.pack,
             self.est_ns / 1000.0
-        )
+        )?;
+        if self.ipack > 1 {
+            write!(
+                f,
+                ", {} images per partition block ({} partitions each)",
+                self.ipack, self.block
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -439,6 +450,10 @@ pub fn choose(s: &ConvShape, cfg: &ChipConfig) -> ConvTiling {
         cyc *= 4.0;
     }
     let est_ns = cyc / cfg.tensor_clock_ghz.max(1e-9);
+    // Image packing (`conv_ipack`) when it needs fewer matmuls than the stacking above.
+    let ip = super::conv_ipack::candidate(s, cfg, images, full_w)
+        .map(|ip| (super::conv_ipack::est_ns(s, cfg, &ip, rows), ip))
+        .filter(|(ns, _)| *ns < est_ns);
     let mut t = ConvTiling {
         images,
         rows,
@@ -451,8 +466,19 @@ pub fn choose(s: &ConvShape, cfg: &ChipConfig) -> ConvTiling {
         full_h,
         timg,
         pstack,
+        ipack: 1,
         est_ns,
     };
+    if let Some((ns, ip)) = ip {
+        t.pack = ip.pack;
+        t.block = ip.block;
+        t.ipack = ip.images;
+        t.full_h = false;
+        t.pstack = false;
+        t.timg = 1;
+        t.est_ns = ns;
+        return t;
+    }
     // Batching images per transfer must not make a kernel that fits without it fail: it
     // stays within 3/4 of SBUF (the tiler's budget is 7/8).
     fit(s, &mut t, cfg, cfg.sbuf_bytes_per_partition * 3 / 4);
@@ -481,7 +507,10 @@ fn band_width(s: &ConvShape, t: &ConvTiling, cols: usize) -> usize {
 
 /// An epilogue that starts with a per-channel bias add and later adds an fp32 full tile
 /// (a residual): the bias column and the rest of the epilogue.
-fn split_bias<'e>(epilogue: &'e [EwOp], ops: &[Option<OpTile>]) -> Option<(Ap, &'e [EwOp])> {
+pub(crate) fn split_bias<'e>(
+    epilogue: &'e [EwOp],
+    ops: &[Option<OpTile>],
+) -> Option<(Ap, &'e [EwOp])> {
     let (
         EwOp::Tensor {
             op: crate::kernel::BinaryFn::Add,
@@ -505,6 +534,9 @@ fn split_bias<'e>(epilogue: &'e [EwOp], ops: &[Option<OpTile>]) -> Option<(Ap, &
 
 /// Bytes per partition of the resident weights.
 fn weight_bytes(s: &ConvShape, t: &ConvTiling, parts: usize) -> u64 {
+    if t.ipack > 1 {
+        return super::conv_ipack::weight_bytes(s, t, parts);
+    }
     let (cs, os) = (s.cg() * t.gpack, s.og() * t.gpack);
     if t.pack > 1 {
         return (tap_groups(s, t) * os) as u64 * s.mm_dtype.size();
@@ -545,17 +577,21 @@ fn pstack_partition(c: usize, j: usize, kh: usize) -> usize {
 
 /// The buffers a tiling needs.
 pub fn buffers(s: &ConvShape, t: &ConvTiling, cfg: &ChipConfig) -> Vec<BufferReq> {
+    if t.ipack > 1 {
+        return super::conv_ipack::buffers(s, t, cfg);
+    }
     let parts = cfg.partitions as usize;
     let npix = (t.images * t.rows * t.cols) as u64;
     let spix = (t.timg * t.rows * t.cols * t.sub) as u64;
     let ncols = s.operands.iter().filter(|o| o.2).count();
     let otiles = s.o.div_ceil(parts).max(s.groups / t.gpack);
+    let d = depth(s, t, cfg);
     let mut b = vec![
         BufferReq::sbuf("w", weight_bytes(s, t, parts), 1),
-        BufferReq::sbuf("band", band_bytes(s, t, parts), 2),
-        BufferReq::psum("acc", npix * 4, 2),
-        BufferReq::sbuf("work", npix * s.act_dtype.size(), 2),
-        BufferReq::sbuf("out", spix * 4, 2),
+        BufferReq::sbuf("band", band_bytes(s, t, parts), d.band),
+        BufferReq::psum("acc", npix * 4, d.acc),
+        BufferReq::sbuf("work", npix * s.act_dtype.size(), d.acc),
+        BufferReq::sbuf("out", spix * 4, d.out),
     ];
     if ncols > 0 {
         b.push(BufferReq::sbuf("cols", (ncols * otiles) as u64 * 4, 1));
@@ -565,10 +601,49 @@ pub fn buffers(s: &ConvShape, t: &ConvTiling, cfg: &ChipConfig) -> Vec<BufferReq
     }
     for (i, _, per_channel) in &s.operands {
         if !per_channel {
-            b.push(BufferReq::sbuf(&format!("op{i}"), spix * 4, 2));
+            b.push(BufferReq::sbuf(&format!("op{i}"), spix * 4, d.out));
         }
     }
     b
+}
+
+/// Slots of the rotating buffers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Depth {
+    pub(crate) band: u32,
+    pub(crate) acc: u32,
+    pub(crate) out: u32,
+}
+
+/// Buffer depth: double buffering, or deeper when the deep buffers take at most half of
+/// SBUF. With two output (and residual) slots and two output-channel tiles per band, the
+/// residual load of the next band waits for the store of this one; four slots let the
+/// queues run a band ahead (ResNet-50 b16 on trn1 under `all`: 5506 -> 5287 us; three
+/// band slots and four PSUM slots measured best of the depths tried, see
+/// docs/compiler.md).
+pub(crate) fn depth(s: &ConvShape, t: &ConvTiling, cfg: &ChipConfig) -> Depth {
+    let parts = cfg.partitions as usize;
+    let npix = (t.images * t.rows * t.cols) as u64;
+    let spix = (t.timg * t.rows * t.cols * t.sub) as u64;
+    let full_ops = s.operands.iter().filter(|o| !o.2).count() as u64;
+    let deep = Depth {
+        band: 3,
+        acc: 4,
+        out: 4,
+    };
+    let bytes = weight_bytes(s, t, parts)
+        + band_bytes(s, t, parts) * u64::from(deep.band)
+        + npix * s.act_dtype.size() * u64::from(deep.acc)
+        + spix * 4 * (1 + full_ops) * u64::from(deep.out);
+    if bytes <= cfg.sbuf_bytes_per_partition / 2 {
+        deep
+    } else {
+        Depth {
+            band: 2,
+            acc: 2,
+            out: 2,
+        }
+    }
 }
 
 /// HBM access pattern of `[N, O, OH, OW]`-shaped view `v` over images `n0..n0+nb`,
@@ -643,7 +718,7 @@ pub(crate) fn dense(size: usize) -> Vec<Dim> {
 /// Stores `packed` (stationaries of `[prows, os]` f32, back to back) as constant `name`
 /// and prefetches stationary `i` into the weight buffer at `base + i * os` elements of
 /// `mm`, one DMA each.
-fn prefetch_stationaries(
+pub(crate) fn prefetch_stationaries(
     ctx: &mut LowerCtx<'_>,
     name: &str,
     packed: Vec<f32>,
@@ -679,6 +754,9 @@ fn prefetch_stationaries(
 /// Lowers a convolution kernel.
 pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError> {
     let s = analyze(ctx.kg, ctx.kernel)?;
+    if t.ipack > 1 {
+        return super::conv_ipack::lower(ctx, &s, t);
+    }
     let parts = ctx.cfg.partitions as usize;
     let (xt, xdt) = view_storage(ctx.kg, ctx.kernel, &s.x, "x")?;
     let (wt, wdt) = view_storage(ctx.kg, ctx.kernel, &s.wv, "w")?;
