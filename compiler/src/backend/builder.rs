@@ -165,6 +165,23 @@ impl TrackSpace {
     }
 }
 
+/// The box of an HBM pattern that walks whole rows along its free axes and stays inside
+/// one column range of a row across its partitions (a transposing store of a `[columns,
+/// rows]` tile into a row-major tensor): rows `lo .. hi` by the partitions' columns, not
+/// the whole rows, so stores of neighbouring column tiles do not look like they overlap.
+fn column_walk(ap: &Ap, lo: i64, hi: i64, ps: i64, l: i64) -> Option<(i64, i64, i64, i64)> {
+    let esize = ap.dtype.size() as i64;
+    let walks_rows = ap
+        .dims
+        .iter()
+        .all(|d| d.size <= 1 || (d.stride * esize).rem_euclid(l) == 0);
+    let span = ps * (i64::from(ap.partitions) - 1);
+    let col = lo.rem_euclid(l);
+    let (c0, c1) = (col + span.min(0), col + span.max(0) + esize);
+    (walks_rows && c0 >= 0 && c1 <= l)
+        .then(|| (lo.div_euclid(l), (hi - 1).div_euclid(l) + 1, c0, c1))
+}
+
 /// Hazard tracking over all memories.
 #[derive(Debug, Clone)]
 struct Tracker {
@@ -215,6 +232,8 @@ impl Tracker {
                         lo.rem_euclid(l),
                         (hi - 1).rem_euclid(l) + 1,
                     )
+                } else if let Some(b) = column_walk(ap, lo, hi, ps, l) {
+                    b
                 } else {
                     let span = ps * (parts - 1);
                     let (alo, ahi) = (lo + span.min(0), hi + span.max(0));
@@ -816,6 +835,39 @@ mod tests {
         let (streams, sems) = b.finish();
         assert_eq!(sems, 4 + cfg.dma_queues);
         assert!(streams.iter().all(|s| !s.instrs.is_empty()));
+    }
+
+    #[test]
+    fn transposed_stores_of_neighbouring_column_tiles_do_not_conflict() {
+        // `[32 columns, 256 rows]` tiles stored transposed into y[256, 64]: partitions walk
+        // the columns (stride 1 element), the free axis walks the rows (stride 64).
+        let cfg = ChipConfig::trn1();
+        let mut b = Builder::new(&cfg, &tensors(), false);
+        let col_tile = |c0: u64| Ap {
+            mem: Memory::Hbm(TensorId(1)),
+            dtype: Dtype::F32,
+            offset: c0 * 4,
+            start_partition: 0,
+            partitions: 32,
+            partition_stride: 1,
+            dims: vec![neuron_isa::Dim {
+                size: 256,
+                stride: 64,
+            }],
+        };
+        let src = Ap::on_chip(Memory::Sbuf, Dtype::F32, 0, 32, 0, 256);
+        let s0 = b.store(col_tile(0), src.clone());
+        let s1 = b.store(col_tile(32), src.clone());
+        let w1 = &b.streams[s1.stream].last().unwrap().wait;
+        assert!(w1.iter().all(|w| w.sem.0 as usize != s0.stream), "{w1:?}");
+        // The same columns again: a real WAW, which must wait.
+        let s2 = b.store(col_tile(16), src);
+        let w2 = &b.streams[s2.stream].last().unwrap().wait;
+        assert!(
+            w2.iter()
+                .any(|w| [s0.stream, s1.stream].contains(&(w.sem.0 as usize))),
+            "{w2:?}"
+        );
     }
 
     #[test]

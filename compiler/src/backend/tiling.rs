@@ -73,6 +73,9 @@ pub struct MatmulTiling {
     /// one per k-tile and group, instead of contiguous loads turned around on TensorE.
     /// Chosen when a group's rows make DMA descriptors of at least 2 KiB per partition.
     pub x_dma_transpose: bool,
+    /// `Y^T = W^T X^T` with output columns on partitions, for bias (+ activation)
+    /// epilogues (`lower::matmul::lower_out_transposed`).
+    pub out_transposed: bool,
     /// Estimated time, ns.
     pub est_ns: f64,
     /// Planned HBM bytes.
@@ -149,7 +152,7 @@ impl fmt::Display for Tiling {
             Tiling::Copy(t) => write!(f, "hbm->hbm dma, rows {} x cols {}", t.rows, t.cols),
             Tiling::MatMul(t) => write!(
                 f,
-                "groups of {} row tiles (x^t resident{}), n{} k128, w chunks of {} k-tiles x{} slots, {} psum set(s), est {:.1} us",
+                "groups of {} row tiles (x^t resident{}), n{} k128, w chunks of {} k-tiles x{} slots, {} psum set(s){}, est {:.1} us",
                 t.m_group,
                 if t.x_dma_transpose {
                     ", by dma transpose"
@@ -160,6 +163,11 @@ impl fmt::Display for Tiling {
                 t.w_kchunk,
                 t.w_slots,
                 t.acc_sets,
+                if t.out_transposed {
+                    ", output transposed (y^t = w^t x^t)"
+                } else {
+                    ""
+                },
                 t.est_ns / 1000.0
             ),
             Tiling::Attention(AttentionTiling {
@@ -414,6 +422,7 @@ pub fn choose_matmul(s: &matmul::MmShape, cfg: &ChipConfig) -> Result<MatmulTili
                             x_kchunk: x_kchunk.div_ceil(p) * p,
                             acc_sets,
                             x_dma_transpose: x_dma,
+                            out_transposed: false,
                             est_ns: 0.0,
                             hbm_bytes: 0,
                             restream_bytes: 0,
@@ -490,12 +499,63 @@ pub fn choose_matmul(s: &matmul::MmShape, cfg: &ChipConfig) -> Result<MatmulTili
             }
         }
     }
-    best.ok_or_else(|| {
+    let mut best = best.ok_or_else(|| {
         format!(
             "no blocking fits: the smallest needs {smallest} sbuf bytes per partition (K = {}, N = {}), the target has {budget} to plan with",
             s.k, s.n
         )
-    })
+    })?;
+    if matmul::out_transposed_eligible(s, &best, p) {
+        let t = MatmulTiling {
+            out_transposed: true,
+            est_ns: out_transposed_estimate(&cm, s, &best),
+            ..best.clone()
+        };
+        // Its X^T may take two slots: it must still fit.
+        let reqs = matmul::buffers(s, &t, cfg);
+        if t.est_ns < best.est_ns
+            && sbuf_bytes(&reqs) <= budget
+            && psum_banks(&reqs, cfg) <= banks as u64
+        {
+            best = t;
+        }
+    }
+    Ok(best)
+}
+
+/// The estimate of the transposed-output form of a matmul whose normal form `t` was
+/// estimated at `t.est_ns` (see `lower::matmul::lower_out_transposed`). Same matmul cycles;
+/// what changes is the epilogue:
+/// - the normal form broadcasts the bias row on TensorE (one K=1 fp32 matmul per 512
+///   columns) and evicts through a VectorE add reading PSUM (`N` cycles); with one
+///   accumulator set the next column tile's first matmuls wait for those evictions, about
+///   `m_group × (evict - matmul)` per column tile when an eviction is slower than a matmul;
+/// - the transposed form loads the bias as per-partition columns (one DMA) and evicts with
+///   one ScalarE activation per accumulator, rotating over every PSUM slot: TensorE waits
+///   only where an eviction outlasts a whole accumulation (all k-tiles).
+fn out_transposed_estimate(cm: &CostModel<'_>, s: &matmul::MmShape, t: &MatmulTiling) -> f64 {
+    let cfg = cm.cfg;
+    let p = cfg.partitions as usize;
+    let mt = s.m.min(p);
+    let k_tiles = s.k.div_ceil(p).max(1);
+    let m_tiles = s.m.div_ceil(p).max(1);
+    let groups = m_tiles.div_ceil(t.m_group);
+    let n_tiles = s.n.div_ceil(t.n_tile);
+    let mm1 = cm.tensor_ns(cm.matmul_cycles(mt, t.n_tile, s.mm_dtype));
+    let evict = t.n_tile as f64 / cfg.vector_clock_ghz.max(1e-3);
+    let stall = if t.acc_sets == 1 {
+        (groups * n_tiles) as f64 * t.m_group as f64 * (evict - mm1).max(0.0)
+    } else {
+        0.0
+    };
+    let bcast = s.n.div_ceil(cfg.matmul_moving_fmax.max(1) as usize) as f64
+        * cm.tensor_ns(cm.matmul_cycles(mt, 512, Dtype::F32));
+    let chunk = (t.n_tile / mt).max(1) * mt;
+    let accs = (groups * s.n.div_ceil(p) * (t.m_group * mt).div_ceil(chunk)) as f64;
+    let evict_t = chunk as f64 / cfg.scalar_clock_ghz.max(1e-3);
+    let acc_t = k_tiles as f64 * cm.tensor_ns(cm.matmul_cycles(p, chunk, s.mm_dtype));
+    let stall_t = accs * (evict_t - acc_t).max(0.0);
+    t.est_ns - stall - bcast + stall_t + cm.dma_ns(s.n as u64 * 4, 1)
 }
 
 /// Plans one kernel.

@@ -143,3 +143,122 @@ fn dma_transposed_x_gives_the_bits_of_tensore_transposes() {
         assert_eq!(differ, 0, "{dtype:?}: {differ} elements differ");
     }
 }
+
+/// `y = gelu(a @ w + bias)` (`a` an input, `w` and `bias` params), compiled with matmuls
+/// auto-cast to bf16 and simulated with numerics; returns y, the matmul kernel's tiling
+/// line and the compiled artifact.
+fn run_bias_gelu(
+    a: &ndarray::ArrayD<f64>,
+    w: &ndarray::ArrayD<f64>,
+    bias: &ndarray::ArrayD<f64>,
+) -> (Vec<f64>, String, neuron_isa::Artifact) {
+    use neuronc::ir::GeluApprox;
+    let (m, k) = (a.shape()[0], a.shape()[1]);
+    let mut g = Graph::new("fc1");
+    let ai = g.add_input("a", vec![m, k], DType::F32).unwrap();
+    let wi = g
+        .add_param("w", Tensor::from_f64(DType::F32, w.clone()))
+        .unwrap();
+    let bi = g
+        .add_param("bias", Tensor::from_f64(DType::F32, bias.clone()))
+        .unwrap();
+    let h = g
+        .add_node("mm", Op::MatMul { transpose_b: false }, &[ai, wi], "h")
+        .unwrap();
+    let hb = g.add_node("bias_add", Op::Add, &[h, bi], "hb").unwrap();
+    let y = g
+        .add_node(
+            "act",
+            Op::Gelu {
+                approximate: GeluApprox::None,
+            },
+            &[hb],
+            "y",
+        )
+        .unwrap();
+    g.add_output(y).unwrap();
+    let opts = CompileOptions {
+        auto_cast: AutoCast::Matmult,
+        ..CompileOptions::default()
+    };
+    let c = compile(&g, &opts).unwrap();
+    let kernels = &c.artifact.meta.program.kernels;
+    assert_eq!(kernels.len(), 1, "one fused kernel");
+    let tiling = kernels[0].tiling.clone();
+    let inputs = BTreeMap::from([("a".to_string(), Tensor::from_f64(DType::F32, a.clone()))]);
+    let sim = SimOptions {
+        check_races: true,
+        ..SimOptions::default()
+    };
+    let (outs, stats) = simulate(&c.artifact, &inputs, sim);
+    assert!(
+        !stats
+            .warnings
+            .iter()
+            .any(|w| w.kind == neuron_sim::WarningKind::Race),
+        "races"
+    );
+    (outs["y"].clone(), tiling, c.artifact)
+}
+
+#[test]
+fn bias_gelu_matmul_evicts_with_one_activation_and_no_k1_bias_matmul() {
+    // Issue 11 (BERT-base batch 16): a 2048-row matmul with a bias + gelu epilogue runs in
+    // the transposed-output form: output columns on partitions, the bias a per-partition
+    // operand of the one ScalarE activation that evicts each accumulator. So: no K=1 bias
+    // broadcast on TensorE, no VectorE instruction at all, exactly one activation per
+    // [128 columns x 512 rows] output tile; and Y equals, bit for bit, Y of the same rows
+    // computed in the normal form (512-row quarters: too few rows for DMA transposes).
+    let (m, k, n) = (2048, 256, 512);
+    let val = |i: usize, j: usize, s: usize| {
+        let h = (i * 7919 + j * 104_729 + s * 15_485_863) % 2003;
+        h as f64 / 1001.0 - 1.0 + 1.0 / 3.0
+    };
+    let a = ndarray::Array2::from_shape_fn((m, k), |(i, j)| val(i, j, 1)).into_dyn();
+    let w = ndarray::Array2::from_shape_fn((k, n), |(i, j)| val(i, j, 2) / 8.0).into_dyn();
+    let bias = ndarray::Array1::from_shape_fn(n, |j| val(j, 0, 3)).into_dyn();
+    let (whole, t_whole, art) = run_bias_gelu(&a, &w, &bias);
+    assert!(t_whole.contains("output transposed"), "{t_whole}");
+    let (mut matmuls, mut k1, mut acts, mut vector) = (0, 0, 0, 0);
+    for s in &art.meta.program.streams {
+        for i in &s.instrs {
+            match &i.op {
+                neuron_isa::Op::Matmul { stationary, .. } => {
+                    matmuls += 1;
+                    if stationary.partitions == 1 {
+                        k1 += 1;
+                    }
+                }
+                neuron_isa::Op::Activation { bias, .. } => {
+                    assert!(
+                        matches!(bias, Some(neuron_isa::Operand::PerPartition(_))),
+                        "the bias rides on the activation"
+                    );
+                    acts += 1;
+                }
+                _ if s.engine == neuron_isa::Engine::Vector => vector += 1,
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(k1, 0, "no K=1 bias broadcast");
+    assert_eq!(vector, 0, "no VectorE eviction step");
+    let tiles = n.div_ceil(128) * m.div_ceil(512);
+    assert_eq!(acts, tiles, "one activation per output tile");
+    assert_eq!(matmuls, tiles * k.div_ceil(128));
+    let mut quarters = Vec::new();
+    for q in 0..4 {
+        let part =
+            ndarray::Array2::from_shape_fn((m / 4, k), |(i, j)| a[[q * m / 4 + i, j]]).into_dyn();
+        let (y, t, _) = run_bias_gelu(&part, &w, &bias);
+        assert!(!t.contains("output transposed"), "{t}");
+        quarters.extend(y);
+    }
+    assert_eq!(whole.len(), quarters.len());
+    let differ = whole
+        .iter()
+        .zip(&quarters)
+        .filter(|(x, y)| x.to_bits() != y.to_bits())
+        .count();
+    assert_eq!(differ, 0, "{differ} elements differ");
+}

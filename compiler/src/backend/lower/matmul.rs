@@ -283,7 +283,11 @@ pub fn buffers(s: &MmShape, t: &MatmulTiling, cfg: &ChipConfig) -> Vec<BufferReq
     let nt = t.n_tile as u64;
     let bank = cfg.psum_bytes_per_partition / u64::from(cfg.psum_banks.max(1));
     let mut v = vec![
-        BufferReq::sbuf("xt", k_tiles * t.m_group as u64 * mt * mm, 1),
+        BufferReq::sbuf(
+            "xt",
+            k_tiles * t.m_group as u64 * mt * mm,
+            xt_slots(s, t, p),
+        ),
         if w_resident(s, t, p) {
             // Every chunk of W packed back to back, loaded once and kept for the whole
             // program when the allocator can afford it (no slot is ever reused, so the
@@ -322,7 +326,14 @@ pub fn buffers(s: &MmShape, t: &MatmulTiling, cfg: &ChipConfig) -> Vec<BufferReq
     }
     let mut broadcast = s.int8.is_some();
     for (i, view, full) in &s.operands {
-        if is_row_bcast(view, *full) {
+        if is_row_bcast(view, *full) && t.out_transposed {
+            // One fp32 column per tile of 128 output columns (see `lower_out_transposed`).
+            v.push(BufferReq::sbuf(
+                &format!("op{i}"),
+                s.n.div_ceil(p) as u64 * 4,
+                1,
+            ));
+        } else if is_row_bcast(view, *full) {
             // Resident for the whole kernel, broadcast on chip once (fp32).
             v.push(BufferReq::sbuf(&format!("op{i}"), s.n as u64 * 4, 1));
             broadcast = true;
@@ -373,6 +384,13 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &MatmulTiling) -> Result<(), CompileErro
         w_by_tile: s.m.div_ceil(p) > t.m_group,
         ..MmState::default()
     };
+    if t.out_transposed {
+        let x = Mat::of_batch(&s.a, &s.batch, 0, a_t, a_d);
+        let w = Mat::of_batch(&s.b, &s.batch, 0, b_t, b_d);
+        let y = Mat::of_batch(&s.out, &s.batch, 0, y_t, y_d);
+        let ops = batch_operands(ctx, &s.operands, &s.batch, 0)?;
+        return lower_out_transposed(ctx, &s, t, &bufs, &mut st, &x, &w, &y, &ops);
+    }
     let mt = s.m.min(p) as u32;
     // Row-broadcast operands (and the int8 dequantization row, the synthetic operand after
     // the kernel's inputs) stay resident for the whole kernel.
@@ -437,6 +455,8 @@ struct MmBufs {
 /// Rotation counters of the streamed buffers.
 #[derive(Default)]
 struct MmState {
+    /// The X^T slot that `build_xt` fills and the matmuls read (see [`xt_slots`]).
+    xt: usize,
     xs: usize,
     tp: usize,
     w: usize,
@@ -470,6 +490,7 @@ fn flush_tp(
     s: &MmShape,
     t: &MatmulTiling,
     b: &MmBufs,
+    xt_slot: usize,
     tp: &Ap,
     kt0: usize,
     j: usize,
@@ -496,7 +517,7 @@ fn flush_tp(
     let dst = Ap {
         mem: Memory::Sbuf,
         dtype: s.mm_dtype,
-        offset: b.xt.slot(0) + xt_off(s, t, p, kt0, mi),
+        offset: b.xt.slot(xt_slot) + xt_off(s, t, p, kt0, mi),
         start_partition: 0,
         partitions: kl as u32,
         partition_stride: 1,
@@ -575,7 +596,7 @@ fn build_xt(
                     s.mm_dtype,
                     0,
                     kl as u32,
-                    b.xt.slot(0) + xt_off(s, t, p, kt, mi),
+                    b.xt.slot(st.xt) + xt_off(s, t, p, kt, mi),
                     nrows as u32,
                 );
                 ctx.load(dst, x.cols_ap(m0, nrows, kt * p, kl));
@@ -595,7 +616,7 @@ fn build_xt(
                     s.mm_dtype,
                     0,
                     kl as u32,
-                    b.xt.slot(0) + xt_off(s, t, p, kt, mi),
+                    b.xt.slot(st.xt) + xt_off(s, t, p, kt, mi),
                     mr as u32,
                 );
                 match (&s.int8, &b.xs) {
@@ -643,7 +664,7 @@ fn build_xt(
                     ctx.push(Engine::Tensor, Op::Transpose { dst, src });
                     j += 1;
                 }
-                flush_tp(ctx, s, t, b, &tp, first_kt + j0, j, kl, mi, mr);
+                flush_tp(ctx, s, t, b, st.xt, &tp, first_kt + j0, j, kl, mi, mr);
                 j0 += j;
             }
             kc += klen;
@@ -871,7 +892,7 @@ fn column_tile(
                     s.mm_dtype,
                     0,
                     kl as u32,
-                    b.xt.slot(0) + xt_off(s, t, p, kt, mi),
+                    b.xt.slot(st.xt) + xt_off(s, t, p, kt, mi),
                     mr as u32,
                 );
                 ctx.push(
@@ -935,5 +956,264 @@ fn column_tile(
         ctx.store(y.rows_ap(m0, mr, n0, nn), res);
     }
     st.ops += rows.len();
+    Ok(())
+}
+
+/// Slots of the resident X^T: two in the transposed-output form with several groups
+/// (every output tile reads all of a group's X^T, so the next group's X^T must go to the
+/// other slot to load while this group multiplies), else one.
+pub fn xt_slots(s: &MmShape, t: &MatmulTiling, p: usize) -> u32 {
+    if t.out_transposed && s.m.div_ceil(p) > t.m_group {
+        2
+    } else {
+        1
+    }
+}
+
+/// Whether a matmul can run in the transposed-output form of [`lower_out_transposed`]:
+/// one batch, bf16/fp16 operands, X^T by transposing DMAs, the whole of W resident, and
+/// an epilogue that is a bias row (`+ b[n]`) optionally followed by one activation
+/// function, into a 2- or 4-byte output (stored by a transposing DMA).
+pub fn out_transposed_eligible(s: &MmShape, t: &MatmulTiling, p: usize) -> bool {
+    let bias_only = |op: &EwOp| match op {
+        EwOp::Tensor {
+            op: BinaryFn::Add,
+            operand,
+            ..
+        } => s
+            .operands
+            .iter()
+            .any(|(i, v, full)| i == operand && is_row_bcast(v, *full)),
+        _ => false,
+    };
+    let epilogue_ok = match s.epilogue.as_slice() {
+        [b] => bias_only(b),
+        [b, EwOp::Unary(f)] => bias_only(b) && chain::act_func(*f).is_some(),
+        _ => false,
+    };
+    epilogue_ok
+        && s.batches == 1
+        && s.int8.is_none()
+        && !s.w_transposes
+        && t.x_dma_transpose
+        && matches!(s.mm_dtype, Dtype::Bf16 | Dtype::F16)
+        && matches!(s.out_dtype.size(), 2 | 4)
+        && w_resident(s, t, p)
+}
+
+/// The transposed-output form: `Y^T = W^T X^T`, 128 output columns on partitions.
+///
+/// The stationary operand is a `[k, 128]` block of the resident W, the moving one up to 512
+/// rows of the resident X^T (the group's row tiles side by side), so PSUM holds `Y^T`
+/// tiles `[128 columns, <= 512 rows]`. The bias row is then one fp32 value per partition:
+/// the eviction is a single ScalarE `Activation` reading PSUM, `f(acc + b)` with the
+/// activation's per-partition bias (trainium.md 2.2, `activation`), instead of a VectorE
+/// bias add (from a row broadcast on TensorE by K=1 matmuls) followed by the activation.
+/// A bias-only epilogue alternates ScalarE (`Identity` with the bias) and VectorE
+/// (`TensorScalar` add), the same fp32 add. The `Y^T` tile is stored with a transposing
+/// DMA, so Y keeps its row-major layout for the consumers. Accumulators rotate over every
+/// PSUM slot of the kernel, so TensorE never waits for the eviction of the bank it needs
+/// next. TensorE cycles are those of the normal form: `max(min(64, 128), 512)` per matmul
+/// either way.
+#[allow(clippy::too_many_arguments)]
+fn lower_out_transposed(
+    ctx: &mut LowerCtx<'_>,
+    s: &MmShape,
+    t: &MatmulTiling,
+    b: &MmBufs,
+    st: &mut MmState,
+    x: &Mat,
+    w: &Mat,
+    y: &Mat,
+    ops: &[(usize, Mat, bool)],
+) -> Result<(), CompileError> {
+    let p = ctx.cfg.partitions as usize;
+    let mm = s.mm_dtype.size();
+    let k_tiles = s.k.div_ceil(p);
+    let n_ft = s.n.div_ceil(p);
+    let fmax = (ctx.cfg.matmul_moving_fmax as usize).max(1);
+    // The bias columns: element (q, j) of the fp32 buffer is b[j * 128 + q] (a transposing,
+    // casting DMA for the full tiles, one more for a short last tile).
+    let mut max_op = 0;
+    let mut bias: Option<(usize, crate::backend::alloc::Buf)> = None;
+    for (i, mat, full) in ops {
+        max_op = max_op.max(i + 1);
+        if mat_class(mat, *full) != Class::RowBcast {
+            return Err(ctx.err("internal: transposed matmul with a non-row operand"));
+        }
+        let buf = ctx.buf(&format!("op{i}"))?;
+        let bt = mat.t();
+        let full_tiles = s.n / p;
+        if full_tiles > 0 {
+            let mut src = bt.rows_ap(0, p, 0, 1);
+            src.dims = vec![Dim {
+                size: full_tiles as u32,
+                stride: p as i64 * bt.rs,
+            }];
+            let dst = Ap::on_chip(
+                Memory::Sbuf,
+                Dtype::F32,
+                0,
+                p as u32,
+                buf.slot(0),
+                full_tiles as u32,
+            );
+            ctx.load(dst, src);
+        }
+        if full_tiles < n_ft {
+            let rem = s.n - full_tiles * p;
+            let dst = Ap::on_chip(
+                Memory::Sbuf,
+                Dtype::F32,
+                0,
+                rem as u32,
+                buf.slot(0) + full_tiles as u64 * 4,
+                1,
+            );
+            ctx.load(dst, bt.rows_ap(full_tiles * p, rem, 0, 1));
+        }
+        bias = Some((*i, buf));
+    }
+    let Some((bias_idx, bias_buf)) = bias else {
+        return Err(ctx.err("internal: transposed matmul without a bias row"));
+    };
+    let bias_only = s.epilogue.len() == 1;
+    let acc_slots = (t.m_group as u32 * t.acc_sets) as usize;
+    let m_tiles = s.m.div_ceil(p);
+    let mt = s.m.min(p);
+    // Row tiles per moving chunk (at most 512 rows, whole row tiles).
+    let chunk_tiles = (t.n_tile.min(fmax) / mt).max(1);
+    let mut acc_i = 0usize;
+    let mut ev = 0usize;
+    let mut g0 = 0;
+    while g0 < m_tiles {
+        let g = t.m_group.min(m_tiles - g0);
+        let rows: Vec<(usize, usize)> = (g0..g0 + g)
+            .map(|mi| (mi * p, (s.m - mi * p).min(p)))
+            .collect();
+        if g0 == 0 {
+            // W once, whole rows per chunk of k-tiles into the packed `[k, kt, N]` layout
+            // (descriptors of N elements per partition and k-tile), ahead of X^T: each DMA
+            // fills bytes no matmul of this kernel has read, so pinned W prefetches.
+            let mut kt0 = 0;
+            while kt0 < k_tiles {
+                let nkt = t.w_kchunk.min(k_tiles - kt0);
+                let base = b.w.base + (kt0 * s.n) as u64 * mm;
+                emit_w_rows(ctx, s, st, w, base, s.n, kt0, nkt, 0, s.n);
+                kt0 += nkt;
+            }
+        }
+        let slots = xt_slots(s, t, p) as usize;
+        let cur = (g0 / t.m_group) % slots;
+        if g0 == 0 || slots == 1 {
+            st.xt = cur;
+            build_xt(ctx, s, t, b, st, x, &rows)?;
+        }
+        if slots > 1 && g0 + g < m_tiles {
+            // The next group's X^T goes into the other slot now: it loads while this
+            // group multiplies.
+            let next: Vec<(usize, usize)> = (g0 + g..(g0 + g + t.m_group).min(m_tiles))
+                .map(|mi| (mi * p, (s.m - mi * p).min(p)))
+                .collect();
+            st.xt = (cur + 1) % slots;
+            build_xt(ctx, s, t, b, st, x, &next)?;
+        }
+        st.xt = cur;
+        for ft in 0..n_ft {
+            let f0 = ft * p;
+            let nf = (s.n - f0).min(p);
+            let mut c0 = 0;
+            while c0 < g {
+                let ct = chunk_tiles.min(g - c0);
+                let tok0 = rows[c0].0;
+                let ntok: usize = rows[c0..c0 + ct].iter().map(|r| r.1).sum();
+                let acc = b
+                    .acc
+                    .tile(acc_i % acc_slots, Dtype::F32, nf as u32, ntok as u32);
+                acc_i += 1;
+                for kt in 0..k_tiles {
+                    let kl = (s.k - kt * p).min(p);
+                    let stationary = Ap::on_chip(
+                        Memory::Sbuf,
+                        s.mm_dtype,
+                        0,
+                        kl as u32,
+                        b.w.base + (kt * s.n + f0) as u64 * mm,
+                        nf as u32,
+                    );
+                    let moving = Ap::on_chip(
+                        Memory::Sbuf,
+                        s.mm_dtype,
+                        0,
+                        kl as u32,
+                        b.xt.slot(st.xt) + xt_off(s, t, p, kt, c0),
+                        ntok as u32,
+                    );
+                    ctx.push(
+                        Engine::Tensor,
+                        Op::Matmul {
+                            dst: acc.clone(),
+                            stationary,
+                            moving,
+                            accumulate: kt > 0,
+                        },
+                    );
+                }
+                let col = Ap::on_chip(
+                    Memory::Sbuf,
+                    Dtype::F32,
+                    0,
+                    nf as u32,
+                    bias_buf.slot(0) + ft as u64 * 4,
+                    1,
+                );
+                let out = b.out.tile(st.out, s.out_dtype, nf as u32, ntok as u32);
+                st.out += 1;
+                if bias_only && ev % 2 == 1 {
+                    ctx.push(
+                        Engine::Vector,
+                        Op::TensorScalar {
+                            dst: out.clone(),
+                            src: acc,
+                            op0: AluOp::Add,
+                            operand0: Operand::PerPartition(col),
+                            reverse0: false,
+                            op1: AluOp::Bypass,
+                            operand1: Operand::Imm(0.0),
+                            reverse1: false,
+                        },
+                    );
+                } else if bias_only {
+                    ctx.push(
+                        Engine::Scalar,
+                        Op::Activation {
+                            dst: out.clone(),
+                            src: acc,
+                            func: neuron_isa::ActFunc::Identity,
+                            scale: Operand::Imm(1.0),
+                            bias: Some(Operand::PerPartition(col)),
+                            accum: None,
+                        },
+                    );
+                } else {
+                    let mut operands: Vec<Option<OpTile>> = vec![None; max_op];
+                    operands[bias_idx] = Some(OpTile::Column(col));
+                    let tiles = ChainTiles {
+                        src: acc,
+                        work: b.work.tile(st.work, s.act_dtype, nf as u32, ntok as u32),
+                        cast: None,
+                        out: out.clone(),
+                        operands: &operands,
+                    };
+                    st.work += 1;
+                    chain::apply(ctx, &s.epilogue, &tiles)?;
+                }
+                ev += 1;
+                ctx.store(y.cols_ap(tok0, ntok, f0, nf), out);
+                c0 += ct;
+            }
+        }
+        g0 += g;
+    }
     Ok(())
 }
