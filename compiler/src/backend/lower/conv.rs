@@ -140,6 +140,8 @@ pub struct ConvShape {
     pub w_data: Option<Vec<f32>>,
     /// Bytes per element of the input and the output in HBM.
     pub io_bytes: (u64, u64),
+    /// int8 quantization (`lower/conv_int8.rs`), when `mm_dtype` is i8.
+    pub int8: Option<super::conv_int8::ConvInt8>,
 }
 
 impl ConvShape {
@@ -281,11 +283,16 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<ConvShape, CompileError> 
     }
     let w_data = kg.tensor(wv.tensor).and_then(|t| {
         let whole = wv.shape == t.shape && wv.is_whole_contiguous(t.numel());
-        let data = t
-            .data
-            .as_ref()
-            .filter(|_| whole && t.quant_scale.is_none())?;
-        Some(data.to_f32().iter().copied().collect())
+        let data = t.data.as_ref()?;
+        if whole {
+            return Some(data.to_f32().iter().copied().collect());
+        }
+        // An int8 weight: its i8 values (the packed forms hold them as f32), stored
+        // channel-last and read in `[O, C/G, KH, KW]` order through the view.
+        let flat: Vec<f64> = data.to_f64().iter().copied().collect();
+        let v = crate::kernel::interp::read_view(&flat, &wv).ok()?;
+        (t.quant_scale.is_some() && wv.numel() == t.numel())
+            .then(|| v.iter().map(|&x| x as f32).collect())
     });
     let io_bytes = (
         kg.tensor(xv.tensor).map_or(4, |t| t.dtype.size()),
@@ -309,6 +316,7 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<ConvShape, CompileError> 
         epilogue: epilogue.clone(),
         w_data,
         io_bytes,
+        int8: super::conv_int8::analyze(kg, k)?,
     })
 }
 
@@ -437,6 +445,8 @@ pub fn choose(s: &ConvShape, cfg: &ChipConfig) -> ConvTiling {
         per * (tiles * (s.groups / gpack) * cs.div_ceil(parts) * os.div_ceil(parts) * taps) as f64;
     if s.mm_dtype == Dtype::F32 {
         cyc *= 4.0;
+    } else if s.mm_dtype == Dtype::I8 {
+        cyc /= f64::from(cfg.matmul_int8_speedup.max(1));
     }
     let est_ns = cyc / cfg.tensor_clock_ghz.max(1e-9);
     let mut t = ConvTiling {
@@ -553,12 +563,17 @@ pub fn buffers(s: &ConvShape, t: &ConvTiling, cfg: &ChipConfig) -> Vec<BufferReq
     let mut b = vec![
         BufferReq::sbuf("w", weight_bytes(s, t, parts), 1),
         BufferReq::sbuf("band", band_bytes(s, t, parts), 2),
-        BufferReq::psum("acc", npix * 4, 2),
+        BufferReq::psum("acc", npix * 4, 2), // f32, or i32 for int8
         BufferReq::sbuf("work", npix * s.act_dtype.size(), 2),
         BufferReq::sbuf("out", spix * 4, 2),
     ];
+    // int8: the dequantization column, and an f32 staging slot per band slot.
+    let ncols = ncols + usize::from(s.int8.is_some());
     if ncols > 0 {
         b.push(BufferReq::sbuf("cols", (ncols * otiles) as u64 * 4, 1));
+    }
+    if s.int8.is_some() {
+        b.push(BufferReq::sbuf("stage", band_bytes(s, t, parts) * 4, 2));
     }
     if chain::has_cast(&s.epilogue) {
         b.push(BufferReq::sbuf("cast", npix * chain::CAST_BYTES, 1));
@@ -863,7 +878,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
 
     // Per-channel epilogue columns, loaded once: column `ci * otiles + tile`.
     let otiles = blocks * n_ot;
-    let cols_buf = if s.operands.iter().any(|o| o.2) {
+    let cols_buf = if s.operands.iter().any(|o| o.2) || s.int8.is_some() {
         Some(ctx.buf("cols")?)
     } else {
         None
@@ -895,6 +910,31 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
         }
     }
 
+    // int8: the dequantization column `act_scale * w_scale[o]` after the operands' columns,
+    // and the f32 staging buffer of the bands (`lower/conv_int8.rs`).
+    let dq_ci = col_index.len();
+    let stage = match (&s.int8, &cols_buf) {
+        (Some(q), Some(cb)) => {
+            let cid = ctx.constant("dequant", q.dequant.clone());
+            for blk in 0..blocks {
+                for oi in 0..n_ot {
+                    let o0 = blk * os + oi * parts;
+                    let no = (os - oi * parts).min(parts);
+                    let dst = sbuf(
+                        Memory::Sbuf,
+                        Dtype::F32,
+                        0,
+                        no,
+                        cb.slot(0) + ((dq_ci * otiles + blk * n_ot + oi) * 4) as u64,
+                        dense(1),
+                    );
+                    ctx.load(dst, super::conv_int8::dequant_src(cid, o0, no));
+                }
+            }
+            Some((q.clone(), ctx.buf("stage")?))
+        }
+        _ => None,
+    };
     let (hb, wb) = (band_rows(&s, t, t.rows * t.sub), band_width(&s, t, t.cols));
     let img = hb * wb;
     if t.pack > 1 || t.pstack {
@@ -915,6 +955,17 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                     value: 0.0,
                 },
             );
+            if let Some((_, st)) = &stage {
+                let dst = sbuf(
+                    Memory::Sbuf,
+                    Dtype::F32,
+                    0,
+                    prows,
+                    st.slot(i),
+                    dense(t.timg * img),
+                );
+                ctx.push(Engine::GpSimd, Op::Memset { dst, value: 0.0 });
+            }
         }
     }
     let mut slot = 0usize;
@@ -971,7 +1022,31 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                             );
                         }
                         if t.pstack {
-                            pstack_band(ctx, &s, (xt, xdt), tbase, (n0, nb), (r0, nr), img)?;
+                            match &stage {
+                                None => {
+                                    pstack_band(ctx, &s, (xt, xdt), tbase, (n0, nb), (r0, nr), img)?
+                                }
+                                Some((q, st)) => {
+                                    // Stacked rows go to the (zeroed) staging slot, then the
+                                    // whole stacked band is quantized.
+                                    let mut sf = s.clone();
+                                    sf.mm_dtype = Dtype::F32;
+                                    let sbase = st.slot(slot - 1) + (ct * t.timg * img) as u64 * 4;
+                                    pstack_band(
+                                        ctx,
+                                        &sf,
+                                        (xt, xdt),
+                                        sbase,
+                                        (n0, nb),
+                                        (r0, nr),
+                                        img,
+                                    )?;
+                                    let bnd =
+                                        sbuf(Memory::Sbuf, mm, 0, prows, tbase, dense(nb * img));
+                                    let stg = super::conv_int8::staged(&bnd, tbase, sbase);
+                                    super::conv_int8::quantize(ctx, q, bnd, stg);
+                                }
+                            }
                         }
                         // Stacked block `j` holds the band shifted down by `j` kernel rows.
                         for j in (0..t.pack).filter(|_| !t.pstack) {
@@ -1034,7 +1109,15 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                     },
                                 ],
                             );
-                            ctx.load(dst, src);
+                            match &stage {
+                                None => {
+                                    ctx.load(dst, src);
+                                }
+                                Some((q, st)) => {
+                                    let bases = (bslot, st.slot(slot - 1));
+                                    super::conv_int8::load_band(ctx, q, dst, src, bases);
+                                }
+                            }
                         }
                     }
                     for oi in 0..n_ot {
@@ -1092,7 +1175,12 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                 a.partitions = no as u32;
                                 a
                             };
-                            let acc_t = acc.tile(aslot, Dtype::F32, no as u32, npix as u32);
+                            let acc_dt = if stage.is_some() {
+                                Dtype::I32
+                            } else {
+                                Dtype::F32
+                            };
+                            let acc_t = acc.tile(aslot, acc_dt, no as u32, npix as u32);
                             let mut first = true;
                             for ct in 0..n_ct {
                                 let c0c = ct * parts;
@@ -1247,8 +1335,32 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                             // ScalarE as `identity(x + b)`, the same fp32 addition, so that
                             // VectorE, which pays two cycles per element for the fp32
                             // residual add, does only that.
-                            let (src, epilogue) = match split_bias(&s.epilogue, &ops) {
-                                Some((col, rest)) => {
+                            let int8_col =
+                                cols_buf.as_ref().filter(|_| stage.is_some()).map(|cb| {
+                                    sbuf(
+                                        Memory::Sbuf,
+                                        Dtype::F32,
+                                        0,
+                                        no,
+                                        cb.slot(0)
+                                            + ((dq_ci * otiles + blk * n_ot + oi) * 4) as u64,
+                                        dense(1),
+                                    )
+                                });
+                            let (src, epilogue) = match (int8_col, split_bias(&s.epilogue, &ops)) {
+                                // int8: dequantize (and add a leading bias) on eviction.
+                                (Some(dq), _) => {
+                                    let rest = super::conv_int8::evict(
+                                        ctx,
+                                        work_t.clone(),
+                                        acc_t,
+                                        dq,
+                                        &s.epilogue,
+                                        &ops,
+                                    );
+                                    (work_t.clone(), rest)
+                                }
+                                (None, Some((col, rest))) => {
                                     ctx.push(
                                         Engine::Scalar,
                                         Op::Activation {
@@ -1262,7 +1374,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                     );
                                     (work_t.clone(), rest)
                                 }
-                                None => (acc_t, &s.epilogue[..]),
+                                (None, None) => (acc_t, &s.epilogue[..]),
                             };
                             let tiles = ChainTiles {
                                 src,
