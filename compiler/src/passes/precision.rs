@@ -400,7 +400,8 @@ fn precast_max_pool_inputs(kg: &mut KernelGraph, uses: &BTreeMap<KTensorId, Vec<
 
 /// The reduced type a conv or pooling result `t` may be stored in: when it is produced by
 /// such a kernel with a bf16/fp16 `act_dtype` and every reader computes in that type
-/// (its `act_dtype`, and its `mm_dtype` if it is a conv). `None` otherwise.
+/// (its `act_dtype`, and its `mm_dtype` if it is a conv, or int8: it quantizes the
+/// stored values on load). `None` otherwise.
 fn conv_activation_type(
     kg: &KernelGraph,
     t: KTensorId,
@@ -422,7 +423,11 @@ fn conv_activation_type(
     uses.iter()
         .all(|u| {
             let k = &kg.kernels[u.kernel];
-            k.act_dtype == act && (!matches!(k.op, KernelOp::Conv2d { .. }) || k.mm_dtype == act)
+            // An int8 conv quantizes what it loads: a 16-bit map is as good an input.
+            k.act_dtype == act
+                && (!matches!(k.op, KernelOp::Conv2d { .. })
+                    || k.mm_dtype == act
+                    || k.mm_dtype == Dtype::I8)
         })
         .then_some(act)
 }

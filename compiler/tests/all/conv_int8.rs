@@ -9,12 +9,13 @@
 
 use super::backend_harness::{Precision, check, cosine, reference, simulate};
 use super::conv_chip::{conv_graph, mini_resnet};
-use neuron_isa::{Dtype, Op as IsaOp};
+use neuron_isa::{Dtype, Op as IsaOp, TensorKind};
 use neuron_sim::SimOptions;
 use neuronc::driver::{Compiled, compile};
 use neuronc::ir::{Graph, Tensor};
 use neuronc::kernel::KernelOp;
 use neuronc::kernel::interp::interpret;
+use neuronc::options::{AutoCast, CompileOptions};
 use neuronc::passes::run_middle_end;
 use neuronc::reference::random_inputs;
 use proptest::prelude::*;
@@ -28,7 +29,16 @@ fn simulate_and_interpret(
     g: &Graph,
     inputs: &BTreeMap<String, Tensor>,
 ) -> (Compiled, Outputs, Outputs) {
-    let opts = Precision::Int8.options();
+    simulate_and_interpret_with(g, inputs, &Precision::Int8.options())
+}
+
+/// [`simulate_and_interpret`] with explicit options.
+fn simulate_and_interpret_with(
+    g: &Graph,
+    inputs: &BTreeMap<String, Tensor>,
+    opts: &CompileOptions,
+) -> (Compiled, Outputs, Outputs) {
+    let opts = opts.clone();
     let c = compile(g, &opts).unwrap_or_else(|e| panic!("compile failed: {e}"));
     let sim_opts = SimOptions {
         check_races: true,
@@ -172,6 +182,41 @@ fn reduced_resnet_int8_matches_the_interpreter_and_keeps_the_top1_class() {
     );
     assert!(agree >= batch - 1, "top-1 agreement {agree}/{batch}");
     assert!(maxerr <= 0.1 * scale, "max error {maxerr} vs scale {scale}");
+}
+
+#[test]
+fn under_auto_cast_all_int8_convs_read_bf16_maps_and_match_the_interpreter() {
+    let g = mini_resnet(2, 32);
+    let opts = CompileOptions {
+        auto_cast: AutoCast::All,
+        ..Precision::Int8.options()
+    };
+    let kg = run_middle_end(&g, &opts, &mut |_, _| {}).unwrap();
+    // A map between convolutions is stored in the elementwise type (bf16): the int8 conv
+    // reading it quantizes what it loads either way.
+    let bf16_inputs = kg
+        .kernels
+        .iter()
+        .filter_map(|k| match k.op {
+            KernelOp::Conv2d { x, .. } => kg.tensor(k.inputs[x].tensor),
+            _ => None,
+        })
+        .filter(|t| t.kind == TensorKind::Scratch && t.dtype == Dtype::Bf16)
+        .count();
+    assert!(bf16_inputs >= 6, "{bf16_inputs} conv inputs stored bf16");
+    let inputs = random_inputs(&g);
+    let (c, sim, interp) = simulate_and_interpret_with(&g, &inputs, &opts);
+    assert!(conv_matmuls_are_int8(&c) > 0);
+    // The epilogues run in bf16 here, and the chip's eviction adds the bias in the same
+    // instruction as the dequantization (one bf16 rounding where the interpreter rounds
+    // twice): the bf16 tolerance of the harness, 2e-2 of the scale.
+    assert_matches_interpreter("logits", &sim["logits"], &interp["logits"], 2e-2);
+    check(
+        Precision::Int8,
+        "logits",
+        &sim["logits"],
+        &reference(&g, &inputs)["logits"],
+    );
 }
 
 proptest! {
