@@ -572,8 +572,12 @@ pub fn buffers(s: &ConvShape, t: &ConvTiling, cfg: &ChipConfig) -> Vec<BufferReq
     if ncols > 0 {
         b.push(BufferReq::sbuf("cols", (ncols * otiles) as u64 * 4, 1));
     }
-    if s.int8.is_some() {
-        b.push(BufferReq::sbuf("stage", band_bytes(s, t, parts) * 4, 2));
+    if let Some(q) = &s.int8 {
+        b.push(BufferReq::sbuf(
+            "stage",
+            band_bytes(s, t, parts) * q.stage.size(),
+            2,
+        ));
     }
     if chain::has_cast(&s.epilogue) {
         b.push(BufferReq::sbuf("cast", npix * chain::CAST_BYTES, 1));
@@ -955,10 +959,10 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                     value: 0.0,
                 },
             );
-            if let Some((_, st)) = &stage {
+            if let Some((q, st)) = &stage {
                 let dst = sbuf(
                     Memory::Sbuf,
-                    Dtype::F32,
+                    q.stage,
                     0,
                     prows,
                     st.slot(i),
@@ -1030,8 +1034,9 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                     // Stacked rows go to the (zeroed) staging slot, then the
                                     // whole stacked band is quantized.
                                     let mut sf = s.clone();
-                                    sf.mm_dtype = Dtype::F32;
-                                    let sbase = st.slot(slot - 1) + (ct * t.timg * img) as u64 * 4;
+                                    sf.mm_dtype = q.stage;
+                                    let sbase = st.slot(slot - 1)
+                                        + (ct * t.timg * img) as u64 * q.stage.size();
                                     pstack_band(
                                         ctx,
                                         &sf,
@@ -1043,7 +1048,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                     )?;
                                     let bnd =
                                         sbuf(Memory::Sbuf, mm, 0, prows, tbase, dense(nb * img));
-                                    let stg = super::conv_int8::staged(&bnd, tbase, sbase);
+                                    let stg = super::conv_int8::staged(&bnd, tbase, sbase, q.stage);
                                     super::conv_int8::quantize(ctx, q, bnd, stg);
                                 }
                             }

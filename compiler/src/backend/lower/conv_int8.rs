@@ -10,8 +10,8 @@
 //!   each partition's `[tap, o]` one contiguous run. The resident weights load as they
 //!   are; the packed forms (block-diagonal groups, stacked kernel rows) are built from
 //!   the i8 values.
-//! - **Inputs** stay float in HBM. Each band load lands in an f32 *staging* slot with the
-//!   band's element layout, and one `TensorScalar` (`x / act_scale`, written to the i8
+//! - **Inputs** stay float in HBM. Each band load lands in a *staging* slot (f32, or the
+//!   input's own 16-bit type) with the band's element layout, and one `TensorScalar` (`x / act_scale`, written to the i8
 //!   band: the write rounds to nearest even and saturates) quantizes exactly the elements
 //!   the load wrote. Padding is zeroed in the i8 band directly (0 quantizes to 0).
 //! - **Eviction** multiplies the i32 accumulator by the per-output-channel column
@@ -33,6 +33,9 @@ pub struct ConvInt8 {
     pub act_scale: f32,
     /// Per output channel: `act_scale * w_scale[o]`, the eviction's multiplier.
     pub dequant: Vec<f32>,
+    /// The staging type: the input's storage type when it is 16-bit (exact, and half the
+    /// bytes of f32), else f32.
+    pub stage: Dtype,
 }
 
 /// The int8 facts of conv kernel `k`: `None` unless its `mm_dtype` is i8; an error when
@@ -42,7 +45,7 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<Option<ConvInt8>, Compile
         return Ok(None);
     }
     let err = |m: String| lowering_error(k, m);
-    let KernelOp::Conv2d { w, .. } = &k.op else {
+    let KernelOp::Conv2d { x, w, .. } = &k.op else {
         return Err(err("internal: not a conv2d".into()));
     };
     let act_scale = k
@@ -77,27 +80,42 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<Option<ConvInt8>, Compile
                 wt.shape
             ))
         })?;
+    let xdt = kg
+        .tensor(super::kernel_input(k, *x)?.tensor)
+        .map_or(Dtype::F32, |t| t.dtype);
     Ok(Some(ConvInt8 {
         act_scale,
         dequant: scales.iter().map(|w| act_scale * w).collect(),
+        stage: if matches!(xdt, Dtype::Bf16 | Dtype::F16) {
+            xdt
+        } else {
+            Dtype::F32
+        },
     }))
 }
 
-/// The f32 staging pattern of band pattern `band` (i8): the same partitions and element
-/// layout, in the staging buffer (`band` at `band_base` bytes, staging at `stage_base`).
-pub fn staged(band: &Ap, band_base: u64, stage_base: u64) -> Ap {
+/// The staging pattern (type `stage`) of band pattern `band` (i8): the same partitions
+/// and element layout, in the staging buffer (`band` at `band_base` bytes, staging at
+/// `stage_base`).
+pub fn staged(band: &Ap, band_base: u64, stage_base: u64, stage: Dtype) -> Ap {
     let elem = band.offset.saturating_sub(band_base) / band.dtype.size().max(1);
     Ap {
-        dtype: Dtype::F32,
-        offset: stage_base + elem * Dtype::F32.size(),
+        dtype: stage,
+        offset: stage_base + elem * stage.size(),
         ..band.clone()
     }
 }
 
-/// `band = stage / act_scale` into i8 (the write rounds to nearest even and saturates),
-/// on the engine whose turn it is to evict.
+/// `band = stage / act_scale` into i8 (the write rounds to nearest even and saturates).
+/// Both are SBUF, so GpSimd (otherwise idle but for memsets) takes every third one, and
+/// ScalarE and VectorE, which also evict PSUM, the others in turn.
 pub fn quantize(ctx: &mut LowerCtx<'_>, q: &ConvInt8, band: Ap, stage: Ap) {
-    let e = ctx.evict_engine();
+    ctx.evict_rr += 1;
+    let e = match ctx.evict_rr % 3 {
+        0 => Engine::GpSimd,
+        1 => Engine::Scalar,
+        _ => Engine::Vector,
+    };
     ctx.push(
         e,
         Op::TensorScalar {
@@ -122,7 +140,7 @@ pub fn load_band(
     src: Ap,
     (band_base, stage_base): (u64, u64),
 ) {
-    let stage = staged(&band, band_base, stage_base);
+    let stage = staged(&band, band_base, stage_base, q.stage);
     ctx.load(stage.clone(), src);
     quantize(ctx, q, band, stage);
 }
