@@ -130,18 +130,22 @@ fn initial_storage(
             let vals = data.to_f64();
             match &t.quant_scale {
                 Some(scales) => {
-                    let last = t.shape.last().copied().unwrap_or(1).max(1);
-                    if scales.len() != last {
+                    let axis = t.quant_axis;
+                    if t.shape.get(axis) != Some(&scales.len()) {
                         return Err(CompileError::Eval(format!(
-                            "weight '{}': {} quantization scales for a last axis of {last}",
+                            "weight '{}': {} quantization scales for axis {axis} of shape {:?}",
                             t.name,
-                            scales.len()
+                            scales.len(),
+                            t.shape
                         )));
                     }
                     Ok(vals
                         .iter()
                         .enumerate()
-                        .map(|(i, &q)| q * f64::from(scales[i % last]))
+                        .map(|(i, &q)| {
+                            let c = t.quant_channel(i).unwrap_or(0);
+                            q * f64::from(scales[c])
+                        })
                         .collect())
                 }
                 // Pre-cast weights hold f32 values; the artifact writer rounds them to
@@ -429,18 +433,17 @@ fn run_kernel(kg: &KernelGraph, k: &Kernel, ins: &[ArrayD<f64>]) -> Result<Array
                     wv.shape()
                 ));
             }
-            if k.mm_dtype == Dtype::I8 {
-                return Err("conv2d has no int8 form (precision gives it bf16)".into());
-            }
-            let r = |a: &ArrayD<f64>| a.mapv(|v| round_to(v, k.mm_dtype));
+            // int8: the input quantized with `act_scale`, the weight as stored (already
+            // `q * scale[o]`), exactly like a matmul's operands.
+            let xq = mm_operand(kg, k, xv, &k.inputs[*x], true)?;
+            let wq = mm_operand(kg, k, wv, &k.inputs[*w], false)?;
             let params = crate::reference::ops::conv::ConvParams {
                 strides: window.strides,
                 pads: window.pads,
                 dilations: window.dilations,
                 groups: *groups,
             };
-            let acc =
-                crate::reference::ops::conv::conv2d(&r(xv), &r(wv), None, params, &k.output.shape)?;
+            let acc = crate::reference::ops::conv::conv2d(&xq, &wq, None, params, &k.output.shape)?;
             apply_ops(acc, epilogue, ins, act)
         }
         KernelOp::Pool {
@@ -518,17 +521,20 @@ fn mm_operand(
     if is_a {
         let s = f64::from(
             k.act_scale
-                .ok_or("int8 matmul without an activation scale (act_scale)")?,
+                .ok_or("int8 kernel without an activation scale (act_scale)")?,
         );
         if s <= 0.0 || !s.is_finite() {
             return Err(format!("int8 activation scale {s} is not positive"));
         }
-        return Ok(x.mapv(|v| round_to(v / s, Dtype::I8) * s));
+        // The chip divides in fp32 (`TensorScalar` on VectorE/ScalarE) and the i8 write
+        // rounds to nearest even and saturates: the same quotient bits here.
+        let s32 = s as f32;
+        return Ok(x.mapv(|v| round_to(f64::from(v as f32 / s32), Dtype::I8) * s));
     }
     let t = &kg.tensors[view.tensor.0 as usize];
     if t.quant_scale.is_none() || t.dtype != Dtype::I8 {
         return Err(format!(
-            "int8 matmul operand '{}' is not an int8 weight with per-channel scales",
+            "int8 operand '{}' is not an int8 weight with per-channel scales",
             t.name
         ));
     }

@@ -51,15 +51,26 @@ pub struct KTensor {
     pub kind: TensorKind,
     /// Data for weights (already in `dtype`'s value set, held as f32 or int data).
     pub data: Option<ParamData>,
-    /// For int8 weights: dequantization scale per output channel (last axis), so that
-    /// `real = stored * scale[n]`.
+    /// For int8 weights: dequantization scale per output channel, so that
+    /// `real = stored * scale[n]` where `n` is the index along [`KTensor::quant_axis`].
     pub quant_scale: Option<Vec<f32>>,
+    /// The axis `quant_scale` indexes: the last for matmul weights `[K, N]`, 0 for
+    /// convolution weights `[O, C/G, KH, KW]`. Meaningless without `quant_scale`.
+    pub quant_axis: usize,
 }
 
 impl KTensor {
     /// Number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
+    }
+
+    /// For a quantized weight, the `quant_scale` index of storage element `i` (row-major):
+    /// its coordinate along `quant_axis`. `None` if the axis is out of range.
+    pub fn quant_channel(&self, i: usize) -> Option<usize> {
+        let size = *self.shape.get(self.quant_axis)?;
+        let inner: usize = self.shape[self.quant_axis + 1..].iter().product();
+        Some((i / inner.max(1)) % size.max(1))
     }
 }
 

@@ -128,6 +128,7 @@ impl<'g> Builder<'g> {
             kind,
             data: None,
             quant_scale: None,
+            quant_axis: 0,
         });
         self.loc[v.index()] = Some(View::contiguous(id, &val.shape));
         id

@@ -16,9 +16,11 @@
 //! rounds on load); for int8 it is quantized here, symmetric per output channel, into
 //! `data` (i8) and `quant_scale`.
 //!
-//! int8 needs a per-tensor scale for the activation operand, found by calibration
-//! ([`crate::quant`]). A matmul whose `b` is not such a weight (attention, activation
-//! times activation, a weight also read elsewhere) has no int8 form here and uses bf16.
+//! int8 needs a per-tensor scale for the activation operand (a matmul's `a`, a
+//! convolution's `x`), found by calibration ([`crate::quant`]). A matmul whose `b` is not
+//! such a weight (attention, activation times activation, a weight also read elsewhere)
+//! has no int8 form here and uses bf16; so does a convolution whose weight is not a
+//! constant read only whole by convolutions (quantized per output channel, axis 0).
 //! Kernels whose data (not a mask or condition operand) or result is integer or boolean
 //! compute in fp32.
 
@@ -28,7 +30,7 @@ use crate::CompileError;
 use crate::ir::Graph;
 use crate::kernel::{KTensorId, KernelGraph, KernelOp};
 use crate::options::{AutoCast, CastType, CompileOptions};
-use crate::quant::{activation_scales, calibration_inputs, quantize_symmetric};
+use crate::quant::{activation_scales, calibration_inputs, quantize_symmetric_axis};
 use neuron_isa::{Dtype, TensorKind};
 
 /// The `act_dtype` for elementwise work under `opts`.
@@ -53,6 +55,9 @@ struct Use {
     /// Read as data the kernel multiplies on TensorE (a matmul's `a` or `b`, attention's
     /// `q`, `k` or `v`), which it rounds to its `mm_dtype` on load.
     mm_operand: bool,
+    /// Read whole, in its own shape, as a convolution's weight `[O, C/G, KH, KW]` (axis 0
+    /// is the output channel).
+    plain_conv_w: bool,
 }
 
 /// Every read of every tensor.
@@ -63,7 +68,7 @@ fn tensor_uses(kg: &KernelGraph) -> BTreeMap<KTensorId, Vec<Use>> {
             let (is_b, transpose_b) = match k.op {
                 KernelOp::MatMul { b, transpose_b, .. } => (b == i, transpose_b),
                 // A conv weight is TensorE's other operand too (stored pre-cast like a
-                // matmul `b`), but never quantized: it is not a plain `[K, N]`.
+                // matmul `b`); it is not a plain `[K, N]` (see `plain_conv_w` for int8).
                 KernelOp::Conv2d { w, .. } => (w == i, true),
                 _ => (false, false),
             };
@@ -76,11 +81,13 @@ fn tensor_uses(kg: &KernelGraph) -> BTreeMap<KTensorId, Vec<Use>> {
             let plain = kg
                 .tensor(v.tensor)
                 .is_some_and(|t| v.shape == t.shape && v.is_whole_contiguous(t.numel()));
+            let conv_w = matches!(k.op, KernelOp::Conv2d { w, .. } if w == i);
             uses.entry(v.tensor).or_default().push(Use {
                 kernel: ki,
                 is_b,
                 plain_b: is_b && plain && !transpose_b,
                 mm_operand,
+                plain_conv_w: conv_w && plain,
             });
         }
     }
@@ -123,6 +130,15 @@ pub fn assign(g: &Graph, kg: &mut KernelGraph, opts: &CompileOptions) -> Result<
             x.kind == TensorKind::Weight && x.dtype == Dtype::F32 && x.data.is_some()
         }) && uses.get(&t).is_some_and(|u| u.iter().all(|u| u.plain_b))
     };
+    // Likewise a weight read only whole as convolution weights, quantized per output
+    // channel (axis 0) after batch_norm folding (which ran before kernelization).
+    let int8_conv_weight = |t: KTensorId| {
+        kg.tensor(t).is_some_and(|x| {
+            x.kind == TensorKind::Weight && x.dtype == Dtype::F32 && x.data.is_some()
+        }) && uses
+            .get(&t)
+            .is_some_and(|u| u.iter().all(|u| u.plain_conv_w))
+    };
     let mut plan = Vec::with_capacity(kg.kernels.len());
     for k in &kg.kernels {
         // The data the kernel computes on (not masks and conditions) must be float for
@@ -149,8 +165,17 @@ pub fn assign(g: &Graph, kg: &mut KernelGraph, opts: &CompileOptions) -> Result<
                     (Dtype::Bf16, act)
                 }
             }
-            // No int8 convolution yet: bf16 on TensorE (docs/compiler.md).
-            KernelOp::Conv2d { .. } if mm == Dtype::I8 => (Dtype::Bf16, act),
+            KernelOp::Conv2d { w, .. } if mm == Dtype::I8 => {
+                if int8_conv_weight(k.inputs[*w].tensor) {
+                    (Dtype::I8, act)
+                } else {
+                    tracing::info!(
+                        kernel = %k.name,
+                        "no int8 form (the weight is not a constant read only whole by convolutions): bf16"
+                    );
+                    (Dtype::Bf16, act)
+                }
+            }
             KernelOp::MatMul { .. } | KernelOp::Attention { .. } | KernelOp::Conv2d { .. } => {
                 (mm, act)
             }
@@ -198,13 +223,62 @@ fn precast_weights(kg: &mut KernelGraph, uses: &BTreeMap<KTensorId, Vec<Use>>) {
         let data = tensor.data.clone();
         let tensor = &mut kg.tensors[t.0 as usize];
         if target == Dtype::I8 {
-            // Only kernels whose weight has data and plain uses were given int8.
+            // Only kernels whose weight has data and plain uses were given int8. A conv
+            // weight's output channel is axis 0, a matmul weight's the last.
             let Some(data) = data else { continue };
-            let q = quantize_symmetric(&data, true);
+            let axis = if u.iter().all(|u| u.plain_conv_w) {
+                0
+            } else {
+                tensor.shape.len().saturating_sub(1)
+            };
+            let q = quantize_symmetric_axis(&data, axis, true);
             tensor.data = Some(q.data.into());
             tensor.quant_scale = Some(q.scales);
+            tensor.quant_axis = axis;
+            tensor.dtype = target;
+            if axis == 0 {
+                conv_weight_channel_last(kg, t);
+            }
+            continue;
         }
         tensor.dtype = target;
+    }
+}
+
+/// Stores an int8 convolution weight `[O, C/G, KH, KW]` as `[C/G, KH, KW, O]` (scales on
+/// the last axis), its readers' views keeping the logical shape with permuted strides:
+/// the kernel loads `[c, tap, o]` with `c` on partitions, and DMA cannot transpose 1-byte
+/// elements (`neuron_sim::dma`), so in OIHW order every weight byte would be its own
+/// descriptor; channel-last makes each partition's taps and output channels one run.
+fn conv_weight_channel_last(kg: &mut KernelGraph, t: KTensorId) {
+    use crate::ir::Tensor;
+    let Some(tensor) = kg.tensors.get_mut(t.0 as usize) else {
+        return;
+    };
+    let [o, cg, kh, kw] = tensor.shape[..] else {
+        return;
+    };
+    let Some(Tensor::I8(q)) = tensor.data.as_deref() else {
+        return;
+    };
+    let Ok(q4) = q.view().into_dimensionality::<ndarray::Ix4>() else {
+        return;
+    };
+    let permuted = q4.permuted_axes([1, 2, 3, 0]);
+    let data: Vec<i8> = permuted.iter().copied().collect();
+    let Ok(arr) = ndarray::ArrayD::from_shape_vec(vec![cg, kh, kw, o], data) else {
+        return;
+    };
+    tensor.data = Some(Tensor::I8(arr).into());
+    tensor.shape = vec![cg, kh, kw, o];
+    tensor.quant_axis = 3;
+    let strides = vec![1, (kh * kw * o) as isize, (kw * o) as isize, o as isize];
+    for k in &mut kg.kernels {
+        for v in k.inputs.iter_mut().filter(|v| v.tensor == t) {
+            v.offset = 0;
+            v.shape = vec![o, cg, kh, kw];
+            v.strides = strides.clone();
+        }
     }
 }
 
@@ -326,7 +400,8 @@ fn precast_max_pool_inputs(kg: &mut KernelGraph, uses: &BTreeMap<KTensorId, Vec<
 
 /// The reduced type a conv or pooling result `t` may be stored in: when it is produced by
 /// such a kernel with a bf16/fp16 `act_dtype` and every reader computes in that type
-/// (its `act_dtype`, and its `mm_dtype` if it is a conv). `None` otherwise.
+/// (its `act_dtype`, and its `mm_dtype` if it is a conv, or int8: it quantizes the
+/// stored values on load). `None` otherwise.
 fn conv_activation_type(
     kg: &KernelGraph,
     t: KTensorId,
@@ -348,7 +423,11 @@ fn conv_activation_type(
     uses.iter()
         .all(|u| {
             let k = &kg.kernels[u.kernel];
-            k.act_dtype == act && (!matches!(k.op, KernelOp::Conv2d { .. }) || k.mm_dtype == act)
+            // An int8 conv quantizes what it loads: a 16-bit map is as good an input.
+            k.act_dtype == act
+                && (!matches!(k.op, KernelOp::Conv2d { .. })
+                    || k.mm_dtype == act
+                    || k.mm_dtype == Dtype::I8)
         })
         .then_some(act)
 }

@@ -1,8 +1,9 @@
-//! Activation scales for int8 matmuls from a calibration run of the reference executor.
+//! Activation scales for int8 matmuls and convolutions from a calibration run of the
+//! reference executor.
 //!
 //! The graph is evaluated once on the calibration inputs (`--calibrate NAME=FILE.npy`,
-//! or seeded random inputs when none are given); each int8 matmul's activation operand
-//! is read back through the kernel's own view of it (so a folded transpose or slice sees
+//! or seeded random inputs when none are given); each int8 kernel's activation operand
+//! (a matmul's `a`, a convolution's `x`) is read back through the kernel's own view of it (so a folded transpose or slice sees
 //! exactly the elements the kernel multiplies), and its scale is `max|a| / 127`.
 
 use std::collections::BTreeMap;
@@ -25,7 +26,7 @@ pub fn calibration_inputs(g: &Graph, opts: &CompileOptions) -> BTreeMap<String, 
     }
 }
 
-/// Per-tensor scales of the `a` operand of the matmul kernels `kernels` (indices into
+/// Per-tensor scales of the activation operand of the int8 kernels `kernels` (indices into
 /// `kg.kernels`), from running `g` on `inputs`.
 pub fn activation_scales(
     g: &Graph,
@@ -52,11 +53,18 @@ pub fn activation_scales(
             .kernels
             .get(i)
             .ok_or_else(|| CompileError::Internal(format!("kernel {i} does not exist")))?;
-        let KernelOp::MatMul { a, .. } = k.op else {
-            return Err(CompileError::Precision {
-                kernel: k.name.clone(),
-                message: format!("int8 calibration expects a matmul, found {}", k.op.kind()),
-            });
+        let a = match k.op {
+            KernelOp::MatMul { a, .. } => a,
+            KernelOp::Conv2d { x, .. } => x,
+            _ => {
+                return Err(CompileError::Precision {
+                    kernel: k.name.clone(),
+                    message: format!(
+                        "int8 calibration expects a matmul or a convolution, found {}",
+                        k.op.kind()
+                    ),
+                });
+            }
         };
         let view = &k.inputs[a];
         let t = kg.tensor(view.tensor).ok_or_else(|| {

@@ -10,4 +10,4 @@ pub mod calibrate;
 pub mod weights;
 
 pub use calibrate::{activation_scales, calibration_inputs};
-pub use weights::{QuantizedWeight, quantize_symmetric};
+pub use weights::{QuantizedWeight, quantize_symmetric, quantize_symmetric_axis};

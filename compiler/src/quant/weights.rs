@@ -42,12 +42,22 @@ pub fn quantize_value(x: f64, scale: f32) -> i8 {
 /// weight is read transposed or through a partial view, where the last axis is not the
 /// output channel).
 pub fn quantize_symmetric(w: &Tensor, per_channel: bool) -> QuantizedWeight {
+    let last = w.shape().len().saturating_sub(1);
+    quantize_symmetric_axis(w, last, per_channel)
+}
+
+/// [`quantize_symmetric`] with the output channel on `axis` (0 for a convolution weight
+/// `[O, C/G, KH, KW]`): `scales[o] = max|w[.., o, ..]| / 127` over every other axis. An
+/// axis past the rank means one channel.
+pub fn quantize_symmetric_axis(w: &Tensor, axis: usize, per_channel: bool) -> QuantizedWeight {
     let x = w.to_f64();
-    let n = x.shape().last().copied().unwrap_or(1).max(1);
-    // Logical row-major order: element i sits at index i % n of the last axis.
+    let n = x.shape().get(axis).copied().unwrap_or(1).max(1);
+    let inner: usize = x.shape().get(axis + 1..).map_or(1, |s| s.iter().product());
+    // Logical row-major order: element i sits at index (i / inner) % n of `axis`.
+    let chan = |i: usize| (i / inner.max(1)) % n;
     let mut maxes = vec![0.0f64; n];
     for (i, v) in x.iter().enumerate() {
-        maxes[i % n] = maxes[i % n].max(v.abs());
+        maxes[chan(i)] = maxes[chan(i)].max(v.abs());
     }
     let scales: Vec<f32> = if per_channel {
         maxes.iter().map(|&m| scale_for(m)).collect()
@@ -57,7 +67,7 @@ pub fn quantize_symmetric(w: &Tensor, per_channel: bool) -> QuantizedWeight {
     let q: Vec<i8> = x
         .iter()
         .enumerate()
-        .map(|(i, &v)| quantize_value(v, scales[i % n]))
+        .map(|(i, &v)| quantize_value(v, scales[chan(i)]))
         .collect();
     let data = Tensor::I8(
         ArrayD::from_shape_vec(x.shape(), q).unwrap_or_else(|_| ArrayD::zeros(x.shape())),
@@ -88,5 +98,27 @@ mod tests {
         let t = quantize_symmetric(&w, false);
         assert_eq!(t.scales, vec![(2.54f64 / 127.0) as f32; 2]);
         assert_eq!(scale_for(0.0), 1.0);
+    }
+
+    #[test]
+    fn conv_weights_quantize_per_output_channel_on_axis_0() {
+        // [O=2, C=1, KH=1, KW=2]: channel 0 holds {1.5, -2}, channel 1 {0.5, 0.2}.
+        let w = Tensor::F32(
+            ndarray::Array4::from_shape_vec((2, 1, 1, 2), vec![1.5f32, -2.0, 0.5, 0.2])
+                .unwrap()
+                .into_dyn(),
+        );
+        let q = quantize_symmetric_axis(&w, 0, true);
+        assert_eq!(
+            q.scales,
+            vec![(2.0f64 / 127.0) as f32, (0.5f64 / 127.0) as f32]
+        );
+        let Tensor::I8(d) = &q.data else {
+            panic!("not i8")
+        };
+        assert_eq!(
+            d.iter().copied().collect::<Vec<_>>(),
+            vec![95, -127, 127, 51]
+        );
     }
 }

@@ -185,7 +185,7 @@ fn bottleneck(
 /// A reduced ResNet-50: the 7x7 stride-2 stem with batch_norm and relu, a 3x3 stride-2
 /// max pool, three bottlenecks (the first two with projection shortcuts, one strided),
 /// global average pooling and a linear classifier.
-fn mini_resnet(batch: usize, image: usize) -> Graph {
+pub(crate) fn mini_resnet(batch: usize, image: usize) -> Graph {
     let mut g = Graph::new("mini_resnet");
     g.seed = 11;
     let x = g
@@ -290,7 +290,7 @@ fn standalone_batch_norm_runs_on_vector_engine() {
 
 /// One convolution with a fused bias, residual and relu epilogue.
 #[allow(clippy::too_many_arguments)]
-fn conv_graph(
+pub(crate) fn conv_graph(
     n: usize,
     cin: usize,
     cout: usize,

@@ -13,6 +13,7 @@ mod backend_resident;
 mod cli;
 mod compile_e2e;
 mod conv_chip;
+mod conv_int8;
 mod diff_fuzz;
 mod flash_attention;
 mod fp32_bound;

@@ -151,6 +151,8 @@ pub struct ConvShape {
     pub w_data: Option<Vec<f32>>,
     /// Bytes per element of the input and the output in HBM.
     pub io_bytes: (u64, u64),
+    /// int8 quantization (`lower/conv_int8.rs`), when `mm_dtype` is i8.
+    pub int8: Option<super::conv_int8::ConvInt8>,
 }
 
 impl ConvShape {
@@ -292,11 +294,16 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<ConvShape, CompileError> 
     }
     let w_data = kg.tensor(wv.tensor).and_then(|t| {
         let whole = wv.shape == t.shape && wv.is_whole_contiguous(t.numel());
-        let data = t
-            .data
-            .as_ref()
-            .filter(|_| whole && t.quant_scale.is_none())?;
-        Some(data.to_f32().iter().copied().collect())
+        let data = t.data.as_ref()?;
+        if whole {
+            return Some(data.to_f32().iter().copied().collect());
+        }
+        // An int8 weight: its i8 values (the packed forms hold them as f32), stored
+        // channel-last and read in `[O, C/G, KH, KW]` order through the view.
+        let flat: Vec<f64> = data.to_f64().iter().copied().collect();
+        let v = crate::kernel::interp::read_view(&flat, &wv).ok()?;
+        (t.quant_scale.is_some() && wv.numel() == t.numel())
+            .then(|| v.iter().map(|&x| x as f32).collect())
     });
     let io_bytes = (
         kg.tensor(xv.tensor).map_or(4, |t| t.dtype.size()),
@@ -320,6 +327,7 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<ConvShape, CompileError> 
         epilogue: epilogue.clone(),
         w_data,
         io_bytes,
+        int8: super::conv_int8::analyze(kg, k)?,
     })
 }
 
@@ -448,6 +456,8 @@ pub fn choose(s: &ConvShape, cfg: &ChipConfig) -> ConvTiling {
         per * (tiles * (s.groups / gpack) * cs.div_ceil(parts) * os.div_ceil(parts) * taps) as f64;
     if s.mm_dtype == Dtype::F32 {
         cyc *= 4.0;
+    } else if s.mm_dtype == Dtype::I8 {
+        cyc /= f64::from(cfg.matmul_int8_speedup.max(1));
     }
     let est_ns = cyc / cfg.tensor_clock_ghz.max(1e-9);
     // Image packing (`conv_ipack`) when it needs fewer matmuls than the stacking above.
@@ -589,12 +599,22 @@ pub fn buffers(s: &ConvShape, t: &ConvTiling, cfg: &ChipConfig) -> Vec<BufferReq
     let mut b = vec![
         BufferReq::sbuf("w", weight_bytes(s, t, parts), 1),
         BufferReq::sbuf("band", band_bytes(s, t, parts), d.band),
-        BufferReq::psum("acc", npix * 4, d.acc),
+        BufferReq::psum("acc", npix * 4, d.acc), // f32, or i32 for int8
         BufferReq::sbuf("work", npix * s.act_dtype.size(), d.acc),
         BufferReq::sbuf("out", spix * 4, d.out),
     ];
+    // int8: the dequantization column, and an f32 staging slot per band slot.
+    let ncols = ncols + usize::from(s.int8.is_some());
     if ncols > 0 {
         b.push(BufferReq::sbuf("cols", (ncols * otiles) as u64 * 4, 1));
+    }
+    if let Some(q) = &s.int8 {
+        // One staging slot per band slot (the lowering indexes both by the band's slot).
+        b.push(BufferReq::sbuf(
+            "stage",
+            band_bytes(s, t, parts) * q.stage.size(),
+            d.band,
+        ));
     }
     if chain::has_cast(&s.epilogue) {
         b.push(BufferReq::sbuf("cast", npix * chain::CAST_BYTES, 1));
@@ -631,8 +651,10 @@ pub(crate) fn depth(s: &ConvShape, t: &ConvTiling, cfg: &ChipConfig) -> Depth {
         acc: 4,
         out: 4,
     };
+    // int8 bands also take an f32 (or 16-bit) staging slot each.
+    let stage = s.int8.as_ref().map_or(0, |q| q.stage.size());
     let bytes = weight_bytes(s, t, parts)
-        + band_bytes(s, t, parts) * u64::from(deep.band)
+        + band_bytes(s, t, parts) * (1 + stage) * u64::from(deep.band)
         + npix * s.act_dtype.size() * u64::from(deep.acc)
         + spix * 4 * (1 + full_ops) * u64::from(deep.out);
     if bytes <= cfg.sbuf_bytes_per_partition / 2 {
@@ -941,7 +963,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
 
     // Per-channel epilogue columns, loaded once: column `ci * otiles + tile`.
     let otiles = blocks * n_ot;
-    let cols_buf = if s.operands.iter().any(|o| o.2) {
+    let cols_buf = if s.operands.iter().any(|o| o.2) || s.int8.is_some() {
         Some(ctx.buf("cols")?)
     } else {
         None
@@ -973,6 +995,31 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
         }
     }
 
+    // int8: the dequantization column `act_scale * w_scale[o]` after the operands' columns,
+    // and the f32 staging buffer of the bands (`lower/conv_int8.rs`).
+    let dq_ci = col_index.len();
+    let stage = match (&s.int8, &cols_buf) {
+        (Some(q), Some(cb)) => {
+            let cid = ctx.constant("dequant", q.dequant.clone());
+            for blk in 0..blocks {
+                for oi in 0..n_ot {
+                    let o0 = blk * os + oi * parts;
+                    let no = (os - oi * parts).min(parts);
+                    let dst = sbuf(
+                        Memory::Sbuf,
+                        Dtype::F32,
+                        0,
+                        no,
+                        cb.slot(0) + ((dq_ci * otiles + blk * n_ot + oi) * 4) as u64,
+                        dense(1),
+                    );
+                    ctx.load(dst, super::conv_int8::dequant_src(cid, o0, no));
+                }
+            }
+            Some((q.clone(), ctx.buf("stage")?))
+        }
+        _ => None,
+    };
     let (hb, wb) = (band_rows(&s, t, t.rows * t.sub), band_width(&s, t, t.cols));
     let img = hb * wb;
     if t.pack > 1 || t.pstack {
@@ -993,6 +1040,17 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                     value: 0.0,
                 },
             );
+            if let Some((q, st)) = &stage {
+                let dst = sbuf(
+                    Memory::Sbuf,
+                    q.stage,
+                    0,
+                    prows,
+                    st.slot(i),
+                    dense(t.timg * img),
+                );
+                ctx.push(Engine::GpSimd, Op::Memset { dst, value: 0.0 });
+            }
         }
     }
     let mut slot = 0usize;
@@ -1049,7 +1107,32 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                             );
                         }
                         if t.pstack {
-                            pstack_band(ctx, &s, (xt, xdt), tbase, (n0, nb), (r0, nr), img)?;
+                            match &stage {
+                                None => {
+                                    pstack_band(ctx, &s, (xt, xdt), tbase, (n0, nb), (r0, nr), img)?
+                                }
+                                Some((q, st)) => {
+                                    // Stacked rows go to the (zeroed) staging slot, then the
+                                    // whole stacked band is quantized.
+                                    let mut sf = s.clone();
+                                    sf.mm_dtype = q.stage;
+                                    let sbase = st.slot(slot - 1)
+                                        + (ct * t.timg * img) as u64 * q.stage.size();
+                                    pstack_band(
+                                        ctx,
+                                        &sf,
+                                        (xt, xdt),
+                                        sbase,
+                                        (n0, nb),
+                                        (r0, nr),
+                                        img,
+                                    )?;
+                                    let bnd =
+                                        sbuf(Memory::Sbuf, mm, 0, prows, tbase, dense(nb * img));
+                                    let stg = super::conv_int8::staged(&bnd, tbase, sbase, q.stage);
+                                    super::conv_int8::quantize(ctx, q, bnd, stg);
+                                }
+                            }
                         }
                         // Stacked block `j` holds the band shifted down by `j` kernel rows.
                         for j in (0..t.pack).filter(|_| !t.pstack) {
@@ -1112,7 +1195,15 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                     },
                                 ],
                             );
-                            ctx.load(dst, src);
+                            match &stage {
+                                None => {
+                                    ctx.load(dst, src);
+                                }
+                                Some((q, st)) => {
+                                    let bases = (bslot, st.slot(slot - 1));
+                                    super::conv_int8::load_band(ctx, q, dst, src, bases);
+                                }
+                            }
                         }
                     }
                     for oi in 0..n_ot {
@@ -1170,7 +1261,12 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                 a.partitions = no as u32;
                                 a
                             };
-                            let acc_t = acc.tile(aslot, Dtype::F32, no as u32, npix as u32);
+                            let acc_dt = if stage.is_some() {
+                                Dtype::I32
+                            } else {
+                                Dtype::F32
+                            };
+                            let acc_t = acc.tile(aslot, acc_dt, no as u32, npix as u32);
                             let mut first = true;
                             for ct in 0..n_ct {
                                 let c0c = ct * parts;
@@ -1325,8 +1421,32 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                             // ScalarE as `identity(x + b)`, the same fp32 addition, so that
                             // VectorE, which pays two cycles per element for the fp32
                             // residual add, does only that.
-                            let (src, epilogue) = match split_bias(&s.epilogue, &ops) {
-                                Some((col, rest)) => {
+                            let int8_col =
+                                cols_buf.as_ref().filter(|_| stage.is_some()).map(|cb| {
+                                    sbuf(
+                                        Memory::Sbuf,
+                                        Dtype::F32,
+                                        0,
+                                        no,
+                                        cb.slot(0)
+                                            + ((dq_ci * otiles + blk * n_ot + oi) * 4) as u64,
+                                        dense(1),
+                                    )
+                                });
+                            let (src, epilogue) = match (int8_col, split_bias(&s.epilogue, &ops)) {
+                                // int8: dequantize (and add a leading bias) on eviction.
+                                (Some(dq), _) => {
+                                    let rest = super::conv_int8::evict(
+                                        ctx,
+                                        work_t.clone(),
+                                        acc_t,
+                                        dq,
+                                        &s.epilogue,
+                                        &ops,
+                                    );
+                                    (work_t.clone(), rest)
+                                }
+                                (None, Some((col, rest))) => {
                                     ctx.push(
                                         Engine::Scalar,
                                         Op::Activation {
@@ -1340,7 +1460,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                     );
                                     (work_t.clone(), rest)
                                 }
-                                None => (acc_t, &s.epilogue[..]),
+                                (None, None) => (acc_t, &s.epilogue[..]),
                             };
                             let tiles = ChainTiles {
                                 src,

@@ -51,7 +51,10 @@ pub fn candidate(
     full_w: bool,
 ) -> Option<ImagePack> {
     let parts = cfg.partitions as usize;
-    if s.groups != 1 || s.w_data.is_none() || s.n < 2 || images != 1 || !full_w {
+    // int8 convs keep the stacked lowering (its quantizing band loads and dequantizing
+    // eviction are not implemented here).
+    if s.groups != 1 || s.w_data.is_none() || s.int8.is_some() || s.n < 2 || images != 1 || !full_w
+    {
         return None;
     }
     if s.o == 0 || s.o % 32 != 0 || s.o * 2 > parts {

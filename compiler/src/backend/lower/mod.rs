@@ -32,6 +32,7 @@
 pub mod attention;
 pub mod chain;
 pub mod conv;
+pub mod conv_int8;
 pub mod conv_ipack;
 pub mod copy;
 pub mod elementwise;
