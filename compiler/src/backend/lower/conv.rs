@@ -515,9 +515,58 @@ fn band_width(s: &ConvShape, t: &ConvTiling, cols: usize) -> usize {
     if t.full_w { s.w } else { s.band_w(cols) }
 }
 
+/// Evicts accumulator `acc` through the convolution's epilogue into `out` (`work` and
+/// `cast` its scratch tiles; `ops` the epilogue operands cut to this tile): an int8
+/// dequantization (`dequant`, the per-channel scale column) or a leading bias add as one
+/// ScalarE activation reading PSUM, then the rest of the chain. Under a bias followed by
+/// an fp32 residual, ScalarE's `identity(x + b)` is the same fp32 addition, and VectorE,
+/// which pays two cycles per element for the fp32 residual add, does only that.
+pub(crate) fn evict(
+    ctx: &mut LowerCtx<'_>,
+    s: &ConvShape,
+    (acc, work, cast, out): (Ap, Ap, Option<Ap>, Ap),
+    ops: &[Option<OpTile>],
+    dequant: Option<Ap>,
+) -> Result<(), CompileError> {
+    let (src, epilogue) = match (dequant, split_bias(&s.epilogue, ops)) {
+        (Some(dq), _) => {
+            let rest = super::conv_int8::evict(ctx, work.clone(), acc, dq, &s.epilogue, ops);
+            (work.clone(), rest)
+        }
+        (None, Some((col, rest))) => {
+            ctx.push(
+                Engine::Scalar,
+                Op::Activation {
+                    dst: work.clone(),
+                    src: acc,
+                    func: neuron_isa::ActFunc::Identity,
+                    scale: neuron_isa::Operand::Imm(1.0),
+                    bias: Some(neuron_isa::Operand::PerPartition(col)),
+                    accum: None,
+                },
+            );
+            (work.clone(), rest)
+        }
+        (None, None) => (acc, &s.epilogue[..]),
+    };
+    let tiles = ChainTiles {
+        src,
+        work,
+        cast,
+        out: out.clone(),
+        operands: ops,
+    };
+    let res = chain::apply(ctx, epilogue, &tiles)?;
+    if res != out {
+        let e = ctx.evict_engine();
+        ctx.copy_on(e, out, res);
+    }
+    Ok(())
+}
+
 /// An epilogue that starts with a per-channel bias add and later adds an fp32 full tile
 /// (a residual): the bias column and the rest of the epilogue.
-pub(crate) fn split_bias<'e>(
+fn split_bias<'e>(
     epilogue: &'e [EwOp],
     ops: &[Option<OpTile>],
 ) -> Option<(Ap, &'e [EwOp])> {
@@ -1417,10 +1466,7 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                 .map(|c| c.tile(0, Dtype::F32, no as u32, npix as u32));
                             let out_k = sub_of(&out_all);
                             let work_t = work.tile(aslot, s.act_dtype, no as u32, npix as u32);
-                            // Bias then an fp32 residual: the bias add (the eviction) goes to
-                            // ScalarE as `identity(x + b)`, the same fp32 addition, so that
-                            // VectorE, which pays two cycles per element for the fp32
-                            // residual add, does only that.
+                            // int8: the per-channel dequantization column of this tile.
                             let int8_col =
                                 cols_buf.as_ref().filter(|_| stage.is_some()).map(|cb| {
                                     sbuf(
@@ -1433,48 +1479,8 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                         dense(1),
                                     )
                                 });
-                            let (src, epilogue) = match (int8_col, split_bias(&s.epilogue, &ops)) {
-                                // int8: dequantize (and add a leading bias) on eviction.
-                                (Some(dq), _) => {
-                                    let rest = super::conv_int8::evict(
-                                        ctx,
-                                        work_t.clone(),
-                                        acc_t,
-                                        dq,
-                                        &s.epilogue,
-                                        &ops,
-                                    );
-                                    (work_t.clone(), rest)
-                                }
-                                (None, Some((col, rest))) => {
-                                    ctx.push(
-                                        Engine::Scalar,
-                                        Op::Activation {
-                                            dst: work_t.clone(),
-                                            src: acc_t,
-                                            func: neuron_isa::ActFunc::Identity,
-                                            scale: neuron_isa::Operand::Imm(1.0),
-                                            bias: Some(neuron_isa::Operand::PerPartition(col)),
-                                            accum: None,
-                                        },
-                                    );
-                                    (work_t.clone(), rest)
-                                }
-                                (None, None) => (acc_t, &s.epilogue[..]),
-                            };
-                            let tiles = ChainTiles {
-                                src,
-                                work: work_t,
-                                cast,
-                                out: out_k.clone(),
-                                operands: &ops,
-                            };
+                            evict(ctx, &s, (acc_t, work_t, cast, out_k), &ops, int8_col)?;
                             aslot += 1;
-                            let res = chain::apply(ctx, epilogue, &tiles)?;
-                            if res != out_k {
-                                let e = ctx.evict_engine();
-                                ctx.copy_on(e, out_k, res);
-                            }
                         }
                         let dst = nchw_ap(
                             &out_view,

@@ -21,8 +21,8 @@
 //! A 7x7 stem over 3 channels with 64 outputs: 14 matmuls per two image tiles instead of
 //! 14 per image tile; a 3x3 over 64 channels: 9 per two tiles instead of 6 per tile.
 
-use super::chain::{self, ChainTiles, OpTile};
-use super::conv::{ConvShape, ConvTiling, dense, nchw_ap, prefetch_stationaries, sbuf, split_bias};
+use super::chain::{self, OpTile};
+use super::conv::{ConvShape, ConvTiling, dense, nchw_ap, prefetch_stationaries, sbuf};
 use super::{LowerCtx, view_storage};
 use crate::backend::alloc::BufferReq;
 use crate::error::CompileError;
@@ -460,36 +460,8 @@ pub fn lower(ctx: &mut LowerCtx<'_>, s: &ConvShape, t: &ConvTiling) -> Result<()
                         .map(|cb| cb.tile(0, Dtype::F32, no as u32, npix as u32));
                     let out_k = sub_of(&out_all);
                     let work_t = work.tile(aslot, s.act_dtype, no as u32, npix as u32);
-                    let (src, epilogue) = match split_bias(&s.epilogue, &ops) {
-                        Some((col, rest)) => {
-                            ctx.push(
-                                Engine::Scalar,
-                                Op::Activation {
-                                    dst: work_t.clone(),
-                                    src: acc_t,
-                                    func: neuron_isa::ActFunc::Identity,
-                                    scale: neuron_isa::Operand::Imm(1.0),
-                                    bias: Some(neuron_isa::Operand::PerPartition(col)),
-                                    accum: None,
-                                },
-                            );
-                            (work_t.clone(), rest)
-                        }
-                        None => (acc_t, &s.epilogue[..]),
-                    };
-                    let tiles = ChainTiles {
-                        src,
-                        work: work_t,
-                        cast,
-                        out: out_k.clone(),
-                        operands: &ops,
-                    };
+                    super::conv::evict(ctx, s, (acc_t, work_t, cast, out_k), &ops, None)?;
                     aslot += 1;
-                    let res = chain::apply(ctx, epilogue, &tiles)?;
-                    if res != out_k {
-                        let e = ctx.evict_engine();
-                        ctx.copy_on(e, out_k, res);
-                    }
                 }
                 for h in 0..ni {
                     let dst = nchw_ap(
