@@ -566,10 +566,7 @@ pub(crate) fn evict(
 
 /// An epilogue that starts with a per-channel bias add and later adds an fp32 full tile
 /// (a residual): the bias column and the rest of the epilogue.
-fn split_bias<'e>(
-    epilogue: &'e [EwOp],
-    ops: &[Option<OpTile>],
-) -> Option<(Ap, &'e [EwOp])> {
+fn split_bias<'e>(epilogue: &'e [EwOp], ops: &[Option<OpTile>]) -> Option<(Ap, &'e [EwOp])> {
     let (
         EwOp::Tensor {
             op: crate::kernel::BinaryFn::Add,
