@@ -401,6 +401,10 @@ pub fn choose_matmul(s: &matmul::MmShape, cfg: &ChipConfig) -> Result<MatmulTili
             // The largest W chunks, ring and X staging that fit, in that order of preference.
             let mut fit = None;
             'search: for w_kchunk in halvings(w_full, 1) {
+                // Chunks of equal size: as many transfers, and no slot sized for k-tiles
+                // that the last chunk does not have (6 k-tiles in chunks of 5 would take
+                // the SBUF of 10 and could keep the whole of W from fitting).
+                let w_kchunk = k_tiles.div_ceil(k_tiles.div_ceil(w_kchunk));
                 // The whole of W (every chunk of every column tile of one batch) when it
                 // takes at most a third of SBUF: it then loads as early as its space is
                 // free, typically while the previous kernels still compute.
