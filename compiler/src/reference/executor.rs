@@ -16,7 +16,7 @@ use super::ops::reduce::{Reduce, global_avg_pool, reduce};
 use super::value::{RVal, map_rval, round_to};
 use super::{Real, RefError};
 use crate::ir::shape_infer::{normalize_axis, reduce_axes, slice_plan};
-use crate::ir::{DType, Graph, Node, Op, Tensor, TensorType, fmt_shape};
+use crate::ir::{DType, Graph, Op, Tensor, TensorType, fmt_shape};
 
 /// Reference executor options.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -139,7 +139,7 @@ fn evaluate<F: Real>(
             .collect::<Result<_, _>>()?;
         let out = graph.value(node.outputs[0]);
         tracing::trace!(node = %node.name, op = node.op.name(), "evaluate");
-        let result = eval_node(graph, node, &args, &out.shape, out.dtype).map_err(fail)?;
+        let result = eval_node(&node.op, &args, &out.shape, out.dtype).map_err(fail)?;
         let result = match result {
             RVal::F(a) if matches!(out.dtype, DType::Bf16 | DType::F16) => {
                 RVal::F(a.mapv(|x| round_to(x, out.dtype)))
@@ -183,15 +183,28 @@ fn axis(a: i64, rank: usize) -> Result<usize, String> {
     normalize_axis(a, rank).ok_or_else(|| format!("axis {a} out of range for rank {rank}"))
 }
 
+/// One float op of the reference executor on f64 operands, without a graph: what an error
+/// analysis needs (e.g. a convolution of `|x|` by `|w|`, the same loops as the op's own).
+/// `out_shape` is the result's shape as shape inference gives it.
+pub fn eval_op_f64(
+    op: &Op,
+    args: &[ArrayD<f64>],
+    out_shape: &[usize],
+) -> Result<ArrayD<f64>, String> {
+    let vals: Vec<RVal<f64>> = args.iter().map(|a| RVal::F(a.clone())).collect();
+    let refs: Vec<&RVal<f64>> = vals.iter().collect();
+    match eval_node(op, &refs, out_shape, DType::F32)? {
+        RVal::F(a) => Ok(a),
+        _ => Err(format!("{} does not give a float result", op.name())),
+    }
+}
+
 fn eval_node<F: Real>(
-    graph: &Graph,
-    node: &Node,
+    op: &Op,
     args: &[&RVal<F>],
     out_shape: &[usize],
     out_dtype: DType,
 ) -> Result<RVal<F>, String> {
-    let op = &node.op;
-    let _ = graph;
     if let Some(f) = float_binary::<F>(op) {
         return match (args[0], args[1]) {
             (RVal::F(a), RVal::F(b)) => Ok(RVal::F(binary_map(a, b, out_shape, f)?)),

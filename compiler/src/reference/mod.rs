@@ -10,6 +10,6 @@ mod real;
 mod value;
 
 pub use error::RefError;
-pub use executor::{RefOptions, run_reference, run_reference_all};
+pub use executor::{RefOptions, eval_op_f64, run_reference, run_reference_all};
 pub use inputs::{INT_INPUT_RANGE, index_bound, index_bounds, random_input, random_inputs};
 pub use real::Real;

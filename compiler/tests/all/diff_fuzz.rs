@@ -1,7 +1,7 @@
 //! End-to-end differential fuzzing: random valid model.json graphs over the ops that lower
 //! to the chip (elementwise unary and binary, matmul, softmax, layer/RMS norm, reductions,
-//! transpose, reshape, concat, slice, gather, where; a conv2d / pool / batch norm branch is
-//! ready for when those lower to the chip), with random
+//! transpose, reshape, concat, slice, gather, where; and, one graph in six, a conv2d
+//! (stride, padding, dilation, groups) / batch norm or relu / pool branch first), with random
 //! shapes and fusion on or off. Each graph is parsed by the frontend, then compiled twice
 //! (fp32, and bf16 or fp16 auto-cast; the driver runs the program verifier), simulated with
 //! the race checker on, and every output compared with the reference executor run in f64
@@ -229,18 +229,37 @@ impl Gen {
         }
     }
 
-    /// A small conv branch: NCHW input -> conv2d (+bias) -> batch_norm or relu -> pool ->
-    /// flattened to 2-D.
+    /// A small conv branch: NCHW input (batch 1 to 4) -> conv2d (+bias; random stride,
+    /// padding, dilation and groups, depthwise included) -> batch_norm or relu -> pool ->
+    /// flattened to `[N, C * H * W]` for the 2-D ops after it.
     fn conv_branch(&mut self) -> Val {
-        let c = self.pick(&[1, 3, 8]);
+        let nb = self.pick(&[1, 1, 2, 4]);
+        let c = self.pick(&[1, 3, 8, 16]);
         let hw = self.pick(&[6, 8, 11]);
-        let o = self.pick(&[4, 8]);
-        let x = self.input(vec![1, c, hw, hw], "f32");
+        let o = self.pick(&[4, 8, 16]);
+        let groups = match self.below(4) {
+            0 if c == o => c,
+            1 if c % 2 == 0 && o % 2 == 0 => 2,
+            _ => 1,
+        };
+        let x = self.input(vec![nb, c, hw, hw], "f32");
         let k = self.pick(&[1, 3]);
-        let w = self.param(vec![o, c, k, k], 1.0 / ((c * k * k) as f64).sqrt());
+        let stride = self.pick(&[1, 1, 2]);
+        let dil = if k == 3 { self.pick(&[1, 1, 2]) } else { 1 };
+        let pad = if k == 3 { self.below(2) } else { 0 };
+        let w = self.param(
+            vec![o, c / groups, k, k],
+            1.0 / ((c / groups * k * k) as f64).sqrt(),
+        );
         let b = self.param(vec![o], 0.1);
-        let h = hw - k + 1;
-        let y = self.node("conv2d", &[&x, &w, &b], json!({}), vec![1, o, h, h]);
+        let h = (hw + 2 * pad - dil * (k - 1) - 1) / stride + 1;
+        let attrs = json!({
+            "strides": [stride, stride],
+            "pads": [pad, pad, pad, pad],
+            "dilations": [dil, dil],
+            "groups": groups,
+        });
+        let y = self.node("conv2d", &[&x, &w, &b], attrs, vec![nb, o, h, h]);
         let y = if self.below(2) == 0 {
             let s = self.param(vec![o], 1.0);
             let bb = self.param(vec![o], 1.0);
@@ -257,35 +276,36 @@ impl Gen {
             self.node("relu", &[&y], json!({}), y.shape.clone())
         };
         let y = match self.below(3) {
-            0 => self.node("global_avg_pool", &[&y], json!({}), vec![1, o, 1, 1]),
-            1 => {
+            0 => self.node("global_avg_pool", &[&y], json!({}), vec![nb, o, 1, 1]),
+            1 if h >= 2 => {
                 let p = (h - 2) / 2 + 1;
                 self.node(
                     "max_pool2d",
                     &[&y],
                     json!({"kernel": [2, 2], "strides": [2, 2]}),
-                    vec![1, o, p, p],
+                    vec![nb, o, p, p],
                 )
             }
-            _ => {
+            _ if h >= 2 => {
                 let p = h - 1;
                 self.node(
                     "avg_pool2d",
                     &[&y],
                     json!({"kernel": [2, 2]}),
-                    vec![1, o, p, p],
+                    vec![nb, o, p, p],
                 )
             }
+            _ => y,
         };
-        let cols: usize = y.shape.iter().product::<usize>() / y.shape[0];
-        self.node("reshape", &[&y], json!({"shape": [1, cols]}), vec![1, cols])
+        let cols: usize = y.shape.iter().product::<usize>() / nb;
+        self.node(
+            "reshape",
+            &[&y],
+            json!({"shape": [nb, cols]}),
+            vec![nb, cols],
+        )
     }
 }
-
-/// Whether the conv branch is generated. conv2d, pooling and batch_norm lower to the chip
-/// now, but `fp32_bound` has no error model for them yet (it panics "no error model for
-/// Conv2d"), and the branch's flattening makes invalid shapes for some later ops.
-const CONV_LOWERS: bool = false;
 
 /// The model.json of random graph `seed`.
 fn random_model(seed: u64) -> Value {
@@ -297,14 +317,15 @@ fn random_model(seed: u64) -> Value {
         vals: Vec::new(),
         n: 0,
     };
-    // The conv branch stays out until `fp32_bound` models it (see `CONV_LOWERS`).
-    let start = if CONV_LOWERS && g.below(6) == 0 {
+    let start = if g.below(6) == 0 {
         g.conv_branch()
     } else {
         let m = g.pick(&[1, 4, 8, 33, 128, 130]);
         let n = g.pick(&[4, 16, 64, 100, 256]);
         g.input(vec![m, n], "f32")
     };
+    // The 2-D ops draw their operands from `vals`: the conv branch's 4-D values are not.
+    g.vals.clear();
     g.vals.push(start);
     let len = 1 + g.below(6);
     for _ in 0..len {
@@ -493,7 +514,7 @@ fn the_generator_covers_every_op_family() {
             ops.insert(n["op"].as_str().unwrap().to_string());
         }
     }
-    let mut want = vec![
+    let want = vec![
         "matmul",
         "softmax",
         "layer_norm",
@@ -519,16 +540,12 @@ fn the_generator_covers_every_op_family() {
         "min",
         "sub",
         "mul",
+        "conv2d",
+        "max_pool2d",
+        "avg_pool2d",
+        "global_avg_pool",
+        "batch_norm",
     ];
-    if CONV_LOWERS {
-        want.extend([
-            "conv2d",
-            "max_pool2d",
-            "avg_pool2d",
-            "global_avg_pool",
-            "batch_norm",
-        ]);
-    }
     for op in want {
         assert!(ops.contains(op), "the generator never emits {op}: {ops:?}");
     }

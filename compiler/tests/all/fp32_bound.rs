@@ -32,6 +32,12 @@
 //!   mean and the centring plus `|x^_j| ((gamma_n + 8u) / 2 + 4u)` from the variance and
 //!   `rstd`. Both scale with the condition number `|x| / s`: rows that are nearly
 //!   constant (`|x| ~ 1.5`, spread `1e-4`) amplify an ulp of the operand ~10^4 times;
+//! - conv2d: as a matmul, a sum of `n = C/G kh kw` products and the bias per output
+//!   (`E_x * |W| + |X| * E_w + (gamma_{n+1} + 4u) (|X| * |W| + |b|)`, `*` the convolution,
+//!   computed by the reference executor's own op, [`eval_op_f64`]), the 4u covering a
+//!   batch_norm folded into the weights; batch_norm `y = x a + c` per channel:
+//!   `|a| E + 8u (|x a| + |mean a| + |bias| + |y|)`; max pooling propagates the window's
+//!   largest error; average pooling `avg(E) + (gamma_k + 2u) avg(|x|)`;
 //! - RMS norm: `(E_j + |n_j| mean(|n| E)) / r` propagated (`r` the RMS, `n = x / r`) and
 //!   `|n_j| ((gamma_n + 4u) / 2 + 4u)` local: well conditioned, no cancellation.
 //!
@@ -46,6 +52,7 @@
 
 use ndarray::{Array1, Array2, ArrayD, Axis, IxDyn, Slice, concatenate};
 use neuronc::ir::{DType, GeluApprox, Graph, Op};
+use neuronc::reference::eval_op_f64;
 
 /// FP32 unit roundoff (round to nearest): half an ulp of 1.
 pub const U: f64 = 1.0 / (1u64 << 24) as f64;
@@ -242,6 +249,73 @@ pub fn error_bounds(g: &Graph, vals: &[ArrayD<f64>]) -> Vec<ArrayD<f64>> {
                 let k = a.shape()[1];
                 let r = ea.dot(&ba) + aa.dot(&ebm) + aa.dot(&ba) * gamma(k);
                 r.into_dyn()
+            }
+            Op::Conv2d { .. } => {
+                // A dot product of `n = C/G * kh * kw` terms plus the bias, accumulated in
+                // FP32 PSUM in any order (gamma_{n+1}), evicted with one more rounding; 4u
+                // more for a batch_norm folded into the weights and bias at compile time
+                // (each folded weight and bias rounded once to FP32, relative error u,
+                // scaled later by the batch_norm's propagation).
+                let abs = |a: &ArrayD<f64>| a.mapv(f64::abs);
+                let conv = |a: ArrayD<f64>, b: ArrayD<f64>, bias: Option<ArrayD<f64>>| {
+                    let mut args = vec![a, b];
+                    args.extend(bias);
+                    eval_op_f64(&node.op, &args, &shape).unwrap()
+                };
+                let w = x(1).shape();
+                let n = w[1] * w[2] * w[3];
+                let mag = conv(abs(x(0)), abs(x(1)), (ins.len() > 2).then(|| abs(x(2))));
+                let prop =
+                    conv(e(0).clone(), abs(x(1)), None) + conv(abs(x(0)), e(1).clone(), None);
+                let bias_e = match ins.get(2) {
+                    Some(&b) => {
+                        let per_channel =
+                            err[b]
+                                .clone()
+                                .into_shape_with_order(IxDyn(&[1, err[b].len(), 1, 1]));
+                        bcast(&per_channel.unwrap(), &shape)
+                    }
+                    None => ArrayD::zeros(IxDyn(&shape)),
+                };
+                prop + bias_e + mag * (gamma(n + 1) + 4.0 * U) + local(U)
+            }
+            Op::BatchNorm { epsilon } => {
+                // Inference: `y = x a + c`, `a = scale / sqrt(var + eps)`, `c = bias - mean a`
+                // per channel (axis 1), folded into the convolution before it or lowered as
+                // one multiply-add: the operand's error times |a|, and a few roundings of
+                // `a`, `c` and the multiply-add.
+                let ch = |k: usize| {
+                    let v = x(k);
+                    let mut sh = vec![1; shape.len()];
+                    sh[1] = v.len();
+                    bcast(
+                        &v.clone().into_shape_with_order(IxDyn(&sh)).unwrap(),
+                        &shape,
+                    )
+                };
+                let eps = f64::from(*epsilon);
+                let (sc, bi, mean, var) = (ch(1), ch(2), ch(3), ch(4));
+                let a = ndarray::Zip::from(&sc)
+                    .and(&var)
+                    .map_collect(|s, v| s / (v + eps).sqrt());
+                let xa = (x(0) * &a).mapv(f64::abs);
+                let ca = (&mean * &a).mapv(f64::abs) + bi.mapv(f64::abs);
+                e(0) * &a.mapv(f64::abs) + (xa + ca + y.mapv(f64::abs)) * (8.0 * U)
+            }
+            Op::MaxPool2d { .. } => {
+                // Exact: the window's largest error bounds the largest value's.
+                eval_op_f64(&node.op, &[e(0).clone()], &shape).unwrap()
+            }
+            Op::AvgPool2d { kernel, .. } => {
+                // A sum of at most kh * kw terms and one scaling by the reciprocal count.
+                let n = kernel[0] * kernel[1];
+                let avg = |a: ArrayD<f64>| eval_op_f64(&node.op, &[a], &shape).unwrap();
+                avg(e(0).clone()) + avg(x(0).mapv(f64::abs)) * (gamma(n) + 2.0 * U)
+            }
+            Op::GlobalAvgPool => {
+                let n: usize = x(0).shape()[2..].iter().product();
+                let avg = |a: ArrayD<f64>| eval_op_f64(&node.op, &[a], &shape).unwrap();
+                avg(e(0).clone()) + avg(x(0).mapv(f64::abs)) * (gamma(n) + 2.0 * U)
             }
             Op::Softmax { axis } => {
                 let ax = Axis(axis_of(*axis, shape.len()));
