@@ -20,6 +20,8 @@ pub trait Real:
     + Div<Output = Self>
     + Neg<Output = Self>
     + AddAssign
+    + Send
+    + Sync
     + 'static
 {
     /// 0.
