@@ -207,7 +207,46 @@ struct Inner {
     seeded: Option<Seeded>,
     raw: Option<Raw>,
     cols: Option<Columns>,
+    transposed: Option<Transposed>,
     tensor: OnceLock<Tensor>,
+}
+
+/// A 2-D param `[N, K]` read as `[K, N]`, by reference (what a matmul reading a constant
+/// weight transposed gets instead, `passes/pretranspose.rs`). The source's values are
+/// read once, as f32, when the first element is; every read is then a strided gather.
+#[derive(Debug)]
+struct Transposed {
+    src: ParamData,
+    shape: Vec<usize>,
+    src_values: OnceLock<Vec<f32>>,
+}
+
+impl Transposed {
+    /// Element `i` of the transposed view comes from element `src_index(i)` of the source.
+    fn src_index(&self, i: usize) -> usize {
+        let (k, n) = (self.shape[0], self.shape[1]);
+        (i % n) * k + i / n
+    }
+
+    /// Calls `f(out index, value)` for elements `start .. start + len`.
+    fn gather(&self, start: usize, len: usize, mut f: impl FnMut(usize, f32)) {
+        let vals = self.src_values.get_or_init(|| {
+            use rayon::prelude::*;
+            let mut v = vec![0f32; self.src.num_elements()];
+            // A float source (see `ParamData::transposed`): each read succeeds. Chunks in
+            // parallel: every element is the same whichever thread reads it.
+            v.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+                self.src.values_f32(c * CHUNK, chunk);
+            });
+            v
+        });
+        for j in 0..len {
+            f(
+                j,
+                vals.get(self.src_index(start + j)).copied().unwrap_or(0.0),
+            );
+        }
+    }
 }
 
 /// 2-D params side by side, `[K, N_1] .. [K, N_n]` as one `[K, N_1 + .. + N_n]`, held by
@@ -262,6 +301,7 @@ impl ParamData {
             seeded: None,
             raw: None,
             cols: None,
+            transposed: None,
             tensor: OnceLock::from(t),
         }))
     }
@@ -305,6 +345,7 @@ impl ParamData {
             }),
             raw: None,
             cols: None,
+            transposed: None,
             tensor: OnceLock::new(),
         })))
     }
@@ -339,6 +380,7 @@ impl ParamData {
                 dtype,
             }),
             cols: None,
+            transposed: None,
             tensor: OnceLock::new(),
         })))
     }
@@ -371,6 +413,31 @@ impl ParamData {
                 shape: vec![k, n],
                 dtype,
             }),
+            transposed: None,
+            tensor: OnceLock::new(),
+        })))
+    }
+
+    /// The 2-D param `src` (`[N, K]`) transposed, `[K, N]`, by reference: nothing is read
+    /// or copied until the values are (the source's values are then read once). `None`
+    /// unless `src` is a 2-D f32, bf16 or f16 param.
+    pub fn transposed(src: &ParamData) -> Option<ParamData> {
+        let [n, k] = src.shape()[..] else {
+            return None;
+        };
+        let float = matches!(src.dtype(), DType::F32 | DType::Bf16 | DType::F16);
+        if !float || (src.is_materialized() && matches!(src.tensor(), Tensor::F64(_))) {
+            return None;
+        }
+        Some(ParamData(Arc::new(Inner {
+            seeded: None,
+            raw: None,
+            cols: None,
+            transposed: Some(Transposed {
+                src: src.clone(),
+                shape: vec![k, n],
+                src_values: OnceLock::new(),
+            }),
             tensor: OnceLock::new(),
         })))
     }
@@ -379,6 +446,9 @@ impl ParamData {
     pub fn shape(&self) -> &[usize] {
         if let Some(c) = &self.0.cols {
             return &c.shape;
+        }
+        if let Some(t) = &self.0.transposed {
+            return &t.shape;
         }
         match (&self.0.seeded, &self.0.raw, self.0.tensor.get()) {
             (Some(s), _, _) => &s.shape,
@@ -397,6 +467,9 @@ impl ParamData {
     pub fn dtype(&self) -> DType {
         if let Some(c) = &self.0.cols {
             return c.dtype;
+        }
+        if let Some(t) = &self.0.transposed {
+            return t.src.dtype();
         }
         match (&self.0.seeded, &self.0.raw, self.0.tensor.get()) {
             (Some(s), _, _) => s.dtype,
@@ -434,6 +507,13 @@ impl ParamData {
                         .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&c.shape)));
                 return Tensor::from_f64(c.dtype, a);
             }
+            if let Some(t) = &self.0.transposed {
+                let mut v = vec![0f64; self.num_elements()];
+                t.gather(0, v.len(), |j, x| v[j] = f64::from(x));
+                let a = ArrayD::from_shape_vec(IxDyn(&t.shape), v)
+                    .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&t.shape)));
+                return Tensor::from_f64(t.src.dtype(), a);
+            }
             let Some(s) = &self.0.seeded else {
                 // `new` always sets the tensor; unreachable, but harmless.
                 return Tensor::zeros(DType::F32, &[]);
@@ -449,6 +529,10 @@ impl ParamData {
     /// Element values `start .. start + out.len()` as f64 (in the param's value set),
     /// without materializing a seeded param: what the artifact encoder streams.
     pub fn values_f64(&self, start: usize, out: &mut [f64]) {
+        if let (Some(t), None) = (&self.0.transposed, self.0.tensor.get()) {
+            t.gather(start, out.len(), |j, x| out[j] = f64::from(x));
+            return;
+        }
         if let (Some(c), None) = (&self.0.cols, self.0.tensor.get()) {
             c.segments(start, out.len(), |p, first, at, m| {
                 p.values_f64(first, &mut out[at..at + m]);
@@ -504,6 +588,10 @@ impl ParamData {
     /// seeded param. Returns false (leaving `out` alone) when the values need f64 (an
     /// f64 literal tensor, integers); use [`ParamData::values_f64`] then.
     pub fn values_f32(&self, start: usize, out: &mut [f32]) -> bool {
+        if let (Some(t), None) = (&self.0.transposed, self.0.tensor.get()) {
+            t.gather(start, out.len(), |j, x| out[j] = x);
+            return true;
+        }
         if let (Some(c), None) = (&self.0.cols, self.0.tensor.get()) {
             // Float parts: each read succeeds (see `concat_columns`).
             c.segments(start, out.len(), |p, first, at, m| {

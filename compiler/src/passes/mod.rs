@@ -22,6 +22,7 @@ pub mod infer_shapes;
 pub mod kernelize;
 pub mod merge_matmuls;
 pub mod precision;
+pub mod pretranspose;
 pub mod rewrite;
 pub mod simplify_movement;
 
@@ -90,6 +91,7 @@ pub fn run_middle_end_with(
             &infer_shapes::InferShapes,
             &dce::DeadCode,
             &cse::CommonSubexpressions,
+            &pretranspose::PretransposeWeights,
         ],
     )?;
     if opts.fuse {
