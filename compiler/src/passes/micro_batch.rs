@@ -88,25 +88,42 @@ fn joins(g: &Graph, i: usize, inside: &[bool], batch: usize) -> bool {
         })
 }
 
-/// The values nodes `a..k` make that a node outside them or a graph output reads.
-fn escaping(g: &Graph, a: usize, k: usize) -> Vec<ValueId> {
-    let mut made = vec![false; g.values.len()];
-    for n in &g.nodes[a..k] {
-        for &o in &n.outputs {
-            made[o.index()] = true;
+/// Per value: the index of the last node that reads it (`usize::MAX` for a graph output,
+/// `None` when nothing reads it).
+fn last_uses(g: &Graph) -> Vec<Option<usize>> {
+    let mut last = vec![None; g.values.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        for &v in &n.inputs {
+            last[v.index()] = Some(i);
         }
     }
-    let mut out: Vec<ValueId> = Vec::new();
-    let outside = g.nodes[..a].iter().chain(&g.nodes[k..]);
-    for &v in outside
-        .flat_map(|n| n.inputs.iter())
-        .chain(g.outputs.iter())
-    {
-        if made[v.index()] && !out.contains(&v) {
-            out.push(v);
+    for &o in &g.outputs {
+        last[o.index()] = Some(usize::MAX);
+    }
+    last
+}
+
+/// The values made by a run of nodes that later nodes or the outputs read, kept up to
+/// date as the run grows by one node at its end (`grow(i)` with node `i`).
+#[derive(Default)]
+struct Escaping(std::collections::BTreeSet<ValueId>);
+
+impl Escaping {
+    fn grow(&mut self, g: &Graph, last: &[Option<usize>], i: usize) {
+        self.0.retain(|v| last[v.index()].is_some_and(|l| l > i));
+        for &o in &g.nodes[i].outputs {
+            if last[o.index()].is_some_and(|l| l > i) {
+                self.0.insert(o);
+            }
         }
     }
-    out
+
+    fn one(&self) -> Option<ValueId> {
+        match self.0.len() {
+            1 => self.0.first().copied(),
+            _ => None,
+        }
+    }
 }
 
 /// Whether `v` is fused into its one reader's kernel (an elementwise op taking it as its
@@ -131,15 +148,24 @@ fn fused_into_reader(g: &Graph, v: ValueId) -> bool {
 /// with a batch of at least 2, and pass exactly one value `f` (not a graph output) on.
 fn stretches(g: &Graph) -> Vec<(usize, usize, ValueId, ValueId)> {
     let mut out = Vec::new();
+    if !g.nodes.iter().any(|n| matches!(n.op, Op::Conv2d { .. })) {
+        return out;
+    }
+    let last = last_uses(g);
+    let mut prefix = Escaping::default();
+    let mut inside = vec![false; g.values.len()];
     for a in 0..g.nodes.len() {
+        if a > 0 {
+            prefix.grow(g, &last, a - 1);
+        }
         let s = if a == 0 {
             match g.nodes[0].inputs.first() {
                 Some(&x) if g.is_input(x) => x,
                 _ => continue,
             }
         } else {
-            match escaping(g, 0, a)[..] {
-                [s] if !g.is_output(s) => s,
+            match prefix.one() {
+                Some(s) if !g.is_output(s) => s,
                 _ => continue,
             }
         };
@@ -148,20 +174,27 @@ fn stretches(g: &Graph) -> Vec<(usize, usize, ValueId, ValueId)> {
             continue;
         }
         let batch = shape[0];
-        let mut inside = vec![false; g.values.len()];
         inside[s.index()] = true;
-        for k in a + 1..=g.nodes.len() {
-            if !joins(g, k - 1, &inside, batch) {
-                break;
-            }
-            for &o in &g.nodes[k - 1].outputs {
+        let mut run = Escaping::default();
+        let mut k = a;
+        while k < g.nodes.len() && joins(g, k, &inside, batch) {
+            for &o in &g.nodes[k].outputs {
                 inside[o.index()] = true;
             }
-            if let [f] = escaping(g, a, k)[..]
+            run.grow(g, &last, k);
+            k += 1;
+            if let Some(f) = run.one()
                 && !g.is_output(f)
                 && !fused_into_reader(g, f)
             {
                 out.push((a, k, s, f));
+            }
+        }
+        // Reset the marks of this stretch for the next start.
+        inside[s.index()] = false;
+        for n in &g.nodes[a..k] {
+            for &o in &n.outputs {
+                inside[o.index()] = false;
             }
         }
     }
