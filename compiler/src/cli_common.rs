@@ -237,6 +237,11 @@ pub struct CompileFlags {
     /// One kernel per op, no fusion (the same as -O1).
     #[arg(long)]
     pub no_fuse: bool,
+    /// Do not run the per-image stretch of a CNN depth-first over groups of images (by
+    /// default the compiler does where its cost model says it pays; docs/compiler.md,
+    /// Micro-batching).
+    #[arg(long)]
+    pub no_micro_batch: bool,
     /// int8 calibration data for an input, as NAME=FILE.npy (repeatable); seeded random
     /// inputs are used for inputs not given.
     #[arg(long = "calibrate", value_name = "NAME=FILE.npy")]
@@ -262,6 +267,9 @@ impl CompileFlags {
         }
         if self.no_fuse {
             v.push("--no-fuse");
+        }
+        if self.no_micro_batch {
+            v.push("--no-micro-batch");
         }
         if !self.calibrate.is_empty() {
             v.push("--calibrate");
@@ -298,6 +306,7 @@ impl CompileFlags {
             opts.auto_cast_type = t.into();
         }
         opts.fuse = !self.no_fuse && self.opt_level.unwrap_or(2) >= 2;
+        opts.micro_batch = !self.no_micro_batch;
         let mut seen = BTreeMap::new();
         for spec in &self.calibrate {
             let (name, file) = split_input(spec, "--calibrate")?;

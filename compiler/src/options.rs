@@ -97,6 +97,10 @@ pub struct CompileOptions {
     pub auto_cast_type: CastType,
     /// Fuse ops into kernels (`--no-fuse` turns it off: one kernel per op).
     pub fuse: bool,
+    /// Split a CNN's per-image stretch into groups of images run one after the other
+    /// (`passes/micro_batch.rs`) where its cost model says it pays (on by default;
+    /// `--no-micro-batch` turns it off).
+    pub micro_batch: bool,
     /// Write a readable dump after every stage into this directory.
     pub dump_dir: Option<PathBuf>,
     /// Calibration inputs for int8 (`--calibrate NAME=FILE.npy`); seeded random inputs run
@@ -111,6 +115,7 @@ impl Default for CompileOptions {
             auto_cast: AutoCast::default(),
             auto_cast_type: CastType::default(),
             fuse: true,
+            micro_batch: true,
             dump_dir: None,
             calibration: BTreeMap::new(),
         }
@@ -125,6 +130,9 @@ impl CompileOptions {
         m.insert("auto_cast".into(), self.auto_cast.name().into());
         m.insert("auto_cast_type".into(), self.auto_cast_type.name().into());
         m.insert("fuse".into(), self.fuse.to_string());
+        if !self.micro_batch {
+            m.insert("micro_batch".into(), "false".into());
+        }
         m
     }
 

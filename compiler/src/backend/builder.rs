@@ -342,10 +342,11 @@ pub struct Builder {
     /// Scratch tensors kept in SBUF, or the probe that finds them (see
     /// [`super::resident`]).
     resident: ResidentMode,
-    /// Per tensor-table index: elements per row when the tensor may be resident.
-    resident_rows: Vec<Option<u64>>,
-    /// The DMA [`Builder::dma`] is about to push maps lane for lane (probe mode).
-    dma_maps: bool,
+    /// Per tensor-table index: the row lengths the tensor may be resident with.
+    resident_rows: Vec<Option<Vec<u64>>>,
+    /// The row candidates under which the DMA [`Builder::dma`] is about to push maps lane
+    /// for lane (probe mode; a bit per candidate).
+    dma_maps: u8,
     /// Rotation of the engines that carry resident copies.
     copy_rr: usize,
     partitions: u32,
@@ -435,8 +436,8 @@ impl Builder {
             kernel_hbm: Vec::new(),
             need: vec![0; n],
             resident: ResidentMode::Off,
-            resident_rows: tensors.iter().map(resident::row_elems).collect(),
-            dma_maps: false,
+            resident_rows: tensors.iter().map(resident::row_candidates).collect(),
+            dma_maps: 0,
             copy_rr: 0,
             partitions: cfg.partitions,
         }
@@ -466,12 +467,12 @@ impl Builder {
         let Memory::Hbm(t) = hbm.mem else {
             return None;
         };
-        let row = self.resident_rows.get(t.0 as usize).copied().flatten()?;
+        let rows = self.resident_rows.get(t.0 as usize)?.as_ref()?;
         let parts = self.partitions;
         match &mut self.resident {
             ResidentMode::Off => None,
             ResidentMode::Probe(_) => {
-                self.dma_maps = resident::map(hbm, chip, row, 0, parts).is_some();
+                self.dma_maps = resident::map_mask(hbm, chip, rows, parts);
                 None
             }
             ResidentMode::On { residency, broken } => {
@@ -514,9 +515,7 @@ impl Builder {
             if self
                 .resident_rows
                 .get(t.0 as usize)
-                .copied()
-                .flatten()
-                .is_none()
+                .is_none_or(|r| r.is_none())
             {
                 continue;
             }

@@ -7,9 +7,12 @@
 //! on-chip copies on VectorE/GpSimd between the kernels' tiles and the tensor's resident
 //! region, and no byte of it touches HBM or a DMA engine.
 //!
-//! The layout of a resident tensor of `R` rows of `C` elements (`C` its last dimension,
-//! stored in its HBM dtype): row `r` lives on partition `r % P` at free element
-//! `(r / P) * C`, so it takes `ceil(R / P) * C` elements per partition.
+//! The layout of a resident tensor of `R` rows of `C` elements (stored in its HBM dtype):
+//! row `r` lives on partition `r % P` at free element `(r / P) * C`, so it takes
+//! `ceil(R / P) * C` elements per partition. `C` is chosen per tensor among the suffix
+//! products of its shape ([`row_candidates`]): the last dimension for a matmul's rows, the
+//! product `N * H * W` for a channel-major `[C, N, H, W]` conv map (its channels on
+//! partitions, as every conv loads and stores them), whichever every access maps under.
 //!
 //! How the compiler decides ([`super::lower_program_resident`]):
 //! 1. it lowers the program once with every scratch tensor in HBM, the builder noting each
@@ -38,11 +41,14 @@ pub fn budget(cfg: &ChipConfig) -> u64 {
     cfg.sbuf_bytes_per_partition / 8 / ALIGN * ALIGN
 }
 
+/// Most row candidates a tensor has ([`row_candidates`]).
+pub const MAX_ROWS: usize = 8;
+
 /// One scratch tensor's accesses seen while lowering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Access {
-    /// Every access mapped lane for lane.
-    pub maps: bool,
+    /// Bit `i`: every access mapped lane for lane with row candidate `i`.
+    pub maps: u8,
     /// First and last kernel that touched it.
     pub first: u32,
     /// Last kernel that touched it.
@@ -57,10 +63,11 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Notes one access of tensor `t` by kernel `k`.
-    pub fn note(&mut self, t: u32, k: u32, maps: bool) {
+    /// Notes one access of tensor `t` by kernel `k` that maps under the row candidates of
+    /// the bits of `maps`.
+    pub fn note(&mut self, t: u32, k: u32, maps: u8) {
         let e = self.seen.entry(t).or_insert(Access {
-            maps: true,
+            maps: u8::MAX,
             first: k,
             last: k,
         });
@@ -75,7 +82,7 @@ impl Probe {
 pub struct Resident {
     /// Byte offset of its region in each SBUF partition.
     pub base: u64,
-    /// Elements per row (the tensor's last dimension).
+    /// Elements per row (one of the tensor's [`row_candidates`]).
     pub row_elems: u64,
     /// Bytes per partition.
     pub bytes: u64,
@@ -90,13 +97,42 @@ pub struct Residency {
     pub region: u64,
 }
 
-/// Elements per row of tensor `t` when it may be resident at all: a scratch tensor of a
-/// dtype an on-chip copy moves exactly as a DMA does (same dtype, or float to float).
-pub fn row_elems(t: &HbmTensor) -> Option<u64> {
+/// The row lengths tensor `t` may be resident with, when it may be resident at all (a
+/// scratch tensor of a dtype an on-chip copy moves exactly as a DMA does: same dtype, or
+/// float to float): the suffix products of its shape, innermost first, the whole tensor
+/// excluded (one row on one partition) unless it has one dimension. `[R, C]` has only
+/// `C` (a matmul's rows); a channel-major conv map `[C, N, H, W]` has `W`, `H * W` and
+/// `N * H * W`, the last putting channel `c` on partition `c % P`.
+pub fn row_candidates(t: &HbmTensor) -> Option<Vec<u64>> {
     if t.kind != TensorKind::Scratch || t.dtype == Dtype::I64 {
         return None;
     }
-    Some(t.shape.last().copied().unwrap_or(1).max(1))
+    let mut rows = Vec::new();
+    let mut prod: u64 = 1;
+    for (i, &d) in t.shape.iter().enumerate().rev() {
+        prod = prod.saturating_mul(d.max(1));
+        if i == 0 && !rows.is_empty() {
+            break;
+        }
+        if rows.last() != Some(&prod) {
+            rows.push(prod);
+        }
+        if rows.len() == MAX_ROWS {
+            break;
+        }
+    }
+    if rows.is_empty() {
+        rows.push(1);
+    }
+    Some(rows)
+}
+
+/// Bit `i` set when `hbm` <-> `chip` maps with row candidate `rows[i]` ([`map`]).
+pub fn map_mask(hbm: &Ap, chip: &Ap, rows: &[u64], partitions: u32) -> u8 {
+    rows.iter()
+        .enumerate()
+        .filter(|(_, r)| map(hbm, chip, **r, 0, partitions).is_some())
+        .fold(0, |m, (i, _)| m | (1 << i))
 }
 
 /// Bytes per partition tensor `t` takes when resident on `partitions` partitions.
@@ -212,18 +248,25 @@ pub fn plan(kg: &KernelGraph, probe: &Probe, tensors: &[HbmTensor], cfg: &ChipCo
         let Some(ht) = tensors.get(t as usize) else {
             continue;
         };
-        let Some(row) = row_elems(ht) else {
+        let Some(rows) = row_candidates(ht) else {
             continue;
         };
-        if !a.maps {
+        // The smallest footprint among the rows every access maps under (the innermost on
+        // a tie: a matmul's rows keep their last dimension).
+        let Some((bytes, row)) = rows
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| a.maps & (1 << i) != 0)
+            .map(|(_, &r)| (footprint(ht, r, u64::from(cfg.partitions)), r))
+            .min_by_key(|&(b, _)| b)
+        else {
             continue;
-        }
+        };
         let (mut first, mut last) = (a.first, a.last);
         if let Some(&(f, l)) = ranges.get(&t) {
             first = first.min(f);
             last = last.max(l);
         }
-        let bytes = footprint(ht, row, u64::from(cfg.partitions));
         if bytes <= cap {
             cands.push((first, last, t, row, bytes));
         }
@@ -299,6 +342,60 @@ mod tests {
         assert!(map(&ints, &tile, 768, 0, 128).is_none());
     }
 
+    #[test]
+    fn a_channel_major_conv_band_maps_with_channels_on_partitions_and_a_shifted_one_does_not() {
+        // A channel-major [C, N, H, W] = [192, 4, 8, 8] bf16 conv map: candidates W, H W
+        // and N H W (the whole tensor is not one).
+        let t = scratch(&[192, 4, 8, 8], Dtype::Bf16);
+        let rows = row_candidates(&t).unwrap();
+        assert_eq!(rows, vec![8, 64, 256]);
+        assert_eq!(
+            row_candidates(&scratch(&[128, 768], Dtype::F32)).unwrap(),
+            vec![768]
+        );
+        // A conv band: channels 0..128 on partitions 0..128 (partition stride N H W),
+        // image 1's input rows 2..7 (one contiguous run of 40 elements).
+        let band = Ap::hbm_rows(TensorId(1), Dtype::Bf16, (64 + 16) * 2, 128, 256, 40);
+        let tile = Ap::on_chip(Memory::Sbuf, Dtype::Bf16, 0, 128, 0, 40);
+        assert_eq!(map_mask(&band, &tile, &rows, 128), 0b100);
+        let m = map(&band, &tile, 256, 1024, 128).unwrap();
+        assert_eq!((m.offset, m.partition_stride), (1024 + 80 * 2, 1));
+        // Channels 128..192 sit on partitions 0..64 of the second row block.
+        let high = Ap::hbm_rows(TensorId(1), Dtype::Bf16, 128 * 256 * 2, 64, 256, 256);
+        let t64 = Ap::on_chip(Memory::Sbuf, Dtype::Bf16, 0, 64, 0, 256);
+        assert_eq!(map(&high, &t64, 256, 0, 128).unwrap().offset, 256 * 2);
+        // The same band shifted down to partition 64 (a stacked kernel-row block, or an
+        // image-packed slot) is not lane for lane under any candidate.
+        let band64 = Ap::hbm_rows(TensorId(1), Dtype::Bf16, (64 + 16) * 2, 64, 256, 40);
+        let shifted = Ap::on_chip(Memory::Sbuf, Dtype::Bf16, 64, 64, 0, 40);
+        assert_eq!(map_mask(&band64, &shifted, &rows, 128), 0);
+        // Kernel rows on partitions (partition stride W, the (channel, kernel row) stack)
+        // do not map with channels on partitions.
+        let stack = Ap::hbm_rows(TensorId(1), Dtype::Bf16, 16 * 2, 7, 8, 8);
+        let t7 = Ap::on_chip(Memory::Sbuf, Dtype::Bf16, 0, 7, 0, 8);
+        assert_eq!(map_mask(&stack, &t7, &rows, 128) & 0b100, 0);
+        // A plan takes the candidate every access mapped under: N H W, one row block and a
+        // half of 256 bf16 elements = 2 * 512 bytes per partition.
+        let cfg = ChipConfig::trn1();
+        let kg = KernelGraph {
+            name: "t".into(),
+            seed: 0,
+            tensors: Vec::new(),
+            kernels: Vec::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+        };
+        let mut probe = Probe::default();
+        probe.note(0, 0, 0b100);
+        probe.note(0, 1, 0b110);
+        let r = plan(&kg, &probe, std::slice::from_ref(&t), &cfg);
+        assert_eq!(r.tensors[&0].row_elems, 256);
+        assert_eq!(r.tensors[&0].bytes, 1024);
+        // One access that maps under no candidate keeps it in HBM.
+        probe.note(0, 2, 0);
+        assert!(plan(&kg, &probe, &[t], &cfg).tensors.is_empty());
+    }
+
     fn scratch(shape: &[u64], dtype: Dtype) -> HbmTensor {
         HbmTensor {
             name: "s".into(),
@@ -330,11 +427,11 @@ mod tests {
         tensors.push(w);
         let mut probe = Probe::default();
         for (t, k0, k1) in [(0, 0, 1), (1, 1, 2), (2, 2, 3), (3, 0, 3), (5, 0, 3)] {
-            probe.note(t, k0, true);
-            probe.note(t, k1, true);
+            probe.note(t, k0, 1);
+            probe.note(t, k1, 1);
         }
-        probe.note(4, 0, true);
-        probe.note(4, 1, false);
+        probe.note(4, 0, 1);
+        probe.note(4, 1, 0);
         let r = plan(&kg, &probe, &tensors, &cfg);
         let ids: Vec<u32> = r.tensors.keys().copied().collect();
         assert_eq!(ids, vec![0, 1, 2]);

@@ -215,6 +215,66 @@ impl<'g> Builder<'g> {
             self.redirect.insert(root, v);
             self.folded.extend(chain);
         }
+        self.plan_concat_folding(p);
+    }
+
+    /// Concatenation folding: each piece of a concat on the leading axis that is a group's
+    /// result read only by the concat is written by its group straight into its slice of
+    /// the concat's tensor,
+    /// so the concat copies only the other pieces (none for the micro-batched stretch of
+    /// `micro_batch.rs`, whose groups' results are concatenated on the batch axis).
+    fn plan_concat_folding(&mut self, p: &Partition) {
+        let g = self.g;
+        let uses = std::rc::Rc::clone(&self.uses);
+        let roots: HashSet<ValueId> = p
+            .groups
+            .iter()
+            .filter(|grp| {
+                !matches!(grp.anchor, Anchor::Node(n)
+                    if matches!(op_class(&g.node(n).op), OpClass::Movement | OpClass::Concat))
+            })
+            .map(|grp| grp.root(g))
+            .collect();
+        for grp in &p.groups {
+            let Anchor::Node(n) = grp.anchor else {
+                continue;
+            };
+            let node = g.node(n);
+            let o = out(g, n);
+            let shape = g.value(o).shape.clone();
+            let (Op::Concat { axis }, false) = (&node.op, g.is_output(o)) else {
+                continue;
+            };
+            // On the leading axis only: each piece is then a contiguous block of the
+            // result (an offset), which every lowering writes as it writes a tensor.
+            if normalize_axis(*axis, shape.len()) != Some(0) {
+                continue;
+            }
+            let axis = 0;
+            let fold: Vec<bool> = node
+                .inputs
+                .iter()
+                .map(|&v| {
+                    roots.contains(&v)
+                        && !g.is_output(v)
+                        && !self.redirect.contains_key(&v)
+                        && uses.users(v) == [n]
+                        && node.inputs.iter().filter(|&&i| i == v).count() == 1
+                })
+                .collect();
+            if !fold.contains(&true) {
+                continue;
+            }
+            let whole = View::contiguous(self.result_tensor(o), &shape);
+            let mut start = 0;
+            for (&piece, &f) in node.inputs.iter().zip(&fold) {
+                let len = g.value(piece).shape[axis];
+                if f && let Some(v) = whole.sliced(axis, start, 1, len) {
+                    self.redirect.insert(piece, v);
+                }
+                start += len;
+            }
+        }
     }
 
     fn unique_name(&mut self, base: String) -> String {
@@ -713,11 +773,19 @@ impl<'g> Builder<'g> {
             _ => None,
         }
         .ok_or_else(|| CompileError::Internal(format!("node '{}': bad concat", node.name)))?;
-        let t = self.result_tensor(o);
+        // A concat with folded pieces got its tensor when they were planned.
+        let t = match &self.loc[o.index()] {
+            Some(v) => v.tensor,
+            None => self.result_tensor(o),
+        };
         let whole = View::contiguous(t, &shape);
         let mut start = 0;
         for &piece in &node.inputs {
             let len = g.value(piece).shape[axis];
+            if self.redirect.get(&piece).is_some_and(|v| v.tensor == t) {
+                start += len;
+                continue;
+            }
             let dst = whole.sliced(axis, start, 1, len).ok_or_else(|| {
                 CompileError::Internal(format!("node '{}': concat piece out of range", node.name))
             })?;

@@ -21,6 +21,7 @@ pub mod gelu;
 pub mod infer_shapes;
 pub mod kernelize;
 pub mod merge_matmuls;
+pub mod micro_batch;
 pub mod precision;
 pub mod pretranspose;
 pub mod rewrite;
@@ -100,6 +101,14 @@ pub fn run_middle_end_with(
         run_to_fixpoint(&mut g, &[&merge_matmuls::MergeMatmuls, &dce::DeadCode])?;
     }
     dump("02-optimized", &|| g.to_string());
+    if opts.fuse
+        && opts.micro_batch
+        && let Some(split) = micro_batch::run(&mut g, opts)
+    {
+        // Depth-first over the batch for the per-image stretch (`micro_batch.rs`).
+        tracing::debug!(?split, "micro-batched");
+        dump("02-micro-batched", &|| g.to_string());
+    }
     let partition = fusion::partition(&g, opts.fuse)?;
     dump("03-fused", &|| partition.display(&g));
     let mut kg = kernelize::kernelize(&g, &partition, opts.fuse)?;

@@ -96,7 +96,7 @@ fn positive(g: &mut Graph, name: &str, n: usize) -> ValueId {
 
 /// `relu(batch_norm(conv(x)))` with seeded statistics.
 #[allow(clippy::too_many_arguments)]
-fn conv_bn(
+pub(crate) fn conv_bn(
     g: &mut Graph,
     name: &str,
     x: ValueId,
@@ -153,7 +153,7 @@ fn conv_bn(
 
 /// A bottleneck: 1x1 reduce, 3x3 (stride), 1x1 expand, projection shortcut when the shape
 /// changes, residual add, relu.
-fn bottleneck(
+pub(crate) fn bottleneck(
     g: &mut Graph,
     name: &str,
     x: ValueId,

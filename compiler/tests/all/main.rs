@@ -22,6 +22,7 @@ mod fused_vs_unfused;
 mod fusion;
 mod gather;
 mod goldens;
+mod micro_batch;
 mod model_errors;
 mod onnx;
 mod onnx_conformance;

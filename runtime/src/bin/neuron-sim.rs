@@ -146,6 +146,10 @@ struct BenchArgs {
     /// of activations, e.g. a CNN's feature maps).
     #[arg(long, value_enum, default_value_t = cli_common::AutoCastArg::Matmult, value_name = "MODE")]
     auto_cast: cli_common::AutoCastArg,
+    /// Do not run CNNs depth-first over groups of images (`--no-micro-batch` of `neuronc
+    /// compile`).
+    #[arg(long)]
+    no_micro_batch: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t = BenchFormat::Table)]
     format: BenchFormat,
@@ -567,6 +571,7 @@ fn bench_one(
         target: target.clone(),
         auto_cast: args.auto_cast.into(),
         auto_cast_type: cast,
+        micro_batch: !args.no_micro_batch,
         ..Default::default()
     };
     let compiled = neuronc::driver::compile(&graph, &copts)
