@@ -532,6 +532,50 @@ impl Memories {
         result.map_err(|e| err(format!("writing {ap}: {e}")))
     }
 
+    /// The elements of an on-chip FP32 pattern that is one contiguous run per partition,
+    /// as a mutable `[P, N]` view of the memory itself (rows `bytes per partition` apart),
+    /// so that an engine can accumulate into it in place: writing FP32 elements through it
+    /// stores exactly what [`Memories::write_f32`] would (FP32 is stored as is, and no
+    /// rounding state is consumed). `None` when the pattern has another shape or dtype, is
+    /// in HBM, or the host cannot view the bytes as `f32` (a big-endian host, a buffer
+    /// not 4-byte aligned); callers then take the general path.
+    pub(crate) fn rows_f32_mut(
+        &mut self,
+        ap: &Ap,
+    ) -> Result<Option<ndarray::ArrayViewMut2<'_, f32>>, ExecError> {
+        if ap.dtype != Dtype::F32 || matches!(ap.mem, Memory::Hbm(_)) || cfg!(target_endian = "big")
+        {
+            return Ok(None);
+        }
+        let view = self.view(ap)?;
+        let (m, n) = (
+            ap.partitions as usize,
+            view.elems() / (ap.partitions as usize).max(1),
+        );
+        let trivial = |dims: &[(usize, isize)]| dims.iter().all(|d| d.0 == 1);
+        let row_bytes = if !view.runs_contiguous() {
+            None
+        } else if view.inner_n == m * n && trivial(&view.outer) {
+            // One run: a single partition, or rows that exactly tile the memory.
+            Some(n * 4)
+        } else if view.inner_n == n && trivial(&view.outer[..3]) && view.outer[3].0 == m {
+            usize::try_from(view.outer[3].1).ok()
+        } else {
+            None
+        };
+        let Some(row_bytes) = row_bytes.filter(|r| r % 4 == 0 && view.base % 4 == 0) else {
+            return Ok(None);
+        };
+        let buf = self.buffer_mut(ap.mem)?;
+        let len = buf.len() & !3;
+        let Ok(words) = bytemuck::try_cast_slice_mut::<u8, f32>(&mut buf[..len]) else {
+            return Ok(None);
+        };
+        let shape = ndarray::ShapeBuilder::strides((m, n), (row_bytes / 4, 1));
+        // In range: `view` checked every byte the pattern touches.
+        Ok(ndarray::ArrayViewMut2::from_shape(shape, &mut words[view.base / 4..]).ok())
+    }
+
     /// Reads the raw bytes of `ap` into `out`, densely (`P x N` elements of its dtype).
     /// Returns whether any float element was the poison pattern.
     pub fn read_raw(&self, ap: &Ap, out: &mut Vec<u8>) -> Result<bool, ExecError> {

@@ -63,9 +63,22 @@ pub(super) fn matmul(
     }
     let mut s = ctx.take();
     let mut mv = ctx.take();
-    let mut c = ctx.take();
     let mut poisoned = mem.read_f32(stationary, &mut s)?;
     poisoned |= mem.read_f32(moving, &mut mv)?;
+    let exact_products = stationary.dtype != Dtype::F32 && moving.dtype != Dtype::F32;
+    let shape_err = |e: ndarray::ShapeError| ExecError::new(format!("matmul buffers: {e}"));
+    let sv = ArrayView2::from_shape((k, m), s.as_slice()).map_err(shape_err)?;
+    let vv = ArrayView2::from_shape((k, n), mv.as_slice()).map_err(shape_err)?;
+    if !int8 {
+        // The fast path: accumulate in place in PSUM (the inputs are already read, so an
+        // overlap with `dst` behaves as if they were snapshotted).
+        if let Some(cv) = mem.rows_f32_mut(dst)? {
+            poisoned |= gemm(&sv, &vv, cv, accumulate, exact_products);
+            ctx.give([s, mv]);
+            return Ok(poisoned);
+        }
+    }
+    let mut c = ctx.take();
     let float_acc = accumulate && !int8;
     if float_acc {
         poisoned |= mem.read_f32(dst, &mut c)?;
@@ -73,8 +86,8 @@ pub(super) fn matmul(
         c.clear();
         c.resize(m * n, 0.0);
     }
-    let exact_products = stationary.dtype != Dtype::F32 && moving.dtype != Dtype::F32;
-    gemm(k, m, n, &s, &mv, &mut c, float_acc, exact_products)?;
+    let cv = ArrayViewMut2::from_shape((m, n), c.as_mut_slice()).map_err(shape_err)?;
+    gemm(&sv, &vv, cv, float_acc, exact_products);
     if int8 {
         // Exact: |sum| < 2^24, so the f32 holds an integer.
         let mut acc = Vec::new();
@@ -98,23 +111,19 @@ pub(super) fn matmul(
 const PARALLEL_MACS: usize = 1 << 20;
 
 /// `c[M, N] = (accumulate ? c : 0) + s[K, M]^T @ v[K, N]` by the module's rule, split over
-/// column blocks of `c` across threads when large.
-#[allow(clippy::too_many_arguments)]
+/// column blocks of `c` across threads when large. `c` may be a strided view (the rows of
+/// PSUM itself). When accumulating, returns whether any element of `c` was the FP32
+/// poison pattern before the update (a read of unwritten memory).
 fn gemm(
-    k: usize,
-    m: usize,
-    n: usize,
-    s: &[f32],
-    v: &[f32],
-    c: &mut [f32],
+    sv: &ArrayView2<'_, f32>,
+    vv: &ArrayView2<'_, f32>,
+    mut cv: ArrayViewMut2<'_, f32>,
     accumulate: bool,
     exact_products: bool,
-) -> Result<(), ExecError> {
+) -> bool {
     use rayon::prelude::*;
-    let shape_err = |e: ndarray::ShapeError| ExecError::new(format!("matmul buffers: {e}"));
-    let sv = ArrayView2::from_shape((k, m), s).map_err(shape_err)?;
-    let vv = ArrayView2::from_shape((k, n), v).map_err(shape_err)?;
-    let mut cv = ArrayViewMut2::from_shape((m, n), c).map_err(shape_err)?;
+    let (k, m) = sv.dim();
+    let n = vv.ncols();
     let beta = if accumulate { 1.0 } else { 0.0 };
     let threads = rayon::current_num_threads();
     let blocks = if k * m * n >= PARALLEL_MACS && threads > 1 {
@@ -124,23 +133,33 @@ fn gemm(
     };
     let width = n.div_ceil(blocks.max(1)).max(1);
     let run = |vb: ArrayView2<'_, f32>, mut cb: ArrayViewMut2<'_, f32>| {
+        let poisoned = accumulate && has_poison(&cb);
         if exact_products {
             general_mat_mul(1.0, &sv.t(), &vb, beta, &mut cb);
         } else {
-            gemm_f32_unfused(&sv, &vb, &mut cb, accumulate);
+            gemm_f32_unfused(sv, &vb, &mut cb, accumulate);
         }
+        poisoned
     };
     if blocks <= 1 {
-        run(vv, cv);
-        return Ok(());
+        return run(vv.view(), cv);
     }
     let vcols: Vec<_> = vv.axis_chunks_iter(Axis(1), width).collect();
     let ccols: Vec<_> = cv.axis_chunks_iter_mut(Axis(1), width).collect();
     vcols
         .into_par_iter()
         .zip(ccols)
-        .for_each(|(vb, cb)| run(vb, cb));
-    Ok(())
+        .map(|(vb, cb)| run(vb, cb))
+        .reduce(|| false, |a, b| a | b)
+}
+
+/// Whether some element of `c` has the FP32 poison bits (all ones).
+fn has_poison(c: &ArrayViewMut2<'_, f32>) -> bool {
+    c.rows().into_iter().any(|row| match row.as_slice() {
+        // A max-reduction that vectorizes, as `numerics::is_poisoned`.
+        Some(r) => r.iter().fold(0u32, |a, x| a.max(x.to_bits())) == u32::MAX,
+        None => row.iter().any(|x| x.to_bits() == u32::MAX),
+    })
 }
 
 /// The module's rule for FP32 inputs, with separate multiplies and adds: for each output
@@ -231,19 +250,7 @@ mod tests {
                     .build()
                     .unwrap();
                 let mut c = c0.clone();
-                pool.install(|| {
-                    gemm(
-                        k,
-                        m,
-                        n,
-                        s.as_slice().unwrap(),
-                        v.as_slice().unwrap(),
-                        c.as_slice_mut().unwrap(),
-                        acc,
-                        exact,
-                    )
-                })
-                .unwrap();
+                pool.install(|| gemm(&s.view(), &v.view(), c.view_mut(), acc, exact));
                 assert_eq!(
                     bits(&c),
                     bits(&want),
