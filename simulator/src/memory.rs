@@ -5,7 +5,9 @@
 //! Layout: SBUF and PSUM are flat byte vectors, partition-major (`partition * bytes per
 //! partition + offset`); each HBM tensor is its own byte vector, so an access pattern
 //! can never reach a neighbouring tensor. Every byte starts as 0xFF (poison: a NaN in
-//! every float type, -1 in signed integers) so reads of unwritten memory show up.
+//! every float type, -1 in signed integers) so reads of unwritten memory show up. An HBM
+//! tensor's vector is allocated on first access (poisoned then), or from the bytes bound
+//! to it, so binding weights does not poison them first.
 //!
 //! A dense buffer is row-major `[P x N]`: partition outermost, then the free dimensions
 //! outermost first. Each access pattern is resolved once into a `View`: strides in
@@ -32,8 +34,34 @@ pub struct Memories {
     psum_per_partition: usize,
     sbuf: Vec<u8>,
     psum: Vec<u8>,
-    hbm: Vec<Vec<u8>>,
+    hbm: Vec<HbmBuf>,
     names: Vec<String>,
+}
+
+/// One HBM tensor's bytes, allocated (poisoned) on first access: a tensor bound in full
+/// by [`Memories::write_tensor`] (weights, inputs) is copied in without being poisoned
+/// first, and one no instruction touches (a scratch tensor kept in SBUF) costs nothing.
+/// Every read still sees poison where nothing was written.
+#[derive(Debug, Clone)]
+struct HbmBuf {
+    len: usize,
+    bytes: std::sync::OnceLock<Vec<u8>>,
+}
+
+impl HbmBuf {
+    fn get(&self) -> &[u8] {
+        self.bytes.get_or_init(|| vec![POISON_BYTE; self.len])
+    }
+
+    fn get_mut(&mut self) -> &mut [u8] {
+        if self.bytes.get().is_none() {
+            self.bytes = std::sync::OnceLock::from(vec![POISON_BYTE; self.len]);
+        }
+        match self.bytes.get_mut() {
+            Some(v) => v,
+            None => &mut [],
+        }
+    }
 }
 
 /// An access pattern resolved against its buffer: up to five strided dimensions
@@ -234,7 +262,10 @@ impl Memories {
         let mut hbm = Vec::with_capacity(sizes.len());
         for (t, &bytes) in program.tensors.iter().zip(&sizes) {
             let len = to_usize(bytes, &format!("hbm tensor '{}'", t.name))?;
-            hbm.push(poisoned_vec(len, &format!("hbm tensor '{}'", t.name))?);
+            hbm.push(HbmBuf {
+                len,
+                bytes: std::sync::OnceLock::new(),
+            });
         }
         Ok(Memories {
             partitions,
@@ -265,28 +296,28 @@ impl Memories {
         let Some(buf) = self.hbm.get_mut(t.0 as usize) else {
             return Err(self.tensor_error(t, format!("unknown tensor: the program has {count}")));
         };
-        if buf.len() != bytes.len() {
-            let expected = buf.len();
+        if buf.len != bytes.len() {
+            let expected = buf.len;
             return Err(self.tensor_error(
                 t,
                 format!("expected {expected} bytes, found {}", bytes.len()),
             ));
         }
-        buf.copy_from_slice(bytes);
+        match buf.bytes.get_mut() {
+            Some(v) => v.copy_from_slice(bytes),
+            None => buf.bytes = std::sync::OnceLock::from(bytes.to_vec()),
+        }
         Ok(())
     }
 
     /// The bytes of HBM tensor `t`.
     pub fn tensor(&self, t: TensorId) -> Result<&[u8], SimError> {
-        self.hbm
-            .get(t.0 as usize)
-            .map(Vec::as_slice)
-            .ok_or_else(|| {
-                self.tensor_error(
-                    t,
-                    format!("unknown tensor: the program has {}", self.hbm.len()),
-                )
-            })
+        self.hbm.get(t.0 as usize).map(HbmBuf::get).ok_or_else(|| {
+            self.tensor_error(
+                t,
+                format!("unknown tensor: the program has {}", self.hbm.len()),
+            )
+        })
     }
 
     /// The whole SBUF, partition-major.
@@ -312,16 +343,12 @@ impl Memories {
         match mem {
             Memory::Sbuf => Ok(&self.sbuf),
             Memory::Psum => Ok(&self.psum),
-            Memory::Hbm(t) => self
-                .hbm
-                .get(t.0 as usize)
-                .map(Vec::as_slice)
-                .ok_or_else(|| {
-                    err(format!(
-                        "unknown hbm tensor {t}: the program has {}",
-                        self.hbm.len()
-                    ))
-                }),
+            Memory::Hbm(t) => self.hbm.get(t.0 as usize).map(HbmBuf::get).ok_or_else(|| {
+                err(format!(
+                    "unknown hbm tensor {t}: the program has {}",
+                    self.hbm.len()
+                ))
+            }),
         }
     }
 
@@ -333,7 +360,7 @@ impl Memories {
             Memory::Hbm(t) => self
                 .hbm
                 .get_mut(t.0 as usize)
-                .map(Vec::as_mut_slice)
+                .map(HbmBuf::get_mut)
                 .ok_or_else(|| err(format!("unknown hbm tensor {t}: the program has {count}"))),
         }
     }
@@ -456,6 +483,12 @@ impl Memories {
             inner_n: inner_n as usize,
             inner_stride: inner_stride as isize,
         })
+    }
+
+    /// Checks that `ap` can be accessed (the errors of [`Memories::read_f32`] without
+    /// reading).
+    pub(crate) fn check(&self, ap: &Ap) -> Result<(), ExecError> {
+        self.view(ap).map(|_| ())
     }
 
     /// Reads `ap` into `out` as a dense row-major `[P x N]` FP32 buffer (resized to fit).
@@ -727,6 +760,25 @@ mod tests {
         );
         m.write_tensor(TensorId(0), &[7; 12]).unwrap();
         assert_eq!(m.tensor(TensorId(0)).unwrap(), &[7; 12]);
+        // A tensor allocated on first access: a partial write by an instruction leaves
+        // the rest poisoned, and binding it afterwards replaces every byte.
+        let mut m = Memories::new(&cfg, &program(&[("y", vec![2, 3], Dtype::Bf16)])).unwrap();
+        let row = Ap::hbm_rows(TensorId(0), Dtype::Bf16, 2, 1, 3, 2);
+        m.write_raw(&row, &[1, 2, 3, 4]).unwrap();
+        assert_eq!(
+            m.tensor(TensorId(0)).unwrap(),
+            &[0xff, 0xff, 1, 2, 3, 4, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
+        );
+        let mut raw = Vec::new();
+        assert!(
+            m.read_raw(
+                &Ap::hbm_rows(TensorId(0), Dtype::Bf16, 0, 2, 3, 3),
+                &mut raw
+            )
+            .unwrap()
+        );
+        m.write_tensor(TensorId(0), &[5; 12]).unwrap();
+        assert_eq!(m.tensor(TensorId(0)).unwrap(), &[5; 12]);
     }
 
     #[test]

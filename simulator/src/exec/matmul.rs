@@ -61,20 +61,32 @@ pub(super) fn matmul(
             dst.dtype
         )));
     }
+    let width = block_width(k, m, n);
     let mut s = ctx.take();
-    let mut mv = ctx.take();
     let mut poisoned = mem.read_f32(stationary, &mut s)?;
-    poisoned |= mem.read_f32(moving, &mut mv)?;
+    let mut mvs = Vec::new();
+    poisoned |= read_moving(mem, moving, n, width, &mut mvs, ctx)?;
     let exact_products = stationary.dtype != Dtype::F32 && moving.dtype != Dtype::F32;
     let shape_err = |e: ndarray::ShapeError| ExecError::new(format!("matmul buffers: {e}"));
     let sv = ArrayView2::from_shape((k, m), s.as_slice()).map_err(shape_err)?;
-    let vv = ArrayView2::from_shape((k, n), mv.as_slice()).map_err(shape_err)?;
+    let vblocks: Vec<ArrayView2<'_, f32>> = if mvs.len() == 1 {
+        let whole = ArrayView2::from_shape((k, n), mvs[0].as_slice()).map_err(shape_err)?;
+        (0..n.div_ceil(width))
+            .map(|b| whole.slice_move(ndarray::s![.., b * width..((b + 1) * width).min(n)]))
+            .collect()
+    } else {
+        mvs.iter()
+            .map(|b| ArrayView2::from_shape((k, b.len() / k.max(1)), b.as_slice()))
+            .collect::<Result<_, _>>()
+            .map_err(shape_err)?
+    };
     if !int8 {
         // The fast path: accumulate in place in PSUM (the inputs are already read, so an
         // overlap with `dst` behaves as if they were snapshotted).
         if let Some(cv) = mem.rows_f32_mut(dst)? {
-            poisoned |= gemm(&sv, &vv, cv, accumulate, exact_products);
-            ctx.give([s, mv]);
+            poisoned |= gemm(&sv, vblocks, cv, width, accumulate, exact_products);
+            ctx.give([s]);
+            ctx.pool.extend(mvs);
             return Ok(poisoned);
         }
     }
@@ -87,7 +99,7 @@ pub(super) fn matmul(
         c.resize(m * n, 0.0);
     }
     let cv = ArrayViewMut2::from_shape((m, n), c.as_mut_slice()).map_err(shape_err)?;
-    gemm(&sv, &vv, cv, float_acc, exact_products);
+    gemm(&sv, vblocks, cv, width, float_acc, exact_products);
     if int8 {
         // Exact: |sum| < 2^24, so the f32 holds an integer.
         let mut acc = Vec::new();
@@ -103,35 +115,89 @@ pub(super) fn matmul(
     } else {
         mem.write_f32(dst, &c, &mut ctx.rounder)?;
     }
-    ctx.give([s, mv, c]);
+    ctx.give([s, c]);
+    ctx.pool.extend(mvs);
     Ok(poisoned)
+}
+
+/// Reads `moving` (`[K, N]`) densely into `out`: one buffer, or one `[K, width]` buffer
+/// per column block of [`block_width`], decoded in parallel (a pattern with one free
+/// dimension is cut into column ranges; each element is decoded the same way). Returns
+/// whether any element was poison.
+fn read_moving(
+    mem: &Memories,
+    moving: &Ap,
+    n: usize,
+    width: usize,
+    out: &mut Vec<Vec<f32>>,
+    ctx: &mut ExecContext,
+) -> Result<bool, ExecError> {
+    use rayon::prelude::*;
+    let esize = i128::from(moving.dtype.size());
+    let blocks = n.div_ceil(width.max(1));
+    // Column range `c0..c1` of a one-free-dim pattern: its offset moves by `c0` strides.
+    let sub = |c0: usize, c1: usize| -> Option<Ap> {
+        let d = moving.dims.first()?;
+        let offset = i128::from(moving.offset) + c0 as i128 * i128::from(d.stride) * esize;
+        let mut ap = moving.clone();
+        ap.offset = u64::try_from(offset).ok()?;
+        ap.dims[0].size = u32::try_from(c1 - c0).ok()?;
+        Some(ap)
+    };
+    let parts: Option<Vec<Ap>> = if blocks > 1 && moving.dims.len() == 1 {
+        (0..blocks)
+            .map(|b| sub(b * width, ((b + 1) * width).min(n)))
+            .collect()
+    } else {
+        None
+    };
+    // The whole pattern is resolved first, so errors name it rather than a column block.
+    mem.check(moving)?;
+    let Some(parts) = parts else {
+        let mut buf = ctx.take();
+        let poisoned = mem.read_f32(moving, &mut buf)?;
+        out.push(buf);
+        return Ok(poisoned);
+    };
+    out.extend(parts.iter().map(|_| ctx.take()));
+    let results: Vec<Result<bool, ExecError>> = out
+        .par_iter_mut()
+        .zip(&parts)
+        .map(|(buf, ap)| mem.read_f32(ap, buf))
+        .collect();
+    results.into_iter().try_fold(false, |acc, r| Ok(acc | r?))
 }
 
 /// Multiply-adds below which a matmul is not split across threads.
 const PARALLEL_MACS: usize = 1 << 20;
 
-/// `c[M, N] = (accumulate ? c : 0) + s[K, M]^T @ v[K, N]` by the module's rule, split over
-/// column blocks of `c` across threads when large. `c` may be a strided view (the rows of
-/// PSUM itself). When accumulating, returns whether any element of `c` was the FP32
-/// poison pattern before the update (a read of unwritten memory).
-fn gemm(
-    sv: &ArrayView2<'_, f32>,
-    vv: &ArrayView2<'_, f32>,
-    mut cv: ArrayViewMut2<'_, f32>,
-    accumulate: bool,
-    exact_products: bool,
-) -> bool {
-    use rayon::prelude::*;
-    let (k, m) = sv.dim();
-    let n = vv.ncols();
-    let beta = if accumulate { 1.0 } else { 0.0 };
+/// The width of the column blocks a `[K, M] x [K, N]` matmul is split into across the
+/// rayon pool (`n` when it is not split). Any split gives the same bits.
+fn block_width(k: usize, m: usize, n: usize) -> usize {
     let threads = rayon::current_num_threads();
     let blocks = if k * m * n >= PARALLEL_MACS && threads > 1 {
         threads.min(n.div_ceil(64))
     } else {
         1
     };
-    let width = n.div_ceil(blocks.max(1)).max(1);
+    n.div_ceil(blocks.max(1)).max(1)
+}
+
+/// `c[M, N] = (accumulate ? c : 0) + s[K, M]^T @ v[K, N]` by the module's rule, over the
+/// column blocks of `c` (`width` columns each, the last one narrower) in parallel;
+/// `vblocks` are the same column blocks of `v`. `c` may be a strided view (the rows of
+/// PSUM itself). When accumulating, returns whether any element of `c` was the FP32
+/// poison pattern before the update (a read of unwritten memory).
+fn gemm(
+    sv: &ArrayView2<'_, f32>,
+    vblocks: Vec<ArrayView2<'_, f32>>,
+    mut cv: ArrayViewMut2<'_, f32>,
+    width: usize,
+    accumulate: bool,
+    exact_products: bool,
+) -> bool {
+    use rayon::prelude::*;
+    let beta = if accumulate { 1.0 } else { 0.0 };
     let run = |vb: ArrayView2<'_, f32>, mut cb: ArrayViewMut2<'_, f32>| {
         let poisoned = accumulate && has_poison(&cb);
         if exact_products {
@@ -141,12 +207,11 @@ fn gemm(
         }
         poisoned
     };
-    if blocks <= 1 {
-        return run(vv.view(), cv);
+    if vblocks.len() == 1 {
+        return vblocks.into_iter().any(|vb| run(vb, cv.view_mut()));
     }
-    let vcols: Vec<_> = vv.axis_chunks_iter(Axis(1), width).collect();
     let ccols: Vec<_> = cv.axis_chunks_iter_mut(Axis(1), width).collect();
-    vcols
+    vblocks
         .into_par_iter()
         .zip(ccols)
         .map(|(vb, cb)| run(vb, cb))
@@ -250,7 +315,11 @@ mod tests {
                     .build()
                     .unwrap();
                 let mut c = c0.clone();
-                pool.install(|| gemm(&s.view(), &v.view(), c.view_mut(), acc, exact));
+                pool.install(|| {
+                    let width = block_width(k, m, n);
+                    let vblocks = v.axis_chunks_iter(Axis(1), width).collect();
+                    gemm(&s.view(), vblocks, c.view_mut(), width, acc, exact)
+                });
                 assert_eq!(
                     bits(&c),
                     bits(&want),

@@ -348,3 +348,45 @@ fn in_place_and_copied_psum_matmuls_follow_the_rule_for_any_thread_count() {
         }
     }
 }
+
+/// A large matmul is split over column blocks (moving decoded per block): an unwritten
+/// column anywhere in the moving tile, or in the PSUM it accumulates into, is still
+/// reported.
+#[test]
+fn split_matmuls_report_poisoned_reads_in_any_block() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let st = sb(Dtype::Bf16, 0, 128, 0, 128);
+    let dst = ps(Dtype::F32, 0, 128, 0, 512);
+    for written in [0..256u32, 256..512] {
+        let mut m = mems(&[]);
+        put(&mut m, &st, &vec![1.0; 128 * 128]);
+        let part = sb(
+            Dtype::Bf16,
+            0,
+            128,
+            1024 + 2 * u64::from(written.start),
+            256,
+        );
+        put(&mut m, &part, &vec![1.0; 128 * 256]);
+        let mv = sb(Dtype::Bf16, 0, 128, 1024, 512);
+        let op = matmul(dst.clone(), st.clone(), mv.clone(), false);
+        assert!(
+            pool.install(|| run(&mut m, &op)).poisoned_read,
+            "{written:?}"
+        );
+        // Moving written in full: clean; then accumulating into a half-written bank.
+        put(&mut m, &mv, &vec![1.0; 128 * 512]);
+        assert!(!pool.install(|| run(&mut m, &op)).poisoned_read);
+        let half = ps(Dtype::F32, 0, 128, 4096 + 4 * u64::from(written.start), 256);
+        put(&mut m, &half, &vec![0.0; 128 * 256]);
+        let bank = ps(Dtype::F32, 0, 128, 4096, 512);
+        let acc = matmul(bank, st.clone(), mv, true);
+        assert!(
+            pool.install(|| run(&mut m, &acc)).poisoned_read,
+            "{written:?}"
+        );
+    }
+}
