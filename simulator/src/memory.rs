@@ -23,6 +23,9 @@ use crate::numerics::{self, Rounder};
 use neuron_isa::verify::MAX_AP_ELEMS;
 use neuron_isa::{Ap, ChipConfig, Dtype, MAX_FREE_DIMS, Memory, Program, TensorId};
 
+/// Elements from which a read is decoded across the rayon pool.
+const PARALLEL_ELEMS: usize = 1 << 15;
+
 /// The byte every memory starts as.
 pub const POISON_BYTE: u8 = 0xff;
 
@@ -500,29 +503,49 @@ impl Memories {
         // right length needs no zero-filling pass.
         out.resize(view.elems(), 0.0);
         let (n, e, dtype) = (view.inner_n, view.esize, ap.dtype);
-        let mut poisoned = false;
-        let mut scratch = Vec::new();
-        let mut result = Ok(());
-        if view.runs_contiguous() {
-            view.for_each_run(|k, start| {
-                let bytes = &mem[start..start + n * e];
-                poisoned |= numerics::is_poisoned(dtype, bytes);
-                if let Err(e) = numerics::decode_slice(dtype, bytes, &mut out[k..k + n]) {
-                    result = Err(e);
-                }
-            });
+        // Decodes the run at byte `start` into `o`; returns whether an element was poison.
+        let decode_run = |start: usize, o: &mut [f32], scratch: &mut Vec<u8>| {
+            let bytes = if view.runs_contiguous() {
+                &mem[start..start + n * e]
+            } else {
+                scratch.resize(n * e, 0);
+                gather_any(e, mem, start, view.inner_stride, scratch);
+                &scratch[..]
+            };
+            let poisoned = numerics::is_poisoned(dtype, bytes);
+            numerics::decode_slice(dtype, bytes, o).map(|()| poisoned)
+        };
+        let threads = rayon::current_num_threads();
+        let result = if out.len() >= PARALLEL_ELEMS && threads > 1 && out.len() > n {
+            // Runs split across threads: each element is decoded by itself, so the split
+            // cannot change a bit.
+            use rayon::prelude::*;
+            let mut starts = Vec::with_capacity(out.len() / n.max(1));
+            view.for_each_run(|_, start| starts.push(start));
+            let per = starts.len().div_ceil(threads);
+            starts
+                .par_chunks(per)
+                .zip(out.par_chunks_mut(per * n))
+                .map(|(ss, o)| {
+                    let mut scratch = Vec::new();
+                    ss.iter()
+                        .zip(o.chunks_exact_mut(n))
+                        .try_fold(false, |acc, (&st, run)| {
+                            Ok(acc | decode_run(st, run, &mut scratch)?)
+                        })
+                })
+                .try_reduce(|| false, |a, b| Ok(a | b))
         } else {
-            scratch.resize(n * e, 0);
+            let mut scratch = Vec::new();
+            let mut acc = Ok(false);
             view.for_each_run(|k, start| {
-                gather_any(e, mem, start, view.inner_stride, &mut scratch);
-                poisoned |= numerics::is_poisoned(dtype, &scratch);
-                if let Err(e) = numerics::decode_slice(dtype, &scratch, &mut out[k..k + n]) {
-                    result = Err(e);
+                if let Ok(p) = acc {
+                    acc = decode_run(start, &mut out[k..k + n], &mut scratch).map(|q| p | q);
                 }
             });
-        }
-        result.map_err(|e| err(format!("reading {ap}: {e}")))?;
-        Ok(poisoned)
+            acc
+        };
+        result.map_err(|e| err(format!("reading {ap}: {e}")))
     }
 
     /// Writes the dense row-major `[P x N]` buffer `data` to `ap`, rounding to its dtype
@@ -632,6 +655,61 @@ impl Memories {
             });
         }
         Ok(numerics::is_poisoned(ap.dtype, out))
+    }
+
+    /// Copies the bytes of `src` to `dst` (same dtype, same element count) directly,
+    /// without a dense intermediate, when they are in different memories and both are
+    /// made of contiguous runs of the same length: exactly what [`Memories::read_raw`]
+    /// then [`Memories::write_raw`] do. Returns whether an element read was poison, or
+    /// `None` (nothing done) when the patterns do not qualify.
+    pub(crate) fn copy_raw(&mut self, dst: &Ap, src: &Ap) -> Result<Option<bool>, ExecError> {
+        let (vd, vs) = (self.view(dst)?, self.view(src)?);
+        if dst.mem == src.mem
+            || dst.dtype != src.dtype
+            || vd.elems() != vs.elems()
+            || vd.inner_n != vs.inner_n
+            || !vd.runs_contiguous()
+            || !vs.runs_contiguous()
+        {
+            return Ok(None);
+        }
+        let mut starts = Vec::with_capacity(vs.elems() / vs.inner_n.max(1));
+        vs.for_each_run(|_, start| starts.push(start));
+        let run = vs.inner_n * vs.esize;
+        // The destination is moved out while the source is read, then put back.
+        let mut out = match dst.mem {
+            Memory::Sbuf => std::mem::take(&mut self.sbuf),
+            Memory::Psum => std::mem::take(&mut self.psum),
+            Memory::Hbm(t) => {
+                let Some(buf) = self.hbm.get_mut(t.0 as usize) else {
+                    return Ok(None);
+                };
+                buf.get_mut();
+                std::mem::take(&mut buf.bytes)
+                    .into_inner()
+                    .unwrap_or_default()
+            }
+        };
+        let mut poisoned = false;
+        if let Ok(from) = self.buffer(src.mem) {
+            let mut i = 0;
+            vd.for_each_run(|_, start| {
+                let bytes = &from[starts[i]..starts[i] + run];
+                poisoned |= numerics::is_poisoned(src.dtype, bytes);
+                out[start..start + run].copy_from_slice(bytes);
+                i += 1;
+            });
+        }
+        match dst.mem {
+            Memory::Sbuf => self.sbuf = out,
+            Memory::Psum => self.psum = out,
+            Memory::Hbm(t) => {
+                if let Some(buf) = self.hbm.get_mut(t.0 as usize) {
+                    buf.bytes = std::sync::OnceLock::from(out);
+                }
+            }
+        }
+        Ok(Some(poisoned))
     }
 
     /// Writes dense raw bytes (`P x N` elements of `ap.dtype`) to `ap`, bit for bit.
@@ -1007,6 +1085,77 @@ mod tests {
             checked > 1000,
             "only {checked} random patterns were in bounds"
         );
+    }
+
+    /// Random pairs of patterns in different memories: the direct copy, when it applies,
+    /// leaves the memories exactly as `read_raw` then `write_raw` do, with the same
+    /// poison report.
+    #[test]
+    fn direct_copies_match_read_then_write() {
+        let mut cfg = ChipConfig::trn1();
+        cfg.sbuf_bytes_per_partition = 4096;
+        let mut base = Memories::new(&cfg, &program(&[("h", vec![8192], Dtype::U8)])).unwrap();
+        for (i, b) in base.sbuf.iter_mut().enumerate() {
+            *b = if i % 97 == 0 {
+                0xff
+            } else {
+                (i * 13 + 1) as u8
+            };
+        }
+        let mut state = 99u64;
+        let mut rnd = |n: u64| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) % n
+        };
+        let mut direct = 0;
+        for _ in 0..2000 {
+            let dtype = [Dtype::U8, Dtype::Bf16, Dtype::F32][rnd(3) as usize];
+            let (parts, inner) = (1 + rnd(8) as u32, 1 + rnd(6) as u32);
+            let outer = 1 + rnd(3) as u32;
+            let on_chip = Ap {
+                mem: Memory::Sbuf,
+                dtype,
+                offset: rnd(200),
+                start_partition: rnd(100) as u32,
+                partitions: parts,
+                partition_stride: 1,
+                dims: vec![
+                    Dim {
+                        size: outer,
+                        stride: i64::from(inner) + rnd(3) as i64,
+                    },
+                    Dim {
+                        size: inner,
+                        stride: 1,
+                    },
+                ],
+            };
+            let row = i64::from(outer * inner) + rnd(4) as i64;
+            let in_hbm = Ap::hbm_rows(TensorId(0), dtype, rnd(300), parts, row, outer * inner);
+            let (dst, src) = if rnd(2) == 0 {
+                (on_chip, in_hbm)
+            } else {
+                (in_hbm, on_chip)
+            };
+            let mut a = base.clone();
+            let Ok(Some(poisoned)) = a.copy_raw(&dst, &src) else {
+                continue;
+            };
+            let mut b = base.clone();
+            let mut raw = Vec::new();
+            assert_eq!(
+                b.read_raw(&src, &mut raw).unwrap(),
+                poisoned,
+                "{dst} <- {src}"
+            );
+            b.write_raw(&dst, &raw).unwrap();
+            assert!(a.sbuf == b.sbuf, "{dst} <- {src}");
+            assert!(a.tensor(TensorId(0)).unwrap() == b.tensor(TensorId(0)).unwrap());
+            direct += 1;
+        }
+        assert!(direct > 500, "only {direct} direct copies");
     }
 
     #[test]
