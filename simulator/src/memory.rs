@@ -162,8 +162,30 @@ fn poisoned_vec(len: usize, what: &str) -> Result<Vec<u8>, SimError> {
     let mut v = Vec::new();
     v.try_reserve_exact(len)
         .map_err(|e| SimError::Limit(format!("cannot allocate {len} bytes for {what}: {e}")))?;
-    v.resize(len, POISON_BYTE);
+    // Filled across the rayon pool when large, so both cores fault in and write the
+    // fresh pages (an indexed iterator writes straight into the reserved capacity).
+    if len >= PARALLEL_FILL && rayon::current_num_threads() > 1 {
+        use rayon::prelude::*;
+        v.par_extend(rayon::iter::repeat_n(POISON_BYTE, len));
+    } else {
+        v.resize(len, POISON_BYTE);
+    }
     Ok(v)
+}
+
+/// Bytes from which a fresh buffer is filled across threads.
+const PARALLEL_FILL: usize = 1 << 20;
+
+/// A copy of `bytes`, made across the rayon pool when large (see [`poisoned_vec`]).
+fn copied_vec(bytes: &[u8]) -> Vec<u8> {
+    if bytes.len() >= PARALLEL_FILL && rayon::current_num_threads() > 1 {
+        use rayon::prelude::*;
+        let mut v = Vec::with_capacity(bytes.len());
+        v.par_extend(bytes.par_iter().copied());
+        v
+    } else {
+        bytes.to_vec()
+    }
 }
 
 /// The bytes per partition of `mem` that `program` can touch: the end of the furthest
@@ -308,7 +330,7 @@ impl Memories {
         }
         match buf.bytes.get_mut() {
             Some(v) => v.copy_from_slice(bytes),
-            None => buf.bytes = std::sync::OnceLock::from(bytes.to_vec()),
+            None => buf.bytes = std::sync::OnceLock::from(copied_vec(bytes)),
         }
         Ok(())
     }
