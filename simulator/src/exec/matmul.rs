@@ -32,14 +32,12 @@ fn is_int8(d: Dtype) -> bool {
     matches!(d, Dtype::I8 | Dtype::U8)
 }
 
-pub(super) fn matmul(
-    mem: &mut Memories,
+/// Checks the operands of a matmul: returns `(K, M, N, int8)`.
+pub(super) fn operands(
     dst: &Ap,
     stationary: &Ap,
     moving: &Ap,
-    accumulate: bool,
-    ctx: &mut ExecContext,
-) -> Result<bool, ExecError> {
+) -> Result<(usize, usize, usize, bool), ExecError> {
     let (k, m) = shape(stationary);
     let (k2, n) = shape(moving);
     if k2 != k {
@@ -61,6 +59,18 @@ pub(super) fn matmul(
             dst.dtype
         )));
     }
+    Ok((k, m, n, int8))
+}
+
+pub(super) fn matmul(
+    mem: &mut Memories,
+    dst: &Ap,
+    stationary: &Ap,
+    moving: &Ap,
+    accumulate: bool,
+    ctx: &mut ExecContext,
+) -> Result<bool, ExecError> {
+    let (k, m, n, int8) = operands(dst, stationary, moving)?;
     let width = block_width(k, m, n);
     let mut s = ctx.take();
     let mut poisoned = mem.read_f32(stationary, &mut s)?;
@@ -69,22 +79,12 @@ pub(super) fn matmul(
     let exact_products = stationary.dtype != Dtype::F32 && moving.dtype != Dtype::F32;
     let shape_err = |e: ndarray::ShapeError| ExecError::new(format!("matmul buffers: {e}"));
     let sv = ArrayView2::from_shape((k, m), s.as_slice()).map_err(shape_err)?;
-    let vblocks: Vec<ArrayView2<'_, f32>> = if mvs.len() == 1 {
-        let whole = ArrayView2::from_shape((k, n), mvs[0].as_slice()).map_err(shape_err)?;
-        (0..n.div_ceil(width))
-            .map(|b| whole.slice_move(ndarray::s![.., b * width..((b + 1) * width).min(n)]))
-            .collect()
-    } else {
-        mvs.iter()
-            .map(|b| ArrayView2::from_shape((k, b.len() / k.max(1)), b.as_slice()))
-            .collect::<Result<_, _>>()
-            .map_err(shape_err)?
-    };
+    let vblocks = moving_blocks(&mvs, k, n, width)?;
     if !int8 {
         // The fast path: accumulate in place in PSUM (the inputs are already read, so an
         // overlap with `dst` behaves as if they were snapshotted).
         if let Some(cv) = mem.rows_f32_mut(dst)? {
-            poisoned |= gemm(&sv, vblocks, cv, width, accumulate, exact_products);
+            poisoned |= gemm(&sv, vblocks, cv, width, accumulate, exact_products, true);
             ctx.give([s]);
             ctx.pool.extend(mvs);
             return Ok(poisoned);
@@ -99,7 +99,7 @@ pub(super) fn matmul(
         c.resize(m * n, 0.0);
     }
     let cv = ArrayViewMut2::from_shape((m, n), c.as_mut_slice()).map_err(shape_err)?;
-    gemm(&sv, vblocks, cv, width, float_acc, exact_products);
+    gemm(&sv, vblocks, cv, width, float_acc, exact_products, true);
     if int8 {
         // Exact: |sum| < 2^24, so the f32 holds an integer.
         let mut acc = Vec::new();
@@ -120,11 +120,33 @@ pub(super) fn matmul(
     Ok(poisoned)
 }
 
+/// The column blocks of `width` columns of the moving tile `[K, N]` read by
+/// [`read_moving`] into `mvs` (one dense buffer, or one buffer per block).
+pub(super) fn moving_blocks(
+    mvs: &[Vec<f32>],
+    k: usize,
+    n: usize,
+    width: usize,
+) -> Result<Vec<ArrayView2<'_, f32>>, ExecError> {
+    let shape_err = |e: ndarray::ShapeError| ExecError::new(format!("matmul buffers: {e}"));
+    if let [whole] = mvs {
+        let whole = ArrayView2::from_shape((k, n), whole.as_slice()).map_err(shape_err)?;
+        Ok((0..n.div_ceil(width))
+            .map(|b| whole.slice_move(ndarray::s![.., b * width..((b + 1) * width).min(n)]))
+            .collect())
+    } else {
+        mvs.iter()
+            .map(|b| ArrayView2::from_shape((k, b.len() / k.max(1)), b.as_slice()))
+            .collect::<Result<_, _>>()
+            .map_err(shape_err)
+    }
+}
+
 /// Reads `moving` (`[K, N]`) densely into `out`: one buffer, or one `[K, width]` buffer
 /// per column block of [`block_width`], decoded in parallel (a pattern with one free
 /// dimension is cut into column ranges; each element is decoded the same way). Returns
 /// whether any element was poison.
-fn read_moving(
+pub(super) fn read_moving(
     mem: &Memories,
     moving: &Ap,
     n: usize,
@@ -173,7 +195,7 @@ const PARALLEL_MACS: usize = 1 << 20;
 
 /// The width of the column blocks a `[K, M] x [K, N]` matmul is split into across the
 /// rayon pool (`n` when it is not split). Any split gives the same bits.
-fn block_width(k: usize, m: usize, n: usize) -> usize {
+pub(super) fn block_width(k: usize, m: usize, n: usize) -> usize {
     let threads = rayon::current_num_threads();
     let blocks = if k * m * n >= PARALLEL_MACS && threads > 1 {
         threads.min(n.div_ceil(64))
@@ -186,20 +208,21 @@ fn block_width(k: usize, m: usize, n: usize) -> usize {
 /// `c[M, N] = (accumulate ? c : 0) + s[K, M]^T @ v[K, N]` by the module's rule, over the
 /// column blocks of `c` (`width` columns each, the last one narrower) in parallel;
 /// `vblocks` are the same column blocks of `v`. `c` may be a strided view (the rows of
-/// PSUM itself). When accumulating, returns whether any element of `c` was the FP32
-/// poison pattern before the update (a read of unwritten memory).
-fn gemm(
+/// PSUM itself). When accumulating and `check_poison`, returns whether any element of `c`
+/// was the FP32 poison pattern before the update (a read of unwritten memory).
+pub(super) fn gemm(
     sv: &ArrayView2<'_, f32>,
     vblocks: Vec<ArrayView2<'_, f32>>,
     mut cv: ArrayViewMut2<'_, f32>,
     width: usize,
     accumulate: bool,
     exact_products: bool,
+    check_poison: bool,
 ) -> bool {
     use rayon::prelude::*;
     let beta = if accumulate { 1.0 } else { 0.0 };
     let run = |vb: ArrayView2<'_, f32>, mut cb: ArrayViewMut2<'_, f32>| {
-        let poisoned = accumulate && has_poison(&cb);
+        let poisoned = accumulate && check_poison && has_poison(&cb);
         if exact_products {
             general_mat_mul(1.0, &sv.t(), &vb, beta, &mut cb);
         } else {
@@ -211,6 +234,14 @@ fn gemm(
         return vblocks.into_iter().any(|vb| run(vb, cv.view_mut()));
     }
     let ccols: Vec<_> = cv.axis_chunks_iter_mut(Axis(1), width).collect();
+    debug_assert!(
+        vblocks.len() == ccols.len()
+            && vblocks
+                .iter()
+                .zip(&ccols)
+                .all(|(v, c)| v.ncols() == c.ncols()),
+        "moving and dst column blocks must match"
+    );
     vblocks
         .into_par_iter()
         .zip(ccols)
@@ -318,7 +349,7 @@ mod tests {
                 pool.install(|| {
                     let width = block_width(k, m, n);
                     let vblocks = v.axis_chunks_iter(Axis(1), width).collect();
-                    gemm(&s.view(), vblocks, c.view_mut(), width, acc, exact)
+                    gemm(&s.view(), vblocks, c.view_mut(), width, acc, exact, true)
                 });
                 assert_eq!(
                     bits(&c),
