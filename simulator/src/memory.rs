@@ -23,9 +23,6 @@ use crate::numerics::{self, Rounder};
 use neuron_isa::verify::MAX_AP_ELEMS;
 use neuron_isa::{Ap, ChipConfig, Dtype, MAX_FREE_DIMS, Memory, Program, TensorId};
 
-/// Elements from which a read is decoded across the rayon pool.
-const PARALLEL_ELEMS: usize = 1 << 15;
-
 /// The byte every memory starts as.
 pub const POISON_BYTE: u8 = 0xff;
 
@@ -525,49 +522,29 @@ impl Memories {
         // right length needs no zero-filling pass.
         out.resize(view.elems(), 0.0);
         let (n, e, dtype) = (view.inner_n, view.esize, ap.dtype);
-        // Decodes the run at byte `start` into `o`; returns whether an element was poison.
-        let decode_run = |start: usize, o: &mut [f32], scratch: &mut Vec<u8>| {
-            let bytes = if view.runs_contiguous() {
-                &mem[start..start + n * e]
-            } else {
-                scratch.resize(n * e, 0);
-                gather_any(e, mem, start, view.inner_stride, scratch);
-                &scratch[..]
-            };
-            let poisoned = numerics::is_poisoned(dtype, bytes);
-            numerics::decode_slice(dtype, bytes, o).map(|()| poisoned)
-        };
-        let threads = rayon::current_num_threads();
-        let result = if out.len() >= PARALLEL_ELEMS && threads > 1 && out.len() > n {
-            // Runs split across threads: each element is decoded by itself, so the split
-            // cannot change a bit.
-            use rayon::prelude::*;
-            let mut starts = Vec::with_capacity(out.len() / n.max(1));
-            view.for_each_run(|_, start| starts.push(start));
-            let per = starts.len().div_ceil(threads);
-            starts
-                .par_chunks(per)
-                .zip(out.par_chunks_mut(per * n))
-                .map(|(ss, o)| {
-                    let mut scratch = Vec::new();
-                    ss.iter()
-                        .zip(o.chunks_exact_mut(n))
-                        .try_fold(false, |acc, (&st, run)| {
-                            Ok(acc | decode_run(st, run, &mut scratch)?)
-                        })
-                })
-                .try_reduce(|| false, |a, b| Ok(a | b))
-        } else {
-            let mut scratch = Vec::new();
-            let mut acc = Ok(false);
+        let mut poisoned = false;
+        let mut scratch = Vec::new();
+        let mut result = Ok(());
+        if view.runs_contiguous() {
             view.for_each_run(|k, start| {
-                if let Ok(p) = acc {
-                    acc = decode_run(start, &mut out[k..k + n], &mut scratch).map(|q| p | q);
+                let bytes = &mem[start..start + n * e];
+                poisoned |= numerics::is_poisoned(dtype, bytes);
+                if let Err(e) = numerics::decode_slice(dtype, bytes, &mut out[k..k + n]) {
+                    result = Err(e);
                 }
             });
-            acc
-        };
-        result.map_err(|e| err(format!("reading {ap}: {e}")))
+        } else {
+            scratch.resize(n * e, 0);
+            view.for_each_run(|k, start| {
+                gather_any(e, mem, start, view.inner_stride, &mut scratch);
+                poisoned |= numerics::is_poisoned(dtype, &scratch);
+                if let Err(e) = numerics::decode_slice(dtype, &scratch, &mut out[k..k + n]) {
+                    result = Err(e);
+                }
+            });
+        }
+        result.map_err(|e| err(format!("reading {ap}: {e}")))?;
+        Ok(poisoned)
     }
 
     /// Writes the dense row-major `[P x N]` buffer `data` to `ap`, rounding to its dtype

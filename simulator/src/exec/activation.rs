@@ -76,45 +76,6 @@ fn run_row(row: &mut [f32], scale: f32, bias: f32, f: impl Fn(f32) -> f32) -> f3
     sum
 }
 
-/// Elements from which an activation's rows are computed across the rayon pool: fewer
-/// for the transcendental functions, whose evaluation dominates, than for the cheap
-/// ones, which are bound by memory.
-fn parallel_elems(func: ActFunc) -> usize {
-    match func {
-        ActFunc::Identity
-        | ActFunc::Relu
-        | ActFunc::Square
-        | ActFunc::Abs
-        | ActFunc::Sign
-        | ActFunc::Reciprocal => 1 << 16,
-        _ => 1 << 12,
-    }
-}
-
-/// `row = func(row * s + b)`, returning the row's sum: one monomorphised loop per
-/// function so the compiler can inline it.
-fn apply_row(func: ActFunc, row: &mut [f32], s: f32, b: f32) -> f32 {
-    match func {
-        ActFunc::Identity => run_row(row, s, b, |v| activation_fn(ActFunc::Identity, v)),
-        ActFunc::Relu => run_row(row, s, b, |v| activation_fn(ActFunc::Relu, v)),
-        ActFunc::Gelu => run_row(row, s, b, |v| activation_fn(ActFunc::Gelu, v)),
-        ActFunc::GeluTanh => run_row(row, s, b, |v| activation_fn(ActFunc::GeluTanh, v)),
-        ActFunc::Sigmoid => run_row(row, s, b, |v| activation_fn(ActFunc::Sigmoid, v)),
-        ActFunc::Silu => run_row(row, s, b, |v| activation_fn(ActFunc::Silu, v)),
-        ActFunc::Tanh => run_row(row, s, b, |v| activation_fn(ActFunc::Tanh, v)),
-        ActFunc::Exp => run_row(row, s, b, |v| activation_fn(ActFunc::Exp, v)),
-        ActFunc::Log => run_row(row, s, b, |v| activation_fn(ActFunc::Log, v)),
-        ActFunc::Sqrt => run_row(row, s, b, |v| activation_fn(ActFunc::Sqrt, v)),
-        ActFunc::Rsqrt => run_row(row, s, b, |v| activation_fn(ActFunc::Rsqrt, v)),
-        ActFunc::Reciprocal => run_row(row, s, b, |v| activation_fn(ActFunc::Reciprocal, v)),
-        ActFunc::Square => run_row(row, s, b, |v| activation_fn(ActFunc::Square, v)),
-        ActFunc::Erf => run_row(row, s, b, |v| activation_fn(ActFunc::Erf, v)),
-        ActFunc::Abs => run_row(row, s, b, |v| activation_fn(ActFunc::Abs, v)),
-        ActFunc::Sign => run_row(row, s, b, |v| activation_fn(ActFunc::Sign, v)),
-        ActFunc::Softplus => run_row(row, s, b, |v| activation_fn(ActFunc::Softplus, v)),
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 pub(super) fn activation(
     mem: &mut Memories,
@@ -146,23 +107,32 @@ pub(super) fn activation(
     let mut x = ctx.take();
     poisoned |= mem.read_f32(src, &mut x)?;
     let mut sums = vec![0.0f32; parts];
-    let row_of = |(p, (row, sum)): (usize, (&mut [f32], &mut f32))| {
-        *sum = apply_row(func, row, scale.at(p), bias.at(p));
-    };
-    let free = free.max(1);
-    // Rows are independent (each row's sum is its own, in order), so splitting them
-    // across threads cannot change a bit.
-    if x.len() >= parallel_elems(func) && rayon::current_num_threads() > 1 {
-        use rayon::prelude::*;
-        x.par_chunks_exact_mut(free)
-            .zip(sums.par_iter_mut())
-            .enumerate()
-            .for_each(row_of);
-    } else {
-        x.chunks_exact_mut(free)
-            .zip(sums.iter_mut())
-            .enumerate()
-            .for_each(row_of);
+    for (p, (row, sum)) in x
+        .chunks_exact_mut(free.max(1))
+        .zip(sums.iter_mut())
+        .enumerate()
+    {
+        let (s, b) = (scale.at(p), bias.at(p));
+        // One monomorphised loop per function so the compiler can inline it.
+        *sum = match func {
+            ActFunc::Identity => run_row(row, s, b, |v| activation_fn(ActFunc::Identity, v)),
+            ActFunc::Relu => run_row(row, s, b, |v| activation_fn(ActFunc::Relu, v)),
+            ActFunc::Gelu => run_row(row, s, b, |v| activation_fn(ActFunc::Gelu, v)),
+            ActFunc::GeluTanh => run_row(row, s, b, |v| activation_fn(ActFunc::GeluTanh, v)),
+            ActFunc::Sigmoid => run_row(row, s, b, |v| activation_fn(ActFunc::Sigmoid, v)),
+            ActFunc::Silu => run_row(row, s, b, |v| activation_fn(ActFunc::Silu, v)),
+            ActFunc::Tanh => run_row(row, s, b, |v| activation_fn(ActFunc::Tanh, v)),
+            ActFunc::Exp => run_row(row, s, b, |v| activation_fn(ActFunc::Exp, v)),
+            ActFunc::Log => run_row(row, s, b, |v| activation_fn(ActFunc::Log, v)),
+            ActFunc::Sqrt => run_row(row, s, b, |v| activation_fn(ActFunc::Sqrt, v)),
+            ActFunc::Rsqrt => run_row(row, s, b, |v| activation_fn(ActFunc::Rsqrt, v)),
+            ActFunc::Reciprocal => run_row(row, s, b, |v| activation_fn(ActFunc::Reciprocal, v)),
+            ActFunc::Square => run_row(row, s, b, |v| activation_fn(ActFunc::Square, v)),
+            ActFunc::Erf => run_row(row, s, b, |v| activation_fn(ActFunc::Erf, v)),
+            ActFunc::Abs => run_row(row, s, b, |v| activation_fn(ActFunc::Abs, v)),
+            ActFunc::Sign => run_row(row, s, b, |v| activation_fn(ActFunc::Sign, v)),
+            ActFunc::Softplus => run_row(row, s, b, |v| activation_fn(ActFunc::Softplus, v)),
+        };
     }
     mem.write_f32(dst, &x, &mut ctx.rounder)?;
     if let Some(acc) = accum {

@@ -27,7 +27,7 @@
 //! Deferral is used only by [`crate::Simulator`] runs on a pool of two or more threads;
 //! [`crate::exec::execute`] itself stays synchronous.
 
-use super::matmul::{block_width, gemm, moving_blocks, operands, read_moving};
+use super::matmul::{block_width, gemm, moving_blocks, operands};
 use super::{ExecContext, ExecError, ExecOutcome, execute};
 use crate::memory::Memories;
 use ndarray::{ArrayView2, ArrayViewMut2};
@@ -50,10 +50,10 @@ struct Job {
     region: u64,
     init: Init,
     stationary: Vec<f32>,
-    moving: Vec<Vec<f32>>,
+    moving: Vec<f32>,
     kmn: (usize, usize, usize),
-    /// The column blocks `moving` was read in (chosen on the simulator's thread, whose
-    /// rayon pool may differ from the one the worker sees).
+    /// The width of the GEMM's column blocks, chosen on the simulator's thread (whose rayon
+    /// pool may differ from the one the worker sees; any width gives the same bits).
     width: usize,
     exact_products: bool,
 }
@@ -289,8 +289,8 @@ impl Deferred {
         let width = block_width(k, m, n);
         let mut s = ctx.take();
         let mut poisoned = mem.read_f32(stationary, &mut s)?;
-        let mut mvs = Vec::new();
-        poisoned |= read_moving(mem, moving, n, width, &mut mvs, ctx)?;
+        let mut mv = ctx.take();
+        poisoned |= mem.read_f32(moving, &mut mv)?;
         let (region, init) = match chain {
             Some(region) => (region, Init::Continue),
             None => {
@@ -318,7 +318,7 @@ impl Deferred {
             region,
             init,
             stationary: s,
-            moving: mvs,
+            moving: mv,
             kmn: (k, m, n),
             width,
             exact_products: stationary.dtype != Dtype::F32 && moving.dtype != Dtype::F32,

@@ -74,19 +74,18 @@ pub(super) fn matmul(
     let width = block_width(k, m, n);
     let mut s = ctx.take();
     let mut poisoned = mem.read_f32(stationary, &mut s)?;
-    let mut mvs = Vec::new();
-    poisoned |= read_moving(mem, moving, n, width, &mut mvs, ctx)?;
+    let mut mv = ctx.take();
+    poisoned |= mem.read_f32(moving, &mut mv)?;
     let exact_products = stationary.dtype != Dtype::F32 && moving.dtype != Dtype::F32;
     let shape_err = |e: ndarray::ShapeError| ExecError::new(format!("matmul buffers: {e}"));
     let sv = ArrayView2::from_shape((k, m), s.as_slice()).map_err(shape_err)?;
-    let vblocks = moving_blocks(&mvs, k, n, width)?;
+    let vblocks = moving_blocks(&mv, k, n, width)?;
     if !int8 {
         // The fast path: accumulate in place in PSUM (the inputs are already read, so an
         // overlap with `dst` behaves as if they were snapshotted).
         if let Some(cv) = mem.rows_f32_mut(dst)? {
             poisoned |= gemm(&sv, vblocks, cv, width, accumulate, exact_products, true);
-            ctx.give([s]);
-            ctx.pool.extend(mvs);
+            ctx.give([s, mv]);
             return Ok(poisoned);
         }
     }
@@ -115,79 +114,23 @@ pub(super) fn matmul(
     } else {
         mem.write_f32(dst, &c, &mut ctx.rounder)?;
     }
-    ctx.give([s, c]);
-    ctx.pool.extend(mvs);
+    ctx.give([s, mv, c]);
     Ok(poisoned)
 }
 
-/// The column blocks of `width` columns of the moving tile `[K, N]` read by
-/// [`read_moving`] into `mvs` (one dense buffer, or one buffer per block).
+/// The column blocks of `width` columns (the last one narrower) of the dense moving
+/// tile `mv` (`[K, N]`).
 pub(super) fn moving_blocks(
-    mvs: &[Vec<f32>],
+    mv: &[f32],
     k: usize,
     n: usize,
     width: usize,
 ) -> Result<Vec<ArrayView2<'_, f32>>, ExecError> {
-    let shape_err = |e: ndarray::ShapeError| ExecError::new(format!("matmul buffers: {e}"));
-    if let [whole] = mvs {
-        let whole = ArrayView2::from_shape((k, n), whole.as_slice()).map_err(shape_err)?;
-        Ok((0..n.div_ceil(width))
-            .map(|b| whole.slice_move(ndarray::s![.., b * width..((b + 1) * width).min(n)]))
-            .collect())
-    } else {
-        mvs.iter()
-            .map(|b| ArrayView2::from_shape((k, b.len() / k.max(1)), b.as_slice()))
-            .collect::<Result<_, _>>()
-            .map_err(shape_err)
-    }
-}
-
-/// Reads `moving` (`[K, N]`) densely into `out`: one buffer, or one `[K, width]` buffer
-/// per column block of [`block_width`], decoded in parallel (a pattern with one free
-/// dimension is cut into column ranges; each element is decoded the same way). Returns
-/// whether any element was poison.
-pub(super) fn read_moving(
-    mem: &Memories,
-    moving: &Ap,
-    n: usize,
-    width: usize,
-    out: &mut Vec<Vec<f32>>,
-    ctx: &mut ExecContext,
-) -> Result<bool, ExecError> {
-    use rayon::prelude::*;
-    let esize = i128::from(moving.dtype.size());
-    let blocks = n.div_ceil(width.max(1));
-    // Column range `c0..c1` of a one-free-dim pattern: its offset moves by `c0` strides.
-    let sub = |c0: usize, c1: usize| -> Option<Ap> {
-        let d = moving.dims.first()?;
-        let offset = i128::from(moving.offset) + c0 as i128 * i128::from(d.stride) * esize;
-        let mut ap = moving.clone();
-        ap.offset = u64::try_from(offset).ok()?;
-        ap.dims[0].size = u32::try_from(c1 - c0).ok()?;
-        Some(ap)
-    };
-    let parts: Option<Vec<Ap>> = if blocks > 1 && moving.dims.len() == 1 {
-        (0..blocks)
-            .map(|b| sub(b * width, ((b + 1) * width).min(n)))
-            .collect()
-    } else {
-        None
-    };
-    // The whole pattern is resolved first, so errors name it rather than a column block.
-    mem.check(moving)?;
-    let Some(parts) = parts else {
-        let mut buf = ctx.take();
-        let poisoned = mem.read_f32(moving, &mut buf)?;
-        out.push(buf);
-        return Ok(poisoned);
-    };
-    out.extend(parts.iter().map(|_| ctx.take()));
-    let results: Vec<Result<bool, ExecError>> = out
-        .par_iter_mut()
-        .zip(&parts)
-        .map(|(buf, ap)| mem.read_f32(ap, buf))
-        .collect();
-    results.into_iter().try_fold(false, |acc, r| Ok(acc | r?))
+    let whole = ArrayView2::from_shape((k, n), mv)
+        .map_err(|e| ExecError::new(format!("matmul buffers: {e}")))?;
+    Ok((0..n.div_ceil(width.max(1)))
+        .map(|b| whole.slice_move(ndarray::s![.., b * width..((b + 1) * width).min(n)]))
+        .collect())
 }
 
 /// Multiply-adds below which a matmul is not split across threads.

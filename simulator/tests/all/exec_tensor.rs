@@ -349,9 +349,9 @@ fn in_place_and_copied_psum_matmuls_follow_the_rule_for_any_thread_count() {
     }
 }
 
-/// A large matmul is split over column blocks (moving decoded per block): an unwritten
-/// column anywhere in the moving tile, or in the PSUM it accumulates into, is still
-/// reported.
+/// A large matmul is split over column blocks (the destination's poison checked per
+/// block): an unwritten column anywhere in the moving tile, or in the PSUM it accumulates
+/// into, is still reported.
 #[test]
 fn split_matmuls_report_poisoned_reads_in_any_block() {
     let pool = rayon::ThreadPoolBuilder::new()

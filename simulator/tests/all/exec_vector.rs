@@ -559,13 +559,12 @@ fn poisoned_reads_of_operands_are_reported() {
     assert!(!run(&mut m, &op).poisoned_read);
 }
 
-/// The ops whose large instances are split across threads (reads decoded per block of
-/// runs, activation rows, direct DMA/copy of runs) give the same bits, cycles aside,
-/// with 1 and 2 threads, and the same as their definitions: a gelu with per-partition
-/// bias and accumulation over a [128 x 512] bf16 tile with one poisoned element, a
-/// strided read, and an SBUF -> HBM -> SBUF round trip.
+/// Large elementwise work and direct DMA copies give the same bits with 1 and 2 threads,
+/// and the same as their definitions: a gelu with per-partition bias and accumulation
+/// over a [128 x 512] bf16 tile with one poisoned element, a strided read, and an
+/// SBUF -> HBM -> SBUF round trip (copied run by run between memories).
 #[test]
-fn split_ops_are_bit_identical_across_thread_counts() {
+fn large_ops_are_bit_identical_across_thread_counts() {
     let (p, f) = (128u32, 512u32);
     let mut x = vec![0f32; (p * f) as usize];
     neuron_isa::rng::CounterRng::for_tensor(5, "act").fill_standard_normal(0, &mut x);
