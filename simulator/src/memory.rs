@@ -5,7 +5,9 @@
 //! Layout: SBUF and PSUM are flat byte vectors, partition-major (`partition * bytes per
 //! partition + offset`); each HBM tensor is its own byte vector, so an access pattern
 //! can never reach a neighbouring tensor. Every byte starts as 0xFF (poison: a NaN in
-//! every float type, -1 in signed integers) so reads of unwritten memory show up.
+//! every float type, -1 in signed integers) so reads of unwritten memory show up. An HBM
+//! tensor's vector is allocated on first access (poisoned then), or from the bytes bound
+//! to it, so binding weights does not poison them first.
 //!
 //! A dense buffer is row-major `[P x N]`: partition outermost, then the free dimensions
 //! outermost first. Each access pattern is resolved once into a `View`: strides in
@@ -32,8 +34,34 @@ pub struct Memories {
     psum_per_partition: usize,
     sbuf: Vec<u8>,
     psum: Vec<u8>,
-    hbm: Vec<Vec<u8>>,
+    hbm: Vec<HbmBuf>,
     names: Vec<String>,
+}
+
+/// One HBM tensor's bytes, allocated (poisoned) on first access: a tensor bound in full
+/// by [`Memories::write_tensor`] (weights, inputs) is copied in without being poisoned
+/// first, and one no instruction touches (a scratch tensor kept in SBUF) costs nothing.
+/// Every read still sees poison where nothing was written.
+#[derive(Debug, Clone)]
+struct HbmBuf {
+    len: usize,
+    bytes: std::sync::OnceLock<Vec<u8>>,
+}
+
+impl HbmBuf {
+    fn get(&self) -> &[u8] {
+        self.bytes.get_or_init(|| vec![POISON_BYTE; self.len])
+    }
+
+    fn get_mut(&mut self) -> &mut [u8] {
+        if self.bytes.get().is_none() {
+            self.bytes = std::sync::OnceLock::from(vec![POISON_BYTE; self.len]);
+        }
+        match self.bytes.get_mut() {
+            Some(v) => v,
+            None => &mut [],
+        }
+    }
 }
 
 /// An access pattern resolved against its buffer: up to five strided dimensions
@@ -131,8 +159,30 @@ fn poisoned_vec(len: usize, what: &str) -> Result<Vec<u8>, SimError> {
     let mut v = Vec::new();
     v.try_reserve_exact(len)
         .map_err(|e| SimError::Limit(format!("cannot allocate {len} bytes for {what}: {e}")))?;
-    v.resize(len, POISON_BYTE);
+    // Filled across the rayon pool when large, so both cores fault in and write the
+    // fresh pages (an indexed iterator writes straight into the reserved capacity).
+    if len >= PARALLEL_FILL && rayon::current_num_threads() > 1 {
+        use rayon::prelude::*;
+        v.par_extend(rayon::iter::repeat_n(POISON_BYTE, len));
+    } else {
+        v.resize(len, POISON_BYTE);
+    }
     Ok(v)
+}
+
+/// Bytes from which a fresh buffer is filled across threads.
+const PARALLEL_FILL: usize = 1 << 20;
+
+/// A copy of `bytes`, made across the rayon pool when large (see [`poisoned_vec`]).
+fn copied_vec(bytes: &[u8]) -> Vec<u8> {
+    if bytes.len() >= PARALLEL_FILL && rayon::current_num_threads() > 1 {
+        use rayon::prelude::*;
+        let mut v = Vec::with_capacity(bytes.len());
+        v.par_extend(bytes.par_iter().copied());
+        v
+    } else {
+        bytes.to_vec()
+    }
 }
 
 /// The bytes per partition of `mem` that `program` can touch: the end of the furthest
@@ -234,7 +284,10 @@ impl Memories {
         let mut hbm = Vec::with_capacity(sizes.len());
         for (t, &bytes) in program.tensors.iter().zip(&sizes) {
             let len = to_usize(bytes, &format!("hbm tensor '{}'", t.name))?;
-            hbm.push(poisoned_vec(len, &format!("hbm tensor '{}'", t.name))?);
+            hbm.push(HbmBuf {
+                len,
+                bytes: std::sync::OnceLock::new(),
+            });
         }
         Ok(Memories {
             partitions,
@@ -265,28 +318,28 @@ impl Memories {
         let Some(buf) = self.hbm.get_mut(t.0 as usize) else {
             return Err(self.tensor_error(t, format!("unknown tensor: the program has {count}")));
         };
-        if buf.len() != bytes.len() {
-            let expected = buf.len();
+        if buf.len != bytes.len() {
+            let expected = buf.len;
             return Err(self.tensor_error(
                 t,
                 format!("expected {expected} bytes, found {}", bytes.len()),
             ));
         }
-        buf.copy_from_slice(bytes);
+        match buf.bytes.get_mut() {
+            Some(v) => v.copy_from_slice(bytes),
+            None => buf.bytes = std::sync::OnceLock::from(copied_vec(bytes)),
+        }
         Ok(())
     }
 
     /// The bytes of HBM tensor `t`.
     pub fn tensor(&self, t: TensorId) -> Result<&[u8], SimError> {
-        self.hbm
-            .get(t.0 as usize)
-            .map(Vec::as_slice)
-            .ok_or_else(|| {
-                self.tensor_error(
-                    t,
-                    format!("unknown tensor: the program has {}", self.hbm.len()),
-                )
-            })
+        self.hbm.get(t.0 as usize).map(HbmBuf::get).ok_or_else(|| {
+            self.tensor_error(
+                t,
+                format!("unknown tensor: the program has {}", self.hbm.len()),
+            )
+        })
     }
 
     /// The whole SBUF, partition-major.
@@ -312,16 +365,12 @@ impl Memories {
         match mem {
             Memory::Sbuf => Ok(&self.sbuf),
             Memory::Psum => Ok(&self.psum),
-            Memory::Hbm(t) => self
-                .hbm
-                .get(t.0 as usize)
-                .map(Vec::as_slice)
-                .ok_or_else(|| {
-                    err(format!(
-                        "unknown hbm tensor {t}: the program has {}",
-                        self.hbm.len()
-                    ))
-                }),
+            Memory::Hbm(t) => self.hbm.get(t.0 as usize).map(HbmBuf::get).ok_or_else(|| {
+                err(format!(
+                    "unknown hbm tensor {t}: the program has {}",
+                    self.hbm.len()
+                ))
+            }),
         }
     }
 
@@ -333,7 +382,7 @@ impl Memories {
             Memory::Hbm(t) => self
                 .hbm
                 .get_mut(t.0 as usize)
-                .map(Vec::as_mut_slice)
+                .map(HbmBuf::get_mut)
                 .ok_or_else(|| err(format!("unknown hbm tensor {t}: the program has {count}"))),
         }
     }
@@ -458,6 +507,12 @@ impl Memories {
         })
     }
 
+    /// Checks that `ap` can be accessed (the errors of [`Memories::read_f32`] without
+    /// reading).
+    pub(crate) fn check(&self, ap: &Ap) -> Result<(), ExecError> {
+        self.view(ap).map(|_| ())
+    }
+
     /// Reads `ap` into `out` as a dense row-major `[P x N]` FP32 buffer (resized to fit).
     /// Returns whether any float element read was the poison pattern.
     pub fn read_f32(&self, ap: &Ap, out: &mut Vec<f32>) -> Result<bool, ExecError> {
@@ -532,6 +587,50 @@ impl Memories {
         result.map_err(|e| err(format!("writing {ap}: {e}")))
     }
 
+    /// The elements of an on-chip FP32 pattern that is one contiguous run per partition,
+    /// as a mutable `[P, N]` view of the memory itself (rows `bytes per partition` apart),
+    /// so that an engine can accumulate into it in place: writing FP32 elements through it
+    /// stores exactly what [`Memories::write_f32`] would (FP32 is stored as is, and no
+    /// rounding state is consumed). `None` when the pattern has another shape or dtype, is
+    /// in HBM, or the host cannot view the bytes as `f32` (a big-endian host, a buffer
+    /// not 4-byte aligned); callers then take the general path.
+    pub(crate) fn rows_f32_mut(
+        &mut self,
+        ap: &Ap,
+    ) -> Result<Option<ndarray::ArrayViewMut2<'_, f32>>, ExecError> {
+        if ap.dtype != Dtype::F32 || matches!(ap.mem, Memory::Hbm(_)) || cfg!(target_endian = "big")
+        {
+            return Ok(None);
+        }
+        let view = self.view(ap)?;
+        let (m, n) = (
+            ap.partitions as usize,
+            view.elems() / (ap.partitions as usize).max(1),
+        );
+        let trivial = |dims: &[(usize, isize)]| dims.iter().all(|d| d.0 == 1);
+        let row_bytes = if !view.runs_contiguous() {
+            None
+        } else if view.inner_n == m * n && trivial(&view.outer) {
+            // One run: a single partition, or rows that exactly tile the memory.
+            Some(n * 4)
+        } else if view.inner_n == n && trivial(&view.outer[..3]) && view.outer[3].0 == m {
+            usize::try_from(view.outer[3].1).ok()
+        } else {
+            None
+        };
+        let Some(row_bytes) = row_bytes.filter(|r| r % 4 == 0 && view.base % 4 == 0) else {
+            return Ok(None);
+        };
+        let buf = self.buffer_mut(ap.mem)?;
+        let len = buf.len() & !3;
+        let Ok(words) = bytemuck::try_cast_slice_mut::<u8, f32>(&mut buf[..len]) else {
+            return Ok(None);
+        };
+        let shape = ndarray::ShapeBuilder::strides((m, n), (row_bytes / 4, 1));
+        // In range: `view` checked every byte the pattern touches.
+        Ok(ndarray::ArrayViewMut2::from_shape(shape, &mut words[view.base / 4..]).ok())
+    }
+
     /// Reads the raw bytes of `ap` into `out`, densely (`P x N` elements of its dtype).
     /// Returns whether any float element was the poison pattern.
     pub fn read_raw(&self, ap: &Ap, out: &mut Vec<u8>) -> Result<bool, ExecError> {
@@ -555,6 +654,61 @@ impl Memories {
             });
         }
         Ok(numerics::is_poisoned(ap.dtype, out))
+    }
+
+    /// Copies the bytes of `src` to `dst` (same dtype, same element count) directly,
+    /// without a dense intermediate, when they are in different memories and both are
+    /// made of contiguous runs of the same length: exactly what [`Memories::read_raw`]
+    /// then [`Memories::write_raw`] do. Returns whether an element read was poison, or
+    /// `None` (nothing done) when the patterns do not qualify.
+    pub(crate) fn copy_raw(&mut self, dst: &Ap, src: &Ap) -> Result<Option<bool>, ExecError> {
+        let (vd, vs) = (self.view(dst)?, self.view(src)?);
+        if dst.mem == src.mem
+            || dst.dtype != src.dtype
+            || vd.elems() != vs.elems()
+            || vd.inner_n != vs.inner_n
+            || !vd.runs_contiguous()
+            || !vs.runs_contiguous()
+        {
+            return Ok(None);
+        }
+        let mut starts = Vec::with_capacity(vs.elems() / vs.inner_n.max(1));
+        vs.for_each_run(|_, start| starts.push(start));
+        let run = vs.inner_n * vs.esize;
+        // The destination is moved out while the source is read, then put back.
+        let mut out = match dst.mem {
+            Memory::Sbuf => std::mem::take(&mut self.sbuf),
+            Memory::Psum => std::mem::take(&mut self.psum),
+            Memory::Hbm(t) => {
+                let Some(buf) = self.hbm.get_mut(t.0 as usize) else {
+                    return Ok(None);
+                };
+                buf.get_mut();
+                std::mem::take(&mut buf.bytes)
+                    .into_inner()
+                    .unwrap_or_default()
+            }
+        };
+        let mut poisoned = false;
+        if let Ok(from) = self.buffer(src.mem) {
+            let mut i = 0;
+            vd.for_each_run(|_, start| {
+                let bytes = &from[starts[i]..starts[i] + run];
+                poisoned |= numerics::is_poisoned(src.dtype, bytes);
+                out[start..start + run].copy_from_slice(bytes);
+                i += 1;
+            });
+        }
+        match dst.mem {
+            Memory::Sbuf => self.sbuf = out,
+            Memory::Psum => self.psum = out,
+            Memory::Hbm(t) => {
+                if let Some(buf) = self.hbm.get_mut(t.0 as usize) {
+                    buf.bytes = std::sync::OnceLock::from(out);
+                }
+            }
+        }
+        Ok(Some(poisoned))
     }
 
     /// Writes dense raw bytes (`P x N` elements of `ap.dtype`) to `ap`, bit for bit.
@@ -683,6 +837,25 @@ mod tests {
         );
         m.write_tensor(TensorId(0), &[7; 12]).unwrap();
         assert_eq!(m.tensor(TensorId(0)).unwrap(), &[7; 12]);
+        // A tensor allocated on first access: a partial write by an instruction leaves
+        // the rest poisoned, and binding it afterwards replaces every byte.
+        let mut m = Memories::new(&cfg, &program(&[("y", vec![2, 3], Dtype::Bf16)])).unwrap();
+        let row = Ap::hbm_rows(TensorId(0), Dtype::Bf16, 2, 1, 3, 2);
+        m.write_raw(&row, &[1, 2, 3, 4]).unwrap();
+        assert_eq!(
+            m.tensor(TensorId(0)).unwrap(),
+            &[0xff, 0xff, 1, 2, 3, 4, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
+        );
+        let mut raw = Vec::new();
+        assert!(
+            m.read_raw(
+                &Ap::hbm_rows(TensorId(0), Dtype::Bf16, 0, 2, 3, 3),
+                &mut raw
+            )
+            .unwrap()
+        );
+        m.write_tensor(TensorId(0), &[5; 12]).unwrap();
+        assert_eq!(m.tensor(TensorId(0)).unwrap(), &[5; 12]);
     }
 
     #[test]
@@ -911,6 +1084,77 @@ mod tests {
             checked > 1000,
             "only {checked} random patterns were in bounds"
         );
+    }
+
+    /// Random pairs of patterns in different memories: the direct copy, when it applies,
+    /// leaves the memories exactly as `read_raw` then `write_raw` do, with the same
+    /// poison report.
+    #[test]
+    fn direct_copies_match_read_then_write() {
+        let mut cfg = ChipConfig::trn1();
+        cfg.sbuf_bytes_per_partition = 4096;
+        let mut base = Memories::new(&cfg, &program(&[("h", vec![8192], Dtype::U8)])).unwrap();
+        for (i, b) in base.sbuf.iter_mut().enumerate() {
+            *b = if i % 97 == 0 {
+                0xff
+            } else {
+                (i * 13 + 1) as u8
+            };
+        }
+        let mut state = 99u64;
+        let mut rnd = |n: u64| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) % n
+        };
+        let mut direct = 0;
+        for _ in 0..2000 {
+            let dtype = [Dtype::U8, Dtype::Bf16, Dtype::F32][rnd(3) as usize];
+            let (parts, inner) = (1 + rnd(8) as u32, 1 + rnd(6) as u32);
+            let outer = 1 + rnd(3) as u32;
+            let on_chip = Ap {
+                mem: Memory::Sbuf,
+                dtype,
+                offset: rnd(200),
+                start_partition: rnd(100) as u32,
+                partitions: parts,
+                partition_stride: 1,
+                dims: vec![
+                    Dim {
+                        size: outer,
+                        stride: i64::from(inner) + rnd(3) as i64,
+                    },
+                    Dim {
+                        size: inner,
+                        stride: 1,
+                    },
+                ],
+            };
+            let row = i64::from(outer * inner) + rnd(4) as i64;
+            let in_hbm = Ap::hbm_rows(TensorId(0), dtype, rnd(300), parts, row, outer * inner);
+            let (dst, src) = if rnd(2) == 0 {
+                (on_chip, in_hbm)
+            } else {
+                (in_hbm, on_chip)
+            };
+            let mut a = base.clone();
+            let Ok(Some(poisoned)) = a.copy_raw(&dst, &src) else {
+                continue;
+            };
+            let mut b = base.clone();
+            let mut raw = Vec::new();
+            assert_eq!(
+                b.read_raw(&src, &mut raw).unwrap(),
+                poisoned,
+                "{dst} <- {src}"
+            );
+            b.write_raw(&dst, &raw).unwrap();
+            assert!(a.sbuf == b.sbuf, "{dst} <- {src}");
+            assert!(a.tensor(TensorId(0)).unwrap() == b.tensor(TensorId(0)).unwrap());
+            direct += 1;
+        }
+        assert!(direct > 500, "only {direct} direct copies");
     }
 
     #[test]

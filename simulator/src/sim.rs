@@ -6,7 +6,7 @@
 //! both: it never depends on data.
 
 use crate::error::SimError;
-use crate::exec::{self, ExecContext};
+use crate::exec::{Deferred, ExecContext};
 use crate::memory::Memories;
 use crate::numerics::Rounding;
 use crate::sched::{self, SchedOptions};
@@ -54,6 +54,9 @@ pub struct Simulator<'p> {
 struct Functional {
     mem: Memories,
     ctx: ExecContext,
+    /// Matmuls whose GEMM runs on a worker thread, committed before anything reads their
+    /// destination (`exec::deferred`).
+    deferred: Deferred,
 }
 
 impl<'p> Simulator<'p> {
@@ -76,6 +79,7 @@ impl<'p> Simulator<'p> {
             Some(Functional {
                 mem: Memories::for_program(cfg, program)?,
                 ctx: ExecContext::new(cfg.clone(), opts.rounding, opts.seed),
+                deferred: Deferred::default(),
             })
         };
         Ok(Simulator {
@@ -160,8 +164,10 @@ impl<'p> Simulator<'p> {
                 sched::run(program, &self.cfg, opts, &mut skip, progress)
             }
             Some(f) => {
+                let (mem, ctx, deferred) = (&mut f.mem, &mut f.ctx, &mut f.deferred);
                 let mut run_one = |stream: usize, index: usize, instr: &Instruction| {
-                    exec::execute(&mut f.mem, &instr.op, &mut f.ctx)
+                    deferred
+                        .execute(mem, &instr.op, ctx)
                         .map(|o| o.poisoned_read)
                         .map_err(|e| SimError::Exec {
                             stream,
@@ -171,7 +177,16 @@ impl<'p> Simulator<'p> {
                             message: e.message,
                         })
                 };
-                sched::run(program, &self.cfg, opts, &mut run_one, progress)
+                let stats = sched::run(program, &self.cfg, opts, &mut run_one, progress);
+                // Every deferred GEMM lands in PSUM before the run returns, even a failed
+                // one (the memories then hold every effect executed before the error).
+                let flushed = f
+                    .deferred
+                    .flush(&mut f.mem)
+                    .map_err(|e| SimError::Limit(format!("deferred matmul: {}", e.message)));
+                let stats = stats?;
+                flushed?;
+                Ok(stats)
             }
         }
     }

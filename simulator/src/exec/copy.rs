@@ -15,6 +15,9 @@ pub(super) fn tensor_copy(
     ctx: &mut ExecContext,
 ) -> Result<bool, ExecError> {
     same_shape("dst", dst, "src", src)?;
+    if let Some(poisoned) = mem.copy_raw(dst, src)? {
+        return Ok(poisoned);
+    }
     if dst.dtype == src.dtype {
         let mut raw = Vec::new();
         let poisoned = mem.read_raw(src, &mut raw)?;

@@ -32,14 +32,12 @@ fn is_int8(d: Dtype) -> bool {
     matches!(d, Dtype::I8 | Dtype::U8)
 }
 
-pub(super) fn matmul(
-    mem: &mut Memories,
+/// Checks the operands of a matmul: returns `(K, M, N, int8)`.
+pub(super) fn operands(
     dst: &Ap,
     stationary: &Ap,
     moving: &Ap,
-    accumulate: bool,
-    ctx: &mut ExecContext,
-) -> Result<bool, ExecError> {
+) -> Result<(usize, usize, usize, bool), ExecError> {
     let (k, m) = shape(stationary);
     let (k2, n) = shape(moving);
     if k2 != k {
@@ -61,11 +59,37 @@ pub(super) fn matmul(
             dst.dtype
         )));
     }
+    Ok((k, m, n, int8))
+}
+
+pub(super) fn matmul(
+    mem: &mut Memories,
+    dst: &Ap,
+    stationary: &Ap,
+    moving: &Ap,
+    accumulate: bool,
+    ctx: &mut ExecContext,
+) -> Result<bool, ExecError> {
+    let (k, m, n, int8) = operands(dst, stationary, moving)?;
+    let width = block_width(k, m, n);
     let mut s = ctx.take();
-    let mut mv = ctx.take();
-    let mut c = ctx.take();
     let mut poisoned = mem.read_f32(stationary, &mut s)?;
+    let mut mv = ctx.take();
     poisoned |= mem.read_f32(moving, &mut mv)?;
+    let exact_products = stationary.dtype != Dtype::F32 && moving.dtype != Dtype::F32;
+    let shape_err = |e: ndarray::ShapeError| ExecError::new(format!("matmul buffers: {e}"));
+    let sv = ArrayView2::from_shape((k, m), s.as_slice()).map_err(shape_err)?;
+    let vblocks = moving_blocks(&mv, k, n, width)?;
+    if !int8 {
+        // The fast path: accumulate in place in PSUM (the inputs are already read, so an
+        // overlap with `dst` behaves as if they were snapshotted).
+        if let Some(cv) = mem.rows_f32_mut(dst)? {
+            poisoned |= gemm(&sv, vblocks, cv, width, accumulate, exact_products, true);
+            ctx.give([s, mv]);
+            return Ok(poisoned);
+        }
+    }
+    let mut c = ctx.take();
     let float_acc = accumulate && !int8;
     if float_acc {
         poisoned |= mem.read_f32(dst, &mut c)?;
@@ -73,8 +97,8 @@ pub(super) fn matmul(
         c.clear();
         c.resize(m * n, 0.0);
     }
-    let exact_products = stationary.dtype != Dtype::F32 && moving.dtype != Dtype::F32;
-    gemm(k, m, n, &s, &mv, &mut c, float_acc, exact_products)?;
+    let cv = ArrayViewMut2::from_shape((m, n), c.as_mut_slice()).map_err(shape_err)?;
+    gemm(&sv, vblocks, cv, width, float_acc, exact_products, true);
     if int8 {
         // Exact: |sum| < 2^24, so the f32 holds an integer.
         let mut acc = Vec::new();
@@ -94,53 +118,87 @@ pub(super) fn matmul(
     Ok(poisoned)
 }
 
+/// The column blocks of `width` columns (the last one narrower) of the dense moving
+/// tile `mv` (`[K, N]`).
+pub(super) fn moving_blocks(
+    mv: &[f32],
+    k: usize,
+    n: usize,
+    width: usize,
+) -> Result<Vec<ArrayView2<'_, f32>>, ExecError> {
+    let whole = ArrayView2::from_shape((k, n), mv)
+        .map_err(|e| ExecError::new(format!("matmul buffers: {e}")))?;
+    Ok((0..n.div_ceil(width.max(1)))
+        .map(|b| whole.slice_move(ndarray::s![.., b * width..((b + 1) * width).min(n)]))
+        .collect())
+}
+
 /// Multiply-adds below which a matmul is not split across threads.
 const PARALLEL_MACS: usize = 1 << 20;
 
-/// `c[M, N] = (accumulate ? c : 0) + s[K, M]^T @ v[K, N]` by the module's rule, split over
-/// column blocks of `c` across threads when large.
-#[allow(clippy::too_many_arguments)]
-fn gemm(
-    k: usize,
-    m: usize,
-    n: usize,
-    s: &[f32],
-    v: &[f32],
-    c: &mut [f32],
-    accumulate: bool,
-    exact_products: bool,
-) -> Result<(), ExecError> {
-    use rayon::prelude::*;
-    let shape_err = |e: ndarray::ShapeError| ExecError::new(format!("matmul buffers: {e}"));
-    let sv = ArrayView2::from_shape((k, m), s).map_err(shape_err)?;
-    let vv = ArrayView2::from_shape((k, n), v).map_err(shape_err)?;
-    let mut cv = ArrayViewMut2::from_shape((m, n), c).map_err(shape_err)?;
-    let beta = if accumulate { 1.0 } else { 0.0 };
+/// The width of the column blocks a `[K, M] x [K, N]` matmul is split into across the
+/// rayon pool (`n` when it is not split). Any split gives the same bits.
+pub(super) fn block_width(k: usize, m: usize, n: usize) -> usize {
     let threads = rayon::current_num_threads();
     let blocks = if k * m * n >= PARALLEL_MACS && threads > 1 {
         threads.min(n.div_ceil(64))
     } else {
         1
     };
-    let width = n.div_ceil(blocks.max(1)).max(1);
+    n.div_ceil(blocks.max(1)).max(1)
+}
+
+/// `c[M, N] = (accumulate ? c : 0) + s[K, M]^T @ v[K, N]` by the module's rule, over the
+/// column blocks of `c` (`width` columns each, the last one narrower) in parallel;
+/// `vblocks` are the same column blocks of `v`. `c` may be a strided view (the rows of
+/// PSUM itself). When accumulating and `check_poison`, returns whether any element of `c`
+/// was the FP32 poison pattern before the update (a read of unwritten memory).
+pub(super) fn gemm(
+    sv: &ArrayView2<'_, f32>,
+    vblocks: Vec<ArrayView2<'_, f32>>,
+    mut cv: ArrayViewMut2<'_, f32>,
+    width: usize,
+    accumulate: bool,
+    exact_products: bool,
+    check_poison: bool,
+) -> bool {
+    use rayon::prelude::*;
+    let beta = if accumulate { 1.0 } else { 0.0 };
     let run = |vb: ArrayView2<'_, f32>, mut cb: ArrayViewMut2<'_, f32>| {
+        let poisoned = accumulate && check_poison && has_poison(&cb);
         if exact_products {
             general_mat_mul(1.0, &sv.t(), &vb, beta, &mut cb);
         } else {
-            gemm_f32_unfused(&sv, &vb, &mut cb, accumulate);
+            gemm_f32_unfused(sv, &vb, &mut cb, accumulate);
         }
+        poisoned
     };
-    if blocks <= 1 {
-        run(vv, cv);
-        return Ok(());
+    if vblocks.len() == 1 {
+        return vblocks.into_iter().any(|vb| run(vb, cv.view_mut()));
     }
-    let vcols: Vec<_> = vv.axis_chunks_iter(Axis(1), width).collect();
     let ccols: Vec<_> = cv.axis_chunks_iter_mut(Axis(1), width).collect();
-    vcols
+    debug_assert!(
+        vblocks.len() == ccols.len()
+            && vblocks
+                .iter()
+                .zip(&ccols)
+                .all(|(v, c)| v.ncols() == c.ncols()),
+        "moving and dst column blocks must match"
+    );
+    vblocks
         .into_par_iter()
         .zip(ccols)
-        .for_each(|(vb, cb)| run(vb, cb));
-    Ok(())
+        .map(|(vb, cb)| run(vb, cb))
+        .reduce(|| false, |a, b| a | b)
+}
+
+/// Whether some element of `c` has the FP32 poison bits (all ones).
+fn has_poison(c: &ArrayViewMut2<'_, f32>) -> bool {
+    c.rows().into_iter().any(|row| match row.as_slice() {
+        // A max-reduction that vectorizes, as `numerics::is_poisoned`.
+        Some(r) => r.iter().fold(0u32, |a, x| a.max(x.to_bits())) == u32::MAX,
+        None => row.iter().any(|x| x.to_bits() == u32::MAX),
+    })
 }
 
 /// The module's rule for FP32 inputs, with separate multiplies and adds: for each output
@@ -232,18 +290,10 @@ mod tests {
                     .unwrap();
                 let mut c = c0.clone();
                 pool.install(|| {
-                    gemm(
-                        k,
-                        m,
-                        n,
-                        s.as_slice().unwrap(),
-                        v.as_slice().unwrap(),
-                        c.as_slice_mut().unwrap(),
-                        acc,
-                        exact,
-                    )
-                })
-                .unwrap();
+                    let width = block_width(k, m, n);
+                    let vblocks = v.axis_chunks_iter(Axis(1), width).collect();
+                    gemm(&s.view(), vblocks, c.view_mut(), width, acc, exact, true)
+                });
                 assert_eq!(
                     bits(&c),
                     bits(&want),

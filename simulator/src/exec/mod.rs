@@ -17,6 +17,7 @@ mod activation;
 mod alu;
 mod bn;
 mod copy;
+mod deferred;
 mod dma;
 mod iota;
 mod matmul;
@@ -25,6 +26,7 @@ mod transpose;
 
 pub use activation::activation_fn;
 pub use alu::alu;
+pub(crate) use deferred::Deferred;
 
 use crate::memory::Memories;
 use crate::numerics::{Rounder, Rounding};

@@ -7,10 +7,37 @@ use super::{ExecContext, ExecError, shape};
 use crate::memory::Memories;
 use neuron_isa::Ap;
 
-/// Transposes a dense `rows x cols` matrix of `T`.
+/// Transposes a dense `rows x cols` matrix of `T` (`src` holds at least `rows * cols`).
 fn transpose_dense<T: Copy>(src: &[T], rows: usize, cols: usize, out: &mut Vec<T>) {
     out.clear();
-    out.extend((0..cols).flat_map(|c| (0..rows).map(move |r| src[r * cols + c])));
+    out.extend_from_slice(&src[..rows * cols]);
+    // Tiles of 16 x 16 keep both sides in cache lines.
+    const B: usize = 16;
+    for r0 in (0..rows).step_by(B) {
+        for c0 in (0..cols).step_by(B) {
+            for r in r0..(r0 + B).min(rows) {
+                for c in c0..(c0 + B).min(cols) {
+                    out[c * rows + r] = src[r * cols + c];
+                }
+            }
+        }
+    }
+}
+
+/// Transposes a dense `rows x cols` matrix of `E`-byte elements stored as bytes.
+fn transpose_words<const E: usize>(raw: &[u8], rows: usize, cols: usize, out: &mut Vec<u8>) {
+    let words: Vec<[u8; E]> = raw
+        .chunks_exact(E)
+        .map(|c| {
+            let mut w = [0u8; E];
+            w.copy_from_slice(c);
+            w
+        })
+        .collect();
+    let mut t = Vec::with_capacity(words.len());
+    transpose_dense(&words, rows, cols, &mut t);
+    out.clear();
+    out.extend(t.iter().flatten());
 }
 
 pub(super) fn transpose(
@@ -31,11 +58,14 @@ pub(super) fn transpose(
         let e = src.dtype.size() as usize;
         let mut raw = Vec::new();
         let poisoned = mem.read_raw(src, &mut raw)?;
-        // Transpose whole elements: group the bytes of each element.
-        let elems: Vec<&[u8]> = raw.chunks_exact(e).collect();
-        let mut t = Vec::with_capacity(elems.len());
-        transpose_dense(&elems, p, f, &mut t);
-        let out: Vec<u8> = t.concat();
+        // Transpose whole elements, as unsigned integers of their width.
+        let mut out = Vec::with_capacity(raw.len());
+        match e {
+            1 => transpose_dense(&raw, p, f, &mut out),
+            2 => transpose_words::<2>(&raw, p, f, &mut out),
+            4 => transpose_words::<4>(&raw, p, f, &mut out),
+            _ => transpose_words::<8>(&raw, p, f, &mut out),
+        }
         mem.write_raw(dst, &out)?;
         return Ok(poisoned);
     }

@@ -267,3 +267,126 @@ fn matmul_psum_fp32_is_not_rounded_by_sr() {
     execute(&mut m, &matmul(dst.clone(), st, mv, false), &mut c).unwrap();
     assert_eq!(get(&m, &dst), vec![1.0 + 2f32.powi(-20)]);
 }
+
+/// The rule of `exec/matmul.rs`, one element at a time: `acc = +0; acc += s[k, m] *
+/// v[k, n]` for `k` in order, each product and sum rounded on its own, then `dst = acc`
+/// or `dst = dst + acc`.
+fn matmul_rule(
+    s: &[f32],
+    v: &[f32],
+    c: &[f32],
+    (k, m, n): (usize, usize, usize),
+    acc: bool,
+) -> Vec<u32> {
+    (0..m * n)
+        .map(|i| {
+            let (mi, ni) = (i / n, i % n);
+            let mut sum = 0f32;
+            for kk in 0..k {
+                let p = s[kk * m + mi] * v[kk * n + ni];
+                sum += p;
+            }
+            (if acc { c[i] + sum } else { sum }).to_bits()
+        })
+        .collect()
+}
+
+/// Matmuls accumulate in place in PSUM when `dst` is one contiguous f32 run per
+/// partition (the fast path), and through a dense copy otherwise (a strided `dst`, int8):
+/// both give the rule's bits on random bf16 inputs whose sums round, overwriting and
+/// accumulating, with 1 and 2 threads (the large case is split over column blocks).
+#[test]
+fn in_place_and_copied_psum_matmuls_follow_the_rule_for_any_thread_count() {
+    let normals = |name: &str, len: usize| {
+        let mut x = vec![0f32; len];
+        neuron_isa::rng::CounterRng::for_tensor(3, name).fill_standard_normal(0, &mut x);
+        x
+    };
+    for (k, mm, n, strided) in [
+        (128usize, 96usize, 500usize, false),
+        (128, 128, 512, false),
+        (64, 32, 200, true),
+        (7, 5, 9, false),
+    ] {
+        // Rounded to bf16 as stored, so the reference sees the values the engine reads.
+        let bf = |x: Vec<f32>| -> Vec<f32> {
+            x.into_iter()
+                .map(|v| neuron_sim::numerics::bf16_to_f32(neuron_sim::numerics::f32_to_bf16(v)))
+                .collect()
+        };
+        let a = bf(normals("st", k * mm));
+        let b = bf(normals("mv", k * n));
+        let c0 = normals("psum", mm * n);
+        let st = sb(Dtype::Bf16, 0, k as u32, 0, mm as u32);
+        let mv = sb(Dtype::Bf16, 0, k as u32, 4096, n as u32);
+        let mut dst = ps(Dtype::F32, 0, mm as u32, 64, n as u32);
+        if strided {
+            dst.dims = vec![Dim {
+                size: n as u32,
+                stride: 2,
+            }];
+        }
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for acc in [false, true] {
+                let mut m = mems(&[]);
+                put(&mut m, &st, &a);
+                put(&mut m, &mv, &b);
+                put(&mut m, &dst, &c0);
+                let out =
+                    pool.install(|| run(&mut m, &matmul(dst.clone(), st.clone(), mv.clone(), acc)));
+                assert!(!out.poisoned_read);
+                let got: Vec<u32> = get(&m, &dst).iter().map(|x| x.to_bits()).collect();
+                assert!(
+                    got == matmul_rule(&a, &b, &c0, (k, mm, n), acc),
+                    "k {k} m {mm} n {n} strided {strided} threads {threads} acc {acc}"
+                );
+            }
+        }
+    }
+}
+
+/// A large matmul is split over column blocks (the destination's poison checked per
+/// block): an unwritten column anywhere in the moving tile, or in the PSUM it accumulates
+/// into, is still reported.
+#[test]
+fn split_matmuls_report_poisoned_reads_in_any_block() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let st = sb(Dtype::Bf16, 0, 128, 0, 128);
+    let dst = ps(Dtype::F32, 0, 128, 0, 512);
+    for written in [0..256u32, 256..512] {
+        let mut m = mems(&[]);
+        put(&mut m, &st, &vec![1.0; 128 * 128]);
+        let part = sb(
+            Dtype::Bf16,
+            0,
+            128,
+            1024 + 2 * u64::from(written.start),
+            256,
+        );
+        put(&mut m, &part, &vec![1.0; 128 * 256]);
+        let mv = sb(Dtype::Bf16, 0, 128, 1024, 512);
+        let op = matmul(dst.clone(), st.clone(), mv.clone(), false);
+        assert!(
+            pool.install(|| run(&mut m, &op)).poisoned_read,
+            "{written:?}"
+        );
+        // Moving written in full: clean; then accumulating into a half-written bank.
+        put(&mut m, &mv, &vec![1.0; 128 * 512]);
+        assert!(!pool.install(|| run(&mut m, &op)).poisoned_read);
+        let half = ps(Dtype::F32, 0, 128, 4096 + 4 * u64::from(written.start), 256);
+        put(&mut m, &half, &vec![0.0; 128 * 256]);
+        let bank = ps(Dtype::F32, 0, 128, 4096, 512);
+        let acc = matmul(bank, st.clone(), mv, true);
+        assert!(
+            pool.install(|| run(&mut m, &acc)).poisoned_read,
+            "{written:?}"
+        );
+    }
+}

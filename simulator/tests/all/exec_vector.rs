@@ -558,3 +558,91 @@ fn poisoned_reads_of_operands_are_reported() {
     let op = act(dst, src, ActFunc::Exp, Operand::Imm(1.0), None, None);
     assert!(!run(&mut m, &op).poisoned_read);
 }
+
+/// Large elementwise work and direct DMA copies give the same bits with 1 and 2 threads,
+/// and the same as their definitions: a gelu with per-partition bias and accumulation
+/// over a [128 x 512] bf16 tile with one poisoned element, a strided read, and an
+/// SBUF -> HBM -> SBUF round trip (copied run by run between memories).
+#[test]
+fn large_ops_are_bit_identical_across_thread_counts() {
+    let (p, f) = (128u32, 512u32);
+    let mut x = vec![0f32; (p * f) as usize];
+    neuron_isa::rng::CounterRng::for_tensor(5, "act").fill_standard_normal(0, &mut x);
+    let src = sb(Dtype::Bf16, 0, p, 0, f);
+    let bias = sb(Dtype::F32, 0, p, 2048, 1);
+    let dst = sb(Dtype::Bf16, 0, p, 4096, f);
+    let accum = sb(Dtype::F32, 0, p, 8192, 1);
+    let mut strided = sb(Dtype::Bf16, 0, p, 0, f / 2);
+    strided.dims = vec![Dim {
+        size: f / 2,
+        stride: 2,
+    }];
+    let op = act(
+        dst.clone(),
+        src.clone(),
+        ActFunc::Gelu,
+        Operand::Imm(1.5),
+        Some(Operand::PerPartition(bias.clone())),
+        Some(accum.clone()),
+    );
+    let outcome = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut m = mems(&[("h", &[128, 512], Dtype::Bf16)]);
+            put(&mut m, &src, &x);
+            // One element never written: its poison must be reported and propagate.
+            let hole = sb(Dtype::Bf16, 77, 1, 2 * 300, 1);
+            m.write_raw(&hole, &[0xff, 0xff]).unwrap();
+            put(&mut m, &bias, &x[..p as usize]);
+            let poisoned = run(&mut m, &op).poisoned_read;
+            let back = sb(Dtype::Bf16, 0, p, 16384, f);
+            let to_hbm = Op::Dma {
+                dst: hbm(0, Dtype::Bf16, p, f),
+                src: dst.clone(),
+            };
+            let from_hbm = Op::Dma {
+                dst: back.clone(),
+                src: hbm(0, Dtype::Bf16, p, f),
+            };
+            assert!(!run(&mut m, &to_hbm).poisoned_read);
+            assert!(!run(&mut m, &from_hbm).poisoned_read);
+            (
+                poisoned,
+                raw(&m, &dst),
+                raw(&m, &accum),
+                raw(&m, &back),
+                get(&m, &strided)
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>(),
+            )
+        })
+    };
+    let one = outcome(1);
+    assert!(one.0, "the unwritten element is reported");
+    assert_eq!(one.1, one.3, "the round trip through HBM moves bits");
+    // The definition, element by element: bf16(gelu(x * 1.5 + bias[p])).
+    let want: Vec<f32> = (0..(p * f) as usize)
+        .map(|i| {
+            let xi = neuron_sim::numerics::bf16_to_f32(neuron_sim::numerics::f32_to_bf16(x[i]));
+            let xi = if i == 77 * 512 + 300 { f32::NAN } else { xi };
+            activation_fn(ActFunc::Gelu, xi * 1.5 + x[i / f as usize])
+        })
+        .collect();
+    let got: Vec<f32> = one
+        .1
+        .chunks_exact(2)
+        .map(|c| neuron_sim::numerics::bf16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+        .collect();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let w = neuron_sim::numerics::bf16_to_f32(neuron_sim::numerics::f32_to_bf16(*w));
+        assert!(
+            g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+            "element {i}"
+        );
+    }
+    assert!(outcome(2) == one, "2 threads differ from 1");
+}

@@ -715,7 +715,7 @@ pub fn program(seed: u64, repair: bool) -> (Program, ChipConfig) {
 }
 
 /// Tensor bytes for a run: random-ish data (small index-like values for i32 tensors).
-fn tensor_bytes(t: &HbmTensor, seed: u64) -> Option<Vec<u8>> {
+pub fn tensor_bytes(t: &HbmTensor, seed: u64) -> Option<Vec<u8>> {
     let bytes = t
         .shape
         .iter()

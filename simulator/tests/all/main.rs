@@ -1,5 +1,6 @@
 //! The simulator's integration tests: one binary, one module per area.
 
+mod deferred;
 mod disasm;
 mod driver;
 mod exec_dma;
