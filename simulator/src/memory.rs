@@ -165,9 +165,13 @@ fn poisoned_vec(len: usize, what: &str) -> Result<Vec<u8>, SimError> {
     // went element by element: several times slower than one thread's memset.)
     if len >= PARALLEL_FILL && rayon::current_num_threads() > 1 {
         use rayon::prelude::*;
-        v.resize(len, 0);
+        // `vec![0; len]` takes zeroed pages from the allocator without writing them (the
+        // reservation above has just shown that `len` bytes can be had).
+        drop(v);
+        let mut v = vec![0u8; len];
         v.par_chunks_mut(PARALLEL_FILL)
             .for_each(|c| c.fill(POISON_BYTE));
+        return Ok(v);
     } else {
         v.resize(len, POISON_BYTE);
     }
@@ -181,6 +185,7 @@ const PARALLEL_FILL: usize = 1 << 20;
 fn copied_vec(bytes: &[u8]) -> Vec<u8> {
     if bytes.len() >= PARALLEL_FILL && rayon::current_num_threads() > 1 {
         use rayon::prelude::*;
+        // Zeroed pages, untouched until each block's copy writes them.
         let mut v = vec![0u8; bytes.len()];
         v.par_chunks_mut(PARALLEL_FILL)
             .zip(bytes.par_chunks(PARALLEL_FILL))
