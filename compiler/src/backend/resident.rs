@@ -377,14 +377,7 @@ mod tests {
         // A plan takes the candidate every access mapped under: N H W, one row block and a
         // half of 256 bf16 elements = 2 * 512 bytes per partition.
         let cfg = ChipConfig::trn1();
-        let kg = KernelGraph {
-            name: "t".into(),
-            seed: 0,
-            tensors: Vec::new(),
-            kernels: Vec::new(),
-            inputs: Vec::new(),
-            outputs: Vec::new(),
-        };
+        let kg = no_kernels();
         let mut probe = Probe::default();
         probe.note(0, 0, 0b100);
         probe.note(0, 1, 0b110);
@@ -394,6 +387,18 @@ mod tests {
         // One access that maps under no candidate keeps it in HBM.
         probe.note(0, 2, 0);
         assert!(plan(&kg, &probe, &[t], &cfg).tensors.is_empty());
+    }
+
+    /// A kernel graph without kernels (the plans' live ranges then come from the probe).
+    fn no_kernels() -> KernelGraph {
+        KernelGraph {
+            name: "t".into(),
+            seed: 0,
+            tensors: Vec::new(),
+            kernels: Vec::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+        }
     }
 
     fn scratch(shape: &[u64], dtype: Dtype) -> HbmTensor {
@@ -408,14 +413,7 @@ mod tests {
     #[test]
     fn tensors_live_at_different_times_share_bytes_and_the_budget_is_kept() {
         let cfg = ChipConfig::trn1();
-        let kg = KernelGraph {
-            name: "t".into(),
-            seed: 0,
-            tensors: Vec::new(),
-            kernels: Vec::new(),
-            inputs: Vec::new(),
-            outputs: Vec::new(),
-        };
+        let kg = no_kernels();
         // [128, 768] f32: 3 KiB per partition each. T0 lives in kernels 0..1, T1 in 1..2
         // (overlaps T0), T2 in 2..3 (after T0: reuses its bytes). T3 is too large for the
         // budget, T4 had an access that did not map, T5 is a weight.
