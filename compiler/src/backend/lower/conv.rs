@@ -515,6 +515,34 @@ fn band_width(s: &ConvShape, t: &ConvTiling, cols: usize) -> usize {
     if t.full_w { s.w } else { s.band_w(cols) }
 }
 
+/// One accumulator tile's eviction operands, cut from the full output tile: columns
+/// `pix0 .. pix0 + npix` on the first `no` partitions of each full-tile epilogue operand
+/// (`sops`) and of the output (`out_all`), and the kernel's f32 cast slot if it has one.
+pub(crate) fn tile_operands(
+    ctx: &LowerCtx<'_>,
+    sops: &[Option<OpTile>],
+    out_all: &Ap,
+    (pix0, npix, no): (u32, u32, u32),
+) -> (Vec<Option<OpTile>>, Option<Ap>, Ap) {
+    let sub_of = |ap: &Ap| {
+        let mut a = crate::backend::layout::cols(ap, pix0, npix);
+        a.partitions = no;
+        a
+    };
+    let ops = sops
+        .iter()
+        .map(|o| match o {
+            Some(OpTile::Full(a)) => Some(OpTile::Full(sub_of(a))),
+            other => other.clone(),
+        })
+        .collect();
+    let cast = ctx
+        .bufs
+        .get("cast")
+        .map(|c| c.tile(0, Dtype::F32, no, npix));
+    (ops, cast, sub_of(out_all))
+}
+
 /// Evicts accumulator `acc` through the convolution's epilogue into `out` (`work` and
 /// `cast` its scratch tiles; `ops` the epilogue operands cut to this tile): an int8
 /// dequantization (`dequant`, the per-channel scale column) or a leading bias add as one
@@ -1302,11 +1330,6 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                             let nrk = t.rows.min(nr - k0);
                             let npix = nbi * nrk * nc;
                             let pix0 = ((i0 * nr + k0) * nc) as u32;
-                            let sub_of = |ap: &Ap| {
-                                let mut a = crate::backend::layout::cols(ap, pix0, npix as u32);
-                                a.partitions = no as u32;
-                                a
-                            };
                             let acc_dt = if stage.is_some() {
                                 Dtype::I32
                             } else {
@@ -1450,18 +1473,8 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                     }
                                 }
                             }
-                            let ops: Vec<Option<OpTile>> = sops
-                                .iter()
-                                .map(|o| match o {
-                                    Some(OpTile::Full(a)) => Some(OpTile::Full(sub_of(a))),
-                                    other => other.clone(),
-                                })
-                                .collect();
-                            let cast = ctx
-                                .bufs
-                                .get("cast")
-                                .map(|c| c.tile(0, Dtype::F32, no as u32, npix as u32));
-                            let out_k = sub_of(&out_all);
+                            let (ops, cast, out_k) =
+                                tile_operands(ctx, &sops, &out_all, (pix0, npix as u32, no as u32));
                             let work_t = work.tile(aslot, s.act_dtype, no as u32, npix as u32);
                             // int8: the per-channel dequantization column of this tile.
                             let int8_col =

@@ -364,11 +364,6 @@ pub fn lower(ctx: &mut LowerCtx<'_>, s: &ConvShape, t: &ConvTiling) -> Result<()
                     let nrk = t.rows.min(nr - k0);
                     let npix = nrk * s.ow;
                     let pix0 = (k0 * s.ow) as u32;
-                    let sub_of = |ap: &Ap| {
-                        let mut a = crate::backend::layout::cols(ap, pix0, npix as u32);
-                        a.partitions = no as u32;
-                        a
-                    };
                     let acc_t = acc.tile(aslot, Dtype::F32, no as u32, npix as u32);
                     // (stationary, band offset, K, output columns) per matmul; the one
                     // covering every column goes first (it initializes the PSUM tile).
@@ -447,18 +442,12 @@ pub fn lower(ctx: &mut LowerCtx<'_>, s: &ConvShape, t: &ConvTiling) -> Result<()
                         );
                         first = false;
                     }
-                    let ops: Vec<Option<OpTile>> = sops
-                        .iter()
-                        .map(|op| match op {
-                            Some(OpTile::Full(a)) => Some(OpTile::Full(sub_of(a))),
-                            other => other.clone(),
-                        })
-                        .collect();
-                    let cast = ctx
-                        .bufs
-                        .get("cast")
-                        .map(|cb| cb.tile(0, Dtype::F32, no as u32, npix as u32));
-                    let out_k = sub_of(&out_all);
+                    let (ops, cast, out_k) = super::conv::tile_operands(
+                        ctx,
+                        &sops,
+                        &out_all,
+                        (pix0, npix as u32, no as u32),
+                    );
                     let work_t = work.tile(aslot, s.act_dtype, no as u32, npix as u32);
                     super::conv::evict(ctx, s, (acc_t, work_t, cast, out_k), &ops, None)?;
                     aslot += 1;
