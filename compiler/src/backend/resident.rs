@@ -138,11 +138,16 @@ pub fn map_mask(hbm: &Ap, chip: &Ap, rows: &[u64], partitions: u32) -> u8 {
 /// Bytes per partition tensor `t` takes when resident on `partitions` partitions.
 fn footprint(t: &HbmTensor, row: u64, partitions: u64) -> u64 {
     let rows = t.elems().max(1).div_ceil(row);
-    let bytes = rows
-        .div_ceil(partitions.max(1))
-        .saturating_mul(row)
-        .saturating_mul(t.dtype.size());
+    let bytes = row_block_bytes(rows, row, t.dtype.size(), partitions);
     bytes.div_ceil(ALIGN).saturating_mul(ALIGN)
+}
+
+/// Bytes per partition (before alignment) of `rows` rows of `row` elements of `elem`
+/// bytes in the resident layout: row `r` on partition `r % partitions`.
+pub fn row_block_bytes(rows: u64, row: u64, elem: u64, partitions: u64) -> u64 {
+    rows.div_ceil(partitions.max(1))
+        .saturating_mul(row)
+        .saturating_mul(elem)
 }
 
 /// Whether an on-chip copy between dtypes `a` and `b` rounds as the DMA's cast does.

@@ -207,7 +207,7 @@ fn group_footprint(shape: &[usize], g: usize, elem: u64, partitions: u64) -> u64
     let [_, c, h, w] = shape[..] else {
         return u64::MAX;
     };
-    (c as u64).div_ceil(partitions) * (g * h * w) as u64 * elem
+    crate::backend::resident::row_block_bytes(c as u64, (g * h * w) as u64, elem, partitions)
 }
 
 /// The maps inside nodes `a..k` (all but the frontier `f`) that groups of `group` images
