@@ -499,6 +499,25 @@ impl Builder {
         }
     }
 
+    /// Where a resident tensor's region `hbm` lives in SBUF, as the tile `chip` that a DMA
+    /// would move it to or from lane for lane (same dtype, no cast): a kernel then reads or
+    /// writes it there in place instead of copying through `chip`. `None` unless the
+    /// tensor is resident ([`ResidentMode::On`]) and the access maps; the caller then
+    /// emits the DMA as usual (which the probe notes, or which becomes a copy).
+    pub fn resident_in_place(&self, hbm: &Ap, chip: &Ap) -> Option<Ap> {
+        let ResidentMode::On { residency, .. } = &self.resident else {
+            return None;
+        };
+        let Memory::Hbm(t) = hbm.mem else {
+            return None;
+        };
+        if hbm.dtype != chip.dtype {
+            return None;
+        }
+        let r = residency.tensors.get(&t.0)?;
+        resident::map(hbm, chip, r.row_elems, r.base, self.partitions)
+    }
+
     /// Notes the scratch tensors DMA `op` touches (probe mode), or that it touches a
     /// resident one (which breaks the program).
     fn note_scratch(&mut self, op: &Op) {

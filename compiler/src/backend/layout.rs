@@ -480,6 +480,46 @@ pub fn cols(ap: &Ap, c0: u32, n: u32) -> Ap {
     }
 }
 
+/// Elements `start .. start + n` of `ap`'s free axis in row-major order, as one pattern:
+/// for a dense tile the columns ([`cols`]); for a multi-dimensional pattern (a resident
+/// tensor's region read in place), a range of whole inner blocks within one outer dim.
+/// `None` when the range is not a single pattern.
+pub fn free_range(ap: &Ap, start: u64, n: u64) -> Option<Ap> {
+    let d = ap.dims.len();
+    if n == 0 || d == 0 {
+        return None;
+    }
+    for k in (0..d).rev() {
+        let inner: u64 = ap.dims[k + 1..].iter().map(|x| u64::from(x.size)).product();
+        if start % inner != 0 || n % inner != 0 {
+            continue;
+        }
+        let (m, pos) = (n / inner, (start / inner) % u64::from(ap.dims[k].size));
+        if pos + m > u64::from(ap.dims[k].size) {
+            continue;
+        }
+        // Element offset of flat index `start`.
+        let (mut rem, mut off) = (start, 0i64);
+        for dim in ap.dims.iter().rev() {
+            let size = u64::from(dim.size.max(1));
+            off += (rem % size) as i64 * dim.stride;
+            rem /= size;
+        }
+        let mut dims = vec![Dim {
+            size: u32::try_from(m).ok()?,
+            stride: ap.dims[k].stride,
+        }];
+        dims.extend_from_slice(&ap.dims[k + 1..]);
+        let byte = off.checked_mul(ap.dtype.size() as i64)?;
+        return Some(Ap {
+            offset: u64::try_from(ap.offset as i64 + byte).ok()?,
+            dims,
+            ..ap.clone()
+        });
+    }
+    None
+}
+
 /// The first `n` partitions of an on-chip tile.
 pub fn parts(ap: &Ap, p0: u32, n: u32) -> Ap {
     Ap {
@@ -528,6 +568,51 @@ mod tests {
             shape: shape.to_vec(),
             strides: strides.to_vec(),
         }
+    }
+
+    #[test]
+    fn free_range_cuts_dense_tiles_and_whole_blocks_of_strided_patterns() {
+        let dense = Ap::on_chip(Memory::Sbuf, Dtype::Bf16, 0, 64, 1024, 784);
+        assert_eq!(free_range(&dense, 100, 50), Some(cols(&dense, 100, 50)));
+        // [2 images 3136 apart][28 rows 28 apart][28 cols]: a resident map's band.
+        let mut band = dense.clone();
+        band.dims = vec![
+            Dim {
+                size: 2,
+                stride: 3136,
+            },
+            Dim {
+                size: 28,
+                stride: 28,
+            },
+            Dim {
+                size: 28,
+                stride: 1,
+            },
+        ];
+        // Rows 10..18 of image 1.
+        let r = free_range(&band, 784 + 10 * 28, 8 * 28).unwrap();
+        assert_eq!(r.offset, 1024 + 2 * (3136 + 10 * 28));
+        assert_eq!(
+            r.dims,
+            vec![
+                Dim {
+                    size: 8,
+                    stride: 28
+                },
+                Dim {
+                    size: 28,
+                    stride: 1
+                }
+            ]
+        );
+        // Both images whole.
+        let r = free_range(&band, 0, 2 * 784).unwrap();
+        assert_eq!((r.offset, r.dims.clone()), (1024, band.dims.clone()));
+        // Columns 3..30 of image 0 span two rows partially: not one pattern.
+        assert_eq!(free_range(&band, 3, 27), None);
+        // A range across the image boundary that is not whole images.
+        assert_eq!(free_range(&band, 784 - 28, 56), None);
     }
 
     #[test]

@@ -107,14 +107,25 @@ pub fn lower_program_resident(
     let ResidentMode::Probe(probe) = mode else {
         return Ok((first, alloc));
     };
-    let residency = resident::plan(kg, &probe, &first.program.tensors, cfg);
-    if residency.tensors.is_empty() {
-        return Ok((first, alloc));
+    // The largest budget under which every kernel still fits below the region.
+    let mut chosen = None;
+    for cap in resident::budgets(cfg) {
+        let residency = resident::plan(kg, &probe, &first.program.tensors, cfg, cap);
+        if residency.tensors.is_empty() {
+            return Ok((first, alloc));
+        }
+        let mut below = cfg.clone();
+        below.sbuf_bytes_per_partition -= residency.region;
+        if let Ok(a) = allocate(kg, plans, &below) {
+            chosen = Some((residency, a));
+            break;
+        }
+        tracing::debug!(
+            cap,
+            "resident tensors: the kernels do not fit below their region"
+        );
     }
-    let mut below = cfg.clone();
-    below.sbuf_bytes_per_partition -= residency.region;
-    let Ok(mut alloc2) = allocate(kg, plans, &below) else {
-        tracing::debug!("resident tensors: the kernels do not fit below their region");
+    let Some((residency, mut alloc2)) = chosen else {
         return Ok((first, alloc));
     };
     let mode = ResidentMode::On {

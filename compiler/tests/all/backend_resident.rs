@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a test failure.
 
-use super::backend_harness::{Precision, compile_and_check, load_example};
+use super::backend_harness::{Precision, compile_and_check, compile_and_check_with, load_example};
 use neuron_isa::{Engine, Memory, Op, Program, TensorKind};
 use std::path::Path;
 
@@ -100,10 +100,12 @@ fn an_activation_that_fits_never_touches_hbm_between_its_two_kernels() {
 
 #[test]
 fn an_activation_too_large_for_the_resident_region_stays_in_hbm_and_is_still_right() {
-    // 4096 rows x 256 f32 = 32 row blocks x 1 KiB = 32 KiB per partition, above trn1's
-    // 24 KiB region (an eighth of SBUF).
+    // 4096 rows x 256 f32 = 32 row blocks x 1 KiB = 32 KiB per partition, above the
+    // largest region (half of SBUF) of a chip with 48 KiB of SBUF per partition.
     let g = matmul_then_layer_norm(4096);
-    let (c, _) = compile_and_check(&g, Precision::Fp32);
+    let mut o = Precision::Fp32.options();
+    o.target.sbuf_bytes_per_partition = 48 * 1024;
+    let (c, _) = compile_and_check_with(&g, o, Precision::Fp32);
     let p = &c.artifact.meta.program;
     let (n, bytes) = scratch_dma_bytes(p);
     assert_eq!(n, 1);
@@ -163,4 +165,61 @@ fn channel_major_conv_maps_stay_on_chip_and_stacked_loads_keep_theirs_in_hbm() {
     // A map read by a 3x3 conv with stacked kernel rows (8 and 16 channels: bands shifted
     // onto other partitions) is loaded by DMA.
     assert!(maps.iter().any(|m| m.2 > 0), "{maps:?}");
+}
+
+#[test]
+fn convolutions_write_resident_maps_in_place_and_add_residuals_as_they_evict() {
+    // The reduced ResNet at batch 2, fp32 (checked against the reference).
+    let g = super::conv_chip::mini_resnet(2, 32);
+    let (c, _) = compile_and_check(&g, Precision::Fp32);
+    let p = &c.artifact.meta.program;
+    let convs: Vec<usize> = (0..p.kernels.len())
+        .filter(|&k| p.kernels[k].kind == "conv2d")
+        .collect();
+    let mut in_place = 0;
+    for &k in &convs {
+        let instrs = || {
+            p.streams
+                .iter()
+                .flat_map(move |s| s.instrs.iter().map(move |i| (s.engine, i)))
+                .filter(move |(_, i)| i.kernel as usize == k)
+        };
+        // An eviction whose destination has several free dims is a resident map's band
+        // written in place (the kernels' own tiles are dense).
+        let direct = instrs().any(|(e, i)| {
+            matches!(e, Engine::Scalar | Engine::Vector)
+                && matches!(&i.op, Op::Activation { dst, .. }
+                    if dst.mem == Memory::Sbuf && dst.dims.len() > 1)
+        });
+        in_place += usize::from(direct);
+        // A residual epilogue: VectorE adds the residual while reading PSUM, no
+        // tensor_scalar bias add and no GpSimd add is left.
+        let residual = instrs().any(|(e, i)| {
+            e == Engine::Vector
+                && matches!(&i.op, Op::TensorTensor { a, .. } if a.mem == Memory::Psum)
+        });
+        if residual {
+            assert!(
+                !instrs()
+                    .any(|(e, i)| e == Engine::GpSimd && matches!(i.op, Op::TensorTensor { .. })),
+                "kernel {}: a GpSimd add in a residual epilogue",
+                p.kernels[k].name
+            );
+            assert!(
+                !instrs().any(|(_, i)| matches!(i.op, Op::TensorScalar { .. })),
+                "kernel {}: the bias add did not fold into the activation",
+                p.kernels[k].name
+            );
+        }
+    }
+    assert!(
+        in_place >= 3,
+        "{in_place} of {} convs write in place",
+        convs.len()
+    );
+    let residuals = convs
+        .iter()
+        .filter(|&&k| p.kernels[k].name.contains(".add"))
+        .count();
+    assert!(residuals >= 3, "{:?}", p.kernels);
 }

@@ -524,8 +524,10 @@ pub(crate) fn tile_operands(
     out_all: &Ap,
     (pix0, npix, no): (u32, u32, u32),
 ) -> (Vec<Option<OpTile>>, Option<Ap>, Ap) {
+    // A tile, or a resident region read or written in place (several free dims).
     let sub_of = |ap: &Ap| {
-        let mut a = crate::backend::layout::cols(ap, pix0, npix);
+        let mut a = crate::backend::layout::free_range(ap, pix0.into(), npix.into())
+            .unwrap_or_else(|| crate::backend::layout::cols(ap, pix0, npix));
         a.partitions = no;
         a
     };
@@ -556,6 +558,43 @@ pub(crate) fn evict(
     ops: &[Option<OpTile>],
     dequant: Option<Ap>,
 ) -> Result<(), CompileError> {
+    // `acc + b + r` then a unary function: VectorE adds the residual as it evicts the
+    // accumulator (one PSUM input: one cycle per element) into the work tile, and the bias
+    // and the function fold into one ScalarE activation: two instructions, not three.
+    if dequant.is_none()
+        && acc.mem == Memory::Psum
+        && let Some((res, rest)) = residual_first(&s.epilogue, ops)
+    {
+        ctx.push(
+            Engine::Vector,
+            Op::TensorTensor {
+                dst: work.clone(),
+                a: acc,
+                b: res,
+                op: neuron_isa::AluOp::Add,
+            },
+        );
+        // The result rounds to the elementwise type even when stored wider (as it would
+        // after the unfused chain's last step).
+        let last = if out.dtype == work.dtype {
+            out.clone()
+        } else {
+            work.clone()
+        };
+        let tiles = ChainTiles {
+            src: work.clone(),
+            work,
+            cast,
+            out: last,
+            operands: ops,
+        };
+        let res = chain::apply(ctx, &rest, &tiles)?;
+        if res != out {
+            let e = ctx.evict_engine();
+            ctx.copy_on(e, out, res);
+        }
+        return Ok(());
+    }
     let (src, epilogue) = match (dequant, split_bias(&s.epilogue, ops)) {
         (Some(dq), _) => {
             let rest = super::conv_int8::evict(ctx, work.clone(), acc, dq, &s.epilogue, ops);
@@ -590,6 +629,38 @@ pub(crate) fn evict(
         ctx.copy_on(e, out, res);
     }
     Ok(())
+}
+
+/// An epilogue `+ bias column, + full tile (a residual), unary functions...`: the residual
+/// tile and the epilogue without its add (`+ bias, unary...`), which folds into one
+/// activation. Reassociates `(acc + b) + r` as `(acc + r) + b`, both in fp32.
+fn residual_first(epilogue: &[EwOp], ops: &[Option<OpTile>]) -> Option<(Ap, Vec<EwOp>)> {
+    let [
+        bias @ EwOp::Tensor {
+            op: crate::kernel::BinaryFn::Add,
+            operand: b,
+            ..
+        },
+        EwOp::Tensor {
+            op: crate::kernel::BinaryFn::Add,
+            operand: r,
+            ..
+        },
+        rest @ ..,
+    ] = epilogue
+    else {
+        return None;
+    };
+    let (Some(Some(OpTile::Column(_))), Some(Some(OpTile::Full(res)))) = (ops.get(*b), ops.get(*r))
+    else {
+        return None;
+    };
+    if !rest.iter().all(|o| matches!(o, EwOp::Unary(_))) || rest.len() > 1 {
+        return None;
+    }
+    let mut chain = vec![bias.clone()];
+    chain.extend_from_slice(rest);
+    Some((res.clone(), chain))
 }
 
 /// An epilogue that starts with a per-channel bias add and later adds an fp32 full tile
@@ -1315,10 +1386,22 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                             let tile = ob.tile(oslot, tdt, no as u32, spix as u32);
                             let src =
                                 nchw_ap(v, tid, dt, (n0, nb), (o_glob, no), (r0, nr), (c0, nc));
-                            ctx.load(tile.clone(), src);
+                            let tile = ctx.load_or_in_place(tile, src);
                             sops[*i] = Some(OpTile::Full(tile));
                         }
-                        let out_all = outb.tile(oslot, odt, no as u32, spix as u32);
+                        let out_tile = outb.tile(oslot, odt, no as u32, spix as u32);
+                        let dst = nchw_ap(
+                            &out_view,
+                            ot_id,
+                            odt,
+                            (n0, nb),
+                            (o_glob, no),
+                            (r0, nr),
+                            (c0, nc),
+                        );
+                        // A resident output is written in place by the evictions.
+                        let in_place = ctx.resident_in_place(&dst, &out_tile);
+                        let out_all = in_place.clone().unwrap_or(out_tile);
                         // PSUM tiles: `t.images` images (whole images then) or `t.rows`
                         // rows of one image at a time.
                         let ptiles: Vec<(usize, usize)> = (0..nb)
@@ -1492,16 +1575,9 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                             evict(ctx, &s, (acc_t, work_t, cast, out_k), &ops, int8_col)?;
                             aslot += 1;
                         }
-                        let dst = nchw_ap(
-                            &out_view,
-                            ot_id,
-                            odt,
-                            (n0, nb),
-                            (o_glob, no),
-                            (r0, nr),
-                            (c0, nc),
-                        );
-                        ctx.store(dst, out_all);
+                        if in_place.is_none() {
+                            ctx.store(dst, out_all);
+                        }
                         oslot += 1;
                     }
                 }

@@ -138,6 +138,25 @@ impl LowerCtx<'_> {
         self.b.dma(super::builder::DmaClass::Weights, dst, src)
     }
 
+    /// The SBUF region where resident tensor region `hbm` can be read or written in place
+    /// of the tile `chip` (see [`Builder::resident_in_place`]); `None`: move it through
+    /// `chip` with a DMA.
+    pub fn resident_in_place(&self, hbm: &Ap, chip: &Ap) -> Option<Ap> {
+        self.b.resident_in_place(hbm, chip)
+    }
+
+    /// Loads `src` into the tile `dst`, or, when `src` is resident and maps onto `dst`,
+    /// emits nothing: returns where the data can be read (`dst` or the resident region).
+    pub fn load_or_in_place(&mut self, dst: Ap, src: Ap) -> Ap {
+        match self.resident_in_place(&src, &dst) {
+            Some(ap) => ap,
+            None => {
+                self.load(dst.clone(), src);
+                dst
+            }
+        }
+    }
+
     /// Emits a store (SBUF -> HBM).
     pub fn store(&mut self, dst: Ap, src: Ap) -> InstrRef {
         self.b.store(dst, src)
