@@ -168,7 +168,7 @@ fn channel_major_conv_maps_stay_on_chip_and_stacked_loads_keep_theirs_in_hbm() {
 }
 
 #[test]
-fn convolutions_write_resident_maps_in_place_and_add_residuals_as_they_evict() {
+fn convolutions_read_and_write_resident_maps_in_place_and_add_residuals_as_they_evict() {
     // The reduced ResNet at batch 2, fp32 (checked against the reference).
     let g = super::conv_chip::mini_resnet(2, 32);
     let (c, _) = compile_and_check(&g, Precision::Fp32);
@@ -216,6 +216,37 @@ fn convolutions_write_resident_maps_in_place_and_add_residuals_as_they_evict() {
         in_place >= 3,
         "{in_place} of {} convs write in place",
         convs.len()
+    );
+    // Some conv reads its input band where another kernel's eviction wrote it: the
+    // moving operand starts inside a resident map (no copy into a band tile).
+    let written: Vec<(u32, u64, u64)> = p
+        .streams
+        .iter()
+        .flat_map(|s| &s.instrs)
+        .filter_map(|i| match &i.op {
+            Op::Activation { dst, .. } if dst.mem == Memory::Sbuf && dst.dims.len() > 1 => {
+                let span: i64 = dst
+                    .dims
+                    .iter()
+                    .map(|d| (i64::from(d.size) - 1) * d.stride)
+                    .sum();
+                Some((i.kernel, dst.offset, dst.offset + (span as u64 + 1) * 4))
+            }
+            _ => None,
+        })
+        .collect();
+    let reads_in_place = p
+        .streams
+        .iter()
+        .flat_map(|s| &s.instrs)
+        .filter(|i| {
+            matches!(&i.op, Op::Matmul { moving, .. }
+                if written.iter().any(|&(k, lo, hi)| k != i.kernel && (lo..hi).contains(&moving.offset)))
+        })
+        .count();
+    assert!(
+        reads_in_place > 0,
+        "no matmul reads a resident map in place"
     );
     let residuals = convs
         .iter()

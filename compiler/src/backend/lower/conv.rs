@@ -1237,6 +1237,9 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                 for blk in 0..blocks {
                     let bslot = band.slot(slot);
                     slot += 1;
+                    // Per channel tile: the resident band read in place instead of the
+                    // band tile (one plain band, no padding, stacking or staging).
+                    let mut band_in_place: Vec<Option<Ap>> = vec![None; n_ct];
                     for ct in 0..n_ct {
                         let c0c = ct * parts;
                         let cp = (cs - c0c).min(parts);
@@ -1341,6 +1344,18 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                 ],
                             );
                             match &stage {
+                                None if t.pack == 1 && !padded && inner == 0 => {
+                                    match ctx.resident_in_place(&src, &dst) {
+                                        Some(r) if r.dims.len() == 3 => {
+                                            if let Some(b) = band_in_place.get_mut(ct) {
+                                                *b = Some(r);
+                                            }
+                                        }
+                                        _ => {
+                                            ctx.load(dst, src);
+                                        }
+                                    }
+                                }
                                 None => {
                                     ctx.load(dst, src);
                                 }
@@ -1486,12 +1501,13 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                             kk,
                                             (il, ih),
                                             (jl, jh),
+                                            (row, col),
                                         ))
                                     })
                                     .collect();
                                 mms.sort_by_key(|m| (m.3, m.4) != ((0, nrk), (0, nc)));
                                 {
-                                    for (wcol, boff, kk, (il, ih), (jl, jh)) in mms {
+                                    for (wcol, boff, kk, (il, ih), (jl, jh), (row, col)) in mms {
                                         let stationary = sbuf(
                                             Memory::Sbuf,
                                             mm,
@@ -1500,28 +1516,61 @@ pub fn lower(ctx: &mut LowerCtx<'_>, t: &ConvTiling) -> Result<(), CompileError>
                                             wbase + (wcol + ol0) as u64 * esz,
                                             dense(no),
                                         );
-                                        let moving = sbuf(
-                                            Memory::Sbuf,
-                                            mm,
-                                            0,
-                                            kk,
-                                            tbase + (i0 * img_t + boff) as u64 * esz,
-                                            vec![
-                                                Dim {
-                                                    size: nbi as u32,
-                                                    stride: img_t as i64,
-                                                },
-                                                Dim {
-                                                    size: (ih - il) as u32,
-                                                    stride: if t.pstack { wb } else { sh * wb }
-                                                        as i64,
-                                                },
-                                                Dim {
-                                                    size: (jh - jl) as u32,
-                                                    stride: sw as i64,
-                                                },
-                                            ],
-                                        );
+                                        let moving = match band_in_place
+                                            .get(ct)
+                                            .and_then(Option::as_ref)
+                                        {
+                                            // Band element (image, row, col) of the
+                                            // resident map, by its pattern's strides.
+                                            Some(r) => {
+                                                let st = |d: usize| r.dims[d].stride;
+                                                let el =
+                                                    i0 as i64 * st(0) + row * st(1) + col * st(2);
+                                                Ap {
+                                                    offset: (r.offset as i64 + el * esz as i64)
+                                                        .max(0)
+                                                        as u64,
+                                                    partitions: kk as u32,
+                                                    dims: vec![
+                                                        Dim {
+                                                            size: nbi as u32,
+                                                            stride: st(0),
+                                                        },
+                                                        Dim {
+                                                            size: (ih - il) as u32,
+                                                            stride: st(1) * sh as i64,
+                                                        },
+                                                        Dim {
+                                                            size: (jh - jl) as u32,
+                                                            stride: st(2) * sw as i64,
+                                                        },
+                                                    ],
+                                                    ..r.clone()
+                                                }
+                                            }
+                                            None => sbuf(
+                                                Memory::Sbuf,
+                                                mm,
+                                                0,
+                                                kk,
+                                                tbase + (i0 * img_t + boff) as u64 * esz,
+                                                vec![
+                                                    Dim {
+                                                        size: nbi as u32,
+                                                        stride: img_t as i64,
+                                                    },
+                                                    Dim {
+                                                        size: (ih - il) as u32,
+                                                        stride: if t.pstack { wb } else { sh * wb }
+                                                            as i64,
+                                                    },
+                                                    Dim {
+                                                        size: (jh - jl) as u32,
+                                                        stride: sw as i64,
+                                                    },
+                                                ],
+                                            ),
+                                        };
                                         let dst = if (il, ih, jl, jh) == (0, nrk, 0, nc) {
                                             acc_t.clone()
                                         } else {
