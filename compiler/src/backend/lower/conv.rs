@@ -151,6 +151,9 @@ pub struct ConvShape {
     pub w_data: Option<Vec<f32>>,
     /// Bytes per element of the input and the output in HBM.
     pub io_bytes: (u64, u64),
+    /// The input and the output maps when they are scratch tensors (maps kernels pass
+    /// between them), in elements.
+    pub maps: (Option<u64>, Option<u64>),
     /// int8 quantization (`lower/conv_int8.rs`), when `mm_dtype` is i8.
     pub int8: Option<super::conv_int8::ConvInt8>,
 }
@@ -305,6 +308,12 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<ConvShape, CompileError> 
         (t.quant_scale.is_some() && wv.numel() == t.numel())
             .then(|| v.iter().map(|&x| x as f32).collect())
     });
+    let scratch = |t: crate::kernel::KTensorId| {
+        kg.tensor(t)
+            .filter(|t| t.kind == neuron_isa::TensorKind::Scratch)
+            .map(|t| t.numel() as u64)
+    };
+    let maps = (scratch(xv.tensor), scratch(out.tensor));
     let io_bytes = (
         kg.tensor(xv.tensor).map_or(4, |t| t.dtype.size()),
         kg.tensor(out.tensor).map_or(4, |t| t.dtype.size()),
@@ -327,6 +336,7 @@ pub fn analyze(kg: &KernelGraph, k: &Kernel) -> Result<ConvShape, CompileError> 
         epilogue: epilogue.clone(),
         w_data,
         io_bytes,
+        maps,
         int8: super::conv_int8::analyze(kg, k)?,
     })
 }
@@ -362,20 +372,42 @@ pub fn choose(s: &ConvShape, cfg: &ChipConfig) -> ConvTiling {
         1
     };
     let gpack = group_pack(s, parts);
+    // Maps small enough for the resident region (`backend/resident.rs`, channels on
+    // partitions) are read and written in place by plain bands. Tap packing moves the
+    // input's bands onto other partitions, and image packing both the input's and the
+    // output's second image (partitions 64..128), which only a DMA can do: such a map goes
+    // to HBM and back. ResNet-50 batch 16 under `all` (trn1, layer 1 through layer 3's
+    // first block in pairs of images): 3792 us with layer 1's 64-channel convs packed,
+    // 3418 us unpacked (twice the matmuls, each band read where the previous conv wrote
+    // it).
+    let fits = |elems: Option<u64>, ch: usize, elem: u64| {
+        elems.is_some_and(|e| {
+            let row = e / ch.max(1) as u64;
+            crate::backend::resident::row_block_bytes(ch as u64, row, elem, parts as u64)
+                <= crate::backend::resident::budget(cfg)
+        })
+    };
+    let x_fits = fits(s.maps.0, s.c, s.io_bytes.0);
+    let keep_in_place = x_fits;
+    let keep_images = x_fits || fits(s.maps.1, s.o, s.io_bytes.1);
     // Tap packing: a narrow layer (<= 64 channels, one group) stacks shifted copies of
     // its band on partitions to fill K; each stacked copy costs one more band DMA per tile
     // and the matmul count drops by the same factor (the matmul cost does not depend on K).
-    let (pack, block) =
-        if s.groups == 1 && s.c <= parts / 2 && s.win.kernel[0] > 1 && s.w_data.is_some() {
-            let block = if s.c <= parts / 4 {
-                parts / 4
-            } else {
-                parts / 2
-            };
-            ((parts / block).min(s.win.kernel[0]), block)
+    let (pack, block) = if s.groups == 1
+        && s.c <= parts / 2
+        && s.win.kernel[0] > 1
+        && s.w_data.is_some()
+        && !keep_in_place
+    {
+        let block = if s.c <= parts / 4 {
+            parts / 4
         } else {
-            (1, 0)
+            parts / 2
         };
+        ((parts / block).min(s.win.kernel[0]), block)
+    } else {
+        (1, 0)
+    };
     // Full-width bands when a tile spans whole output rows and some kernel column reads
     // inside the image for every output column (its matmul comes first and initializes
     // the whole PSUM tile; the others accumulate into the columns they reach).
@@ -463,7 +495,7 @@ pub fn choose(s: &ConvShape, cfg: &ChipConfig) -> ConvTiling {
     // Image packing (`conv_ipack`) when it needs fewer matmuls than the stacking above.
     let ip = super::conv_ipack::candidate(s, cfg, images, full_w)
         .map(|ip| (super::conv_ipack::est_ns(s, cfg, &ip, rows), ip))
-        .filter(|(ns, _)| *ns < est_ns);
+        .filter(|(ns, _)| *ns < est_ns && !keep_images);
     let mut t = ConvTiling {
         images,
         rows,
