@@ -9,7 +9,9 @@
 //! the worker, and the destination region becomes *pending*. Before any later
 //! instruction touches a pending region (reads or writes bytes of the same partitions
 //! and row span), the region is *committed*: the worker's result is written to PSUM.
-//! The run ends by committing everything. So every instruction sees exactly the bytes it
+//! The run ends by committing everything. The worker publishes each job's result as it
+//! finishes, so a commit waits for the jobs sent up to its region's last one, not for
+//! the jobs queued after it; finished buffers go back to the simulator's thread for reuse. So every instruction sees exactly the bytes it
 //! would have seen with the GEMM done at the matmul's start, and the outputs are
 //! bit-identical to the synchronous execution (the GEMM's bits never depend on where or
 //! when it runs; `matmul.rs` gives the rule).
@@ -33,12 +35,13 @@ use crate::memory::Memories;
 use ndarray::{ArrayView2, ArrayViewMut2};
 use neuron_isa::{Ap, Dtype, Memory, Op};
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 
 /// Where a GEMM's destination buffer starts.
 enum Init {
-    /// A fresh accumulation (`dst = acc`).
-    Fresh,
+    /// A fresh accumulation (`dst = acc`) into this buffer, whose contents do not
+    /// matter (a GEMM with `beta = 0` never reads its destination).
+    Fresh(Vec<f32>),
     /// The destination's values, read at the matmul's start.
     Given(Vec<f32>),
     /// The worker's buffer of the same region, left by the previous matmul of a chain.
@@ -47,6 +50,8 @@ enum Init {
 
 /// One GEMM for the worker, on private copies of its operands.
 struct Job {
+    /// The job's rank in the order jobs are sent (from 1).
+    seq: u64,
     region: u64,
     init: Init,
     stationary: Vec<f32>,
@@ -58,80 +63,139 @@ struct Job {
     exact_products: bool,
 }
 
-enum Msg {
-    Run(Job),
-    /// Send back the region's buffer (the worker forgets it).
-    Take(u64, mpsc::Sender<Result<Vec<f32>, ExecError>>),
+/// What the worker has finished, shared with the simulator's thread.
+#[derive(Debug, Default)]
+struct Done {
+    /// The `seq` of the last finished job (jobs finish in the order they were sent).
+    seq: u64,
+    /// Each region's buffer after its last finished job (or the error that left it
+    /// unusable).
+    results: HashMap<u64, Result<Vec<f32>, ExecError>>,
+    /// The worker has stopped (its loop returned or unwound): nothing more will finish.
+    stopped: bool,
+    /// Operand buffers of finished jobs, for the simulator's thread to reuse (fresh
+    /// buffers of this size would be mapped and faulted in on every matmul).
+    spent: Vec<Vec<f32>>,
 }
 
-/// The worker's loop: runs jobs in order, keeping each pending region's buffer.
-fn work(rx: mpsc::Receiver<Msg>) {
-    let mut buffers: HashMap<u64, Result<Vec<f32>, ExecError>> = HashMap::new();
-    for msg in rx {
-        match msg {
-            Msg::Run(job) => {
-                let previous = buffers.remove(&job.region);
-                let result = run(job, previous);
-                // The region is the job's: `run` consumed the previous buffer.
-                if let Some((region, r)) = result {
-                    buffers.insert(region, r);
-                }
-            }
-            Msg::Take(region, reply) => {
-                let buf = buffers
-                    .remove(&region)
-                    .unwrap_or_else(|| Err(ExecError::new("deferred matmul result missing")));
-                let _ = reply.send(buf);
-            }
-        }
+/// [`Done`] behind a lock, with the condition the simulator's thread waits on.
+#[derive(Debug, Default)]
+struct Shared {
+    done: Mutex<Done>,
+    finished: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Done> {
+        // A panic while holding the lock cannot leave `Done` inconsistent (each update is
+        // one insert or one assignment), so a poisoned lock is still usable.
+        self.done.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// Runs `job`; returns its region and buffer (or the error that left it unusable).
+/// Marks the worker stopped when its loop ends, even by unwinding, so that a waiting
+/// commit returns an error instead of waiting forever.
+struct StopGuard<'a>(&'a Shared);
+
+impl Drop for StopGuard<'_> {
+    fn drop(&mut self) {
+        self.0.lock().stopped = true;
+        self.0.finished.notify_all();
+    }
+}
+
+/// The worker's loop: runs jobs in order and publishes each one's buffer as it finishes,
+/// so a commit waits only for the jobs of its own region (and those sent before them),
+/// not for jobs sent after.
+fn work(rx: mpsc::Receiver<Job>, shared: &Shared) {
+    let _stop = StopGuard(shared);
+    for job in rx {
+        let (seq, region) = (job.seq, job.region);
+        let previous = match job.init {
+            Init::Continue => shared.lock().results.remove(&region),
+            _ => None,
+        };
+        let (result, spent) = run(job, previous);
+        let mut done = shared.lock();
+        done.results.insert(region, result);
+        done.seq = seq;
+        if done.spent.len() < MAX_SPENT {
+            done.spent.extend(spent);
+        }
+        drop(done);
+        shared.finished.notify_all();
+    }
+}
+
+/// Spent operand buffers kept for reuse at most (a run has a few in flight at a time).
+const MAX_SPENT: usize = 16;
+
+/// Runs `job`, continuing from `previous` (the region's buffer) for [`Init::Continue`].
+/// Also returns the job's operand buffers.
 fn run(
     job: Job,
     previous: Option<Result<Vec<f32>, ExecError>>,
-) -> Option<(u64, Result<Vec<f32>, ExecError>)> {
-    let (k, m, n) = job.kmn;
-    let (mut c, accumulate) = match job.init {
-        Init::Fresh => (vec![0f32; m * n], false),
+) -> (Result<Vec<f32>, ExecError>, [Vec<f32>; 2]) {
+    let Job {
+        kmn,
+        init,
+        stationary,
+        moving,
+        width,
+        exact_products,
+        ..
+    } = job;
+    let result = gemm_job(
+        kmn,
+        init,
+        &stationary,
+        &moving,
+        width,
+        exact_products,
+        previous,
+    );
+    (result, [stationary, moving])
+}
+
+/// The GEMM of a job: `init`'s buffer `(+)= stationary^T @ moving`.
+fn gemm_job(
+    (k, m, n): (usize, usize, usize),
+    init: Init,
+    stationary: &[f32],
+    moving: &[f32],
+    width: usize,
+    exact_products: bool,
+    previous: Option<Result<Vec<f32>, ExecError>>,
+) -> Result<Vec<f32>, ExecError> {
+    let (mut c, accumulate) = match init {
+        Init::Fresh(mut c) => {
+            // No zero fill: `gemm` without accumulation overwrites every element.
+            c.truncate(m * n);
+            c.resize(m * n, 0.0);
+            (c, false)
+        }
         Init::Given(c) => (c, true),
         Init::Continue => match previous {
             Some(Ok(c)) => (c, true),
-            Some(Err(e)) => return Some((job.region, Err(e))),
-            None => {
-                return Some((
-                    job.region,
-                    Err(ExecError::new("deferred matmul chain lost its buffer")),
-                ));
-            }
+            Some(Err(e)) => return Err(e),
+            None => return Err(ExecError::new("deferred matmul chain lost its buffer")),
         },
     };
-    let result = (|| {
-        let shape_err = |e: ndarray::ShapeError| ExecError::new(format!("matmul buffers: {e}"));
-        let width = job.width;
-        let sv = ArrayView2::from_shape((k, m), job.stationary.as_slice()).map_err(shape_err)?;
-        let vblocks = moving_blocks(&job.moving, k, n, width)?;
-        let cv = ArrayViewMut2::from_shape((m, n), c.as_mut_slice()).map_err(shape_err)?;
-        // The destination's poison was checked when it was read.
-        gemm(
-            &sv,
-            vblocks,
-            cv,
-            width,
-            accumulate,
-            job.exact_products,
-            false,
-        );
-        Ok(())
-    })();
-    Some((job.region, result.map(|()| c)))
+    let shape_err = |e: ndarray::ShapeError| ExecError::new(format!("matmul buffers: {e}"));
+    let sv = ArrayView2::from_shape((k, m), stationary).map_err(shape_err)?;
+    let vblocks = moving_blocks(moving, k, n, width)?;
+    let cv = ArrayViewMut2::from_shape((m, n), c.as_mut_slice()).map_err(shape_err)?;
+    // The destination's poison was checked when it was read.
+    gemm(&sv, vblocks, cv, width, accumulate, exact_products, false);
+    Ok(c)
 }
 
 /// A destination region whose GEMM result is still on the worker.
 #[derive(Debug)]
 struct Pending {
     region: u64,
+    /// The `seq` of the region's last job.
+    seq: u64,
     dst: Ap,
     /// Nothing read by the region's chain so far was reported as poison.
     clean: bool,
@@ -140,17 +204,26 @@ struct Pending {
 /// The worker thread and the pending regions of one run.
 #[derive(Debug, Default)]
 pub(crate) struct Deferred {
-    worker: Option<(mpsc::Sender<Msg>, std::thread::JoinHandle<()>)>,
+    worker: Option<Worker>,
     pending: Vec<Pending>,
     next_region: u64,
+    /// The `seq` of the last job sent.
+    sent: u64,
+    /// Buffers to reuse for the next jobs.
+    free: Vec<Vec<f32>>,
 }
 
-impl std::fmt::Debug for Msg {
+/// The worker thread, its job queue and what it has finished.
+#[derive(Debug)]
+struct Worker {
+    jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Msg::Run(_) => "Run",
-            Msg::Take(..) => "Take",
-        })
+        write!(f, "Job {} (region {})", self.seq, self.region)
     }
 }
 
@@ -241,10 +314,22 @@ impl Deferred {
     /// Fetches `p`'s result from the worker and writes it to its destination.
     fn commit(&mut self, mem: &mut Memories, p: Pending) -> Result<(), ExecError> {
         let lost = || ExecError::new("the deferred matmul worker stopped");
-        let (tx, _) = self.worker.as_ref().ok_or_else(lost)?;
-        let (reply, result) = mpsc::channel();
-        tx.send(Msg::Take(p.region, reply)).map_err(|_| lost())?;
-        let c = result.recv().map_err(|_| lost())??;
+        let shared = &self.worker.as_ref().ok_or_else(lost)?.shared;
+        let mut done = shared.lock();
+        while done.seq < p.seq && !done.stopped {
+            done = shared
+                .finished
+                .wait(done)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        if done.seq < p.seq {
+            return Err(lost());
+        }
+        let c = done
+            .results
+            .remove(&p.region)
+            .unwrap_or_else(|| Err(ExecError::new("deferred matmul result missing")))?;
+        drop(done);
         let Some(mut cv) = mem.rows_f32_mut(&p.dst)? else {
             return Err(ExecError::new(format!(
                 "deferred matmul dst {} is no longer viewable",
@@ -254,7 +339,21 @@ impl Deferred {
         let (m, n) = cv.dim();
         let shape_err = |e: ndarray::ShapeError| ExecError::new(format!("matmul buffers: {e}"));
         cv.assign(&ArrayView2::from_shape((m, n), c.as_slice()).map_err(shape_err)?);
+        if self.free.len() < MAX_SPENT {
+            self.free.push(c);
+        }
         Ok(())
+    }
+
+    /// A buffer for a job (contents unspecified): a committed result or a finished job's
+    /// operand, else the context's.
+    fn take(&mut self, ctx: &mut ExecContext) -> Vec<f32> {
+        if self.free.is_empty() {
+            if let Some(w) = &self.worker {
+                self.free.append(&mut w.shared.lock().spent);
+            }
+        }
+        self.free.pop().unwrap_or_else(|| ctx.take())
     }
 
     /// The deferred form of `matmul::matmul`: `None` when the matmul does not qualify
@@ -287,9 +386,9 @@ impl Deferred {
             return Ok(None);
         }
         let width = block_width(k, m, n);
-        let mut s = ctx.take();
+        let mut s = self.take(ctx);
         let mut poisoned = mem.read_f32(stationary, &mut s)?;
-        let mut mv = ctx.take();
+        let mut mv = self.take(ctx);
         poisoned |= mem.read_f32(moving, &mut mv)?;
         let (region, init) = match chain {
             Some(region) => (region, Init::Continue),
@@ -297,24 +396,29 @@ impl Deferred {
                 let region = self.next_region;
                 self.next_region += 1;
                 let init = if accumulate {
-                    let mut c = Vec::new();
+                    let mut c = self.take(ctx);
                     poisoned |= mem.read_f32(dst, &mut c)?;
                     Init::Given(c)
                 } else {
-                    Init::Fresh
+                    Init::Fresh(self.take(ctx))
                 };
                 self.pending.push(Pending {
                     region,
+                    seq: 0,
                     dst: dst.clone(),
                     clean: true,
                 });
                 (region, init)
             }
         };
+        self.sent += 1;
+        let seq = self.sent;
         if let Some(p) = self.pending.last_mut() {
             p.clean &= !poisoned;
+            p.seq = seq;
         }
         let job = Job {
+            seq,
             region,
             init,
             stationary: s,
@@ -323,11 +427,20 @@ impl Deferred {
             width,
             exact_products: stationary.dtype != Dtype::F32 && moving.dtype != Dtype::F32,
         };
-        let (tx, _) = self.worker.get_or_insert_with(|| {
-            let (tx, rx) = mpsc::channel();
-            (tx, std::thread::spawn(move || work(rx)))
+        let worker = self.worker.get_or_insert_with(|| {
+            let (jobs, rx) = mpsc::channel();
+            let shared = Arc::new(Shared::default());
+            let theirs = Arc::clone(&shared);
+            let handle = std::thread::spawn(move || work(rx, &theirs));
+            Worker {
+                jobs,
+                shared,
+                handle,
+            }
         });
-        tx.send(Msg::Run(job))
+        worker
+            .jobs
+            .send(job)
             .map_err(|_| ExecError::new("the deferred matmul worker stopped"))?;
         Ok(Some(poisoned))
     }
@@ -335,9 +448,9 @@ impl Deferred {
 
 impl Drop for Deferred {
     fn drop(&mut self) {
-        if let Some((tx, handle)) = self.worker.take() {
-            drop(tx);
-            let _ = handle.join();
+        if let Some(w) = self.worker.take() {
+            drop(w.jobs);
+            let _ = w.handle.join();
         }
     }
 }
