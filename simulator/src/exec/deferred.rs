@@ -9,12 +9,19 @@
 //! the worker, and the destination region becomes *pending*. Before any later
 //! instruction touches a pending region (reads or writes bytes of the same partitions
 //! and row span), the region is *committed*: the worker's result is written to PSUM.
-//! The run ends by committing everything. The worker publishes each job's result as it
-//! finishes, so a commit waits for the jobs sent up to its region's last one, not for
-//! the jobs queued after it; finished buffers go back to the simulator's thread for reuse. So every instruction sees exactly the bytes it
-//! would have seen with the GEMM done at the matmul's start, and the outputs are
+//! The run ends by committing everything. So every instruction sees exactly the bytes
+//! it would have seen with the GEMM done at the matmul's start, and the outputs are
 //! bit-identical to the synchronous execution (the GEMM's bits never depend on where or
 //! when it runs; `matmul.rs` gives the rule).
+//!
+//! Sharing the work: a job's destination is computed by column blocks of 128 (each
+//! block its own buffer), claimed one at a time by the worker and, while it waits for a
+//! commit, by the simulator's thread itself; so on two cores both compute GEMMs exactly
+//! when the simulator has nothing else to do, and no third thread competes with them
+//! (on a pool of more threads, each block is split further across the pool). The worker
+//! publishes each job's blocks as it finishes, so a commit waits for the jobs up to its
+//! region's last one, not for those queued after it; spent buffers go back to the
+//! simulator's thread for reuse.
 //!
 //! A chain of matmuls accumulating into the same destination stays on the worker: the
 //! next one continues from the worker's buffer instead of committing and re-reading it.
@@ -29,22 +36,38 @@
 //! Deferral is used only by [`crate::Simulator`] runs on a pool of two or more threads;
 //! [`crate::exec::execute`] itself stays synchronous.
 
-use super::matmul::{block_width, gemm, moving_blocks, operands};
+use super::matmul::{block_width_on, gemm, operands};
 use super::{ExecContext, ExecError, ExecOutcome, execute};
 use crate::memory::Memories;
-use ndarray::{ArrayView2, ArrayViewMut2};
+use ndarray::{ArrayView2, ArrayViewMut2, s};
 use neuron_isa::{Ap, Dtype, Memory, Op};
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
+
+/// Columns per block of a deferred GEMM's destination (the last block is narrower): the
+/// unit of work the worker and a waiting simulator thread share.
+const BLOCK_COLS: usize = 128;
+
+/// The column ranges of the blocks of an `n`-column destination.
+fn blocks_of(n: usize) -> Vec<Range<usize>> {
+    (0..n.div_ceil(BLOCK_COLS).max(1))
+        .map(|b| b * BLOCK_COLS..((b + 1) * BLOCK_COLS).min(n))
+        .collect()
+}
+
+/// A region's value: one dense row-major `[M, columns]` buffer per column block.
+type Blocks = Vec<Vec<f32>>;
 
 /// Where a GEMM's destination buffer starts.
 enum Init {
-    /// A fresh accumulation (`dst = acc`) into this buffer, whose contents do not
-    /// matter (a GEMM with `beta = 0` never reads its destination).
-    Fresh(Vec<f32>),
-    /// The destination's values, read at the matmul's start.
+    /// A fresh accumulation (`dst = acc`) into these buffers (one per block, any
+    /// length), whose contents do not matter (a GEMM with `beta = 0` never reads its
+    /// destination).
+    Fresh(Blocks),
+    /// The destination's values (dense `[M, N]`), read at the matmul's start.
     Given(Vec<f32>),
-    /// The worker's buffer of the same region, left by the previous matmul of a chain.
+    /// The worker's buffers of the same region, left by the previous matmul of a chain.
     Continue,
 }
 
@@ -57,20 +80,22 @@ struct Job {
     stationary: Vec<f32>,
     moving: Vec<f32>,
     kmn: (usize, usize, usize),
-    /// The width of the GEMM's column blocks, chosen on the simulator's thread (whose rayon
-    /// pool may differ from the one the worker sees; any width gives the same bits).
-    width: usize,
+    /// The threads of the simulator's rayon pool (whose count the worker's thread may
+    /// not see): above two, each block's GEMM is itself split across the pool.
+    threads: usize,
     exact_products: bool,
 }
 
 /// What the worker has finished, shared with the simulator's thread.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Done {
     /// The `seq` of the last finished job (jobs finish in the order they were sent).
     seq: u64,
-    /// Each region's buffer after its last finished job (or the error that left it
+    /// Each region's blocks after its last finished job (or the error that left it
     /// unusable).
-    results: HashMap<u64, Result<Vec<f32>, ExecError>>,
+    results: HashMap<u64, Result<Blocks, ExecError>>,
+    /// The job being run, whose blocks a waiting commit may compute.
+    current: Option<Arc<Running>>,
     /// The worker has stopped (its loop returned or unwound): nothing more will finish.
     stopped: bool,
     /// Operand buffers of finished jobs, for the simulator's thread to reuse (fresh
@@ -78,18 +103,23 @@ struct Done {
     spent: Vec<Vec<f32>>,
 }
 
-/// [`Done`] behind a lock, with the condition the simulator's thread waits on.
-#[derive(Debug, Default)]
+/// [`Done`] behind a lock, with the condition the simulator's thread waits on (a job
+/// started or finished).
+#[derive(Default)]
 struct Shared {
     done: Mutex<Done>,
-    finished: Condvar,
+    changed: Condvar,
+}
+
+/// Locks `m`. A panic while holding one of these locks cannot leave its data
+/// inconsistent (each update is a few assignments), so a poisoned lock is still usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Done> {
-        // A panic while holding the lock cannot leave `Done` inconsistent (each update is
-        // one insert or one assignment), so a poisoned lock is still usable.
-        self.done.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.done)
     }
 }
 
@@ -100,13 +130,16 @@ struct StopGuard<'a>(&'a Shared);
 impl Drop for StopGuard<'_> {
     fn drop(&mut self) {
         self.0.lock().stopped = true;
-        self.0.finished.notify_all();
+        self.0.changed.notify_all();
     }
 }
 
-/// The worker's loop: runs jobs in order and publishes each one's buffer as it finishes,
-/// so a commit waits only for the jobs of its own region (and those sent before them),
-/// not for jobs sent after.
+/// Spent buffers kept for reuse at most (a run has a few jobs in flight at a time).
+const MAX_SPENT: usize = 32;
+
+/// The worker's loop: runs jobs in order, computing their blocks (helped by a waiting
+/// commit), and publishes each one's blocks as it finishes, so a commit waits for the
+/// jobs sent up to its region's last one, not for the jobs queued after it.
 fn work(rx: mpsc::Receiver<Job>, shared: &Shared) {
     let _stop = StopGuard(shared);
     for job in rx {
@@ -115,79 +148,209 @@ fn work(rx: mpsc::Receiver<Job>, shared: &Shared) {
             Init::Continue => shared.lock().results.remove(&region),
             _ => None,
         };
-        let (result, spent) = run(job, previous);
+        let (result, spent) = match Running::start(job, previous) {
+            Ok(running) => {
+                let running = Arc::new(running);
+                shared.lock().current = Some(Arc::clone(&running));
+                shared.changed.notify_all();
+                while running.help() {}
+                let result = running.finish();
+                shared.lock().current = None;
+                // The simulator's thread may still hold a clone: then the operands are
+                // simply dropped.
+                let spent = Arc::try_unwrap(running)
+                    .map(|r| [r.stationary, r.moving])
+                    .unwrap_or_default();
+                (result, spent)
+            }
+            Err((e, spent)) => (Err(e), spent),
+        };
         let mut done = shared.lock();
         done.results.insert(region, result);
         done.seq = seq;
         if done.spent.len() < MAX_SPENT {
-            done.spent.extend(spent);
+            done.spent
+                .extend(spent.into_iter().filter(|b| b.capacity() > 0));
         }
         drop(done);
-        shared.finished.notify_all();
+        shared.changed.notify_all();
     }
 }
 
-/// Spent operand buffers kept for reuse at most (a run has a few in flight at a time).
-const MAX_SPENT: usize = 16;
-
-/// Runs `job`, continuing from `previous` (the region's buffer) for [`Init::Continue`].
-/// Also returns the job's operand buffers.
-fn run(
-    job: Job,
-    previous: Option<Result<Vec<f32>, ExecError>>,
-) -> (Result<Vec<f32>, ExecError>, [Vec<f32>; 2]) {
-    let Job {
-        kmn,
-        init,
-        stationary,
-        moving,
-        width,
-        exact_products,
-        ..
-    } = job;
-    let result = gemm_job(
-        kmn,
-        init,
-        &stationary,
-        &moving,
-        width,
-        exact_products,
-        previous,
-    );
-    (result, [stationary, moving])
+/// A job being run: its column blocks are claimed one at a time by the worker and by a
+/// commit waiting for it. Each block's GEMM is the module's rule on those columns
+/// (`matmul.rs`), so the bits do not depend on who computes which block.
+struct Running {
+    kmn: (usize, usize, usize),
+    cols: Vec<Range<usize>>,
+    threads: usize,
+    accumulate: bool,
+    exact_products: bool,
+    stationary: Vec<f32>,
+    moving: Vec<f32>,
+    state: Mutex<RunState>,
+    all_done: Condvar,
 }
 
-/// The GEMM of a job: `init`'s buffer `(+)= stationary^T @ moving`.
-fn gemm_job(
-    (k, m, n): (usize, usize, usize),
-    init: Init,
-    stationary: &[f32],
-    moving: &[f32],
-    width: usize,
-    exact_products: bool,
-    previous: Option<Result<Vec<f32>, ExecError>>,
-) -> Result<Vec<f32>, ExecError> {
-    let (mut c, accumulate) = match init {
-        Init::Fresh(mut c) => {
-            // No zero fill: `gemm` without accumulation overwrites every element.
-            c.truncate(m * n);
-            c.resize(m * n, 0.0);
-            (c, false)
+struct RunState {
+    /// The next block to claim.
+    next: usize,
+    /// Blocks computed.
+    finished: usize,
+    /// The destination blocks (`None` while a thread computes one).
+    blocks: Vec<Option<Vec<f32>>>,
+    error: Option<ExecError>,
+}
+
+impl Running {
+    /// The job's destination blocks set up from `init` (or the error that left them
+    /// unusable, with the operand buffers).
+    fn start(
+        job: Job,
+        previous: Option<Result<Blocks, ExecError>>,
+    ) -> Result<Running, (ExecError, [Vec<f32>; 2])> {
+        let (_, m, n) = job.kmn;
+        let cols = blocks_of(n);
+        let sized = |mut c: Vec<f32>, w: usize| {
+            // No zero fill needed: a fresh GEMM overwrites every element.
+            c.truncate(m * w);
+            c.resize(m * w, 0.0);
+            c
+        };
+        let blocks: Result<(Blocks, bool), ExecError> = match job.init {
+            Init::Fresh(bufs) => Ok((
+                bufs.into_iter()
+                    .chain(std::iter::repeat_with(Vec::new))
+                    .zip(&cols)
+                    .map(|(c, r)| sized(c, r.len()))
+                    .collect(),
+                false,
+            )),
+            Init::Given(c) if c.len() == m * n => Ok((
+                cols.iter()
+                    .map(|r| {
+                        let mut b = Vec::with_capacity(m * r.len());
+                        for row in c.chunks_exact(n.max(1)) {
+                            b.extend_from_slice(&row[r.clone()]);
+                        }
+                        b
+                    })
+                    .collect(),
+                true,
+            )),
+            Init::Given(_) => Err(ExecError::new("deferred matmul: destination size mismatch")),
+            Init::Continue => match previous {
+                Some(Ok(b)) if b.len() == cols.len() => Ok((b, true)),
+                Some(Err(e)) => Err(e),
+                _ => Err(ExecError::new("deferred matmul chain lost its buffer")),
+            },
+        };
+        let (blocks, accumulate) = match blocks {
+            Ok(b) => b,
+            Err(e) => return Err((e, [job.stationary, job.moving])),
+        };
+        Ok(Running {
+            kmn: job.kmn,
+            threads: job.threads,
+            accumulate,
+            exact_products: job.exact_products,
+            stationary: job.stationary,
+            moving: job.moving,
+            state: Mutex::new(RunState {
+                next: 0,
+                finished: 0,
+                blocks: blocks.into_iter().map(Some).collect(),
+                error: None,
+            }),
+            all_done: Condvar::new(),
+            cols,
+        })
+    }
+
+    /// Whether a block is left to claim.
+    fn has_work(&self) -> bool {
+        lock(&self.state).next < self.cols.len()
+    }
+
+    /// Claims and computes one block; `false` when none was left to claim.
+    fn help(&self) -> bool {
+        let (b, mut c) = {
+            let mut st = lock(&self.state);
+            if st.next >= self.cols.len() {
+                return false;
+            }
+            let b = st.next;
+            st.next += 1;
+            (b, st.blocks[b].take())
+        };
+        let result = match c.as_mut() {
+            Some(c) => self.compute(b, c),
+            None => Err(ExecError::new("deferred matmul block missing")),
+        };
+        let mut st = lock(&self.state);
+        st.blocks[b] = c;
+        if let Err(e) = result {
+            st.error.get_or_insert(e);
         }
-        Init::Given(c) => (c, true),
-        Init::Continue => match previous {
-            Some(Ok(c)) => (c, true),
-            Some(Err(e)) => return Err(e),
-            None => return Err(ExecError::new("deferred matmul chain lost its buffer")),
-        },
-    };
-    let shape_err = |e: ndarray::ShapeError| ExecError::new(format!("matmul buffers: {e}"));
-    let sv = ArrayView2::from_shape((k, m), stationary).map_err(shape_err)?;
-    let vblocks = moving_blocks(moving, k, n, width)?;
-    let cv = ArrayViewMut2::from_shape((m, n), c.as_mut_slice()).map_err(shape_err)?;
-    // The destination's poison was checked when it was read.
-    gemm(&sv, vblocks, cv, width, accumulate, exact_products, false);
-    Ok(c)
+        st.finished += 1;
+        if st.finished == self.cols.len() {
+            self.all_done.notify_all();
+        }
+        true
+    }
+
+    /// Block `b`'s GEMM into `c` (`[M, columns]`).
+    fn compute(&self, b: usize, c: &mut [f32]) -> Result<(), ExecError> {
+        let (k, m, n) = self.kmn;
+        let r = self.cols[b].clone();
+        let w = r.len();
+        let shape_err = |e: ndarray::ShapeError| ExecError::new(format!("matmul buffers: {e}"));
+        let sv = ArrayView2::from_shape((k, m), self.stationary.as_slice()).map_err(shape_err)?;
+        let v = ArrayView2::from_shape((k, n), self.moving.as_slice())
+            .map_err(shape_err)?
+            .slice_move(s![.., r]);
+        // On two threads the worker and the simulator's thread are the two; beyond that
+        // the rest of the pool splits each block further.
+        let width = if self.threads > 2 {
+            block_width_on(self.threads, k, m, w)
+        } else {
+            w
+        };
+        let vblocks = v.axis_chunks_iter(ndarray::Axis(1), width).collect();
+        let cv = ArrayViewMut2::from_shape((m, w), c).map_err(shape_err)?;
+        // The destination's poison was checked when it was read.
+        gemm(
+            &sv,
+            vblocks,
+            cv,
+            width,
+            self.accumulate,
+            self.exact_products,
+            false,
+        );
+        Ok(())
+    }
+
+    /// Waits until every block is computed; returns them.
+    fn finish(&self) -> Result<Blocks, ExecError> {
+        let mut st = lock(&self.state);
+        while st.finished < self.cols.len() {
+            st = self
+                .all_done
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        if let Some(e) = st.error.take() {
+            return Err(e);
+        }
+        st.blocks
+            .iter_mut()
+            .map(|b| {
+                b.take()
+                    .ok_or_else(|| ExecError::new("deferred matmul block missing"))
+            })
+            .collect()
+    }
 }
 
 /// A destination region whose GEMM result is still on the worker.
@@ -214,11 +377,16 @@ pub(crate) struct Deferred {
 }
 
 /// The worker thread, its job queue and what it has finished.
-#[derive(Debug)]
 struct Worker {
     jobs: mpsc::Sender<Job>,
     shared: Arc<Shared>,
     handle: std::thread::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Job {
@@ -311,21 +479,33 @@ impl Deferred {
         Ok(())
     }
 
-    /// Fetches `p`'s result from the worker and writes it to its destination.
+    /// Fetches `p`'s result from the worker and writes it to its destination. While the
+    /// worker is still on the jobs `p` needs, this thread computes blocks of the job being
+    /// run instead of waiting idle.
     fn commit(&mut self, mem: &mut Memories, p: Pending) -> Result<(), ExecError> {
         let lost = || ExecError::new("the deferred matmul worker stopped");
         let shared = &self.worker.as_ref().ok_or_else(lost)?.shared;
         let mut done = shared.lock();
         while done.seq < p.seq && !done.stopped {
-            done = shared
-                .finished
-                .wait(done)
-                .unwrap_or_else(PoisonError::into_inner);
+            // The job being run is at most `p`'s last one: jobs run in order.
+            match done.current.clone().filter(|r| r.has_work()) {
+                Some(running) => {
+                    drop(done);
+                    running.help();
+                    done = shared.lock();
+                }
+                None => {
+                    done = shared
+                        .changed
+                        .wait(done)
+                        .unwrap_or_else(PoisonError::into_inner)
+                }
+            }
         }
         if done.seq < p.seq {
             return Err(lost());
         }
-        let c = done
+        let blocks = done
             .results
             .remove(&p.region)
             .unwrap_or_else(|| Err(ExecError::new("deferred matmul result missing")))?;
@@ -338,10 +518,19 @@ impl Deferred {
         };
         let (m, n) = cv.dim();
         let shape_err = |e: ndarray::ShapeError| ExecError::new(format!("matmul buffers: {e}"));
-        cv.assign(&ArrayView2::from_shape((m, n), c.as_slice()).map_err(shape_err)?);
-        if self.free.len() < MAX_SPENT {
-            self.free.push(c);
+        let cols = blocks_of(n);
+        if cols.len() != blocks.len() {
+            return Err(ExecError::new(
+                "deferred matmul result has the wrong blocks",
+            ));
         }
+        for (r, c) in cols.into_iter().zip(&blocks) {
+            let w = r.len();
+            cv.slice_mut(s![.., r])
+                .assign(&ArrayView2::from_shape((m, w), c.as_slice()).map_err(shape_err)?);
+        }
+        let room = MAX_SPENT.saturating_sub(self.free.len());
+        self.free.extend(blocks.into_iter().take(room));
         Ok(())
     }
 
@@ -385,7 +574,6 @@ impl Deferred {
         if chain.is_none() && mem.rows_f32_mut(dst)?.is_none() {
             return Ok(None);
         }
-        let width = block_width(k, m, n);
         let mut s = self.take(ctx);
         let mut poisoned = mem.read_f32(stationary, &mut s)?;
         let mut mv = self.take(ctx);
@@ -400,7 +588,7 @@ impl Deferred {
                     poisoned |= mem.read_f32(dst, &mut c)?;
                     Init::Given(c)
                 } else {
-                    Init::Fresh(self.take(ctx))
+                    Init::Fresh(blocks_of(n).iter().map(|_| self.take(ctx)).collect())
                 };
                 self.pending.push(Pending {
                     region,
@@ -424,7 +612,7 @@ impl Deferred {
             stationary: s,
             moving: mv,
             kmn: (k, m, n),
-            width,
+            threads: rayon::current_num_threads(),
             exact_products: stationary.dtype != Dtype::F32 && moving.dtype != Dtype::F32,
         };
         let worker = self.worker.get_or_insert_with(|| {
