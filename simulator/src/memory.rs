@@ -669,23 +669,25 @@ impl Memories {
 
     /// Copies the bytes of `src` to `dst` (same dtype, same element count) directly,
     /// without a dense intermediate, when they are in different memories and both are
-    /// made of contiguous runs of the same length: exactly what [`Memories::read_raw`]
-    /// then [`Memories::write_raw`] do. Returns whether an element read was poison, or
-    /// `None` (nothing done) when the patterns do not qualify.
+    /// made of contiguous runs (of any lengths: a run of one side may span several of
+    /// the other's): exactly what [`Memories::read_raw`] then [`Memories::write_raw`] do.
+    /// Returns whether an element read was poison, or `None` (nothing done) when the
+    /// patterns do not qualify.
     pub(crate) fn copy_raw(&mut self, dst: &Ap, src: &Ap) -> Result<Option<bool>, ExecError> {
         let (vd, vs) = (self.view(dst)?, self.view(src)?);
         if dst.mem == src.mem
             || dst.dtype != src.dtype
             || vd.elems() != vs.elems()
-            || vd.inner_n != vs.inner_n
+            || vd.inner_n == 0
+            || vs.inner_n == 0
             || !vd.runs_contiguous()
             || !vs.runs_contiguous()
         {
             return Ok(None);
         }
-        let mut starts = Vec::with_capacity(vs.elems() / vs.inner_n.max(1));
+        let mut starts = Vec::with_capacity(vs.elems() / vs.inner_n);
         vs.for_each_run(|_, start| starts.push(start));
-        let run = vs.inner_n * vs.esize;
+        let (src_run, dst_run) = (vs.inner_n * vs.esize, vd.inner_n * vd.esize);
         // The destination is moved out while the source is read, then put back.
         let mut out = match dst.mem {
             Memory::Sbuf => std::mem::take(&mut self.sbuf),
@@ -702,12 +704,21 @@ impl Memories {
         };
         let mut poisoned = false;
         if let Ok(from) = self.buffer(src.mem) {
-            let mut i = 0;
+            // Source run `i`, `at` bytes into it; every piece is whole elements.
+            let (mut i, mut at) = (0, 0);
             vd.for_each_run(|_, start| {
-                let bytes = &from[starts[i]..starts[i] + run];
-                poisoned |= numerics::is_poisoned(src.dtype, bytes);
-                out[start..start + run].copy_from_slice(bytes);
-                i += 1;
+                let mut done = 0;
+                while done < dst_run {
+                    let take = (dst_run - done).min(src_run - at);
+                    let bytes = &from[starts[i] + at..starts[i] + at + take];
+                    poisoned |= numerics::is_poisoned(src.dtype, bytes);
+                    out[start + done..start + done + take].copy_from_slice(bytes);
+                    done += take;
+                    at += take;
+                    if at == src_run {
+                        (i, at) = (i + 1, 0);
+                    }
+                }
             });
         }
         match dst.mem {
@@ -1119,7 +1130,7 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             (state >> 33) % n
         };
-        let mut direct = 0;
+        let (mut direct, mut mixed) = (0, 0);
         for _ in 0..2000 {
             let dtype = [Dtype::U8, Dtype::Bf16, Dtype::F32][rnd(3) as usize];
             let (parts, inner) = (1 + rnd(8) as u32, 1 + rnd(6) as u32);
@@ -1150,9 +1161,11 @@ mod tests {
                 (in_hbm, on_chip)
             };
             let mut a = base.clone();
+            let runs_differ = a.view(&dst).unwrap().inner_n != a.view(&src).unwrap().inner_n;
             let Ok(Some(poisoned)) = a.copy_raw(&dst, &src) else {
                 continue;
             };
+            mixed += usize::from(runs_differ);
             let mut b = base.clone();
             let mut raw = Vec::new();
             assert_eq!(
@@ -1166,6 +1179,10 @@ mod tests {
             direct += 1;
         }
         assert!(direct > 500, "only {direct} direct copies");
+        assert!(
+            mixed > 200,
+            "only {mixed} copies between runs of different lengths"
+        );
     }
 
     #[test]
