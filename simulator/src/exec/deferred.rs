@@ -202,6 +202,30 @@ struct RunState {
     error: Option<ExecError>,
 }
 
+/// A claimed block: on drop, its buffer goes back and it counts as finished.
+struct Claim<'a> {
+    run: &'a Running,
+    /// The block's index and buffer, once computed.
+    block: Option<(usize, Option<Vec<f32>>)>,
+    result: Result<(), ExecError>,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut st = lock(&self.run.state);
+        if let Some((b, c)) = self.block.take() {
+            st.blocks[b] = c;
+        }
+        if let Err(e) = std::mem::replace(&mut self.result, Ok(())) {
+            st.error.get_or_insert(e);
+        }
+        st.finished += 1;
+        if st.finished == self.run.cols.len() {
+            self.run.all_done.notify_all();
+        }
+    }
+}
+
 impl Running {
     /// The job's destination blocks set up from `init` (or the error that left them
     /// unusable, with the operand buffers).
@@ -283,19 +307,18 @@ impl Running {
             st.next += 1;
             (b, st.blocks[b].take())
         };
-        let result = match c.as_mut() {
+        // Counts the block as finished even if the GEMM unwinds, so the worker never waits
+        // for it forever.
+        let mut claim = Claim {
+            run: self,
+            block: None,
+            result: Err(ExecError::new("a deferred matmul block panicked")),
+        };
+        claim.result = match c.as_mut() {
             Some(c) => self.compute(b, c),
             None => Err(ExecError::new("deferred matmul block missing")),
         };
-        let mut st = lock(&self.state);
-        st.blocks[b] = c;
-        if let Err(e) = result {
-            st.error.get_or_insert(e);
-        }
-        st.finished += 1;
-        if st.finished == self.cols.len() {
-            self.all_done.notify_all();
-        }
+        claim.block = Some((b, c));
         true
     }
 
