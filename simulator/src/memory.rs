@@ -120,6 +120,36 @@ fn err(message: String) -> ExecError {
     ExecError { message }
 }
 
+/// Pairs the destination runs (`dst_starts`, `dst_run` bytes each) with the source runs
+/// (`src_starts`, `src_run` bytes each) holding the same dense bytes, in dense order:
+/// calls `f(dst offset, src offset, bytes)` for each piece where a run of either side
+/// begins or ends (every piece is whole elements). Both sides hold the same byte count.
+fn copy_pieces(
+    dst_starts: &[usize],
+    src_starts: &[usize],
+    dst_run: usize,
+    src_run: usize,
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    // Source run `i`, `at` bytes into it.
+    let (mut i, mut at) = (0, 0);
+    for &start in dst_starts {
+        let mut done = 0;
+        while done < dst_run {
+            let Some(&from) = src_starts.get(i) else {
+                return;
+            };
+            let take = (dst_run - done).min(src_run - at);
+            f(start + done, from + at, take);
+            done += take;
+            at += take;
+            if at == src_run {
+                (i, at) = (i + 1, 0);
+            }
+        }
+    }
+}
+
 /// Copies `n` elements of `E` bytes, `stride` bytes apart from `start`, into `out`.
 fn gather<const E: usize>(mem: &[u8], start: usize, stride: isize, out: &mut [u8]) {
     for (j, o) in out.chunks_exact_mut(E).enumerate() {
@@ -668,15 +698,15 @@ impl Memories {
     }
 
     /// Copies the bytes of `src` to `dst` (same dtype, same element count) directly,
-    /// without a dense intermediate, when they are in different memories and both are
-    /// made of contiguous runs (of any lengths: a run of one side may span several of
-    /// the other's): exactly what [`Memories::read_raw`] then [`Memories::write_raw`] do.
-    /// Returns whether an element read was poison, or `None` (nothing done) when the
-    /// patterns do not qualify.
+    /// without a dense intermediate, when both are made of contiguous runs (of any
+    /// lengths: a run of one side may span several of the other's) and they are in
+    /// different memories or in byte ranges of one memory that do not overlap: exactly
+    /// what [`Memories::read_raw`] then [`Memories::write_raw`] do. Returns whether an
+    /// element read was poison, or `None` (nothing done) when the patterns do not
+    /// qualify.
     pub(crate) fn copy_raw(&mut self, dst: &Ap, src: &Ap) -> Result<Option<bool>, ExecError> {
         let (vd, vs) = (self.view(dst)?, self.view(src)?);
-        if dst.mem == src.mem
-            || dst.dtype != src.dtype
+        if dst.dtype != src.dtype
             || vd.elems() != vs.elems()
             || vd.inner_n == 0
             || vs.inner_n == 0
@@ -688,6 +718,25 @@ impl Memories {
         let mut starts = Vec::with_capacity(vs.elems() / vs.inner_n);
         vs.for_each_run(|_, start| starts.push(start));
         let (src_run, dst_run) = (vs.inner_n * vs.esize, vd.inner_n * vd.esize);
+        if dst.mem == src.mem {
+            let mut dst_starts = Vec::with_capacity(vd.elems() / vd.inner_n);
+            vd.for_each_run(|_, start| dst_starts.push(start));
+            let span = |starts: &[usize], run: usize| {
+                let lo = starts.iter().copied().min().unwrap_or(0);
+                (lo, starts.iter().copied().max().unwrap_or(0) + run)
+            };
+            let ((sl, sh), (dl, dh)) = (span(&starts, src_run), span(&dst_starts, dst_run));
+            if sl < dh && dl < sh {
+                return Ok(None);
+            }
+            let buf = self.buffer_mut(dst.mem)?;
+            let mut poisoned = false;
+            copy_pieces(&dst_starts, &starts, dst_run, src_run, |d, s, len| {
+                poisoned |= numerics::is_poisoned(src.dtype, &buf[s..s + len]);
+                buf.copy_within(s..s + len, d);
+            });
+            return Ok(Some(poisoned));
+        }
         // The destination is moved out while the source is read, then put back.
         let mut out = match dst.mem {
             Memory::Sbuf => std::mem::take(&mut self.sbuf),
@@ -704,21 +753,12 @@ impl Memories {
         };
         let mut poisoned = false;
         if let Ok(from) = self.buffer(src.mem) {
-            // Source run `i`, `at` bytes into it; every piece is whole elements.
-            let (mut i, mut at) = (0, 0);
-            vd.for_each_run(|_, start| {
-                let mut done = 0;
-                while done < dst_run {
-                    let take = (dst_run - done).min(src_run - at);
-                    let bytes = &from[starts[i] + at..starts[i] + at + take];
-                    poisoned |= numerics::is_poisoned(src.dtype, bytes);
-                    out[start + done..start + done + take].copy_from_slice(bytes);
-                    done += take;
-                    at += take;
-                    if at == src_run {
-                        (i, at) = (i + 1, 0);
-                    }
-                }
+            let mut dst_starts = Vec::with_capacity(vd.elems() / vd.inner_n);
+            vd.for_each_run(|_, start| dst_starts.push(start));
+            copy_pieces(&dst_starts, &starts, dst_run, src_run, |d, s, len| {
+                let bytes = &from[s..s + len];
+                poisoned |= numerics::is_poisoned(src.dtype, bytes);
+                out[d..d + len].copy_from_slice(bytes);
             });
         }
         match dst.mem {
@@ -1130,7 +1170,7 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             (state >> 33) % n
         };
-        let (mut direct, mut mixed) = (0, 0);
+        let (mut direct, mut mixed, mut same) = (0, 0, 0);
         for _ in 0..2000 {
             let dtype = [Dtype::U8, Dtype::Bf16, Dtype::F32][rnd(3) as usize];
             let (parts, inner) = (1 + rnd(8) as u32, 1 + rnd(6) as u32);
@@ -1155,10 +1195,20 @@ mod tests {
             };
             let row = i64::from(outer * inner) + rnd(4) as i64;
             let in_hbm = Ap::hbm_rows(TensorId(0), dtype, rnd(300), parts, row, outer * inner);
-            let (dst, src) = if rnd(2) == 0 {
-                (on_chip, in_hbm)
-            } else {
-                (in_hbm, on_chip)
+            // The same elements as `on_chip` elsewhere in SBUF (possibly overlapping it),
+            // as one run per partition.
+            let mut other = on_chip.clone();
+            other.offset = rnd(400);
+            other.start_partition = rnd(100) as u32;
+            other.dims = vec![Dim {
+                size: outer * inner,
+                stride: 1,
+            }];
+            let (dst, src) = match rnd(4) {
+                0 => (on_chip, in_hbm),
+                1 => (in_hbm, on_chip),
+                2 => (on_chip, other),
+                _ => (other, on_chip),
             };
             let mut a = base.clone();
             let runs_differ = a.view(&dst).unwrap().inner_n != a.view(&src).unwrap().inner_n;
@@ -1166,6 +1216,7 @@ mod tests {
                 continue;
             };
             mixed += usize::from(runs_differ);
+            same += usize::from(dst.mem == src.mem);
             let mut b = base.clone();
             let mut raw = Vec::new();
             assert_eq!(
@@ -1183,6 +1234,7 @@ mod tests {
             mixed > 200,
             "only {mixed} copies between runs of different lengths"
         );
+        assert!(same > 200, "only {same} copies within one memory");
     }
 
     #[test]
