@@ -4,9 +4,10 @@
 //!
 //! A float matmul whose destination is one contiguous FP32 run per partition (what
 //! [`Memories::rows_f32_mut`] views) is executed at its start as before up to the GEMM:
-//! its operands are checked and read (with their poison report), and an accumulating
-//! matmul reads its destination. The GEMM itself, on those private copies, is sent to
-//! the worker, and the destination region becomes *pending*. Before any later
+//! its operands are checked and their raw bytes copied (with their poison report), and
+//! an accumulating matmul reads its destination. Decoding the operands and the GEMM,
+//! on those private copies, are sent to the worker, and the destination region becomes
+//! *pending*. Before any later
 //! instruction touches a pending region (reads or writes bytes of the same partitions
 //! and row span), the region is *committed*: the worker's result is written to PSUM.
 //! The run ends by committing everything. So every instruction sees exactly the bytes
@@ -77,8 +78,9 @@ struct Job {
     seq: u64,
     region: u64,
     init: Init,
-    stationary: Vec<f32>,
-    moving: Vec<f32>,
+    /// The stationary and moving operands' raw bytes (dense, as `Memories::read_raw`
+    /// reads them) and dtypes: the worker decodes them, off the simulator's thread.
+    operands: [(Vec<u8>, Dtype); 2],
     kmn: (usize, usize, usize),
     /// The threads of the simulator's rayon pool (whose count the worker's thread may
     /// not see): above two, each block's GEMM is itself split across the pool.
@@ -98,9 +100,9 @@ struct Done {
     current: Option<Arc<Running>>,
     /// The worker has stopped (its loop returned or unwound): nothing more will finish.
     stopped: bool,
-    /// Operand buffers of finished jobs, for the simulator's thread to reuse (fresh
+    /// Raw operand buffers of finished jobs, for the simulator's thread to reuse (fresh
     /// buffers of this size would be mapped and faulted in on every matmul).
-    spent: Vec<Vec<f32>>,
+    spent: Vec<Vec<u8>>,
 }
 
 /// [`Done`] behind a lock, with the condition the simulator's thread waits on (a job
@@ -142,13 +144,34 @@ const MAX_SPENT: usize = 32;
 /// jobs sent up to its region's last one, not for the jobs queued after it.
 fn work(rx: mpsc::Receiver<Job>, shared: &Shared) {
     let _stop = StopGuard(shared);
+    // Decoded operand buffers, reused from job to job.
+    let mut decoded: Vec<Vec<f32>> = Vec::new();
     for job in rx {
-        let (seq, region) = (job.seq, job.region);
-        let previous = match job.init {
+        let Job {
+            seq,
+            region,
+            init,
+            operands,
+            kmn,
+            threads,
+            exact_products,
+        } = job;
+        let previous = match init {
             Init::Continue => shared.lock().results.remove(&region),
             _ => None,
         };
-        let (result, spent) = match Running::start(job, previous) {
+        let mut decode = |(raw, dtype): &(Vec<u8>, Dtype)| {
+            let mut x = decoded.pop().unwrap_or_default();
+            x.resize(raw.len() / (dtype.size() as usize).max(1), 0.0);
+            crate::numerics::decode_slice(*dtype, raw, &mut x)
+                .map(|()| x)
+                .map_err(|e| ExecError::new(format!("deferred matmul operand: {e}")))
+        };
+        let started = decode(&operands[0]).and_then(|s| {
+            let v = decode(&operands[1])?;
+            Running::start(init, kmn, threads, exact_products, s, v, previous)
+        });
+        let result = match started {
             Ok(running) => {
                 let running = Arc::new(running);
                 shared.lock().current = Some(Arc::clone(&running));
@@ -156,21 +179,21 @@ fn work(rx: mpsc::Receiver<Job>, shared: &Shared) {
                 while running.help() {}
                 let result = running.finish();
                 shared.lock().current = None;
-                // The simulator's thread may still hold a clone: then the operands are
-                // simply dropped.
-                let spent = Arc::try_unwrap(running)
-                    .map(|r| [r.stationary, r.moving])
-                    .unwrap_or_default();
-                (result, spent)
+                // The simulator's thread may still hold a clone: then the decoded
+                // operands are simply dropped.
+                if let Ok(r) = Arc::try_unwrap(running) {
+                    decoded.extend([r.stationary, r.moving]);
+                    decoded.truncate(4);
+                }
+                result
             }
-            Err((e, spent)) => (Err(e), spent),
+            Err(e) => Err(e),
         };
         let mut done = shared.lock();
         done.results.insert(region, result);
         done.seq = seq;
         if done.spent.len() < MAX_SPENT {
-            done.spent
-                .extend(spent.into_iter().filter(|b| b.capacity() > 0));
+            done.spent.extend(operands.into_iter().map(|(raw, _)| raw));
         }
         drop(done);
         shared.changed.notify_all();
@@ -227,13 +250,21 @@ impl Drop for Claim<'_> {
 }
 
 impl Running {
-    /// The job's destination blocks set up from `init` (or the error that left them
-    /// unusable, with the operand buffers).
+    /// A job on the decoded operands, its destination blocks set up from `init` (or the
+    /// error that left them unusable).
     fn start(
-        job: Job,
+        init: Init,
+        kmn: (usize, usize, usize),
+        threads: usize,
+        exact_products: bool,
+        stationary: Vec<f32>,
+        moving: Vec<f32>,
         previous: Option<Result<Blocks, ExecError>>,
-    ) -> Result<Running, (ExecError, [Vec<f32>; 2])> {
-        let (_, m, n) = job.kmn;
+    ) -> Result<Running, ExecError> {
+        let (k, m, n) = kmn;
+        if stationary.len() != k * m || moving.len() != k * n {
+            return Err(ExecError::new("deferred matmul: operand size mismatch"));
+        }
         let cols = blocks_of(n);
         let sized = |mut c: Vec<f32>, w: usize| {
             // No zero fill needed: a fresh GEMM overwrites every element.
@@ -241,16 +272,16 @@ impl Running {
             c.resize(m * w, 0.0);
             c
         };
-        let blocks: Result<(Blocks, bool), ExecError> = match job.init {
-            Init::Fresh(bufs) => Ok((
+        let (blocks, accumulate): (Blocks, bool) = match init {
+            Init::Fresh(bufs) => (
                 bufs.into_iter()
                     .chain(std::iter::repeat_with(Vec::new))
                     .zip(&cols)
                     .map(|(c, r)| sized(c, r.len()))
                     .collect(),
                 false,
-            )),
-            Init::Given(c) if c.len() == m * n => Ok((
+            ),
+            Init::Given(c) if c.len() == m * n => (
                 cols.iter()
                     .map(|r| {
                         let mut b = Vec::with_capacity(m * r.len());
@@ -261,25 +292,23 @@ impl Running {
                     })
                     .collect(),
                 true,
-            )),
-            Init::Given(_) => Err(ExecError::new("deferred matmul: destination size mismatch")),
+            ),
+            Init::Given(_) => {
+                return Err(ExecError::new("deferred matmul: destination size mismatch"));
+            }
             Init::Continue => match previous {
-                Some(Ok(b)) if b.len() == cols.len() => Ok((b, true)),
-                Some(Err(e)) => Err(e),
-                _ => Err(ExecError::new("deferred matmul chain lost its buffer")),
+                Some(Ok(b)) if b.len() == cols.len() => (b, true),
+                Some(Err(e)) => return Err(e),
+                _ => return Err(ExecError::new("deferred matmul chain lost its buffer")),
             },
         };
-        let (blocks, accumulate) = match blocks {
-            Ok(b) => b,
-            Err(e) => return Err((e, [job.stationary, job.moving])),
-        };
         Ok(Running {
-            kmn: job.kmn,
-            threads: job.threads,
+            kmn,
+            threads,
             accumulate,
-            exact_products: job.exact_products,
-            stationary: job.stationary,
-            moving: job.moving,
+            exact_products,
+            stationary,
+            moving,
             state: Mutex::new(RunState {
                 next: 0,
                 finished: 0,
@@ -395,8 +424,10 @@ pub(crate) struct Deferred {
     next_region: u64,
     /// The `seq` of the last job sent.
     sent: u64,
-    /// Buffers to reuse for the next jobs.
+    /// Buffers to reuse for the next jobs' destinations.
     free: Vec<Vec<f32>>,
+    /// Buffers to reuse for the next jobs' raw operands.
+    free_raw: Vec<Vec<u8>>,
 }
 
 /// The worker thread, its job queue and what it has finished.
@@ -557,15 +588,20 @@ impl Deferred {
         Ok(())
     }
 
-    /// A buffer for a job (contents unspecified): a committed result or a finished job's
-    /// operand, else the context's.
+    /// A destination buffer for a job (contents unspecified): a committed result, else
+    /// the context's.
     fn take(&mut self, ctx: &mut ExecContext) -> Vec<f32> {
-        if self.free.is_empty() {
+        self.free.pop().unwrap_or_else(|| ctx.take())
+    }
+
+    /// A raw operand buffer for a job (contents unspecified): a finished job's.
+    fn take_raw(&mut self) -> Vec<u8> {
+        if self.free_raw.is_empty() {
             if let Some(w) = &self.worker {
-                self.free.append(&mut w.shared.lock().spent);
+                self.free_raw.append(&mut w.shared.lock().spent);
             }
         }
-        self.free.pop().unwrap_or_else(|| ctx.take())
+        self.free_raw.pop().unwrap_or_default()
     }
 
     /// The deferred form of `matmul::matmul`: `None` when the matmul does not qualify
@@ -597,10 +633,12 @@ impl Deferred {
         if chain.is_none() && mem.rows_f32_mut(dst)?.is_none() {
             return Ok(None);
         }
-        let mut s = self.take(ctx);
-        let mut poisoned = mem.read_f32(stationary, &mut s)?;
-        let mut mv = self.take(ctx);
-        poisoned |= mem.read_f32(moving, &mut mv)?;
+        // The operands' bytes now (later instructions may overwrite them), with the
+        // same poison report as decoding them here; the worker decodes them.
+        let mut s = self.take_raw();
+        let mut poisoned = mem.read_raw(stationary, &mut s)?;
+        let mut mv = self.take_raw();
+        poisoned |= mem.read_raw(moving, &mut mv)?;
         let (region, init) = match chain {
             Some(region) => (region, Init::Continue),
             None => {
@@ -632,8 +670,7 @@ impl Deferred {
             seq,
             region,
             init,
-            stationary: s,
-            moving: mv,
+            operands: [(s, stationary.dtype), (mv, moving.dtype)],
             kmn: (k, m, n),
             threads: rayon::current_num_threads(),
             exact_products: stationary.dtype != Dtype::F32 && moving.dtype != Dtype::F32,
