@@ -150,6 +150,42 @@ fn copy_pieces(
     }
 }
 
+/// The pieces of [`copy_pieces`] from `from` into the on-chip memory `out`
+/// (`per_partition` bytes per partition), the partitions split across the rayon pool:
+/// every piece lies in one partition, and each partition's pieces are copied in their
+/// dense order, so the bytes are those of the sequential copy. Returns whether a source
+/// element was poison.
+fn copy_by_partitions(
+    out: &mut [u8],
+    per_partition: usize,
+    from: &[u8],
+    dtype: Dtype,
+    (dst_starts, src_starts, dst_run, src_run): (&[usize], &[usize], usize, usize),
+) -> bool {
+    use rayon::prelude::*;
+    let mut pieces = Vec::with_capacity(dst_starts.len());
+    copy_pieces(dst_starts, src_starts, dst_run, src_run, |d, s, len| {
+        pieces.push((d, s, len));
+    });
+    // Stable: a partition's pieces keep their order (a pattern may write a byte twice).
+    pieces.sort_by_key(|&(d, _, _)| d / per_partition);
+    out.par_chunks_mut(per_partition)
+        .enumerate()
+        .map(|(p, part)| {
+            let lo = pieces.partition_point(|&(d, _, _)| d / per_partition < p);
+            let hi = pieces.partition_point(|&(d, _, _)| d / per_partition <= p);
+            let base = p * per_partition;
+            let mut poisoned = false;
+            for &(d, s, len) in &pieces[lo..hi] {
+                let bytes = &from[s..s + len];
+                poisoned |= numerics::is_poisoned(dtype, bytes);
+                part[d - base..d - base + len].copy_from_slice(bytes);
+            }
+            poisoned
+        })
+        .reduce(|| false, |a, b| a | b)
+}
+
 /// Copies `n` elements of `E` bytes, `stride` bytes apart from `start`, into `out`.
 fn gather<const E: usize>(mem: &[u8], start: usize, stride: isize, out: &mut [u8]) {
     for (j, o) in out.chunks_exact_mut(E).enumerate() {
@@ -752,14 +788,26 @@ impl Memories {
             }
         };
         let mut poisoned = false;
+        let per_partition = self.bytes_per_partition(dst.mem);
         if let Ok(from) = self.buffer(src.mem) {
             let mut dst_starts = Vec::with_capacity(vd.elems() / vd.inner_n);
             vd.for_each_run(|_, start| dst_starts.push(start));
-            copy_pieces(&dst_starts, &starts, dst_run, src_run, |d, s, len| {
-                let bytes = &from[s..s + len];
-                poisoned |= numerics::is_poisoned(src.dtype, bytes);
-                out[d..d + len].copy_from_slice(bytes);
-            });
+            let bytes = vd.elems() * vd.esize;
+            if bytes >= PARALLEL_FILL && per_partition > 0 && rayon::current_num_threads() > 1 {
+                poisoned = copy_by_partitions(
+                    &mut out,
+                    per_partition,
+                    from,
+                    src.dtype,
+                    (&dst_starts, &starts, dst_run, src_run),
+                );
+            } else {
+                copy_pieces(&dst_starts, &starts, dst_run, src_run, |d, s, len| {
+                    let bytes = &from[s..s + len];
+                    poisoned |= numerics::is_poisoned(src.dtype, bytes);
+                    out[d..d + len].copy_from_slice(bytes);
+                });
+            }
         }
         match dst.mem {
             Memory::Sbuf => self.sbuf = out,
@@ -1146,6 +1194,63 @@ mod tests {
             checked > 1000,
             "only {checked} random patterns were in bounds"
         );
+    }
+
+    /// A large copy from HBM into SBUF (split by partitions across the pool on two
+    /// threads): an HBM row block (one run) into SBUF rows with a gap between two
+    /// column halves, the source's last rows never written. The same bytes and poison
+    /// report on one and two threads as `read_raw` then `write_raw`.
+    #[test]
+    fn large_direct_copies_by_partitions_match_read_then_write() {
+        let (parts, cols) = (128u32, 4096u32);
+        let mut cfg = ChipConfig::trn1();
+        cfg.sbuf_bytes_per_partition = 4 * 4096 + 64;
+        let p = program(&[("h", vec![u64::from(parts), u64::from(cols)], Dtype::F32)]);
+        let src = Ap::hbm_rows(TensorId(0), Dtype::F32, 0, parts, i64::from(cols), cols);
+        let dst = Ap {
+            mem: Memory::Sbuf,
+            dtype: Dtype::F32,
+            offset: 16,
+            start_partition: 0,
+            partitions: parts,
+            partition_stride: 1,
+            dims: vec![
+                Dim {
+                    size: 2,
+                    stride: i64::from(cols / 2) + 4,
+                },
+                Dim {
+                    size: cols / 2,
+                    stride: 1,
+                },
+            ],
+        };
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut m = Memories::new(&cfg, &p).unwrap();
+                // Rows 0..120 written, 120..128 left poisoned.
+                let written = Ap::hbm_rows(TensorId(0), Dtype::F32, 0, 120, i64::from(cols), cols);
+                let bytes: Vec<u8> = (0..120 * cols)
+                    .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
+                    .collect();
+                m.write_raw(&written, &bytes).unwrap();
+                let mut reference = m.clone();
+                let poisoned = m.copy_raw(&dst, &src).unwrap().unwrap();
+                let mut raw = Vec::new();
+                let want = reference.read_raw(&src, &mut raw).unwrap();
+                reference.write_raw(&dst, &raw).unwrap();
+                assert_eq!(poisoned, want);
+                assert!(m.sbuf == reference.sbuf, "{threads} threads");
+                (poisoned, m.sbuf)
+            })
+        };
+        let one = run(1);
+        assert!(one.0, "the unwritten rows are reported");
+        assert!(run(2) == one);
     }
 
     /// Random pairs of patterns in different memories: the direct copy, when it applies,
