@@ -120,6 +120,72 @@ fn err(message: String) -> ExecError {
     ExecError { message }
 }
 
+/// Pairs the destination runs (`dst_starts`, `dst_run` bytes each) with the source runs
+/// (`src_starts`, `src_run` bytes each) holding the same dense bytes, in dense order:
+/// calls `f(dst offset, src offset, bytes)` for each piece where a run of either side
+/// begins or ends (every piece is whole elements). Both sides hold the same byte count.
+fn copy_pieces(
+    dst_starts: &[usize],
+    src_starts: &[usize],
+    dst_run: usize,
+    src_run: usize,
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    // Source run `i`, `at` bytes into it.
+    let (mut i, mut at) = (0, 0);
+    for &start in dst_starts {
+        let mut done = 0;
+        while done < dst_run {
+            let Some(&from) = src_starts.get(i) else {
+                return;
+            };
+            let take = (dst_run - done).min(src_run - at);
+            f(start + done, from + at, take);
+            done += take;
+            at += take;
+            if at == src_run {
+                (i, at) = (i + 1, 0);
+            }
+        }
+    }
+}
+
+/// The pieces of [`copy_pieces`] from `from` into the on-chip memory `out`
+/// (`per_partition` bytes per partition), the partitions split across the rayon pool:
+/// every piece lies in one partition, and each partition's pieces are copied in their
+/// dense order, so the bytes are those of the sequential copy. Returns whether a source
+/// element was poison.
+fn copy_by_partitions(
+    out: &mut [u8],
+    per_partition: usize,
+    from: &[u8],
+    dtype: Dtype,
+    (dst_starts, src_starts, dst_run, src_run): (&[usize], &[usize], usize, usize),
+) -> bool {
+    use rayon::prelude::*;
+    let mut pieces = Vec::with_capacity(dst_starts.len());
+    copy_pieces(dst_starts, src_starts, dst_run, src_run, |d, s, len| {
+        pieces.push((d, s, len));
+    });
+    // Stable: a partition's pieces keep their order (a pattern may write a byte twice).
+    pieces.sort_by_key(|&(d, _, _)| d / per_partition);
+    out.par_chunks_mut(per_partition)
+        .enumerate()
+        .map(|(p, part)| {
+            let lo = pieces.partition_point(|&(d, _, _)| d / per_partition < p);
+            let hi = pieces.partition_point(|&(d, _, _)| d / per_partition <= p);
+            let base = p * per_partition;
+            let mut poisoned = false;
+            for &(d, s, len) in &pieces[lo..hi] {
+                let bytes = &from[s..s + len];
+                poisoned |= numerics::is_poisoned(dtype, bytes);
+                part[d - base..d - base + len].copy_from_slice(bytes);
+            }
+            poisoned
+        })
+        .reduce(|| false, |a, b| a | b)
+}
+
 /// Copies `n` elements of `E` bytes, `stride` bytes apart from `start`, into `out`.
 fn gather<const E: usize>(mem: &[u8], start: usize, stride: isize, out: &mut [u8]) {
     for (j, o) in out.chunks_exact_mut(E).enumerate() {
@@ -668,24 +734,45 @@ impl Memories {
     }
 
     /// Copies the bytes of `src` to `dst` (same dtype, same element count) directly,
-    /// without a dense intermediate, when they are in different memories and both are
-    /// made of contiguous runs of the same length: exactly what [`Memories::read_raw`]
-    /// then [`Memories::write_raw`] do. Returns whether an element read was poison, or
-    /// `None` (nothing done) when the patterns do not qualify.
+    /// without a dense intermediate, when both are made of contiguous runs (of any
+    /// lengths: a run of one side may span several of the other's) and they are in
+    /// different memories or in byte ranges of one memory that do not overlap: exactly
+    /// what [`Memories::read_raw`] then [`Memories::write_raw`] do. Returns whether an
+    /// element read was poison, or `None` (nothing done) when the patterns do not
+    /// qualify.
     pub(crate) fn copy_raw(&mut self, dst: &Ap, src: &Ap) -> Result<Option<bool>, ExecError> {
         let (vd, vs) = (self.view(dst)?, self.view(src)?);
-        if dst.mem == src.mem
-            || dst.dtype != src.dtype
+        if dst.dtype != src.dtype
             || vd.elems() != vs.elems()
-            || vd.inner_n != vs.inner_n
+            || vd.inner_n == 0
+            || vs.inner_n == 0
             || !vd.runs_contiguous()
             || !vs.runs_contiguous()
         {
             return Ok(None);
         }
-        let mut starts = Vec::with_capacity(vs.elems() / vs.inner_n.max(1));
+        let mut starts = Vec::with_capacity(vs.elems() / vs.inner_n);
         vs.for_each_run(|_, start| starts.push(start));
-        let run = vs.inner_n * vs.esize;
+        let (src_run, dst_run) = (vs.inner_n * vs.esize, vd.inner_n * vd.esize);
+        if dst.mem == src.mem {
+            let mut dst_starts = Vec::with_capacity(vd.elems() / vd.inner_n);
+            vd.for_each_run(|_, start| dst_starts.push(start));
+            let span = |starts: &[usize], run: usize| {
+                let lo = starts.iter().copied().min().unwrap_or(0);
+                (lo, starts.iter().copied().max().unwrap_or(0) + run)
+            };
+            let ((sl, sh), (dl, dh)) = (span(&starts, src_run), span(&dst_starts, dst_run));
+            if sl < dh && dl < sh {
+                return Ok(None);
+            }
+            let buf = self.buffer_mut(dst.mem)?;
+            let mut poisoned = false;
+            copy_pieces(&dst_starts, &starts, dst_run, src_run, |d, s, len| {
+                poisoned |= numerics::is_poisoned(src.dtype, &buf[s..s + len]);
+                buf.copy_within(s..s + len, d);
+            });
+            return Ok(Some(poisoned));
+        }
         // The destination is moved out while the source is read, then put back.
         let mut out = match dst.mem {
             Memory::Sbuf => std::mem::take(&mut self.sbuf),
@@ -701,14 +788,26 @@ impl Memories {
             }
         };
         let mut poisoned = false;
+        let per_partition = self.bytes_per_partition(dst.mem);
         if let Ok(from) = self.buffer(src.mem) {
-            let mut i = 0;
-            vd.for_each_run(|_, start| {
-                let bytes = &from[starts[i]..starts[i] + run];
-                poisoned |= numerics::is_poisoned(src.dtype, bytes);
-                out[start..start + run].copy_from_slice(bytes);
-                i += 1;
-            });
+            let mut dst_starts = Vec::with_capacity(vd.elems() / vd.inner_n);
+            vd.for_each_run(|_, start| dst_starts.push(start));
+            let bytes = vd.elems() * vd.esize;
+            if bytes >= PARALLEL_FILL && per_partition > 0 && rayon::current_num_threads() > 1 {
+                poisoned = copy_by_partitions(
+                    &mut out,
+                    per_partition,
+                    from,
+                    src.dtype,
+                    (&dst_starts, &starts, dst_run, src_run),
+                );
+            } else {
+                copy_pieces(&dst_starts, &starts, dst_run, src_run, |d, s, len| {
+                    let bytes = &from[s..s + len];
+                    poisoned |= numerics::is_poisoned(src.dtype, bytes);
+                    out[d..d + len].copy_from_slice(bytes);
+                });
+            }
         }
         match dst.mem {
             Memory::Sbuf => self.sbuf = out,
@@ -1097,6 +1196,63 @@ mod tests {
         );
     }
 
+    /// A large copy from HBM into SBUF (split by partitions across the pool on two
+    /// threads): an HBM row block (one run) into SBUF rows with a gap between two
+    /// column halves, the source's last rows never written. The same bytes and poison
+    /// report on one and two threads as `read_raw` then `write_raw`.
+    #[test]
+    fn large_direct_copies_by_partitions_match_read_then_write() {
+        let (parts, cols) = (128u32, 4096u32);
+        let mut cfg = ChipConfig::trn1();
+        cfg.sbuf_bytes_per_partition = 4 * 4096 + 64;
+        let p = program(&[("h", vec![u64::from(parts), u64::from(cols)], Dtype::F32)]);
+        let src = Ap::hbm_rows(TensorId(0), Dtype::F32, 0, parts, i64::from(cols), cols);
+        let dst = Ap {
+            mem: Memory::Sbuf,
+            dtype: Dtype::F32,
+            offset: 16,
+            start_partition: 0,
+            partitions: parts,
+            partition_stride: 1,
+            dims: vec![
+                Dim {
+                    size: 2,
+                    stride: i64::from(cols / 2) + 4,
+                },
+                Dim {
+                    size: cols / 2,
+                    stride: 1,
+                },
+            ],
+        };
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut m = Memories::new(&cfg, &p).unwrap();
+                // Rows 0..120 written, 120..128 left poisoned.
+                let written = Ap::hbm_rows(TensorId(0), Dtype::F32, 0, 120, i64::from(cols), cols);
+                let bytes: Vec<u8> = (0..120 * cols)
+                    .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
+                    .collect();
+                m.write_raw(&written, &bytes).unwrap();
+                let mut reference = m.clone();
+                let poisoned = m.copy_raw(&dst, &src).unwrap().unwrap();
+                let mut raw = Vec::new();
+                let want = reference.read_raw(&src, &mut raw).unwrap();
+                reference.write_raw(&dst, &raw).unwrap();
+                assert_eq!(poisoned, want);
+                assert!(m.sbuf == reference.sbuf, "{threads} threads");
+                (poisoned, m.sbuf)
+            })
+        };
+        let one = run(1);
+        assert!(one.0, "the unwritten rows are reported");
+        assert!(run(2) == one);
+    }
+
     /// Random pairs of patterns in different memories: the direct copy, when it applies,
     /// leaves the memories exactly as `read_raw` then `write_raw` do, with the same
     /// poison report.
@@ -1119,7 +1275,7 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             (state >> 33) % n
         };
-        let mut direct = 0;
+        let (mut direct, mut mixed, mut same) = (0, 0, 0);
         for _ in 0..2000 {
             let dtype = [Dtype::U8, Dtype::Bf16, Dtype::F32][rnd(3) as usize];
             let (parts, inner) = (1 + rnd(8) as u32, 1 + rnd(6) as u32);
@@ -1144,15 +1300,28 @@ mod tests {
             };
             let row = i64::from(outer * inner) + rnd(4) as i64;
             let in_hbm = Ap::hbm_rows(TensorId(0), dtype, rnd(300), parts, row, outer * inner);
-            let (dst, src) = if rnd(2) == 0 {
-                (on_chip, in_hbm)
-            } else {
-                (in_hbm, on_chip)
+            // The same elements as `on_chip` elsewhere in SBUF (possibly overlapping it),
+            // as one run per partition.
+            let mut other = on_chip.clone();
+            other.offset = rnd(400);
+            other.start_partition = rnd(100) as u32;
+            other.dims = vec![Dim {
+                size: outer * inner,
+                stride: 1,
+            }];
+            let (dst, src) = match rnd(4) {
+                0 => (on_chip, in_hbm),
+                1 => (in_hbm, on_chip),
+                2 => (on_chip, other),
+                _ => (other, on_chip),
             };
             let mut a = base.clone();
+            let runs_differ = a.view(&dst).unwrap().inner_n != a.view(&src).unwrap().inner_n;
             let Ok(Some(poisoned)) = a.copy_raw(&dst, &src) else {
                 continue;
             };
+            mixed += usize::from(runs_differ);
+            same += usize::from(dst.mem == src.mem);
             let mut b = base.clone();
             let mut raw = Vec::new();
             assert_eq!(
@@ -1166,6 +1335,11 @@ mod tests {
             direct += 1;
         }
         assert!(direct > 500, "only {direct} direct copies");
+        assert!(
+            mixed > 200,
+            "only {mixed} copies between runs of different lengths"
+        );
+        assert!(same > 200, "only {same} copies within one memory");
     }
 
     #[test]

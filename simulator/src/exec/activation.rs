@@ -64,6 +64,18 @@ pub fn activation_fn(func: ActFunc, x: f32) -> f32 {
     }
 }
 
+/// Elements from which an activation of a transcendental function is split across the
+/// rayon pool.
+const PARALLEL_ELEMS: usize = 1 << 14;
+
+/// Functions too cheap per element for a split across threads to pay.
+fn cheap(func: ActFunc) -> bool {
+    matches!(
+        func,
+        ActFunc::Identity | ActFunc::Relu | ActFunc::Square | ActFunc::Abs | ActFunc::Sign
+    )
+}
+
 /// Applies `f(x * scale + bias)` to one partition's row, returning the row's sum.
 #[inline(always)]
 fn run_row(row: &mut [f32], scale: f32, bias: f32, f: impl Fn(f32) -> f32) -> f32 {
@@ -107,11 +119,7 @@ pub(super) fn activation(
     let mut x = ctx.take();
     poisoned |= mem.read_f32(src, &mut x)?;
     let mut sums = vec![0.0f32; parts];
-    for (p, (row, sum)) in x
-        .chunks_exact_mut(free.max(1))
-        .zip(sums.iter_mut())
-        .enumerate()
-    {
+    let row_of = |(p, (row, sum)): (usize, (&mut [f32], &mut f32))| {
         let (s, b) = (scale.at(p), bias.at(p));
         // One monomorphised loop per function so the compiler can inline it.
         *sum = match func {
@@ -133,6 +141,20 @@ pub(super) fn activation(
             ActFunc::Sign => run_row(row, s, b, |v| activation_fn(ActFunc::Sign, v)),
             ActFunc::Softplus => run_row(row, s, b, |v| activation_fn(ActFunc::Softplus, v)),
         };
+    };
+    // Transcendental functions over a large tile are split by partitions across the pool
+    // (every element and every row sum is computed by the same operations either way).
+    if x.len() >= PARALLEL_ELEMS && !cheap(func) && rayon::current_num_threads() > 1 {
+        use rayon::prelude::*;
+        x.par_chunks_exact_mut(free.max(1))
+            .zip(sums.par_iter_mut())
+            .enumerate()
+            .for_each(row_of);
+    } else {
+        x.chunks_exact_mut(free.max(1))
+            .zip(sums.iter_mut())
+            .enumerate()
+            .for_each(row_of);
     }
     mem.write_f32(dst, &x, &mut ctx.rounder)?;
     if let Some(acc) = accum {

@@ -19,9 +19,10 @@ pub(super) fn tensor_copy(
         return Ok(poisoned);
     }
     if dst.dtype == src.dtype {
-        let mut raw = Vec::new();
+        let mut raw = ctx.take_bytes();
         let poisoned = mem.read_raw(src, &mut raw)?;
         mem.write_raw(dst, &raw)?;
+        ctx.give_bytes(raw);
         return Ok(poisoned);
     }
     let mut x = ctx.take();

@@ -4,15 +4,25 @@
 //!
 //! A float matmul whose destination is one contiguous FP32 run per partition (what
 //! [`Memories::rows_f32_mut`] views) is executed at its start as before up to the GEMM:
-//! its operands are checked and read (with their poison report), and an accumulating
-//! matmul reads its destination. The GEMM itself, on those private copies, is sent to
-//! the worker, and the destination region becomes *pending*. Before any later
+//! its operands are checked and their raw bytes copied (with their poison report), and
+//! an accumulating matmul reads its destination. Decoding the operands and the GEMM,
+//! on those private copies, are sent to the worker, and the destination region becomes
+//! *pending*. Before any later
 //! instruction touches a pending region (reads or writes bytes of the same partitions
 //! and row span), the region is *committed*: the worker's result is written to PSUM.
-//! The run ends by committing everything. So every instruction sees exactly the bytes it
-//! would have seen with the GEMM done at the matmul's start, and the outputs are
+//! The run ends by committing everything. So every instruction sees exactly the bytes
+//! it would have seen with the GEMM done at the matmul's start, and the outputs are
 //! bit-identical to the synchronous execution (the GEMM's bits never depend on where or
 //! when it runs; `matmul.rs` gives the rule).
+//!
+//! Sharing the work: a job's destination is computed by column blocks of 128 (each
+//! block its own buffer), claimed one at a time by the worker and, while it waits for a
+//! commit, by the simulator's thread itself; so on two cores both compute GEMMs exactly
+//! when the simulator has nothing else to do, and no third thread competes with them
+//! (on a pool of more threads, each block is split further across the pool). The worker
+//! publishes each job's blocks as it finishes, so a commit waits for the jobs up to its
+//! region's last one, not for those queued after it; spent buffers go back to the
+//! simulator's thread for reuse.
 //!
 //! A chain of matmuls accumulating into the same destination stays on the worker: the
 //! next one continues from the worker's buffer instead of committing and re-reading it.
@@ -27,111 +37,380 @@
 //! Deferral is used only by [`crate::Simulator`] runs on a pool of two or more threads;
 //! [`crate::exec::execute`] itself stays synchronous.
 
-use super::matmul::{block_width, gemm, moving_blocks, operands};
+use super::matmul::{block_width_on, gemm, operands};
 use super::{ExecContext, ExecError, ExecOutcome, execute};
 use crate::memory::Memories;
-use ndarray::{ArrayView2, ArrayViewMut2};
+use ndarray::{ArrayView2, ArrayViewMut2, s};
 use neuron_isa::{Ap, Dtype, Memory, Op};
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::ops::Range;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
+
+/// Columns per block of a deferred GEMM's destination (the last block is narrower): the
+/// unit of work the worker and a waiting simulator thread share.
+const BLOCK_COLS: usize = 128;
+
+/// The column ranges of the blocks of an `n`-column destination.
+fn blocks_of(n: usize) -> Vec<Range<usize>> {
+    (0..n.div_ceil(BLOCK_COLS).max(1))
+        .map(|b| b * BLOCK_COLS..((b + 1) * BLOCK_COLS).min(n))
+        .collect()
+}
+
+/// A region's value: one dense row-major `[M, columns]` buffer per column block.
+type Blocks = Vec<Vec<f32>>;
 
 /// Where a GEMM's destination buffer starts.
 enum Init {
-    /// A fresh accumulation (`dst = acc`).
-    Fresh,
-    /// The destination's values, read at the matmul's start.
+    /// A fresh accumulation (`dst = acc`) into these buffers (one per block, any
+    /// length), whose contents do not matter (a GEMM with `beta = 0` never reads its
+    /// destination).
+    Fresh(Blocks),
+    /// The destination's values (dense `[M, N]`), read at the matmul's start.
     Given(Vec<f32>),
-    /// The worker's buffer of the same region, left by the previous matmul of a chain.
+    /// The worker's buffers of the same region, left by the previous matmul of a chain.
     Continue,
 }
 
 /// One GEMM for the worker, on private copies of its operands.
 struct Job {
+    /// The job's rank in the order jobs are sent (from 1).
+    seq: u64,
     region: u64,
     init: Init,
-    stationary: Vec<f32>,
-    moving: Vec<f32>,
+    /// The stationary and moving operands' raw bytes (dense, as `Memories::read_raw`
+    /// reads them) and dtypes: the worker decodes them, off the simulator's thread.
+    operands: [(Vec<u8>, Dtype); 2],
     kmn: (usize, usize, usize),
-    /// The width of the GEMM's column blocks, chosen on the simulator's thread (whose rayon
-    /// pool may differ from the one the worker sees; any width gives the same bits).
-    width: usize,
+    /// The threads of the simulator's rayon pool (whose count the worker's thread may
+    /// not see): above two, each block's GEMM is itself split across the pool.
+    threads: usize,
     exact_products: bool,
 }
 
-enum Msg {
-    Run(Job),
-    /// Send back the region's buffer (the worker forgets it).
-    Take(u64, mpsc::Sender<Result<Vec<f32>, ExecError>>),
+/// What the worker has finished, shared with the simulator's thread.
+#[derive(Default)]
+struct Done {
+    /// The `seq` of the last finished job (jobs finish in the order they were sent).
+    seq: u64,
+    /// Each region's blocks after its last finished job (or the error that left it
+    /// unusable).
+    results: HashMap<u64, Result<Blocks, ExecError>>,
+    /// The job being run, whose blocks a waiting commit may compute.
+    current: Option<Arc<Running>>,
+    /// The worker has stopped (its loop returned or unwound): nothing more will finish.
+    stopped: bool,
+    /// Raw operand buffers of finished jobs, for the simulator's thread to reuse (fresh
+    /// buffers of this size would be mapped and faulted in on every matmul).
+    spent: Vec<Vec<u8>>,
 }
 
-/// The worker's loop: runs jobs in order, keeping each pending region's buffer.
-fn work(rx: mpsc::Receiver<Msg>) {
-    let mut buffers: HashMap<u64, Result<Vec<f32>, ExecError>> = HashMap::new();
-    for msg in rx {
-        match msg {
-            Msg::Run(job) => {
-                let previous = buffers.remove(&job.region);
-                let result = run(job, previous);
-                // The region is the job's: `run` consumed the previous buffer.
-                if let Some((region, r)) = result {
-                    buffers.insert(region, r);
+/// [`Done`] behind a lock, with the condition the simulator's thread waits on (a job
+/// started or finished).
+#[derive(Default)]
+struct Shared {
+    done: Mutex<Done>,
+    changed: Condvar,
+}
+
+/// Locks `m`. A panic while holding one of these locks cannot leave its data
+/// inconsistent (each update is a few assignments), so a poisoned lock is still usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Done> {
+        lock(&self.done)
+    }
+}
+
+/// Marks the worker stopped when its loop ends, even by unwinding, so that a waiting
+/// commit returns an error instead of waiting forever.
+struct StopGuard<'a>(&'a Shared);
+
+impl Drop for StopGuard<'_> {
+    fn drop(&mut self) {
+        self.0.lock().stopped = true;
+        self.0.changed.notify_all();
+    }
+}
+
+/// Spent buffers kept for reuse at most (a run has a few jobs in flight at a time).
+const MAX_SPENT: usize = 32;
+
+/// The worker's loop: runs jobs in order, computing their blocks (helped by a waiting
+/// commit), and publishes each one's blocks as it finishes, so a commit waits for the
+/// jobs sent up to its region's last one, not for the jobs queued after it.
+fn work(rx: mpsc::Receiver<Job>, shared: &Shared) {
+    let _stop = StopGuard(shared);
+    // Decoded operand buffers, reused from job to job.
+    let mut decoded: Vec<Vec<f32>> = Vec::new();
+    for job in rx {
+        let Job {
+            seq,
+            region,
+            init,
+            operands,
+            kmn,
+            threads,
+            exact_products,
+        } = job;
+        let previous = match init {
+            Init::Continue => shared.lock().results.remove(&region),
+            _ => None,
+        };
+        let mut decode = |(raw, dtype): &(Vec<u8>, Dtype)| {
+            let mut x = decoded.pop().unwrap_or_default();
+            x.resize(raw.len() / (dtype.size() as usize).max(1), 0.0);
+            crate::numerics::decode_slice(*dtype, raw, &mut x)
+                .map(|()| x)
+                .map_err(|e| ExecError::new(format!("deferred matmul operand: {e}")))
+        };
+        let started = decode(&operands[0]).and_then(|s| {
+            let v = decode(&operands[1])?;
+            Running::start(init, kmn, threads, exact_products, s, v, previous)
+        });
+        let result = match started {
+            Ok(running) => {
+                let running = Arc::new(running);
+                shared.lock().current = Some(Arc::clone(&running));
+                shared.changed.notify_all();
+                while running.help() {}
+                let result = running.finish();
+                shared.lock().current = None;
+                // The simulator's thread may still hold a clone: then the decoded
+                // operands are simply dropped.
+                if let Ok(r) = Arc::try_unwrap(running) {
+                    decoded.extend([r.stationary, r.moving]);
+                    decoded.truncate(4);
                 }
+                result
             }
-            Msg::Take(region, reply) => {
-                let buf = buffers
-                    .remove(&region)
-                    .unwrap_or_else(|| Err(ExecError::new("deferred matmul result missing")));
-                let _ = reply.send(buf);
-            }
+            Err(e) => Err(e),
+        };
+        let mut done = shared.lock();
+        done.results.insert(region, result);
+        done.seq = seq;
+        if done.spent.len() < MAX_SPENT {
+            done.spent.extend(operands.into_iter().map(|(raw, _)| raw));
+        }
+        drop(done);
+        shared.changed.notify_all();
+    }
+}
+
+/// A job being run: its column blocks are claimed one at a time by the worker and by a
+/// commit waiting for it. Each block's GEMM is the module's rule on those columns
+/// (`matmul.rs`), so the bits do not depend on who computes which block.
+struct Running {
+    kmn: (usize, usize, usize),
+    cols: Vec<Range<usize>>,
+    threads: usize,
+    accumulate: bool,
+    exact_products: bool,
+    stationary: Vec<f32>,
+    moving: Vec<f32>,
+    state: Mutex<RunState>,
+    all_done: Condvar,
+}
+
+struct RunState {
+    /// The next block to claim.
+    next: usize,
+    /// Blocks computed.
+    finished: usize,
+    /// The destination blocks (`None` while a thread computes one).
+    blocks: Vec<Option<Vec<f32>>>,
+    error: Option<ExecError>,
+}
+
+/// A claimed block: on drop, its buffer goes back and it counts as finished.
+struct Claim<'a> {
+    run: &'a Running,
+    /// The block's index and buffer, once computed.
+    block: Option<(usize, Option<Vec<f32>>)>,
+    result: Result<(), ExecError>,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut st = lock(&self.run.state);
+        if let Some((b, c)) = self.block.take() {
+            st.blocks[b] = c;
+        }
+        if let Err(e) = std::mem::replace(&mut self.result, Ok(())) {
+            st.error.get_or_insert(e);
+        }
+        st.finished += 1;
+        if st.finished == self.run.cols.len() {
+            self.run.all_done.notify_all();
         }
     }
 }
 
-/// Runs `job`; returns its region and buffer (or the error that left it unusable).
-fn run(
-    job: Job,
-    previous: Option<Result<Vec<f32>, ExecError>>,
-) -> Option<(u64, Result<Vec<f32>, ExecError>)> {
-    let (k, m, n) = job.kmn;
-    let (mut c, accumulate) = match job.init {
-        Init::Fresh => (vec![0f32; m * n], false),
-        Init::Given(c) => (c, true),
-        Init::Continue => match previous {
-            Some(Ok(c)) => (c, true),
-            Some(Err(e)) => return Some((job.region, Err(e))),
-            None => {
-                return Some((
-                    job.region,
-                    Err(ExecError::new("deferred matmul chain lost its buffer")),
-                ));
+impl Running {
+    /// A job on the decoded operands, its destination blocks set up from `init` (or the
+    /// error that left them unusable).
+    fn start(
+        init: Init,
+        kmn: (usize, usize, usize),
+        threads: usize,
+        exact_products: bool,
+        stationary: Vec<f32>,
+        moving: Vec<f32>,
+        previous: Option<Result<Blocks, ExecError>>,
+    ) -> Result<Running, ExecError> {
+        let (k, m, n) = kmn;
+        if stationary.len() != k * m || moving.len() != k * n {
+            return Err(ExecError::new("deferred matmul: operand size mismatch"));
+        }
+        let cols = blocks_of(n);
+        let sized = |mut c: Vec<f32>, w: usize| {
+            // No zero fill needed: a fresh GEMM overwrites every element.
+            c.truncate(m * w);
+            c.resize(m * w, 0.0);
+            c
+        };
+        let (blocks, accumulate): (Blocks, bool) = match init {
+            Init::Fresh(bufs) => (
+                bufs.into_iter()
+                    .chain(std::iter::repeat_with(Vec::new))
+                    .zip(&cols)
+                    .map(|(c, r)| sized(c, r.len()))
+                    .collect(),
+                false,
+            ),
+            Init::Given(c) if c.len() == m * n => (
+                cols.iter()
+                    .map(|r| {
+                        let mut b = Vec::with_capacity(m * r.len());
+                        for row in c.chunks_exact(n.max(1)) {
+                            b.extend_from_slice(&row[r.clone()]);
+                        }
+                        b
+                    })
+                    .collect(),
+                true,
+            ),
+            Init::Given(_) => {
+                return Err(ExecError::new("deferred matmul: destination size mismatch"));
             }
-        },
-    };
-    let result = (|| {
+            Init::Continue => match previous {
+                Some(Ok(b)) if b.len() == cols.len() => (b, true),
+                Some(Err(e)) => return Err(e),
+                _ => return Err(ExecError::new("deferred matmul chain lost its buffer")),
+            },
+        };
+        Ok(Running {
+            kmn,
+            threads,
+            accumulate,
+            exact_products,
+            stationary,
+            moving,
+            state: Mutex::new(RunState {
+                next: 0,
+                finished: 0,
+                blocks: blocks.into_iter().map(Some).collect(),
+                error: None,
+            }),
+            all_done: Condvar::new(),
+            cols,
+        })
+    }
+
+    /// Whether a block is left to claim.
+    fn has_work(&self) -> bool {
+        lock(&self.state).next < self.cols.len()
+    }
+
+    /// Claims and computes one block; `false` when none was left to claim.
+    fn help(&self) -> bool {
+        let (b, mut c) = {
+            let mut st = lock(&self.state);
+            if st.next >= self.cols.len() {
+                return false;
+            }
+            let b = st.next;
+            st.next += 1;
+            (b, st.blocks[b].take())
+        };
+        // Counts the block as finished even if the GEMM unwinds, so the worker never waits
+        // for it forever.
+        let mut claim = Claim {
+            run: self,
+            block: None,
+            result: Err(ExecError::new("a deferred matmul block panicked")),
+        };
+        claim.result = match c.as_mut() {
+            Some(c) => self.compute(b, c),
+            None => Err(ExecError::new("deferred matmul block missing")),
+        };
+        claim.block = Some((b, c));
+        true
+    }
+
+    /// Block `b`'s GEMM into `c` (`[M, columns]`).
+    fn compute(&self, b: usize, c: &mut [f32]) -> Result<(), ExecError> {
+        let (k, m, n) = self.kmn;
+        let r = self.cols[b].clone();
+        let w = r.len();
         let shape_err = |e: ndarray::ShapeError| ExecError::new(format!("matmul buffers: {e}"));
-        let width = job.width;
-        let sv = ArrayView2::from_shape((k, m), job.stationary.as_slice()).map_err(shape_err)?;
-        let vblocks = moving_blocks(&job.moving, k, n, width)?;
-        let cv = ArrayViewMut2::from_shape((m, n), c.as_mut_slice()).map_err(shape_err)?;
+        let sv = ArrayView2::from_shape((k, m), self.stationary.as_slice()).map_err(shape_err)?;
+        let v = ArrayView2::from_shape((k, n), self.moving.as_slice())
+            .map_err(shape_err)?
+            .slice_move(s![.., r]);
+        // On two threads the worker and the simulator's thread are the two; beyond that
+        // the rest of the pool splits each block further.
+        let width = if self.threads > 2 {
+            block_width_on(self.threads, k, m, w)
+        } else {
+            w
+        };
+        let vblocks = v.axis_chunks_iter(ndarray::Axis(1), width).collect();
+        let cv = ArrayViewMut2::from_shape((m, w), c).map_err(shape_err)?;
         // The destination's poison was checked when it was read.
         gemm(
             &sv,
             vblocks,
             cv,
             width,
-            accumulate,
-            job.exact_products,
+            self.accumulate,
+            self.exact_products,
             false,
         );
         Ok(())
-    })();
-    Some((job.region, result.map(|()| c)))
+    }
+
+    /// Waits until every block is computed; returns them.
+    fn finish(&self) -> Result<Blocks, ExecError> {
+        let mut st = lock(&self.state);
+        while st.finished < self.cols.len() {
+            st = self
+                .all_done
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        if let Some(e) = st.error.take() {
+            return Err(e);
+        }
+        st.blocks
+            .iter_mut()
+            .map(|b| {
+                b.take()
+                    .ok_or_else(|| ExecError::new("deferred matmul block missing"))
+            })
+            .collect()
+    }
 }
 
 /// A destination region whose GEMM result is still on the worker.
 #[derive(Debug)]
 struct Pending {
     region: u64,
+    /// The `seq` of the region's last job.
+    seq: u64,
     dst: Ap,
     /// Nothing read by the region's chain so far was reported as poison.
     clean: bool,
@@ -140,17 +419,33 @@ struct Pending {
 /// The worker thread and the pending regions of one run.
 #[derive(Debug, Default)]
 pub(crate) struct Deferred {
-    worker: Option<(mpsc::Sender<Msg>, std::thread::JoinHandle<()>)>,
+    worker: Option<Worker>,
     pending: Vec<Pending>,
     next_region: u64,
+    /// The `seq` of the last job sent.
+    sent: u64,
+    /// Buffers to reuse for the next jobs' destinations.
+    free: Vec<Vec<f32>>,
+    /// Buffers to reuse for the next jobs' raw operands.
+    free_raw: Vec<Vec<u8>>,
 }
 
-impl std::fmt::Debug for Msg {
+/// The worker thread, its job queue and what it has finished.
+struct Worker {
+    jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Msg::Run(_) => "Run",
-            Msg::Take(..) => "Take",
-        })
+        f.debug_struct("Worker").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Job {} (region {})", self.seq, self.region)
     }
 }
 
@@ -238,13 +533,37 @@ impl Deferred {
         Ok(())
     }
 
-    /// Fetches `p`'s result from the worker and writes it to its destination.
+    /// Fetches `p`'s result from the worker and writes it to its destination. While the
+    /// worker is still on the jobs `p` needs, this thread computes blocks of the job being
+    /// run instead of waiting idle.
     fn commit(&mut self, mem: &mut Memories, p: Pending) -> Result<(), ExecError> {
         let lost = || ExecError::new("the deferred matmul worker stopped");
-        let (tx, _) = self.worker.as_ref().ok_or_else(lost)?;
-        let (reply, result) = mpsc::channel();
-        tx.send(Msg::Take(p.region, reply)).map_err(|_| lost())?;
-        let c = result.recv().map_err(|_| lost())??;
+        let shared = &self.worker.as_ref().ok_or_else(lost)?.shared;
+        let mut done = shared.lock();
+        while done.seq < p.seq && !done.stopped {
+            // The job being run is at most `p`'s last one: jobs run in order.
+            match done.current.clone().filter(|r| r.has_work()) {
+                Some(running) => {
+                    drop(done);
+                    running.help();
+                    done = shared.lock();
+                }
+                None => {
+                    done = shared
+                        .changed
+                        .wait(done)
+                        .unwrap_or_else(PoisonError::into_inner)
+                }
+            }
+        }
+        if done.seq < p.seq {
+            return Err(lost());
+        }
+        let blocks = done
+            .results
+            .remove(&p.region)
+            .unwrap_or_else(|| Err(ExecError::new("deferred matmul result missing")))?;
+        drop(done);
         let Some(mut cv) = mem.rows_f32_mut(&p.dst)? else {
             return Err(ExecError::new(format!(
                 "deferred matmul dst {} is no longer viewable",
@@ -253,8 +572,36 @@ impl Deferred {
         };
         let (m, n) = cv.dim();
         let shape_err = |e: ndarray::ShapeError| ExecError::new(format!("matmul buffers: {e}"));
-        cv.assign(&ArrayView2::from_shape((m, n), c.as_slice()).map_err(shape_err)?);
+        let cols = blocks_of(n);
+        if cols.len() != blocks.len() {
+            return Err(ExecError::new(
+                "deferred matmul result has the wrong blocks",
+            ));
+        }
+        for (r, c) in cols.into_iter().zip(&blocks) {
+            let w = r.len();
+            cv.slice_mut(s![.., r])
+                .assign(&ArrayView2::from_shape((m, w), c.as_slice()).map_err(shape_err)?);
+        }
+        let room = MAX_SPENT.saturating_sub(self.free.len());
+        self.free.extend(blocks.into_iter().take(room));
         Ok(())
+    }
+
+    /// A destination buffer for a job (contents unspecified): a committed result, else
+    /// the context's.
+    fn take(&mut self, ctx: &mut ExecContext) -> Vec<f32> {
+        self.free.pop().unwrap_or_else(|| ctx.take())
+    }
+
+    /// A raw operand buffer for a job (contents unspecified): a finished job's.
+    fn take_raw(&mut self) -> Vec<u8> {
+        if self.free_raw.is_empty() {
+            if let Some(w) = &self.worker {
+                self.free_raw.append(&mut w.shared.lock().spent);
+            }
+        }
+        self.free_raw.pop().unwrap_or_default()
     }
 
     /// The deferred form of `matmul::matmul`: `None` when the matmul does not qualify
@@ -286,48 +633,62 @@ impl Deferred {
         if chain.is_none() && mem.rows_f32_mut(dst)?.is_none() {
             return Ok(None);
         }
-        let width = block_width(k, m, n);
-        let mut s = ctx.take();
-        let mut poisoned = mem.read_f32(stationary, &mut s)?;
-        let mut mv = ctx.take();
-        poisoned |= mem.read_f32(moving, &mut mv)?;
+        // The operands' bytes now (later instructions may overwrite them), with the
+        // same poison report as decoding them here; the worker decodes them.
+        let mut s = self.take_raw();
+        let mut poisoned = mem.read_raw(stationary, &mut s)?;
+        let mut mv = self.take_raw();
+        poisoned |= mem.read_raw(moving, &mut mv)?;
         let (region, init) = match chain {
             Some(region) => (region, Init::Continue),
             None => {
                 let region = self.next_region;
                 self.next_region += 1;
                 let init = if accumulate {
-                    let mut c = Vec::new();
+                    let mut c = self.take(ctx);
                     poisoned |= mem.read_f32(dst, &mut c)?;
                     Init::Given(c)
                 } else {
-                    Init::Fresh
+                    Init::Fresh(blocks_of(n).iter().map(|_| self.take(ctx)).collect())
                 };
                 self.pending.push(Pending {
                     region,
+                    seq: 0,
                     dst: dst.clone(),
                     clean: true,
                 });
                 (region, init)
             }
         };
+        self.sent += 1;
+        let seq = self.sent;
         if let Some(p) = self.pending.last_mut() {
             p.clean &= !poisoned;
+            p.seq = seq;
         }
         let job = Job {
+            seq,
             region,
             init,
-            stationary: s,
-            moving: mv,
+            operands: [(s, stationary.dtype), (mv, moving.dtype)],
             kmn: (k, m, n),
-            width,
+            threads: rayon::current_num_threads(),
             exact_products: stationary.dtype != Dtype::F32 && moving.dtype != Dtype::F32,
         };
-        let (tx, _) = self.worker.get_or_insert_with(|| {
-            let (tx, rx) = mpsc::channel();
-            (tx, std::thread::spawn(move || work(rx)))
+        let worker = self.worker.get_or_insert_with(|| {
+            let (jobs, rx) = mpsc::channel();
+            let shared = Arc::new(Shared::default());
+            let theirs = Arc::clone(&shared);
+            let handle = std::thread::spawn(move || work(rx, &theirs));
+            Worker {
+                jobs,
+                shared,
+                handle,
+            }
         });
-        tx.send(Msg::Run(job))
+        worker
+            .jobs
+            .send(job)
             .map_err(|_| ExecError::new("the deferred matmul worker stopped"))?;
         Ok(Some(poisoned))
     }
@@ -335,9 +696,9 @@ impl Deferred {
 
 impl Drop for Deferred {
     fn drop(&mut self) {
-        if let Some((tx, handle)) = self.worker.take() {
-            drop(tx);
-            let _ = handle.join();
+        if let Some(w) = self.worker.take() {
+            drop(w.jobs);
+            let _ = w.handle.join();
         }
     }
 }

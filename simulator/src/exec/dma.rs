@@ -33,7 +33,7 @@ pub(super) fn dma(
     if let Some(poisoned) = mem.copy_raw(dst, src)? {
         return Ok(poisoned);
     }
-    let mut raw = Vec::new();
+    let mut raw = ctx.take_bytes();
     let poisoned = mem.read_raw(src, &mut raw)?;
     if src.dtype == dst.dtype {
         mem.write_raw(dst, &raw)?;
@@ -41,6 +41,7 @@ pub(super) fn dma(
         let out = cast(src.dtype, &raw, dst.dtype, ctx)?;
         mem.write_raw(dst, &out)?;
     }
+    ctx.give_bytes(raw);
     Ok(poisoned)
 }
 

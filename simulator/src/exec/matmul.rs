@@ -139,7 +139,11 @@ const PARALLEL_MACS: usize = 1 << 20;
 /// The width of the column blocks a `[K, M] x [K, N]` matmul is split into across the
 /// rayon pool (`n` when it is not split). Any split gives the same bits.
 pub(super) fn block_width(k: usize, m: usize, n: usize) -> usize {
-    let threads = rayon::current_num_threads();
+    block_width_on(rayon::current_num_threads(), k, m, n)
+}
+
+/// [`block_width`] on a pool of `threads` threads.
+pub(super) fn block_width_on(threads: usize, k: usize, m: usize, n: usize) -> usize {
     let blocks = if k * m * n >= PARALLEL_MACS && threads > 1 {
         threads.min(n.div_ceil(64))
     } else {

@@ -69,6 +69,8 @@ pub struct ExecContext {
     /// Dense FP32 buffers reused across instructions (large ones would otherwise be
     /// mapped and faulted in by the allocator on every instruction).
     pool: Vec<Vec<f32>>,
+    /// A dense byte buffer reused across instructions, for the same reason.
+    bytes: Vec<u8>,
 }
 
 impl ExecContext {
@@ -79,7 +81,19 @@ impl ExecContext {
             cfg,
             rounder: Rounder::new(rounding, seed),
             pool: Vec::new(),
+            bytes: Vec::new(),
         }
+    }
+
+    /// The byte buffer (contents unspecified; readers resize it); give it back with
+    /// [`ExecContext::give_bytes`].
+    fn take_bytes(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.bytes)
+    }
+
+    /// Returns the byte buffer.
+    fn give_bytes(&mut self, bytes: Vec<u8>) {
+        self.bytes = bytes;
     }
 
     /// A buffer from the pool (contents unspecified; readers resize it).

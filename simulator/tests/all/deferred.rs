@@ -179,3 +179,132 @@ fn random_programs_match_the_synchronous_run() {
     }
     assert!(ran > 20, "only {ran} programs ran");
 }
+
+/// Deferred GEMMs are computed by column blocks of 128 shared between the worker and a
+/// waiting commit: destinations of one block, several, and a narrower last block; a
+/// fresh matmul, one accumulating onto a committed destination, a chain continuing on
+/// the worker, both banks in flight at once; bf16 operands (the fast GEMM) and f32 ones
+/// (the unfused kernel). Every output bit equals the synchronous run.
+#[test]
+fn column_blocks_match_the_synchronous_run() {
+    let (k, m) = (96u32, 112u32);
+    for dtype in [Dtype::Bf16, Dtype::F32] {
+        for n in [64u32, 200, 512] {
+            let size = dtype.size();
+            let tensors = vec![
+                tensor(
+                    "s",
+                    TensorKind::Input,
+                    &[u64::from(k), u64::from(m) * 4],
+                    dtype,
+                ),
+                tensor(
+                    "v",
+                    TensorKind::Input,
+                    &[u64::from(k), u64::from(n) * 4],
+                    dtype,
+                ),
+                tensor(
+                    "out",
+                    TensorKind::Output,
+                    &[u64::from(m), u64::from(n) * 2],
+                    Dtype::F32,
+                ),
+            ];
+            let s_at = |i: u32| sb(dtype, 0, k, u64::from(i * m) * size, m);
+            let v_at = |i: u32| sb(dtype, 0, k, 8192 + u64::from(i * n) * size, n);
+            let bank = |b: u32| ps(Dtype::F32, 0, m, u64::from(b * 2048), n);
+            let dma = vec![
+                ins(
+                    Op::Dma {
+                        dst: sb(dtype, 0, k, 0, m * 4),
+                        src: hbm(0, dtype, 0, k, m * 4),
+                    },
+                    &[],
+                    &[0],
+                ),
+                ins(
+                    Op::Dma {
+                        dst: sb(dtype, 0, k, 8192, n * 4),
+                        src: hbm(1, dtype, 0, k, n * 4),
+                    },
+                    &[],
+                    &[0],
+                ),
+                ins(
+                    Op::Dma {
+                        dst: hbm(2, Dtype::F32, 0, m, n * 2),
+                        src: sb(Dtype::F32, 0, m, 65536, n * 2),
+                    },
+                    &[(2, 1)],
+                    &[],
+                ),
+            ];
+            let tensor_stream = vec![
+                // Fresh into bank 0, fresh into bank 1 (bank 0 still pending), then bank
+                // 0 again accumulating (not the last pending: read and committed first),
+                // continued by a chain; bank 1 accumulates once more at the end.
+                ins(matmul(bank(0), s_at(0), v_at(0), false), &[(0, 2)], &[]),
+                op(matmul(bank(1), s_at(1), v_at(1), false)),
+                op(matmul(bank(0), s_at(2), v_at(2), true)),
+                op(matmul(bank(0), s_at(3), v_at(3), true)),
+                op(matmul(bank(0), s_at(0), v_at(1), true)),
+                ins(matmul(bank(1), s_at(2), v_at(0), true), &[], &[1]),
+            ];
+            let evict = |b: u32, signal: &[u32]| {
+                ins(
+                    Op::Activation {
+                        dst: sb(Dtype::F32, 0, m, 65536 + u64::from(b * n * 4), n),
+                        src: bank(b),
+                        func: ActFunc::Identity,
+                        scale: Operand::Imm(1.0),
+                        bias: None,
+                        accum: None,
+                    },
+                    if b == 0 { &[(1, 1)] } else { &[] },
+                    signal,
+                )
+            };
+            let scalar = vec![evict(0, &[]), evict(1, &[2])];
+            let p = program(
+                vec![
+                    (Engine::Dma(0), dma),
+                    (Engine::Tensor, tensor_stream),
+                    (Engine::Scalar, scalar),
+                ],
+                3,
+                tensors,
+            );
+            let cfg = ChipConfig::trn1();
+            let bytes = |seed: u64, len: usize| -> Vec<u8> {
+                let mut x = vec![0f32; len];
+                neuron_isa::rng::CounterRng::for_tensor(seed, "blocks")
+                    .fill_standard_normal(0, &mut x);
+                match dtype {
+                    Dtype::F32 => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    _ => x
+                        .iter()
+                        .flat_map(|v| neuron_sim::numerics::f32_to_bf16(*v).to_le_bytes())
+                        .collect(),
+                }
+            };
+            let (k, m, n) = (k as usize, m as usize, n as usize);
+            let inputs = vec![(0, bytes(1, k * m * 4)), (1, bytes(2, k * n * 4))];
+            let one = run_on(&p, &cfg, &inputs, 1);
+            let stats = one.0.as_ref().unwrap();
+            assert!(stats.warnings.is_empty(), "{:?}", stats.warnings);
+            // The result is not trivially zero or poison.
+            let out = &one.1[2];
+            assert!(
+                out.chunks_exact(4)
+                    .any(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) > 1.0)
+            );
+            for threads in [2, 3] {
+                assert!(
+                    run_on(&p, &cfg, &inputs, threads) == one,
+                    "{dtype} n {n}: {threads} threads"
+                );
+            }
+        }
+    }
+}

@@ -559,7 +559,8 @@ fn poisoned_reads_of_operands_are_reported() {
     assert!(!run(&mut m, &op).poisoned_read);
 }
 
-/// Large elementwise work and direct DMA copies give the same bits with 1 and 2 threads,
+/// Large elementwise work (the gelu is split by partitions across the pool on two
+/// threads) and direct DMA copies give the same bits with 1 and 2 threads,
 /// and the same as their definitions: a gelu with per-partition bias and accumulation
 /// over a [128 x 512] bf16 tile with one poisoned element, a strided read, and an
 /// SBUF -> HBM -> SBUF round trip (copied run by run between memories).
