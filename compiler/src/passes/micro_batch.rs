@@ -282,7 +282,6 @@ fn kept(
         let mut head = i;
         while head > a
             && let Some(&x) = g.nodes[head].inputs.first()
-            && head > 0
             && g.nodes[head - 1].outputs.first() == Some(&x)
             && fused_into_reader(g, x)
         {

@@ -387,9 +387,8 @@ pub fn choose(s: &ConvShape, cfg: &ChipConfig) -> ConvTiling {
                 <= crate::backend::resident::budget(cfg)
         })
     };
-    let x_fits = fits(s.maps.0, s.c, s.io_bytes.0);
-    let keep_in_place = x_fits;
-    let keep_images = x_fits || fits(s.maps.1, s.o, s.io_bytes.1);
+    let keep_in_place = fits(s.maps.0, s.c, s.io_bytes.0);
+    let keep_images = keep_in_place || fits(s.maps.1, s.o, s.io_bytes.1);
     // Tap packing: a narrow layer (<= 64 channels, one group) stacks shifted copies of
     // its band on partitions to fill K; each stacked copy costs one more band DMA per tile
     // and the matmul count drops by the same factor (the matmul cost does not depend on K).
@@ -593,69 +592,62 @@ pub(crate) fn evict(
     // `acc + b + r` then a unary function: VectorE adds the residual as it evicts the
     // accumulator (one PSUM input: one cycle per element) into the work tile, and the bias
     // and the function fold into one ScalarE activation: two instructions, not three.
-    if dequant.is_none()
-        && acc.mem == Memory::Psum
-        && let Some((res, rest)) = residual_first(&s.epilogue, ops)
-    {
-        ctx.push(
-            Engine::Vector,
-            Op::TensorTensor {
-                dst: work.clone(),
-                a: acc,
-                b: res,
-                op: neuron_isa::AluOp::Add,
-            },
-        );
-        // The result rounds to the elementwise type even when stored wider (as it would
-        // after the unfused chain's last step).
-        let last = if out.dtype == work.dtype {
-            out.clone()
-        } else {
-            work.clone()
-        };
-        let tiles = ChainTiles {
-            src: work.clone(),
-            work,
-            cast,
-            out: last,
-            operands: ops,
-        };
-        let res = chain::apply(ctx, &rest, &tiles)?;
-        if res != out {
-            let e = ctx.evict_engine();
-            ctx.copy_on(e, out, res);
-        }
-        return Ok(());
-    }
-    let (src, epilogue) = match (dequant, split_bias(&s.epilogue, ops)) {
-        (Some(dq), _) => {
-            let rest = super::conv_int8::evict(ctx, work.clone(), acc, dq, &s.epilogue, ops);
-            (work.clone(), rest)
-        }
-        (None, Some((col, rest))) => {
+    let first = if dequant.is_none() && acc.mem == Memory::Psum {
+        residual_first(&s.epilogue, ops)
+    } else {
+        None
+    };
+    // Where the chain starts, what is left of it, and where its last step writes.
+    let (src, epilogue, last): (Ap, std::borrow::Cow<'_, [EwOp]>, Ap) = match (dequant, first) {
+        (_, Some((res, rest))) => {
             ctx.push(
-                Engine::Scalar,
-                Op::Activation {
+                Engine::Vector,
+                Op::TensorTensor {
                     dst: work.clone(),
-                    src: acc,
-                    func: neuron_isa::ActFunc::Identity,
-                    scale: neuron_isa::Operand::Imm(1.0),
-                    bias: Some(neuron_isa::Operand::PerPartition(col)),
-                    accum: None,
+                    a: acc,
+                    b: res,
+                    op: neuron_isa::AluOp::Add,
                 },
             );
-            (work.clone(), rest)
+            // The result rounds to the elementwise type even when stored wider (as it
+            // would after the unfused chain's last step).
+            let last = if out.dtype == work.dtype {
+                out.clone()
+            } else {
+                work.clone()
+            };
+            (work.clone(), rest.into(), last)
         }
-        (None, None) => (acc, &s.epilogue[..]),
+        (Some(dq), None) => {
+            let rest = super::conv_int8::evict(ctx, work.clone(), acc, dq, &s.epilogue, ops);
+            (work.clone(), rest.into(), out.clone())
+        }
+        (None, None) => match split_bias(&s.epilogue, ops) {
+            Some((col, rest)) => {
+                ctx.push(
+                    Engine::Scalar,
+                    Op::Activation {
+                        dst: work.clone(),
+                        src: acc,
+                        func: neuron_isa::ActFunc::Identity,
+                        scale: neuron_isa::Operand::Imm(1.0),
+                        bias: Some(neuron_isa::Operand::PerPartition(col)),
+                        accum: None,
+                    },
+                );
+                (work.clone(), rest.into(), out.clone())
+            }
+            None => (acc, s.epilogue[..].into(), out.clone()),
+        },
     };
     let tiles = ChainTiles {
         src,
         work,
         cast,
-        out: out.clone(),
+        out: last,
         operands: ops,
     };
-    let res = chain::apply(ctx, epilogue, &tiles)?;
+    let res = chain::apply(ctx, &epilogue, &tiles)?;
     if res != out {
         let e = ctx.evict_engine();
         ctx.copy_on(e, out, res);
@@ -687,7 +679,7 @@ fn residual_first(epilogue: &[EwOp], ops: &[Option<OpTile>]) -> Option<(Ap, Vec<
     else {
         return None;
     };
-    if !rest.iter().all(|o| matches!(o, EwOp::Unary(_))) || rest.len() > 1 {
+    if !matches!(rest, [] | [EwOp::Unary(_)]) {
         return None;
     }
     let mut chain = vec![bias.clone()];
