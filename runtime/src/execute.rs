@@ -87,14 +87,16 @@ impl Model {
             check_simulation_memory(program, self.target(), self.name(), available_memory())?;
         }
         let mut sim = Simulator::new(program, self.target(), opts.sim_options())?;
-        // A timing-only run never reads a weight byte: don't even copy them in.
+        // A timing-only run never reads a weight byte: don't even bind them. A full run
+        // reads them where they lie in the artifact (copied only if the program writes
+        // one, as a training step's update does).
         for w in artifact.meta.weights.iter().filter(|_| !opts.timing_only) {
             if let Some(bytes) = artifact.weight_bytes(w.tensor) {
-                sim.write_tensor(w.tensor, bytes)?;
+                sim.bind_tensor(w.tensor, bytes)?;
             }
         }
         for (&id, bytes) in inputs.bytes() {
-            sim.write_tensor(id, bytes)?;
+            sim.bind_tensor(id, bytes)?;
         }
         let stats = sim
             .run_with_progress(progress)

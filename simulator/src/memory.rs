@@ -26,34 +26,45 @@ use neuron_isa::{Ap, ChipConfig, Dtype, MAX_FREE_DIMS, Memory, Program, TensorId
 /// The byte every memory starts as.
 pub const POISON_BYTE: u8 = 0xff;
 
-/// SBUF, PSUM and HBM of one simulated NeuronCore.
+/// SBUF, PSUM and HBM of one simulated NeuronCore. HBM tensors bound by reference
+/// ([`Memories::bind_tensor`], the artifact's weights) are borrowed for `'w`.
 #[derive(Debug, Clone)]
-pub struct Memories {
+pub struct Memories<'w> {
     partitions: usize,
     sbuf_per_partition: usize,
     psum_per_partition: usize,
     sbuf: Vec<u8>,
     psum: Vec<u8>,
-    hbm: Vec<HbmBuf>,
+    hbm: Vec<HbmBuf<'w>>,
     names: Vec<String>,
 }
 
 /// One HBM tensor's bytes, allocated (poisoned) on first access: a tensor bound in full
-/// by [`Memories::write_tensor`] (weights, inputs) is copied in without being poisoned
-/// first, and one no instruction touches (a scratch tensor kept in SBUF) costs nothing.
-/// Every read still sees poison where nothing was written.
+/// by [`Memories::write_tensor`] (inputs) is copied in without being poisoned first, one
+/// bound by [`Memories::bind_tensor`] (weights) is read where it lies until an
+/// instruction first writes it (copy on write), and one no instruction touches (a
+/// scratch tensor kept in SBUF) costs nothing. Every read still sees poison where
+/// nothing was written.
 #[derive(Debug, Clone)]
-struct HbmBuf {
+struct HbmBuf<'w> {
     len: usize,
     bytes: std::sync::OnceLock<Vec<u8>>,
+    /// Bytes bound by reference, in place of `bytes` until the first write.
+    shared: Option<&'w [u8]>,
 }
 
-impl HbmBuf {
+impl HbmBuf<'_> {
     fn get(&self) -> &[u8] {
+        if let Some(s) = self.shared {
+            return s;
+        }
         self.bytes.get_or_init(|| vec![POISON_BYTE; self.len])
     }
 
     fn get_mut(&mut self) -> &mut [u8] {
+        if let Some(s) = self.shared.take() {
+            self.bytes = std::sync::OnceLock::from(copied_vec(s));
+        }
         if self.bytes.get().is_none() {
             self.bytes = std::sync::OnceLock::from(vec![POISON_BYTE; self.len]);
         }
@@ -286,11 +297,11 @@ fn footprint(program: &Program, mem: Memory) -> u64 {
     end
 }
 
-impl Memories {
+impl<'w> Memories<'w> {
     /// Allocates poisoned SBUF, PSUM (the chip's full sizes) and one buffer per HBM tensor
     /// of `program`. Fails if the tensors need more than `cfg.hbm_bytes` in total (checked
     /// before allocating).
-    pub fn new(cfg: &ChipConfig, program: &Program) -> Result<Memories, SimError> {
+    pub fn new(cfg: &ChipConfig, program: &Program) -> Result<Memories<'w>, SimError> {
         Memories::allocate(
             cfg,
             program,
@@ -304,7 +315,7 @@ impl Memories {
     /// memories (every access lies below that end and unwritten bytes are still poisoned),
     /// and a small program does not pay for poisoning the whole 24 MiB SBUF. Executing any
     /// other instruction may fail with an out-of-bounds error.
-    pub fn for_program(cfg: &ChipConfig, program: &Program) -> Result<Memories, SimError> {
+    pub fn for_program(cfg: &ChipConfig, program: &Program) -> Result<Memories<'w>, SimError> {
         Memories::allocate(
             cfg,
             program,
@@ -319,7 +330,7 @@ impl Memories {
         cfg: &ChipConfig,
         program: &Program,
         on_chip: (u64, u64),
-    ) -> Result<Memories, SimError> {
+    ) -> Result<Memories<'w>, SimError> {
         let mut sizes = Vec::with_capacity(program.tensors.len());
         let mut total: u64 = 0;
         for (i, t) in program.tensors.iter().enumerate() {
@@ -364,6 +375,7 @@ impl Memories {
             hbm.push(HbmBuf {
                 len,
                 bytes: std::sync::OnceLock::new(),
+                shared: None,
             });
         }
         Ok(Memories {
@@ -389,24 +401,44 @@ impl Memories {
         }
     }
 
-    /// Replaces the contents of HBM tensor `t`; `bytes` must be exactly its size.
+    /// Replaces the contents of HBM tensor `t` with a copy of `bytes`, which must be
+    /// exactly its size.
     pub fn write_tensor(&mut self, t: TensorId, bytes: &[u8]) -> Result<(), SimError> {
-        let count = self.hbm.len();
-        let Some(buf) = self.hbm.get_mut(t.0 as usize) else {
-            return Err(self.tensor_error(t, format!("unknown tensor: the program has {count}")));
-        };
-        if buf.len != bytes.len() {
-            let expected = buf.len;
-            return Err(self.tensor_error(
-                t,
-                format!("expected {expected} bytes, found {}", bytes.len()),
-            ));
-        }
+        let buf = self.bound(t, bytes.len())?;
+        buf.shared = None;
         match buf.bytes.get_mut() {
             Some(v) => v.copy_from_slice(bytes),
             None => buf.bytes = std::sync::OnceLock::from(copied_vec(bytes)),
         }
         Ok(())
+    }
+
+    /// Binds HBM tensor `t` to `bytes` (exactly its size) by reference: reads see them
+    /// where they lie, and the first instruction that writes the tensor copies them
+    /// first, so `bytes` never change. What a run reads and writes is exactly what it
+    /// would be after [`Memories::write_tensor`], without copying a weight that is only
+    /// read.
+    pub fn bind_tensor(&mut self, t: TensorId, bytes: &'w [u8]) -> Result<(), SimError> {
+        let buf = self.bound(t, bytes.len())?;
+        buf.bytes = std::sync::OnceLock::new();
+        buf.shared = Some(bytes);
+        Ok(())
+    }
+
+    /// Tensor `t`'s buffer, checked to hold `len` bytes.
+    fn bound(&mut self, t: TensorId, len: usize) -> Result<&mut HbmBuf<'w>, SimError> {
+        let i = t.0 as usize;
+        match self.hbm.get(i).map(|b| b.len) {
+            None => {
+                let count = self.hbm.len();
+                Err(self.tensor_error(t, format!("unknown tensor: the program has {count}")))
+            }
+            Some(expected) if expected != len => {
+                Err(self.tensor_error(t, format!("expected {expected} bytes, found {len}")))
+            }
+            // In range: found just above.
+            Some(_) => Ok(&mut self.hbm[i]),
+        }
     }
 
     /// The bytes of HBM tensor `t`.
@@ -739,8 +771,14 @@ impl Memories {
     /// different memories or in byte ranges of one memory that do not overlap: exactly
     /// what [`Memories::read_raw`] then [`Memories::write_raw`] do. Returns whether an
     /// element read was poison, or `None` (nothing done) when the patterns do not
-    /// qualify.
-    pub(crate) fn copy_raw(&mut self, dst: &Ap, src: &Ap) -> Result<Option<bool>, ExecError> {
+    /// qualify. A large copy between memories is split by partitions across the rayon
+    /// pool when `split` (the same bytes either way).
+    pub(crate) fn copy_raw(
+        &mut self,
+        dst: &Ap,
+        src: &Ap,
+        split: bool,
+    ) -> Result<Option<bool>, ExecError> {
         let (vd, vs) = (self.view(dst)?, self.view(src)?);
         if dst.dtype != src.dtype
             || vd.elems() != vs.elems()
@@ -793,7 +831,7 @@ impl Memories {
             let mut dst_starts = Vec::with_capacity(vd.elems() / vd.inner_n);
             vd.for_each_run(|_, start| dst_starts.push(start));
             let bytes = vd.elems() * vd.esize;
-            if bytes >= PARALLEL_FILL && per_partition > 0 && rayon::current_num_threads() > 1 {
+            if bytes >= PARALLEL_FILL && per_partition > 0 && split {
                 poisoned = copy_by_partitions(
                     &mut out,
                     per_partition,
@@ -1239,7 +1277,7 @@ mod tests {
                     .collect();
                 m.write_raw(&written, &bytes).unwrap();
                 let mut reference = m.clone();
-                let poisoned = m.copy_raw(&dst, &src).unwrap().unwrap();
+                let poisoned = m.copy_raw(&dst, &src, true).unwrap().unwrap();
                 let mut raw = Vec::new();
                 let want = reference.read_raw(&src, &mut raw).unwrap();
                 reference.write_raw(&dst, &raw).unwrap();
@@ -1317,7 +1355,7 @@ mod tests {
             };
             let mut a = base.clone();
             let runs_differ = a.view(&dst).unwrap().inner_n != a.view(&src).unwrap().inner_n;
-            let Ok(Some(poisoned)) = a.copy_raw(&dst, &src) else {
+            let Ok(Some(poisoned)) = a.copy_raw(&dst, &src, true) else {
                 continue;
             };
             mixed += usize::from(runs_differ);

@@ -46,13 +46,13 @@ pub struct Simulator<'p> {
     cfg: ChipConfig,
     opts: SimOptions,
     /// Memories and execution state; `None` in timing-only mode.
-    functional: Option<Functional>,
+    functional: Option<Functional<'p>>,
 }
 
 /// What a full (not timing-only) run needs.
 #[derive(Debug)]
-struct Functional {
-    mem: Memories,
+struct Functional<'p> {
+    mem: Memories<'p>,
     ctx: ExecContext,
     /// Matmuls whose GEMM runs on a worker thread, committed before anything reads their
     /// destination (`exec::deferred`).
@@ -117,6 +117,19 @@ impl<'p> Simulator<'p> {
                     })
                 }
             }
+        }
+    }
+
+    /// Binds HBM tensor `t` to `bytes` (its full size) by reference, for as long as the
+    /// simulator lives: the bytes are read where they lie and never written (the first
+    /// instruction that writes the tensor writes a copy, see [`Memories::bind_tensor`]).
+    /// What a run computes is the same as after [`Simulator::write_tensor`]; a weight that
+    /// is only read is never copied. In timing-only mode the size is checked and nothing
+    /// kept.
+    pub fn bind_tensor(&mut self, t: TensorId, bytes: &'p [u8]) -> Result<(), SimError> {
+        match self.functional.as_mut() {
+            Some(f) => f.mem.bind_tensor(t, bytes),
+            None => self.write_tensor(t, bytes),
         }
     }
 

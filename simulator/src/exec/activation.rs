@@ -144,7 +144,7 @@ pub(super) fn activation(
     };
     // Transcendental functions over a large tile are split by partitions across the pool
     // (every element and every row sum is computed by the same operations either way).
-    if x.len() >= PARALLEL_ELEMS && !cheap(func) && rayon::current_num_threads() > 1 {
+    if x.len() >= PARALLEL_ELEMS && !cheap(func) && ctx.may_split() {
         use rayon::prelude::*;
         x.par_chunks_exact_mut(free.max(1))
             .zip(sums.par_iter_mut())

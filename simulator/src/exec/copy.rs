@@ -15,7 +15,7 @@ pub(super) fn tensor_copy(
     ctx: &mut ExecContext,
 ) -> Result<bool, ExecError> {
     same_shape("dst", dst, "src", src)?;
-    if let Some(poisoned) = mem.copy_raw(dst, src)? {
+    if let Some(poisoned) = mem.copy_raw(dst, src, ctx.may_split())? {
         return Ok(poisoned);
     }
     if dst.dtype == src.dtype {

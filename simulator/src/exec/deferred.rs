@@ -146,7 +146,7 @@ fn work(rx: mpsc::Receiver<Job>, shared: &Shared) {
     let _stop = StopGuard(shared);
     // Decoded operand buffers, reused from job to job.
     let mut decoded: Vec<Vec<f32>> = Vec::new();
-    for job in rx {
+    while let Some(job) = next_job(&rx) {
         let Job {
             seq,
             region,
@@ -197,6 +197,46 @@ fn work(rx: mpsc::Receiver<Job>, shared: &Shared) {
         }
         drop(done);
         shared.changed.notify_all();
+    }
+}
+
+/// How long a thread that runs out of work polls for more before it sleeps (spin then
+/// park): a GEMM block takes tens of microseconds, and waking a sleeping thread through
+/// the kernel costs a context switch on each side, several per matmul otherwise.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// Polls `ready` until it returns something or [`SPIN`] has passed.
+fn spin_for<T>(mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = ready() {
+            return Some(v);
+        }
+        if start.elapsed() >= SPIN {
+            return None;
+        }
+        for _ in 0..32 {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// The worker's next job: polled for a while (the simulator's thread usually sends the
+/// next matmul within microseconds), then waited for; `None` once the sender is gone.
+fn next_job(rx: &mpsc::Receiver<Job>) -> Option<Job> {
+    let mut gone = false;
+    let polled = spin_for(|| match rx.try_recv() {
+        Ok(job) => Some(Some(job)),
+        Err(mpsc::TryRecvError::Empty) => None,
+        Err(mpsc::TryRecvError::Disconnected) => {
+            gone = true;
+            Some(None)
+        }
+    });
+    match polled {
+        Some(job) => job,
+        None if gone => None,
+        None => rx.recv().ok(),
     }
 }
 
@@ -497,6 +537,8 @@ impl Deferred {
             }
         }
         self.commit_touched(mem, op.reads().into_iter().chain(op.writes()), None)?;
+        // Once the worker runs, its GEMMs keep a core of the pool busy.
+        ctx.worker_busy = self.worker.is_some();
         execute(mem, op, ctx)
     }
 
@@ -540,12 +582,27 @@ impl Deferred {
         let lost = || ExecError::new("the deferred matmul worker stopped");
         let shared = &self.worker.as_ref().ok_or_else(lost)?.shared;
         let mut done = shared.lock();
+        // Polled before sleeping once per wait (see `SPIN`).
+        let mut polled = false;
         while done.seq < p.seq && !done.stopped {
             // The job being run is at most `p`'s last one: jobs run in order.
             match done.current.clone().filter(|r| r.has_work()) {
                 Some(running) => {
                     drop(done);
                     running.help();
+                    done = shared.lock();
+                }
+                None if !polled => {
+                    polled = true;
+                    drop(done);
+                    let seq = p.seq;
+                    let _ = spin_for(|| {
+                        let d = shared.lock();
+                        (d.seq >= seq
+                            || d.stopped
+                            || d.current.as_ref().is_some_and(|r| r.has_work()))
+                        .then_some(())
+                    });
                     done = shared.lock();
                 }
                 None => {

@@ -30,7 +30,7 @@ pub(super) fn dma(
     ctx: &mut ExecContext,
 ) -> Result<bool, ExecError> {
     same_shape("dst", dst, "src", src)?;
-    if let Some(poisoned) = mem.copy_raw(dst, src)? {
+    if let Some(poisoned) = mem.copy_raw(dst, src, ctx.may_split())? {
         return Ok(poisoned);
     }
     let mut raw = ctx.take_bytes();

@@ -71,6 +71,10 @@ pub struct ExecContext {
     pool: Vec<Vec<f32>>,
     /// A dense byte buffer reused across instructions, for the same reason.
     bytes: Vec<u8>,
+    /// A deferred-matmul worker keeps one of the rayon pool's cores busy
+    /// (`deferred.rs`): instructions split their work across the pool only if it has a
+    /// thread beyond that one and the simulator's own.
+    pub(crate) worker_busy: bool,
 }
 
 impl ExecContext {
@@ -82,7 +86,18 @@ impl ExecContext {
             rounder: Rounder::new(rounding, seed),
             pool: Vec::new(),
             bytes: Vec::new(),
+            worker_busy: false,
         }
+    }
+
+    /// Whether an instruction may split its work across the rayon pool: the pool has a
+    /// thread for it besides the simulator's and, during a run with deferred matmuls,
+    /// the worker's. On two cores the worker's GEMMs already use the second one; a split
+    /// would only wake pool threads to compete with it for that core (measured on the
+    /// BERT-base layer: a third fewer context switches, and activations on the
+    /// simulator's thread take less wall time without the split).
+    pub(crate) fn may_split(&self) -> bool {
+        rayon::current_num_threads() > 1 + usize::from(self.worker_busy)
     }
 
     /// The byte buffer (contents unspecified; readers resize it); give it back with

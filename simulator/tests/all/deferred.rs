@@ -25,8 +25,15 @@ fn run_on(
             Ok(sim) => sim,
             Err(e) => return (Err(e.to_string()), Vec::new()),
         };
+        // On more than one thread the inputs are bound by reference (copied on write),
+        // as the runtime binds weights: that must not change a bit either.
         for (t, b) in inputs {
-            if let Err(e) = sim.write_tensor(TensorId(*t), b) {
+            let bound = if threads > 1 {
+                sim.bind_tensor(TensorId(*t), b)
+            } else {
+                sim.write_tensor(TensorId(*t), b)
+            };
+            if let Err(e) = bound {
                 return (Err(e.to_string()), Vec::new());
             }
         }

@@ -68,6 +68,71 @@ fn full_run_computes_and_times_like_timing_only() {
     assert_eq!(full.bytes, timing.bytes);
 }
 
+/// A tensor bound by reference is read where it lies, and the first instruction that
+/// writes it writes a copy that starts as the bound bytes: the run (times, warnings,
+/// every tensor) is the one `write_tensor` gives, and the caller's bytes stay as they
+/// were. The store writes half of `x`'s rows, so a copy that started poisoned instead of
+/// from the bound bytes would show in the other half.
+#[test]
+fn bound_tensors_are_read_in_place_and_copied_on_write() {
+    let cfg = ChipConfig::trn1();
+    let mut p = scale_program();
+    // A third stream stores the scaled rows 0..64 back over x's first 64 rows (as f32).
+    let scaled = Op::TensorCopy {
+        dst: sb(Dtype::F32, 0, 64, 4096, 64),
+        src: sb(Dtype::Bf16, 0, 64, 1024, 64),
+    };
+    let store_x = Op::Dma {
+        dst: hbm(0, Dtype::F32, 0, 64, 64),
+        src: sb(Dtype::F32, 0, 64, 4096, 64),
+    };
+    p.streams.push(neuron_isa::Stream {
+        engine: Engine::GpSimd,
+        instrs: vec![ins(scaled, &[(1, 1)], &[2])],
+    });
+    p.streams[0].instrs.push(ins(store_x, &[(2, 1)], &[]));
+    p.semaphores = 3;
+    let x = x_bytes();
+    let run = |bind: bool| {
+        let mut sim = Simulator::new(&p, &cfg, SimOptions::default()).expect("loads");
+        if bind {
+            sim.bind_tensor(TensorId(0), &x).expect("binds");
+        } else {
+            sim.write_tensor(TensorId(0), &x).expect("writes");
+        }
+        let stats = sim.run().expect("runs");
+        let tensors: Vec<Vec<u8>> = (0..2)
+            .map(|t| sim.tensor(TensorId(t)).expect("tensor").to_vec())
+            .collect();
+        (stats, tensors)
+    };
+    let (copied, bound) = (run(false), run(true));
+    assert!(copied.0.warnings.is_empty(), "{:?}", copied.0.warnings);
+    assert!(bound == copied, "binding by reference changed the run");
+    let x_after = &bound.1[0];
+    assert_eq!(
+        x_after[256 * 64..],
+        x[256 * 64..],
+        "rows 64.. keep the bound bytes"
+    );
+    let first = f32::from_le_bytes([x_after[0], x_after[1], x_after[2], x_after[3]]);
+    assert_eq!(
+        first,
+        half::bf16::from_f32(0.1 * 3.0).to_f32(),
+        "row 0 was stored"
+    );
+    assert_eq!(x, x_bytes(), "the bound bytes themselves are never written");
+    // Wrong sizes and ids are refused by binding as by writing.
+    let mut sim = Simulator::new(&p, &cfg, SimOptions::default()).expect("loads");
+    let err = sim.bind_tensor(TensorId(0), &x[..8]).expect_err("short");
+    assert!(
+        err.to_string().contains("expected 32768 bytes, found 8"),
+        "{err}"
+    );
+    let err = sim.bind_tensor(TensorId(7), &x).expect_err("unknown");
+    assert!(err.to_string().contains("unknown tensor"), "{err}");
+}
+
 #[test]
 fn full_runs_are_deterministic_with_stochastic_rounding() {
     let cfg = ChipConfig::trn1();

@@ -6,7 +6,7 @@ use neuron_sim::numerics::{Rounder, Rounding};
 use neuron_sim::{ExecContext, ExecError, ExecOutcome, Memories, execute};
 
 /// Memories of a trn1 core for a program with the given HBM tensors.
-pub fn mems(tensors: &[(&str, &[u64], Dtype)]) -> Memories {
+pub fn mems(tensors: &[(&str, &[u64], Dtype)]) -> Memories<'static> {
     let program = Program {
         tensors: tensors
             .iter()
