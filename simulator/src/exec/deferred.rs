@@ -19,10 +19,19 @@
 //! block its own buffer), claimed one at a time by the worker and, while it waits for a
 //! commit, by the simulator's thread itself; so on two cores both compute GEMMs exactly
 //! when the simulator has nothing else to do, and no third thread competes with them
-//! (on a pool of more threads, each block is split further across the pool). The worker
-//! publishes each job's blocks as it finishes, so a commit waits for the jobs up to its
-//! region's last one, not for those queued after it; spent buffers go back to the
-//! simulator's thread for reuse.
+//! (on a pool of more threads, each block is split further across the pool). A block
+//! decodes its own columns of the moving tile (the worker decodes the stationary once per
+//! job). The worker publishes each job's blocks as it finishes, so a commit waits for the
+//! jobs up to its region's last one, not for those queued after it; spent buffers go back
+//! to the simulator's thread for reuse. A thread that runs out of work polls for a while
+//! (`SPIN`) before it sleeps, and while the worker runs, instructions do not split their
+//! own work across the pool (`ExecContext::may_split`): on two cores it would only
+//! compete with the worker.
+//!
+//! Batches: continuations of a chain that are already queued when the worker starts its
+//! first job join it (up to `MAX_BATCH`), and each block then runs through all of them in
+//! order, instead of both threads meeting at the end of every job (a 256-column
+//! continuation is two blocks of about 40 us, and the meeting cost a third of that).
 //!
 //! A chain of matmuls accumulating into the same destination stays on the worker: the
 //! next one continues from the worker's buffer instead of committing and re-reading it.
@@ -139,38 +148,78 @@ impl Drop for StopGuard<'_> {
 /// Spent buffers kept for reuse at most (a run has a few jobs in flight at a time).
 const MAX_SPENT: usize = 32;
 
+/// Jobs of one accumulation chain run as one batch at most (see [`work`]).
+const MAX_BATCH: usize = 8;
+
 /// The worker's loop: runs jobs in order, computing their blocks (helped by a waiting
 /// commit), and publishes each one's blocks as it finishes, so a commit waits for the
 /// jobs sent up to its region's last one, not for the jobs queued after it.
+///
+/// Jobs already queued that continue the same chain (same region, same shape) join the
+/// job being started, up to [`MAX_BATCH`]: each column block then runs through all of
+/// them in order (the same operations on every element as job by job) without waiting
+/// at every job for the other thread's blocks.
 fn work(rx: mpsc::Receiver<Job>, shared: &Shared) {
     let _stop = StopGuard(shared);
-    // Decoded operand buffers, reused from job to job.
+    // Decoded stationary buffers and blocks' moving scratch, reused from job to job.
     let mut decoded: Vec<Vec<f32>> = Vec::new();
-    while let Some(job) = next_job(&rx) {
-        let Job {
-            seq,
-            region,
-            init,
-            operands,
-            kmn,
-            threads,
-            exact_products,
-        } = job;
+    let mut scratch: Vec<Vec<f32>> = Vec::new();
+    // A job received while gathering a batch that does not belong to it.
+    let mut held: Option<Job> = None;
+    while let Some(first) = held.take().or_else(|| next_job(&rx)) {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) if continues(&batch[0], &j) => batch.push(j),
+                Ok(j) => {
+                    held = Some(j);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let region = batch[0].region;
+        let seq = batch.last().map_or(0, |j| j.seq);
+        let (kmn, threads, exact_products) =
+            (batch[0].kmn, batch[0].threads, batch[0].exact_products);
+        let mut spent = Vec::with_capacity(2 * batch.len());
+        let mut init = None;
+        let mut parts = Vec::with_capacity(batch.len());
+        let mut decode_error = None;
+        for job in batch {
+            let [(s_raw, s_dtype), (v_raw, v_dtype)] = job.operands;
+            init.get_or_insert(job.init);
+            // The stationary is decoded here, once; each block decodes its own columns
+            // of the moving tile (`Running::compute`), so a waiting commit shares that.
+            let mut st = decoded.pop().unwrap_or_default();
+            st.resize(s_raw.len() / (s_dtype.size() as usize).max(1), 0.0);
+            if let Err(e) = crate::numerics::decode_slice(s_dtype, &s_raw, &mut st) {
+                decode_error.get_or_insert(ExecError::new(format!("deferred matmul operand: {e}")));
+            }
+            spent.push(s_raw);
+            parts.push(Part {
+                stationary: st,
+                moving: v_raw,
+                dtype: v_dtype,
+            });
+        }
+        let init = init.unwrap_or(Init::Continue);
         let previous = match init {
             Init::Continue => shared.lock().results.remove(&region),
             _ => None,
         };
-        let mut decode = |(raw, dtype): &(Vec<u8>, Dtype)| {
-            let mut x = decoded.pop().unwrap_or_default();
-            x.resize(raw.len() / (dtype.size() as usize).max(1), 0.0);
-            crate::numerics::decode_slice(*dtype, raw, &mut x)
-                .map(|()| x)
-                .map_err(|e| ExecError::new(format!("deferred matmul operand: {e}")))
+        let started = match decode_error {
+            Some(e) => Err(e),
+            None => Running::start(
+                init,
+                kmn,
+                threads,
+                exact_products,
+                parts,
+                std::mem::take(&mut scratch),
+                previous,
+            ),
         };
-        let started = decode(&operands[0]).and_then(|s| {
-            let v = decode(&operands[1])?;
-            Running::start(init, kmn, threads, exact_products, s, v, previous)
-        });
         let result = match started {
             Ok(running) => {
                 let running = Arc::new(running);
@@ -179,11 +228,18 @@ fn work(rx: mpsc::Receiver<Job>, shared: &Shared) {
                 while running.help() {}
                 let result = running.finish();
                 shared.lock().current = None;
-                // The simulator's thread may still hold a clone: then the decoded
-                // operands are simply dropped.
+                // The simulator's thread may still hold a clone: then the buffers are
+                // simply dropped.
                 if let Ok(r) = Arc::try_unwrap(running) {
-                    decoded.extend([r.stationary, r.moving]);
-                    decoded.truncate(4);
+                    for part in r.parts {
+                        decoded.push(part.stationary);
+                        spent.push(part.moving);
+                    }
+                    decoded.truncate(2);
+                    scratch = r
+                        .scratch
+                        .into_inner()
+                        .unwrap_or_else(PoisonError::into_inner);
                 }
                 result
             }
@@ -192,12 +248,20 @@ fn work(rx: mpsc::Receiver<Job>, shared: &Shared) {
         let mut done = shared.lock();
         done.results.insert(region, result);
         done.seq = seq;
-        if done.spent.len() < MAX_SPENT {
-            done.spent.extend(operands.into_iter().map(|(raw, _)| raw));
-        }
+        let room = MAX_SPENT.saturating_sub(done.spent.len());
+        done.spent.extend(spent.into_iter().take(room));
         drop(done);
         shared.changed.notify_all();
     }
+}
+
+/// Whether `next` continues `first`'s chain and can join its batch: it accumulates into
+/// the worker's buffers of the same region, with the same shape and arithmetic.
+fn continues(first: &Job, next: &Job) -> bool {
+    matches!(next.init, Init::Continue)
+        && next.region == first.region
+        && next.kmn == first.kmn
+        && next.exact_products == first.exact_products
 }
 
 /// How long a thread that runs out of work polls for more before it sleeps (spin then
@@ -249,10 +313,46 @@ struct Running {
     threads: usize,
     accumulate: bool,
     exact_products: bool,
-    stationary: Vec<f32>,
-    moving: Vec<f32>,
+    /// The batch's jobs, in order (one unless a chain's continuations were queued).
+    parts: Vec<Part>,
+    /// Decode buffers of the threads computing blocks (one each at a time).
+    scratch: Mutex<Vec<Vec<f32>>>,
     state: Mutex<RunState>,
     all_done: Condvar,
+}
+
+/// One job of a batch: its decoded stationary (`[K, M]`) and its moving tile as the
+/// simulator's thread read it (dense raw `[K, N]` bytes), decoded block by block by
+/// whoever computes the block.
+struct Part {
+    stationary: Vec<f32>,
+    moving: Vec<u8>,
+    dtype: Dtype,
+}
+
+impl Part {
+    /// Columns `cols` of the moving `[K, N]` tile decoded into `out` (dense
+    /// `[K, cols.len()]`).
+    fn decode_moving(
+        &self,
+        (k, n): (usize, usize),
+        cols: &Range<usize>,
+        out: &mut Vec<f32>,
+    ) -> Result<(), ExecError> {
+        let esize = self.dtype.size() as usize;
+        let w = cols.len();
+        out.resize(k * w, 0.0);
+        for (ki, row) in out.chunks_exact_mut(w.max(1)).enumerate() {
+            let at = (ki * n + cols.start) * esize;
+            let raw = self
+                .moving
+                .get(at..at + w * esize)
+                .ok_or_else(|| ExecError::new("deferred matmul: moving operand too short"))?;
+            crate::numerics::decode_slice(self.dtype, raw, row)
+                .map_err(|e| ExecError::new(format!("deferred matmul operand: {e}")))?;
+        }
+        Ok(())
+    }
 }
 
 struct RunState {
@@ -297,12 +397,16 @@ impl Running {
         kmn: (usize, usize, usize),
         threads: usize,
         exact_products: bool,
-        stationary: Vec<f32>,
-        moving: Vec<f32>,
+        parts: Vec<Part>,
+        scratch: Vec<Vec<f32>>,
         previous: Option<Result<Blocks, ExecError>>,
     ) -> Result<Running, ExecError> {
         let (k, m, n) = kmn;
-        if stationary.len() != k * m || moving.len() != k * n {
+        if parts.is_empty()
+            || parts.iter().any(|p| {
+                p.stationary.len() != k * m || p.moving.len() != k * n * p.dtype.size() as usize
+            })
+        {
             return Err(ExecError::new("deferred matmul: operand size mismatch"));
         }
         let cols = blocks_of(n);
@@ -347,8 +451,8 @@ impl Running {
             threads,
             accumulate,
             exact_products,
-            stationary,
-            moving,
+            parts,
+            scratch: Mutex::new(scratch),
             state: Mutex::new(RunState {
                 next: 0,
                 finished: 0,
@@ -391,16 +495,13 @@ impl Running {
         true
     }
 
-    /// Block `b`'s GEMM into `c` (`[M, columns]`).
+    /// Block `b`'s GEMMs into `c` (`[M, columns]`): the batch's jobs in order, each on
+    /// its columns of the moving tile decoded here.
     fn compute(&self, b: usize, c: &mut [f32]) -> Result<(), ExecError> {
         let (k, m, n) = self.kmn;
         let r = self.cols[b].clone();
         let w = r.len();
         let shape_err = |e: ndarray::ShapeError| ExecError::new(format!("matmul buffers: {e}"));
-        let sv = ArrayView2::from_shape((k, m), self.stationary.as_slice()).map_err(shape_err)?;
-        let v = ArrayView2::from_shape((k, n), self.moving.as_slice())
-            .map_err(shape_err)?
-            .slice_move(s![.., r]);
         // On two threads the worker and the simulator's thread are the two; beyond that
         // the rest of the pool splits each block further.
         let width = if self.threads > 2 {
@@ -408,19 +509,34 @@ impl Running {
         } else {
             w
         };
-        let vblocks = v.axis_chunks_iter(ndarray::Axis(1), width).collect();
-        let cv = ArrayViewMut2::from_shape((m, w), c).map_err(shape_err)?;
-        // The destination's poison was checked when it was read.
-        gemm(
-            &sv,
-            vblocks,
-            cv,
-            width,
-            self.accumulate,
-            self.exact_products,
-            false,
-        );
-        Ok(())
+        let mut v = lock(&self.scratch).pop().unwrap_or_default();
+        let mut result = Ok(());
+        for (i, part) in self.parts.iter().enumerate() {
+            result = part.decode_moving((k, n), &r, &mut v).and_then(|()| {
+                let sv = ArrayView2::from_shape((k, m), part.stationary.as_slice())
+                    .map_err(shape_err)?;
+                let vv = ArrayView2::from_shape((k, w), v.as_slice()).map_err(shape_err)?;
+                let vblocks = vv.axis_chunks_iter(ndarray::Axis(1), width).collect();
+                let cv = ArrayViewMut2::from_shape((m, w), &mut *c).map_err(shape_err)?;
+                // The destination's poison was checked when it was read; the batch's
+                // later jobs continue from the earlier ones' sums.
+                gemm(
+                    &sv,
+                    vblocks,
+                    cv,
+                    width,
+                    self.accumulate || i > 0,
+                    self.exact_products,
+                    false,
+                );
+                Ok(())
+            });
+            if result.is_err() {
+                break;
+            }
+        }
+        lock(&self.scratch).push(v);
+        result
     }
 
     /// Waits until every block is computed; returns them.
@@ -756,6 +872,97 @@ impl Drop for Deferred {
         if let Some(w) = self.worker.take() {
             drop(w.jobs);
             let _ = w.handle.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// bf16 values (exact in f32) and their raw bytes.
+    fn bf16_tile(seed: u64, len: usize) -> (Vec<f32>, Vec<u8>) {
+        let mut x = vec![0f32; len];
+        neuron_isa::rng::CounterRng::for_tensor(seed, "batch").fill_standard_normal(0, &mut x);
+        let bits: Vec<u16> = x.iter().map(|v| crate::numerics::f32_to_bf16(*v)).collect();
+        let vals = bits
+            .iter()
+            .map(|&b| crate::numerics::bf16_to_f32(b))
+            .collect();
+        (vals, bits.iter().flat_map(|b| b.to_le_bytes()).collect())
+    }
+
+    /// Continuations queued behind the first job of a chain run as one batch, a job of
+    /// another region queued behind them is held for the next round, and a later
+    /// continuation picks the chain up again: every block gets the bits of the module
+    /// rule applied matmul by matmul (`acc` from +0 over `k` in order, then `dst + acc`).
+    #[test]
+    fn queued_continuations_batch_with_the_bits_of_job_by_job() {
+        let (k, m, n) = (128usize, 16usize, 300usize);
+        let (tx, rx) = mpsc::channel();
+        // (region, stationary, moving) of jobs 1..=7: five of region 7, one of region 8,
+        // one more of region 7.
+        let regions = [7u64, 7, 7, 7, 7, 8, 7];
+        let tiles: Vec<_> = (0..regions.len() as u64)
+            .map(|j| (bf16_tile(2 * j, k * m), bf16_tile(2 * j + 1, k * n)))
+            .collect();
+        for (j, (&region, ((_, s_raw), (_, v_raw)))) in regions.iter().zip(&tiles).enumerate() {
+            let init = if j == 0 || j == 5 {
+                Init::Fresh(Vec::new())
+            } else {
+                Init::Continue
+            };
+            let job = Job {
+                seq: j as u64 + 1,
+                region,
+                init,
+                operands: [(s_raw.clone(), Dtype::Bf16), (v_raw.clone(), Dtype::Bf16)],
+                kmn: (k, m, n),
+                threads: 1,
+                exact_products: true,
+            };
+            tx.send(job).unwrap();
+        }
+        drop(tx);
+        let shared = Shared::default();
+        work(rx, &shared);
+        let mut done = shared.lock();
+        assert_eq!(done.seq, 7);
+        assert!(done.stopped);
+        // The rule, job by job.
+        let rule = |jobs: &[usize]| {
+            let mut c = vec![0f32; m * n];
+            for (i, &j) in jobs.iter().enumerate() {
+                let ((s, _), (v, _)) = &tiles[j];
+                for (mi, row) in c.chunks_exact_mut(n).enumerate() {
+                    for (ni, o) in row.iter_mut().enumerate() {
+                        let mut acc = 0f32;
+                        for ki in 0..k {
+                            acc += s[ki * m + mi] * v[ki * n + ni];
+                        }
+                        *o = if i == 0 { 0.0 } else { *o } + acc;
+                    }
+                }
+            }
+            c
+        };
+        for (region, jobs) in [(7u64, vec![0, 1, 2, 3, 4, 6]), (8, vec![5])] {
+            let want = rule(&jobs);
+            let blocks = done.results.remove(&region).unwrap().unwrap();
+            let cols = blocks_of(n);
+            assert_eq!(blocks.len(), cols.len());
+            for (r, b) in cols.iter().zip(&blocks) {
+                for mi in 0..m {
+                    for (j, ni) in r.clone().enumerate() {
+                        assert_eq!(
+                            b[mi * r.len() + j].to_bits(),
+                            want[mi * n + ni].to_bits(),
+                            "region {region} [{mi}, {ni}]"
+                        );
+                    }
+                }
+            }
         }
     }
 }
