@@ -114,8 +114,8 @@ pub fn lower_program_resident(
         return Ok((first, alloc));
     };
     // Every budget under which the kernels still fit below the region is a candidate, and
-    // so is keeping every scratch tensor in HBM; the cheapest by the estimate wins (the
-    // larger budget on a tie).
+    // so is keeping every scratch tensor in HBM; the cheapest by the estimate wins, a
+    // smaller region (or none) only when it is cheaper by the margin.
     let work = resident::Work::of(&first.program, cfg);
     let est = |r: &resident::Residency, a: &Allocation| {
         resident::estimate_ns(kg, plans, &work, r, a, cfg)
@@ -146,11 +146,14 @@ pub fn lower_program_resident(
             est_us = ns / 1e3,
             "resident tensors: candidate budget"
         );
-        if chosen.as_ref().is_none_or(|c| ns < c.2) {
+        let keep = 1.0 - resident::SMALLER_REGION_MARGIN;
+        if chosen.as_ref().is_none_or(|c| ns < c.2 * keep) {
             chosen = Some((residency, a, ns));
         }
     }
-    let chosen = chosen.filter(|c| c.2 <= none).map(|(r, a, _)| (r, a));
+    let chosen = chosen
+        .filter(|c| none >= c.2 * (1.0 - resident::SMALLER_REGION_MARGIN))
+        .map(|(r, a, _)| (r, a));
     let Some((residency, mut alloc2)) = chosen else {
         return Ok((first, alloc));
     };

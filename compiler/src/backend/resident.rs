@@ -54,6 +54,13 @@ pub fn budget(cfg: &ChipConfig) -> u64 {
     budgets(cfg)[0]
 }
 
+/// How much faster (a fraction) [`estimate_ns`] must find a smaller resident region (or
+/// none) than a larger one for the back end to take it: differences below that are within
+/// the first-order estimate's error (ViT-B/16 at batch 1 on trn1: an eighth estimated 1.3%
+/// faster than a half, measured 1.2% slower), and the larger region is the one measured
+/// best more often (ResNet-50, ViT-B/16).
+pub const SMALLER_REGION_MARGIN: f64 = 0.02;
+
 /// Most row candidates a tensor has ([`row_candidates`]).
 pub const MAX_ROWS: usize = 8;
 
@@ -333,14 +340,64 @@ pub fn plan(
     out
 }
 
+/// Bytes of the innermost contiguous run of `ap` within one partition: the innermost
+/// dimensions that follow each other in memory, times the element size.
+fn run_bytes(ap: &Ap) -> u64 {
+    let mut run: u64 = 1;
+    for d in ap.dims.iter().rev() {
+        if d.size <= 1 {
+            continue;
+        }
+        if d.stride == i64::try_from(run).unwrap_or(i64::MAX) {
+            run = run.saturating_mul(u64::from(d.size));
+        } else {
+            break;
+        }
+    }
+    run.saturating_mul(ap.dtype.size()).max(1)
+}
+
+/// Time, ns, that a DMA of `bytes` between `src` and `dst` takes all the DMA engines
+/// together (docs/isa.md, DMA; trainium.md 3): it moves as descriptors, contiguous runs
+/// within one partition (the shorter of the two sides' runs), each costing
+/// `dma_descriptor_overhead_bytes` more at the engines' rate; a transposing DMA (one side
+/// element by element, 2- or 4-byte elements) has the other side's runs as descriptors
+/// and runs at `dma_transpose_hbm_efficiency` of the rate.
+pub fn dma_engine_ns(src: &Ap, dst: &Ap, bytes: u64, cfg: &ChipConfig) -> f64 {
+    let (rs, rd) = (run_bytes(src), run_bytes(dst));
+    let single = |ap: &Ap, run: u64| {
+        run == ap.dtype.size()
+            && ap
+                .dims
+                .iter()
+                .rev()
+                .find(|d| d.size > 1)
+                .is_some_and(|d| d.stride.unsigned_abs() > 1)
+    };
+    let wide = |ap: &Ap| matches!(ap.dtype.size(), 2 | 4);
+    let transpose = wide(src)
+        && wide(dst)
+        && ((single(src, rs) && rd > dst.dtype.size() && src.free_elems() > 1)
+            || (single(dst, rd) && rs > src.dtype.size() && dst.free_elems() > 1));
+    let d = if transpose { rs.max(rd) } else { rs.min(rd) } as f64;
+    let eff = if transpose {
+        cfg.dma_transpose_hbm_efficiency.clamp(1e-3, 1.0)
+    } else {
+        1.0
+    };
+    let rate = f64::from(cfg.dma_engines.max(1)) * cfg.dma_engine_bytes_per_ns.max(1e-3);
+    bytes as f64 * (d + cfg.dma_descriptor_overhead_bytes as f64) / d / eff / rate
+}
+
 /// What a lowered program asks of the engines, per kernel: the input of the first-order
 /// estimate ([`estimate_ns`]).
 #[derive(Debug, Clone, Default)]
 pub struct Work {
-    /// `(bytes, transfers)` by `(kernel, tensor-table index)`: the HBM bytes each kernel's
-    /// DMAs move to or from each tensor, and how many DMAs do (an HBM to HBM copy counts
-    /// on both tensors; a gather moves one table row per destination partition).
-    pub dma: BTreeMap<(u32, u32), (u64, u64)>,
+    /// `(bytes, transfers, engine ns)` by `(kernel, tensor-table index)`: the HBM bytes
+    /// each kernel's DMAs move to or from each tensor, how many DMAs do, and how long they
+    /// take all the DMA engines together ([`dma_engine_ns`]). An HBM to HBM copy counts on
+    /// both tensors; a gather moves one table row per destination partition.
+    pub dma: BTreeMap<(u32, u32), (u64, u64, f64)>,
     /// Per kernel, the busy time of TensorE, VectorE, ScalarE and GpSimd, ns, at the
     /// documented first-order rates (trainium.md 2.3): a matmul `max(min(64, M), N)` cycles
     /// (times the dtype's factor), a transpose `max(P, min(64, F))`, any other instruction
@@ -358,11 +415,12 @@ impl Work {
             dma: BTreeMap::new(),
             engines: vec![[0.0; 4]; program.kernels.len()],
         };
-        let mut add = |k: u32, ap: &Ap, bytes: u64| {
+        let mut add = |k: u32, ap: &Ap, bytes: u64, ns: f64| {
             if let Memory::Hbm(t) = ap.mem {
                 let e = w.dma.entry((k, t.0)).or_default();
                 e.0 += bytes;
                 e.1 += 1;
+                e.2 += ns;
             }
         };
         for s in &program.streams {
@@ -376,13 +434,14 @@ impl Work {
             for i in &s.instrs {
                 let cycles = match &i.op {
                     Op::Dma { dst, src } => {
-                        add(i.kernel, dst, dst.bytes());
-                        add(i.kernel, src, src.bytes());
+                        let ns = dma_engine_ns(src, dst, src.bytes().max(dst.bytes()), cfg);
+                        add(i.kernel, dst, dst.bytes(), ns);
+                        add(i.kernel, src, src.bytes(), ns);
                         continue;
                     }
                     Op::DmaGather { dst, table, .. } => {
                         let b = u64::from(dst.partitions) * table.bytes_per_partition();
-                        add(i.kernel, table, b);
+                        add(i.kernel, table, b, dma_engine_ns(table, dst, b, cfg));
                         continue;
                     }
                     Op::Matmul {
@@ -432,10 +491,11 @@ impl Work {
 /// far ahead of the kernels that need them.
 ///
 /// Kernels run one after another. Kernel `k` takes the longest of its engines' busy times
-/// ([`Work::engines`]) and its own DMA time: the documented DMA cost
-/// (`tiling::CostModel::dma_ns`: bytes at `min(HBM, engines x engine rate)` plus each
-/// transfer's fixed latency spread over the queues, trainium.md 2.3 and 3) of its traffic
-/// less the accesses of its resident tensors and less the weights it loads ahead. The
+/// ([`Work::engines`]) and its own DMA time: the DMA engines' time of its transfers
+/// ([`dma_engine_ns`]: descriptors and transposes as the DMA model prices them) or HBM's,
+/// whichever is longer, plus each transfer's fixed latency spread over the queues (as
+/// `tiling::CostModel::dma_ns`; trainium.md 2.3 and 3), for its traffic less the accesses
+/// of its resident tensors and less the weights it loads ahead. The
 /// DMAs of a resident tensor become copies on VectorE and GpSimd in turn (the access
 /// overhead plus one element per cycle), except in a convolution, which reads and writes
 /// resident maps in place. The weights a kernel's weight buffer (`w`) holds load ahead, on
@@ -452,18 +512,22 @@ pub fn estimate_ns(
     alloc: &super::alloc::Allocation,
     cfg: &ChipConfig,
 ) -> f64 {
-    use super::tiling::CostModel;
-    let cm = CostModel::new(cfg);
+    // DMA time: the engines' time or HBM's, whichever is longer, plus each transfer's
+    // fixed latency spread over the queues (as `tiling::CostModel::dma_ns`).
+    let hbm_bw = cfg.hbm_bandwidth_bytes_per_ns.max(1e-3);
+    let per = cfg.dma_fixed_latency_ns / f64::from(cfg.dma_queues.max(1));
+    let dma_ns =
+        |bytes: f64, transfers: f64, engines: f64| engines.max(bytes / hbm_bw) + transfers * per;
     let p = f64::from(cfg.partitions.max(1));
     let vec_ghz = cfg.vector_clock_ghz.max(1e-9);
     let n = kg.kernels.len();
     // Per kernel: DMA bytes and transfers that stay, weight bytes and transfers, and the
     // elements per partition copied on chip instead.
-    let mut dma = vec![(0u64, 0u64); n];
-    let mut wts = vec![(0u64, 0u64); n];
+    let mut dma = vec![(0u64, 0u64, 0f64); n];
+    let mut wts = vec![(0u64, 0u64, 0f64); n];
     let mut copy_elems = vec![0f64; n];
     let mut copy_count = vec![0u64; n];
-    for (&(k, t), &(b, c)) in &work.dma {
+    for (&(k, t), &(b, c, e)) in &work.dma {
         let k = k as usize;
         if k >= n {
             continue;
@@ -478,9 +542,11 @@ pub fn estimate_ns(
         if tensor.is_some_and(|x| x.kind == TensorKind::Weight) {
             wts[k].0 += b;
             wts[k].1 += c;
+            wts[k].2 += e;
         } else {
             dma[k].0 += b;
             dma[k].1 += c;
+            dma[k].2 += e;
         }
     }
     // Per kernel: the SBUF byte ranges of all its buffers, and of its weight buffer `w`.
@@ -512,13 +578,14 @@ pub fn estimate_ns(
         // The weights its weight buffer holds load ahead (all of them when it is pinned or
         // holds the whole tensor, else its slots' worth); the rest streams with the kernel.
         let room: u64 = mine.iter().map(|r| r.1 - r.0).sum::<u64>() * u64::from(cfg.partitions);
-        let (wb, wc) = wts[k];
+        let (wb, wc, we) = wts[k];
         let pre = wb.min(room);
         let frac = if wb > 0 { pre as f64 / wb as f64 } else { 0.0 };
-        let pre_ns = cm.dma_ns(pre, (wc as f64 * frac).round() as u64);
-        let own_dma = cm.dma_ns(
-            dma[k].0 + (wb - pre),
-            dma[k].1 + (wc as f64 * (1.0 - frac)).round() as u64,
+        let pre_ns = dma_ns(pre as f64, wc as f64 * frac, we * frac);
+        let own_dma = dma_ns(
+            (dma[k].0 + (wb - pre)) as f64,
+            dma[k].1 as f64 + wc as f64 * (1.0 - frac),
+            dma[k].2 + we * (1.0 - frac),
         );
         // The resident tensors' DMAs become copies on VectorE and GpSimd in turn.
         // (A convolution reads and writes them in place: no copies.)
