@@ -61,6 +61,12 @@ pub fn display_allocation(kg: &KernelGraph, a: &Allocation) -> String {
         "peak sbuf {} B/partition, peak psum {} B/partition\n",
         a.peak_sbuf, a.peak_psum
     );
+    s.push_str(&format!(
+        "resident region {} B/partition, {} tensors; pinned {} B/partition\n",
+        a.resident.region,
+        a.resident.tensors.len(),
+        a.pinned_sbuf
+    ));
     for (i, (k, ka)) in kg.kernels.iter().zip(&a.kernels).enumerate() {
         s.push_str(&format!(
             "k{i} {}: sbuf {} B, psum {} B\n",
@@ -107,24 +113,47 @@ pub fn lower_program_resident(
     let ResidentMode::Probe(probe) = mode else {
         return Ok((first, alloc));
     };
-    // The largest budget under which every kernel still fits below the region.
-    let mut chosen = None;
+    // Every budget under which the kernels still fit below the region is a candidate, and
+    // so is keeping every scratch tensor in HBM; the cheapest by the estimate wins, a
+    // smaller region (or none) only when it is cheaper by the margin.
+    let work = resident::Work::of(&first.program, cfg);
+    let est = |r: &resident::Residency, a: &Allocation| {
+        resident::estimate_ns(kg, plans, &work, r, a, cfg)
+    };
+    let none = est(&resident::Residency::default(), &alloc);
+    tracing::debug!(est_us = none / 1e3, "resident tensors: all in HBM");
+    let mut chosen: Option<(resident::Residency, Allocation, f64)> = None;
     for cap in resident::budgets(cfg) {
         let residency = resident::plan(kg, &probe, &first.program.tensors, cfg, cap);
         if residency.tensors.is_empty() {
-            return Ok((first, alloc));
+            break;
         }
         let mut below = cfg.clone();
         below.sbuf_bytes_per_partition -= residency.region;
-        if let Ok(a) = allocate(kg, plans, &below) {
-            chosen = Some((residency, a));
-            break;
-        }
+        let Ok(a) = allocate(kg, plans, &below) else {
+            tracing::debug!(
+                cap,
+                "resident tensors: the kernels do not fit below their region"
+            );
+            continue;
+        };
+        let ns = est(&residency, &a);
         tracing::debug!(
             cap,
-            "resident tensors: the kernels do not fit below their region"
+            region = residency.region,
+            tensors = residency.tensors.len(),
+            pinned = a.pinned_sbuf,
+            est_us = ns / 1e3,
+            "resident tensors: candidate budget"
         );
+        let keep = 1.0 - resident::SMALLER_REGION_MARGIN;
+        if chosen.as_ref().is_none_or(|c| ns < c.2 * keep) {
+            chosen = Some((residency, a, ns));
+        }
     }
+    let chosen = chosen
+        .filter(|c| none >= c.2 * (1.0 - resident::SMALLER_REGION_MARGIN))
+        .map(|(r, a, _)| (r, a));
     let Some((residency, mut alloc2)) = chosen else {
         return Ok((first, alloc));
     };

@@ -22,9 +22,11 @@
 //!    (petgraph: the producing kernel to the last consumer, widened to every access the
 //!    probe saw) and addresses first-fit in a region at the top of SBUF, at most
 //!    [`budget`] bytes per partition; a tensor that does not fit stays in HBM;
-//! 3. the kernels' buffers are allocated again below that region and the program is
-//!    lowered with the residents. If the allocation does not fit, or an access of a
-//!    resident tensor does not map after all, the first (all-HBM) program is kept.
+//! 3. the kernels' buffers are allocated again below that region, for each of the
+//!    [`budgets`]; [`estimate_ns`] prices each candidate that fits, and keeping every
+//!    scratch tensor in HBM, from the first program's work ([`Work`]), and the program is
+//!    lowered with the cheapest one's residents. If nothing is cheaper than all-HBM, or an
+//!    access of a resident tensor does not map after all, the first program is kept.
 
 use crate::kernel::{KTensorId, KernelGraph};
 use neuron_isa::{Ap, ChipConfig, Dtype, HbmTensor, Memory, TensorKind};
@@ -37,10 +39,11 @@ const ALIGN: u64 = 64;
 
 /// The SBUF bytes per partition resident tensors may take, largest first: half of SBUF,
 /// then a quarter, then the eighth that tiling leaves every kernel as a reserve
-/// (`tiling::sbuf_budget`). The back end keeps the largest under which every kernel's
-/// buffers still fit below the region ([`super::lower_program_resident`]): on ResNet-50
-/// at batch 16 (bf16), a half keeps layer 1's maps on chip, 4138 us against 4839 us with
-/// an eighth.
+/// (`tiling::sbuf_budget`). The back end keeps, among those under which every kernel's
+/// buffers still fit below the region, and keeping every scratch tensor in HBM, the one
+/// [`estimate_ns`] finds fastest ([`super::lower_program_resident`]): on ResNet-50 at
+/// batch 16 (bf16) a half, which keeps layer 1's maps on chip; on GPT-2 at batch 1 an
+/// eighth, which leaves the pinned weights more room.
 pub fn budgets(cfg: &ChipConfig) -> [u64; 3] {
     [2, 4, 8].map(|d| cfg.sbuf_bytes_per_partition / d / ALIGN * ALIGN)
 }
@@ -50,6 +53,13 @@ pub fn budgets(cfg: &ChipConfig) -> [u64; 3] {
 pub fn budget(cfg: &ChipConfig) -> u64 {
     budgets(cfg)[0]
 }
+
+/// How much faster (a fraction) [`estimate_ns`] must find a smaller resident region (or
+/// none) than a larger one for the back end to take it: differences below that are within
+/// the first-order estimate's error (ViT-B/16 at batch 1 on trn1: an eighth estimated 1.3%
+/// faster than a half, measured 1.2% slower), and the larger region is the one measured
+/// best more often (ResNet-50, ViT-B/16).
+pub const SMALLER_REGION_MARGIN: f64 = 0.02;
 
 /// Most row candidates a tensor has ([`row_candidates`]).
 pub const MAX_ROWS: usize = 8;
@@ -328,6 +338,305 @@ pub fn plan(
         r.base += start;
     }
     out
+}
+
+/// Bytes of the innermost contiguous run of `ap` within one partition: the innermost
+/// dimensions that follow each other in memory, times the element size.
+fn run_bytes(ap: &Ap) -> u64 {
+    let mut run: u64 = 1;
+    for d in ap.dims.iter().rev() {
+        if d.size <= 1 {
+            continue;
+        }
+        if d.stride == i64::try_from(run).unwrap_or(i64::MAX) {
+            run = run.saturating_mul(u64::from(d.size));
+        } else {
+            break;
+        }
+    }
+    run.saturating_mul(ap.dtype.size()).max(1)
+}
+
+/// Time, ns, that a DMA of `bytes` between `src` and `dst` takes all the DMA engines
+/// together (docs/isa.md, DMA; trainium.md 3): it moves as descriptors, contiguous runs
+/// within one partition (the shorter of the two sides' runs), each costing
+/// `dma_descriptor_overhead_bytes` more at the engines' rate; a transposing DMA (one side
+/// element by element, 2- or 4-byte elements) has the other side's runs as descriptors
+/// and runs at `dma_transpose_hbm_efficiency` of the rate.
+pub fn dma_engine_ns(src: &Ap, dst: &Ap, bytes: u64, cfg: &ChipConfig) -> f64 {
+    let (rs, rd) = (run_bytes(src), run_bytes(dst));
+    let single = |ap: &Ap, run: u64| {
+        run == ap.dtype.size()
+            && ap
+                .dims
+                .iter()
+                .rev()
+                .find(|d| d.size > 1)
+                .is_some_and(|d| d.stride.unsigned_abs() > 1)
+    };
+    let wide = |ap: &Ap| matches!(ap.dtype.size(), 2 | 4);
+    let transpose = wide(src)
+        && wide(dst)
+        && ((single(src, rs) && rd > dst.dtype.size() && src.free_elems() > 1)
+            || (single(dst, rd) && rs > src.dtype.size() && dst.free_elems() > 1));
+    let d = if transpose { rs.max(rd) } else { rs.min(rd) } as f64;
+    let eff = if transpose {
+        cfg.dma_transpose_hbm_efficiency.clamp(1e-3, 1.0)
+    } else {
+        1.0
+    };
+    let rate = f64::from(cfg.dma_engines.max(1)) * cfg.dma_engine_bytes_per_ns.max(1e-3);
+    bytes as f64 * (d + cfg.dma_descriptor_overhead_bytes as f64) / d / eff / rate
+}
+
+/// What a lowered program asks of the engines, per kernel: the input of the first-order
+/// estimate ([`estimate_ns`]).
+#[derive(Debug, Clone, Default)]
+pub struct Work {
+    /// `(bytes, transfers, engine ns)` by `(kernel, tensor-table index)`: the HBM bytes
+    /// each kernel's DMAs move to or from each tensor, how many DMAs do, and how long they
+    /// take all the DMA engines together ([`dma_engine_ns`]). An HBM to HBM copy counts on
+    /// both tensors; a gather moves one table row per destination partition.
+    pub dma: BTreeMap<(u32, u32), (u64, u64, f64)>,
+    /// Per kernel, the busy time of TensorE, VectorE, ScalarE and GpSimd, ns, at the
+    /// documented first-order rates (trainium.md 2.3): a matmul `max(min(64, M), N)` cycles
+    /// (times the dtype's factor), a transpose `max(P, min(64, F))`, any other instruction
+    /// the access overhead plus `max(64, N)` cycles for `N` elements per partition written,
+    /// twice that with two tensor inputs.
+    pub engines: Vec<[f64; 4]>,
+}
+
+impl Work {
+    /// The work of `program` under `cfg`'s rates.
+    pub fn of(program: &neuron_isa::Program, cfg: &ChipConfig) -> Work {
+        use neuron_isa::{Engine, Op};
+        let cm = super::tiling::CostModel::new(cfg);
+        let mut w = Work {
+            dma: BTreeMap::new(),
+            engines: vec![[0.0; 4]; program.kernels.len()],
+        };
+        let mut add = |k: u32, ap: &Ap, bytes: u64, ns: f64| {
+            if let Memory::Hbm(t) = ap.mem {
+                let e = w.dma.entry((k, t.0)).or_default();
+                e.0 += bytes;
+                e.1 += 1;
+                e.2 += ns;
+            }
+        };
+        for s in &program.streams {
+            let (slot, ghz) = match s.engine {
+                Engine::Tensor => (0, cfg.tensor_clock_ghz),
+                Engine::Vector => (1, cfg.vector_clock_ghz),
+                Engine::Scalar => (2, cfg.scalar_clock_ghz),
+                Engine::GpSimd => (3, cfg.gpsimd_clock_ghz),
+                Engine::Dma(_) => (4, 1.0),
+            };
+            for i in &s.instrs {
+                let cycles = match &i.op {
+                    Op::Dma { dst, src } => {
+                        let ns = dma_engine_ns(src, dst, src.bytes().max(dst.bytes()), cfg);
+                        add(i.kernel, dst, dst.bytes(), ns);
+                        add(i.kernel, src, src.bytes(), ns);
+                        continue;
+                    }
+                    Op::DmaGather { dst, table, .. } => {
+                        let b = u64::from(dst.partitions) * table.bytes_per_partition();
+                        add(i.kernel, table, b, dma_engine_ns(table, dst, b, cfg));
+                        continue;
+                    }
+                    Op::Matmul {
+                        stationary, moving, ..
+                    } => cm.matmul_cycles(
+                        stationary.free_elems() as usize,
+                        moving.free_elems() as usize,
+                        moving.dtype,
+                    ),
+                    Op::Transpose { src, .. } => {
+                        cm.transpose_cycles(src.partitions as usize, src.free_elems() as usize)
+                    }
+                    op => {
+                        let n = op
+                            .writes()
+                            .iter()
+                            .map(|a| a.free_elems())
+                            .max()
+                            .unwrap_or(0);
+                        let inputs = op
+                            .reads()
+                            .iter()
+                            .filter(|a| a.free_elems() > 1)
+                            .count()
+                            .clamp(1, 2) as u64;
+                        (cfg.access_overhead_cycles + (n * inputs).max(64)) as f64
+                    }
+                };
+                if let Some(e) = w.engines.get_mut(i.kernel as usize) {
+                    if slot < 4 {
+                        e[slot] += cycles / ghz.max(1e-9);
+                    }
+                }
+            }
+        }
+        w
+    }
+}
+
+/// The first-order estimate of a whole program's time, ns, when `residency` stays on chip
+/// and the kernels' buffers are placed as `alloc` says, from the `work` of the program
+/// lowered with every scratch tensor in HBM: what [`super::lower_program_resident`]
+/// compares its candidate budgets (and keeping every scratch tensor in HBM) by. Two
+/// effects pull in opposite directions: a larger region keeps more scratch tensors on chip
+/// (their DMA bytes and transfers go away), but leaves the kernels' buffers, and the
+/// pinned weights (the weight ring) among them, less room below it, so weights load less
+/// far ahead of the kernels that need them.
+///
+/// Kernels run one after another. Kernel `k` takes the longest of its engines' busy times
+/// ([`Work::engines`]) and its own DMA time: the DMA engines' time of its transfers
+/// ([`dma_engine_ns`]: descriptors and transposes as the DMA model prices them) or HBM's,
+/// whichever is longer, plus each transfer's fixed latency spread over the queues (as
+/// `tiling::CostModel::dma_ns`; trainium.md 2.3 and 3), for its traffic less the accesses
+/// of its resident tensors and less the weights it loads ahead. The
+/// DMAs of a resident tensor become copies on VectorE and GpSimd in turn (the access
+/// overhead plus one element per cycle), except in a convolution, which reads and writes
+/// resident maps in place. The weights a kernel's weight buffer (`w`) holds load ahead, on
+/// one stream in kernel order, once the last earlier kernel with a buffer on those bytes
+/// has finished (the weight ring's reuse, or the allocator's window of kernels kept
+/// apart), in the DMA time the kernels' own traffic leaves; a kernel ends no earlier than
+/// its weights have arrived. Deterministic; linear in the DMA entries, quadratic in the
+/// kernels at worst.
+pub fn estimate_ns(
+    kg: &KernelGraph,
+    plans: &[super::tiling::KernelPlan],
+    work: &Work,
+    residency: &Residency,
+    alloc: &super::alloc::Allocation,
+    cfg: &ChipConfig,
+) -> f64 {
+    // DMA time: the engines' time or HBM's, whichever is longer, plus each transfer's
+    // fixed latency spread over the queues (as `tiling::CostModel::dma_ns`).
+    let hbm_bw = cfg.hbm_bandwidth_bytes_per_ns.max(1e-3);
+    let per = cfg.dma_fixed_latency_ns / f64::from(cfg.dma_queues.max(1));
+    let dma_ns =
+        |bytes: f64, transfers: f64, engines: f64| engines.max(bytes / hbm_bw) + transfers * per;
+    let p = f64::from(cfg.partitions.max(1));
+    let vec_ghz = cfg.vector_clock_ghz.max(1e-9);
+    let n = kg.kernels.len();
+    // Per kernel: DMA bytes and transfers that stay, weight bytes and transfers, and the
+    // elements per partition copied on chip instead.
+    let mut dma = vec![(0u64, 0u64, 0f64); n];
+    let mut wts = vec![(0u64, 0u64, 0f64); n];
+    let mut copy_elems = vec![0f64; n];
+    let mut copy_count = vec![0u64; n];
+    for (&(k, t), &(b, c, e)) in &work.dma {
+        let k = k as usize;
+        if k >= n {
+            continue;
+        }
+        let tensor = kg.tensors.get(t as usize);
+        if residency.tensors.contains_key(&t) {
+            let el = tensor.map_or(4, |x| x.dtype.size()).max(1);
+            copy_elems[k] += (b / el) as f64 / p;
+            copy_count[k] += c;
+            continue;
+        }
+        if tensor.is_some_and(|x| x.kind == TensorKind::Weight) {
+            wts[k].0 += b;
+            wts[k].1 += c;
+            wts[k].2 += e;
+        } else {
+            dma[k].0 += b;
+            dma[k].1 += c;
+            dma[k].2 += e;
+        }
+    }
+    // Per kernel: the SBUF byte ranges of all its buffers, and of its weight buffer `w`.
+    let span = |b: &super::alloc::Buf| (b.base, b.base + b.slot_bytes * u64::from(b.slots));
+    let sbuf = |b: &&super::alloc::Buf| b.mem == super::alloc::OnChip::Sbuf;
+    let all: Vec<Vec<(u64, u64)>> = alloc
+        .kernels
+        .iter()
+        .map(|ka| ka.bufs.iter().filter(sbuf).map(span).collect())
+        .collect();
+    let wbuf: Vec<Vec<(u64, u64)>> = alloc
+        .kernels
+        .iter()
+        .map(|ka| {
+            ka.bufs
+                .iter()
+                .filter(sbuf)
+                .filter(|b| b.name == "w")
+                .map(span)
+                .collect()
+        })
+        .collect();
+    // The kernels' own DMA time, as busy intervals of the DMA engines.
+    let mut busy: Vec<(f64, f64)> = Vec::with_capacity(n);
+    let mut ends = vec![0f64; n];
+    let (mut end, mut wpipe) = (0f64, 0f64);
+    for k in 0..n {
+        let mine = wbuf.get(k).map_or(&[][..], |r| &r[..]);
+        // The weights its weight buffer holds load ahead (all of them when it is pinned or
+        // holds the whole tensor, else its slots' worth); the rest streams with the kernel.
+        let room: u64 = mine.iter().map(|r| r.1 - r.0).sum::<u64>() * u64::from(cfg.partitions);
+        let (wb, wc, we) = wts[k];
+        let pre = wb.min(room);
+        let frac = if wb > 0 { pre as f64 / wb as f64 } else { 0.0 };
+        let pre_ns = dma_ns(pre as f64, wc as f64 * frac, we * frac);
+        let own_dma = dma_ns(
+            (dma[k].0 + (wb - pre)) as f64,
+            dma[k].1 as f64 + wc as f64 * (1.0 - frac),
+            dma[k].2 + we * (1.0 - frac),
+        );
+        // The resident tensors' DMAs become copies on VectorE and GpSimd in turn.
+        // (A convolution reads and writes them in place: no copies.)
+        let mut eng = work.engines.get(k).copied().unwrap_or([0.0; 4]);
+        if matches!(
+            plans.get(k).map(|p| &p.tiling),
+            Some(super::tiling::Tiling::Conv(_))
+        ) {
+            copy_elems[k] = 0.0;
+            copy_count[k] = 0;
+        }
+        let copies = (copy_elems[k] + (copy_count[k] * cfg.access_overhead_cycles) as f64) / 2.0;
+        eng[1] += copies / vec_ghz;
+        eng[3] += copies / cfg.gpsimd_clock_ghz.max(1e-9);
+        let compute = eng.iter().fold(0f64, |a, &b| a.max(b));
+        let start = end;
+        busy.push((start, start + own_dma));
+        let mut fin = start + compute.max(own_dma);
+        if pre > 0 {
+            // Waits for the last kernel with a buffer on the bytes of this one's weights.
+            let release = (0..k)
+                .rev()
+                .find(|&j| {
+                    all.get(j).is_some_and(|r| {
+                        r.iter()
+                            .any(|a| mine.iter().any(|b| a.0 < b.1 && b.0 < a.1))
+                    })
+                })
+                .map_or(0.0, |j| ends[j]);
+            let mut t = wpipe.max(release);
+            let mut left = pre_ns;
+            for &(lo, hi) in &busy {
+                if hi <= t {
+                    continue;
+                }
+                if lo > t {
+                    if lo - t >= left {
+                        break;
+                    }
+                    left -= lo - t;
+                }
+                t = t.max(hi);
+            }
+            t += left;
+            wpipe = t;
+            fin = fin.max(t);
+        }
+        ends[k] = fin;
+        end = fin;
+    }
+    end
 }
 
 #[cfg(test)]
