@@ -20,6 +20,7 @@ pub mod ap;
 pub mod artifact;
 pub mod config;
 pub mod disasm;
+pub mod dma;
 pub mod dtype;
 pub mod host;
 pub mod instr;

@@ -29,6 +29,7 @@
 //!    access of a resident tensor does not map after all, the first program is kept.
 
 use crate::kernel::{KTensorId, KernelGraph};
+use neuron_isa::dma::{DmaCosts, DmaPlan};
 use neuron_isa::{Ap, ChipConfig, Dtype, HbmTensor, Memory, TensorKind};
 use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -340,53 +341,14 @@ pub fn plan(
     out
 }
 
-/// Bytes of the innermost contiguous run of `ap` within one partition: the innermost
-/// dimensions that follow each other in memory, times the element size.
-fn run_bytes(ap: &Ap) -> u64 {
-    let mut run: u64 = 1;
-    for d in ap.dims.iter().rev() {
-        if d.size <= 1 {
-            continue;
-        }
-        if d.stride == i64::try_from(run).unwrap_or(i64::MAX) {
-            run = run.saturating_mul(u64::from(d.size));
-        } else {
-            break;
-        }
-    }
-    run.saturating_mul(ap.dtype.size()).max(1)
-}
-
-/// Time, ns, that a DMA of `bytes` between `src` and `dst` takes all the DMA engines
-/// together (docs/isa.md, DMA; trainium.md 3): it moves as descriptors, contiguous runs
-/// within one partition (the shorter of the two sides' runs), each costing
-/// `dma_descriptor_overhead_bytes` more at the engines' rate; a transposing DMA (one side
-/// element by element, 2- or 4-byte elements) has the other side's runs as descriptors
-/// and runs at `dma_transpose_hbm_efficiency` of the rate.
-pub fn dma_engine_ns(src: &Ap, dst: &Ap, bytes: u64, cfg: &ChipConfig) -> f64 {
-    let (rs, rd) = (run_bytes(src), run_bytes(dst));
-    let single = |ap: &Ap, run: u64| {
-        run == ap.dtype.size()
-            && ap
-                .dims
-                .iter()
-                .rev()
-                .find(|d| d.size > 1)
-                .is_some_and(|d| d.stride.unsigned_abs() > 1)
-    };
-    let wide = |ap: &Ap| matches!(ap.dtype.size(), 2 | 4);
-    let transpose = wide(src)
-        && wide(dst)
-        && ((single(src, rs) && rd > dst.dtype.size() && src.free_elems() > 1)
-            || (single(dst, rd) && rs > src.dtype.size() && dst.free_elems() > 1));
-    let d = if transpose { rs.max(rd) } else { rs.min(rd) } as f64;
-    let eff = if transpose {
-        cfg.dma_transpose_hbm_efficiency.clamp(1e-3, 1.0)
-    } else {
-        1.0
-    };
+/// Time, ns, that a DMA of `bytes` described by `plan` takes all the DMA engines
+/// together: the bytes at the engines' cost per byte (`neuron_isa::dma`, the rule the
+/// simulator's DMA model uses: descriptors, each a contiguous run within one partition,
+/// costing `dma_descriptor_overhead_bytes` more at the engines' rate, and transposing
+/// DMAs at their efficiency).
+pub fn dma_engine_ns(plan: &DmaPlan, bytes: u64, cfg: &ChipConfig) -> f64 {
     let rate = f64::from(cfg.dma_engines.max(1)) * cfg.dma_engine_bytes_per_ns.max(1e-3);
-    bytes as f64 * (d + cfg.dma_descriptor_overhead_bytes as f64) / d / eff / rate
+    bytes as f64 * DmaCosts::of(cfg).per_byte(plan) / rate
 }
 
 /// What a lowered program asks of the engines, per kernel: the input of the first-order
@@ -434,14 +396,18 @@ impl Work {
             for i in &s.instrs {
                 let cycles = match &i.op {
                     Op::Dma { dst, src } => {
-                        let ns = dma_engine_ns(src, dst, src.bytes().max(dst.bytes()), cfg);
-                        add(i.kernel, dst, dst.bytes(), ns);
-                        add(i.kernel, src, src.bytes(), ns);
+                        if let Some(plan) = DmaPlan::of(&i.op) {
+                            let ns = dma_engine_ns(&plan, plan.bytes, cfg);
+                            add(i.kernel, dst, dst.bytes(), ns);
+                            add(i.kernel, src, src.bytes(), ns);
+                        }
                         continue;
                     }
-                    Op::DmaGather { dst, table, .. } => {
-                        let b = u64::from(dst.partitions) * table.bytes_per_partition();
-                        add(i.kernel, table, b, dma_engine_ns(table, dst, b, cfg));
+                    Op::DmaGather { table, .. } => {
+                        if let Some(plan) = DmaPlan::of(&i.op) {
+                            let b = plan.hbm_read;
+                            add(i.kernel, table, b, dma_engine_ns(&plan, b, cfg));
+                        }
                         continue;
                     }
                     Op::Matmul {
