@@ -235,7 +235,8 @@ fn work(rx: mpsc::Receiver<Job>, shared: &Shared) {
                         decoded.push(part.stationary);
                         spent.push(part.moving);
                     }
-                    decoded.truncate(2);
+                    // As many as a batch decodes, so the next batch allocates none.
+                    decoded.truncate(MAX_BATCH);
                     scratch = r
                         .scratch
                         .into_inner()
