@@ -9,6 +9,7 @@
 //! reproduce its invalid outputs. `x * scale + bias` is two FP32 operations (no fused
 //! multiply-add). NaN propagates through every function (`relu(NaN)` is NaN).
 
+use super::expf::exp_in_place;
 use super::{ExecContext, ExecError, Scalars, same_shape, shape};
 use crate::memory::Memories;
 use neuron_isa::{ActFunc, Ap, Operand};
@@ -76,6 +77,36 @@ fn cheap(func: ActFunc) -> bool {
     )
 }
 
+/// `exp(x * scale + bias)` over one partition's row, returning the row's sum: the same
+/// operations as `run_row` with `activation_fn(Exp, _)`, with the `exp`s vectorised
+/// (`expf.rs`, bit for bit `libm::expf`).
+fn exp_row(row: &mut [f32], scale: f32, bias: f32) -> f32 {
+    for x in row.iter_mut() {
+        *x = *x * scale + bias;
+    }
+    exp_in_place(row);
+    row.iter().fold(0.0f32, |sum, &y| sum + y)
+}
+
+/// `sigmoid(x * scale + bias)` (times `x * scale + bias` for SiLU) over one partition's
+/// row, returning the row's sum: `activation_fn`'s `1 / (1 + exp(-x))` with the `exp`s
+/// vectorised.
+fn sigmoid_row(row: &mut [f32], scale: f32, bias: f32, silu: bool, z: &mut Vec<f32>) -> f32 {
+    z.clear();
+    z.extend(row.iter().map(|&x| x * scale + bias));
+    for (e, &v) in row.iter_mut().zip(z.iter()) {
+        *e = -v;
+    }
+    exp_in_place(row);
+    let mut sum = 0.0f32;
+    for (y, &v) in row.iter_mut().zip(z.iter()) {
+        let s = 1.0 / (1.0 + *y);
+        *y = if silu { v * s } else { s };
+        sum += *y;
+    }
+    sum
+}
+
 /// Applies `f(x * scale + bias)` to one partition's row, returning the row's sum.
 #[inline(always)]
 fn run_row(row: &mut [f32], scale: f32, bias: f32, f: impl Fn(f32) -> f32) -> f32 {
@@ -127,10 +158,10 @@ pub(super) fn activation(
             ActFunc::Relu => run_row(row, s, b, |v| activation_fn(ActFunc::Relu, v)),
             ActFunc::Gelu => run_row(row, s, b, |v| activation_fn(ActFunc::Gelu, v)),
             ActFunc::GeluTanh => run_row(row, s, b, |v| activation_fn(ActFunc::GeluTanh, v)),
-            ActFunc::Sigmoid => run_row(row, s, b, |v| activation_fn(ActFunc::Sigmoid, v)),
-            ActFunc::Silu => run_row(row, s, b, |v| activation_fn(ActFunc::Silu, v)),
+            ActFunc::Sigmoid => sigmoid_row(row, s, b, false, &mut Vec::new()),
+            ActFunc::Silu => sigmoid_row(row, s, b, true, &mut Vec::new()),
             ActFunc::Tanh => run_row(row, s, b, |v| activation_fn(ActFunc::Tanh, v)),
-            ActFunc::Exp => run_row(row, s, b, |v| activation_fn(ActFunc::Exp, v)),
+            ActFunc::Exp => exp_row(row, s, b),
             ActFunc::Log => run_row(row, s, b, |v| activation_fn(ActFunc::Log, v)),
             ActFunc::Sqrt => run_row(row, s, b, |v| activation_fn(ActFunc::Sqrt, v)),
             ActFunc::Rsqrt => run_row(row, s, b, |v| activation_fn(ActFunc::Rsqrt, v)),
