@@ -40,6 +40,10 @@ pub fn activation_fn(func: ActFunc, x: f32) -> f32 {
             0.5 * x * (1.0 + libm::tanhf(SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)))
         }
         ActFunc::Sigmoid => sigmoid(x),
+        // A NaN input is returned itself: `x * sigmoid(x)` would multiply it by the
+        // sign-flipped NaN of `exp(-x)`, and which of two NaN operands a multiplication
+        // returns depends on the host's instruction choice.
+        ActFunc::Silu if x.is_nan() => x,
         ActFunc::Silu => x * sigmoid(x),
         ActFunc::Tanh => libm::tanhf(x),
         ActFunc::Exp => libm::expf(x),
@@ -77,46 +81,47 @@ fn cheap(func: ActFunc) -> bool {
     )
 }
 
-/// `exp(x * scale + bias)` over one partition's row, returning the row's sum: the same
-/// operations as `run_row` with `activation_fn(Exp, _)`, with the `exp`s vectorised
-/// (`expf.rs`, bit for bit `libm::expf`).
-fn exp_row(row: &mut [f32], scale: f32, bias: f32) -> f32 {
+/// `exp(x * scale + bias)` over one partition's row: the same operations as `map_row`
+/// with `activation_fn(Exp, _)`, with the `exp`s vectorised (`expf.rs`, bit for bit
+/// `libm::expf`).
+fn exp_row(row: &mut [f32], scale: f32, bias: f32) {
     for x in row.iter_mut() {
         *x = *x * scale + bias;
     }
     exp_in_place(row);
-    row.iter().fold(0.0f32, |sum, &y| sum + y)
 }
 
 /// `sigmoid(x * scale + bias)` (times `x * scale + bias` for SiLU) over one partition's
-/// row, returning the row's sum: `activation_fn`'s `1 / (1 + exp(-x))` with the `exp`s
-/// vectorised.
-fn sigmoid_row(row: &mut [f32], scale: f32, bias: f32, silu: bool, z: &mut Vec<f32>) -> f32 {
-    z.clear();
-    z.extend(row.iter().map(|&x| x * scale + bias));
-    for (e, &v) in row.iter_mut().zip(z.iter()) {
-        *e = -v;
+/// row: `activation_fn`'s `1 / (1 + exp(-x))` with the `exp`s vectorised.
+fn sigmoid_row(row: &mut [f32], scale: f32, bias: f32, silu: bool) {
+    const CHUNK: usize = 64;
+    for chunk in row.chunks_mut(CHUNK) {
+        let mut z = [0.0f32; CHUNK];
+        for (z, x) in z.iter_mut().zip(chunk.iter_mut()) {
+            *z = *x * scale + bias;
+            *x = -*z;
+        }
+        exp_in_place(chunk);
+        for (y, &v) in chunk.iter_mut().zip(z.iter()) {
+            let s = 1.0 / (1.0 + *y);
+            // SiLU of NaN: the input NaN, as `activation_fn` defines it.
+            *y = if !silu {
+                s
+            } else if v.is_nan() {
+                v
+            } else {
+                v * s
+            };
+        }
     }
-    exp_in_place(row);
-    let mut sum = 0.0f32;
-    for (y, &v) in row.iter_mut().zip(z.iter()) {
-        let s = 1.0 / (1.0 + *y);
-        *y = if silu { v * s } else { s };
-        sum += *y;
-    }
-    sum
 }
 
-/// Applies `f(x * scale + bias)` to one partition's row, returning the row's sum.
+/// Applies `f(x * scale + bias)` to one partition's row.
 #[inline(always)]
-fn run_row(row: &mut [f32], scale: f32, bias: f32, f: impl Fn(f32) -> f32) -> f32 {
-    let mut sum = 0.0f32;
+fn map_row(row: &mut [f32], scale: f32, bias: f32, f: impl Fn(f32) -> f32) {
     for x in row.iter_mut() {
-        let y = f(*x * scale + bias);
-        *x = y;
-        sum += y;
+        *x = f(*x * scale + bias);
     }
-    sum
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -149,43 +154,57 @@ pub(super) fn activation(
     }
     let mut x = ctx.take();
     poisoned |= mem.read_f32(src, &mut x)?;
-    let mut sums = vec![0.0f32; parts];
-    let row_of = |(p, (row, sum)): (usize, (&mut [f32], &mut f32))| {
+    // The row sums only when `accum` asks for them: a sequential FP32 sum is one
+    // dependent add per element, most of an identity eviction's time.
+    let want_sums = accum.is_some();
+    let mut sums = vec![0.0f32; if want_sums { parts } else { 0 }];
+    let row_of = |p: usize, row: &mut [f32]| {
         let (s, b) = (scale.at(p), bias.at(p));
         // One monomorphised loop per function so the compiler can inline it.
-        *sum = match func {
-            ActFunc::Identity => run_row(row, s, b, |v| activation_fn(ActFunc::Identity, v)),
-            ActFunc::Relu => run_row(row, s, b, |v| activation_fn(ActFunc::Relu, v)),
-            ActFunc::Gelu => run_row(row, s, b, |v| activation_fn(ActFunc::Gelu, v)),
-            ActFunc::GeluTanh => run_row(row, s, b, |v| activation_fn(ActFunc::GeluTanh, v)),
-            ActFunc::Sigmoid => sigmoid_row(row, s, b, false, &mut Vec::new()),
-            ActFunc::Silu => sigmoid_row(row, s, b, true, &mut Vec::new()),
-            ActFunc::Tanh => run_row(row, s, b, |v| activation_fn(ActFunc::Tanh, v)),
+        match func {
+            ActFunc::Identity => map_row(row, s, b, |v| activation_fn(ActFunc::Identity, v)),
+            ActFunc::Relu => map_row(row, s, b, |v| activation_fn(ActFunc::Relu, v)),
+            ActFunc::Gelu => map_row(row, s, b, |v| activation_fn(ActFunc::Gelu, v)),
+            ActFunc::GeluTanh => map_row(row, s, b, |v| activation_fn(ActFunc::GeluTanh, v)),
+            ActFunc::Sigmoid => sigmoid_row(row, s, b, false),
+            ActFunc::Silu => sigmoid_row(row, s, b, true),
+            ActFunc::Tanh => map_row(row, s, b, |v| activation_fn(ActFunc::Tanh, v)),
             ActFunc::Exp => exp_row(row, s, b),
-            ActFunc::Log => run_row(row, s, b, |v| activation_fn(ActFunc::Log, v)),
-            ActFunc::Sqrt => run_row(row, s, b, |v| activation_fn(ActFunc::Sqrt, v)),
-            ActFunc::Rsqrt => run_row(row, s, b, |v| activation_fn(ActFunc::Rsqrt, v)),
-            ActFunc::Reciprocal => run_row(row, s, b, |v| activation_fn(ActFunc::Reciprocal, v)),
-            ActFunc::Square => run_row(row, s, b, |v| activation_fn(ActFunc::Square, v)),
-            ActFunc::Erf => run_row(row, s, b, |v| activation_fn(ActFunc::Erf, v)),
-            ActFunc::Abs => run_row(row, s, b, |v| activation_fn(ActFunc::Abs, v)),
-            ActFunc::Sign => run_row(row, s, b, |v| activation_fn(ActFunc::Sign, v)),
-            ActFunc::Softplus => run_row(row, s, b, |v| activation_fn(ActFunc::Softplus, v)),
-        };
+            ActFunc::Log => map_row(row, s, b, |v| activation_fn(ActFunc::Log, v)),
+            ActFunc::Sqrt => map_row(row, s, b, |v| activation_fn(ActFunc::Sqrt, v)),
+            ActFunc::Rsqrt => map_row(row, s, b, |v| activation_fn(ActFunc::Rsqrt, v)),
+            ActFunc::Reciprocal => map_row(row, s, b, |v| activation_fn(ActFunc::Reciprocal, v)),
+            ActFunc::Square => map_row(row, s, b, |v| activation_fn(ActFunc::Square, v)),
+            ActFunc::Erf => map_row(row, s, b, |v| activation_fn(ActFunc::Erf, v)),
+            ActFunc::Abs => map_row(row, s, b, |v| activation_fn(ActFunc::Abs, v)),
+            ActFunc::Sign => map_row(row, s, b, |v| activation_fn(ActFunc::Sign, v)),
+            ActFunc::Softplus => map_row(row, s, b, |v| activation_fn(ActFunc::Softplus, v)),
+        }
     };
+    // The sum of a row's FP32 results in free order, as the chip's accumulator adds them.
+    let sum_of = |row: &[f32]| row.iter().fold(0.0f32, |sum, &y| sum + y);
     // Transcendental functions over a large tile are split by partitions across the pool
     // (every element and every row sum is computed by the same operations either way).
+    let rows = |(p, row): (usize, &mut [f32])| {
+        row_of(p, row);
+        want_sums.then(|| sum_of(row))
+    };
     if x.len() >= PARALLEL_ELEMS && !cheap(func) && ctx.may_split() {
         use rayon::prelude::*;
-        x.par_chunks_exact_mut(free.max(1))
-            .zip(sums.par_iter_mut())
+        let s: Vec<Option<f32>> = x
+            .par_chunks_exact_mut(free.max(1))
             .enumerate()
-            .for_each(row_of);
+            .map(rows)
+            .collect();
+        sums.iter_mut()
+            .zip(s)
+            .for_each(|(d, s)| *d = s.unwrap_or(0.0));
     } else {
-        x.chunks_exact_mut(free.max(1))
-            .zip(sums.iter_mut())
-            .enumerate()
-            .for_each(row_of);
+        for (p, row) in x.chunks_exact_mut(free.max(1)).enumerate() {
+            if let Some(s) = rows((p, row)) {
+                sums[p] = s;
+            }
+        }
     }
     mem.write_f32(dst, &x, &mut ctx.rounder)?;
     if let Some(acc) = accum {

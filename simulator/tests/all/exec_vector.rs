@@ -76,6 +76,92 @@ fn activation_accum_is_before_the_cast() {
     assert_eq!(get(&m, &accum), vec![3.0 + 3.0 * 2f32.powi(-9)]);
 }
 
+/// The instruction's rows (vectorised `exp`, chunked sigmoid, sums only when asked for)
+/// give exactly `activation_fn` of `x * scale + bias` element by element, and `accum` is
+/// the sequential FP32 sum of those results, for every function, on rows whose length
+/// is not a multiple of any vector width and with out-of-range inputs among ordinary
+/// ones.
+#[test]
+fn activation_rows_have_the_bits_of_activation_fn_and_a_sequential_sum() {
+    let (parts, free) = (3usize, 203usize);
+    let xs: Vec<f32> = (0..parts * free)
+        .map(|i| match i % 53 {
+            0 => f32::NAN,
+            1 => 95.0,
+            2 => -120.0,
+            3 => 1e-7,
+            4 => -0.0,
+            _ => ((i * 7919) % 1000) as f32 / 61.0 - 8.0,
+        })
+        .collect();
+    let (scales, biases) = ([1.5f32, -0.75, 1.0], [0.25f32, -1.0, 0.0]);
+    let funcs = [
+        ActFunc::Identity,
+        ActFunc::Relu,
+        ActFunc::Gelu,
+        ActFunc::GeluTanh,
+        ActFunc::Sigmoid,
+        ActFunc::Silu,
+        ActFunc::Tanh,
+        ActFunc::Exp,
+        ActFunc::Log,
+        ActFunc::Sqrt,
+        ActFunc::Rsqrt,
+        ActFunc::Reciprocal,
+        ActFunc::Square,
+        ActFunc::Erf,
+        ActFunc::Abs,
+        ActFunc::Sign,
+        ActFunc::Softplus,
+    ];
+    for func in funcs {
+        for with_accum in [false, true] {
+            let mut m = mems(&[]);
+            let src = sb(Dtype::F32, 0, parts as u32, 0, free as u32);
+            put(&mut m, &src, &xs);
+            let scale = sb(Dtype::F32, 0, parts as u32, 1024, 1);
+            let bias = sb(Dtype::F32, 0, parts as u32, 1028, 1);
+            put(&mut m, &scale, &scales);
+            put(&mut m, &bias, &biases);
+            let dst = sb(Dtype::F32, 0, parts as u32, 2048, free as u32);
+            let accum = sb(Dtype::F32, 0, parts as u32, 4096, 1);
+            let op = act(
+                dst.clone(),
+                src,
+                func,
+                Operand::PerPartition(scale),
+                Some(Operand::PerPartition(bias)),
+                with_accum.then(|| accum.clone()),
+            );
+            run(&mut m, &op);
+            let got = get(&m, &dst);
+            let mut sums = vec![0.0f32; parts];
+            for (i, (&x, &y)) in xs.iter().zip(&got).enumerate() {
+                let p = i / free;
+                let want = activation_fn(func, x * scales[p] + biases[p]);
+                sums[p] += want;
+                assert_eq!(
+                    y.to_bits(),
+                    want.to_bits(),
+                    "{} of {x} (row {p}): {y} vs {want}",
+                    func.name()
+                );
+            }
+            if with_accum {
+                let got = get(&m, &accum);
+                for p in 0..parts {
+                    assert_eq!(
+                        got[p].to_bits(),
+                        sums[p].to_bits(),
+                        "{} sum {p}",
+                        func.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Every function against its formula at a few points; transcendental ones through libm.
 #[test]
 fn activation_functions_follow_their_formulas() {
