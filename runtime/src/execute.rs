@@ -90,9 +90,20 @@ impl Model {
         // A timing-only run never reads a weight byte: don't even bind them. A full run
         // reads them where they lie in the artifact (copied only if the program writes
         // one, as a training step's update does).
-        for w in artifact.meta.weights.iter().filter(|_| !opts.timing_only) {
+        // Weights checked to hold no poison element are bound as such: loads from them
+        // can then be put off until their destination is touched.
+        let poison_free: &[bool] = if opts.timing_only {
+            &[]
+        } else {
+            self.poison_free_weights()
+        };
+        for (w, &clean) in artifact.meta.weights.iter().zip(poison_free) {
             if let Some(bytes) = artifact.weight_bytes(w.tensor) {
-                sim.bind_tensor(w.tensor, bytes)?;
+                if clean {
+                    sim.bind_poison_free_tensor(w.tensor, bytes)?;
+                } else {
+                    sim.bind_tensor(w.tensor, bytes)?;
+                }
             }
         }
         for (&id, bytes) in inputs.bytes() {

@@ -28,6 +28,9 @@ pub struct Model {
     artifact: Artifact,
     /// False for a model loaded by [`Model::load_without_weights`]: it runs timing-only.
     weights_loaded: bool,
+    /// Per weight (in `meta.weights` order): it holds no poison element of its dtype.
+    /// Checked once, at the first functional run.
+    poison_free: std::sync::OnceLock<Vec<bool>>,
 }
 
 impl Model {
@@ -62,6 +65,7 @@ impl Model {
         Ok(Model {
             artifact,
             weights_loaded: false,
+            poison_free: std::sync::OnceLock::new(),
         })
     }
 
@@ -70,12 +74,37 @@ impl Model {
         self.weights_loaded
     }
 
+    /// Per weight (in the artifact's `meta.weights` order), whether its bytes hold no
+    /// poison element of its dtype (`neuron_sim::numerics::is_poisoned`): checked once
+    /// per model, so every run can bind them with
+    /// [`neuron_sim::Simulator::bind_poison_free_tensor`].
+    pub(crate) fn poison_free_weights(&self) -> &[bool] {
+        self.poison_free.get_or_init(|| {
+            let meta = &self.artifact.meta;
+            meta.weights
+                .iter()
+                .map(|w| {
+                    let dtype = meta
+                        .program
+                        .tensors
+                        .get(w.tensor.0 as usize)
+                        .map(|t| t.dtype);
+                    match (dtype, self.artifact.weight_bytes(w.tensor)) {
+                        (Some(d), Some(b)) => !neuron_sim::numerics::is_poisoned_parallel(d, b),
+                        _ => false,
+                    }
+                })
+                .collect()
+        })
+    }
+
     /// Verifies an artifact already in memory (e.g. compiled in this process).
     pub fn from_artifact(artifact: Artifact) -> Result<Model, RuntimeError> {
         Model::verify(&artifact, true)?;
         Ok(Model {
             artifact,
             weights_loaded: true,
+            poison_free: std::sync::OnceLock::new(),
         })
     }
 

@@ -51,6 +51,9 @@ struct HbmBuf<'w> {
     bytes: std::sync::OnceLock<Vec<u8>>,
     /// Bytes bound by reference, in place of `bytes` until the first write.
     shared: Option<&'w [u8]>,
+    /// `shared` holds no poison element of the tensor's dtype
+    /// ([`Memories::bind_poison_free_tensor`]).
+    poison_free: bool,
 }
 
 impl HbmBuf<'_> {
@@ -459,6 +462,7 @@ impl<'w> Memories<'w> {
                 len,
                 bytes: std::sync::OnceLock::new(),
                 shared: None,
+                poison_free: false,
             });
         }
         Ok(Memories {
@@ -489,6 +493,7 @@ impl<'w> Memories<'w> {
     pub fn write_tensor(&mut self, t: TensorId, bytes: &[u8]) -> Result<(), SimError> {
         let buf = self.bound(t, bytes.len())?;
         buf.shared = None;
+        buf.poison_free = false;
         match buf.bytes.get_mut() {
             Some(v) => v.copy_from_slice(bytes),
             None => buf.bytes = std::sync::OnceLock::from(copied_vec(bytes)),
@@ -505,7 +510,42 @@ impl<'w> Memories<'w> {
         let buf = self.bound(t, bytes.len())?;
         buf.bytes = std::sync::OnceLock::new();
         buf.shared = Some(bytes);
+        buf.poison_free = false;
         Ok(())
+    }
+
+    /// [`Memories::bind_tensor`] for bytes the caller has checked to hold no poison
+    /// element of the tensor's dtype (`!numerics::is_poisoned(dtype, bytes)`; the runtime
+    /// checks each weight once per model). A DMA from such a tensor then knows its poison
+    /// report without reading, which lets the simulator put the copy off (see
+    /// `exec/deferred.rs`). Debug builds check the claim.
+    pub fn bind_poison_free_tensor(
+        &mut self,
+        t: TensorId,
+        dtype: Dtype,
+        bytes: &'w [u8],
+    ) -> Result<(), SimError> {
+        debug_assert!(
+            !numerics::is_poisoned(dtype, bytes),
+            "tensor {t} bound as poison-free holds a poison element"
+        );
+        self.bind_tensor(t, bytes)?;
+        self.bound(t, bytes.len())?.poison_free = true;
+        Ok(())
+    }
+
+    /// Whether HBM tensor `t` is still read in place from bytes bound by
+    /// [`Memories::bind_poison_free_tensor`] (no instruction has written it).
+    pub(crate) fn bound_poison_free(&self, t: TensorId) -> bool {
+        self.hbm
+            .get(t.0 as usize)
+            .is_some_and(|b| b.poison_free && b.shared.is_some())
+    }
+
+    /// Checks `ap` as every access does (bounds, sizes), without touching a byte: the
+    /// error a read or write of `ap` would return first.
+    pub(crate) fn check_access(&self, ap: &Ap) -> Result<(), ExecError> {
+        self.view(ap).map(|_| ())
     }
 
     /// Tensor `t`'s buffer, checked to hold `len` bytes.

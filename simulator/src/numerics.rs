@@ -291,6 +291,19 @@ pub fn is_poisoned(dtype: Dtype, bytes: &[u8]) -> bool {
     }
 }
 
+/// [`is_poisoned`] over a large buffer, in blocks of 1 MiB (a whole number of elements of
+/// every dtype) across the rayon pool: for checking a model's weights once.
+pub fn is_poisoned_parallel(dtype: Dtype, bytes: &[u8]) -> bool {
+    use rayon::prelude::*;
+    const BLOCK: usize = 1 << 20;
+    if bytes.len() <= BLOCK || !dtype.is_float() || BLOCK % dtype.size() as usize != 0 {
+        return is_poisoned(dtype, bytes);
+    }
+    bytes
+        .par_chunks(BLOCK)
+        .any(|block| is_poisoned(dtype, block))
+}
+
 /// Converts `bytes` of `src_dtype` to `dst_dtype` element by element through FP32, the
 /// DMA cast rule; integer-to-integer casts are exact (saturating) instead, so int64
 /// token ids above 2^24 survive a cast to int32. Equal dtypes copy the bits.

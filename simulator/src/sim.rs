@@ -79,7 +79,7 @@ impl<'p> Simulator<'p> {
             Some(Functional {
                 mem: Memories::for_program(cfg, program)?,
                 ctx: ExecContext::new(cfg.clone(), opts.rounding, opts.seed),
-                deferred: Deferred::default(),
+                deferred: Deferred::for_program(program),
             })
         };
         Ok(Simulator {
@@ -129,6 +129,23 @@ impl<'p> Simulator<'p> {
     pub fn bind_tensor(&mut self, t: TensorId, bytes: &'p [u8]) -> Result<(), SimError> {
         match self.functional.as_mut() {
             Some(f) => f.mem.bind_tensor(t, bytes),
+            None => self.write_tensor(t, bytes),
+        }
+    }
+
+    /// [`Simulator::bind_tensor`] for bytes the caller has checked to hold no poison
+    /// element of the tensor's dtype (`!numerics::is_poisoned(dtype, bytes)`), as the
+    /// runtime does once per model for its weights: loads from such a tensor that no
+    /// instruction writes may then be copied when something first touches their
+    /// destination instead of when issued (same results; see `exec/deferred.rs`).
+    pub fn bind_poison_free_tensor(
+        &mut self,
+        t: TensorId,
+        bytes: &'p [u8],
+    ) -> Result<(), SimError> {
+        let dtype = self.tensor_info(t)?.dtype;
+        match self.functional.as_mut() {
+            Some(f) => f.mem.bind_poison_free_tensor(t, dtype, bytes),
             None => self.write_tensor(t, bytes),
         }
     }

@@ -275,6 +275,48 @@ fn reading_unwritten_memory_is_a_warning() {
     assert!(!s.warnings.messages.is_empty());
 }
 
+/// Weights are checked once per model for poison elements; a clean one is bound as
+/// poison-free (its loads may be put off), one holding the all-ones pattern is not, and
+/// its load is still reported, with the same outputs and warnings on 1 and 2 threads.
+#[test]
+fn a_poison_element_in_a_weight_is_reported_on_every_thread_count() {
+    let run = |poison: bool, threads: usize| {
+        let mut a = mlp_artifact(64, 2);
+        if poison {
+            let w = a.meta.weights[0].offset as usize;
+            a.blob.to_mut()[w + 6..w + 8].copy_from_slice(&[0xff, 0xff]);
+        }
+        let m = Model::from_artifact(a).unwrap();
+        let mut b = m.bind();
+        b.generate_missing(3).unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let run = pool.install(|| m.execute(&b, &RunOptions::default()).unwrap());
+        let poisoned = run
+            .stats
+            .warnings
+            .iter()
+            .filter(|w| w.kind == WarningKind::PoisonedRead)
+            .count();
+        let bits: Vec<Vec<u32>> = run
+            .outputs
+            .values()
+            .map(|t| match t {
+                HostTensor::F32(x) => x.iter().map(|v| v.to_bits()).collect(),
+                other => panic!("unexpected output {other:?}"),
+            })
+            .collect();
+        (poisoned, bits, run.stats.total_ps)
+    };
+    for poison in [false, true] {
+        let one = run(poison, 1);
+        assert_eq!(one.0 > 0, poison, "poison {poison}: {} reports", one.0);
+        assert!(run(poison, 2) == one, "poison {poison}: 2 threads differ");
+    }
+}
+
 #[test]
 fn bindings_of_another_model_are_refused() {
     let a = Model::from_artifact(relu_artifact()).unwrap();

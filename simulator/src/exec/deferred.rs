@@ -43,6 +43,18 @@
 //! the worker only while nothing in it was reported, and otherwise commits and checks
 //! the destination as the synchronous path does. The reports are therefore identical.
 //!
+//! Loads put off: a DMA into SBUF from an HBM tensor that no instruction of the program
+//! writes, bound by [`Memories::bind_poison_free_tensor`] (the runtime checks each weight
+//! once per model for the poison pattern) and read in its own dtype, is checked at issue
+//! (the same errors as the copy, in the same order) and reports no poisoned read (its
+//! source has none), but its bytes are copied only when a later instruction touches its
+//! destination (reads or writes an overlapping row span of the same partitions; a load
+//! into the same bytes lands the earlier one first), when a commit has no GEMM block to
+//! help with, or at the end of the run. The weight loads a program issues before its
+//! first matmul (most of a BERT layer's 14 MB, on the simulator's thread while the
+//! worker had nothing to do) so move to where they are needed or to time that was spent
+//! waiting. Every instruction still sees the bytes it would have seen.
+//!
 //! Deferral is used only by [`crate::Simulator`] runs on a pool of two or more threads;
 //! [`crate::exec::execute`] itself stays synchronous.
 
@@ -50,7 +62,7 @@ use super::matmul::{block_width_on, gemm, operands};
 use super::{ExecContext, ExecError, ExecOutcome, execute};
 use crate::memory::Memories;
 use ndarray::{ArrayView2, ArrayViewMut2, s};
-use neuron_isa::{Ap, Dtype, Memory, Op};
+use neuron_isa::{Ap, Dtype, Memory, Op, Program};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
@@ -585,6 +597,18 @@ pub(crate) struct Deferred {
     free: Vec<Vec<f32>>,
     /// Buffers to reuse for the next jobs' raw operands.
     free_raw: Vec<Vec<u8>>,
+    /// Put-off loads, in issue order (see "Loads put off" above).
+    lazy: Vec<LazyLoad>,
+    /// Per HBM tensor of the program: its dtype, if no instruction writes it (`None`
+    /// otherwise).
+    read_only: Vec<Option<Dtype>>,
+}
+
+/// A DMA from a read-only, poison-free HBM tensor into SBUF, not yet copied.
+#[derive(Debug)]
+struct LazyLoad {
+    dst: Ap,
+    src: Ap,
 }
 
 /// The worker thread, its job queue and what it has finished.
@@ -627,15 +651,104 @@ fn overlaps(a: &Ap, b: &Ap) -> bool {
 }
 
 impl Deferred {
+    /// The executor of `program`'s runs: it notes which HBM tensors no instruction writes
+    /// (the loads from them that may be put off).
+    pub(crate) fn for_program(program: &Program) -> Deferred {
+        let mut read_only: Vec<Option<Dtype>> =
+            program.tensors.iter().map(|t| Some(t.dtype)).collect();
+        for stream in &program.streams {
+            for instr in &stream.instrs {
+                for ap in instr.op.writes() {
+                    if let Memory::Hbm(t) = ap.mem {
+                        if let Some(r) = read_only.get_mut(t.0 as usize) {
+                            *r = None;
+                        }
+                    }
+                }
+            }
+        }
+        let mut d = Deferred::default();
+        d.read_only = read_only;
+        d
+    }
+
+    /// Puts off `dma dst, src` if it loads SBUF from a read-only HBM tensor bound as
+    /// poison-free, in the tensor's dtype: its errors are checked now (the same checks, in
+    /// the same order, as the copy's), its poison report is known (none), and the copy
+    /// itself waits until an instruction touches `dst` (or a commit has nothing else to
+    /// do, or the run ends). `None` when the DMA does not qualify.
+    fn put_off(
+        &mut self,
+        mem: &mut Memories,
+        dst: &Ap,
+        src: &Ap,
+    ) -> Result<Option<ExecOutcome>, ExecError> {
+        let Memory::Hbm(t) = src.mem else {
+            return Ok(None);
+        };
+        let dtype = self.read_only.get(t.0 as usize).copied().flatten();
+        if dst.mem != Memory::Sbuf
+            || dtype != Some(src.dtype)
+            || dst.dtype != src.dtype
+            || !mem.bound_poison_free(t)
+        {
+            return Ok(None);
+        }
+        super::same_shape("dst", dst, "src", src)?;
+        mem.check_access(dst)?;
+        mem.check_access(src)?;
+        // An earlier load into the same bytes lands first.
+        self.materialize_touched(mem, std::iter::once(dst))?;
+        self.commit_touched(mem, std::iter::once(dst), None)?;
+        self.lazy.push(LazyLoad {
+            dst: dst.clone(),
+            src: src.clone(),
+        });
+        Ok(Some(ExecOutcome {
+            poisoned_read: false,
+        }))
+    }
+
+    /// Copies the put-off loads whose destination any of `aps` touches, in issue order.
+    fn materialize_touched<'a>(
+        &mut self,
+        mem: &mut Memories,
+        aps: impl Iterator<Item = &'a Ap>,
+    ) -> Result<(), ExecError> {
+        if self.lazy.is_empty() {
+            return Ok(());
+        }
+        let aps: Vec<&Ap> = aps.filter(|ap| ap.mem == Memory::Sbuf).collect();
+        let mut i = 0;
+        while i < self.lazy.len() {
+            if aps.iter().any(|ap| overlaps(ap, &self.lazy[i].dst)) {
+                let l = self.lazy.remove(i);
+                materialize(mem, &l)?;
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
     /// Executes `op` like [`execute`], deferring the GEMM of an eligible matmul to the
-    /// worker (when the rayon pool has two or more threads) and first committing any
-    /// pending region `op` touches.
+    /// worker and putting off an eligible load (when the rayon pool has two or more
+    /// threads), and first committing any pending region and copying any put-off load
+    /// `op` touches.
     pub(crate) fn execute(
         &mut self,
         mem: &mut Memories,
         op: &Op,
         ctx: &mut ExecContext,
     ) -> Result<ExecOutcome, ExecError> {
+        if let Op::Dma { dst, src } = op {
+            if rayon::current_num_threads() > 1 {
+                if let Some(outcome) = self.put_off(mem, dst, src)? {
+                    return Ok(outcome);
+                }
+            }
+        }
+        self.materialize_touched(mem, op.reads().into_iter().chain(op.writes()))?;
         if let Op::Matmul {
             dst,
             stationary,
@@ -661,6 +774,9 @@ impl Deferred {
 
     /// Writes every pending region's result to PSUM.
     pub(crate) fn flush(&mut self, mem: &mut Memories) -> Result<(), ExecError> {
+        for l in std::mem::take(&mut self.lazy) {
+            materialize(mem, &l)?;
+        }
         while let Some(p) = self.pending.pop() {
             self.commit(mem, p)?;
         }
@@ -707,6 +823,15 @@ impl Deferred {
                 Some(running) => {
                     drop(done);
                     running.help();
+                    done = shared.lock();
+                }
+                // Nothing to help with: copy a put-off load meanwhile (independent of
+                // every pending region: an instruction touching it would have copied
+                // it already).
+                None if !self.lazy.is_empty() => {
+                    drop(done);
+                    let l = self.lazy.remove(0);
+                    materialize(mem, &l)?;
                     done = shared.lock();
                 }
                 None if !polled => {
@@ -875,6 +1000,17 @@ impl Drop for Deferred {
             let _ = w.handle.join();
         }
     }
+}
+
+/// Copies a put-off load: what `dma` does for it (the raw copy; its poison report was
+/// made when it was put off).
+fn materialize(mem: &mut Memories, l: &LazyLoad) -> Result<(), ExecError> {
+    if mem.copy_raw(&l.dst, &l.src, false)?.is_none() {
+        let mut raw = Vec::new();
+        mem.read_raw(&l.src, &mut raw)?;
+        mem.write_raw(&l.dst, &raw)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
