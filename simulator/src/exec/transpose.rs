@@ -11,13 +11,19 @@ use neuron_isa::Ap;
 fn transpose_dense<T: Copy>(src: &[T], rows: usize, cols: usize, out: &mut Vec<T>) {
     out.clear();
     out.extend_from_slice(&src[..rows * cols]);
-    // Tiles of 16 x 16 keep both sides in cache lines.
+    // Tiles of 16 x 16 keep both sides in cache lines; each output row's 16 elements
+    // are written as one contiguous run (the 16 source rows stay in L1 across the tile).
     const B: usize = 16;
     for r0 in (0..rows).step_by(B) {
+        let r1 = (r0 + B).min(rows);
         for c0 in (0..cols).step_by(B) {
-            for r in r0..(r0 + B).min(rows) {
-                for c in c0..(c0 + B).min(cols) {
-                    out[c * rows + r] = src[r * cols + c];
+            for c in c0..(c0 + B).min(cols) {
+                let run = &mut out[c * rows + r0..c * rows + r1];
+                for (o, s) in run
+                    .iter_mut()
+                    .zip(src[r0 * cols + c..].iter().step_by(cols))
+                {
+                    *o = *s;
                 }
             }
         }

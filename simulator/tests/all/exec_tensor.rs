@@ -250,6 +250,40 @@ fn transpose_matches_strided_view() {
     assert_eq!(get(&m, &row), vec![got[7], got[5]]);
 }
 
+/// Shapes that are not multiples of the transpose's 16 x 16 tiles (several full tiles and
+/// partial ones on both sides), in each element width; values exact in bf16.
+#[test]
+fn transpose_of_odd_shapes_maps_every_element() {
+    let (p, f) = (37usize, 53usize);
+    let value = |i: usize| (i % 251) as f32;
+    let want = seq(p * f, |i| value((i % p) * f + i / p));
+    let first_wrong = |got: &[f32]| got.iter().zip(&want).position(|(a, b)| a != b);
+    for dtype in [Dtype::F32, Dtype::Bf16] {
+        let mut m = mems(&[]);
+        let src = sb(dtype, 0, p as u32, 0, f as u32);
+        put(&mut m, &src, &seq(p * f, value));
+        let dst = ps(dtype, 0, f as u32, 0, p as u32);
+        run(
+            &mut m,
+            &Op::Transpose {
+                dst: dst.clone(),
+                src: src.clone(),
+            },
+        );
+        assert_eq!(first_wrong(&get(&m, &dst)), None, "{dtype}");
+        // bf16 into FP32 PSUM: the cast path.
+        let dst32 = ps(Dtype::F32, 0, f as u32, 4096, p as u32);
+        run(
+            &mut m,
+            &Op::Transpose {
+                dst: dst32.clone(),
+                src,
+            },
+        );
+        assert_eq!(first_wrong(&get(&m, &dst32)), None, "{dtype} into f32");
+    }
+}
+
 /// Executing with a context whose rounding is stochastic changes only narrowing writes.
 #[test]
 fn matmul_psum_fp32_is_not_rounded_by_sr() {
