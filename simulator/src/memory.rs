@@ -234,6 +234,27 @@ fn scatter_any(esize: usize, mem: &mut [u8], start: usize, stride: isize, data: 
     }
 }
 
+/// Whether two SBUF or PSUM patterns of the same memory touch no common byte: their
+/// partition ranges or their row byte spans (the same in every partition) are disjoint.
+/// False (not known disjoint) for HBM patterns or unresolvable spans.
+fn on_chip_disjoint(a: &Ap, b: &Ap) -> bool {
+    if !a.mem.is_on_chip() || a.mem != b.mem {
+        return false;
+    }
+    let parts = |x: &Ap| {
+        let lo = u64::from(x.start_partition);
+        (lo, lo + u64::from(x.partitions))
+    };
+    let ((pa, qa), (pb, qb)) = (parts(a), parts(b));
+    if qa <= pb || qb <= pa {
+        return true;
+    }
+    match (a.row_byte_span(), b.row_byte_span()) {
+        (Some((la, ha)), Some((lb, hb))) => ha <= lb || hb <= la,
+        _ => false,
+    }
+}
+
 /// A poisoned (all 0xFF) byte vector, refusing sizes the allocator cannot give: the
 /// on-chip buffer of a dropped [`Memories`] when one of the right size is at hand
 /// ([`recycled`]), else a fresh one.
@@ -923,7 +944,9 @@ impl<'w> Memories<'w> {
                 (lo, starts.iter().copied().max().unwrap_or(0) + run)
             };
             let ((sl, sh), (dl, dh)) = (span(&starts, src_run), span(&dst_starts, dst_run));
-            if sl < dh && dl < sh {
+            // On chip, partitions interleave the flat spans of any two patterns; their
+            // bytes are disjoint when their partitions or their row spans are.
+            if sl < dh && dl < sh && !on_chip_disjoint(dst, src) {
                 return Ok(None);
             }
             let buf = self.buffer_mut(dst.mem)?;
