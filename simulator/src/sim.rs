@@ -103,6 +103,7 @@ impl<'p> Simulator<'p> {
     /// Binds the bytes of HBM tensor `t` (its full size, little-endian elements). In
     /// timing-only mode the size is checked and the data dropped.
     pub fn write_tensor(&mut self, t: TensorId, bytes: &[u8]) -> Result<(), SimError> {
+        self.land_loads()?;
         match self.functional.as_mut() {
             Some(f) => f.mem.write_tensor(t, bytes),
             None => {
@@ -127,6 +128,7 @@ impl<'p> Simulator<'p> {
     /// is only read is never copied. In timing-only mode the size is checked and nothing
     /// kept.
     pub fn bind_tensor(&mut self, t: TensorId, bytes: &'p [u8]) -> Result<(), SimError> {
+        self.land_loads()?;
         match self.functional.as_mut() {
             Some(f) => f.mem.bind_tensor(t, bytes),
             None => self.write_tensor(t, bytes),
@@ -144,6 +146,7 @@ impl<'p> Simulator<'p> {
         bytes: &'p [u8],
     ) -> Result<(), SimError> {
         let dtype = self.tensor_info(t)?.dtype;
+        self.land_loads()?;
         match self.functional.as_mut() {
             Some(f) => f.mem.bind_poison_free_tensor(t, dtype, bytes),
             None => self.write_tensor(t, bytes),
@@ -218,6 +221,17 @@ impl<'p> Simulator<'p> {
                 flushed?;
                 Ok(stats)
             }
+        }
+    }
+
+    /// Copies the loads a previous run put off, whose sources are about to change.
+    fn land_loads(&mut self) -> Result<(), SimError> {
+        match self.functional.as_mut() {
+            Some(f) => f
+                .deferred
+                .land_loads(&mut f.mem)
+                .map_err(|e| SimError::Limit(format!("put-off load: {}", e.message))),
+            None => Ok(()),
         }
     }
 

@@ -49,11 +49,14 @@
 //! (the same errors as the copy, in the same order) and reports no poisoned read (its
 //! source has none), but its bytes are copied only when a later instruction touches its
 //! destination (reads or writes an overlapping row span of the same partitions; a load
-//! into the same bytes lands the earlier one first), when a commit has no GEMM block to
-//! help with, or at the end of the run. The weight loads a program issues before its
-//! first matmul (most of a BERT layer's 14 MB, on the simulator's thread while the
-//! worker had nothing to do) so move to where they are needed or to time that was spent
-//! waiting. Every instruction still sees the bytes it would have seen.
+//! into the same bytes lands the earlier one first). A matmul operand inside a put-off
+//! load's destination is read from the load's source instead (the bytes the load would
+//! put there), and the load stays put off: a layer's weights go from their bound bytes
+//! straight into the GEMM jobs, never through SBUF. Loads still put off when a run ends
+//! stay so (only a later run's instructions can see SBUF; they copy what they touch),
+//! and all land before any tensor is bound again (`Simulator::write_tensor` and the
+//! `bind_*` calls), since a load reads its source when it lands. Every instruction sees
+//! the bytes it would have seen.
 //!
 //! Deferral is used only by [`crate::Simulator`] runs on a pool of two or more threads;
 //! [`crate::exec::execute`] itself stays synchronous.
@@ -748,7 +751,6 @@ impl Deferred {
                 }
             }
         }
-        self.materialize_touched(mem, op.reads().into_iter().chain(op.writes()))?;
         if let Op::Matmul {
             dst,
             stationary,
@@ -757,8 +759,19 @@ impl Deferred {
         } = op
         {
             if rayon::current_num_threads() > 1 {
+                // An operand inside a put-off load is read from the load's source (the
+                // bytes the load would put there), and the load stays put off.
+                let sources = (self.lazy_source(stationary), self.lazy_source(moving));
+                let in_sbuf = [
+                    sources.0.is_none().then_some(stationary),
+                    sources.1.is_none().then_some(moving),
+                ];
+                self.materialize_touched(
+                    mem,
+                    std::iter::once(dst).chain(in_sbuf.into_iter().flatten()),
+                )?;
                 if let Some(poisoned) =
-                    self.matmul(mem, dst, stationary, moving, *accumulate, ctx)?
+                    self.matmul(mem, dst, (stationary, moving), *accumulate, ctx, &sources)?
                 {
                     return Ok(ExecOutcome {
                         poisoned_read: poisoned,
@@ -766,17 +779,61 @@ impl Deferred {
                 }
             }
         }
+        self.materialize_touched(mem, op.reads().into_iter().chain(op.writes()))?;
         self.commit_touched(mem, op.reads().into_iter().chain(op.writes()), None)?;
         // Once the worker runs, its GEMMs keep a core of the pool busy.
         ctx.worker_busy = self.worker.is_some();
         execute(mem, op, ctx)
     }
 
-    /// Writes every pending region's result to PSUM.
-    pub(crate) fn flush(&mut self, mem: &mut Memories) -> Result<(), ExecError> {
+    /// The HBM pattern holding the bytes `ap` reads, if `ap` lies inside a put-off
+    /// load's destination (all three one contiguous run per partition, in the same dtype,
+    /// at a whole number of elements into the destination).
+    fn lazy_source(&self, ap: &Ap) -> Option<Ap> {
+        let run = |x: &Ap| match x.dims.as_slice() {
+            [d] if d.stride == 1 => Some(i128::from(d.size)),
+            _ => None,
+        };
+        let n = run(ap)?;
+        let esize = i128::from(ap.dtype.size());
+        self.lazy.iter().find_map(|l| {
+            let (d, s) = (&l.dst, &l.src);
+            let (nd, _) = (run(d)?, run(s)?);
+            let dp = i128::from(ap.start_partition) - i128::from(d.start_partition);
+            let doff = i128::from(ap.offset) - i128::from(d.offset);
+            let inside = ap.mem == d.mem
+                && ap.dtype == d.dtype
+                && dp >= 0
+                && dp + i128::from(ap.partitions) <= i128::from(d.partitions)
+                && doff >= 0
+                && doff % esize == 0
+                && doff + n * esize <= nd * esize;
+            if !inside {
+                return None;
+            }
+            let offset = i128::from(s.offset) + dp * i128::from(s.partition_stride) * esize + doff;
+            Some(Ap {
+                offset: u64::try_from(offset).ok()?,
+                partitions: ap.partitions,
+                dims: ap.dims.clone(),
+                ..s.clone()
+            })
+        })
+    }
+
+    /// Copies every put-off load, in issue order: before a tensor is bound again (a
+    /// load reads its source when it lands).
+    pub(crate) fn land_loads(&mut self, mem: &mut Memories) -> Result<(), ExecError> {
         for l in std::mem::take(&mut self.lazy) {
             materialize(mem, &l)?;
         }
+        Ok(())
+    }
+
+    /// Writes every pending region's result to PSUM. Put-off loads stay put off: SBUF is
+    /// seen only by the instructions of a later run, which copy them as they touch them
+    /// (and [`Deferred::land_loads`] copies them before any tensor is bound again).
+    pub(crate) fn flush(&mut self, mem: &mut Memories) -> Result<(), ExecError> {
         while let Some(p) = self.pending.pop() {
             self.commit(mem, p)?;
         }
@@ -823,15 +880,6 @@ impl Deferred {
                 Some(running) => {
                     drop(done);
                     running.help();
-                    done = shared.lock();
-                }
-                // Nothing to help with: copy a put-off load meanwhile (independent of
-                // every pending region: an instruction touching it would have copied
-                // it already).
-                None if !self.lazy.is_empty() => {
-                    drop(done);
-                    let l = self.lazy.remove(0);
-                    materialize(mem, &l)?;
                     done = shared.lock();
                 }
                 None if !polled => {
@@ -910,10 +958,10 @@ impl Deferred {
         &mut self,
         mem: &mut Memories,
         dst: &Ap,
-        stationary: &Ap,
-        moving: &Ap,
+        (stationary, moving): (&Ap, &Ap),
         accumulate: bool,
         ctx: &mut ExecContext,
+        sources: &(Option<Ap>, Option<Ap>),
     ) -> Result<Option<bool>, ExecError> {
         let (k, m, n, int8) = operands(dst, stationary, moving)?;
         if int8 || dst.mem != Memory::Psum || dst.dtype != Dtype::F32 {
@@ -935,9 +983,9 @@ impl Deferred {
         // The operands' bytes now (later instructions may overwrite them), with the
         // same poison report as decoding them here; the worker decodes them.
         let mut s = self.take_raw();
-        let mut poisoned = mem.read_raw(stationary, &mut s)?;
+        let mut poisoned = mem.read_raw(sources.0.as_ref().unwrap_or(stationary), &mut s)?;
         let mut mv = self.take_raw();
-        poisoned |= mem.read_raw(moving, &mut mv)?;
+        poisoned |= mem.read_raw(sources.1.as_ref().unwrap_or(moving), &mut mv)?;
         let (region, init) = match chain {
             Some(region) => (region, Init::Continue),
             None => {

@@ -304,8 +304,124 @@ fn put_off_loads_land_in_order_before_anything_reads_them() {
     }
 }
 
+/// Loads still put off when a run ends stay so: the next run's instructions see their
+/// bytes, and binding the weight again first lands them with the old bytes. A matmul
+/// reading inside a put-off load reads the weight itself. Three runs of one simulator
+/// (store the SBUF tile, then load it, then a matmul from it), rebinding the weight
+/// before the second: outputs and warnings equal the synchronous runs'.
+#[test]
+fn put_off_loads_survive_runs_and_land_before_a_rebind() {
+    let bf16 = |seed: u64| -> Vec<u8> {
+        (0..128 * 128u32)
+            .flat_map(|i| {
+                let v = ((u64::from(i) * 2654435761 + seed * 31) % 500) as f32 / 64.0 - 3.0;
+                neuron_sim::numerics::f32_to_bf16(v).to_le_bytes()
+            })
+            .collect()
+    };
+    let tensors = vec![
+        tensor("w", TensorKind::Input, &[128, 128], Dtype::Bf16),
+        tensor("seen", TensorKind::Output, &[128, 128], Dtype::Bf16),
+        tensor("prod", TensorKind::Output, &[128, 64], Dtype::F32),
+    ];
+    let tile = sb(Dtype::Bf16, 0, 128, 0, 128);
+    let dma = vec![
+        ins(
+            Op::Dma {
+                dst: hbm(1, Dtype::Bf16, 0, 128, 128),
+                src: tile.clone(),
+            },
+            &[],
+            &[0],
+        ),
+        ins(
+            Op::Dma {
+                dst: tile.clone(),
+                src: hbm(0, Dtype::Bf16, 0, 128, 128),
+            },
+            &[(0, 1)],
+            &[1],
+        ),
+        ins(
+            Op::Dma {
+                dst: hbm(2, Dtype::F32, 0, 128, 64),
+                src: sb(Dtype::F32, 0, 128, 8192, 64),
+            },
+            &[(3, 1)],
+            &[],
+        ),
+    ];
+    let pe = vec![ins(
+        matmul(
+            ps(Dtype::F32, 0, 128, 0, 64),
+            tile.clone(),
+            sb(Dtype::Bf16, 0, 128, 64, 64),
+            false,
+        ),
+        &[(1, 1)],
+        &[2],
+    )];
+    let act = vec![ins(
+        Op::Activation {
+            dst: sb(Dtype::F32, 0, 128, 8192, 64),
+            src: ps(Dtype::F32, 0, 128, 0, 64),
+            func: ActFunc::Identity,
+            scale: Operand::Imm(1.0),
+            bias: None,
+            accum: None,
+        },
+        &[(2, 1)],
+        &[3],
+    )];
+    let p = program(
+        vec![
+            (Engine::Dma(0), dma),
+            (Engine::Tensor, pe),
+            (Engine::Scalar, act),
+        ],
+        4,
+        tensors,
+    );
+    let cfg = ChipConfig::trn1();
+    let (w1, w2) = (bf16(1), bf16(2));
+    let runs = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut sim = Simulator::new(&p, &cfg, SimOptions::default()).unwrap();
+            let mut seen = Vec::new();
+            for (i, w) in [&w1, &w2, &w2].into_iter().enumerate() {
+                if i < 2 {
+                    sim.bind_poison_free_tensor(TensorId(0), w).unwrap();
+                }
+                let stats = sim.run().unwrap();
+                seen.push((
+                    stats.warnings.len(),
+                    sim.tensor(TensorId(1)).unwrap().to_vec(),
+                    sim.tensor(TensorId(2)).unwrap().to_vec(),
+                ));
+            }
+            seen
+        })
+    };
+    let one = runs(1);
+    // Run 1 stores the unwritten tile (reported); run 2 sees w1, loaded by run 1 even
+    // though w was bound to w2 before it; run 3 sees w2.
+    assert!(one[0].0 > 0);
+    assert_eq!((one[1].0, &one[1].1), (0, &w1));
+    assert_eq!((one[2].0, &one[2].1), (0, &w2));
+    assert!(one[0].2 != one[1].2, "the products follow the weight");
+    assert!(one[1].2 == one[2].2, "runs 2 and 3 multiply by w2");
+    for threads in [2, 3] {
+        assert!(runs(threads) == one, "{threads} threads");
+    }
+}
+
 /// Random loads from poison-free weights (put off on two threads) into random SBUF
-/// ranges, mixed with copies between SBUF ranges, stores to a scratch tensor and loads
+/// ranges, mixed with copies between SBUF ranges, matmuls reading random ranges (read
+/// from a put-off load's source when inside one), stores to a scratch tensor and loads
 /// back from it (never put off: the program writes it), without any synchronization
 /// (whatever the schedule's order, it is the same on every thread count), and a final
 /// store of the whole SBUF area: every bit equals the synchronous run.
@@ -364,8 +480,38 @@ fn random_put_off_loads_match_the_synchronous_run() {
             a.dims[0].size = n;
             a
         };
-        let (mut dma, mut vector) = (Vec::new(), Vec::new());
+        let (mut dma, mut vector, mut pe) = (Vec::new(), Vec::new(), Vec::new());
+        // Loads from partition 0: (partitions, first element, elements).
+        let mut loads: Vec<(u32, u32, u32)> = Vec::new();
         for _ in 0..24 {
+            if next(5) == 0 {
+                // A matmul from two random ranges of all partitions (inside a put-off
+                // load, across two, or outside any), its product cast back into the
+                // area by a copy.
+                let (mut k, m, n) = (128, 1 + next(128), 1 + next(128));
+                let mut at = [next(area - m), next(area - n)];
+                // Often inside an earlier load from partition 0 (one operand or both).
+                if let Some(&(np, lat, len)) = loads.get(next(loads.len() as u32 + 1) as usize) {
+                    k = 1 + next(np);
+                    for (a, w) in at.iter_mut().zip([m, n]) {
+                        if w <= len && next(3) != 0 {
+                            *a = lat + next(len - w + 1);
+                        }
+                    }
+                }
+                let bank = ps(Dtype::F32, 0, m, 0, n);
+                pe.push(op(matmul(
+                    bank.clone(),
+                    sb(Dtype::Bf16, 0, k, u64::from(at[0] * 2), m),
+                    sb(Dtype::Bf16, 0, k, u64::from(at[1] * 2), n),
+                    false,
+                )));
+                vector.push(op(Op::TensorCopy {
+                    dst: sb(Dtype::Bf16, 0, m, u64::from(next(area - n) * 2), n),
+                    src: bank,
+                }));
+                continue;
+            }
             // Partition ranges the verifier accepts: up to 32 from a multiple of 32, up
             // to 64 from 0 or 64, more from 0.
             let (p0, np) = match next(3) {
@@ -377,10 +523,15 @@ fn random_put_off_loads_match_the_synchronous_run() {
             let at = next(area - n);
             let dst = sb(Dtype::Bf16, p0, np, u64::from(at * 2), n);
             match next(4) {
-                0 | 1 => dma.push(op(Op::Dma {
-                    dst,
-                    src: hbm_cols(next(3), p0, np, next(width - n), n),
-                })),
+                0 | 1 => {
+                    if p0 == 0 {
+                        loads.push((np, at, n));
+                    }
+                    dma.push(op(Op::Dma {
+                        dst,
+                        src: hbm_cols(next(3), p0, np, next(width - n), n),
+                    }))
+                }
                 2 => vector.push(op(Op::TensorCopy {
                     dst,
                     src: sb(Dtype::Bf16, p0, np, u64::from(next(area - n) * 2), n),
@@ -406,7 +557,11 @@ fn random_put_off_loads_match_the_synchronous_run() {
             src: sb(Dtype::Bf16, 0, 128, 0, area),
         }));
         let p = program(
-            vec![(Engine::Dma(0), dma), (Engine::Vector, vector)],
+            vec![
+                (Engine::Dma(0), dma),
+                (Engine::Vector, vector),
+                (Engine::Tensor, pe),
+            ],
             1,
             tensors.clone(),
         );
