@@ -234,11 +234,12 @@ fn scatter_any(esize: usize, mem: &mut [u8], start: usize, stride: isize, data: 
     }
 }
 
-/// Whether two SBUF or PSUM patterns of the same memory touch no common byte: their
-/// partition ranges or their row byte spans (the same in every partition) are disjoint.
-/// False (not known disjoint) for HBM patterns or unresolvable spans.
-fn on_chip_disjoint(a: &Ap, b: &Ap) -> bool {
-    if !a.mem.is_on_chip() || a.mem != b.mem {
+/// Whether two patterns may touch a common byte of an on-chip memory: the same SBUF or
+/// PSUM, overlapping partitions and overlapping row byte spans (the same in every
+/// partition; conservatively true when a span is unknown). False for different
+/// memories; not meaningful for two HBM patterns (their rows are not partitions).
+pub(crate) fn on_chip_overlap(a: &Ap, b: &Ap) -> bool {
+    if a.mem != b.mem {
         return false;
     }
     let parts = |x: &Ap| {
@@ -247,11 +248,11 @@ fn on_chip_disjoint(a: &Ap, b: &Ap) -> bool {
     };
     let ((pa, qa), (pb, qb)) = (parts(a), parts(b));
     if qa <= pb || qb <= pa {
-        return true;
+        return false;
     }
     match (a.row_byte_span(), b.row_byte_span()) {
-        (Some((la, ha)), Some((lb, hb))) => ha <= lb || hb <= la,
-        _ => false,
+        (Some((la, ha)), Some((lb, hb))) => la < hb && lb < ha,
+        _ => true,
     }
 }
 
@@ -946,7 +947,7 @@ impl<'w> Memories<'w> {
             let ((sl, sh), (dl, dh)) = (span(&starts, src_run), span(&dst_starts, dst_run));
             // On chip, partitions interleave the flat spans of any two patterns; their
             // bytes are disjoint when their partitions or their row spans are.
-            if sl < dh && dl < sh && !on_chip_disjoint(dst, src) {
+            if sl < dh && dl < sh && (!dst.mem.is_on_chip() || on_chip_overlap(dst, src)) {
                 return Ok(None);
             }
             let buf = self.buffer_mut(dst.mem)?;

@@ -63,7 +63,7 @@
 
 use super::matmul::{block_width_on, gemm, operands};
 use super::{ExecContext, ExecError, ExecOutcome, execute};
-use crate::memory::Memories;
+use crate::memory::{Memories, on_chip_overlap};
 use ndarray::{ArrayView2, ArrayViewMut2, s};
 use neuron_isa::{Ap, Dtype, Memory, Op, Program};
 use std::collections::HashMap;
@@ -633,26 +633,6 @@ impl std::fmt::Debug for Job {
     }
 }
 
-/// Whether `a` and `b` may touch a common byte: same on-chip memory, overlapping
-/// partitions and overlapping row spans (conservatively true when a span is unknown).
-fn overlaps(a: &Ap, b: &Ap) -> bool {
-    if a.mem != b.mem {
-        return false;
-    }
-    let parts = |x: &Ap| {
-        let lo = u64::from(x.start_partition);
-        (lo, lo + u64::from(x.partitions))
-    };
-    let ((pa, qa), (pb, qb)) = (parts(a), parts(b));
-    if qa <= pb || qb <= pa {
-        return false;
-    }
-    match (a.row_byte_span(), b.row_byte_span()) {
-        (Some((la, ha)), Some((lb, hb))) => la < hb && lb < ha,
-        _ => true,
-    }
-}
-
 impl Deferred {
     /// The executor of `program`'s runs: it notes which HBM tensors no instruction writes
     /// (the loads from them that may be put off).
@@ -724,7 +704,7 @@ impl Deferred {
         let aps: Vec<&Ap> = aps.filter(|ap| ap.mem == Memory::Sbuf).collect();
         let mut i = 0;
         while i < self.lazy.len() {
-            if aps.iter().any(|ap| overlaps(ap, &self.lazy[i].dst)) {
+            if aps.iter().any(|ap| on_chip_overlap(ap, &self.lazy[i].dst)) {
                 let l = self.lazy.remove(i);
                 materialize(mem, &l)?;
             } else {
@@ -854,7 +834,7 @@ impl Deferred {
             let mut i = 0;
             while i < self.pending.len() {
                 let p = &self.pending[i];
-                if Some(p.region) != keep && overlaps(ap, &p.dst) {
+                if Some(p.region) != keep && on_chip_overlap(ap, &p.dst) {
                     let p = self.pending.remove(i);
                     self.commit(mem, p)?;
                 } else {

@@ -95,26 +95,7 @@ fn activation_rows_have_the_bits_of_activation_fn_and_a_sequential_sum() {
         })
         .collect();
     let (scales, biases) = ([1.5f32, -0.75, 1.0], [0.25f32, -1.0, 0.0]);
-    let funcs = [
-        ActFunc::Identity,
-        ActFunc::Relu,
-        ActFunc::Gelu,
-        ActFunc::GeluTanh,
-        ActFunc::Sigmoid,
-        ActFunc::Silu,
-        ActFunc::Tanh,
-        ActFunc::Exp,
-        ActFunc::Log,
-        ActFunc::Sqrt,
-        ActFunc::Rsqrt,
-        ActFunc::Reciprocal,
-        ActFunc::Square,
-        ActFunc::Erf,
-        ActFunc::Abs,
-        ActFunc::Sign,
-        ActFunc::Softplus,
-    ];
-    for func in funcs {
+    for func in ActFunc::ALL {
         for with_accum in [false, true] {
             let mut m = mems(&[]);
             let src = sb(Dtype::F32, 0, parts as u32, 0, free as u32);
