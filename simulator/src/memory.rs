@@ -891,12 +891,13 @@ impl<'w> Memories<'w> {
         let view = self.view(ap)?;
         let mem = self.buffer(ap.mem)?;
         let (n, e) = (view.inner_n, view.esize);
-        out.resize(view.elems() * e, 0);
         if view.runs_contiguous() {
-            view.for_each_run(|k, start| {
-                out[k * e..(k + n) * e].copy_from_slice(&mem[start..start + n * e]);
-            });
+            // Runs come in dense order: appended, with no zero-filling pass first.
+            out.clear();
+            out.reserve(view.elems() * e);
+            view.for_each_run(|_, start| out.extend_from_slice(&mem[start..start + n * e]));
         } else {
+            out.resize(view.elems() * e, 0);
             view.for_each_run(|k, start| {
                 gather_any(
                     e,

@@ -9,7 +9,7 @@
 //! reproduce its invalid outputs. `x * scale + bias` is two FP32 operations (no fused
 //! multiply-add). NaN propagates through every function (`relu(NaN)` is NaN).
 
-use super::expf::exp_in_place;
+use super::expf::{exp_in_place, exp_in_place_sum};
 use super::{ExecContext, ExecError, Scalars, same_shape, shape};
 use crate::memory::Memories;
 use neuron_isa::{ActFunc, Ap, Operand};
@@ -186,6 +186,14 @@ pub(super) fn activation(
     // Transcendental functions over a large tile are split by partitions across the pool
     // (every element and every row sum is computed by the same operations either way).
     let rows = |(p, row): (usize, &mut [f32])| {
+        if func == ActFunc::Exp && want_sums {
+            // The softmax's exp: the sum taken as the exps are computed.
+            let (s, b) = (scale.at(p), bias.at(p));
+            for x in row.iter_mut() {
+                *x = *x * s + b;
+            }
+            return Some(exp_in_place_sum(row));
+        }
         row_of(p, row);
         want_sums.then(|| sum_of(row))
     };

@@ -79,6 +79,25 @@ fn in_range(x: f32) -> bool {
 
 /// Replaces every element `x` of `xs` with `libm::expf(x)`, bit for bit.
 pub(crate) fn exp_in_place(xs: &mut [f32]) {
+    exp_chunks(xs, |_| {});
+}
+
+/// [`exp_in_place`], returning the sequential FP32 sum of the results in order (the
+/// same adds as summing afterwards; each chunk's adds overlap the next chunk's `exp`s
+/// instead of following all of them).
+pub(crate) fn exp_in_place_sum(xs: &mut [f32]) -> f32 {
+    let mut sum = 0.0f32;
+    exp_chunks(xs, |done| {
+        for &y in done {
+            sum += y;
+        }
+    });
+    sum
+}
+
+/// [`exp_in_place`] calling `then` on each finished stretch, in order.
+#[inline(always)]
+fn exp_chunks(xs: &mut [f32], mut then: impl FnMut(&[f32])) {
     let mut chunks = xs.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
         let mut lanes = [0.0f32; LANES];
@@ -95,10 +114,13 @@ pub(crate) fn exp_in_place(xs: &mut [f32]) {
             }
         }
         chunk.copy_from_slice(&lanes);
+        then(chunk);
     }
-    for x in chunks.into_remainder() {
+    let rest = chunks.into_remainder();
+    for x in rest.iter_mut() {
         *x = libm::expf(*x);
     }
+    then(rest);
 }
 
 #[cfg(test)]
@@ -129,6 +151,20 @@ mod tests {
             .collect();
         for block in xs.chunks(1 << 16) {
             check(block);
+        }
+    }
+
+    #[test]
+    fn the_fused_sum_is_the_sequential_sum() {
+        for len in [0usize, 1, 7, 8, 9, 100, 203] {
+            let xs: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 9.0).collect();
+            let mut a = xs.clone();
+            let sum = exp_in_place_sum(&mut a);
+            let mut b = xs.clone();
+            exp_in_place(&mut b);
+            assert!(a == b, "{len}");
+            let want = b.iter().fold(0.0f32, |s, &y| s + y);
+            assert_eq!(sum.to_bits(), want.to_bits(), "{len}");
         }
     }
 
