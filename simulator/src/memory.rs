@@ -888,6 +888,22 @@ impl<'w> Memories<'w> {
     /// Reads the raw bytes of `ap` into `out`, densely (`P x N` elements of its dtype).
     /// Returns whether any float element was the poison pattern.
     pub fn read_raw(&self, ap: &Ap, out: &mut Vec<u8>) -> Result<bool, ExecError> {
+        self.read_raw_bytes(ap, out)?;
+        Ok(numerics::is_poisoned(ap.dtype, out))
+    }
+
+    /// [`Memories::read_raw`] from an HBM tensor bound by
+    /// [`Memories::bind_poison_free_tensor`], in its dtype: no poison scan (none can be
+    /// found; debug builds check).
+    pub(crate) fn read_raw_poison_free(&self, ap: &Ap, out: &mut Vec<u8>) -> Result<(), ExecError> {
+        debug_assert!(matches!(ap.mem, Memory::Hbm(t) if self.bound_poison_free(t)));
+        self.read_raw_bytes(ap, out)?;
+        debug_assert!(!numerics::is_poisoned(ap.dtype, out));
+        Ok(())
+    }
+
+    /// The dense raw bytes of `ap` into `out`.
+    fn read_raw_bytes(&self, ap: &Ap, out: &mut Vec<u8>) -> Result<(), ExecError> {
         let view = self.view(ap)?;
         let mem = self.buffer(ap.mem)?;
         let (n, e) = (view.inner_n, view.esize);
@@ -908,7 +924,7 @@ impl<'w> Memories<'w> {
                 );
             });
         }
-        Ok(numerics::is_poisoned(ap.dtype, out))
+        Ok(())
     }
 
     /// Copies the bytes of `src` to `dst` (same dtype, same element count) directly,

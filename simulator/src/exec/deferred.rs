@@ -962,10 +962,16 @@ impl Deferred {
         }
         // The operands' bytes now (later instructions may overwrite them), with the
         // same poison report as decoding them here; the worker decodes them.
+        // (An operand read from a put-off load's source, a poison-free weight, needs no
+        // poison scan.)
+        let read = |ap: &Ap, source: &Option<Ap>, buf: &mut Vec<u8>| match source {
+            Some(src) => mem.read_raw_poison_free(src, buf).map(|()| false),
+            None => mem.read_raw(ap, buf),
+        };
         let mut s = self.take_raw();
-        let mut poisoned = mem.read_raw(sources.0.as_ref().unwrap_or(stationary), &mut s)?;
+        let mut poisoned = read(stationary, &sources.0, &mut s)?;
         let mut mv = self.take_raw();
-        poisoned |= mem.read_raw(sources.1.as_ref().unwrap_or(moving), &mut mv)?;
+        poisoned |= read(moving, &sources.1, &mut mv)?;
         let (region, init) = match chain {
             Some(region) => (region, Init::Continue),
             None => {
