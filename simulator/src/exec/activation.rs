@@ -9,6 +9,7 @@
 //! reproduce its invalid outputs. `x * scale + bias` is two FP32 operations (no fused
 //! multiply-add). NaN propagates through every function (`relu(NaN)` is NaN).
 
+use super::erff::erf_in_place;
 use super::expf::{exp_in_place, exp_in_place_sum};
 use super::{ExecContext, ExecError, Scalars, same_shape, shape};
 use crate::memory::Memories;
@@ -116,6 +117,33 @@ fn sigmoid_row(row: &mut [f32], scale: f32, bias: f32, silu: bool) {
     }
 }
 
+/// `gelu(x * scale + bias)` (the erf form) over one partition's row: `activation_fn`'s
+/// `0.5 x (1 + erf(x / sqrt 2))` with the `erf`s vectorised (`erff.rs`, bit for bit
+/// `libm::erff`).
+fn gelu_row(row: &mut [f32], scale: f32, bias: f32) {
+    const CHUNK: usize = 64;
+    for chunk in row.chunks_mut(CHUNK) {
+        let mut t = [0.0f32; CHUNK];
+        let t = &mut t[..chunk.len()];
+        for (t, x) in t.iter_mut().zip(chunk.iter_mut()) {
+            *x = *x * scale + bias;
+            *t = *x * FRAC_1_SQRT_2;
+        }
+        erf_in_place(t);
+        for (x, &e) in chunk.iter_mut().zip(t.iter()) {
+            *x = 0.5 * *x * (1.0 + e);
+        }
+    }
+}
+
+/// `erf(x * scale + bias)` over one partition's row, the `erf`s vectorised.
+fn erf_row(row: &mut [f32], scale: f32, bias: f32) {
+    for x in row.iter_mut() {
+        *x = *x * scale + bias;
+    }
+    erf_in_place(row);
+}
+
 /// Applies `f(x * scale + bias)` to one partition's row.
 #[inline(always)]
 fn map_row(row: &mut [f32], scale: f32, bias: f32, f: impl Fn(f32) -> f32) {
@@ -164,7 +192,7 @@ pub(super) fn activation(
         match func {
             ActFunc::Identity => map_row(row, s, b, |v| activation_fn(ActFunc::Identity, v)),
             ActFunc::Relu => map_row(row, s, b, |v| activation_fn(ActFunc::Relu, v)),
-            ActFunc::Gelu => map_row(row, s, b, |v| activation_fn(ActFunc::Gelu, v)),
+            ActFunc::Gelu => gelu_row(row, s, b),
             ActFunc::GeluTanh => map_row(row, s, b, |v| activation_fn(ActFunc::GeluTanh, v)),
             ActFunc::Sigmoid => sigmoid_row(row, s, b, false),
             ActFunc::Silu => sigmoid_row(row, s, b, true),
@@ -175,7 +203,7 @@ pub(super) fn activation(
             ActFunc::Rsqrt => map_row(row, s, b, |v| activation_fn(ActFunc::Rsqrt, v)),
             ActFunc::Reciprocal => map_row(row, s, b, |v| activation_fn(ActFunc::Reciprocal, v)),
             ActFunc::Square => map_row(row, s, b, |v| activation_fn(ActFunc::Square, v)),
-            ActFunc::Erf => map_row(row, s, b, |v| activation_fn(ActFunc::Erf, v)),
+            ActFunc::Erf => erf_row(row, s, b),
             ActFunc::Abs => map_row(row, s, b, |v| activation_fn(ActFunc::Abs, v)),
             ActFunc::Sign => map_row(row, s, b, |v| activation_fn(ActFunc::Sign, v)),
             ActFunc::Softplus => map_row(row, s, b, |v| activation_fn(ActFunc::Softplus, v)),

@@ -19,6 +19,7 @@ mod bn;
 mod copy;
 mod deferred;
 mod dma;
+mod erff;
 mod expf;
 mod iota;
 mod matmul;
