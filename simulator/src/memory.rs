@@ -35,8 +35,63 @@ pub struct Memories<'w> {
     psum_per_partition: usize,
     sbuf: Vec<u8>,
     psum: Vec<u8>,
+    /// The chunks of SBUF and PSUM written since they were poisoned (see [`Written`]).
+    written: [Written; 2],
     hbm: Vec<HbmBuf<'w>>,
     names: Vec<String>,
+}
+
+/// Bytes per chunk of a partition's row in [`Written`].
+const WRITTEN_CHUNK: usize = 4096;
+
+/// Which chunks ([`WRITTEN_CHUNK`] bytes of one partition's row) of an on-chip memory
+/// any write has touched since the buffer was poisoned: when the buffer is recycled
+/// ([`RECYCLED`]), only those are poisoned again (the others still are). Every path that
+/// writes SBUF or PSUM marks its pattern first ([`Memories::mark_written`]).
+#[derive(Debug, Clone)]
+struct Written {
+    /// Bytes per partition of the memory.
+    per_partition: usize,
+    /// Chunks per partition (the last may be short).
+    chunks: usize,
+    /// `partition * chunks + chunk`.
+    bits: Vec<bool>,
+}
+
+impl Written {
+    fn new(partitions: usize, per_partition: usize) -> Written {
+        let chunks = per_partition.div_ceil(WRITTEN_CHUNK);
+        Written {
+            per_partition,
+            chunks,
+            bits: vec![false; partitions * chunks],
+        }
+    }
+
+    /// Marks the chunks `ap` (on this memory) can touch.
+    fn mark(&mut self, ap: &Ap) {
+        if self.chunks == 0 {
+            return;
+        }
+        let partitions = self.bits.len() / self.chunks;
+        let p0 = (ap.start_partition as usize).min(partitions);
+        let p1 = (p0 + ap.partitions as usize).min(partitions);
+        let (c0, c1) = match ap.row_byte_span() {
+            Some((lo, hi)) => {
+                let lo = usize::try_from(lo.max(0))
+                    .unwrap_or(0)
+                    .min(self.per_partition);
+                let hi = usize::try_from(hi.max(0))
+                    .unwrap_or(0)
+                    .min(self.per_partition);
+                (lo / WRITTEN_CHUNK, hi.div_ceil(WRITTEN_CHUNK))
+            }
+            None => (0, self.chunks),
+        };
+        for p in p0..p1 {
+            self.bits[p * self.chunks + c0..p * self.chunks + c1.max(c0)].fill(true);
+        }
+    }
 }
 
 /// One HBM tensor's bytes, allocated (poisoned) on first access: a tensor bound in full
@@ -259,17 +314,32 @@ pub(crate) fn on_chip_overlap(a: &Ap, b: &Ap) -> bool {
 /// A poisoned (all 0xFF) byte vector, refusing sizes the allocator cannot give: the
 /// on-chip buffer of a dropped [`Memories`] when one of the right size is at hand
 /// ([`recycled`]), else a fresh one.
-fn poisoned_vec(len: usize, what: &str) -> Result<Vec<u8>, SimError> {
-    poisoned_vec_from(&RECYCLED, len, what)
+fn poisoned_vec(len: usize, per_partition: usize, what: &str) -> Result<Vec<u8>, SimError> {
+    poisoned_vec_from(&RECYCLED, len, per_partition, what)
 }
 
-/// [`poisoned_vec`] recycling from `pool`.
-fn poisoned_vec_from(pool: &Recycled, len: usize, what: &str) -> Result<Vec<u8>, SimError> {
-    if let Some(mut v) = recycled(pool, len) {
-        v.truncate(len);
-        let kept = v.len();
-        v.resize(len, POISON_BYTE);
-        fill_poison(&mut v[..kept]);
+/// [`poisoned_vec`] recycling from `pool`: a recycled buffer of the same layout (bytes per
+/// partition) with a record of what was written is poisoned again only there.
+fn poisoned_vec_from(
+    pool: &Recycled,
+    len: usize,
+    per_partition: usize,
+    what: &str,
+) -> Result<Vec<u8>, SimError> {
+    if let Some(r) = recycled(pool, len) {
+        let mut v = r.bytes;
+        match r
+            .written
+            .filter(|w| v.len() == len && w.per_partition == per_partition)
+        {
+            Some(w) => refill_written(&mut v, &w),
+            None => {
+                v.truncate(len);
+                let kept = v.len();
+                v.resize(len, POISON_BYTE);
+                fill_poison(&mut v[..kept]);
+            }
+        }
         return Ok(v);
     }
     let mut v = Vec::new();
@@ -290,6 +360,25 @@ fn poisoned_vec_from(pool: &Recycled, len: usize, what: &str) -> Result<Vec<u8>,
         v.resize(len, POISON_BYTE);
     }
     Ok(v)
+}
+
+/// Poisons again the chunks of `bytes` (partition rows of `w.per_partition` bytes) that
+/// `w` records as written, each partition's row on whichever pool thread takes it.
+fn refill_written(bytes: &mut [u8], w: &Written) {
+    use rayon::prelude::*;
+    if w.per_partition == 0 || w.chunks == 0 {
+        return;
+    }
+    bytes
+        .par_chunks_mut(w.per_partition)
+        .zip(w.bits.par_chunks(w.chunks))
+        .for_each(|(row, marks)| {
+            let len = row.len();
+            for (c, _) in marks.iter().enumerate().filter(|(_, m)| **m) {
+                let lo = c * WRITTEN_CHUNK;
+                row[lo..(lo + WRITTEN_CHUNK).min(len)].fill(POISON_BYTE);
+            }
+        });
 }
 
 /// Sets every byte of `bytes` to [`POISON_BYTE`], across the rayon pool when large.
@@ -315,14 +404,21 @@ fn fill_poison(bytes: &mut [u8]) {
 static RECYCLED: Recycled = std::sync::Mutex::new(Vec::new());
 
 /// A pool of byte buffers (see [`RECYCLED`]).
-type Recycled = std::sync::Mutex<Vec<Vec<u8>>>;
+type Recycled = std::sync::Mutex<Vec<Recyclable>>;
+
+/// A buffer in [`RECYCLED`], with the record of what its last owner wrote (all other
+/// bytes are poison).
+struct Recyclable {
+    bytes: Vec<u8>,
+    written: Option<Written>,
+}
 
 /// Buffers [`RECYCLED`] keeps: one SBUF and one PSUM.
 const RECYCLED_MAX: usize = 2;
 
 /// A recycled buffer for `len` bytes: the smallest that can hold them without being
 /// more than twice as large (its length and contents are unspecified).
-fn recycled(pool: &Recycled, len: usize) -> Option<Vec<u8>> {
+fn recycled(pool: &Recycled, len: usize) -> Option<Recyclable> {
     if len < PARALLEL_FILL {
         return None;
     }
@@ -332,15 +428,15 @@ fn recycled(pool: &Recycled, len: usize) -> Option<Vec<u8>> {
     let i = pool
         .iter()
         .enumerate()
-        .filter(|(_, v)| v.capacity() >= len && v.capacity() / 2 <= len)
-        .min_by_key(|(_, v)| v.capacity())
+        .filter(|(_, r)| r.bytes.capacity() >= len && r.bytes.capacity() / 2 <= len)
+        .min_by_key(|(_, r)| r.bytes.capacity())
         .map(|(i, _)| i)?;
     Some(pool.swap_remove(i))
 }
 
 /// Keeps `v` for a later [`recycled`] if it is among the largest [`RECYCLED_MAX`].
-fn recycle(pool: &Recycled, v: Vec<u8>) {
-    if v.capacity() < PARALLEL_FILL {
+fn recycle(pool: &Recycled, v: Recyclable) {
+    if v.bytes.capacity() < PARALLEL_FILL {
         return;
     }
     let mut pool = pool
@@ -348,7 +444,7 @@ fn recycle(pool: &Recycled, v: Vec<u8>) {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     pool.push(v);
     if pool.len() > RECYCLED_MAX {
-        pool.sort_by_key(|v| std::cmp::Reverse(v.capacity()));
+        pool.sort_by_key(|r| std::cmp::Reverse(r.bytes.capacity()));
         // Dropped after the lock is released.
         let smallest = pool.split_off(RECYCLED_MAX);
         drop(pool);
@@ -358,8 +454,21 @@ fn recycle(pool: &Recycled, v: Vec<u8>) {
 
 impl Drop for Memories<'_> {
     fn drop(&mut self) {
-        recycle(&RECYCLED, std::mem::take(&mut self.sbuf));
-        recycle(&RECYCLED, std::mem::take(&mut self.psum));
+        let [sbuf, psum] = self.written.clone();
+        recycle(
+            &RECYCLED,
+            Recyclable {
+                bytes: std::mem::take(&mut self.sbuf),
+                written: Some(sbuf),
+            },
+        );
+        recycle(
+            &RECYCLED,
+            Recyclable {
+                bytes: std::mem::take(&mut self.psum),
+                written: Some(psum),
+            },
+        );
     }
 }
 
@@ -491,8 +600,12 @@ impl<'w> Memories<'w> {
             partitions,
             sbuf_per_partition: sbuf_pp,
             psum_per_partition: psum_pp,
-            sbuf: poisoned_vec(sbuf_len, "sbuf")?,
-            psum: poisoned_vec(psum_len, "psum")?,
+            sbuf: poisoned_vec(sbuf_len, sbuf_pp, "sbuf")?,
+            psum: poisoned_vec(psum_len, psum_pp, "psum")?,
+            written: [
+                Written::new(partitions, sbuf_pp),
+                Written::new(partitions, psum_pp),
+            ],
             hbm,
             names: program.tensors.iter().map(|t| t.name.clone()).collect(),
         })
@@ -562,6 +675,16 @@ impl<'w> Memories<'w> {
         self.hbm
             .get(t.0 as usize)
             .is_some_and(|b| b.poison_free && b.shared.is_some())
+    }
+
+    /// Records that `ap` is about to be written (see [`Written`]); every write to SBUF or
+    /// PSUM calls this first.
+    fn mark_written(&mut self, ap: &Ap) {
+        match ap.mem {
+            Memory::Sbuf => self.written[0].mark(ap),
+            Memory::Psum => self.written[1].mark(ap),
+            Memory::Hbm(_) => {}
+        }
     }
 
     /// Checks `ap` as every access does (bounds, sizes), without touching a byte: the
@@ -817,6 +940,7 @@ impl<'w> Memories<'w> {
                 data.len()
             )));
         }
+        self.mark_written(ap);
         let mem = self.buffer_mut(ap.mem)?;
         let (n, e, dtype) = (view.inner_n, view.esize, ap.dtype);
         let mut result = Ok(());
@@ -875,6 +999,7 @@ impl<'w> Memories<'w> {
         let Some(row_bytes) = row_bytes.filter(|r| r % 4 == 0 && view.base % 4 == 0) else {
             return Ok(None);
         };
+        self.mark_written(ap);
         let buf = self.buffer_mut(ap.mem)?;
         let len = buf.len() & !3;
         let Ok(words) = bytemuck::try_cast_slice_mut::<u8, f32>(&mut buf[..len]) else {
@@ -967,6 +1092,7 @@ impl<'w> Memories<'w> {
             if sl < dh && dl < sh && (!dst.mem.is_on_chip() || on_chip_overlap(dst, src)) {
                 return Ok(None);
             }
+            self.mark_written(dst);
             let buf = self.buffer_mut(dst.mem)?;
             let mut poisoned = false;
             copy_pieces(&dst_starts, &starts, dst_run, src_run, |d, s, len| {
@@ -976,6 +1102,7 @@ impl<'w> Memories<'w> {
             return Ok(Some(poisoned));
         }
         // The destination is moved out while the source is read, then put back.
+        self.mark_written(dst);
         let mut out = match dst.mem {
             Memory::Sbuf => std::mem::take(&mut self.sbuf),
             Memory::Psum => std::mem::take(&mut self.psum),
@@ -1034,6 +1161,7 @@ impl<'w> Memories<'w> {
                 data.len()
             )));
         }
+        self.mark_written(ap);
         let mem = self.buffer_mut(ap.mem)?;
         if view.runs_contiguous() {
             view.for_each_run(|k, start| {
@@ -1083,43 +1211,145 @@ mod tests {
     use super::*;
     use neuron_isa::{Dim, HbmTensor, TensorKind};
 
+    /// A buffer with no record of what was written (poisoned again in full).
+    fn plain(bytes: Vec<u8>) -> Recyclable {
+        Recyclable {
+            bytes,
+            written: None,
+        }
+    }
+
     #[test]
     fn recycled_buffers_come_back_poisoned_and_only_the_largest_are_kept() {
         let pool = Recycled::default();
         let junk = |len: usize| (0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>();
         let big = junk(3 * PARALLEL_FILL);
         let at = big.as_ptr();
-        recycle(&pool, big);
+        recycle(&pool, plain(big));
         // Too small to be worth keeping.
-        recycle(&pool, junk(PARALLEL_FILL / 2));
+        recycle(&pool, plain(junk(PARALLEL_FILL / 2)));
         assert_eq!(pool.lock().unwrap().len(), 1);
         // More than twice the size asked for: not used.
-        let fresh = poisoned_vec_from(&pool, PARALLEL_FILL, "t").unwrap();
+        let fresh = poisoned_vec_from(&pool, PARALLEL_FILL, 4096, "t").unwrap();
         assert_ne!(fresh.as_ptr(), at);
         // Shorter and longer than the recycled buffer's length, within its capacity.
         for len in [2 * PARALLEL_FILL + 3, 3 * PARALLEL_FILL] {
-            let v = poisoned_vec_from(&pool, len, "t").unwrap();
+            let v = poisoned_vec_from(&pool, len, 4096, "t").unwrap();
             assert_eq!(v.as_ptr(), at, "{len} bytes reuse the buffer");
             assert_eq!(v.len(), len);
             assert!(
                 v.iter().all(|&b| b == POISON_BYTE),
                 "{len} bytes all poisoned"
             );
-            recycle(&pool, v);
+            recycle(&pool, plain(v));
         }
-        let mut v = poisoned_vec_from(&pool, 3 * PARALLEL_FILL, "t").unwrap();
+        let mut v = poisoned_vec_from(&pool, 3 * PARALLEL_FILL, 4096, "t").unwrap();
         v.truncate(PARALLEL_FILL + 1);
-        recycle(&pool, v);
-        let v = poisoned_vec_from(&pool, 3 * PARALLEL_FILL, "t").unwrap();
+        recycle(&pool, plain(v));
+        let v = poisoned_vec_from(&pool, 3 * PARALLEL_FILL, 4096, "t").unwrap();
         assert_eq!(v.as_ptr(), at, "grown back within its capacity");
         assert!(v.iter().all(|&b| b == POISON_BYTE));
         // Three buffers: the two largest stay.
-        recycle(&pool, v);
-        recycle(&pool, junk(PARALLEL_FILL));
-        recycle(&pool, junk(4 * PARALLEL_FILL));
-        let mut caps: Vec<usize> = pool.lock().unwrap().iter().map(Vec::capacity).collect();
+        recycle(&pool, plain(v));
+        recycle(&pool, plain(junk(PARALLEL_FILL)));
+        recycle(&pool, plain(junk(4 * PARALLEL_FILL)));
+        let mut caps: Vec<usize> = pool
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.bytes.capacity())
+            .collect();
         caps.sort();
         assert_eq!(caps, [3 * PARALLEL_FILL, 4 * PARALLEL_FILL]);
+    }
+
+    /// Only the chunks a recycled buffer's last owner wrote are poisoned again, and only
+    /// when the layout matches (otherwise everything is).
+    #[test]
+    fn recycled_buffers_are_poisoned_again_where_they_were_written() {
+        // Large enough to be kept (at least `PARALLEL_FILL` bytes).
+        let (parts, pp) = (128usize, 3 * WRITTEN_CHUNK + 100);
+        let mut w = Written::new(parts, pp);
+        // Partition 5, bytes 5000..9000: chunks 1 and 2 of that row.
+        w.mark(&Ap::on_chip(Memory::Sbuf, Dtype::U8, 5, 1, 5000, 4000));
+        let mut bytes = vec![POISON_BYTE; parts * pp];
+        bytes[5 * pp + 5000..5 * pp + 9000].fill(7);
+        // A byte outside the marked chunks: a write that was not recorded stays.
+        bytes[6 * pp] = 9;
+        let pool = Recycled::default();
+        recycle(
+            &pool,
+            Recyclable {
+                bytes: bytes.clone(),
+                written: Some(w.clone()),
+            },
+        );
+        let v = poisoned_vec_from(&pool, parts * pp, pp, "t").unwrap();
+        let stale: Vec<usize> = (0..v.len()).filter(|&i| v[i] != POISON_BYTE).collect();
+        assert_eq!(stale, [6 * pp], "only the unrecorded byte is left");
+        // Another layout: poisoned in full.
+        recycle(
+            &pool,
+            Recyclable {
+                bytes,
+                written: Some(w),
+            },
+        );
+        let v = poisoned_vec_from(&pool, parts * pp, pp + 4, "t").unwrap();
+        assert!(v.iter().all(|&b| b == POISON_BYTE));
+    }
+
+    /// Every write path marks what it writes: after random writes through each of them,
+    /// every byte of SBUF and PSUM that is not poison lies in a recorded chunk.
+    #[test]
+    fn every_write_path_records_what_it_writes() {
+        let cfg = ChipConfig::trn1();
+        let p = program(&[("x", vec![64, 64], Dtype::F32)]);
+        let mut m = Memories::new(&cfg, &p).unwrap();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        m.write_tensor(TensorId(0), &vec![1u8; 64 * 64 * 4])
+            .unwrap();
+        for i in 0..400 {
+            let mem = if rnd(3) == 0 {
+                Memory::Psum
+            } else {
+                Memory::Sbuf
+            };
+            let pp = if mem == Memory::Sbuf { 180_000 } else { 16_000 };
+            let (p0, np, n) = (rnd(64) as u32, 1 + rnd(64) as u32, 1 + rnd(64) as u32);
+            let ap = Ap::on_chip(mem, Dtype::F32, p0, np, rnd(pp) & !3, n);
+            let values = vec![i as f32; (np * n) as usize];
+            let hbm = Ap::hbm_rows(TensorId(0), Dtype::F32, 0, np, 64, n);
+            let _ = match rnd(4) {
+                0 => m.write_raw(&ap, &vec![3u8; values.len() * 4]),
+                1 => m.write_f32(&ap, &values, &mut Rounder::new(numerics::Rounding::Rne, 0)),
+                2 => m.copy_raw(&ap, &hbm, true).map(|_| ()),
+                _ => match m.rows_f32_mut(&ap) {
+                    Ok(Some(mut v)) => {
+                        v.fill(2.0);
+                        Ok(())
+                    }
+                    _ => Ok(()),
+                },
+            };
+        }
+        for (buf, w) in [(&m.sbuf, &m.written[0]), (&m.psum, &m.written[1])] {
+            for (i, &b) in buf.iter().enumerate() {
+                if b != POISON_BYTE {
+                    let (p, off) = (i / w.per_partition, i % w.per_partition);
+                    assert!(
+                        w.bits[p * w.chunks + off / WRITTEN_CHUNK],
+                        "byte {off} of partition {p} written but not recorded"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

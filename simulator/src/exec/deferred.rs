@@ -767,8 +767,10 @@ impl Deferred {
     }
 
     /// The HBM pattern holding the bytes `ap` reads, if `ap` lies inside a put-off
-    /// load's destination (all three one contiguous run per partition, in the same dtype,
-    /// at a whole number of elements into the destination).
+    /// load's destination: `ap` and the destination one contiguous run per partition in
+    /// the same dtype, `ap` a whole number of elements into it, and the elements it reads
+    /// within one contiguous run of the load's source (whose dims may be any, the
+    /// innermost of unit stride).
     fn lazy_source(&self, ap: &Ap) -> Option<Ap> {
         let run = |x: &Ap| match x.dims.as_slice() {
             [d] if d.stride == 1 => Some(i128::from(d.size)),
@@ -778,7 +780,7 @@ impl Deferred {
         let esize = i128::from(ap.dtype.size());
         self.lazy.iter().find_map(|l| {
             let (d, s) = (&l.dst, &l.src);
-            let (nd, _) = (run(d)?, run(s)?);
+            let nd = run(d)?;
             let dp = i128::from(ap.start_partition) - i128::from(d.start_partition);
             let doff = i128::from(ap.offset) - i128::from(d.offset);
             let inside = ap.mem == d.mem
@@ -791,7 +793,21 @@ impl Deferred {
             if !inside {
                 return None;
             }
-            let offset = i128::from(s.offset) + dp * i128::from(s.partition_stride) * esize + doff;
+            // The first element's position in the source's dims (row-major), and the
+            // elements left in its innermost run.
+            let inner = s.dims.last().filter(|d| d.stride == 1)?;
+            let mut rest = doff / esize;
+            let mut elems: i128 = 0;
+            for dim in s.dims.iter().rev() {
+                let size = i128::from(dim.size).max(1);
+                elems += (rest % size) * i128::from(dim.stride);
+                rest /= size;
+            }
+            if (doff / esize) % i128::from(inner.size).max(1) + n > i128::from(inner.size) {
+                return None;
+            }
+            let offset =
+                i128::from(s.offset) + dp * i128::from(s.partition_stride) * esize + elems * esize;
             Some(Ap {
                 offset: u64::try_from(offset).ok()?,
                 partitions: ap.partitions,

@@ -5,7 +5,9 @@
 
 use crate::fuzz_programs;
 use crate::prog_builder::*;
-use neuron_isa::{ActFunc, ChipConfig, Dtype, Engine, Op, Operand, Program, TensorId, TensorKind};
+use neuron_isa::{
+    ActFunc, ChipConfig, Dim, Dtype, Engine, Op, Operand, Program, TensorId, TensorKind,
+};
 use neuron_sim::{SimOptions, Simulator};
 
 /// Runs `p` with its tensors bound to `inputs` on a pool of `threads` threads; returns
@@ -481,8 +483,9 @@ fn random_put_off_loads_match_the_synchronous_run() {
             a
         };
         let (mut dma, mut vector, mut pe) = (Vec::new(), Vec::new(), Vec::new());
-        // Loads from partition 0: (partitions, first element, elements).
-        let mut loads: Vec<(u32, u32, u32)> = Vec::new();
+        // Loads from partition 0: (partitions, first element, elements, elements per
+        // contiguous run of the source).
+        let mut loads: Vec<(u32, u32, u32, u32)> = Vec::new();
         for _ in 0..24 {
             if next(5) == 0 {
                 // A matmul from two random ranges of all partitions (inside a put-off
@@ -491,10 +494,14 @@ fn random_put_off_loads_match_the_synchronous_run() {
                 let (mut k, m, n) = (128, 1 + next(128), 1 + next(128));
                 let mut at = [next(area - m), next(area - n)];
                 // Often inside an earlier load from partition 0 (one operand or both).
-                if let Some(&(np, lat, len)) = loads.get(next(loads.len() as u32 + 1) as usize) {
+                if let Some(&(np, lat, len, run)) = loads.get(next(loads.len() as u32 + 1) as usize)
+                {
                     k = 1 + next(np);
                     for (a, w) in at.iter_mut().zip([m, n]) {
-                        if w <= len && next(3) != 0 {
+                        if w <= run && next(4) != 0 {
+                            // Within one run of the load's source.
+                            *a = lat + next(len / run) * run + next(run - w + 1);
+                        } else if w <= len && next(2) == 0 {
                             *a = lat + next(len - w + 1);
                         }
                     }
@@ -524,13 +531,28 @@ fn random_put_off_loads_match_the_synchronous_run() {
             let dst = sb(Dtype::Bf16, p0, np, u64::from(at * 2), n);
             match next(4) {
                 0 | 1 => {
+                    let t = next(3);
+                    let two_dims = n % 2 == 0 && next(2) == 0;
                     if p0 == 0 {
-                        loads.push((np, at, n));
+                        loads.push((np, at, n, if two_dims { n / 2 } else { n }));
                     }
-                    dma.push(op(Op::Dma {
-                        dst,
-                        src: hbm_cols(next(3), p0, np, next(width - n), n),
-                    }))
+                    let src = if two_dims {
+                        // Two column blocks of each row, half a row apart (a source of
+                        // two dims, as a weight loaded by K-chunks is).
+                        let h = n / 2;
+                        let mut a = hbm_cols(t, p0, np, next(width / 2 - h + 1), h);
+                        a.dims.insert(
+                            0,
+                            Dim {
+                                size: 2,
+                                stride: i64::from(width / 2),
+                            },
+                        );
+                        a
+                    } else {
+                        hbm_cols(t, p0, np, next(width - n), n)
+                    };
+                    dma.push(op(Op::Dma { dst, src }))
                 }
                 2 => vector.push(op(Op::TensorCopy {
                     dst,
