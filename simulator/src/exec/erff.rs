@@ -14,6 +14,8 @@
 //! the tests check every 97th bit pattern and the range boundaries). No fused
 //! multiply-add is involved (Rust never contracts `a * b + c`).
 
+use super::lanes::map_lanes;
+
 /// `libm::erff`'s coefficients on `[0, 0.84375]` (bit patterns of its decimal constants).
 const PP0: f32 = f32::from_bits(0x3e03_75d4);
 const PP1: f32 = f32::from_bits(0xbea6_6beb);
@@ -30,9 +32,6 @@ const QQ5: f32 = f32::from_bits(0xb684_e21a);
 /// to avoid underflow) up to, not including, `0.84375`.
 const TINY: u32 = 0x3180_0000;
 const SMALL_END: u32 = 0x3f58_0000;
-
-/// Elements evaluated together: a multiple of every host's FP32 vector width.
-const LANES: usize = 8;
 
 /// `erf(x)` by `libm::erff`'s formula for `TINY <= |x| < SMALL_END`; its caller uses
 /// `libm::erff` elsewhere.
@@ -54,72 +53,24 @@ fn in_range(x: f32) -> bool {
 
 /// Replaces every element `x` of `xs` with `libm::erff(x)`, bit for bit.
 pub(crate) fn erf_in_place(xs: &mut [f32]) {
-    let mut chunks = xs.chunks_exact_mut(LANES);
-    for chunk in &mut chunks {
-        let mut lanes = [0.0f32; LANES];
-        let mut all_in_range = true;
-        for (l, &x) in lanes.iter_mut().zip(chunk.iter()) {
-            *l = erf_small(x);
-            all_in_range &= in_range(x);
-        }
-        if !all_in_range {
-            for (l, &x) in lanes.iter_mut().zip(chunk.iter()) {
-                if !in_range(x) {
-                    *l = libm::erff(x);
-                }
-            }
-        }
-        chunk.copy_from_slice(&lanes);
-    }
-    for x in chunks.into_remainder() {
-        *x = libm::erff(*x);
-    }
+    map_lanes(xs, erf_small, in_range, libm::erff, |_| {});
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::lanes::check;
     use super::*;
-
-    fn check(xs: &[f32]) {
-        let mut got = xs.to_vec();
-        erf_in_place(&mut got);
-        for (&x, &y) in xs.iter().zip(&got) {
-            let want = libm::erff(x);
-            assert!(
-                y.to_bits() == want.to_bits(),
-                "erf({x:e}) [{:#010x}]: libm gives {want:e} [{:#010x}], found {y:e} [{:#010x}]",
-                x.to_bits(),
-                want.to_bits(),
-                y.to_bits()
-            );
-        }
-    }
 
     #[test]
     fn every_97th_bit_pattern_has_the_bits_of_libm() {
-        let xs: Vec<f32> = (0..=u32::MAX / 97)
-            .map(|i| f32::from_bits(i * 97))
-            .collect();
-        for block in xs.chunks(1 << 16) {
-            check(block);
-        }
+        check::every_97th(erf_in_place, libm::erff, "erf");
     }
 
     #[test]
     fn range_boundaries_have_the_bits_of_libm() {
-        let mut xs = Vec::new();
-        for edge in [TINY, SMALL_END, 0x3fa0_0000, 0x4036_db6d, 0x40c0_0000] {
-            for d in 0..64u32 {
-                for bits in [edge.wrapping_sub(d), edge.wrapping_add(d)] {
-                    xs.push(f32::from_bits(bits));
-                    xs.push(-f32::from_bits(bits));
-                }
-            }
-        }
-        xs.extend([0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
-        for skip in 0..LANES {
-            check(&xs[skip..]);
-        }
+        let edges = [TINY, SMALL_END, 0x3fa0_0000, 0x4036_db6d, 0x40c0_0000];
+        let extra = [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN];
+        check::edges(&edges, &extra, erf_in_place, libm::erff, "erf");
     }
 
     #[test]

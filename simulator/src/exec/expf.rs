@@ -22,6 +22,8 @@
 //! boundaries of each range. No fused multiply-add is involved (Rust never contracts
 //! `a * b + c`).
 
+use super::lanes::map_lanes;
+
 /// 1 / ln 2 and ln 2 split into a high part whose products with small `k` are exact and
 /// a low part: `libm::expf`'s constants.
 const INV_LN2: f32 = f32::from_bits(0x3fb8_aa3b);
@@ -38,9 +40,6 @@ const ABOVE_1_5_LN2: u32 = 0x3f85_1592;
 const ABOVE_0_5_LN2: u32 = 0x3eb1_7218;
 const TINY: u32 = 0x3900_0000;
 const LARGE: u32 = 0x42ae_ac50;
-
-/// Elements evaluated together: a multiple of every host's FP32 vector width.
-const LANES: usize = 8;
 
 /// `e^x` of one element as [`exp_in_place`]'s vector path evaluates it; exact for
 /// `TINY < |x| < LARGE` (see the module docs), and its caller falls back to
@@ -79,7 +78,7 @@ fn in_range(x: f32) -> bool {
 
 /// Replaces every element `x` of `xs` with `libm::expf(x)`, bit for bit.
 pub(crate) fn exp_in_place(xs: &mut [f32]) {
-    exp_chunks(xs, |_| {});
+    map_lanes(xs, exp_in_range, in_range, libm::expf, |_| {});
 }
 
 /// [`exp_in_place`], returning the sequential FP32 sum of the results in order (the
@@ -87,7 +86,7 @@ pub(crate) fn exp_in_place(xs: &mut [f32]) {
 /// instead of following all of them).
 pub(crate) fn exp_in_place_sum(xs: &mut [f32]) -> f32 {
     let mut sum = 0.0f32;
-    exp_chunks(xs, |done| {
+    map_lanes(xs, exp_in_range, in_range, libm::expf, |done| {
         for &y in done {
             sum += y;
         }
@@ -95,63 +94,14 @@ pub(crate) fn exp_in_place_sum(xs: &mut [f32]) -> f32 {
     sum
 }
 
-/// [`exp_in_place`] calling `then` on each finished stretch, in order.
-#[inline(always)]
-fn exp_chunks(xs: &mut [f32], mut then: impl FnMut(&[f32])) {
-    let mut chunks = xs.chunks_exact_mut(LANES);
-    for chunk in &mut chunks {
-        let mut lanes = [0.0f32; LANES];
-        let mut all_in_range = true;
-        for (l, &x) in lanes.iter_mut().zip(chunk.iter()) {
-            *l = exp_in_range(x);
-            all_in_range &= in_range(x);
-        }
-        if !all_in_range {
-            for (l, &x) in lanes.iter_mut().zip(chunk.iter()) {
-                if !in_range(x) {
-                    *l = libm::expf(x);
-                }
-            }
-        }
-        chunk.copy_from_slice(&lanes);
-        then(chunk);
-    }
-    let rest = chunks.into_remainder();
-    for x in rest.iter_mut() {
-        *x = libm::expf(*x);
-    }
-    then(rest);
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::lanes::check;
     use super::*;
-
-    fn check(xs: &[f32]) {
-        let mut got = xs.to_vec();
-        exp_in_place(&mut got);
-        for (&x, &y) in xs.iter().zip(&got) {
-            let want = libm::expf(x);
-            assert!(
-                y.to_bits() == want.to_bits(),
-                "exp({x:e}) [{:#010x}]: libm gives {want:e} [{:#010x}], found {y:e} [{:#010x}]",
-                x.to_bits(),
-                want.to_bits(),
-                y.to_bits()
-            );
-        }
-    }
 
     #[test]
     fn every_97th_bit_pattern_has_the_bits_of_libm() {
-        // About 44 M patterns, both signs, every exponent: subnormals, the tiny range,
-        // each reduction range, the overflow/underflow edges, infinities and NaNs.
-        let xs: Vec<f32> = (0..=u32::MAX / 97)
-            .map(|i| f32::from_bits(i * 97))
-            .collect();
-        for block in xs.chunks(1 << 16) {
-            check(block);
-        }
+        check::every_97th(exp_in_place, libm::expf, "exp");
     }
 
     #[test]
@@ -170,23 +120,15 @@ mod tests {
 
     #[test]
     fn range_boundaries_have_the_bits_of_libm() {
-        let mut xs = Vec::new();
-        for edge in [
+        let edges = [
             ABOVE_1_5_LN2,
             ABOVE_0_5_LN2,
             TINY,
             LARGE,
             0x42b1_7218,
             0x42cf_f1b5,
-        ] {
-            for d in 0..64u32 {
-                for bits in [edge.wrapping_sub(d), edge.wrapping_add(d)] {
-                    xs.push(f32::from_bits(bits));
-                    xs.push(-f32::from_bits(bits));
-                }
-            }
-        }
-        xs.extend([
+        ];
+        let extra = [
             0.0,
             -0.0,
             f32::INFINITY,
@@ -194,12 +136,8 @@ mod tests {
             f32::NAN,
             1.0,
             -1.0,
-        ]);
-        // Every alignment of the out-of-range elements within a vector of lanes, and a
-        // remainder shorter than one.
-        for skip in 0..LANES {
-            check(&xs[skip..]);
-        }
+        ];
+        check::edges(&edges, &extra, exp_in_place, libm::expf, "exp");
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod dma;
 mod erff;
 mod expf;
 mod iota;
+mod lanes;
 mod matmul;
 mod reduce;
 mod transpose;
