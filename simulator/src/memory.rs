@@ -454,7 +454,8 @@ fn recycle(pool: &Recycled, v: Recyclable) {
 
 impl Drop for Memories<'_> {
     fn drop(&mut self) {
-        let [sbuf, psum] = self.written.clone();
+        let empty = || Written::new(0, 0);
+        let [sbuf, psum] = std::mem::replace(&mut self.written, [empty(), empty()]);
         recycle(
             &RECYCLED,
             Recyclable {

@@ -86,10 +86,16 @@ fn cheap(func: ActFunc) -> bool {
 /// with `activation_fn(Exp, _)`, with the `exp`s vectorised (`expf.rs`, bit for bit
 /// `libm::expf`).
 fn exp_row(row: &mut [f32], scale: f32, bias: f32) {
+    affine(row, scale, bias);
+    exp_in_place(row);
+}
+
+/// `x = x * scale + bias` over a row: two FP32 operations, no fused multiply-add.
+#[inline(always)]
+fn affine(row: &mut [f32], scale: f32, bias: f32) {
     for x in row.iter_mut() {
         *x = *x * scale + bias;
     }
-    exp_in_place(row);
 }
 
 /// `sigmoid(x * scale + bias)` (times `x * scale + bias` for SiLU) over one partition's
@@ -138,9 +144,7 @@ fn gelu_row(row: &mut [f32], scale: f32, bias: f32) {
 
 /// `erf(x * scale + bias)` over one partition's row, the `erf`s vectorised.
 fn erf_row(row: &mut [f32], scale: f32, bias: f32) {
-    for x in row.iter_mut() {
-        *x = *x * scale + bias;
-    }
+    affine(row, scale, bias);
     erf_in_place(row);
 }
 
@@ -216,10 +220,7 @@ pub(super) fn activation(
     let rows = |(p, row): (usize, &mut [f32])| {
         if func == ActFunc::Exp && want_sums {
             // The softmax's exp: the sum taken as the exps are computed.
-            let (s, b) = (scale.at(p), bias.at(p));
-            for x in row.iter_mut() {
-                *x = *x * s + b;
-            }
+            affine(row, scale.at(p), bias.at(p));
             return Some(exp_in_place_sum(row));
         }
         row_of(p, row);

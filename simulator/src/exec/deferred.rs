@@ -759,8 +759,9 @@ impl Deferred {
                 }
             }
         }
-        self.materialize_touched(mem, op.reads().into_iter().chain(op.writes()))?;
-        self.commit_touched(mem, op.reads().into_iter().chain(op.writes()), None)?;
+        let touched: Vec<&Ap> = op.reads().into_iter().chain(op.writes()).collect();
+        self.materialize_touched(mem, touched.iter().copied())?;
+        self.commit_touched(mem, touched.iter().copied(), None)?;
         // Once the worker runs, its GEMMs keep a core of the pool busy.
         ctx.worker_busy = self.worker.is_some();
         execute(mem, op, ctx)

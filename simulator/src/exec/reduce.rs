@@ -36,15 +36,14 @@ fn extreme_groups(x: &[f32], group: usize, out: &mut [f32], larger: bool) {
             *o = fold(g);
             continue;
         }
+        let better = |a: f32, b: f32| if larger { a > b } else { a < b };
         let mut lanes = [g[0]; 8];
         let mut chunks = g.chunks_exact(8);
         for c in &mut chunks {
             for (l, &v) in lanes.iter_mut().zip(c) {
-                let better = if larger { v > *l } else { v < *l };
-                *l = if better { v } else { *l };
+                *l = if better(v, *l) { v } else { *l };
             }
         }
-        let better = |a: f32, b: f32| if larger { a > b } else { a < b };
         let m = chunks
             .remainder()
             .iter()
