@@ -29,6 +29,7 @@ pub mod npy;
 pub mod numerics;
 pub mod program;
 pub mod rng;
+pub mod simd;
 pub mod verify;
 
 pub use ap::{Ap, Dim, MAX_FREE_DIMS, Memory, TensorId};

@@ -250,46 +250,10 @@ impl CounterRng {
             out[k] = self.normal_pair(i / 2).0;
         }
     }
-    /// The pairs `j0 ..` into `out` (a whole number of blocks): on x86-64 with the wider
-    /// vector units the host has (AVX-512, AVX2), else with the baseline's. Every
-    /// version runs the same IEEE operations on each element (vector lanes round exactly
-    /// like scalars and Rust never fuses a multiply and an add), so they give the same bits.
+    /// The pairs `j0 ..` into `out` (a whole number of blocks), compiled for the widest
+    /// vector units the host has ([`crate::vectorized!`]; the same bits at every level).
     fn fill_blocks(&self, j0: u64, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512dq")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-            {
-                // SAFETY: the CPU has the features `fill_blocks_avx512` is compiled for.
-                #[allow(unsafe_code)]
-                unsafe {
-                    self.fill_blocks_avx512(j0, out)
-                };
-                return;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has the features `fill_blocks_avx2` is compiled for.
-                #[allow(unsafe_code)]
-                unsafe {
-                    self.fill_blocks_avx2(j0, out)
-                };
-                return;
-            }
-        }
-        self.fill_blocks_portable(j0, out);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
-    fn fill_blocks_avx512(&self, j0: u64, out: &mut [f32]) {
-        self.fill_blocks_portable(j0, out);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn fill_blocks_avx2(&self, j0: u64, out: &mut [f32]) {
-        self.fill_blocks_portable(j0, out);
+        fill_blocks(self, j0, out);
     }
 
     /// [`CounterRng::fill_blocks`]: the counter bits of a block one pair at a time
@@ -330,6 +294,13 @@ impl CounterRng {
                 o[1] = s;
             }
         }
+    }
+}
+
+crate::vectorized! {
+    /// [`CounterRng::fill_blocks`] compiled for each vector level.
+    fn fill_blocks(rng: &CounterRng, j0: u64, out: &mut [f32]) {
+        rng.fill_blocks_portable(j0, out)
     }
 }
 
@@ -442,17 +413,10 @@ mod tests {
         let mut got = vec![0f32; n];
         r.fill_blocks(1_000_003, &mut got);
         assert_eq!(bits(&got), bits(&want), "dispatched");
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                got.fill(0.0);
-                // SAFETY: the CPU has AVX2.
-                #[allow(unsafe_code)]
-                unsafe {
-                    r.fill_blocks_avx2(1_000_003, &mut got)
-                };
-                assert_eq!(bits(&got), bits(&want), "avx2");
-            }
+        for level in crate::simd::Level::ALL {
+            got.fill(0.0);
+            fill_blocks::at(level, &r, 1_000_003, &mut got);
+            assert_eq!(bits(&got), bits(&want), "{level:?}");
         }
     }
 

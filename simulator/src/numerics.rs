@@ -134,10 +134,18 @@ fn size_error(what: &str, dtype: Dtype, elems: usize, bytes: usize) -> SimError 
 
 /// Decodes `src` (little-endian elements of `dtype`) into `dst`, exactly (`i32` and
 /// `i64` round to the nearest f32). `src.len()` must be `dst.len() * dtype.size()`.
+/// Compiled for the host's widest vector units (`neuron_isa::simd`; the same bits).
 pub fn decode_slice(dtype: Dtype, src: &[u8], dst: &mut [f32]) -> Result<(), SimError> {
     if src.len() != dst.len().saturating_mul(dtype.size() as usize) {
         return Err(size_error("decode", dtype, dst.len(), src.len()));
     }
+    decode_lanes(dtype, src, dst);
+    Ok(())
+}
+
+neuron_isa::vectorized! {
+/// [`decode_slice`]'s loops on checked lengths.
+fn decode_lanes(dtype: Dtype, src: &[u8], dst: &mut [f32]) {
     match dtype {
         Dtype::F32 => {
             for (o, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
@@ -185,7 +193,7 @@ pub fn decode_slice(dtype: Dtype, src: &[u8], dst: &mut [f32]) -> Result<(), Sim
             }
         }
     }
-    Ok(())
+}
 }
 
 /// Encodes a narrow float format over a slice, RNE or stochastic.
@@ -224,6 +232,18 @@ pub fn encode_slice(
     if dst.len() != src.len().saturating_mul(dtype.size() as usize) {
         return Err(size_error("encode", dtype, src.len(), dst.len()));
     }
+    if dtype == Dtype::I64 {
+        return Err(SimError::Conversion(
+            "encode i64: i64 is read-only (an HBM DMA source), it cannot be written".into(),
+        ));
+    }
+    encode_lanes(dtype, src, dst, rounder);
+    Ok(())
+}
+
+neuron_isa::vectorized! {
+/// [`encode_slice`]'s loops on checked lengths.
+fn encode_lanes(dtype: Dtype, src: &[f32], dst: &mut [u8], rounder: &mut Rounder) {
     match dtype {
         Dtype::F32 => {
             for (o, &x) in dst.chunks_exact_mut(4).zip(src) {
@@ -249,13 +269,10 @@ pub fn encode_slice(
                 o.copy_from_slice(&f32_to_i32(x).to_le_bytes());
             }
         }
-        Dtype::I64 => {
-            return Err(SimError::Conversion(
-                "encode i64: i64 is read-only (an HBM DMA source), it cannot be written".into(),
-            ));
-        }
+        // Refused by `encode_slice`.
+        Dtype::I64 => {}
     }
-    Ok(())
+}
 }
 
 /// Whether any element of `bytes` (elements of `dtype`) is the poison pattern: all bytes
@@ -266,13 +283,19 @@ pub fn is_poisoned(dtype: Dtype, bytes: &[u8]) -> bool {
     if !dtype.is_float() {
         return false;
     }
+    poison_lanes(dtype.size(), bytes)
+}
+
+neuron_isa::vectorized! {
+/// [`is_poisoned`]'s loops for `size`-byte elements.
+fn poison_lanes(size: u64, bytes: &[u8]) -> bool {
     // Each element compared with all ones, the comparisons OR-ed together without
     // branches: one packed compare and one OR per vector on the baseline x86-64 target
     // (SSE2), where the unsigned max-reduction this used to be has no instruction for
     // 16- and 32-bit lanes and was emulated (4x slower for FP32; this check runs on
     // every simulated read). Elements start at byte 0; trailing bytes short of an
     // element are not one.
-    match dtype.size() {
+    match size {
         1 => bytes.iter().fold(false, |any, &b| any | (b == u8::MAX)),
         2 => bytes.chunks_exact(2).fold(false, |any, c| {
             any | (u16::from_le_bytes([c[0], c[1]]) == u16::MAX)
@@ -284,6 +307,7 @@ pub fn is_poisoned(dtype: Dtype, bytes: &[u8]) -> bool {
             .chunks_exact(size as usize)
             .any(|c| c.iter().all(|&b| b == 0xff)),
     }
+}
 }
 
 /// [`is_poisoned`] over a large buffer, in blocks of 1 MiB (a whole number of elements of
@@ -510,6 +534,74 @@ mod tests {
                     b[len - len % size..].fill(0xff);
                     assert!(!is_poisoned(dtype, &b), "{dtype} {len} tail");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn every_vector_level_gives_the_baseline_bits() {
+        use neuron_isa::simd::Level;
+        // Every 16-bit pattern twice over (bf16/f16 decode; fp8 and int8 decode each byte),
+        // and FP32 inputs around every rounding case: ties, NaNs, infinities, subnormals,
+        // values past each format's range.
+        let raw: Vec<u8> = (0..=u16::MAX).flat_map(|h| h.to_le_bytes()).collect();
+        let mut xs: Vec<f32> = (0..=u16::MAX)
+            .map(|h| f32::from_bits(u32::from(h).wrapping_mul(0x9e37_79b9)))
+            .collect();
+        xs.extend((0..=u16::MAX).map(|h| f32::from_bits((u32::from(h) << 16) | 0x8000)));
+        xs.extend([
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            -f32::INFINITY,
+            f32::NAN,
+            1e-45,
+            7e4,
+            -3e38,
+        ]);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for level in Level::ALL {
+            for dtype in [
+                Dtype::F32,
+                Dtype::Bf16,
+                Dtype::F16,
+                Dtype::Fp8E4m3,
+                Dtype::Fp8E5m2,
+                Dtype::I8,
+                Dtype::U8,
+                Dtype::I32,
+            ] {
+                let size = dtype.size() as usize;
+                let n = raw.len() / size;
+                let (mut want, mut got) = (vec![0f32; n], vec![0f32; n]);
+                decode_lanes::at(Level::Baseline, dtype, &raw[..n * size], &mut want);
+                decode_lanes::at(level, dtype, &raw[..n * size], &mut got);
+                assert_eq!(bits(&got), bits(&want), "decode {dtype} {level:?}");
+
+                let (mut want, mut got) = (vec![0u8; xs.len() * size], vec![0u8; xs.len() * size]);
+                encode_lanes::at(Level::Baseline, dtype, &xs, &mut want, &mut Rounder::rne());
+                encode_lanes::at(level, dtype, &xs, &mut got, &mut Rounder::rne());
+                assert!(got == want, "encode {dtype} {level:?}");
+                let mut sr = [
+                    Rounder::new(Rounding::Stochastic, 7),
+                    Rounder::new(Rounding::Stochastic, 7),
+                ];
+                encode_lanes::at(Level::Baseline, dtype, &xs, &mut want, &mut sr[0]);
+                encode_lanes::at(level, dtype, &xs, &mut got, &mut sr[1]);
+                assert!(got == want, "encode stochastic {dtype} {level:?}");
+
+                // One poison element at the end of a long clean run, and none.
+                let mut clean = vec![0x7fu8; 4096 * size];
+                assert!(
+                    !poison_lanes::at(level, dtype.size(), &clean),
+                    "{dtype} {level:?}"
+                );
+                let end = clean.len();
+                clean[end - size..].fill(0xff);
+                assert!(
+                    poison_lanes::at(level, dtype.size(), &clean),
+                    "{dtype} {level:?}"
+                );
             }
         }
     }

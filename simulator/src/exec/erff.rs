@@ -51,9 +51,12 @@ fn in_range(x: f32) -> bool {
     (TINY..SMALL_END).contains(&hx)
 }
 
-/// Replaces every element `x` of `xs` with `libm::erff(x)`, bit for bit.
-pub(crate) fn erf_in_place(xs: &mut [f32]) {
-    map_lanes(xs, erf_small, in_range, libm::erff, |_| {});
+neuron_isa::vectorized! {
+    /// Replaces every element `x` of `xs` with `libm::erff(x)`, bit for bit (compiled
+    /// for the host's widest vector units, `neuron_isa::simd`).
+    pub(crate) fn erf_in_place(xs: &mut [f32]) {
+        map_lanes(xs, erf_small, in_range, libm::erff, |_| {});
+    }
 }
 
 #[cfg(test)]
@@ -71,6 +74,11 @@ mod tests {
         let edges = [TINY, SMALL_END, 0x3fa0_0000, 0x4036_db6d, 0x40c0_0000];
         let extra = [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN];
         check::edges(&edges, &extra, erf_in_place, libm::erff, "erf");
+        // And every vector build the host has (the default runs the widest).
+        for level in neuron_isa::simd::Level::ALL {
+            let f = |xs: &mut [f32]| erf_in_place::at(level, xs);
+            check::edges(&edges, &extra, f, libm::erff, &format!("erf {level:?}"));
+        }
     }
 
     #[test]

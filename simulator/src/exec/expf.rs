@@ -76,22 +76,27 @@ fn in_range(x: f32) -> bool {
     hx > TINY && hx < LARGE
 }
 
-/// Replaces every element `x` of `xs` with `libm::expf(x)`, bit for bit.
-pub(crate) fn exp_in_place(xs: &mut [f32]) {
-    map_lanes(xs, exp_in_range, in_range, libm::expf, |_| {});
+neuron_isa::vectorized! {
+    /// Replaces every element `x` of `xs` with `libm::expf(x)`, bit for bit (compiled
+    /// for the host's widest vector units, `neuron_isa::simd`).
+    pub(crate) fn exp_in_place(xs: &mut [f32]) {
+        map_lanes(xs, exp_in_range, in_range, libm::expf, |_| {});
+    }
 }
 
-/// [`exp_in_place`], returning the sequential FP32 sum of the results in order (the
-/// same adds as summing afterwards; each chunk's adds overlap the next chunk's `exp`s
-/// instead of following all of them).
-pub(crate) fn exp_in_place_sum(xs: &mut [f32]) -> f32 {
-    let mut sum = 0.0f32;
-    map_lanes(xs, exp_in_range, in_range, libm::expf, |done| {
-        for &y in done {
-            sum += y;
-        }
-    });
-    sum
+neuron_isa::vectorized! {
+    /// [`exp_in_place`], returning the sequential FP32 sum of the results in order (the
+    /// same adds as summing afterwards; each chunk's adds overlap the next chunk's
+    /// `exp`s instead of following all of them).
+    pub(crate) fn exp_in_place_sum(xs: &mut [f32]) -> f32 {
+        let mut sum = 0.0f32;
+        map_lanes(xs, exp_in_range, in_range, libm::expf, |done| {
+            for &y in done {
+                sum += y;
+            }
+        });
+        sum
+    }
 }
 
 #[cfg(test)]
@@ -115,6 +120,11 @@ mod tests {
             assert!(a == b, "{len}");
             let want = b.iter().fold(0.0f32, |s, &y| s + y);
             assert_eq!(sum.to_bits(), want.to_bits(), "{len}");
+            for level in neuron_isa::simd::Level::ALL {
+                let mut c = xs.clone();
+                let s = exp_in_place_sum::at(level, &mut c);
+                assert!(c == b && s.to_bits() == want.to_bits(), "{len} {level:?}");
+            }
         }
     }
 
@@ -138,6 +148,11 @@ mod tests {
             -1.0,
         ];
         check::edges(&edges, &extra, exp_in_place, libm::expf, "exp");
+        // And every vector build the host has (the default runs the widest).
+        for level in neuron_isa::simd::Level::ALL {
+            let f = |xs: &mut [f32]| exp_in_place::at(level, xs);
+            check::edges(&edges, &extra, f, libm::expf, &format!("exp {level:?}"));
+        }
     }
 
     #[test]
