@@ -199,46 +199,50 @@ pub(super) fn gemm(
 /// Whether some element of `c` has the FP32 poison bits (all ones).
 fn has_poison(c: &ArrayViewMut2<'_, f32>) -> bool {
     c.rows().into_iter().any(|row| match row.as_slice() {
-        // A max-reduction that vectorizes, as `numerics::is_poisoned`.
-        Some(r) => r.iter().fold(0u32, |a, x| a.max(x.to_bits())) == u32::MAX,
+        // Compares OR-ed without branches, as `numerics::is_poisoned`.
+        Some(r) => r
+            .iter()
+            .fold(false, |any, x| any | (x.to_bits() == u32::MAX)),
         None => row.iter().any(|x| x.to_bits() == u32::MAX),
     })
 }
 
-/// The module's rule for FP32 inputs, with separate multiplies and adds: for each output
-/// row, `acc[n] = acc[n] + s[k, m] * v[k, n]` over `k` in order (vectorizes over `n`
-/// without changing any element's order of operations), then `c = (accumulate ? c : +0)
-/// + acc`.
-pub(crate) fn gemm_f32_unfused(
-    s: &ArrayView2<'_, f32>,
-    v: &ArrayView2<'_, f32>,
-    c: &mut ArrayViewMut2<'_, f32>,
-    accumulate: bool,
-) {
-    let (k, m) = s.dim();
-    let n = v.ncols();
-    let mut acc = vec![0f32; n];
-    for mi in 0..m {
-        acc.fill(0.0);
-        for ki in 0..k {
-            let a = s[[ki, mi]];
-            let row = v.row(ki);
-            match row.as_slice() {
-                Some(r) => {
-                    for (o, &x) in acc.iter_mut().zip(r) {
-                        *o += a * x;
+neuron_isa::vectorized! {
+    /// The module's rule for FP32 inputs, with separate multiplies and adds: for each output
+    /// row, `acc[n] = acc[n] + s[k, m] * v[k, n]` over `k` in order (vectorizes over `n`
+    /// without changing any element's order of operations), then `c = (accumulate ? c : +0)
+    /// + acc`. Compiled for the host's widest vector units (`neuron_isa::simd`).
+    pub(crate) fn gemm_f32_unfused(
+        s: &ArrayView2<'_, f32>,
+        v: &ArrayView2<'_, f32>,
+        c: &mut ArrayViewMut2<'_, f32>,
+        accumulate: bool,
+    ) {
+        let (k, m) = s.dim();
+        let n = v.ncols();
+        let mut acc = vec![0f32; n];
+        for mi in 0..m {
+            acc.fill(0.0);
+            for ki in 0..k {
+                let a = s[[ki, mi]];
+                let row = v.row(ki);
+                match row.as_slice() {
+                    Some(r) => {
+                        for (o, &x) in acc.iter_mut().zip(r) {
+                            *o += a * x;
+                        }
                     }
-                }
-                None => {
-                    for (o, &x) in acc.iter_mut().zip(row.iter()) {
-                        *o += a * x;
+                    None => {
+                        for (o, &x) in acc.iter_mut().zip(row.iter()) {
+                            *o += a * x;
+                        }
                     }
                 }
             }
-        }
-        for (o, &x) in c.row_mut(mi).iter_mut().zip(&acc) {
-            let base = if accumulate { *o } else { 0.0 };
-            *o = base + x;
+            for (o, &x) in c.row_mut(mi).iter_mut().zip(&acc) {
+                let base = if accumulate { *o } else { 0.0 };
+                *o = base + x;
+            }
         }
     }
 }
@@ -303,6 +307,12 @@ mod tests {
                     bits(&want),
                     "exact {exact} acc {acc} threads {threads}"
                 );
+            }
+            // The unfused kernel at every vector level the host has.
+            for level in neuron_isa::simd::Level::ALL {
+                let mut c = c0.clone();
+                gemm_f32_unfused::at(level, &s.view(), &v.view(), &mut c.view_mut(), acc);
+                assert_eq!(bits(&c), bits(&want), "unfused acc {acc} {level:?}");
             }
         }
     }
