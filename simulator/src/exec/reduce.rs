@@ -19,24 +19,34 @@ fn fold_groups(x: &[f32], group: usize, out: &mut [f32], f: impl Fn(f32, f32) ->
     }
 }
 
-/// `fold_groups` with `max_nan` (`larger`) or `min_nan`, with the same result bits: a
-/// group holding a NaN gives its first NaN (the fold keeps it); otherwise the fold ends
-/// on the last element equal to the extreme value (an equal element replaces the
-/// accumulator, which decides the sign of a zero extreme). That element is found by an
-/// order-free extreme over eight lanes (which vectorizes) and a scan back from the end,
-/// instead of one dependent compare per element.
-fn extreme_groups(x: &[f32], group: usize, out: &mut [f32], larger: bool) {
-    let fold = |g: &[f32]| {
-        let f = if larger { max_nan } else { min_nan };
-        g[1..].iter().fold(g[0], |acc, &v| f(acc, v))
-    };
+neuron_isa::vectorized! {
+    /// `fold_groups` with `max_nan` (`larger`) or `min_nan`, with the same result bits: a
+    /// group holding a NaN gives its first NaN (the fold keeps it); otherwise the fold ends
+    /// on the last element equal to the extreme value (an equal element replaces the
+    /// accumulator, which decides the sign of a zero extreme). That element is found by an
+    /// order-free extreme over eight lanes and a scan back from the end by eight at a time
+    /// (both vectorize), instead of one dependent compare per element. Compiled for the
+    /// host's widest vector units (`neuron_isa::simd`).
+    fn extreme_groups(x: &[f32], group: usize, out: &mut [f32], larger: bool) {
+        if larger {
+            extreme_groups_of::<true>(x, group, out);
+        } else {
+            extreme_groups_of::<false>(x, group, out);
+        }
+    }
+}
+
+/// [`extreme_groups`] for one direction (a constant, so the loops have no branch on it).
+#[inline(always)]
+fn extreme_groups_of<const LARGER: bool>(x: &[f32], group: usize, out: &mut [f32]) {
+    let better = |a: f32, b: f32| if LARGER { a > b } else { a < b };
     for (o, g) in out.iter_mut().zip(x.chunks_exact(group)) {
         let has_nan = g.iter().fold(false, |a, v| a | v.is_nan());
         if has_nan || g.len() < 16 {
-            *o = fold(g);
+            let f = if LARGER { max_nan } else { min_nan };
+            *o = g[1..].iter().fold(g[0], |acc, &v| f(acc, v));
             continue;
         }
-        let better = |a: f32, b: f32| if larger { a > b } else { a < b };
         let mut lanes = [g[0]; 8];
         let mut chunks = g.chunks_exact(8);
         for c in &mut chunks {
@@ -50,7 +60,19 @@ fn extreme_groups(x: &[f32], group: usize, out: &mut [f32], larger: bool) {
             .chain(&lanes)
             .fold(g[0], |m, &v| if better(v, m) { v } else { m });
         // Some element equals `m` (it is one of them): the last one is the result.
-        *o = g.iter().rev().find(|&&v| v == m).copied().unwrap_or(m);
+        let mut end = g.len();
+        *o = m;
+        while end > 0 {
+            let start = end.saturating_sub(8);
+            let c = &g[start..end];
+            if c.iter().fold(false, |any, &v| any | (v == m)) {
+                if let Some(p) = c.iter().rposition(|&v| v == m) {
+                    *o = c[p];
+                }
+                break;
+            }
+            end = start;
+        }
     }
 }
 
@@ -152,13 +174,15 @@ mod tests {
                 for larger in [true, false] {
                     let f = if larger { max_nan } else { min_nan };
                     let want = g[1..].iter().fold(g[0], |a, &v| f(a, v));
-                    let mut out = [0.0f32];
-                    extreme_groups(&g, len, &mut out, larger);
-                    assert_eq!(
-                        out[0].to_bits(),
-                        want.to_bits(),
-                        "len {len} case {case} larger {larger}"
-                    );
+                    for level in neuron_isa::simd::Level::ALL {
+                        let mut out = [0.0f32];
+                        extreme_groups::at(level, &g, len, &mut out, larger);
+                        assert_eq!(
+                            out[0].to_bits(),
+                            want.to_bits(),
+                            "len {len} case {case} larger {larger} {level:?}"
+                        );
+                    }
                 }
             }
         }
