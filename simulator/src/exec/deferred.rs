@@ -924,8 +924,16 @@ impl Deferred {
         }
         for (r, c) in cols.into_iter().zip(&blocks) {
             let w = r.len();
-            cv.slice_mut(s![.., r])
-                .assign(&ArrayView2::from_shape((m, w), c.as_slice()).map_err(shape_err)?);
+            let block = ArrayView2::from_shape((m, w), c.as_slice()).map_err(shape_err)?;
+            let mut dst = cv.slice_mut(s![.., r]);
+            // Each partition's row is one contiguous run: copied as slices (ndarray's
+            // `assign` went element by element).
+            for (mut d, b) in dst.rows_mut().into_iter().zip(block.rows()) {
+                match (d.as_slice_mut(), b.as_slice()) {
+                    (Some(d), Some(b)) => d.copy_from_slice(b),
+                    _ => d.assign(&b),
+                }
+            }
         }
         let room = MAX_SPENT.saturating_sub(self.free.len());
         self.free.extend(blocks.into_iter().take(room));
