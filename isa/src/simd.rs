@@ -32,30 +32,52 @@ impl Level {
     /// Every level, widest first.
     pub const ALL: [Level; 3] = [Level::Avx512, Level::Avx2, Level::Baseline];
 
-    /// Whether this host can run code compiled for the level.
+    /// Whether this host can run code compiled for the level (detected once per
+    /// process: a dispatched call costs one atomic load).
+    #[inline]
     pub fn available(self) -> bool {
         match self {
             Level::Baseline => true,
-            #[cfg(target_arch = "x86_64")]
-            Level::Avx512 => {
-                std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512dq")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-            }
-            #[cfg(target_arch = "x86_64")]
-            Level::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => false,
+            Level::Avx2 => detected() & AVX2 != 0,
+            Level::Avx512 => detected() & AVX512 != 0,
         }
     }
 }
 
-/// The widest level this host has (detected once by the standard library and cached).
+const AVX2: u8 = 1;
+const AVX512: u8 = 2;
+
+/// The levels this host has, as bits (`AVX2`, `AVX512`).
+#[inline]
+fn detected() -> u8 {
+    static DETECTED: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = std::arch::is_x86_feature_detected!("avx2");
+            let avx512 = std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+                && std::arch::is_x86_feature_detected!("avx512vl");
+            (u8::from(avx2) * AVX2) | (u8::from(avx512) * AVX512)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            0
+        }
+    })
+}
+
+/// The widest level this host has.
+#[inline]
 pub fn widest_level() -> Level {
-    Level::ALL
-        .into_iter()
-        .find(|l| l.available())
-        .unwrap_or(Level::Baseline)
+    let d = detected();
+    if d & AVX512 != 0 {
+        Level::Avx512
+    } else if d & AVX2 != 0 {
+        Level::Avx2
+    } else {
+        Level::Baseline
+    }
 }
 
 /// Defines a function whose body is compiled for each [`Level`] and run at the widest
