@@ -239,9 +239,15 @@ neuron_isa::vectorized! {
                     }
                 }
             }
-            for (o, &x) in c.row_mut(mi).iter_mut().zip(&acc) {
+            let mut row = c.row_mut(mi);
+            let add = |(o, &x): (&mut f32, &f32)| {
                 let base = if accumulate { *o } else { 0.0 };
                 *o = base + x;
+            };
+            // A contiguous row as a slice (ndarray's iterator does not vectorize).
+            match row.as_slice_mut() {
+                Some(r) => r.iter_mut().zip(&acc).for_each(add),
+                None => row.iter_mut().zip(&acc).for_each(add),
             }
         }
     }
