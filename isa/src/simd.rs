@@ -110,6 +110,8 @@ macro_rules! vectorized {
 
         #[doc(hidden)]
         #[allow(unsafe_code)]
+        // `at` takes the level besides the function's own arguments.
+        #[allow(clippy::too_many_arguments)]
         $vis mod $name {
             #[allow(unused_imports)]
             use super::*;

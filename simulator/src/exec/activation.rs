@@ -10,7 +10,7 @@
 //! multiply-add). NaN propagates through every function (`relu(NaN)` is NaN).
 
 use super::erff::erf_in_place;
-use super::expf::{exp_in_place, exp_in_place_sum};
+use super::expf::exp_in_place;
 use super::{ExecContext, ExecError, Scalars, same_shape, shape};
 use crate::memory::Memories;
 use neuron_isa::{ActFunc, Ap, Operand};
@@ -95,6 +95,75 @@ fn exp_row(row: &mut [f32], scale: f32, bias: f32) {
 fn affine(row: &mut [f32], scale: f32, bias: f32) {
     for x in row.iter_mut() {
         *x = *x * scale + bias;
+    }
+}
+
+/// Rows whose sums are taken together (see [`row_sums`]).
+const SUM_ROWS: usize = 8;
+
+neuron_isa::vectorized! {
+    /// `func(x * scale + bias)` over the rows of `x` (`free` elements each, the first
+    /// being partition `p0`), and each row's sum into `sums` when given. Compiled for the
+    /// host's widest vector units (`neuron_isa::simd`).
+    fn activation_rows(
+        x: &mut [f32],
+        free: usize,
+        p0: usize,
+        func: ActFunc,
+        scale: &Scalars,
+        bias: &Scalars,
+        sums: Option<&mut [f32]>,
+    ) {
+        for (i, row) in x.chunks_exact_mut(free).enumerate() {
+            let p = p0 + i;
+            row_of(func, row, scale.at(p), bias.at(p));
+        }
+        if let Some(sums) = sums {
+            row_sums(x, free, sums);
+        }
+    }
+}
+
+/// `func(x * scale + bias)` over one partition's row.
+#[inline(always)]
+fn row_of(func: ActFunc, row: &mut [f32], s: f32, b: f32) {
+    // One monomorphised loop per function so the compiler can inline it.
+    match func {
+        ActFunc::Identity => map_row(row, s, b, |v| activation_fn(ActFunc::Identity, v)),
+        ActFunc::Relu => map_row(row, s, b, |v| activation_fn(ActFunc::Relu, v)),
+        ActFunc::Gelu => gelu_row(row, s, b),
+        ActFunc::GeluTanh => map_row(row, s, b, |v| activation_fn(ActFunc::GeluTanh, v)),
+        ActFunc::Sigmoid => sigmoid_row(row, s, b, false),
+        ActFunc::Silu => sigmoid_row(row, s, b, true),
+        ActFunc::Tanh => map_row(row, s, b, |v| activation_fn(ActFunc::Tanh, v)),
+        ActFunc::Exp => exp_row(row, s, b),
+        ActFunc::Log => map_row(row, s, b, |v| activation_fn(ActFunc::Log, v)),
+        ActFunc::Sqrt => map_row(row, s, b, |v| activation_fn(ActFunc::Sqrt, v)),
+        ActFunc::Rsqrt => map_row(row, s, b, |v| activation_fn(ActFunc::Rsqrt, v)),
+        ActFunc::Reciprocal => map_row(row, s, b, |v| activation_fn(ActFunc::Reciprocal, v)),
+        ActFunc::Square => map_row(row, s, b, |v| activation_fn(ActFunc::Square, v)),
+        ActFunc::Erf => erf_row(row, s, b),
+        ActFunc::Abs => map_row(row, s, b, |v| activation_fn(ActFunc::Abs, v)),
+        ActFunc::Sign => map_row(row, s, b, |v| activation_fn(ActFunc::Sign, v)),
+        ActFunc::Softplus => map_row(row, s, b, |v| activation_fn(ActFunc::Softplus, v)),
+    }
+}
+
+/// Each row's FP32 sum in free order, as the chip's accumulator adds them (`sums[r]` for
+/// row `r` of `x`, rows of `free` elements): [`SUM_ROWS`] rows at a time, so that their
+/// chains of dependent adds overlap instead of following one another (the same adds in
+/// the same order for every row).
+#[inline(always)]
+fn row_sums(x: &[f32], free: usize, sums: &mut [f32]) {
+    for (rows, out) in x.chunks(SUM_ROWS * free).zip(sums.chunks_mut(SUM_ROWS)) {
+        let mut acc = [0.0f32; SUM_ROWS];
+        let n = out.len().min(rows.len() / free);
+        for j in 0..free {
+            for (r, a) in acc.iter_mut().enumerate().take(n) {
+                *a += rows[r * free + j];
+            }
+        }
+        out[..n].copy_from_slice(&acc[..n]);
     }
 }
 
@@ -190,58 +259,31 @@ pub(super) fn activation(
     // dependent add per element, most of an identity eviction's time.
     let want_sums = accum.is_some();
     let mut sums = vec![0.0f32; if want_sums { parts } else { 0 }];
-    let row_of = |p: usize, row: &mut [f32]| {
-        let (s, b) = (scale.at(p), bias.at(p));
-        // One monomorphised loop per function so the compiler can inline it.
-        match func {
-            ActFunc::Identity => map_row(row, s, b, |v| activation_fn(ActFunc::Identity, v)),
-            ActFunc::Relu => map_row(row, s, b, |v| activation_fn(ActFunc::Relu, v)),
-            ActFunc::Gelu => gelu_row(row, s, b),
-            ActFunc::GeluTanh => map_row(row, s, b, |v| activation_fn(ActFunc::GeluTanh, v)),
-            ActFunc::Sigmoid => sigmoid_row(row, s, b, false),
-            ActFunc::Silu => sigmoid_row(row, s, b, true),
-            ActFunc::Tanh => map_row(row, s, b, |v| activation_fn(ActFunc::Tanh, v)),
-            ActFunc::Exp => exp_row(row, s, b),
-            ActFunc::Log => map_row(row, s, b, |v| activation_fn(ActFunc::Log, v)),
-            ActFunc::Sqrt => map_row(row, s, b, |v| activation_fn(ActFunc::Sqrt, v)),
-            ActFunc::Rsqrt => map_row(row, s, b, |v| activation_fn(ActFunc::Rsqrt, v)),
-            ActFunc::Reciprocal => map_row(row, s, b, |v| activation_fn(ActFunc::Reciprocal, v)),
-            ActFunc::Square => map_row(row, s, b, |v| activation_fn(ActFunc::Square, v)),
-            ActFunc::Erf => erf_row(row, s, b),
-            ActFunc::Abs => map_row(row, s, b, |v| activation_fn(ActFunc::Abs, v)),
-            ActFunc::Sign => map_row(row, s, b, |v| activation_fn(ActFunc::Sign, v)),
-            ActFunc::Softplus => map_row(row, s, b, |v| activation_fn(ActFunc::Softplus, v)),
-        }
-    };
-    // The sum of a row's FP32 results in free order, as the chip's accumulator adds them.
-    let sum_of = |row: &[f32]| row.iter().fold(0.0f32, |sum, &y| sum + y);
-    // Transcendental functions over a large tile are split by partitions across the pool
-    // (every element and every row sum is computed by the same operations either way).
-    let rows = |(p, row): (usize, &mut [f32])| {
-        if func == ActFunc::Exp && want_sums {
-            // The softmax's exp: the sum taken as the exps are computed.
-            affine(row, scale.at(p), bias.at(p));
-            return Some(exp_in_place_sum(row));
-        }
-        row_of(p, row);
-        want_sums.then(|| sum_of(row))
-    };
+    let free = free.max(1);
+    // Transcendental functions over a large tile are split by groups of eight partitions
+    // across the pool (every element and every row sum is computed by the same
+    // operations either way).
     if x.len() >= PARALLEL_ELEMS && !cheap(func) && ctx.may_split() {
         use rayon::prelude::*;
-        let s: Vec<Option<f32>> = x
-            .par_chunks_exact_mut(free.max(1))
-            .enumerate()
-            .map(rows)
-            .collect();
-        sums.iter_mut()
-            .zip(s)
-            .for_each(|(d, s)| *d = s.unwrap_or(0.0));
-    } else {
-        for (p, row) in x.chunks_exact_mut(free.max(1)).enumerate() {
-            if let Some(s) = rows((p, row)) {
-                sums[p] = s;
-            }
+        let groups = x.par_chunks_exact_mut(SUM_ROWS * free).enumerate();
+        if want_sums {
+            groups
+                .zip(sums.par_chunks_mut(SUM_ROWS))
+                .for_each(|((g, rows), sums)| {
+                    activation_rows(rows, free, g * SUM_ROWS, func, &scale, &bias, Some(sums))
+                });
+        } else {
+            groups.for_each(|(g, rows)| {
+                activation_rows(rows, free, g * SUM_ROWS, func, &scale, &bias, None)
+            });
         }
+        // The partitions after the last whole group.
+        let done = x.len() / (SUM_ROWS * free) * SUM_ROWS;
+        let tail = sums.get_mut(done..);
+        activation_rows(&mut x[done * free..], free, done, func, &scale, &bias, tail);
+    } else {
+        let sums = want_sums.then_some(&mut sums[..]);
+        activation_rows(&mut x, free, 0, func, &scale, &bias, sums);
     }
     mem.write_f32(dst, &x, &mut ctx.rounder)?;
     if let Some(acc) = accum {

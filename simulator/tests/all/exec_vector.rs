@@ -83,7 +83,14 @@ fn activation_accum_is_before_the_cast() {
 /// ones.
 #[test]
 fn activation_rows_have_the_bits_of_activation_fn_and_a_sequential_sum() {
-    let (parts, free) = (3usize, 203usize);
+    // Eleven partitions: a whole group of eight row sums and a remainder; the longer rows
+    // take the path split across the pool.
+    for (parts, free) in [(11usize, 203usize), (11, 1600)] {
+        activation_rows_case(parts, free);
+    }
+}
+
+fn activation_rows_case(parts: usize, free: usize) {
     let xs: Vec<f32> = (0..parts * free)
         .map(|i| match i % 53 {
             0 => f32::NAN,
@@ -94,18 +101,22 @@ fn activation_rows_have_the_bits_of_activation_fn_and_a_sequential_sum() {
             _ => ((i * 7919) % 1000) as f32 / 61.0 - 8.0,
         })
         .collect();
-    let (scales, biases) = ([1.5f32, -0.75, 1.0], [0.25f32, -1.0, 0.0]);
+    let scales: Vec<f32> = (0..parts).map(|p| [1.5f32, -0.75, 1.0][p % 3]).collect();
+    let biases: Vec<f32> = (0..parts)
+        .map(|p| [0.25f32, -1.0, 0.0, 0.5][p % 4])
+        .collect();
     for func in ActFunc::ALL {
         for with_accum in [false, true] {
             let mut m = mems(&[]);
             let src = sb(Dtype::F32, 0, parts as u32, 0, free as u32);
             put(&mut m, &src, &xs);
-            let scale = sb(Dtype::F32, 0, parts as u32, 1024, 1);
-            let bias = sb(Dtype::F32, 0, parts as u32, 1028, 1);
+            let at = 4 * free as u64;
+            let scale = sb(Dtype::F32, 0, parts as u32, at, 1);
+            let bias = sb(Dtype::F32, 0, parts as u32, at + 4, 1);
             put(&mut m, &scale, &scales);
             put(&mut m, &bias, &biases);
-            let dst = sb(Dtype::F32, 0, parts as u32, 2048, free as u32);
-            let accum = sb(Dtype::F32, 0, parts as u32, 4096, 1);
+            let dst = sb(Dtype::F32, 0, parts as u32, at + 8, free as u32);
+            let accum = sb(Dtype::F32, 0, parts as u32, 2 * at + 8, 1);
             let op = act(
                 dst.clone(),
                 src,
