@@ -15,9 +15,10 @@
 //! - the scaling by `2^k` is one multiplication by the power of two, which is what
 //!   `libm::scalbnf` does for `k` in `-126..=127` (and by `2^0 = 1` for `k = 0`, exact).
 //!
-//! Elements outside the range where those rewrites hold (`|x| >= 87.33` where `libm`
-//! over- or underflows or `k` leaves that range, `|x| <= 2^-14` where it returns `1 + x`,
-//! NaN) are recomputed with `libm::expf` itself. Every element therefore has exactly
+//! An `x <= -103.97` (down to `-inf`: a softmax's masked scores) gives `+0`, `libm`'s
+//! underflow branch, as a select too. Elements outside the ranges where those rewrites
+//! hold (`|x| >= 87.33` where `libm` over- or underflows or `k` leaves that range,
+//! `|x| <= 2^-14` where it returns `1 + x`, NaN) are recomputed with `libm::expf` itself. Every element therefore has exactly
 //! `libm::expf`'s bits; the tests compare them over every 97th FP32 bit pattern and the
 //! boundaries of each range. No fused multiply-add is involved (Rust never contracts
 //! `a * b + c`).
@@ -40,10 +41,12 @@ const ABOVE_1_5_LN2: u32 = 0x3f85_1592;
 const ABOVE_0_5_LN2: u32 = 0x3eb1_7218;
 const TINY: u32 = 0x3900_0000;
 const LARGE: u32 = 0x42ae_ac50;
+/// `|x|` from which `libm::expf` of a negative `x` (up to `-inf`) is `+0`: `x <= -103.97`.
+const ZERO_BELOW: u32 = 0x42cf_f1b5;
 
 /// `e^x` of one element as [`exp_in_place`]'s vector path evaluates it; exact for
-/// `TINY < |x| < LARGE` (see the module docs), and its caller falls back to
-/// `libm::expf` elsewhere.
+/// `TINY < |x| < LARGE` (see the module docs) and for `x <= -103.97` (`+0`), and its
+/// caller falls back to `libm::expf` elsewhere.
 #[inline(always)]
 fn exp_in_range(x: f32) -> f32 {
     let hx = x.to_bits() & 0x7fff_ffff;
@@ -66,14 +69,24 @@ fn exp_in_range(x: f32) -> f32 {
     let y = 1.0 + (r * c / (2.0 - c) - lo + hi);
     // 2^k for k in -126..=127: the biased exponent alone (out of range, where the caller
     // discards the result, only without overflowing).
-    y * f32::from_bits((k.wrapping_add(127) as u32) << 23)
+    let y = y * f32::from_bits((k.wrapping_add(127) as u32) << 23);
+    // `libm::expf`'s `+0` for `x <= -103.97` (a softmax's masked scores), where the
+    // formula above is meaningless.
+    if zero(x) { 0.0 } else { y }
+}
+
+/// Whether `libm::expf(x)` is `+0` by its underflow branch: `x <= -103.97`, `-inf` too.
+#[inline(always)]
+fn zero(x: f32) -> bool {
+    let hx = x.to_bits() & 0x7fff_ffff;
+    x.to_bits() >> 31 != 0 && (ZERO_BELOW..=0x7f80_0000).contains(&hx)
 }
 
 /// Whether [`exp_in_range`] gives `libm::expf`'s bits for `x`.
 #[inline(always)]
 fn in_range(x: f32) -> bool {
     let hx = x.to_bits() & 0x7fff_ffff;
-    hx > TINY && hx < LARGE
+    (hx > TINY && hx < LARGE) || zero(x)
 }
 
 neuron_isa::vectorized! {
@@ -81,21 +94,6 @@ neuron_isa::vectorized! {
     /// for the host's widest vector units, `neuron_isa::simd`).
     pub(crate) fn exp_in_place(xs: &mut [f32]) {
         map_lanes(xs, exp_in_range, in_range, libm::expf, |_| {});
-    }
-}
-
-neuron_isa::vectorized! {
-    /// [`exp_in_place`], returning the sequential FP32 sum of the results in order (the
-    /// same adds as summing afterwards; each chunk's adds overlap the next chunk's
-    /// `exp`s instead of following all of them).
-    pub(crate) fn exp_in_place_sum(xs: &mut [f32]) -> f32 {
-        let mut sum = 0.0f32;
-        map_lanes(xs, exp_in_range, in_range, libm::expf, |done| {
-            for &y in done {
-                sum += y;
-            }
-        });
-        sum
     }
 }
 
@@ -107,25 +105,6 @@ mod tests {
     #[test]
     fn every_97th_bit_pattern_has_the_bits_of_libm() {
         check::every_97th(exp_in_place, libm::expf, "exp");
-    }
-
-    #[test]
-    fn the_fused_sum_is_the_sequential_sum() {
-        for len in [0usize, 1, 7, 8, 9, 100, 203] {
-            let xs: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 9.0).collect();
-            let mut a = xs.clone();
-            let sum = exp_in_place_sum(&mut a);
-            let mut b = xs.clone();
-            exp_in_place(&mut b);
-            assert!(a == b, "{len}");
-            let want = b.iter().fold(0.0f32, |s, &y| s + y);
-            assert_eq!(sum.to_bits(), want.to_bits(), "{len}");
-            for level in neuron_isa::simd::Level::ALL {
-                let mut c = xs.clone();
-                let s = exp_in_place_sum::at(level, &mut c);
-                assert!(c == b && s.to_bits() == want.to_bits(), "{len} {level:?}");
-            }
-        }
     }
 
     #[test]
@@ -166,5 +145,11 @@ mod tests {
                 assert_eq!(exp_in_range(x).to_bits(), libm::expf(x).to_bits(), "{x}");
             }
         }
+        // Masked scores (a large negative bias, or -inf) take the vector path too: +0.
+        for x in [-104.0f32, -1e4, -3.4e38, f32::NEG_INFINITY] {
+            assert!(in_range(x), "{x}");
+            assert_eq!(exp_in_range(x).to_bits(), libm::expf(x).to_bits(), "{x}");
+        }
+        assert!(!in_range(f32::NAN) && !in_range(-f32::NAN) && !in_range(-100.0));
     }
 }
