@@ -557,6 +557,10 @@ impl Running {
 
     /// Waits until every block is computed; returns them.
     fn finish(&self) -> Result<Blocks, ExecError> {
+        // A block the simulator's thread claimed is usually done within microseconds of
+        // the worker's last: polled first (see `SPIN`), so the worker does not sleep and
+        // wake through the kernel before the next job on most jobs.
+        let _ = spin_for(|| (lock(&self.state).finished >= self.cols.len()).then_some(()));
         let mut st = lock(&self.state);
         while st.finished < self.cols.len() {
             st = self
@@ -869,7 +873,7 @@ impl Deferred {
         let lost = || ExecError::new("the deferred matmul worker stopped");
         let shared = &self.worker.as_ref().ok_or_else(lost)?.shared;
         let mut done = shared.lock();
-        // Polled before sleeping once per wait (see `SPIN`).
+        // Polled before each sleep (see `SPIN`).
         let mut polled = false;
         while done.seq < p.seq && !done.stopped {
             // The job being run is at most `p`'s last one: jobs run in order.
@@ -877,6 +881,8 @@ impl Deferred {
                 Some(running) => {
                     drop(done);
                     running.help();
+                    // A new wait: polled again before sleeping.
+                    polled = false;
                     done = shared.lock();
                 }
                 None if !polled => {
