@@ -285,14 +285,29 @@ fn continues(first: &Job, next: &Job) -> bool {
 /// the kernel costs a context switch on each side, several per matmul otherwise.
 const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
+/// How long the worker polls for its next job before it sleeps: longer than [`SPIN`],
+/// since the simulator's thread goes on through non-GEMM instructions (a softmax, a layer
+/// norm: hundreds of microseconds) before the next matmul, and a sleeping worker starts
+/// that matmul only after the kernel wakes it. The core it polls on has nothing else to
+/// run (the simulator's thread has the other).
+const IDLE_SPIN: std::time::Duration = std::time::Duration::from_micros(1000);
+
 /// Polls `ready` until it returns something or [`SPIN`] has passed.
-fn spin_for<T>(mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+fn spin_for<T>(ready: impl FnMut() -> Option<T>) -> Option<T> {
+    spin_for_at_most(SPIN, ready)
+}
+
+/// Polls `ready` until it returns something or `limit` has passed.
+fn spin_for_at_most<T>(
+    limit: std::time::Duration,
+    mut ready: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let start = std::time::Instant::now();
     loop {
         if let Some(v) = ready() {
             return Some(v);
         }
-        if start.elapsed() >= SPIN {
+        if start.elapsed() >= limit {
             return None;
         }
         for _ in 0..32 {
@@ -305,7 +320,7 @@ fn spin_for<T>(mut ready: impl FnMut() -> Option<T>) -> Option<T> {
 /// next matmul within microseconds), then waited for; `None` once the sender is gone.
 fn next_job(rx: &mpsc::Receiver<Job>) -> Option<Job> {
     let mut gone = false;
-    let polled = spin_for(|| match rx.try_recv() {
+    let polled = spin_for_at_most(IDLE_SPIN, || match rx.try_recv() {
         Ok(job) => Some(Some(job)),
         Err(mpsc::TryRecvError::Empty) => None,
         Err(mpsc::TryRecvError::Disconnected) => {
