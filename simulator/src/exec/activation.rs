@@ -150,7 +150,7 @@ fn row_of(func: ActFunc, row: &mut [f32], s: f32, b: f32) {
 }
 
 /// Each row's FP32 sum in free order, as the chip's accumulator adds them (`sums[r]` for
-/// row `r` of `x`, rows of `free` elements): [`SUM_ROWS`] rows at a time, so that their
+/// row `r` of `x`, rows of `free` elements; a NaN sum stays that NaN): [`SUM_ROWS`] rows at a time, so that their
 /// chains of dependent adds overlap instead of following one another (the same adds in
 /// the same order for every row).
 #[inline(always)]
@@ -160,7 +160,11 @@ fn row_sums(x: &[f32], free: usize, sums: &mut [f32]) {
         let n = out.len().min(rows.len() / free);
         for j in 0..free {
             for (r, a) in acc.iter_mut().enumerate().take(n) {
-                *a += rows[r * free + j];
+                // A NaN sum stays that NaN: which of two NaNs an addition returns
+                // depends on the host's instruction choice (the compiler may swap the
+                // operands), so the first NaN in free order is kept explicitly.
+                let v = rows[r * free + j];
+                *a = if a.is_nan() { *a } else { *a + v };
             }
         }
         out[..n].copy_from_slice(&acc[..n]);
