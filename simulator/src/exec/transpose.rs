@@ -8,25 +8,35 @@ use crate::memory::Memories;
 use neuron_isa::Ap;
 
 /// Transposes a dense `rows x cols` matrix of `T` (`src` holds at least `rows * cols`).
+#[inline(always)]
 fn transpose_dense<T: Copy>(src: &[T], rows: usize, cols: usize, out: &mut Vec<T>) {
     out.clear();
-    out.extend_from_slice(&src[..rows * cols]);
-    // Tiles of 16 x 16 keep both sides in cache lines; each output row's 16 elements
-    // are written as one contiguous run (the 16 source rows stay in L1 across the tile).
+    if let Some(&first) = src.first() {
+        // Every element is overwritten below.
+        out.resize(rows * cols, first);
+    }
+    // Bands of 16 source rows, tiles of 16 x 16: each output row's part of a tile is one
+    // contiguous run, gathered from the band's 16 rows (which stay in L1 across the band).
     const B: usize = 16;
     for r0 in (0..rows).step_by(B) {
         let r1 = (r0 + B).min(rows);
+        let band = &src[r0 * cols..r1 * cols];
         for c0 in (0..cols).step_by(B) {
             for c in c0..(c0 + B).min(cols) {
                 let run = &mut out[c * rows + r0..c * rows + r1];
-                for (o, s) in run
-                    .iter_mut()
-                    .zip(src[r0 * cols + c..].iter().step_by(cols))
-                {
-                    *o = *s;
+                for (o, row) in run.iter_mut().zip(band.chunks_exact(cols)) {
+                    *o = row[c];
                 }
             }
         }
+    }
+}
+
+neuron_isa::vectorized! {
+    /// [`transpose_dense`] of FP32 elements, compiled for the host's widest vector units
+    /// (`neuron_isa::simd`).
+    fn transpose_f32(src: &[f32], rows: usize, cols: usize, out: &mut Vec<f32>) {
+        transpose_dense(src, rows, cols, out)
     }
 }
 
@@ -78,8 +88,34 @@ pub(super) fn transpose(
     let mut x = ctx.take();
     let mut y = ctx.take();
     let poisoned = mem.read_f32(src, &mut x)?;
-    transpose_dense(&x, p, f, &mut y);
+    transpose_f32(&x, p, f, &mut y);
     mem.write_f32(dst, &y, &mut ctx.rounder)?;
     ctx.give([x, y]);
     Ok(poisoned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_level_maps_every_element() {
+        for (rows, cols) in [(1, 1), (1, 37), (37, 1), (16, 16), (17, 33), (128, 128)] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            for level in neuron_isa::simd::Level::ALL {
+                let mut out = Vec::new();
+                transpose_f32::at(level, &src, rows, cols, &mut out);
+                assert_eq!(out.len(), rows * cols);
+                for r in 0..rows {
+                    for c in 0..cols {
+                        assert_eq!(
+                            out[c * rows + r],
+                            src[r * cols + c],
+                            "{rows}x{cols} {level:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
