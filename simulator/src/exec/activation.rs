@@ -262,28 +262,23 @@ pub(super) fn activation(
     // The row sums only when `accum` asks for them: a sequential FP32 sum is one
     // dependent add per element, most of an identity eviction's time.
     let want_sums = accum.is_some();
-    let mut sums = vec![0.0f32; if want_sums { parts } else { 0 }];
+    let mut sums = vec![0.0f32; parts];
     let free = free.max(1);
     // Transcendental functions over a large tile are split by groups of eight partitions
     // across the pool (every element and every row sum is computed by the same
     // operations either way).
     if x.len() >= PARALLEL_ELEMS && !cheap(func) && ctx.may_split() {
         use rayon::prelude::*;
-        let groups = x.par_chunks_exact_mut(SUM_ROWS * free).enumerate();
-        if want_sums {
-            groups
-                .zip(sums.par_chunks_mut(SUM_ROWS))
-                .for_each(|((g, rows), sums)| {
-                    activation_rows(rows, free, g * SUM_ROWS, func, &scale, &bias, Some(sums))
-                });
-        } else {
-            groups.for_each(|(g, rows)| {
-                activation_rows(rows, free, g * SUM_ROWS, func, &scale, &bias, None)
+        x.par_chunks_exact_mut(SUM_ROWS * free)
+            .zip(sums.par_chunks_mut(SUM_ROWS))
+            .enumerate()
+            .for_each(|(g, (rows, sums))| {
+                let sums = want_sums.then_some(sums);
+                activation_rows(rows, free, g * SUM_ROWS, func, &scale, &bias, sums)
             });
-        }
         // The partitions after the last whole group.
         let done = x.len() / (SUM_ROWS * free) * SUM_ROWS;
-        let tail = sums.get_mut(done..);
+        let tail = want_sums.then_some(&mut sums[done..]);
         activation_rows(&mut x[done * free..], free, done, func, &scale, &bias, tail);
     } else {
         let sums = want_sums.then_some(&mut sums[..]);
